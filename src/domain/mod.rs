@@ -1,0 +1,12 @@
+//! Validated domain types. Parse once at the edge; everything inside the
+//! service works with these.
+
+pub mod money;
+pub mod pair;
+pub mod swap;
+pub mod token;
+
+pub use money::{Amount, Price};
+pub use pair::PairKey;
+pub use swap::{FieldError, RawSwap, Status, SwapEvent, SwapId, TxHash};
+pub use token::TokenSymbol;
