@@ -8,5 +8,5 @@ pub mod token;
 
 pub use money::{Amount, Price};
 pub use pair::PairKey;
-pub use swap::{FieldError, RawSwap, Status, SwapEvent, SwapId, TxHash};
+pub use swap::{FieldError, RawSwap, RawTime, Status, SwapEvent, SwapId, TxHash};
 pub use token::TokenSymbol;

@@ -120,6 +120,28 @@ impl FieldError {
     }
 }
 
+/// An event time as it arrived: RFC 3339 text (JSON) or a unix time
+/// (protobuf `Timestamp`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawTime {
+    Rfc3339(String),
+    Unix { seconds: i64, nanos: i32 },
+}
+
+impl RawTime {
+    fn parse(self) -> Result<DateTime<Utc>, FieldError> {
+        match self {
+            RawTime::Rfc3339(text) => DateTime::parse_from_rfc3339(&text)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| FieldError::new("timestamp", format!("expected an RFC 3339 time, got {}", quoted(&text)))),
+            RawTime::Unix { seconds, nanos } => u32::try_from(nanos)
+                .ok()
+                .and_then(|nanos| DateTime::from_timestamp(seconds, nanos))
+                .ok_or_else(|| FieldError::new("timestamp", format!("unix time {seconds}s {nanos}ns is out of range"))),
+        }
+    }
+}
+
 /// A swap event as it arrived, before validation: the common ground of the
 /// JSON and protobuf encodings. `None` means absent.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -127,7 +149,7 @@ pub struct RawSwap {
     pub tx_hash: Option<String>,
     pub log_index: Option<u64>,
     pub block_number: Option<u64>,
-    pub timestamp: Option<String>,
+    pub timestamp: Option<RawTime>,
     pub status: Option<String>,
     pub maker: Option<String>,
     pub token_from: Option<String>,
@@ -148,12 +170,7 @@ impl RawSwap {
                 .map_err(|_| FieldError::new("log_index", format!("must be at most {}, got {n}", u32::MAX)))?,
         };
         let block_number = self.block_number;
-        let timestamp_text = required("timestamp", self.timestamp)?;
-        let timestamp = DateTime::parse_from_rfc3339(&timestamp_text)
-            .map_err(|_| {
-                FieldError::new("timestamp", format!("expected an RFC 3339 time, got {}", quoted(&timestamp_text)))
-            })?
-            .with_timezone(&Utc);
+        let timestamp = self.timestamp.ok_or_else(|| FieldError::new("timestamp", "is required"))?.parse()?;
         let status = match self.status {
             None => Status::Confirmed,
             Some(text) => Status::parse(&text).map_err(|p| FieldError::new("status", p))?,
@@ -294,7 +311,7 @@ pub(crate) mod tests {
     pub(crate) fn minimal_raw() -> RawSwap {
         RawSwap {
             tx_hash: Some(format!("0x{}", "ab".repeat(32))),
-            timestamp: Some("2026-11-25T08:00:00.123Z".into()),
+            timestamp: Some(RawTime::Rfc3339("2026-11-25T08:00:00.123Z".into())),
             token_from: Some("eth".into()),
             token_to: Some("USDC".into()),
             amount_from: Some("1.5".into()),
@@ -349,9 +366,9 @@ pub(crate) mod tests {
 
     #[test]
     fn timestamp_must_be_rfc3339_and_is_kept_in_utc() {
-        let raw = RawSwap { timestamp: Some("yesterday".into()), ..minimal_raw() };
+        let raw = RawSwap { timestamp: Some(RawTime::Rfc3339("yesterday".into())), ..minimal_raw() };
         assert_eq!(error_of(raw), FieldError::new("timestamp", "expected an RFC 3339 time, got \"yesterday\""));
-        let offset = RawSwap { timestamp: Some("2026-11-25T10:00:00+02:00".into()), ..minimal_raw() };
+        let offset = RawSwap { timestamp: Some(RawTime::Rfc3339("2026-11-25T10:00:00+02:00".into())), ..minimal_raw() };
         assert_eq!(format_time(offset.validate().unwrap().timestamp), "2026-11-25T08:00:00Z");
     }
 
@@ -410,7 +427,7 @@ pub(crate) mod tests {
 
     #[test]
     fn long_input_is_quoted_short() {
-        let raw = RawSwap { timestamp: Some("x".repeat(10_000)), ..minimal_raw() };
+        let raw = RawSwap { timestamp: Some(RawTime::Rfc3339("x".repeat(10_000))), ..minimal_raw() };
         assert!(error_of(raw).problem.len() < 200);
     }
 }
