@@ -1,2 +1,5 @@
 pub mod codec;
+pub mod config;
 pub mod domain;
+pub mod kafka;
+pub mod telemetry;

@@ -1,6 +1,7 @@
 //! Validated domain types. Parse once at the edge; everything inside the
 //! service works with these.
 
+pub mod aggregate;
 pub mod money;
 pub mod pair;
 pub mod swap;

@@ -1,0 +1,675 @@
+//! Settings from `SWAPSTREAM_*` environment variables.
+//!
+//! Every variable is read through [`Env`], which records its effective value
+//! (secrets redacted) and every problem found, so that invalid configuration
+//! is reported as one line per problem and the effective configuration can be
+//! printed without a second list of names. [`VARIABLES`] documents them all;
+//! a test keeps it, the parser and the README in step.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::codec::Encoding;
+use crate::domain::TokenSymbol;
+
+/// A value that must never reach a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Secret(value)
+    }
+
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// One documented variable: name, default as text, meaning.
+pub struct Variable {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+macro_rules! variables {
+    ($($name:literal, $default:literal, $help:literal;)*) => {
+        /// Every variable the service reads, with its default and meaning.
+        pub const VARIABLES: &[Variable] = &[$(Variable { name: $name, default: $default, help: $help }),*];
+    };
+}
+
+variables! {
+    "SWAPSTREAM_LOG_LEVEL", "info", "Log level: `trace`, `debug`, `info`, `warning`, `error` or `critical`.";
+    "SWAPSTREAM_LOG_FORMAT", "auto", "`json` (one JSON object a line), `text` (human-readable) or `auto` (text when stderr is a terminal, JSON otherwise).";
+    "SWAPSTREAM_INSTANCE_ID", "(host name)", "Name of this instance in logs, metrics and Redis.";
+    "SWAPSTREAM_KAFKA_BROKERS", "(empty)", "Bootstrap brokers, `host:port[,host:port...]`. Required by `producer` and `consumer`; when empty, `all` runs an embedded in-memory broker.";
+    "SWAPSTREAM_KAFKA_TOPIC_MODE", "per_token", "`per_token`: one topic per token sold, `<prefix><TOKEN>`, consumed by pattern; `single`: one topic for every swap.";
+    "SWAPSTREAM_KAFKA_TOPIC_PREFIX", "swaps.", "Topic name prefix in `per_token` mode.";
+    "SWAPSTREAM_KAFKA_TOPIC", "swaps", "Topic name in `single` mode.";
+    "SWAPSTREAM_KAFKA_PARTITIONS", "4", "Partitions of topics the service creates (1 to 10000).";
+    "SWAPSTREAM_KAFKA_REPLICATION", "1", "Replication factor of topics the service creates (1 to 32).";
+    "SWAPSTREAM_KAFKA_GROUP_ID", "swapstream", "Consumer group of the `consumer` role.";
+    "SWAPSTREAM_KAFKA_DLQ_TOPIC", "swapstream.dlq", "Dead-letter topic for bad input.";
+    "SWAPSTREAM_KAFKA_OPTIONS", "(empty)", "Extra librdkafka properties, `key=value[,key=value...]` (e.g. `security.protocol=ssl`). Treated as secret.";
+    "SWAPSTREAM_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres", "PostgreSQL connection URL. A password in it is redacted in logs.";
+    "SWAPSTREAM_POSTGRES_PASSWORD", "(empty)", "PostgreSQL password, if not in the URL. Secret.";
+    "SWAPSTREAM_POSTGRES_SCHEMA", "swapstream", "Schema holding the service's tables (created when missing).";
+    "SWAPSTREAM_POSTGRES_POOL_SIZE", "16", "Maximum PostgreSQL connections per process (1 to 1000).";
+    "SWAPSTREAM_REDIS_URL", "redis://127.0.0.1:6379", "Redis URL; in `cluster` mode a comma-separated list of node URLs.";
+    "SWAPSTREAM_REDIS_MODE", "single", "`single` (one Redis server) or `cluster` (Redis Cluster).";
+    "SWAPSTREAM_REDIS_PASSWORD", "(empty)", "Redis password, if not in the URL. Secret.";
+    "SWAPSTREAM_REDIS_KEY_PREFIX", "swapstream", "Prefix of every Redis key and channel, so deployments can share a Redis.";
+    "SWAPSTREAM_HTTP_ADDR", "0.0.0.0:8080", "Address the HTTP server (REST, WebSocket, metrics) listens on.";
+    "SWAPSTREAM_PRODUCER_RATE", "1000", "Events per minute the producer sends, or `max` for as fast as the broker takes them.";
+    "SWAPSTREAM_PRODUCER_TOKENS", "ETH,BTC,SOL,USDC,USDT,TON", "Token universe of the producer, at least two symbols.";
+    "SWAPSTREAM_PRODUCER_ENCODING", "protobuf", "`protobuf` or `json`.";
+    "SWAPSTREAM_PRODUCER_CONFIRM_DELAY_MS", "3000", "Time from a swap's `pending` event to its `confirmed`/`failed` event.";
+    "SWAPSTREAM_PRODUCER_FAILED_SHARE", "0.05", "Share of swaps that end `failed` (0 to 1).";
+    "SWAPSTREAM_PRODUCER_DUPLICATE_SHARE", "0", "Share of events sent twice, exactly (0 to 1).";
+    "SWAPSTREAM_PRODUCER_REORDER_SHARE", "0", "Share of events held back and sent later than their event time (0 to 1).";
+    "SWAPSTREAM_PRODUCER_REORDER_MAX_MS", "10000", "Longest hold-back of a reordered event.";
+    "SWAPSTREAM_PRODUCER_SEED", "(random)", "Seed of the random generator, for reproducible streams.";
+    "SWAPSTREAM_PRODUCER_COUNT", "0", "Stop after this many swaps (each one's every event sent); 0 runs until stopped.";
+    "SWAPSTREAM_PRODUCER_GROUND_TRUTH", "(empty)", "Write what was sent and the aggregates a correct consumer must reach to this JSON file at the end.";
+    "SWAPSTREAM_PRODUCER_PROGRESS_SECS", "10", "Interval of the producer's progress line.";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub level: slog::Level,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicLayout {
+    /// `<prefix><TOKEN>`, one topic per token sold.
+    PerToken {
+        prefix: String,
+    },
+    Single {
+        topic: String,
+    },
+}
+
+impl TopicLayout {
+    /// The topic a swap selling `token` goes to.
+    pub fn topic_for(&self, token: &TokenSymbol) -> String {
+        match self {
+            TopicLayout::PerToken { prefix } => format!("{prefix}{token}"),
+            TopicLayout::Single { topic } => topic.clone(),
+        }
+    }
+
+    /// What a consumer subscribes to: a `^`-anchored regex or a topic name.
+    pub fn subscription(&self) -> String {
+        match self {
+            TopicLayout::PerToken { prefix } => format!("^{}", regex_escape(prefix)),
+            TopicLayout::Single { topic } => topic.clone(),
+        }
+    }
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars().fold(String::new(), |mut out, c| {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+        out
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `None`: not configured (only `all` can then run, on an embedded broker).
+    pub brokers: Option<String>,
+    pub topics: TopicLayout,
+    pub partitions: i32,
+    pub replication: i32,
+    pub group_id: String,
+    pub dlq_topic: String,
+    pub options: Secret<Vec<(String, String)>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresSettings {
+    pub url: Secret<String>,
+    pub password: Option<Secret<String>>,
+    pub schema: String,
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    Single,
+    Cluster,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub urls: Secret<Vec<String>>,
+    pub mode: RedisMode,
+    pub password: Option<Secret<String>>,
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub addr: std::net::SocketAddr,
+}
+
+/// Events per minute, or as fast as possible.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rate {
+    PerMinute(f64),
+    Max,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProducerSettings {
+    pub rate: Rate,
+    pub tokens: Vec<TokenSymbol>,
+    pub encoding: Encoding,
+    pub confirm_delay: Duration,
+    pub failed_share: f64,
+    pub duplicate_share: f64,
+    pub reorder_share: f64,
+    pub reorder_max: Duration,
+    pub seed: Option<u64>,
+    pub count: Option<u64>,
+    pub ground_truth: Option<std::path::PathBuf>,
+    pub progress_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub log: LogSettings,
+    pub instance_id: String,
+    pub kafka: KafkaSettings,
+    pub postgres: PostgresSettings,
+    pub redis: RedisSettings,
+    pub http: HttpSettings,
+    pub producer: ProducerSettings,
+    /// Every variable's effective value as text, secrets redacted.
+    pub effective: BTreeMap<&'static str, String>,
+}
+
+/// Invalid configuration: one line per problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        Settings::from_vars(std::env::vars())
+    }
+
+    /// Reads the given variables; unrelated ones are ignored, unknown
+    /// `SWAPSTREAM_*` ones are problems (most likely typos).
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Settings, ConfigError> {
+        let vars: HashMap<String, String> = vars.into_iter().filter(|(k, _)| k.starts_with("SWAPSTREAM_")).collect();
+        let mut env = Env { vars: &vars, problems: Vec::new(), effective: BTreeMap::new() };
+
+        let log =
+            LogSettings {
+                level: env.parse("SWAPSTREAM_LOG_LEVEL", "one of trace, debug, info, warning, error, critical", |v| {
+                    match v {
+                        "trace" => Some(slog::Level::Trace),
+                        "debug" => Some(slog::Level::Debug),
+                        "info" => Some(slog::Level::Info),
+                        "warning" | "warn" => Some(slog::Level::Warning),
+                        "error" => Some(slog::Level::Error),
+                        "critical" => Some(slog::Level::Critical),
+                        _ => None,
+                    }
+                }),
+                format: env.parse("SWAPSTREAM_LOG_FORMAT", "one of auto, json, text", |v| match v {
+                    "auto" => Some(LogFormat::Auto),
+                    "json" => Some(LogFormat::Json),
+                    "text" => Some(LogFormat::Text),
+                    _ => None,
+                }),
+            };
+        let instance_id = env.text("SWAPSTREAM_INSTANCE_ID").unwrap_or_else(default_instance_id);
+        env.effective.insert("SWAPSTREAM_INSTANCE_ID", instance_id.clone());
+
+        let brokers = env.text("SWAPSTREAM_KAFKA_BROKERS");
+        if let Some(list) = &brokers {
+            if list.split(',').any(|b| !is_host_port(b.trim())) {
+                env.problem("SWAPSTREAM_KAFKA_BROKERS", "host:port[,host:port...]", list);
+            }
+        }
+        let topic_mode = env.parse("SWAPSTREAM_KAFKA_TOPIC_MODE", "one of per_token, single", |v| match v {
+            "per_token" | "single" => Some(v.to_owned()),
+            _ => None,
+        });
+        let prefix = env.parse("SWAPSTREAM_KAFKA_TOPIC_PREFIX", "a topic name prefix of [A-Za-z0-9._-]", |v| {
+            valid_topic(v).then(|| v.to_owned())
+        });
+        let single = env.parse("SWAPSTREAM_KAFKA_TOPIC", "a topic name of 1 to 249 characters [A-Za-z0-9._-]", |v| {
+            valid_topic(v).then(|| v.to_owned())
+        });
+        let topics = if topic_mode == "single" {
+            TopicLayout::Single { topic: single }
+        } else {
+            TopicLayout::PerToken { prefix }
+        };
+        let kafka = KafkaSettings {
+            brokers,
+            topics,
+            partitions: env.number("SWAPSTREAM_KAFKA_PARTITIONS", 1, 10_000),
+            replication: env.number("SWAPSTREAM_KAFKA_REPLICATION", 1, 32),
+            group_id: env.parse("SWAPSTREAM_KAFKA_GROUP_ID", "a non-empty group id", |v| {
+                (!v.trim().is_empty()).then(|| v.to_owned())
+            }),
+            dlq_topic: env.parse("SWAPSTREAM_KAFKA_DLQ_TOPIC", "a topic name of [A-Za-z0-9._-]", |v| {
+                valid_topic(v).then(|| v.to_owned())
+            }),
+            options: Secret(env.secret_parse("SWAPSTREAM_KAFKA_OPTIONS", "key=value[,key=value...]", parse_options)),
+        };
+
+        let postgres_url = env.text("SWAPSTREAM_POSTGRES_URL").unwrap_or_else(|| default_of("SWAPSTREAM_POSTGRES_URL"));
+        match postgres_url.parse::<tokio_postgres::Config>() {
+            Ok(_) => {
+                env.effective.insert("SWAPSTREAM_POSTGRES_URL", redact_url(&postgres_url));
+            }
+            Err(e) => {
+                env.problem("SWAPSTREAM_POSTGRES_URL", &format!("a PostgreSQL URL ({e})"), &redact_url(&postgres_url))
+            }
+        }
+        let postgres = PostgresSettings {
+            url: Secret(postgres_url),
+            password: env.secret("SWAPSTREAM_POSTGRES_PASSWORD"),
+            schema: env.parse(
+                "SWAPSTREAM_POSTGRES_SCHEMA",
+                "a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63)",
+                |v| valid_identifier(v).then(|| v.to_owned()),
+            ),
+            pool_size: env.number("SWAPSTREAM_POSTGRES_POOL_SIZE", 1, 1000),
+        };
+
+        let redis_mode = env.parse("SWAPSTREAM_REDIS_MODE", "one of single, cluster", |v| match v {
+            "single" => Some(RedisMode::Single),
+            "cluster" => Some(RedisMode::Cluster),
+            _ => None,
+        });
+        let redis_urls: Vec<String> = env
+            .text("SWAPSTREAM_REDIS_URL")
+            .unwrap_or_else(|| default_of("SWAPSTREAM_REDIS_URL"))
+            .split(',')
+            .map(|u| u.trim().to_owned())
+            .collect();
+        let bad_redis = redis_urls.iter().find(|u| redis::parse_redis_url(u).is_none());
+        if let Some(bad) = bad_redis {
+            env.problem("SWAPSTREAM_REDIS_URL", "redis://host:port URL(s)", &redact_url(bad));
+        } else if redis_mode == RedisMode::Single && redis_urls.len() > 1 {
+            env.problem("SWAPSTREAM_REDIS_URL", "one URL in single mode", &redis_urls.len().to_string());
+        }
+        env.effective
+            .insert("SWAPSTREAM_REDIS_URL", redis_urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(","));
+        let redis = RedisSettings {
+            urls: Secret(redis_urls),
+            mode: redis_mode,
+            password: env.secret("SWAPSTREAM_REDIS_PASSWORD"),
+            key_prefix: env.parse(
+                "SWAPSTREAM_REDIS_KEY_PREFIX",
+                "1 to 64 characters without spaces, braces or ':'",
+                |v| (!v.is_empty() && v.len() <= 64 && !v.contains([' ', '{', '}', ':'])).then(|| v.to_owned()),
+            ),
+        };
+
+        let http = HttpSettings {
+            addr: env.parse("SWAPSTREAM_HTTP_ADDR", "an address like 0.0.0.0:8080", |v| v.parse().ok()),
+        };
+
+        let producer = ProducerSettings {
+            rate: env.parse("SWAPSTREAM_PRODUCER_RATE", "a positive number of events per minute, or \"max\"", |v| {
+                if v == "max" {
+                    return Some(Rate::Max);
+                }
+                v.parse::<f64>().ok().filter(|r| r.is_finite() && *r > 0.0).map(Rate::PerMinute)
+            }),
+            tokens: env.parse(
+                "SWAPSTREAM_PRODUCER_TOKENS",
+                "at least two distinct token symbols, comma-separated",
+                |v| {
+                    let mut tokens: Vec<TokenSymbol> =
+                        v.split(',').map(|s| TokenSymbol::parse(s.trim())).collect::<Result<_, _>>().ok()?;
+                    let count = tokens.len();
+                    tokens.sort();
+                    tokens.dedup();
+                    (tokens.len() == count && count >= 2).then_some(tokens)
+                },
+            ),
+            encoding: env.parse("SWAPSTREAM_PRODUCER_ENCODING", "one of protobuf, json", |v| match v {
+                "protobuf" => Some(Encoding::Protobuf),
+                "json" => Some(Encoding::Json),
+                _ => None,
+            }),
+            confirm_delay: Duration::from_millis(env.number("SWAPSTREAM_PRODUCER_CONFIRM_DELAY_MS", 0, 3_600_000)),
+            failed_share: env.share("SWAPSTREAM_PRODUCER_FAILED_SHARE"),
+            duplicate_share: env.share("SWAPSTREAM_PRODUCER_DUPLICATE_SHARE"),
+            reorder_share: env.share("SWAPSTREAM_PRODUCER_REORDER_SHARE"),
+            reorder_max: Duration::from_millis(env.number("SWAPSTREAM_PRODUCER_REORDER_MAX_MS", 0, 3_600_000)),
+            seed: env.optional_number("SWAPSTREAM_PRODUCER_SEED"),
+            count: Some(env.number::<u64>("SWAPSTREAM_PRODUCER_COUNT", 0, u64::MAX)).filter(|&n| n > 0),
+            ground_truth: env.text("SWAPSTREAM_PRODUCER_GROUND_TRUTH").map(Into::into),
+            progress_interval: Duration::from_secs(env.number("SWAPSTREAM_PRODUCER_PROGRESS_SECS", 1, 86_400)),
+        };
+        if let Some(path) = &producer.ground_truth {
+            env.effective.insert("SWAPSTREAM_PRODUCER_GROUND_TRUTH", path.display().to_string());
+        }
+
+        for name in vars.keys() {
+            if !VARIABLES.iter().any(|v| v.name == name) {
+                env.problems.push(format!("{name}: unknown variable (see the configuration table in README.md)"));
+            }
+        }
+        let Env { mut problems, effective, .. } = env;
+        if !problems.is_empty() {
+            problems.sort();
+            return Err(ConfigError(problems));
+        }
+        Ok(Settings { log, instance_id, kafka, postgres, redis, http, producer, effective })
+    }
+
+    /// The effective configuration, one `NAME=value` line per variable,
+    /// secrets redacted.
+    pub fn describe(&self) -> String {
+        self.effective.iter().map(|(name, value)| format!("{name}={value}\n")).collect()
+    }
+}
+
+/// Reads variables, records effective values and collects problems.
+struct Env<'a> {
+    vars: &'a HashMap<String, String>,
+    problems: Vec<String>,
+    effective: BTreeMap<&'static str, String>,
+}
+
+impl Env<'_> {
+    /// The variable's value when set and not blank.
+    fn text(&self, name: &'static str) -> Option<String> {
+        self.vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()).map(str::to_owned)
+    }
+
+    fn problem(&mut self, name: &str, expected: &str, got: &str) {
+        self.problems.push(format!("{name}: expected {expected}, got {got:?}"));
+    }
+
+    /// Parses the variable, or its documented default when unset. A bad
+    /// value is recorded as a problem and the default used in its place, so
+    /// that every problem is found in one pass.
+    fn parse<T>(&mut self, name: &'static str, expected: &str, parse: impl Fn(&str) -> Option<T>) -> T {
+        let default = default_of(name);
+        let text = self.text(name).unwrap_or_else(|| default.clone());
+        let value = match parse(&text) {
+            Some(value) => value,
+            None => {
+                self.problem(name, expected, &text);
+                parse(&default).unwrap_or_else(|| panic!("default of {name} must parse"))
+            }
+        };
+        self.effective.insert(name, text);
+        value
+    }
+
+    fn number<T>(&mut self, name: &'static str, min: T, max: T) -> T
+    where
+        T: FromStr + PartialOrd + fmt::Display + Copy,
+    {
+        let expected = format!("an integer from {min} to {max}");
+        self.parse(name, &expected, |v| v.parse::<T>().ok().filter(|n| *n >= min && *n <= max))
+    }
+
+    fn optional_number<T: FromStr + fmt::Display>(&mut self, name: &'static str) -> Option<T> {
+        let text = self.text(name)?;
+        match text.parse() {
+            Ok(value) => {
+                self.effective.insert(name, text);
+                Some(value)
+            }
+            Err(_) => {
+                self.problem(name, "a non-negative integer", &text);
+                None
+            }
+        }
+    }
+
+    fn share(&mut self, name: &'static str) -> f64 {
+        self.parse(name, "a share from 0 to 1", |v| v.parse::<f64>().ok().filter(|s| (0.0..=1.0).contains(s)))
+    }
+
+    fn secret(&mut self, name: &'static str) -> Option<Secret<String>> {
+        let value = self.text(name)?;
+        self.effective.insert(name, "<redacted>".into());
+        Some(Secret(value))
+    }
+
+    fn secret_parse<T: Default>(&mut self, name: &'static str, expected: &str, parse: impl Fn(&str) -> Option<T>) -> T {
+        let Some(text) = self.text(name) else { return T::default() };
+        self.effective.insert(name, "<redacted>".into());
+        parse(&text).unwrap_or_else(|| {
+            // The value may hold a secret: name the problem, not the value.
+            self.problems.push(format!("{name}: expected {expected}"));
+            T::default()
+        })
+    }
+}
+
+fn default_of(name: &str) -> String {
+    let variable = VARIABLES.iter().find(|v| v.name == name).unwrap_or_else(|| panic!("{name} is not documented"));
+    if variable.default.starts_with('(') {
+        String::new()
+    } else {
+        variable.default.to_owned()
+    }
+}
+
+fn default_instance_id() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("swapstream-{}", std::process::id()))
+}
+
+fn is_host_port(text: &str) -> bool {
+    match text.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+fn valid_topic(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn valid_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 63
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn parse_options(text: &str) -> Option<Vec<(String, String)>> {
+    text.split(',')
+        .map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            let key = key.trim();
+            (!key.is_empty()).then(|| (key.to_owned(), value.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// The URL with any password replaced, for logs.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:<redacted>@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    fn problems(vars: &[(&str, &str)]) -> Vec<String> {
+        settings(vars).expect_err("should be refused").0
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.kafka.brokers, None);
+        assert_eq!(s.kafka.partitions, 4);
+        assert_eq!(s.kafka.topics, TopicLayout::PerToken { prefix: "swaps.".into() });
+        assert_eq!(s.producer.rate, Rate::PerMinute(1000.0));
+        assert_eq!(s.producer.tokens.len(), 6);
+        assert_eq!(s.producer.encoding, Encoding::Protobuf);
+        assert_eq!(s.producer.count, None);
+        assert_eq!(s.postgres.schema, "swapstream");
+        assert_eq!(s.redis.mode, RedisMode::Single);
+    }
+
+    #[test]
+    fn a_bad_rate_is_named_with_what_was_expected() {
+        assert_eq!(
+            problems(&[("SWAPSTREAM_PRODUCER_RATE", "fast")]),
+            ["SWAPSTREAM_PRODUCER_RATE: expected a positive number of events per minute, or \"max\", got \"fast\""]
+        );
+        assert_eq!(settings(&[("SWAPSTREAM_PRODUCER_RATE", "max")]).unwrap().producer.rate, Rate::Max);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let found = problems(&[
+            ("SWAPSTREAM_KAFKA_PARTITIONS", "0"),
+            ("SWAPSTREAM_KAFKA_BROKERS", "localhost"),
+            ("SWAPSTREAM_LOG_LEVEL", "loud"),
+            ("SWAPSTREAM_PRODUCER_TOKENS", "ETH"),
+            ("SWAPSTREAM_PRODUCER_FAILED_SHARE", "1.5"),
+            ("SWAPSTREAM_HTTP_ADDR", "everywhere"),
+            ("SWAPSTREAM_POSTGRES_SCHEMA", "Robert'); DROP TABLE"),
+        ]);
+        assert_eq!(
+            found,
+            [
+                "SWAPSTREAM_HTTP_ADDR: expected an address like 0.0.0.0:8080, got \"everywhere\"",
+                "SWAPSTREAM_KAFKA_BROKERS: expected host:port[,host:port...], got \"localhost\"",
+                "SWAPSTREAM_KAFKA_PARTITIONS: expected an integer from 1 to 10000, got \"0\"",
+                "SWAPSTREAM_LOG_LEVEL: expected one of trace, debug, info, warning, error, critical, got \"loud\"",
+                "SWAPSTREAM_POSTGRES_SCHEMA: expected a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63), got \"Robert'); DROP TABLE\"",
+                "SWAPSTREAM_PRODUCER_FAILED_SHARE: expected a share from 0 to 1, got \"1.5\"",
+                "SWAPSTREAM_PRODUCER_TOKENS: expected at least two distinct token symbols, comma-separated, got \"ETH\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_swapstream_variables_are_refused_and_others_ignored() {
+        let found = problems(&[("SWAPSTREAM_PRODUCER_RAET", "5"), ("PATH", "/bin")]);
+        assert_eq!(found, ["SWAPSTREAM_PRODUCER_RAET: unknown variable (see the configuration table in README.md)"]);
+    }
+
+    #[test]
+    fn secrets_never_show_in_the_description_or_debug() {
+        let s = settings(&[
+            ("SWAPSTREAM_POSTGRES_URL", "postgres://app:hunter2@db:5432/swaps"),
+            ("SWAPSTREAM_REDIS_PASSWORD", "hunter3"),
+            ("SWAPSTREAM_KAFKA_OPTIONS", "sasl.password=hunter4"),
+        ])
+        .unwrap();
+        let described = s.describe();
+        let debugged = format!("{s:?}");
+        for secret in ["hunter2", "hunter3", "hunter4"] {
+            assert!(!described.contains(secret), "{described}");
+            assert!(!debugged.contains(secret), "{debugged}");
+        }
+        assert!(described.contains("SWAPSTREAM_POSTGRES_URL=postgres://app:<redacted>@db:5432/swaps\n"));
+        assert!(described.contains("SWAPSTREAM_REDIS_PASSWORD=<redacted>\n"));
+        assert_eq!(s.kafka.options.expose(), &[("sasl.password".to_owned(), "hunter4".to_owned())]);
+    }
+
+    #[test]
+    fn bad_secret_values_are_not_echoed() {
+        let found = problems(&[("SWAPSTREAM_KAFKA_OPTIONS", "hunter5")]);
+        assert_eq!(found, ["SWAPSTREAM_KAFKA_OPTIONS: expected key=value[,key=value...]"]);
+    }
+
+    #[test]
+    fn single_topic_mode_uses_the_topic_setting() {
+        let s =
+            settings(&[("SWAPSTREAM_KAFKA_TOPIC_MODE", "single"), ("SWAPSTREAM_KAFKA_TOPIC", "all-swaps")]).unwrap();
+        let eth = TokenSymbol::parse("ETH").unwrap();
+        assert_eq!(s.kafka.topics.topic_for(&eth), "all-swaps");
+        assert_eq!(settings(&[]).unwrap().kafka.topics.topic_for(&eth), "swaps.ETH");
+        assert_eq!(settings(&[]).unwrap().kafka.topics.subscription(), "^swaps\\.");
+    }
+
+    #[test]
+    fn redis_cluster_takes_a_url_list() {
+        let s = settings(&[
+            ("SWAPSTREAM_REDIS_MODE", "cluster"),
+            ("SWAPSTREAM_REDIS_URL", "redis://127.0.0.1:7001,redis://127.0.0.1:7002"),
+        ])
+        .unwrap();
+        assert_eq!(s.redis.urls.expose().len(), 2);
+        let found = problems(&[("SWAPSTREAM_REDIS_URL", "redis://a:1,redis://b:2")]);
+        assert_eq!(found, ["SWAPSTREAM_REDIS_URL: expected one URL in single mode, got \"2\""]);
+    }
+
+    #[test]
+    fn every_documented_variable_is_described_with_its_default() {
+        let s = settings(&[]).unwrap();
+        for variable in VARIABLES {
+            let optional = variable.default.starts_with('(');
+            assert!(optional || s.effective.contains_key(variable.name), "{} missing", variable.name);
+        }
+    }
+
+    #[test]
+    fn the_readme_documents_every_variable() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        for variable in VARIABLES {
+            let row = format!("| `{}` | `{}` |", variable.name, variable.default);
+            assert!(readme.contains(&row), "README.md lacks the row for {}: {row}", variable.name);
+        }
+    }
+}
