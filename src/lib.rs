@@ -2,4 +2,6 @@ pub mod codec;
 pub mod config;
 pub mod domain;
 pub mod kafka;
+pub mod producer;
+pub mod shutdown;
 pub mod telemetry;

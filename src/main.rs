@@ -1,1 +1,138 @@
-fn main() {}
+//! `swapstream <role>`: load settings, build the logger, run the role until
+//! it finishes or is stopped, report why it stopped.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use slog::{error, info};
+
+use swapstream::config::{Rate, Settings};
+use swapstream::{producer, shutdown, telemetry};
+
+/// Exit status for invalid configuration.
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "swapstream",
+    version,
+    about = "Token-swap stream analytics: Kafka in, exact aggregates out over REST and WebSocket.",
+    long_about = "Token-swap stream analytics: Kafka in, exact per-token and per-pair aggregates out over REST and WebSocket.\n\nEvery setting comes from SWAPSTREAM_* environment variables (see README.md); flags below override a few of them."
+)]
+struct Cli {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Emit synthetic swap events (pending, then confirmed or failed) into Kafka at a steady rate.
+    Producer(ProducerArgs),
+    /// Read swap events from Kafka, aggregate them exactly once into PostgreSQL and Redis, and serve WebSocket clients.
+    Consumer,
+    /// Serve the REST API from Redis (live values) and PostgreSQL (history); stateless, scale by replicas.
+    Api,
+    /// Producer, consumer and API in one process, for local use and demos; runs an embedded broker when none is configured.
+    All,
+    /// Print the effective configuration (secrets redacted) and exit.
+    Config,
+}
+
+#[derive(clap::Args)]
+struct ProducerArgs {
+    /// Stop after this many swaps, once each one's every event is sent [env: SWAPSTREAM_PRODUCER_COUNT].
+    #[arg(long)]
+    count: Option<u64>,
+    /// Events per minute, or "max" [env: SWAPSTREAM_PRODUCER_RATE].
+    #[arg(long)]
+    rate: Option<String>,
+    /// Encode events as JSON instead of protobuf [env: SWAPSTREAM_PRODUCER_ENCODING=json].
+    #[arg(long)]
+    json: bool,
+    /// Write the ground-truth file here at the end [env: SWAPSTREAM_PRODUCER_GROUND_TRUTH].
+    #[arg(long)]
+    ground_truth: Option<PathBuf>,
+}
+
+impl ProducerArgs {
+    /// The flags as the variables they override.
+    fn overrides(&self) -> Vec<(String, String)> {
+        let mut vars = Vec::new();
+        if let Some(count) = self.count {
+            vars.push(("SWAPSTREAM_PRODUCER_COUNT".into(), count.to_string()));
+        }
+        if let Some(rate) = &self.rate {
+            vars.push(("SWAPSTREAM_PRODUCER_RATE".into(), rate.clone()));
+        }
+        if self.json {
+            vars.push(("SWAPSTREAM_PRODUCER_ENCODING".into(), "json".into()));
+        }
+        if let Some(path) = &self.ground_truth {
+            vars.push(("SWAPSTREAM_PRODUCER_GROUND_TRUTH".into(), path.display().to_string()));
+        }
+        vars
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = match &cli.role {
+        Role::Producer(args) => args.overrides(),
+        _ => Vec::new(),
+    };
+    let settings = match Settings::from_vars(std::env::vars().chain(overrides)) {
+        Ok(settings) => settings,
+        Err(problems) => {
+            eprintln!("invalid configuration:");
+            for line in &problems.0 {
+                eprintln!("  {line}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Role::Config = cli.role {
+        print!("{}", settings.describe());
+        return ExitCode::SUCCESS;
+    }
+
+    let log = telemetry::build_logger(&settings.log, &settings.instance_id);
+    info!(log, "configuration"; "settings" => ?settings.effective);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            error!(log, "cannot start the async runtime"; "error" => %e);
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.role {
+            Role::Producer(_) => {
+                let Some(brokers) = settings.kafka.brokers.clone() else {
+                    anyhow::bail!("the producer needs SWAPSTREAM_KAFKA_BROKERS");
+                };
+                if settings.producer.rate == Rate::Max {
+                    info!(log, "rate: as fast as the broker takes events");
+                }
+                producer::run(&settings, &brokers, &log, shutdown::signal(log.clone())).await.map(|_| ())
+            }
+            Role::Consumer | Role::Api | Role::All => {
+                anyhow::bail!("this role is not available yet: only `producer` and `config` are built so far")
+            }
+            Role::Config => unreachable!("handled above"),
+        }
+    });
+    let code = match result {
+        Ok(()) => {
+            info!(log, "stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(log, "stopped on error"; "error" => format!("{e:#}"));
+            ExitCode::FAILURE
+        }
+    };
+    // Let the async drain write the last records.
+    drop(log);
+    code
+}

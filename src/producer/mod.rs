@@ -1,0 +1,351 @@
+//! The `producer` role: synthetic swap events into Kafka at a steady rate.
+//!
+//! Every swap is sent as `pending`, then as `confirmed` or `failed` after the
+//! confirmation delay. Events can be duplicated and held back on purpose so
+//! consumers can be tested against both. On stop, events still scheduled are
+//! sent at once (so every lifecycle completes) and the client is flushed.
+
+mod generator;
+pub mod ground_truth;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::Message as _;
+use slog::{info, warn, Logger};
+use tokio::time::Instant;
+
+pub use generator::{Generator, SwapPlan};
+use ground_truth::{Delivery, GroundTruth, SentEvent};
+
+use crate::codec::{self, CONTENT_TYPE_HEADER};
+use crate::config::{Rate, Settings};
+use crate::domain::SwapEvent;
+use crate::kafka::{client_config, LoggingContext};
+
+/// Longest wait for in-flight messages on stop.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for topic creation.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Duplicates follow their original within this delay.
+const DUPLICATE_MAX_DELAY: Duration = Duration::from_millis(500);
+
+/// What a producer run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    pub swaps: u64,
+    pub events_sent: u64,
+    pub delivered: u64,
+    pub delivery_errors: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+}
+
+/// Counts deliveries on librdkafka's thread; records them for the ground
+/// truth when asked to.
+struct DeliveryContext {
+    log: LoggingContext,
+    delivered: AtomicU64,
+    errors: AtomicU64,
+    record: Option<Mutex<Vec<(u64, Delivery)>>>,
+}
+
+impl ClientContext for DeliveryContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.log.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(error, reason);
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<u64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: Self::DeliveryOpaque) {
+        let delivery = match result {
+            Ok(message) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+                Delivery::Ok { partition: message.partition(), offset: message.offset() }
+            }
+            Err((error, _)) => {
+                let count = self.errors.fetch_add(1, Ordering::Relaxed);
+                if count < 10 || count.is_power_of_two() {
+                    warn!(self.log.log, "delivery failed"; "error" => %error, "errors" => count + 1);
+                }
+                Delivery::Failed { error: error.to_string() }
+            }
+        };
+        if let Some(record) = &self.record {
+            record.lock().expect("delivery record lock").push((*seq, delivery));
+        }
+    }
+}
+
+/// An event waiting for its send time.
+struct Scheduled {
+    due: Instant,
+    seq: u64,
+    event: Arc<SwapEvent>,
+    duplicate: bool,
+    reordered: bool,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
+}
+
+/// Spaces sends evenly at the configured rate; after a stall it resumes the
+/// rate instead of bursting to catch up.
+struct Pacer {
+    interval: Option<Duration>,
+    next: Instant,
+}
+
+impl Pacer {
+    fn new(rate: Rate) -> Pacer {
+        let interval = match rate {
+            Rate::PerMinute(per_minute) => Some(Duration::from_secs_f64(60.0 / per_minute)),
+            Rate::Max => None,
+        };
+        Pacer { interval, next: Instant::now() }
+    }
+
+    async fn wait(&mut self) {
+        let Some(interval) = self.interval else { return };
+        let now = Instant::now();
+        if self.next > now {
+            tokio::time::sleep_until(self.next).await;
+        } else if now - self.next > Duration::from_secs(1) {
+            self.next = now;
+        }
+        self.next += interval;
+    }
+}
+
+/// Runs the producer until `stop` resolves or the configured count of swaps
+/// is sent; returns what it did.
+pub async fn run(
+    settings: &Settings,
+    brokers: &str,
+    log: &Logger,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<Summary> {
+    let config = &settings.producer;
+    create_topics(settings, brokers, log).await?;
+
+    let context = DeliveryContext {
+        log: LoggingContext { log: log.clone() },
+        delivered: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        record: config.ground_truth.as_ref().map(|_| Mutex::new(Vec::new())),
+    };
+    let producer: ThreadedProducer<DeliveryContext> = client_config(&settings.kafka, brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "500000")
+        .create_with_context(context)
+        .context("creating the Kafka producer")?;
+
+    let seed = config.seed.unwrap_or_else(rand::random);
+    info!(log, "producer started"; "brokers" => brokers, "seed" => seed, "rate" => ?config.rate,
+        "encoding" => ?config.encoding, "count" => config.count);
+    let mut generator = Generator::new(&config.tokens, config.failed_share, seed);
+    let mut queue: BinaryHeap<Reverse<Scheduled>> = BinaryHeap::new();
+    let mut sent: Vec<SentEvent> = Vec::new();
+    let mut summary = Summary::default();
+    let mut pacer = Pacer::new(config.rate);
+    let mut seq = 0u64;
+    let mut progress = Progress::new(config.progress_interval);
+    tokio::pin!(stop);
+    let mut stopping = false;
+
+    loop {
+        let creating = !stopping && config.count.is_none_or(|count| summary.swaps < count);
+        if !creating && queue.is_empty() {
+            break;
+        }
+        let due = queue.peek().is_some_and(|Reverse(next)| next.due <= Instant::now());
+        if !due && creating {
+            let plan = generator.next_swap(chrono::Utc::now(), config.confirm_delay);
+            summary.swaps += 1;
+            let now = Instant::now();
+            for (event, delay) in [(plan.pending, Duration::ZERO), (plan.terminal, config.confirm_delay)] {
+                let (extra, reordered) = if generator.chance(config.reorder_share) {
+                    (generator.delay_up_to(config.reorder_max), true)
+                } else {
+                    (Duration::ZERO, false)
+                };
+                summary.reordered += u64::from(reordered);
+                seq += 1;
+                queue.push(Reverse(Scheduled {
+                    due: now + delay + extra,
+                    seq,
+                    event: Arc::new(event),
+                    duplicate: false,
+                    reordered,
+                }));
+            }
+            continue;
+        }
+        if !due && !stopping {
+            // Nothing due and nothing to create: wait for the next due event.
+            let next_due = queue.peek().map(|Reverse(next)| next.due).expect("queue is not empty");
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_due) => {}
+                _ = &mut stop => stopping = true,
+            }
+            continue;
+        }
+        if !stopping {
+            tokio::select! {
+                _ = pacer.wait() => {}
+                _ = &mut stop => { stopping = true; continue; }
+            }
+        }
+        let Reverse(next) = queue.pop().expect("an event is due");
+        let topic = settings.kafka.topics.topic_for(&next.event.token_from);
+        let payload = codec::encode(&next.event, config.encoding);
+        send(&producer, &topic, &next, &payload, config.encoding).await?;
+        summary.events_sent += 1;
+        summary.duplicates += u64::from(next.duplicate);
+        if !next.duplicate && generator.chance(config.duplicate_share) {
+            seq += 1;
+            let due = Instant::now() + generator.delay_up_to(DUPLICATE_MAX_DELAY);
+            queue.push(Reverse(Scheduled { due, seq, event: next.event.clone(), duplicate: true, reordered: false }));
+        }
+        if config.ground_truth.is_some() {
+            sent.push(SentEvent {
+                seq: next.seq,
+                topic,
+                duplicate: next.duplicate,
+                reordered: next.reordered,
+                event: next.event,
+            });
+        }
+        if let Some(line) = progress.tick(&summary, producer.context()) {
+            info!(log, "progress"; line);
+        }
+    }
+
+    info!(log, "flushing"; "in_flight" => producer.in_flight_count());
+    producer.flush(FLUSH_TIMEOUT).context("flushing in-flight messages")?;
+    let context = producer.context();
+    summary.delivered = context.delivered.load(Ordering::Relaxed);
+    summary.delivery_errors = context.errors.load(Ordering::Relaxed);
+    info!(log, "producer stopped"; "swaps" => summary.swaps, "sent" => summary.events_sent,
+        "delivered" => summary.delivered, "delivery_errors" => summary.delivery_errors,
+        "duplicates" => summary.duplicates, "reordered" => summary.reordered);
+
+    if let (Some(path), Some(record)) = (&config.ground_truth, &context.record) {
+        let deliveries = std::mem::take(&mut *record.lock().expect("delivery record lock"));
+        let truth = GroundTruth::build(seed, config.encoding, &summary, sent, deliveries);
+        truth.write(path).with_context(|| format!("writing the ground truth to {}", path.display()))?;
+        info!(log, "ground truth written"; "path" => %path.display());
+    }
+    Ok(summary)
+}
+
+async fn send(
+    producer: &ThreadedProducer<DeliveryContext>,
+    topic: &str,
+    next: &Scheduled,
+    payload: &[u8],
+    encoding: codec::Encoding,
+) -> anyhow::Result<()> {
+    let key = next.event.id.tx_hash.to_string();
+    loop {
+        let headers =
+            OwnedHeaders::new().insert(Header { key: CONTENT_TYPE_HEADER, value: Some(encoding.content_type()) });
+        let record =
+            BaseRecord::with_opaque_to(topic, Box::new(next.seq)).key(key.as_bytes()).payload(payload).headers(headers);
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                // The local queue is full: wait for deliveries to drain it.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((error, _)) => return Err(error).with_context(|| format!("sending to topic {topic}")),
+        }
+    }
+}
+
+/// Creates the topics the producer writes to, with the configured
+/// partitions; existing topics are left as they are.
+async fn create_topics(settings: &Settings, brokers: &str, log: &Logger) -> anyhow::Result<()> {
+    let admin: AdminClient<LoggingContext> = client_config(&settings.kafka, brokers)
+        .create_with_context(LoggingContext { log: log.clone() })
+        .context("creating the Kafka admin client")?;
+    let mut names: Vec<String> = settings.producer.tokens.iter().map(|t| settings.kafka.topics.topic_for(t)).collect();
+    names.dedup();
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|name| NewTopic::new(name, settings.kafka.partitions, TopicReplication::Fixed(settings.kafka.replication)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT));
+    let results = admin.create_topics(&topics, &options).await.context("creating topics")?;
+    for result in results {
+        match result {
+            Ok(topic) => info!(log, "topic created"; "topic" => topic, "partitions" => settings.kafka.partitions),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => info!(log, "topic exists"; "topic" => topic),
+            Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// The periodic progress line.
+struct Progress {
+    every: Duration,
+    last_at: Instant,
+    last_sent: u64,
+}
+
+impl Progress {
+    fn new(every: Duration) -> Progress {
+        Progress { every, last_at: Instant::now(), last_sent: 0 }
+    }
+
+    fn tick(&mut self, summary: &Summary, context: &DeliveryContext) -> Option<slog::OwnedKV<impl slog::KV>> {
+        let elapsed = self.last_at.elapsed();
+        if elapsed < self.every {
+            return None;
+        }
+        let rate = (summary.events_sent - self.last_sent) as f64 / elapsed.as_secs_f64();
+        self.last_at = Instant::now();
+        self.last_sent = summary.events_sent;
+        Some(slog::o!(
+            "swaps" => summary.swaps,
+            "sent" => summary.events_sent,
+            "events_per_sec" => format!("{rate:.1}"),
+            "delivered" => context.delivered.load(Ordering::Relaxed),
+            "errors" => context.errors.load(Ordering::Relaxed),
+        ))
+    }
+}

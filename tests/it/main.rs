@@ -1,0 +1,7 @@
+//! Integration tests against the real stack: a Kafka-protocol broker,
+//! PostgreSQL and Redis on loopback, started by `scripts/services up`
+//! (`scripts/test` does that first).
+
+mod cli;
+mod helpers;
+mod producer;

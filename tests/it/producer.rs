@@ -1,0 +1,170 @@
+//! The producer role against the real broker, read back with a separate
+//! consumer and checked against its own ground-truth file.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use swapstream::codec;
+use swapstream::domain::aggregate::Reference;
+use swapstream::domain::{Status, SwapEvent};
+use swapstream::producer::ground_truth::GroundTruthFile;
+
+use crate::helpers::{require_broker, run_binary, unique};
+
+const TOKENS: &str = "ETH,BTC,SOL,USDC";
+const PARTITIONS: i32 = 3;
+
+/// Runs the producer binary to completion and returns its ground truth.
+async fn produce(prefix: &str, count: u32, extra: &[(&str, String)]) -> GroundTruthFile {
+    let dir = tempfile::tempdir().unwrap();
+    let truth_path = dir.path().join("truth.json");
+    let mut vars = vec![
+        ("SWAPSTREAM_KAFKA_BROKERS", require_broker()),
+        ("SWAPSTREAM_KAFKA_TOPIC_PREFIX", prefix.to_owned()),
+        ("SWAPSTREAM_KAFKA_PARTITIONS", PARTITIONS.to_string()),
+        ("SWAPSTREAM_PRODUCER_TOKENS", TOKENS.into()),
+        ("SWAPSTREAM_PRODUCER_CONFIRM_DELAY_MS", "100".into()),
+        ("SWAPSTREAM_PRODUCER_FAILED_SHARE", "0.2".into()),
+        ("SWAPSTREAM_PRODUCER_DUPLICATE_SHARE", "0.25".into()),
+        ("SWAPSTREAM_PRODUCER_REORDER_SHARE", "0.25".into()),
+        ("SWAPSTREAM_PRODUCER_REORDER_MAX_MS", "300".into()),
+        ("SWAPSTREAM_LOG_FORMAT", "json".into()),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+    let truth_arg = truth_path.display().to_string();
+    let output = run_binary(
+        &["producer", "--count", &count.to_string(), "--rate", "max", "--ground-truth", &truth_arg],
+        &vars,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(output.status.success(), "producer failed: {}", String::from_utf8_lossy(&output.stderr));
+    GroundTruthFile::read(&truth_path).unwrap()
+}
+
+/// One message read back from the broker.
+struct ReadBack {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    content_type: Option<String>,
+    event: SwapEvent,
+}
+
+/// Reads every message of the prefix's topics from the beginning up to the
+/// high watermarks, with a plain rdkafka consumer.
+fn read_back(prefix: &str) -> Vec<ReadBack> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", require_broker())
+        .set("group.id", unique("it-readback"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    let mut ends: HashMap<(String, i32), i64> = HashMap::new();
+    for token in TOKENS.split(',') {
+        let topic = format!("{prefix}{token}");
+        for partition in 0..PARTITIONS {
+            let (low, high) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10)).unwrap();
+            assert_eq!(low, 0);
+            if high > 0 {
+                assignment.add_partition_offset(&topic, partition, Offset::Beginning).unwrap();
+                ends.insert((topic.clone(), partition), high);
+            }
+        }
+    }
+    consumer.assign(&assignment).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut read = Vec::new();
+    let mut remaining: HashSet<(String, i32)> = ends.keys().cloned().collect();
+    while !remaining.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "did not read up to the watermarks: {remaining:?} left");
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let message = message.unwrap();
+        let content_type = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == codec::CONTENT_TYPE_HEADER))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8(v.to_vec()).unwrap());
+        let event = codec::decode(message.payload().unwrap(), content_type.as_deref()).unwrap();
+        let key = (message.topic().to_owned(), message.partition());
+        assert_eq!(message.key(), Some(event.id.tx_hash.to_string().as_bytes()), "the key is the tx hash");
+        if message.offset() + 1 >= ends[&key] {
+            remaining.remove(&key);
+        }
+        read.push(ReadBack { topic: key.0, partition: key.1, offset: message.offset(), content_type, event });
+    }
+    read
+}
+
+fn wire(event: &SwapEvent) -> serde_json::Value {
+    serde_json::to_value(event.to_wire()).unwrap()
+}
+
+async fn check_round_trip(encoding: &str, content_type: &str, extra: &[(&str, String)]) {
+    let prefix = format!("{}.", unique(&format!("it-producer-{encoding}")));
+    let truth = produce(&prefix, 300, extra).await;
+    let read = read_back(&prefix);
+
+    // Every delivered event is in the broker where the ground truth says,
+    // byte-for-byte the same event, and nothing else is.
+    let mut expected: BTreeMap<(String, i32, i64), &serde_json::Value> = BTreeMap::new();
+    for entry in truth.events.iter().filter(|e| e.result == "ok") {
+        expected.insert((entry.topic.clone(), entry.partition.unwrap(), entry.offset.unwrap()), &entry.event);
+    }
+    assert_eq!(truth.counts.delivery_errors, 0);
+    assert_eq!(read.len(), expected.len());
+    for message in &read {
+        assert_eq!(message.content_type.as_deref(), Some(content_type));
+        assert_eq!(message.topic, format!("{prefix}{}", message.event.token_from), "topic per token sold");
+        let key = (message.topic.clone(), message.partition, message.offset);
+        assert_eq!(expected.get(&key), Some(&&wire(&message.event)), "event at {key:?}");
+    }
+
+    // Lifecycles: every swap was pending, then exactly one terminal status.
+    let mut statuses: HashMap<_, Vec<Status>> = HashMap::new();
+    let mut seen = HashSet::new();
+    let mut duplicates = 0;
+    for message in &read {
+        if !seen.insert((message.event.id, message.event.status)) {
+            duplicates += 1;
+            continue;
+        }
+        statuses.entry(message.event.id).or_default().push(message.event.status);
+    }
+    assert_eq!(statuses.len(), 300, "swaps");
+    assert_eq!(duplicates, truth.counts.duplicates, "duplicate count");
+    assert!(truth.counts.duplicates > 0 && truth.counts.reordered > 0, "injection is on: {:?}", truth.counts);
+    for (id, mut list) in statuses {
+        list.sort_by_key(|s| s.as_str());
+        assert!(
+            list == [Status::Confirmed, Status::Pending] || list == [Status::Failed, Status::Pending],
+            "{id:?} has statuses {list:?}"
+        );
+    }
+
+    // The expected aggregates are those of what was read, computed anew.
+    let mut first_terminal = HashSet::new();
+    let confirmed: Vec<&SwapEvent> = read
+        .iter()
+        .map(|m| &m.event)
+        .filter(|e| e.status.is_terminal() && first_terminal.insert(e.id))
+        .filter(|e| e.status == Status::Confirmed)
+        .collect();
+    assert_eq!(confirmed.len() as u64, truth.counts.confirmed);
+    let recomputed = serde_json::to_value(Reference::compute(confirmed)).unwrap();
+    assert_eq!(recomputed, truth.expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn protobuf_stream_matches_its_ground_truth() {
+    check_round_trip("protobuf", codec::CONTENT_TYPE_PROTOBUF, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_stream_matches_its_ground_truth() {
+    check_round_trip("json", codec::CONTENT_TYPE_JSON, &[("SWAPSTREAM_PRODUCER_ENCODING", "json".into())]).await;
+}
