@@ -338,7 +338,8 @@ pub(crate) mod tests {
 
     #[test]
     fn every_required_field_is_named_when_missing() {
-        let cases: [(&str, fn(&mut RawSwap)); 7] = [
+        type Clear = fn(&mut RawSwap);
+        let cases: [(&str, Clear); 7] = [
             ("tx_hash", |r| r.tx_hash = None),
             ("timestamp", |r| r.timestamp = None),
             ("token_from", |r| r.token_from = None),
