@@ -69,6 +69,13 @@ variables! {
     "SWAPSTREAM_REDIS_MODE", "single", "`single` (one Redis server) or `cluster` (Redis Cluster).";
     "SWAPSTREAM_REDIS_PASSWORD", "(empty)", "Redis password, if not in the URL. Secret.";
     "SWAPSTREAM_REDIS_KEY_PREFIX", "swapstream", "Prefix of every Redis key and channel, so deployments can share a Redis.";
+    "SWAPSTREAM_BATCH_MAX_EVENTS", "5000", "Largest batch of events per checkpoint (1 to 1000000).";
+    "SWAPSTREAM_BATCH_MAX_MS", "200", "Longest time a batch collects events before its checkpoint (1 to 60000).";
+    "SWAPSTREAM_LATENESS_SECS", "3600", "How far behind a partition's newest event time an event may be and still count; older ones go to the dead-letter topic as `too_late`.";
+    "SWAPSTREAM_MAX_FUTURE_SECS", "300", "How far ahead of the clock an event time may be; later ones go to the dead-letter topic as `future_timestamp`.";
+    "SWAPSTREAM_SHUTDOWN_TIMEOUT_SECS", "20", "Longest graceful shutdown: finish and checkpoint the batch in flight, commit, leave the group.";
+    "SWAPSTREAM_RECENT_SWAPS", "100", "Recent confirmed swaps kept per token and pair (1 to 1000).";
+    "SWAPSTREAM_AGGREGATOR_THREADS", "(cores)", "Threads the aggregator actors run on.";
     "SWAPSTREAM_HTTP_ADDR", "0.0.0.0:8080", "Address the HTTP server (REST, WebSocket, metrics) listens on.";
     "SWAPSTREAM_PRODUCER_RATE", "1000", "Events per minute the producer sends, or `max` for as fast as the broker takes them.";
     "SWAPSTREAM_PRODUCER_TOKENS", "ETH,BTC,SOL,USDC,USDT,TON", "Token universe of the producer, at least two symbols.";
@@ -171,6 +178,17 @@ pub struct RedisSettings {
 }
 
 #[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub batch_max_events: usize,
+    pub batch_max_time: Duration,
+    pub lateness: Duration,
+    pub max_future: Duration,
+    pub shutdown_timeout: Duration,
+    pub recent_swaps: usize,
+    pub aggregator_threads: usize,
+}
+
+#[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub addr: std::net::SocketAddr,
 }
@@ -205,6 +223,7 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub postgres: PostgresSettings,
     pub redis: RedisSettings,
+    pub consumer: ConsumerSettings,
     pub http: HttpSettings,
     pub producer: ProducerSettings,
     /// Every variable's effective value as text, secrets redacted.
@@ -343,6 +362,21 @@ impl Settings {
             ),
         };
 
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let consumer = ConsumerSettings {
+            batch_max_events: env.number("SWAPSTREAM_BATCH_MAX_EVENTS", 1, 1_000_000),
+            batch_max_time: Duration::from_millis(env.number("SWAPSTREAM_BATCH_MAX_MS", 1, 60_000)),
+            lateness: Duration::from_secs(env.number("SWAPSTREAM_LATENESS_SECS", 0, 30 * 86_400)),
+            max_future: Duration::from_secs(env.number("SWAPSTREAM_MAX_FUTURE_SECS", 0, 86_400)),
+            shutdown_timeout: Duration::from_secs(env.number("SWAPSTREAM_SHUTDOWN_TIMEOUT_SECS", 1, 3_600)),
+            recent_swaps: env.number("SWAPSTREAM_RECENT_SWAPS", 1, 1_000),
+            aggregator_threads: env
+                .optional_number("SWAPSTREAM_AGGREGATOR_THREADS")
+                .filter(|&n| n > 0)
+                .unwrap_or(cores),
+        };
+        env.effective.entry("SWAPSTREAM_AGGREGATOR_THREADS").or_insert_with(|| consumer.aggregator_threads.to_string());
+
         let http = HttpSettings {
             addr: env.parse("SWAPSTREAM_HTTP_ADDR", "an address like 0.0.0.0:8080", |v| v.parse().ok()),
         };
@@ -395,7 +429,7 @@ impl Settings {
             problems.sort();
             return Err(ConfigError(problems));
         }
-        Ok(Settings { log, instance_id, kafka, postgres, redis, http, producer, effective })
+        Ok(Settings { log, instance_id, kafka, postgres, redis, consumer, http, producer, effective })
     }
 
     /// The effective configuration, one `NAME=value` line per variable,

@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod money;
 pub mod pair;
+pub mod partial;
 pub mod swap;
 pub mod token;
 

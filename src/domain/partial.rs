@@ -1,0 +1,523 @@
+//! Partial aggregates: what one Kafka partition contributes to one token or
+//! pair, and the merge of partials into the answers the service serves.
+//!
+//! Every merge is associative and order-independent: sums add, high/low are
+//! max/min, open/close/last price are first/last by event order. So any
+//! partitioning of the input, and any arrival order within the lateness
+//! bound, gives the same merged answer as the [`Reference`] model.
+//!
+//! [`Reference`]: super::aggregate::Reference
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::aggregate::{Candle, Contribution, Interval, Totals};
+use super::swap::EventOrder;
+use super::{Amount, PairKey, Price, SwapEvent, TokenSymbol};
+
+/// What is aggregated: a token or a pair. Its text form is also the
+/// WebSocket channel name: `token:ETH`, `pair:ETH-USDC`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AggKey {
+    Token(TokenSymbol),
+    Pair(PairKey),
+}
+
+impl AggKey {
+    pub fn parse(text: &str) -> Option<AggKey> {
+        let (kind, name) = text.split_once(':')?;
+        match kind {
+            "token" => TokenSymbol::parse(name).ok().map(AggKey::Token),
+            "pair" => PairKey::parse(name).ok().map(AggKey::Pair),
+            _ => None,
+        }
+    }
+
+    /// The keys a swap counts for: both tokens and their pair.
+    pub fn of_swap(swap: &SwapEvent) -> [AggKey; 3] {
+        [AggKey::Token(swap.token_from.clone()), AggKey::Token(swap.token_to.clone()), AggKey::Pair(swap.pair())]
+    }
+
+    pub fn contribution(&self, swap: &SwapEvent) -> Option<Contribution> {
+        match self {
+            AggKey::Token(token) => Contribution::for_token(swap, token),
+            AggKey::Pair(pair) => Contribution::for_pair(swap, pair),
+        }
+    }
+}
+
+impl fmt::Display for AggKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AggKey::Token(token) => write!(f, "token:{token}"),
+            AggKey::Pair(pair) => write!(f, "pair:{pair}"),
+        }
+    }
+}
+
+/// A price and the event-order position it was seen at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PricePoint {
+    pub price: Price,
+    pub at: EventOrder,
+}
+
+impl PricePoint {
+    fn earlier(self, other: PricePoint) -> PricePoint {
+        if other.at < self.at {
+            other
+        } else {
+            self
+        }
+    }
+
+    fn later(self, other: PricePoint) -> PricePoint {
+        if other.at > self.at {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// One candle's share from one partition. Keeps the event-order positions of
+/// open and close so partials merge exactly, and the buy count for windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CandlePartial {
+    pub t: i64,
+    pub open: PricePoint,
+    pub close: PricePoint,
+    pub high: Price,
+    pub low: Price,
+    pub volume_usd: Amount,
+    pub swaps: u64,
+    pub buys: u64,
+}
+
+impl CandlePartial {
+    fn new(t: i64, point: PricePoint, c: &Contribution) -> CandlePartial {
+        CandlePartial {
+            t,
+            open: point,
+            close: point,
+            high: point.price,
+            low: point.price,
+            volume_usd: c.volume_usd,
+            swaps: 1,
+            buys: u64::from(c.buy),
+        }
+    }
+
+    pub fn merge(&mut self, other: &CandlePartial) {
+        debug_assert_eq!(self.t, other.t);
+        self.open = self.open.earlier(other.open);
+        self.close = self.close.later(other.close);
+        self.high = self.high.max(other.high);
+        self.low = self.low.min(other.low);
+        self.volume_usd += other.volume_usd;
+        self.swaps += other.swaps;
+        self.buys += other.buys;
+    }
+
+    pub fn to_candle(&self) -> Candle {
+        Candle {
+            t: self.t,
+            open: self.open.price,
+            high: self.high,
+            low: self.low,
+            close: self.close.price,
+            volume_usd: self.volume_usd,
+            swaps: self.swaps,
+        }
+    }
+}
+
+/// All-time totals' share from one partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TotalsPartial {
+    pub volume_usd: Amount,
+    pub swaps: u64,
+    pub buys: u64,
+    pub first_seen: Option<DateTime<Utc>>,
+    /// The latest swap's price; its time is `last_seen`.
+    pub last: Option<PricePoint>,
+}
+
+impl TotalsPartial {
+    fn add(&mut self, point: PricePoint, c: &Contribution) {
+        self.volume_usd += c.volume_usd;
+        self.swaps += 1;
+        self.buys += u64::from(c.buy);
+        let time = point.at.0;
+        self.first_seen = Some(self.first_seen.map_or(time, |t| t.min(time)));
+        self.last = Some(self.last.map_or(point, |last| last.later(point)));
+    }
+
+    pub fn merge(&mut self, other: &TotalsPartial) {
+        self.volume_usd += other.volume_usd;
+        self.swaps += other.swaps;
+        self.buys += other.buys;
+        self.first_seen = match (self.first_seen, other.first_seen) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last = match (self.last, other.last) {
+            (Some(a), Some(b)) => Some(a.later(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    pub fn to_totals(&self) -> Totals {
+        Totals {
+            volume_usd: self.volume_usd,
+            swaps: self.swaps,
+            buys: self.buys,
+            sells: self.swaps - self.buys,
+            first_seen: self.first_seen,
+            last_seen: self.last.map(|p| p.at.0),
+        }
+    }
+}
+
+/// How long candles stay in memory, per interval; older ones live in
+/// PostgreSQL only. The 1m retention covers the 24h window plus the
+/// lateness bound.
+pub fn memory_retention_secs(interval: Interval) -> i64 {
+    match interval {
+        Interval::M1 => 26 * 3_600,
+        Interval::M5 => 3 * 86_400,
+        Interval::M15 => 7 * 86_400,
+        Interval::H1 => 30 * 86_400,
+        Interval::H4 => 120 * 86_400,
+        Interval::D1 => 3_650 * 86_400,
+    }
+}
+
+/// One (key, partition) share: totals, pending gauge, candles, recent swaps.
+/// Tracks what changed since the last checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct Partial {
+    pub totals: TotalsPartial,
+    pub pending: i64,
+    pub candles: BTreeMap<Interval, BTreeMap<i64, CandlePartial>>,
+    /// Most recent confirmed swaps, newest first, at most `recent_cap`.
+    pub recent: Vec<Arc<SwapEvent>>,
+    dirty: Dirty,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Dirty {
+    totals: bool,
+    candles: BTreeSet<(Interval, i64)>,
+}
+
+/// What changed in a partial since the last checkpoint, as absolute values.
+#[derive(Debug, Clone)]
+pub struct PartialDelta {
+    pub totals: TotalsPartial,
+    pub pending: i64,
+    pub candles: Vec<(Interval, CandlePartial)>,
+    pub recent: Vec<Arc<SwapEvent>>,
+}
+
+impl Partial {
+    /// Counts a confirmed swap for `key`; `recent_cap` bounds the recent list.
+    pub fn apply(&mut self, key: &AggKey, swap: &Arc<SwapEvent>, recent_cap: usize) {
+        let Some(c) = key.contribution(swap) else { return };
+        let point = PricePoint { price: c.price, at: swap.order_key() };
+        self.totals.add(point, &c);
+        self.dirty.totals = true;
+        for interval in Interval::ALL {
+            let t = interval.bucket_start(swap.timestamp);
+            self.candles
+                .entry(interval)
+                .or_default()
+                .entry(t)
+                .and_modify(|candle| candle.merge(&CandlePartial::new(t, point, &c)))
+                .or_insert_with(|| CandlePartial::new(t, point, &c));
+            self.dirty.candles.insert((interval, t));
+        }
+        let position = self.recent.partition_point(|r| r.order_key() > point.at);
+        if position < recent_cap {
+            self.recent.insert(position, swap.clone());
+            self.recent.truncate(recent_cap);
+        }
+    }
+
+    pub fn add_pending(&mut self, delta: i64) {
+        if delta != 0 {
+            self.pending += delta;
+            self.dirty.totals = true;
+        }
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.dirty.totals || !self.dirty.candles.is_empty()
+    }
+
+    /// The changes since the last call, as absolute values.
+    pub fn take_delta(&mut self) -> Option<PartialDelta> {
+        if !self.is_dirty() {
+            return None;
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let candles = dirty
+            .candles
+            .into_iter()
+            .filter_map(|(interval, t)| Some((interval, *self.candles.get(&interval)?.get(&t)?)))
+            .collect();
+        Some(PartialDelta { totals: self.totals.clone(), pending: self.pending, candles, recent: self.recent.clone() })
+    }
+
+    /// Drops candles older than their memory retention, relative to `now`.
+    pub fn prune(&mut self, now: DateTime<Utc>) {
+        for (interval, candles) in self.candles.iter_mut() {
+            let oldest = now.timestamp() - memory_retention_secs(*interval);
+            *candles = candles.split_off(&oldest);
+        }
+    }
+
+    /// Restores a partial from its checkpointed parts; nothing is dirty.
+    pub fn restore(
+        totals: TotalsPartial,
+        pending: i64,
+        candles: impl IntoIterator<Item = (Interval, CandlePartial)>,
+        recent: Vec<Arc<SwapEvent>>,
+    ) -> Partial {
+        let mut partial = Partial { totals, pending, recent, ..Partial::default() };
+        for (interval, candle) in candles {
+            partial.candles.entry(interval).or_default().insert(candle.t, candle);
+        }
+        partial
+    }
+}
+
+/// A rolling window's figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Window {
+    pub volume_usd: Amount,
+    pub swaps: u64,
+    pub buys: u64,
+    pub sells: u64,
+    pub price_usd: Option<Price>,
+    pub price_change_pct: Option<Price>,
+    pub high: Option<Price>,
+    pub low: Option<Price>,
+}
+
+/// The rolling windows served, by label and length in seconds.
+pub const WINDOWS: [(&str, i64); 4] = [("5m", 300), ("1h", 3_600), ("6h", 21_600), ("24h", 86_400)];
+
+/// The merged view of every partial of one key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Merged {
+    pub totals: TotalsPartial,
+    pub pending: i64,
+    pub candles: BTreeMap<Interval, BTreeMap<i64, CandlePartial>>,
+}
+
+impl Merged {
+    pub fn of<'a>(partials: impl IntoIterator<Item = &'a Partial>) -> Merged {
+        let mut merged = Merged::default();
+        for partial in partials {
+            merged.totals.merge(&partial.totals);
+            merged.pending += partial.pending;
+            for (interval, candles) in &partial.candles {
+                let into = merged.candles.entry(*interval).or_default();
+                for (t, candle) in candles {
+                    into.entry(*t).and_modify(|c| c.merge(candle)).or_insert(*candle);
+                }
+            }
+        }
+        merged
+    }
+
+    pub fn price_usd(&self) -> Option<Price> {
+        self.totals.last.map(|p| p.price)
+    }
+
+    /// Candles of `interval` with `from <= t <= to`, oldest first, at most
+    /// `limit` of the newest such.
+    pub fn candles(&self, interval: Interval, from: i64, to: i64, limit: usize) -> Vec<Candle> {
+        let Some(candles) = self.candles.get(&interval) else { return Vec::new() };
+        let selected: Vec<Candle> = candles.range(from..=to).rev().take(limit).map(|(_, c)| c.to_candle()).collect();
+        selected.into_iter().rev().collect()
+    }
+
+    /// The window of `length` seconds ending at `now`: the current minute and
+    /// the whole minutes before it, `length / 60` minutes in all.
+    pub fn window(&self, now: DateTime<Utc>, length: i64) -> Window {
+        window_of(self.candles.get(&Interval::M1), now, length)
+    }
+}
+
+/// A window from 1m candles (shared by [`Merged`] and the reference model).
+pub fn window_of(minutes: Option<&BTreeMap<i64, CandlePartial>>, now: DateTime<Utc>, length: i64) -> Window {
+    let mut window = Window::default();
+    let Some(minutes) = minutes else { return window };
+    let start = Interval::M1.bucket_start(now) - length + 60;
+    let mut first: Option<PricePoint> = None;
+    let mut last: Option<PricePoint> = None;
+    for candle in minutes.range(start..).map(|(_, c)| c) {
+        window.volume_usd += candle.volume_usd;
+        window.swaps += candle.swaps;
+        window.buys += candle.buys;
+        window.high = Some(window.high.map_or(candle.high, |h| h.max(candle.high)));
+        window.low = Some(window.low.map_or(candle.low, |l| l.min(candle.low)));
+        first = Some(first.map_or(candle.open, |f| f.earlier(candle.open)));
+        last = Some(last.map_or(candle.close, |l| l.later(candle.close)));
+    }
+    window.sells = window.swaps - window.buys;
+    window.price_usd = last.map(|p| p.price);
+    if let (Some(first), Some(last)) = (first, last) {
+        window.price_change_pct = last.price.change_pct(first.price);
+    }
+    window
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::aggregate::Reference;
+    use crate::domain::{RawSwap, RawTime, Status};
+    use proptest::prelude::*;
+
+    fn swap(seed: u32, seconds: i64, from: &str, to: &str, amount_from: u64, amount_to: u64, usd: u64) -> SwapEvent {
+        let time = DateTime::from_timestamp(1_764_057_600 + seconds, 0).unwrap();
+        RawSwap {
+            tx_hash: Some(format!("0x{:064x}", seed)),
+            log_index: Some(u64::from(seed % 3)),
+            timestamp: Some(RawTime::Rfc3339(crate::domain::swap::format_time(time))),
+            token_from: Some(from.into()),
+            token_to: Some(to.into()),
+            amount_from: Some(format!("{amount_from}.5")),
+            amount_to: Some(format!("{amount_to}.25")),
+            usd_value: Some(format!("{usd}.01")),
+            ..RawSwap::default()
+        }
+        .validate()
+        .unwrap()
+    }
+
+    const TOKENS: [&str; 3] = ["ETH", "USDC", "SOL"];
+
+    prop_compose! {
+        fn swaps()(raw in proptest::collection::vec(
+            (0i64..7_200, 0usize..3, 1usize..3, 1u64..1000, 1u64..1000, 0u64..100_000, any::<bool>()), 1..120)
+        ) -> Vec<SwapEvent> {
+            raw.into_iter().enumerate().map(|(i, (s, from, step, af, at, usd, confirmed))| {
+                let mut event = swap(i as u32, s, TOKENS[from], TOKENS[(from + step) % 3], af, at, usd);
+                if !confirmed { event.status = Status::Failed; }
+                event
+            }).collect()
+        }
+    }
+
+    /// Spreads confirmed swaps over `partitions` partials per key, in the
+    /// order given, and merges them.
+    fn merged_by_partials(events: &[SwapEvent], assign: &[usize], partitions: usize) -> BTreeMap<AggKey, Merged> {
+        let mut partials: BTreeMap<AggKey, Vec<Partial>> = BTreeMap::new();
+        for (event, &p) in events.iter().zip(assign.iter().cycle()) {
+            if event.status != Status::Confirmed {
+                continue;
+            }
+            let event = Arc::new(event.clone());
+            for key in AggKey::of_swap(&event) {
+                let list = partials.entry(key.clone()).or_insert_with(|| vec![Partial::default(); partitions]);
+                list[p % partitions].apply(&key, &event, 10);
+            }
+        }
+        partials.into_iter().map(|(k, list)| (k, Merged::of(&list))).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn merged_partials_equal_the_reference_in_any_partitioning_and_order(
+            mut events in swaps(),
+            assign in proptest::collection::vec(0usize..4, 1..50),
+            partitions in 1usize..4,
+            shuffle_seed in any::<u64>(),
+        ) {
+            let reference = Reference::compute(&events);
+            use rand::{seq::SliceRandom, SeedableRng};
+            events.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(shuffle_seed));
+            let merged = merged_by_partials(&events, &assign, partitions);
+            for (token, expected) in &reference.tokens {
+                let got = &merged[&AggKey::Token(token.clone())];
+                prop_assert_eq!(&got.totals.to_totals(), &expected.totals);
+                prop_assert_eq!(got.price_usd(), expected.price_usd);
+                for interval in Interval::ALL {
+                    prop_assert_eq!(&got.candles(interval, i64::MIN, i64::MAX, usize::MAX), &expected.candles[&interval]);
+                }
+            }
+            for (pair, expected) in &reference.pairs {
+                let got = &merged[&AggKey::Pair(pair.clone())];
+                prop_assert_eq!(&got.totals.to_totals(), &expected.totals);
+                prop_assert_eq!(&got.candles(Interval::M5, i64::MIN, i64::MAX, usize::MAX), &expected.candles[&Interval::M5]);
+            }
+            prop_assert_eq!(merged.len(), reference.tokens.len() + reference.pairs.len());
+        }
+    }
+
+    #[test]
+    fn windows_cover_whole_minutes_ending_now() {
+        let events = [
+            swap(1, 0, "ETH", "USDC", 1, 4000, 4000),     // 08:00:00
+            swap(2, 250, "USDC", "ETH", 4100, 1, 4100),   // 08:04:10
+            swap(3, 3_590, "ETH", "USDC", 2, 8000, 8000), // 08:59:50
+        ];
+        let eth = AggKey::Token(TokenSymbol::parse("ETH").unwrap());
+        let mut partial = Partial::default();
+        for e in &events {
+            partial.apply(&eth, &Arc::new(e.clone()), 10);
+        }
+        let merged = Merged::of([&partial]);
+        let now = DateTime::from_timestamp(1_764_057_600 + 3_599, 0).unwrap(); // 08:59:59
+        let five = merged.window(now, 300);
+        assert_eq!((five.swaps, five.buys, five.sells), (1, 0, 1));
+        let hour = merged.window(now, 3_600);
+        assert_eq!((hour.swaps, hour.buys, hour.sells), (3, 1, 2));
+        assert_eq!(hour.volume_usd, Amount::parse("16100.03").unwrap());
+        assert!(hour.high >= hour.low);
+        assert_eq!(hour.price_usd, merged.price_usd());
+        // An hour later the 5m window is empty and its prices absent.
+        let later = merged.window(now + chrono::Duration::hours(1), 300);
+        assert_eq!(later, Window::default());
+    }
+
+    #[test]
+    fn recent_swaps_are_newest_first_and_capped() {
+        let eth = AggKey::Token(TokenSymbol::parse("ETH").unwrap());
+        let mut partial = Partial::default();
+        for (i, seconds) in [5, 1, 9, 3].into_iter().enumerate() {
+            partial.apply(&eth, &Arc::new(swap(i as u32, seconds, "ETH", "USDC", 1, 1, 1)), 3);
+        }
+        let times: Vec<i64> = partial.recent.iter().map(|s| s.timestamp.timestamp() - 1_764_057_600).collect();
+        assert_eq!(times, [9, 5, 3]);
+    }
+
+    #[test]
+    fn deltas_hold_only_what_changed_since_the_last_checkpoint() {
+        let eth = AggKey::Token(TokenSymbol::parse("ETH").unwrap());
+        let mut partial = Partial::default();
+        assert!(partial.take_delta().is_none());
+        partial.apply(&eth, &Arc::new(swap(1, 0, "ETH", "USDC", 1, 1, 1)), 3);
+        let delta = partial.take_delta().unwrap();
+        assert_eq!(delta.candles.len(), Interval::ALL.len());
+        assert_eq!(delta.totals.swaps, 1);
+        assert!(partial.take_delta().is_none());
+        partial.add_pending(2);
+        assert_eq!(partial.take_delta().unwrap().candles.len(), 0);
+    }
+
+    #[test]
+    fn agg_keys_read_and_print_as_channel_names() {
+        assert_eq!(AggKey::parse("token:eth").unwrap().to_string(), "token:ETH");
+        assert_eq!(AggKey::parse("pair:usdc-eth").unwrap().to_string(), "pair:ETH-USDC");
+        assert_eq!(AggKey::parse("coin:ETH"), None);
+    }
+}
