@@ -4,4 +4,5 @@ pub mod domain;
 pub mod kafka;
 pub mod producer;
 pub mod shutdown;
+pub mod stream;
 pub mod telemetry;
