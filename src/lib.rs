@@ -4,5 +4,6 @@ pub mod domain;
 pub mod kafka;
 pub mod producer;
 pub mod shutdown;
+pub mod storage;
 pub mod stream;
 pub mod telemetry;

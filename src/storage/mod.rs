@@ -1,0 +1,4 @@
+//! Durable state (PostgreSQL) and derived live state (Redis).
+
+pub mod postgres;
+pub mod redis;

@@ -1,0 +1,605 @@
+//! PostgreSQL: the source of truth. Offsets, partials, candles and dedup ids
+//! are written together, one transaction per checkpoint, so a partition's
+//! state and its resume offset never disagree.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use slog::{info, warn, Logger};
+use tokio_postgres::NoTls;
+
+use crate::codec::{self, Encoding};
+use crate::config::PostgresSettings;
+use crate::domain::aggregate::Interval;
+use crate::domain::partial::{
+    memory_retention_secs, AggKey, CandlePartial, Partial, PartialDelta, PricePoint, TotalsPartial,
+};
+use crate::domain::swap::EventOrder;
+use crate::domain::{Amount, Price, SwapEvent, TxHash};
+use crate::stream::partition::{decode_changes, encode_changes};
+use crate::stream::{SeenChange, Tp};
+
+/// Versioned migrations, applied in order, each once.
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "initial", include_str!("migrations/0001_initial.sql")),
+    (2, "candles", include_str!("migrations/0002_candles.sql")),
+];
+
+/// Another instance took the partition over: this checkpoint must not land.
+#[derive(Debug, thiserror::Error)]
+#[error("partition ownership moved to another instance (fenced): {0}")]
+pub struct Fenced(pub String);
+
+/// A partition's checkpointed position and state, as claimed on assign.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub tp: Tp,
+    /// Next offset to read; `None` when never checkpointed.
+    pub next_offset: Option<i64>,
+    pub watermark: Option<DateTime<Utc>>,
+    pub epoch: i64,
+    pub seen: Vec<SeenChange>,
+    pub partials: Vec<(AggKey, Partial)>,
+}
+
+/// A partition's progress in one checkpoint.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub tp: Tp,
+    pub next_offset: i64,
+    pub watermark: Option<DateTime<Utc>>,
+    pub epoch: i64,
+    pub seen: Vec<SeenChange>,
+    /// Dedup rows wholly older than this are no longer needed.
+    pub horizon: Option<DateTime<Utc>>,
+}
+
+/// Everything one checkpoint stores.
+#[derive(Debug, Default)]
+pub struct Checkpoint {
+    pub progress: Vec<Progress>,
+    pub partials: Vec<(AggKey, Tp, PartialDelta)>,
+}
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    schema: String,
+}
+
+impl PgStore {
+    pub async fn connect(settings: &PostgresSettings, log: &Logger) -> anyhow::Result<PgStore> {
+        let mut config: tokio_postgres::Config =
+            settings.url.expose().parse().context("parsing SWAPSTREAM_POSTGRES_URL")?;
+        if let Some(password) = &settings.password {
+            config.password(password.expose());
+        }
+        config.application_name("swapstream").connect_timeout(std::time::Duration::from_secs(5));
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(std::time::Duration::from_secs(10)))
+            .create_timeout(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .context("building the PostgreSQL pool")?;
+        let store = PgStore { pool, schema: settings.schema.clone() };
+        store.migrate(log).await?;
+        Ok(store)
+    }
+
+    fn sql(&self, template: &str) -> String {
+        template.replace("{schema}", &self.schema)
+    }
+
+    async fn client(&self) -> anyhow::Result<deadpool_postgres::Object> {
+        self.pool.get().await.context("connecting to PostgreSQL")
+    }
+
+    /// Applies pending migrations under an advisory lock, so instances
+    /// starting together do not race.
+    async fn migrate(&self, log: &Logger) -> anyhow::Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let lock_key = format!("swapstream:{}", self.schema);
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key]).await?;
+        tx.batch_execute(&self.sql(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+                 version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());",
+        ))
+        .await?;
+        let applied: Vec<i32> = tx
+            .query(&self.sql("SELECT version FROM {schema}.schema_migrations"), &[])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let timescale =
+            tx.query_opt("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'", &[]).await?.is_some();
+        for (version, name, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            let partitioning = if timescale { "" } else { "PARTITION BY RANGE (t)" };
+            tx.batch_execute(&self.sql(sql).replace("{candles_partitioning}", partitioning))
+                .await
+                .with_context(|| format!("migration {version} ({name})"))?;
+            if *version == 2 && timescale {
+                tx.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb").await?;
+                tx.execute(
+                    "SELECT create_hypertable($1::text::regclass, 't', chunk_time_interval => 604800::bigint, if_not_exists => true)",
+                    &[&format!("{}.candles", self.schema)],
+                )
+                .await?;
+            }
+            tx.execute(
+                &self.sql("INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"),
+                &[version, name],
+            )
+            .await?;
+            info!(log, "migration applied"; "version" => version, "name" => name, "timescaledb" => timescale);
+        }
+        tx.commit().await?;
+        self.ensure_candle_partitions(Utc::now(), log).await
+    }
+
+    /// Creates monthly partitions of the candle table around `now` (when it
+    /// is range-partitioned rather than a hypertable), and a default one.
+    pub async fn ensure_candle_partitions(&self, now: DateTime<Utc>, log: &Logger) -> anyhow::Result<()> {
+        let client = self.client().await?;
+        let partitioned = client
+            .query_opt(
+                "SELECT 1 FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = 'candles'",
+                &[&self.schema],
+            )
+            .await?
+            .is_some();
+        if !partitioned {
+            return Ok(());
+        }
+        let first = NaiveDate::from_ymd_opt(now.year(), now.month(), 1).context("month start")?;
+        for offset in -1i32..=3 {
+            let start = if offset < 0 {
+                first.checked_sub_months(chrono::Months::new(offset.unsigned_abs()))
+            } else {
+                first.checked_add_months(chrono::Months::new(offset as u32))
+            };
+            let Some(start) = start else { continue };
+            let end = start.checked_add_months(chrono::Months::new(1)).context("month end")?;
+            let seconds = |d: NaiveDate| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp()).unwrap_or_default();
+            let name = format!("candles_y{}m{:02}", start.year(), start.month());
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS {schema}.{name} PARTITION OF {schema}.candles FOR VALUES FROM ({from}) TO ({to})",
+                schema = self.schema,
+                from = seconds(start),
+                to = seconds(end),
+            );
+            if let Err(e) = client.batch_execute(&sql).await {
+                warn!(log, "cannot create candle partition"; "partition" => &name, "error" => %e);
+            }
+        }
+        client
+            .batch_execute(
+                &self.sql("CREATE TABLE IF NOT EXISTS {schema}.candles_default PARTITION OF {schema}.candles DEFAULT"),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Takes ownership of partitions: bumps their epoch (fencing out any
+    /// previous owner) and loads their checkpointed state.
+    pub async fn claim(&self, tps: &[Tp], owner: &str, now: DateTime<Utc>) -> anyhow::Result<Vec<Claimed>> {
+        if tps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let topics: Vec<&str> = tps.iter().map(|tp| &*tp.topic).collect();
+        let partitions: Vec<i32> = tps.iter().map(|tp| tp.partition).collect();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let rows = tx
+            .query(
+                &self.sql(
+                    "INSERT INTO {schema}.offsets AS o (topic, partition, owner_epoch, owner)
+                     SELECT t, p, 1, $3 FROM unnest($1::text[], $2::int[]) AS u(t, p)
+                     ON CONFLICT (topic, partition) DO UPDATE
+                        SET owner_epoch = o.owner_epoch + 1, owner = EXCLUDED.owner, updated_at = now()
+                     RETURNING topic, partition, next_offset, watermark_ns, owner_epoch",
+                ),
+                &[&topics, &partitions, &owner],
+            )
+            .await
+            .context("claiming partitions")?;
+        let mut claimed: BTreeMap<Tp, Claimed> = rows
+            .iter()
+            .map(|row| {
+                let tp = Tp::new(row.get(0), row.get(1));
+                let watermark: Option<i64> = row.get(3);
+                let claimed = Claimed {
+                    tp: tp.clone(),
+                    next_offset: row.get(2),
+                    watermark: watermark.map(DateTime::from_timestamp_nanos),
+                    epoch: row.get(4),
+                    seen: Vec::new(),
+                    partials: Vec::new(),
+                };
+                (tp, claimed)
+            })
+            .collect();
+
+        for row in tx
+            .query(
+                &self.sql(
+                    "SELECT d.topic, d.partition, d.changes FROM {schema}.dedup d
+                     JOIN unnest($1::text[], $2::int[]) AS u(t, p) ON d.topic = u.t AND d.partition = u.p
+                     ORDER BY d.topic, d.partition, d.seq",
+                ),
+                &[&topics, &partitions],
+            )
+            .await
+            .context("loading dedup ids")?
+        {
+            let tp = Tp::new(row.get(0), row.get(1));
+            let changes = decode_changes(row.get(2)).with_context(|| format!("damaged dedup row of {tp}"))?;
+            if let Some(c) = claimed.get_mut(&tp) {
+                c.seen.extend(changes);
+            }
+        }
+        let partials = self.load_partials(&tx, Some((&topics, &partitions)), now).await?;
+        tx.commit().await?;
+        for ((key, tp), partial) in partials {
+            if let Some(c) = claimed.get_mut(&tp) {
+                c.partials.push((key, partial));
+            }
+        }
+        Ok(claimed.into_values().collect())
+    }
+
+    /// Every partial (all partitions), for merged reads and tests.
+    pub async fn load_all(&self, now: DateTime<Utc>) -> anyhow::Result<BTreeMap<AggKey, BTreeMap<Tp, Partial>>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let partials = self.load_partials(&tx, None, now).await?;
+        tx.commit().await?;
+        let mut all: BTreeMap<AggKey, BTreeMap<Tp, Partial>> = BTreeMap::new();
+        for ((key, tp), partial) in partials {
+            all.entry(key).or_default().insert(tp, partial);
+        }
+        Ok(all)
+    }
+
+    async fn load_partials(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        only: Option<(&Vec<&str>, &Vec<i32>)>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<BTreeMap<(AggKey, Tp), Partial>> {
+        let (filter, no_topics, no_partitions) = (only.is_some(), Vec::<&str>::new(), Vec::<i32>::new());
+        let (topics, partitions) = only.unwrap_or((&no_topics, &no_partitions));
+        let rows = tx
+            .query(
+                &self.sql(
+                    "SELECT agg_key, topic, partition, volume_usd::text, swaps, buys, first_seen_ns,
+                            last_price::text, last_at, pending, recent
+                     FROM {schema}.partials
+                     WHERE NOT $3 OR (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))",
+                ),
+                &[topics, partitions, &filter],
+            )
+            .await
+            .context("loading partials")?;
+        let mut totals: BTreeMap<(AggKey, Tp), (TotalsPartial, i64, Vec<Arc<SwapEvent>>)> = BTreeMap::new();
+        for row in rows {
+            let key_text: &str = row.get(0);
+            let key = AggKey::parse(key_text).with_context(|| format!("bad key {key_text:?} in partials"))?;
+            let tp = Tp::new(row.get(1), row.get(2));
+            let last = match (row.get::<_, Option<&str>>(7), row.get::<_, Option<&[u8]>>(8)) {
+                (Some(price), Some(at)) => Some(PricePoint { price: parse_price(price)?, at: decode_order(at)? }),
+                _ => None,
+            };
+            let first_seen: Option<i64> = row.get(6);
+            let partial = TotalsPartial {
+                volume_usd: parse_amount(row.get(3))?,
+                swaps: row.get::<_, i64>(4) as u64,
+                buys: row.get::<_, i64>(5) as u64,
+                first_seen: first_seen.map(DateTime::from_timestamp_nanos),
+                last,
+            };
+            totals.insert((key, tp), (partial, row.get(9), decode_recent(row.get(10))?));
+        }
+        let (intervals, cutoffs): (Vec<&str>, Vec<i64>) =
+            Interval::ALL.iter().map(|i| (i.as_str(), now.timestamp() - memory_retention_secs(*i))).unzip();
+        let rows = tx
+            .query(
+                &self.sql(
+                    "SELECT agg_key, topic, partition, interval, t, open::text, open_at, close::text, close_at,
+                            high::text, low::text, volume_usd::text, swaps, buys
+                     FROM {schema}.candles c
+                     JOIN unnest($4::text[], $5::bigint[]) AS r(i, cutoff) ON c.interval = r.i AND c.t >= r.cutoff
+                     WHERE NOT $3 OR (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))",
+                ),
+                &[topics, partitions, &filter, &intervals, &cutoffs],
+            )
+            .await
+            .context("loading candles")?;
+        let mut candles: HashMap<(AggKey, Tp), Vec<(Interval, CandlePartial)>> = HashMap::new();
+        for row in rows {
+            let key = AggKey::parse(row.get(0)).context("bad key in candles")?;
+            let tp = Tp::new(row.get(1), row.get(2));
+            let interval = Interval::parse(row.get(3)).context("bad interval in candles")?;
+            let candle = CandlePartial {
+                t: row.get(4),
+                open: PricePoint { price: parse_price(row.get(5))?, at: decode_order(row.get(6))? },
+                close: PricePoint { price: parse_price(row.get(7))?, at: decode_order(row.get(8))? },
+                high: parse_price(row.get(9))?,
+                low: parse_price(row.get(10))?,
+                volume_usd: parse_amount(row.get(11))?,
+                swaps: row.get::<_, i64>(12) as u64,
+                buys: row.get::<_, i64>(13) as u64,
+            };
+            candles.entry((key, tp)).or_default().push((interval, candle));
+        }
+        Ok(totals
+            .into_iter()
+            .map(|(k, (totals, pending, recent))| {
+                let c = candles.remove(&k).unwrap_or_default();
+                (k, Partial::restore(totals, pending, c, recent))
+            })
+            .collect())
+    }
+
+    /// Stores one checkpoint in one transaction. Fails with [`Fenced`] when
+    /// a partition has been claimed by another owner since.
+    pub async fn checkpoint(&self, checkpoint: &Checkpoint) -> anyhow::Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+
+        let (mut topics, mut partitions, mut offsets, mut watermarks, mut epochs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for p in &checkpoint.progress {
+            topics.push(&*p.tp.topic);
+            partitions.push(p.tp.partition);
+            offsets.push(p.next_offset);
+            watermarks.push(p.watermark.and_then(|w| w.timestamp_nanos_opt()));
+            epochs.push(p.epoch);
+        }
+        let updated = tx
+            .execute(
+                &self.sql(
+                    "UPDATE {schema}.offsets o SET next_offset = u.o, watermark_ns = u.w, updated_at = now()
+                     FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[]) AS u(t, p, o, w, e)
+                     WHERE o.topic = u.t AND o.partition = u.p AND o.owner_epoch = u.e",
+                ),
+                &[&topics, &partitions, &offsets, &watermarks, &epochs],
+            )
+            .await
+            .context("storing offsets")?;
+        if updated as usize != checkpoint.progress.len() {
+            let names: Vec<String> = checkpoint.progress.iter().map(|p| p.tp.to_string()).collect();
+            return Err(Fenced(names.join(", ")).into());
+        }
+
+        let mut dedup = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut expire = (Vec::new(), Vec::new(), Vec::new());
+        for p in &checkpoint.progress {
+            if !p.seen.is_empty() {
+                let max_event = p.seen.iter().map(|c| c.event_time).max().and_then(|t| t.timestamp_nanos_opt());
+                dedup.0.push(&*p.tp.topic);
+                dedup.1.push(p.tp.partition);
+                dedup.2.push(p.next_offset);
+                dedup.3.push(max_event.unwrap_or(i64::MAX));
+                dedup.4.push(encode_changes(&p.seen));
+            }
+            if let Some(horizon) = p.horizon.and_then(|h| h.timestamp_nanos_opt()) {
+                expire.0.push(&*p.tp.topic);
+                expire.1.push(p.tp.partition);
+                expire.2.push(horizon);
+            }
+        }
+        if !dedup.0.is_empty() {
+            tx.execute(
+                &self.sql(
+                    "INSERT INTO {schema}.dedup (topic, partition, seq, max_event_ns, changes)
+                     SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::bytea[])
+                     ON CONFLICT (topic, partition, seq) DO UPDATE SET changes = EXCLUDED.changes,
+                        max_event_ns = EXCLUDED.max_event_ns",
+                ),
+                &[&dedup.0, &dedup.1, &dedup.2, &dedup.3, &dedup.4],
+            )
+            .await
+            .context("storing dedup ids")?;
+        }
+        if !expire.0.is_empty() {
+            tx.execute(
+                &self.sql(
+                    "DELETE FROM {schema}.dedup d USING unnest($1::text[], $2::int[], $3::bigint[]) AS u(t, p, h)
+                     WHERE d.topic = u.t AND d.partition = u.p AND d.max_event_ns < u.h",
+                ),
+                &[&expire.0, &expire.1, &expire.2],
+            )
+            .await
+            .context("expiring dedup ids")?;
+        }
+
+        self.store_partials(&tx, &checkpoint.partials).await?;
+        tx.commit().await.context("committing the checkpoint")?;
+        Ok(())
+    }
+
+    async fn store_partials(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        partials: &[(AggKey, Tp, PartialDelta)],
+    ) -> anyhow::Result<()> {
+        if partials.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = partials.iter().map(|(k, _, _)| k.to_string()).collect();
+        let topics: Vec<&str> = partials.iter().map(|(_, tp, _)| &*tp.topic).collect();
+        let partitions: Vec<i32> = partials.iter().map(|(_, tp, _)| tp.partition).collect();
+        let volumes: Vec<String> = partials.iter().map(|(_, _, d)| d.totals.volume_usd.to_string()).collect();
+        let swaps: Vec<i64> = partials.iter().map(|(_, _, d)| d.totals.swaps as i64).collect();
+        let buys: Vec<i64> = partials.iter().map(|(_, _, d)| d.totals.buys as i64).collect();
+        let first: Vec<Option<i64>> =
+            partials.iter().map(|(_, _, d)| d.totals.first_seen.and_then(|t| t.timestamp_nanos_opt())).collect();
+        let last_price: Vec<Option<String>> =
+            partials.iter().map(|(_, _, d)| d.totals.last.map(|p| p.price.to_string())).collect();
+        let last_at: Vec<Option<Vec<u8>>> =
+            partials.iter().map(|(_, _, d)| d.totals.last.map(|p| encode_order(&p.at))).collect();
+        let pending: Vec<i64> = partials.iter().map(|(_, _, d)| d.pending).collect();
+        let recent: Vec<Vec<u8>> = partials.iter().map(|(_, _, d)| encode_recent(&d.recent)).collect();
+        tx.execute(
+            &self.sql(
+                "INSERT INTO {schema}.partials AS x (agg_key, topic, partition, volume_usd, swaps, buys, first_seen_ns,
+                                                  last_price, last_at, pending, recent, updated_at)
+                 SELECT k, t, p, v::numeric, s, b, f, lp::numeric, la, pe, r, now()
+                 FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[],
+                             $8::text[], $9::bytea[], $10::bigint[], $11::bytea[]) AS u(k, t, p, v, s, b, f, lp, la, pe, r)
+                 ON CONFLICT (agg_key, topic, partition) DO UPDATE SET
+                    volume_usd = EXCLUDED.volume_usd, swaps = EXCLUDED.swaps, buys = EXCLUDED.buys,
+                    first_seen_ns = EXCLUDED.first_seen_ns, last_price = EXCLUDED.last_price,
+                    last_at = EXCLUDED.last_at, pending = EXCLUDED.pending, recent = EXCLUDED.recent,
+                    updated_at = now()",
+            ),
+            &[&keys, &topics, &partitions, &volumes, &swaps, &buys, &first, &last_price, &last_at, &pending, &recent],
+        )
+        .await
+        .context("storing partials")?;
+
+        let mut c = CandleColumns::default();
+        for ((key, tp, delta), key_text) in partials.iter().zip(&keys) {
+            let _ = key;
+            for (interval, candle) in &delta.candles {
+                c.push(key_text, tp, *interval, candle);
+            }
+        }
+        if c.keys.is_empty() {
+            return Ok(());
+        }
+        tx.execute(
+            &self.sql(
+                "INSERT INTO {schema}.candles AS x (agg_key, interval, t, topic, partition, open, open_at, close, close_at,
+                                                 high, low, volume_usd, swaps, buys)
+                 SELECT k, i, t, tp, p, o::numeric, oa, c::numeric, ca, h::numeric, l::numeric, v::numeric, s, b
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::text[], $7::bytea[],
+                             $8::text[], $9::bytea[], $10::text[], $11::text[], $12::text[], $13::bigint[], $14::bigint[])
+                      AS u(k, i, t, tp, p, o, oa, c, ca, h, l, v, s, b)
+                 ON CONFLICT (agg_key, interval, t, topic, partition) DO UPDATE SET
+                    open = EXCLUDED.open, open_at = EXCLUDED.open_at, close = EXCLUDED.close,
+                    close_at = EXCLUDED.close_at, high = EXCLUDED.high, low = EXCLUDED.low,
+                    volume_usd = EXCLUDED.volume_usd, swaps = EXCLUDED.swaps, buys = EXCLUDED.buys",
+            ),
+            &[
+                &c.keys, &c.intervals, &c.t, &c.topics, &c.partitions, &c.open, &c.open_at, &c.close, &c.close_at,
+                &c.high, &c.low, &c.volume, &c.swaps, &c.buys,
+            ],
+        )
+        .await
+        .context("storing candles")?;
+        Ok(())
+    }
+
+    /// Answers whether PostgreSQL is reachable, for readiness.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        self.client().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Drops this store's schema and everything in it (tests only).
+    pub async fn drop_schema(&self) -> anyhow::Result<()> {
+        self.client().await?.batch_execute(&self.sql("DROP SCHEMA IF EXISTS {schema} CASCADE")).await?;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct CandleColumns<'a> {
+    keys: Vec<&'a str>,
+    intervals: Vec<&'static str>,
+    t: Vec<i64>,
+    topics: Vec<&'a str>,
+    partitions: Vec<i32>,
+    open: Vec<String>,
+    open_at: Vec<Vec<u8>>,
+    close: Vec<String>,
+    close_at: Vec<Vec<u8>>,
+    high: Vec<String>,
+    low: Vec<String>,
+    volume: Vec<String>,
+    swaps: Vec<i64>,
+    buys: Vec<i64>,
+}
+
+impl<'a> CandleColumns<'a> {
+    fn push(&mut self, key: &'a str, tp: &'a Tp, interval: Interval, c: &CandlePartial) {
+        self.keys.push(key);
+        self.intervals.push(interval.as_str());
+        self.t.push(c.t);
+        self.topics.push(&tp.topic);
+        self.partitions.push(tp.partition);
+        self.open.push(c.open.price.to_string());
+        self.open_at.push(encode_order(&c.open.at));
+        self.close.push(c.close.price.to_string());
+        self.close_at.push(encode_order(&c.close.at));
+        self.high.push(c.high.to_string());
+        self.low.push(c.low.to_string());
+        self.volume.push(c.volume_usd.to_string());
+        self.swaps.push(c.swaps as i64);
+        self.buys.push(c.buys as i64);
+    }
+}
+
+fn parse_amount(text: &str) -> anyhow::Result<Amount> {
+    Amount::parse(text).with_context(|| format!("bad amount {text:?} in PostgreSQL"))
+}
+
+fn parse_price(text: &str) -> anyhow::Result<Price> {
+    Price::parse(text).with_context(|| format!("bad price {text:?} in PostgreSQL"))
+}
+
+/// Event order as 52 bytes: nanos, block, log index, hash.
+pub fn encode_order(at: &EventOrder) -> Vec<u8> {
+    let mut out = Vec::with_capacity(52);
+    out.extend_from_slice(&at.0.timestamp_nanos_opt().unwrap_or(i64::MAX).to_be_bytes());
+    out.extend_from_slice(&at.1.to_be_bytes());
+    out.extend_from_slice(&at.2.to_be_bytes());
+    out.extend_from_slice(&at.3 .0);
+    out
+}
+
+pub fn decode_order(bytes: &[u8]) -> anyhow::Result<EventOrder> {
+    if bytes.len() != 52 {
+        bail!("bad event order of {} bytes in PostgreSQL", bytes.len());
+    }
+    let nanos = i64::from_be_bytes(bytes[0..8].try_into()?);
+    let block = u64::from_be_bytes(bytes[8..16].try_into()?);
+    let log_index = u32::from_be_bytes(bytes[16..20].try_into()?);
+    let hash: [u8; 32] = bytes[20..52].try_into()?;
+    Ok((DateTime::from_timestamp_nanos(nanos), block, log_index, TxHash(hash)))
+}
+
+/// Recent swaps as length-prefixed protobuf events.
+fn encode_recent(recent: &[Arc<SwapEvent>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for swap in recent {
+        let bytes = codec::encode(swap, Encoding::Protobuf);
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+fn decode_recent(mut bytes: &[u8]) -> anyhow::Result<Vec<Arc<SwapEvent>>> {
+    let mut recent = Vec::new();
+    while bytes.len() >= 4 {
+        let len = u32::from_be_bytes(bytes[..4].try_into()?) as usize;
+        let body = bytes.get(4..4 + len).context("truncated recent swaps in PostgreSQL")?;
+        recent.push(Arc::new(codec::decode(body, Some(codec::CONTENT_TYPE_PROTOBUF))?));
+        bytes = &bytes[4 + len..];
+    }
+    Ok(recent)
+}

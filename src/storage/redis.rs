@@ -1,0 +1,365 @@
+//! Redis: live state derived from PostgreSQL, and pub/sub for cross-instance
+//! fan-out. Every write is an absolute value (or an idempotent set insert),
+//! so replaying a checkpoint, or rebuilding after a flush, gives the same
+//! contents.
+//!
+//! Keys, with `{k}` the token or pair (`token:ETH`) as the Redis Cluster hash
+//! tag, so that one key's writes stay in one slot:
+//! - `<prefix>:{k}:partials`: hash, field `<topic>/<partition>` -> totals JSON;
+//! - `<prefix>:{k}:c:<interval>:<period>`: hash, field `<t>/<topic>/<partition>`
+//!   -> candle JSON; one key per period, expiring after the memory retention;
+//! - `<prefix>:{k}:recent`: sorted set of recent confirmed swaps (wire JSON)
+//!   scored by event time, trimmed to the configured count;
+//! - `<prefix>:keys`: set of every token and pair seen;
+//! - `<prefix>:ready`: present once the live state is complete; its absence
+//!   (after a flush) makes consumers rebuild what they own;
+//! - channel `<prefix>:updates:{k}`: one message per checkpoint that changed `k`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{RedisMode, RedisSettings};
+use crate::domain::aggregate::Interval;
+use crate::domain::partial::{
+    memory_retention_secs, AggKey, CandlePartial, Merged, Partial, PricePoint, TotalsPartial,
+};
+use crate::domain::{Amount, Price, SwapEvent};
+use crate::storage::postgres::{decode_order, encode_order};
+use crate::stream::Tp;
+
+/// A single node or a cluster, behind one connection type.
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Totals of one partial as stored in Redis.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PartialRecord {
+    volume_usd: Amount,
+    swaps: u64,
+    buys: u64,
+    first_seen_ns: Option<i64>,
+    last_price: Option<Price>,
+    last_at: Option<String>,
+    pending: i64,
+}
+
+/// One candle partial as stored in Redis.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CandleRecord {
+    open: Price,
+    open_at: String,
+    close: Price,
+    close_at: String,
+    high: Price,
+    low: Price,
+    volume_usd: Amount,
+    swaps: u64,
+    buys: u64,
+}
+
+/// What one key's update message says.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateMessage {
+    pub key: String,
+    /// Swap state changes of this checkpoint (wire form, with status).
+    pub swaps: Vec<serde_json::Value>,
+}
+
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: RedisConn,
+    prefix: String,
+    recent_cap: usize,
+    /// For pub/sub subscriptions (single mode: this client; cluster: the first node).
+    pubsub_client: redis::Client,
+}
+
+/// A partial's full or changed content, to write.
+pub struct PartialWrite<'a> {
+    pub key: &'a AggKey,
+    pub tp: &'a Tp,
+    pub totals: &'a TotalsPartial,
+    pub pending: i64,
+    pub candles: Vec<(Interval, &'a CandlePartial)>,
+    pub new_recent: Vec<&'a Arc<SwapEvent>>,
+}
+
+impl RedisStore {
+    pub async fn connect(settings: &RedisSettings, recent_cap: usize) -> anyhow::Result<RedisStore> {
+        let infos = settings
+            .urls
+            .expose()
+            .iter()
+            .map(|url| {
+                let mut info = url.as_str().into_connection_info().context("parsing SWAPSTREAM_REDIS_URL")?;
+                if let Some(password) = &settings.password {
+                    let redis = info.redis_settings().clone().set_password(password.expose());
+                    info = info.set_redis_settings(redis);
+                }
+                Ok(info)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let pubsub_client = redis::Client::open(infos[0].clone()).context("creating the Redis client")?;
+        let conn = match settings.mode {
+            RedisMode::Single => RedisConn::Single(
+                tokio::time::timeout(std::time::Duration::from_secs(10), pubsub_client.get_connection_manager())
+                    .await
+                    .context("connecting to Redis: timed out")?
+                    .context("connecting to Redis")?,
+            ),
+            RedisMode::Cluster => {
+                let client = redis::cluster::ClusterClient::new(infos).context("creating the Redis Cluster client")?;
+                RedisConn::Cluster(client.get_async_connection().await.context("connecting to the Redis Cluster")?)
+            }
+        };
+        Ok(RedisStore { conn, prefix: settings.key_prefix.clone(), recent_cap, pubsub_client })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn pubsub_client(&self) -> &redis::Client {
+        &self.pubsub_client
+    }
+
+    fn key(&self, key: &AggKey, suffix: &str) -> String {
+        format!("{}:{{{key}}}:{suffix}", self.prefix)
+    }
+
+    pub fn updates_channel(&self, key: &AggKey) -> String {
+        format!("{}:updates:{{{key}}}", self.prefix)
+    }
+
+    fn ready_key(&self) -> String {
+        format!("{}:ready", self.prefix)
+    }
+
+    /// Is the live state complete (not flushed since it was last built)?
+    pub async fn is_ready(&self) -> anyhow::Result<bool> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("EXISTS").arg(self.ready_key()).query_async::<i64>(&mut conn).await? == 1)
+    }
+
+    pub async fn mark_ready(&self) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SET").arg(self.ready_key()).arg(Utc::now().to_rfc3339()).query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<String>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Writes partials: one pipeline per token or pair (one slot each).
+    pub async fn write(&self, writes: &[PartialWrite<'_>]) -> anyhow::Result<()> {
+        let mut by_key: BTreeMap<&AggKey, Vec<&PartialWrite>> = BTreeMap::new();
+        for w in writes {
+            by_key.entry(w.key).or_default().push(w);
+        }
+        let mut conn = self.conn.clone();
+        let mut keys = redis::cmd("SADD");
+        keys.arg(format!("{}:keys", self.prefix));
+        for key in by_key.keys() {
+            keys.arg(key.to_string());
+        }
+        if !by_key.is_empty() {
+            keys.query_async::<()>(&mut conn).await.context("writing the key set")?;
+        }
+        for (key, writes) in by_key {
+            let mut pipe = redis::pipe();
+            let partials_key = self.key(key, "partials");
+            let recent_key = self.key(key, "recent");
+            let mut expiring: BTreeMap<String, i64> = BTreeMap::new();
+            let mut any_recent = false;
+            for w in writes {
+                let record = PartialRecord {
+                    volume_usd: w.totals.volume_usd,
+                    swaps: w.totals.swaps,
+                    buys: w.totals.buys,
+                    first_seen_ns: w.totals.first_seen.and_then(|t| t.timestamp_nanos_opt()),
+                    last_price: w.totals.last.map(|p| p.price),
+                    last_at: w.totals.last.map(|p| hex::encode(encode_order(&p.at))),
+                    pending: w.pending,
+                };
+                pipe.hset(&partials_key, w.tp.to_string(), serde_json::to_string(&record)?).ignore();
+                for (interval, c) in &w.candles {
+                    let period = period_secs(*interval);
+                    let period_start = c.t.div_euclid(period) * period;
+                    let hash = self.key(key, &format!("c:{interval}:{period_start}"));
+                    let record = CandleRecord {
+                        open: c.open.price,
+                        open_at: hex::encode(encode_order(&c.open.at)),
+                        close: c.close.price,
+                        close_at: hex::encode(encode_order(&c.close.at)),
+                        high: c.high,
+                        low: c.low,
+                        volume_usd: c.volume_usd,
+                        swaps: c.swaps,
+                        buys: c.buys,
+                    };
+                    pipe.hset(&hash, format!("{}/{}", c.t, w.tp), serde_json::to_string(&record)?).ignore();
+                    expiring.insert(hash, period_start + period + memory_retention_secs(*interval));
+                }
+                for swap in &w.new_recent {
+                    let score = swap.timestamp.timestamp_millis();
+                    pipe.zadd(&recent_key, serde_json::to_string(&swap.to_wire())?, score).ignore();
+                    any_recent = true;
+                }
+            }
+            for (hash, expire_at) in expiring {
+                pipe.cmd("EXPIREAT").arg(hash).arg(expire_at).ignore();
+            }
+            if any_recent {
+                pipe.zremrangebyrank(&recent_key, 0, -(self.recent_cap as isize) - 1).ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await.with_context(|| format!("writing {key} to Redis"))?;
+        }
+        Ok(())
+    }
+
+    pub async fn publish(&self, key: &AggKey, message: &UpdateMessage) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PUBLISH")
+            .arg(self.updates_channel(key))
+            .arg(serde_json::to_string(message)?)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Every token and pair with live state.
+    pub async fn keys(&self) -> anyhow::Result<Vec<AggKey>> {
+        let mut conn = self.conn.clone();
+        let names: Vec<String> =
+            redis::cmd("SMEMBERS").arg(format!("{}:keys", self.prefix)).query_async(&mut conn).await?;
+        Ok(names.iter().filter_map(|n| AggKey::parse(n)).collect())
+    }
+
+    /// The merged live state of one key (all partitions), with candles of
+    /// `intervals` back to `since` (unix seconds).
+    pub async fn merged(&self, key: &AggKey, intervals: &[Interval], since: i64) -> anyhow::Result<Merged> {
+        let mut conn = self.conn.clone();
+        let records: BTreeMap<String, String> =
+            redis::cmd("HGETALL").arg(self.key(key, "partials")).query_async(&mut conn).await?;
+        let mut partials: BTreeMap<String, Partial> = BTreeMap::new();
+        for (tp, json) in records {
+            let r: PartialRecord = serde_json::from_str(&json).context("bad partial in Redis")?;
+            let last = match (r.last_price, r.last_at) {
+                (Some(price), Some(at)) => Some(PricePoint { price, at: decode_order(&hex::decode(at)?)? }),
+                _ => None,
+            };
+            let totals = TotalsPartial {
+                volume_usd: r.volume_usd,
+                swaps: r.swaps,
+                buys: r.buys,
+                first_seen: r.first_seen_ns.map(DateTime::from_timestamp_nanos),
+                last,
+            };
+            partials.insert(tp, Partial::restore(totals, r.pending, [], Vec::new()));
+        }
+        let now = Utc::now().timestamp();
+        for &interval in intervals {
+            let period = period_secs(interval);
+            let mut start = since.max(now - memory_retention_secs(interval)).div_euclid(period) * period;
+            while start <= now {
+                let fields: BTreeMap<String, String> = redis::cmd("HGETALL")
+                    .arg(self.key(key, &format!("c:{interval}:{start}")))
+                    .query_async(&mut conn)
+                    .await?;
+                for (field, json) in fields {
+                    let (t, tp) = field.split_once('/').context("bad candle field in Redis")?;
+                    let r: CandleRecord = serde_json::from_str(&json).context("bad candle in Redis")?;
+                    let candle = CandlePartial {
+                        t: t.parse()?,
+                        open: PricePoint { price: r.open, at: decode_order(&hex::decode(r.open_at)?)? },
+                        close: PricePoint { price: r.close, at: decode_order(&hex::decode(r.close_at)?)? },
+                        high: r.high,
+                        low: r.low,
+                        volume_usd: r.volume_usd,
+                        swaps: r.swaps,
+                        buys: r.buys,
+                    };
+                    if candle.t >= since {
+                        let partial = partials.entry(tp.to_owned()).or_default();
+                        partial.candles.entry(interval).or_default().insert(candle.t, candle);
+                    }
+                }
+                start += period;
+            }
+        }
+        Ok(Merged::of(partials.values()))
+    }
+
+    /// The most recent confirmed swaps of `key`, newest first (wire JSON).
+    pub async fn recent(&self, key: &AggKey, limit: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut conn = self.conn.clone();
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.key(key, "recent"))
+            .arg(0)
+            .arg(limit.saturating_sub(1) as i64)
+            .arg("REV")
+            .query_async(&mut conn)
+            .await?;
+        members.iter().map(|m| serde_json::from_str(m).context("bad swap in Redis")).collect()
+    }
+
+    /// Deletes every key under this store's prefix (tests only).
+    pub async fn delete_all(&self) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query_async(&mut conn).await?;
+        for key in keys {
+            redis::cmd("DEL").arg(key).query_async::<()>(&mut conn).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Length of the period one candle hash of `interval` covers.
+fn period_secs(interval: Interval) -> i64 {
+    match interval {
+        Interval::M1 | Interval::M5 | Interval::M15 => 86_400,
+        Interval::H1 | Interval::H4 => 30 * 86_400,
+        Interval::D1 => 365 * 86_400,
+    }
+}
