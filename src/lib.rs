@@ -1,9 +1,13 @@
+pub mod actors;
 pub mod codec;
 pub mod config;
 pub mod domain;
+pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod producer;
 pub mod shutdown;
+pub mod startup;
 pub mod storage;
 pub mod stream;
 pub mod telemetry;

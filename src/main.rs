@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use slog::{error, info};
 
 use swapstream::config::{Rate, Settings};
+use swapstream::startup::Consumer;
 use swapstream::{producer, shutdown, telemetry};
 
 /// Exit status for invalid configuration.
@@ -37,6 +38,11 @@ enum Role {
     All,
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
+    /// GET a URL and exit 0 on a 2xx answer, 1 otherwise (container health checks).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -77,6 +83,15 @@ impl ProducerArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Role::Healthcheck { url } = &cli.role {
+        return match swapstream::http::health::probe_url(url, std::time::Duration::from_secs(3)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let overrides = match &cli.role {
         Role::Producer(args) => args.overrides(),
         _ => Vec::new(),
@@ -98,30 +113,8 @@ fn main() -> ExitCode {
 
     let log = telemetry::build_logger(&settings.log, &settings.instance_id);
     info!(log, "configuration"; "settings" => ?settings.effective);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            error!(log, "cannot start the async runtime"; "error" => %e);
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.role {
-            Role::Producer(_) => {
-                let Some(brokers) = settings.kafka.brokers.clone() else {
-                    anyhow::bail!("the producer needs SWAPSTREAM_KAFKA_BROKERS");
-                };
-                if settings.producer.rate == Rate::Max {
-                    info!(log, "rate: as fast as the broker takes events");
-                }
-                producer::run(&settings, &brokers, &log, shutdown::signal(log.clone())).await.map(|_| ())
-            }
-            Role::Consumer | Role::Api | Role::All => {
-                anyhow::bail!("this role is not available yet: only `producer` and `config` are built so far")
-            }
-            Role::Config => unreachable!("handled above"),
-        }
-    });
+    let system = actix::System::new();
+    let result = system.block_on(run(cli.role, &settings, &log));
     let code = match result {
         Ok(()) => {
             info!(log, "stopped");
@@ -135,4 +128,34 @@ fn main() -> ExitCode {
     // Let the async drain write the last records.
     drop(log);
     code
+}
+
+async fn run(role: Role, settings: &Settings, log: &slog::Logger) -> anyhow::Result<()> {
+    match role {
+        Role::Producer(_) => {
+            let Some(brokers) = settings.kafka.brokers.clone() else {
+                anyhow::bail!("the producer needs SWAPSTREAM_KAFKA_BROKERS");
+            };
+            if settings.producer.rate == Rate::Max {
+                info!(log, "rate: as fast as the broker takes events");
+            }
+            producer::run(settings, &brokers, log, shutdown::signal(log.clone())).await.map(|_| ())
+        }
+        Role::Consumer => {
+            let Some(brokers) = settings.kafka.brokers.clone() else {
+                anyhow::bail!("the consumer needs SWAPSTREAM_KAFKA_BROKERS");
+            };
+            let mut consumer = Consumer::start(settings, &brokers, log).await?;
+            tokio::select! {
+                _ = shutdown::signal(log.clone()) => {}
+                _ = consumer.reader_stopped() => anyhow::bail!("the Kafka reader stopped unexpectedly"),
+            }
+            consumer.stop(settings.consumer.shutdown_timeout).await;
+            Ok(())
+        }
+        Role::Api | Role::All => {
+            anyhow::bail!("this role is not available yet: `producer`, `consumer` and `config` are built so far")
+        }
+        Role::Config | Role::Healthcheck { .. } => unreachable!("handled before start"),
+    }
 }

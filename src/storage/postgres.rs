@@ -292,7 +292,9 @@ impl PgStore {
             )
             .await
             .context("loading partials")?;
-        let mut totals: BTreeMap<(AggKey, Tp), (TotalsPartial, i64, Vec<Arc<SwapEvent>>)> = BTreeMap::new();
+        // Per (key, partition): totals, pending gauge, recent swaps.
+        type Row = (TotalsPartial, i64, Vec<Arc<SwapEvent>>);
+        let mut totals: BTreeMap<(AggKey, Tp), Row> = BTreeMap::new();
         for row in rows {
             let key_text: &str = row.get(0);
             let key = AggKey::parse(key_text).with_context(|| format!("bad key {key_text:?} in partials"))?;

@@ -173,16 +173,15 @@ impl RedisStore {
         format!("{}:ready", self.prefix)
     }
 
-    /// Is the live state complete (not flushed since it was last built)?
-    pub async fn is_ready(&self) -> anyhow::Result<bool> {
+    /// The generation of the live state: set when absent (first start, or
+    /// after a flush), so every consumer sees a new value and rebuilds what
+    /// it owns exactly once per generation.
+    pub async fn ready_generation(&self) -> anyhow::Result<String> {
         let mut conn = self.conn.clone();
-        Ok(redis::cmd("EXISTS").arg(self.ready_key()).query_async::<i64>(&mut conn).await? == 1)
-    }
-
-    pub async fn mark_ready(&self) -> anyhow::Result<()> {
-        let mut conn = self.conn.clone();
-        redis::cmd("SET").arg(self.ready_key()).arg(Utc::now().to_rfc3339()).query_async::<()>(&mut conn).await?;
-        Ok(())
+        let fresh = format!("{}-{:016x}", Utc::now().timestamp_millis(), rand::random::<u64>());
+        redis::cmd("SET").arg(self.ready_key()).arg(&fresh).arg("NX").query_async::<()>(&mut conn).await?;
+        let current: Option<String> = redis::cmd("GET").arg(self.ready_key()).query_async(&mut conn).await?;
+        Ok(current.unwrap_or(fresh))
     }
 
     pub async fn ping(&self) -> anyhow::Result<()> {

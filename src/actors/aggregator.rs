@@ -1,0 +1,236 @@
+//! One aggregator actor per token and per pair. It holds that key's partials,
+//! one per Kafka partition this instance owns, applies batches to them, and
+//! answers queries by merging them.
+//!
+//! Supervised: a panic while applying a batch stops the actor, its
+//! supervisor restarts it empty, and the reader rewinds every partition to
+//! the last checkpoint (reloading all partials), so no half-applied batch
+//! survives. The other aggregators carry on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, RwLock};
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+
+use crate::domain::aggregate::Interval;
+use crate::domain::partial::{AggKey, Merged, Partial, PartialDelta};
+use crate::domain::SwapEvent;
+use crate::metrics::METRICS;
+use crate::stream::Tp;
+
+pub struct Aggregator {
+    key: AggKey,
+    partials: HashMap<Tp, Partial>,
+    recent_cap: usize,
+    /// Fault injection for tests: panic on the next batch.
+    poisoned: bool,
+}
+
+impl Aggregator {
+    pub fn new(key: AggKey, recent_cap: usize) -> Aggregator {
+        Aggregator { key, partials: HashMap::new(), recent_cap, poisoned: false }
+    }
+}
+
+impl Actor for Aggregator {
+    type Context = Context<Self>;
+}
+
+impl Supervised for Aggregator {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        METRICS.aggregator_restarts.inc();
+        self.partials.clear();
+        self.poisoned = false;
+    }
+}
+
+/// One partition's share of a batch for one key.
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    pub tp: Tp,
+    /// Newly confirmed swaps.
+    pub swaps: Vec<Arc<SwapEvent>>,
+    /// Change of the pending gauge.
+    pub pending_delta: i64,
+}
+
+/// The aggregator panicked and was restarted empty.
+#[derive(Debug, thiserror::Error)]
+#[error("aggregator {0} failed and was restarted")]
+pub struct AggregatorFailed(pub String);
+
+/// Applies a batch; answers with the changed partials as absolute values.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(Tp, PartialDelta)>, AggregatorFailed>")]
+pub struct ApplyBatch(pub Vec<BatchItem>);
+
+impl Handler<ApplyBatch> for Aggregator {
+    type Result = Result<Vec<(Tp, PartialDelta)>, AggregatorFailed>;
+
+    fn handle(&mut self, batch: ApplyBatch, ctx: &mut Self::Context) -> Self::Result {
+        let applied = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            assert!(!self.poisoned, "fault injected into aggregator {}", self.key);
+            let mut deltas = Vec::new();
+            for item in batch.0 {
+                let partial = self.partials.entry(item.tp.clone()).or_default();
+                for swap in &item.swaps {
+                    partial.apply(&self.key, swap, self.recent_cap);
+                }
+                partial.add_pending(item.pending_delta);
+                if let Some(delta) = partial.take_delta() {
+                    deltas.push((item.tp, delta));
+                }
+            }
+            deltas
+        }));
+        applied.map_err(|_| {
+            ctx.stop();
+            AggregatorFailed(self.key.to_string())
+        })
+    }
+}
+
+/// Replaces a partition's partial with its checkpointed state.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Restore {
+    pub tp: Tp,
+    pub partial: Partial,
+}
+
+impl Handler<Restore> for Aggregator {
+    type Result = ();
+    fn handle(&mut self, msg: Restore, _: &mut Self::Context) {
+        self.partials.insert(msg.tp, msg.partial);
+    }
+}
+
+/// Drops the partials of partitions this instance no longer owns.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Forget(pub Vec<Tp>);
+
+impl Handler<Forget> for Aggregator {
+    type Result = ();
+    fn handle(&mut self, msg: Forget, _: &mut Self::Context) {
+        for tp in msg.0 {
+            self.partials.remove(&tp);
+        }
+    }
+}
+
+/// Prunes candles past their memory retention.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Prune(pub DateTime<Utc>);
+
+impl Handler<Prune> for Aggregator {
+    type Result = ();
+    fn handle(&mut self, msg: Prune, _: &mut Self::Context) {
+        for partial in self.partials.values_mut() {
+            partial.prune(msg.0);
+        }
+    }
+}
+
+/// Every partial in full, for rebuilding Redis.
+#[derive(Message)]
+#[rtype(result = "Vec<(Tp, Partial)>")]
+pub struct Snapshot;
+
+impl Handler<Snapshot> for Aggregator {
+    type Result = MessageResult<Snapshot>;
+    fn handle(&mut self, _: Snapshot, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.partials.iter().map(|(tp, p)| (tp.clone(), p.clone())).collect())
+    }
+}
+
+/// The merged view of this key's partials, with candles of `intervals`
+/// from `since` (unix seconds) on, and up to `recent` recent swaps.
+#[derive(Message)]
+#[rtype(result = "(Merged, Vec<Arc<SwapEvent>>)")]
+pub struct Query {
+    pub intervals: Vec<Interval>,
+    pub since: i64,
+    pub recent: usize,
+}
+
+impl Handler<Query> for Aggregator {
+    type Result = MessageResult<Query>;
+    fn handle(&mut self, query: Query, _: &mut Self::Context) -> Self::Result {
+        let mut merged = Merged::default();
+        let mut recent: Vec<Arc<SwapEvent>> = Vec::new();
+        for partial in self.partials.values() {
+            merged.totals.merge(&partial.totals);
+            merged.pending += partial.pending;
+            for interval in &query.intervals {
+                let Some(candles) = partial.candles.get(interval) else { continue };
+                let into = merged.candles.entry(*interval).or_default();
+                for (t, candle) in candles.range(query.since..) {
+                    into.entry(*t).and_modify(|c| c.merge(candle)).or_insert(*candle);
+                }
+            }
+            recent.extend(partial.recent.iter().take(query.recent).cloned());
+        }
+        recent.sort_by_key(|s| std::cmp::Reverse(s.order_key()));
+        recent.truncate(query.recent);
+        MessageResult((merged, recent))
+    }
+}
+
+/// Fault injection for tests: the next batch panics.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Poison;
+
+impl Handler<Poison> for Aggregator {
+    type Result = ();
+    fn handle(&mut self, _: Poison, _: &mut Self::Context) {
+        self.poisoned = true;
+    }
+}
+
+/// The aggregators of this process, started on first sight, spread over a
+/// few arbiters. Shared by the reader (which routes to them) and the HTTP
+/// handlers (which query them).
+#[derive(Clone)]
+pub struct Aggregators {
+    inner: Arc<RwLock<BTreeMap<AggKey, Addr<Aggregator>>>>,
+    arbiters: Arc<Vec<ArbiterHandle>>,
+    recent_cap: usize,
+}
+
+impl Aggregators {
+    pub fn new(arbiters: Vec<ArbiterHandle>, recent_cap: usize) -> Aggregators {
+        Aggregators { inner: Arc::default(), arbiters: Arc::new(arbiters), recent_cap }
+    }
+
+    pub fn get(&self, key: &AggKey) -> Option<Addr<Aggregator>> {
+        self.inner.read().expect("aggregators lock").get(key).cloned()
+    }
+
+    /// The aggregator of `key`, started if new.
+    pub fn get_or_start(&self, key: &AggKey) -> Addr<Aggregator> {
+        if let Some(addr) = self.get(key) {
+            return addr;
+        }
+        let mut map = self.inner.write().expect("aggregators lock");
+        let index = map.len() % self.arbiters.len().max(1);
+        let recent_cap = self.recent_cap;
+        map.entry(key.clone())
+            .or_insert_with(|| {
+                let key = key.clone();
+                match self.arbiters.get(index) {
+                    Some(arbiter) => Supervisor::start_in_arbiter(arbiter, move |_| Aggregator::new(key, recent_cap)),
+                    None => Supervisor::start(move |_| Aggregator::new(key, recent_cap)),
+                }
+            })
+            .clone()
+    }
+
+    pub fn all(&self) -> Vec<(AggKey, Addr<Aggregator>)> {
+        self.inner.read().expect("aggregators lock").iter().map(|(k, a)| (k.clone(), a.clone())).collect()
+    }
+}

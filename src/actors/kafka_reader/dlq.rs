@@ -1,0 +1,60 @@
+//! The dead-letter topic: bad input, with headers naming why and where from.
+
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+
+use crate::metrics::METRICS;
+use crate::stream::Tp;
+
+/// Header names on dead-lettered messages.
+pub const REASON: &str = "swapstream-reason";
+pub const ERROR: &str = "swapstream-error";
+pub const SOURCE_TOPIC: &str = "swapstream-source-topic";
+pub const SOURCE_PARTITION: &str = "swapstream-source-partition";
+pub const SOURCE_OFFSET: &str = "swapstream-source-offset";
+
+pub struct Dlq {
+    pub producer: FutureProducer<crate::kafka::LoggingContext>,
+    pub topic: String,
+}
+
+/// One message for the dead-letter topic.
+pub struct DeadLetter<'a> {
+    pub source: &'a Tp,
+    pub offset: i64,
+    pub reason: &'static str,
+    pub error: String,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+    pub content_type: Option<&'a str>,
+}
+
+impl Dlq {
+    /// Enqueues the message; the future resolves once the broker has it.
+    pub fn send(&self, letter: DeadLetter<'_>) -> Result<DeliveryFuture, String> {
+        METRICS.dead_lettered.with_label_values(&[letter.reason]).inc();
+        let partition = letter.source.partition.to_string();
+        let offset = letter.offset.to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(Header { key: REASON, value: Some(letter.reason) })
+            .insert(Header { key: ERROR, value: Some(letter.error.as_str()) })
+            .insert(Header { key: SOURCE_TOPIC, value: Some(&*letter.source.topic) })
+            .insert(Header { key: SOURCE_PARTITION, value: Some(partition.as_str()) })
+            .insert(Header { key: SOURCE_OFFSET, value: Some(offset.as_str()) });
+        if let Some(content_type) = letter.content_type {
+            headers = headers.insert(Header { key: crate::codec::CONTENT_TYPE_HEADER, value: Some(content_type) });
+        }
+        let mut record = FutureRecord::to(&self.topic).payload(letter.payload).headers(headers);
+        if let Some(key) = letter.key {
+            record = record.key(key);
+        }
+        self.producer.send_result(record).map_err(|(e, _)| e.to_string())
+    }
+
+    pub fn flush(&self, timeout: Duration) {
+        use rdkafka::producer::Producer;
+        let _ = self.producer.flush(timeout);
+    }
+}

@@ -1,0 +1,549 @@
+//! The Kafka reader actor: turns batches of Kafka messages into aggregate
+//! changes with exactly-once effect.
+//!
+//! Per batch: decide what each event means (per-partition dedup, lifecycle,
+//! lateness), route confirmed swaps and pending-gauge changes to the
+//! aggregator actors (one message per key per batch, awaited: bounded
+//! in-flight), make the dead letters durable, then store partials, dedup ids
+//! and offsets in one PostgreSQL transaction. Only then: live state to Redis,
+//! updates published, Kafka's committed offset moved (for lag monitoring).
+//! A crash anywhere before the commit replays the batch from the checkpoint;
+//! after it, nothing is replayed.
+
+mod dlq;
+pub mod poll;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::Utc;
+use futures::future::join_all;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use slog::{error, info, warn, Logger};
+use tokio::sync::{broadcast, oneshot};
+
+pub use dlq::{DeadLetter, Dlq};
+pub use poll::{Control, Input, ReaderContext};
+
+use crate::actors::aggregator::{Aggregators, ApplyBatch, BatchItem, Forget, Prune, Restore, Snapshot};
+use crate::codec;
+use crate::config::ConsumerSettings;
+use crate::domain::partial::{AggKey, Partial, PartialDelta};
+use crate::domain::SwapEvent;
+use crate::metrics::METRICS;
+use crate::storage::postgres::{Checkpoint, Fenced, PgStore, Progress};
+use crate::storage::redis::{PartialWrite, RedisStore, UpdateMessage};
+use crate::stream::{Outcome, PartitionState, Tp};
+
+/// What changed for one token or pair in one checkpoint, for live fan-out.
+#[derive(Debug, Clone)]
+pub struct KeyUpdate {
+    pub key: AggKey,
+    /// Swaps that became pending or confirmed (each state once).
+    pub swaps: Vec<Arc<SwapEvent>>,
+}
+
+struct Slot {
+    state: PartitionState,
+    epoch: i64,
+    next_offset: Option<i64>,
+}
+
+/// Everything the reader needs while a batch is in flight (moved into the
+/// batch's future and back).
+pub struct Core {
+    log: Logger,
+    settings: ConsumerSettings,
+    consumer: Arc<BaseConsumer<ReaderContext>>,
+    dlq: Dlq,
+    pg: PgStore,
+    redis: RedisStore,
+    aggregators: Aggregators,
+    control: std_mpsc::Sender<Control>,
+    updates: broadcast::Sender<Arc<KeyUpdate>>,
+    generation: u64,
+    rewinding: bool,
+    slots: BTreeMap<Tp, Slot>,
+    /// The Redis live-state generation this instance last rebuilt for.
+    redis_generation: Option<String>,
+    redis_checked: Option<Instant>,
+    last_prune: Instant,
+}
+
+pub struct CoreParts {
+    pub log: Logger,
+    pub settings: ConsumerSettings,
+    pub consumer: Arc<BaseConsumer<ReaderContext>>,
+    pub dlq: Dlq,
+    pub pg: PgStore,
+    pub redis: RedisStore,
+    pub aggregators: Aggregators,
+    pub control: std_mpsc::Sender<Control>,
+    pub updates: broadcast::Sender<Arc<KeyUpdate>>,
+}
+
+pub struct KafkaReader {
+    core: Option<Core>,
+    control: std_mpsc::Sender<Control>,
+    input: Option<tokio::sync::mpsc::Receiver<Input>>,
+    stopped: Option<oneshot::Sender<()>>,
+}
+
+impl KafkaReader {
+    pub fn new(parts: CoreParts, input: tokio::sync::mpsc::Receiver<Input>, stopped: oneshot::Sender<()>) -> Self {
+        let control = parts.control.clone();
+        let core = Core {
+            log: parts.log,
+            settings: parts.settings,
+            consumer: parts.consumer,
+            dlq: parts.dlq,
+            pg: parts.pg,
+            redis: parts.redis,
+            aggregators: parts.aggregators,
+            control: parts.control,
+            updates: parts.updates,
+            generation: 0,
+            rewinding: false,
+            slots: BTreeMap::new(),
+            redis_generation: None,
+            redis_checked: None,
+            last_prune: Instant::now(),
+        };
+        KafkaReader { core: Some(core), control, input: Some(input), stopped: Some(stopped) }
+    }
+}
+
+impl Actor for KafkaReader {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let input = self.input.take().expect("started once");
+        ctx.add_stream(tokio_stream_from(input));
+        ctx.run_interval(Duration::from_secs(2), |_, ctx| ctx.notify(Tick));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(stopped) = self.stopped.take() {
+            let _ = stopped.send(());
+        }
+    }
+}
+
+fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<Input>) -> impl futures::Stream<Item = Input> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+impl StreamHandler<Input> for KafkaReader {
+    fn handle(&mut self, input: Input, ctx: &mut Self::Context) {
+        let stop_after = matches!(input, Input::Stopped);
+        self.run_exclusive(ctx, move |mut core| async move {
+            core.handle(input).await;
+            core
+        });
+        if stop_after {
+            ctx.stop();
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl KafkaReader {
+    /// Runs `work` on the core with the actor's mailbox and stream paused,
+    /// so inputs are handled one at a time, in order.
+    fn run_exclusive<F, Fut>(&mut self, ctx: &mut Context<Self>, work: F)
+    where
+        F: FnOnce(Core) -> Fut + 'static,
+        Fut: std::future::Future<Output = Core> + 'static,
+    {
+        let Some(core) = self.core.take() else { return };
+        ctx.wait(work(core).into_actor(self).map(|core, act, _| act.core = Some(core)));
+    }
+}
+
+/// Periodic housekeeping: Redis readiness, candle pruning, lag.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Tick;
+
+impl Handler<Tick> for KafkaReader {
+    type Result = ();
+    fn handle(&mut self, _: Tick, ctx: &mut Self::Context) {
+        self.run_exclusive(ctx, |mut core| async move {
+            core.housekeeping().await;
+            core
+        });
+    }
+}
+
+/// Stop reading: finish and checkpoint the batch in flight, leave the group.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for KafkaReader {
+    type Result = ();
+    fn handle(&mut self, _: Stop, _: &mut Self::Context) {
+        let _ = self.control.send(Control::Stop);
+    }
+}
+
+/// The batch item of `key` in partition `tp`, created empty if new.
+fn batch_item<'a>(items: &'a mut HashMap<AggKey, BTreeMap<Tp, BatchItem>>, key: AggKey, tp: &Tp) -> &'a mut BatchItem {
+    items.entry(key).or_default().entry(tp.clone()).or_insert_with(|| BatchItem {
+        tp: tp.clone(),
+        swaps: Vec::new(),
+        pending_delta: 0,
+    })
+}
+
+impl Core {
+    async fn handle(&mut self, input: Input) {
+        match input {
+            Input::Assigned { generation, claimed } => {
+                self.generation = generation;
+                self.rewinding = false;
+                let all: Vec<Tp> = self.slots.keys().cloned().collect();
+                self.forget(all).await;
+                let mut restores = Vec::new();
+                let mut writes: Vec<(AggKey, Tp, Partial)> = Vec::new();
+                for c in claimed {
+                    let mut state = PartitionState::new(self.settings.lateness, self.settings.max_future);
+                    state.restore(c.watermark, c.seen);
+                    self.slots.insert(c.tp.clone(), Slot { state, epoch: c.epoch, next_offset: c.next_offset });
+                    for (key, partial) in c.partials {
+                        writes.push((key.clone(), c.tp.clone(), partial.clone()));
+                        let addr = self.aggregators.get_or_start(&key);
+                        restores.push(addr.send(Restore { tp: c.tp.clone(), partial }));
+                    }
+                }
+                for result in join_all(restores).await {
+                    if let Err(e) = result {
+                        error!(self.log, "cannot restore an aggregator"; "error" => %e);
+                    }
+                }
+                self.write_full(&writes).await;
+            }
+            Input::Batch { generation, records } => {
+                if generation != self.generation || self.rewinding {
+                    return;
+                }
+                self.process(records).await;
+            }
+            Input::Revoked { tps, done } => {
+                self.forget(tps).await;
+                let _ = done.send(());
+            }
+            Input::Stopped => {
+                info!(self.log, "reader stopped");
+                self.dlq.flush(Duration::from_secs(5));
+            }
+        }
+    }
+
+    async fn forget(&mut self, tps: Vec<Tp>) {
+        if tps.is_empty() {
+            return;
+        }
+        for tp in &tps {
+            self.slots.remove(tp);
+        }
+        let sends = self.aggregators.all().into_iter().map(|(_, addr)| addr.send(Forget(tps.clone())));
+        join_all(sends).await;
+    }
+
+    fn rewind(&mut self, why: &str) {
+        warn!(self.log, "rewinding every partition to its checkpoint"; "why" => why);
+        self.rewinding = true;
+        let _ = self.control.send(Control::Rewind);
+    }
+
+    async fn process(&mut self, records: Vec<poll::Record>) {
+        let now = Utc::now();
+        let started = Instant::now();
+        let mut items: HashMap<AggKey, BTreeMap<Tp, BatchItem>> = HashMap::new();
+        let mut changes: HashMap<AggKey, Vec<Arc<SwapEvent>>> = HashMap::new();
+        let mut deliveries = Vec::new();
+        let mut touched: BTreeSet<Tp> = BTreeSet::new();
+        let count = records.len();
+
+        for record in records {
+            let Some(slot) = self.slots.get_mut(&record.tp) else { continue };
+            if slot.next_offset.is_some_and(|next| record.offset < next) {
+                continue;
+            }
+            slot.next_offset = Some(record.offset + 1);
+            touched.insert(record.tp.clone());
+            let event = match record.body {
+                Ok(event) => event,
+                Err(rejected) => {
+                    let letter = DeadLetter {
+                        source: &record.tp,
+                        offset: record.offset,
+                        reason: rejected.error.reason(),
+                        error: rejected.error.to_string(),
+                        key: rejected.key.as_deref(),
+                        payload: &rejected.payload,
+                        content_type: rejected.content_type.as_deref(),
+                    };
+                    deliveries.push(self.dlq.send(letter));
+                    continue;
+                }
+            };
+            let outcome = slot.state.observe(&event, now);
+            let label = match outcome {
+                Outcome::Pending => "pending",
+                Outcome::Confirmed { .. } => "confirmed",
+                Outcome::Failed { .. } => "failed",
+                Outcome::Duplicate => "duplicate",
+                Outcome::StalePending => "stale_pending",
+                Outcome::Conflict => "conflict",
+                Outcome::TooLate | Outcome::FromFuture => "dead_lettered",
+            };
+            METRICS.outcomes.with_label_values(&[label]).inc();
+            let event = Arc::new(event);
+            let tp = &record.tp;
+            match outcome {
+                Outcome::Pending => {
+                    for key in AggKey::of_swap(&event) {
+                        batch_item(&mut items, key.clone(), tp).pending_delta += 1;
+                        changes.entry(key).or_default().push(event.clone());
+                    }
+                }
+                Outcome::Confirmed { was_pending } => {
+                    for key in AggKey::of_swap(&event) {
+                        let item = batch_item(&mut items, key.clone(), tp);
+                        item.swaps.push(event.clone());
+                        item.pending_delta -= i64::from(was_pending);
+                        changes.entry(key).or_default().push(event.clone());
+                    }
+                }
+                Outcome::Failed { was_pending: true } => {
+                    for key in AggKey::of_swap(&event) {
+                        batch_item(&mut items, key, tp).pending_delta -= 1;
+                    }
+                }
+                Outcome::TooLate | Outcome::FromFuture => {
+                    let (reason, error) = if outcome == Outcome::TooLate {
+                        ("too_late", format!("event time {} is behind the lateness bound", event.timestamp))
+                    } else {
+                        ("future_timestamp", format!("event time {} is ahead of the clock", event.timestamp))
+                    };
+                    let payload = codec::encode(&event, codec::Encoding::Json);
+                    let key = event.id.tx_hash.to_string();
+                    deliveries.push(self.dlq.send(DeadLetter {
+                        source: &record.tp,
+                        offset: record.offset,
+                        reason,
+                        error,
+                        key: Some(key.as_bytes()),
+                        payload: &payload,
+                        content_type: Some(codec::CONTENT_TYPE_JSON),
+                    }));
+                }
+                Outcome::Failed { was_pending: false }
+                | Outcome::Duplicate
+                | Outcome::StalePending
+                | Outcome::Conflict => {}
+            }
+        }
+        if touched.is_empty() {
+            return;
+        }
+        for tp in &touched {
+            let slot = self.slots.get_mut(tp).expect("touched partitions are owned");
+            for (from, to) in slot.state.expire() {
+                let pair = crate::domain::PairKey::new(from.clone(), to.clone()).ok();
+                let keys = [Some(AggKey::Token(from)), Some(AggKey::Token(to)), pair.map(AggKey::Pair)];
+                for key in keys.into_iter().flatten() {
+                    batch_item(&mut items, key, tp).pending_delta -= 1;
+                }
+            }
+        }
+
+        // Aggregate: one message per key, all awaited.
+        let keys: Vec<AggKey> = items.keys().cloned().collect();
+        let sends = items.into_iter().map(|(key, per_tp)| {
+            let addr = self.aggregators.get_or_start(&key);
+            addr.send(ApplyBatch(per_tp.into_values().collect()))
+        });
+        let mut partials: Vec<(AggKey, Tp, PartialDelta)> = Vec::new();
+        for (key, result) in keys.into_iter().zip(join_all(sends).await) {
+            match result {
+                Ok(Ok(deltas)) => partials.extend(deltas.into_iter().map(|(tp, d)| (key.clone(), tp, d))),
+                Ok(Err(failed)) => return self.rewind(&failed.to_string()),
+                Err(mailbox) => return self.rewind(&format!("aggregator {key} unreachable: {mailbox}")),
+            }
+        }
+
+        // Dead letters must be durable before the offsets move past them.
+        for delivery in deliveries {
+            let delivered = match delivery {
+                Ok(future) => matches!(future.await, Ok(Ok(_))),
+                Err(_) => false,
+            };
+            if !delivered {
+                return self.rewind("a dead letter could not be delivered");
+            }
+        }
+
+        let progress = touched
+            .iter()
+            .map(|tp| {
+                let slot = self.slots.get_mut(tp).expect("touched partitions are owned");
+                Progress {
+                    tp: tp.clone(),
+                    next_offset: slot.next_offset.unwrap_or(0),
+                    watermark: slot.state.watermark(),
+                    epoch: slot.epoch,
+                    seen: slot.state.take_changes(),
+                    horizon: slot.state.horizon(),
+                }
+            })
+            .collect();
+        let checkpoint = Checkpoint { progress, partials };
+        if !self.store(&checkpoint).await {
+            return;
+        }
+        METRICS.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
+        METRICS.checkpoint_events.observe(count as f64);
+
+        self.publish(&checkpoint, changes).await;
+        self.commit_offsets(&checkpoint);
+    }
+
+    /// Stores the checkpoint, retrying while PostgreSQL fails; false when
+    /// the partitions were taken over meanwhile (fenced).
+    async fn store(&mut self, checkpoint: &Checkpoint) -> bool {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.pg.checkpoint(checkpoint).await {
+                Ok(()) => return true,
+                Err(e) if e.is::<Fenced>() => {
+                    warn!(self.log, "checkpoint fenced: partitions moved to another instance"; "error" => %e);
+                    let tps = checkpoint.progress.iter().map(|p| p.tp.clone()).collect();
+                    self.forget(tps).await;
+                    return false;
+                }
+                Err(e) => {
+                    METRICS.checkpoint_failures.inc();
+                    error!(self.log, "checkpoint failed; retrying"; "error" => format!("{e:#}"), "retry_in_ms" => delay.as_millis());
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// After the commit: live state to Redis, updates to subscribers.
+    async fn publish(&mut self, checkpoint: &Checkpoint, changes: HashMap<AggKey, Vec<Arc<SwapEvent>>>) {
+        let writes: Vec<PartialWrite> = checkpoint
+            .partials
+            .iter()
+            .map(|(key, tp, delta)| PartialWrite {
+                key,
+                tp,
+                totals: &delta.totals,
+                pending: delta.pending,
+                candles: delta.candles.iter().map(|(i, c)| (*i, c)).collect(),
+                new_recent: changes
+                    .get(key)
+                    .map(|swaps| swaps.iter().filter(|s| s.status == crate::domain::Status::Confirmed).collect())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        if let Err(e) = self.redis.write(&writes).await {
+            METRICS.redis_errors.inc();
+            warn!(self.log, "cannot write live state to Redis; it will be rebuilt"; "error" => format!("{e:#}"));
+            self.redis_generation = None;
+        }
+        for (key, _, delta) in &checkpoint.partials {
+            METRICS.pending.with_label_values(&[&key.to_string()]).set(delta.pending);
+        }
+        for (key, swaps) in changes {
+            let message = UpdateMessage {
+                key: key.to_string(),
+                swaps: swaps.iter().map(|s| serde_json::to_value(s.to_wire()).unwrap_or_default()).collect(),
+            };
+            if let Err(e) = self.redis.publish(&key, &message).await {
+                METRICS.redis_errors.inc();
+                warn!(self.log, "cannot publish an update"; "key" => %key, "error" => %e);
+            }
+            let _ = self.updates.send(Arc::new(KeyUpdate { key, swaps }));
+        }
+    }
+
+    /// Moves Kafka's committed offsets to the checkpoint (for lag
+    /// monitoring only; the resume point is PostgreSQL's).
+    fn commit_offsets(&self, checkpoint: &Checkpoint) {
+        let mut tpl = TopicPartitionList::new();
+        for p in &checkpoint.progress {
+            let _ = tpl.add_partition_offset(&p.tp.topic, p.tp.partition, Offset::Offset(p.next_offset));
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            warn!(self.log, "cannot commit offsets to Kafka"; "error" => %e);
+        }
+    }
+
+    /// Writes partials in full (after assign or for a rebuild).
+    async fn write_full(&mut self, partials: &[(AggKey, Tp, Partial)]) {
+        let writes: Vec<PartialWrite> = partials
+            .iter()
+            .map(|(key, tp, partial)| PartialWrite {
+                key,
+                tp,
+                totals: &partial.totals,
+                pending: partial.pending,
+                candles: partial.candles.iter().flat_map(|(i, c)| c.values().map(move |c| (*i, c))).collect(),
+                new_recent: partial.recent.iter().collect(),
+            })
+            .collect();
+        if let Err(e) = self.redis.write(&writes).await {
+            METRICS.redis_errors.inc();
+            warn!(self.log, "cannot write live state to Redis; it will be rebuilt"; "error" => format!("{e:#}"));
+            self.redis_generation = None;
+        }
+    }
+
+    async fn housekeeping(&mut self) {
+        if self.last_prune.elapsed() > Duration::from_secs(600) {
+            self.last_prune = Instant::now();
+            let now = Utc::now();
+            join_all(self.aggregators.all().into_iter().map(|(_, a)| a.send(Prune(now)))).await;
+        }
+        if self.redis_checked.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        self.redis_checked = Some(Instant::now());
+        let generation = match self.redis.ready_generation().await {
+            Ok(generation) => generation,
+            Err(e) => {
+                METRICS.redis_errors.inc();
+                warn!(self.log, "Redis unreachable"; "error" => %e);
+                self.redis_generation = None;
+                return;
+            }
+        };
+        if self.redis_generation.as_deref() == Some(generation.as_str()) {
+            return;
+        }
+        info!(self.log, "rebuilding the live state in Redis"; "generation" => &generation);
+        METRICS.redis_rebuilds.inc();
+        let snapshots =
+            join_all(self.aggregators.all().into_iter().map(|(key, a)| async move { (key, a.send(Snapshot).await) }))
+                .await;
+        let mut partials = Vec::new();
+        for (key, snapshot) in snapshots {
+            for (tp, partial) in snapshot.unwrap_or_default() {
+                partials.push((key.clone(), tp, partial));
+            }
+        }
+        self.redis_generation = Some(generation);
+        self.write_full(&partials).await;
+    }
+}

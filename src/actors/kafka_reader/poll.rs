@@ -1,0 +1,302 @@
+//! The polling thread of the Kafka reader.
+//!
+//! librdkafka's callbacks (rebalance included) run on the thread that polls,
+//! and may block there, so polling happens on a dedicated OS thread, never on
+//! an actix arbiter. On assign, the rebalance callback claims the partitions
+//! in PostgreSQL and sets the checkpointed offsets on the assignment itself
+//! (no seek after assign). On revoke, it hands the batch in progress to the
+//! reader and waits until the reader has checkpointed it and dropped the
+//! partitions' state.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use slog::{error, info, warn, Logger};
+use tokio::sync::mpsc;
+
+use crate::codec::{self, DecodeError};
+use crate::domain::SwapEvent;
+use crate::kafka::LoggingContext;
+use crate::metrics::METRICS;
+use crate::storage::postgres::{Claimed, PgStore};
+use crate::stream::Tp;
+
+/// From the polling thread to the reader actor, in order.
+pub enum Input {
+    /// The full new assignment, claimed and loaded; replaces all state.
+    Assigned {
+        generation: u64,
+        claimed: Vec<Claimed>,
+    },
+    Batch {
+        generation: u64,
+        records: Vec<Record>,
+    },
+    /// These partitions go away; reply once their work is checkpointed.
+    Revoked {
+        tps: Vec<Tp>,
+        done: std_mpsc::SyncSender<()>,
+    },
+    /// The thread has stopped polling and left the group.
+    Stopped,
+}
+
+/// One Kafka message, decoded or not.
+pub struct Record {
+    pub tp: Tp,
+    pub offset: i64,
+    pub body: Result<SwapEvent, Rejected>,
+}
+
+/// A message that is not a valid swap event, kept whole for the dead-letter
+/// topic.
+pub struct Rejected {
+    pub error: DecodeError,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub content_type: Option<String>,
+}
+
+/// From the reader actor to the polling thread.
+pub enum Control {
+    /// Finish the batch in progress, leave the group, stop.
+    Stop,
+    /// Re-claim the current assignment and restart it from the checkpoint.
+    Rewind,
+}
+
+pub struct PollSettings {
+    pub batch_max_events: usize,
+    pub batch_max_time: Duration,
+    pub owner: String,
+    /// Longest wait for the reader during a rebalance or shutdown.
+    pub timeout: Duration,
+}
+
+/// The consumer's context: log routing and the rebalance protocol.
+pub struct ReaderContext {
+    log: LoggingContext,
+    tx: mpsc::Sender<Input>,
+    /// Drives the PostgreSQL client used from callbacks; dropped on the
+    /// polling thread when it ends (a runtime must not drop inside another).
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    pg: PgStore,
+    settings: PollSettings,
+    generation: AtomicU64,
+    buffer: Mutex<Vec<Record>>,
+}
+
+impl ReaderContext {
+    pub fn new(
+        log: Logger,
+        tx: mpsc::Sender<Input>,
+        runtime: tokio::runtime::Runtime,
+        pg: PgStore,
+        settings: PollSettings,
+    ) -> Self {
+        ReaderContext {
+            log: LoggingContext { log },
+            tx,
+            runtime: Mutex::new(Some(runtime)),
+            pg,
+            settings,
+            generation: AtomicU64::new(0),
+            buffer: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn log(&self) -> &Logger {
+        &self.log.log
+    }
+
+    /// Sends the records collected so far as one batch.
+    fn flush(&self) {
+        let records = std::mem::take(&mut *self.buffer.lock().expect("buffer lock"));
+        if !records.is_empty() {
+            let generation = self.generation.load(Ordering::SeqCst);
+            let _ = self.tx.blocking_send(Input::Batch { generation, records });
+        }
+    }
+
+    /// Claims `tpl`'s partitions in PostgreSQL (retrying while it is down),
+    /// sets their checkpointed offsets on `tpl` and tells the reader.
+    fn claim(&self, tpl: &mut TopicPartitionList) {
+        let tps: Vec<Tp> = tpl.elements().iter().map(|e| Tp::new(e.topic(), e.partition())).collect();
+        let mut delay = Duration::from_millis(100);
+        let runtime = self.runtime.lock().expect("runtime lock");
+        let Some(runtime) = runtime.as_ref() else { return };
+        let claimed = loop {
+            match runtime.block_on(self.pg.claim(&tps, &self.settings.owner, chrono::Utc::now())) {
+                Ok(claimed) => break claimed,
+                Err(e) => {
+                    error!(self.log(), "cannot claim partitions; retrying"; "error" => format!("{e:#}"));
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        for c in &claimed {
+            let offset = c.next_offset.map_or(Offset::Beginning, Offset::Offset);
+            if let Err(e) = tpl.set_partition_offset(&c.tp.topic, c.tp.partition, offset) {
+                error!(self.log(), "cannot set the resume offset"; "partition" => %c.tp, "error" => %e);
+            }
+        }
+        let described: Vec<String> = claimed
+            .iter()
+            .map(|c| format!("{}@{}", c.tp, c.next_offset.map_or("start".into(), |o| o.to_string())))
+            .collect();
+        info!(self.log(), "partitions assigned"; "partitions" => described.join(" "));
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.buffer.lock().expect("buffer lock").clear();
+        let _ = self.tx.blocking_send(Input::Assigned { generation, claimed });
+    }
+
+    fn revoke(&self, tpl: &TopicPartitionList) {
+        let tps: Vec<Tp> = tpl.elements().iter().map(|e| Tp::new(e.topic(), e.partition())).collect();
+        info!(self.log(), "partitions revoked"; "count" => tps.len());
+        self.flush();
+        let (done, wait) = std_mpsc::sync_channel(1);
+        if self.tx.blocking_send(Input::Revoked { tps, done }).is_ok()
+            && wait.recv_timeout(self.settings.timeout).is_err()
+        {
+            warn!(self.log(), "the reader did not finish the revoked partitions in time");
+        }
+    }
+}
+
+impl ClientContext for ReaderContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.log.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(error, reason);
+    }
+
+    /// Consumer lag per partition, from librdkafka's statistics: the high
+    /// watermark minus the committed offset (which follows the checkpoint).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if p.partition >= 0 && p.consumer_lag >= 0 {
+                    METRICS
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), partition.to_string().as_str()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::types::RDKafkaRespErr::*;
+        match err {
+            RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.claim(tpl);
+                if let Err(e) = consumer.assign(tpl) {
+                    error!(self.log(), "assign failed"; "error" => %e);
+                }
+            }
+            RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.revoke(tpl);
+                if let Err(e) = consumer.unassign() {
+                    error!(self.log(), "unassign failed"; "error" => %e);
+                }
+            }
+            other => {
+                error!(self.log(), "rebalance error"; "error" => ?other);
+                let _ = consumer.unassign();
+            }
+        }
+    }
+
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {}
+}
+
+/// Decodes one message.
+fn record(message: &BorrowedMessage<'_>) -> Record {
+    let tp = Tp::new(message.topic(), message.partition());
+    let content_type = message
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key.eq_ignore_ascii_case(codec::CONTENT_TYPE_HEADER)))
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    let payload = message.payload().unwrap_or_default();
+    let body = codec::decode(payload, content_type.as_deref()).map_err(|error| Rejected {
+        error,
+        key: message.key().map(<[u8]>::to_vec),
+        payload: payload.to_vec(),
+        content_type,
+    });
+    if body.is_ok() {
+        METRICS.events_decoded.inc();
+    }
+    METRICS.events_consumed.with_label_values(&[message.topic()]).inc();
+    Record { tp, offset: message.offset(), body }
+}
+
+/// Polls until told to stop; then leaves the group within the timeout.
+pub fn run(consumer: Arc<BaseConsumer<ReaderContext>>, control: std_mpsc::Receiver<Control>) {
+    let context = consumer.context();
+    let mut batch_started: Option<Instant> = None;
+    loop {
+        match control.try_recv() {
+            Ok(Control::Stop) | Err(std_mpsc::TryRecvError::Disconnected) => break,
+            Ok(Control::Rewind) => {
+                batch_started = None;
+                match consumer.assignment() {
+                    Ok(mut tpl) => {
+                        warn!(context.log(), "rewinding to the last checkpoint"; "partitions" => tpl.count());
+                        context.claim(&mut tpl);
+                        if let Err(e) = consumer.assign(&tpl) {
+                            error!(context.log(), "re-assign failed"; "error" => %e);
+                        }
+                    }
+                    Err(e) => error!(context.log(), "cannot read the assignment"; "error" => %e),
+                }
+            }
+            Err(std_mpsc::TryRecvError::Empty) => {}
+        }
+        match consumer.poll(Duration::from_millis(20)) {
+            Some(Ok(message)) => {
+                let mut buffer = context.buffer.lock().expect("buffer lock");
+                buffer.push(record(&message));
+                batch_started.get_or_insert_with(Instant::now);
+                let full = buffer.len() >= context.settings.batch_max_events;
+                drop(buffer);
+                if full {
+                    context.flush();
+                    batch_started = None;
+                }
+            }
+            Some(Err(e)) => warn!(context.log(), "kafka poll error"; "error" => %e),
+            None => {}
+        }
+        if batch_started.is_some_and(|t| t.elapsed() >= context.settings.batch_max_time) {
+            context.flush();
+            batch_started = None;
+        }
+    }
+    context.flush();
+    info!(context.log(), "leaving the consumer group");
+    let deadline = Instant::now() + context.settings.timeout;
+    if consumer.close_queue().is_ok() {
+        while !consumer.closed() && Instant::now() < deadline {
+            consumer.poll(Duration::from_millis(100));
+        }
+    }
+    drop(context.runtime.lock().expect("runtime lock").take());
+    let _ = context.tx.blocking_send(Input::Stopped);
+}

@@ -1,0 +1,4 @@
+//! The actors of the consumer role.
+
+pub mod aggregator;
+pub mod kafka_reader;

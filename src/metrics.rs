@@ -1,0 +1,132 @@
+//! Prometheus metrics of the process, served as text at `/metrics`.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram_vec_with_registry, register_histogram_with_registry, register_int_counter_vec_with_registry,
+    register_int_counter_with_registry, register_int_gauge_vec_with_registry, Encoder, Histogram, HistogramVec,
+    IntCounter, IntCounterVec, IntGaugeVec, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub events_consumed: IntCounterVec,
+    pub events_decoded: IntCounter,
+    pub outcomes: IntCounterVec,
+    pub dead_lettered: IntCounterVec,
+    pub pending: IntGaugeVec,
+    pub checkpoint_seconds: Histogram,
+    pub checkpoint_events: Histogram,
+    pub checkpoint_failures: IntCounter,
+    pub consumer_lag: IntGaugeVec,
+    pub aggregator_restarts: IntCounter,
+    pub redis_errors: IntCounter,
+    pub redis_rebuilds: IntCounter,
+    pub http_requests: IntCounterVec,
+    pub http_seconds: HistogramVec,
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let registry = Registry::new_custom(Some("swapstream".into()), None).expect("metric registry");
+    let r = &registry;
+    Metrics {
+        events_consumed: register_int_counter_vec_with_registry!(
+            "events_consumed_total",
+            "Kafka messages read, by topic",
+            &["topic"],
+            r
+        )
+        .expect("metric"),
+        events_decoded: register_int_counter_with_registry!(
+            "events_decoded_total",
+            "Messages decoded into valid swap events",
+            r
+        )
+        .expect("metric"),
+        outcomes: register_int_counter_vec_with_registry!(
+            "events_outcome_total",
+            "Valid events by what they meant: pending, confirmed, failed, duplicate, stale_pending, conflict",
+            &["outcome"],
+            r
+        )
+        .expect("metric"),
+        dead_lettered: register_int_counter_vec_with_registry!(
+            "events_dead_lettered_total",
+            "Messages sent to the dead-letter topic, by reason",
+            &["reason"],
+            r
+        )
+        .expect("metric"),
+        pending: register_int_gauge_vec_with_registry!(
+            "pending_swaps",
+            "Swaps seen pending and not yet confirmed or failed, in this instance's partitions, by token or pair",
+            &["key"],
+            r
+        )
+        .expect("metric"),
+        checkpoint_seconds: register_histogram_with_registry!(
+            "checkpoint_duration_seconds",
+            "Time of one checkpoint transaction",
+            vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+            r
+        )
+        .expect("metric"),
+        checkpoint_events: register_histogram_with_registry!(
+            "checkpoint_batch_events",
+            "Messages covered by one checkpoint",
+            vec![1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0, 50000.0],
+            r
+        )
+        .expect("metric"),
+        checkpoint_failures: register_int_counter_with_registry!(
+            "checkpoint_failures_total",
+            "Checkpoints that failed and were retried",
+            r
+        )
+        .expect("metric"),
+        consumer_lag: register_int_gauge_vec_with_registry!(
+            "consumer_lag",
+            "Messages between the checkpoint and the partition's high watermark",
+            &["topic", "partition"],
+            r
+        )
+        .expect("metric"),
+        aggregator_restarts: register_int_counter_with_registry!(
+            "aggregator_restarts_total",
+            "Aggregator actors restarted by their supervisor",
+            r
+        )
+        .expect("metric"),
+        redis_errors: register_int_counter_with_registry!("redis_errors_total", "Failed Redis writes", r)
+            .expect("metric"),
+        redis_rebuilds: register_int_counter_with_registry!(
+            "redis_rebuilds_total",
+            "Rebuilds of the live state in Redis from this instance's partitions",
+            r
+        )
+        .expect("metric"),
+        http_requests: register_int_counter_vec_with_registry!(
+            "http_requests_total",
+            "HTTP requests by route and status",
+            &["route", "status"],
+            r
+        )
+        .expect("metric"),
+        http_seconds: register_histogram_vec_with_registry!(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            &["route"],
+            vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+            r
+        )
+        .expect("metric"),
+        registry,
+    }
+});
+
+/// The metrics in Prometheus text format.
+pub fn render() -> String {
+    let mut buffer = Vec::new();
+    TextEncoder::new().encode(&METRICS.registry.gather(), &mut buffer).expect("text encoding");
+    String::from_utf8(buffer).expect("metrics are UTF-8")
+}

@@ -1,0 +1,229 @@
+//! Building and running the roles.
+
+use std::net::TcpListener;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::Duration;
+
+use actix::prelude::*;
+use anyhow::Context as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use slog::{info, warn, Logger};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::actors::aggregator::Aggregators;
+use crate::actors::kafka_reader::poll::{self, PollSettings, ReaderContext};
+use crate::actors::kafka_reader::{CoreParts, Dlq, KafkaReader, KeyUpdate, Stop};
+use crate::config::Settings;
+use crate::http::{self, Probe, Readiness};
+use crate::kafka::{client_config, LoggingContext};
+use crate::storage::postgres::PgStore;
+use crate::storage::redis::RedisStore;
+
+/// A running consumer: the reader, its aggregators and the HTTP server.
+pub struct Consumer {
+    pub http_port: u16,
+    pub aggregators: Aggregators,
+    pub updates: broadcast::Sender<Arc<KeyUpdate>>,
+    reader: Addr<KafkaReader>,
+    reader_stopped: oneshot::Receiver<()>,
+    server: actix_web::dev::ServerHandle,
+    poll_thread: std::thread::JoinHandle<()>,
+    log: Logger,
+}
+
+impl Consumer {
+    /// Connects to PostgreSQL (migrating it), Redis and Kafka, joins the
+    /// consumer group and starts serving. Must run inside an actix system.
+    pub async fn start(settings: &Settings, brokers: &str, log: &Logger) -> anyhow::Result<Consumer> {
+        let pg = PgStore::connect(&settings.postgres, log).await?;
+        let redis = RedisStore::connect(&settings.redis, settings.consumer.recent_swaps).await?;
+        create_topic(settings, brokers, &settings.kafka.dlq_topic, log).await;
+
+        let dlq_producer = client_config(&settings.kafka, brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .create_with_context(LoggingContext { log: log.clone() })
+            .context("creating the dead-letter producer")?;
+        let dlq = Dlq { producer: dlq_producer, topic: settings.kafka.dlq_topic.clone() };
+
+        let threads = settings.consumer.aggregator_threads;
+        let arbiters = (0..threads).map(|_| Arbiter::new().handle()).collect();
+        let aggregators = Aggregators::new(arbiters, settings.consumer.recent_swaps);
+        let (updates, _) = broadcast::channel(1024);
+
+        // The polling thread owns its own runtime for the PostgreSQL calls
+        // its rebalance callbacks make.
+        let (input_tx, input_rx) = tokio::sync::mpsc::channel(2);
+        let (control_tx, control_rx) = std_mpsc::channel();
+        let (consumer_tx, consumer_rx) = oneshot::channel();
+        let poll_settings = PollSettings {
+            batch_max_events: settings.consumer.batch_max_events,
+            batch_max_time: settings.consumer.batch_max_time,
+            owner: settings.instance_id.clone(),
+            timeout: settings.consumer.shutdown_timeout,
+        };
+        let consumer_config = {
+            let mut config = client_config(&settings.kafka, brokers);
+            config
+                .set("group.id", &settings.kafka.group_id)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("session.timeout.ms", "10000")
+                .set("heartbeat.interval.ms", "1000")
+                .set("topic.metadata.refresh.interval.ms", "5000")
+                .set("statistics.interval.ms", "5000")
+                .set("fetch.max.bytes", "8388608")
+                .set("receive.message.max.bytes", "134217728");
+            config
+        };
+        let subscription = settings.kafka.topics.subscription();
+        let postgres_settings = settings.postgres.clone();
+        let thread_log = log.clone();
+        let poll_thread = std::thread::Builder::new()
+            .name("kafka-poll".into())
+            .spawn(move || {
+                let setup = || -> anyhow::Result<Arc<BaseConsumer<ReaderContext>>> {
+                    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+                    let pg = runtime.block_on(PgStore::connect(&postgres_settings, &thread_log))?;
+                    let context = ReaderContext::new(thread_log.clone(), input_tx, runtime, pg, poll_settings);
+                    let consumer: BaseConsumer<ReaderContext> =
+                        consumer_config.create_with_context(context).context("creating the Kafka consumer")?;
+                    consumer.subscribe(&[&subscription]).context("subscribing")?;
+                    Ok(Arc::new(consumer))
+                };
+                match setup() {
+                    Ok(consumer) => {
+                        let _ = consumer_tx.send(Ok(consumer.clone()));
+                        poll::run(consumer, control_rx);
+                    }
+                    Err(e) => {
+                        let _ = consumer_tx.send(Err(e));
+                    }
+                }
+            })
+            .context("starting the polling thread")?;
+        let consumer = consumer_rx.await.context("the polling thread died")??;
+
+        let (stopped_tx, stopped_rx) = oneshot::channel();
+        let parts = CoreParts {
+            log: log.clone(),
+            settings: settings.consumer.clone(),
+            consumer: consumer.clone(),
+            dlq,
+            pg: pg.clone(),
+            redis: redis.clone(),
+            aggregators: aggregators.clone(),
+            control: control_tx,
+            updates: updates.clone(),
+        };
+        let reader = KafkaReader::new(parts, input_rx, stopped_tx).start();
+
+        let listener = TcpListener::bind(settings.http.addr)
+            .with_context(|| format!("binding SWAPSTREAM_HTTP_ADDR {}", settings.http.addr))?;
+        let http_port = listener.local_addr()?.port();
+        let readiness = Readiness { probes: dependency_probes(&pg, &redis, Some(consumer)) };
+        let server = http::serve(listener, readiness, 2)?;
+        let server_handle = server.handle();
+        actix::spawn(server);
+        info!(log, "consumer started"; "http_port" => http_port, "subscription" => settings.kafka.topics.subscription(),
+            "group" => &settings.kafka.group_id);
+        Ok(Consumer {
+            http_port,
+            aggregators,
+            updates,
+            reader,
+            reader_stopped: stopped_rx,
+            server: server_handle,
+            poll_thread,
+            log: log.clone(),
+        })
+    }
+
+    /// Graceful stop: the batch in flight is checkpointed, the group left,
+    /// the HTTP server drained; bounded by `timeout`.
+    pub async fn stop(self, timeout: Duration) {
+        self.reader.do_send(Stop);
+        if tokio::time::timeout(timeout, self.reader_stopped).await.is_err() {
+            warn!(self.log, "the reader did not stop in time");
+        }
+        self.server.stop(true).await;
+        // The polling thread has left the group once the reader stopped.
+        let _ = tokio::task::spawn_blocking(move || self.poll_thread.join()).await;
+    }
+
+    /// Resolves when the reader stops on its own (e.g. a fatal error).
+    pub fn reader_stopped(&mut self) -> &mut oneshot::Receiver<()> {
+        &mut self.reader_stopped
+    }
+}
+
+/// Readiness probes for PostgreSQL, Redis and (consumer) the broker.
+fn dependency_probes(
+    pg: &PgStore,
+    redis: &RedisStore,
+    consumer: Option<Arc<BaseConsumer<ReaderContext>>>,
+) -> Vec<(&'static str, Probe)> {
+    let mut probes: Vec<(&'static str, Probe)> = Vec::new();
+    let pg = pg.clone();
+    probes.push((
+        "postgres",
+        Arc::new(move || {
+            let pg = pg.clone();
+            Box::pin(async move { pg.ping().await })
+        }),
+    ));
+    let redis = redis.clone();
+    probes.push((
+        "redis",
+        Arc::new(move || {
+            let redis = redis.clone();
+            Box::pin(async move { redis.ping().await })
+        }),
+    ));
+    if let Some(consumer) = consumer {
+        probes.push((
+            "kafka",
+            Arc::new(move || {
+                let consumer = consumer.clone();
+                Box::pin(async move {
+                    tokio::task::spawn_blocking(move || {
+                        consumer.fetch_metadata(None, Duration::from_secs(2)).map(|_| ())
+                    })
+                    .await??;
+                    Ok(())
+                })
+            }),
+        ));
+    }
+    probes
+}
+
+/// Creates a topic if missing; failures are logged (a broker may auto-create).
+async fn create_topic(settings: &Settings, brokers: &str, topic: &str, log: &Logger) {
+    let admin: AdminClient<LoggingContext> =
+        match client_config(&settings.kafka, brokers).create_with_context(LoggingContext { log: log.clone() }) {
+            Ok(admin) => admin,
+            Err(e) => return warn!(log, "cannot create an admin client"; "error" => %e),
+        };
+    let new = NewTopic::new(topic, settings.kafka.partitions, TopicReplication::Fixed(settings.kafka.replication));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(5)))
+        .request_timeout(Some(Duration::from_secs(5)));
+    match admin.create_topics([&new], &options).await {
+        Ok(results) => {
+            for result in results {
+                match result {
+                    Ok(name) => info!(log, "topic created"; "topic" => name),
+                    Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                        info!(log, "topic exists"; "topic" => name)
+                    }
+                    Err((name, code)) => warn!(log, "cannot create topic"; "topic" => name, "error" => %code),
+                }
+            }
+        }
+        Err(e) => warn!(log, "cannot create topic"; "topic" => topic, "error" => %e),
+    }
+}
