@@ -40,6 +40,13 @@ impl ClientContext for LoggingContext {
     }
 }
 
+/// Sets `key` unless the operator's `SWAPSTREAM_KAFKA_OPTIONS` already did.
+pub fn set_default(config: &mut ClientConfig, key: &str, value: &str) {
+    if config.get(key).is_none() {
+        config.set(key, value);
+    }
+}
+
 /// A client configuration with the brokers and extra options of `settings`.
 pub fn client_config(settings: &KafkaSettings, brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();

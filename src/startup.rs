@@ -16,7 +16,7 @@ use crate::actors::kafka_reader::poll::{self, PollSettings, ReaderContext};
 use crate::actors::kafka_reader::{CoreParts, Dlq, KafkaReader, KeyUpdate, Stop};
 use crate::config::Settings;
 use crate::http::{self, Probe, Readiness};
-use crate::kafka::{client_config, LoggingContext};
+use crate::kafka::{client_config, set_default, LoggingContext};
 use crate::storage::postgres::PgStore;
 use crate::storage::redis::RedisStore;
 
@@ -66,17 +66,19 @@ impl Consumer {
         };
         let consumer_config = {
             let mut config = client_config(&settings.kafka, brokers);
-            config
-                .set("group.id", &settings.kafka.group_id)
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                .set("auto.offset.reset", "earliest")
-                .set("session.timeout.ms", "10000")
-                .set("heartbeat.interval.ms", "1000")
-                .set("topic.metadata.refresh.interval.ms", "5000")
-                .set("statistics.interval.ms", "5000")
-                .set("fetch.max.bytes", "8388608")
-                .set("receive.message.max.bytes", "134217728");
+            config.set("group.id", &settings.kafka.group_id);
+            config.set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
+            for (key, value) in [
+                ("auto.offset.reset", "earliest"),
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "1000"),
+                ("topic.metadata.refresh.interval.ms", "5000"),
+                ("statistics.interval.ms", "5000"),
+                ("fetch.max.bytes", "8388608"),
+                ("receive.message.max.bytes", "134217728"),
+            ] {
+                set_default(&mut config, key, value);
+            }
             config
         };
         let subscription = settings.kafka.topics.subscription();

@@ -463,6 +463,26 @@ mod tests {
         }
     }
 
+    proptest! {
+        #[test]
+        fn windows_from_merged_candles_equal_windows_from_the_swaps(
+            events in swaps(),
+            assign in proptest::collection::vec(0usize..4, 1..50),
+            now_offset in 0i64..9_000,
+        ) {
+            let now = DateTime::from_timestamp(1_764_057_600 + now_offset, 0).unwrap();
+            let plain = crate::domain::aggregate::windows_at(&events, now);
+            let merged = merged_by_partials(&events, &assign, 3);
+            for (key, merged) in &merged {
+                for (label, length) in WINDOWS {
+                    let got = merged.window(now, length);
+                    let expected = plain.get(&key.to_string()).and_then(|w| w.get(label)).cloned().unwrap_or_default();
+                    prop_assert_eq!(got, expected, "{} {}", key, label);
+                }
+            }
+        }
+    }
+
     #[test]
     fn windows_cover_whole_minutes_ending_now() {
         let events = [

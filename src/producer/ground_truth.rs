@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::Summary;
 use crate::codec::Encoding;
-use crate::domain::aggregate::Reference;
+use chrono::{DateTime, Utc};
+
+use crate::domain::aggregate::{windows_at as windows_at_fn, Reference};
+use crate::domain::partial::Window;
 use crate::domain::{Status, SwapEvent};
 
 /// Where one event ended up.
@@ -61,6 +64,8 @@ pub struct GroundTruth {
     counts: Counts,
     events: Vec<(SentEvent, Delivery)>,
     expected: Reference,
+    windows_at: DateTime<Utc>,
+    windows: BTreeMap<String, BTreeMap<&'static str, Window>>,
 }
 
 impl GroundTruth {
@@ -98,7 +103,9 @@ impl GroundTruth {
             failed: terminal.iter().filter(|e| e.status == Status::Failed).count() as u64,
         };
         let expected = Reference::compute(terminal.iter().copied());
-        GroundTruth { seed, encoding, counts, events, expected }
+        let windows_at = Utc::now();
+        let windows = windows_at_fn(terminal.iter().copied(), windows_at);
+        GroundTruth { seed, encoding, counts, events, expected, windows_at, windows }
     }
 
     /// Writes the file: `{"seed", "encoding", "counts", "events": [...],
@@ -111,6 +118,8 @@ impl GroundTruth {
             counts: &'a Counts,
             events: Vec<EventRecord<'a>>,
             expected: &'a Reference,
+            windows_at: String,
+            windows: &'a BTreeMap<String, BTreeMap<&'static str, Window>>,
         }
         let file = File {
             seed: self.seed,
@@ -128,6 +137,8 @@ impl GroundTruth {
                 })
                 .collect(),
             expected: &self.expected,
+            windows_at: crate::domain::swap::format_time(self.windows_at),
+            windows: &self.windows,
         };
         let temporary = path.with_extension("partial");
         let mut writer = std::io::BufWriter::new(std::fs::File::create(&temporary)?);
@@ -146,6 +157,9 @@ pub struct GroundTruthFile {
     pub counts: Counts,
     pub events: Vec<EventEntry>,
     pub expected: serde_json::Value,
+    /// When `windows` were taken, and the windows of every key then.
+    pub windows_at: DateTime<Utc>,
+    pub windows: serde_json::Value,
 }
 
 #[derive(Debug, Deserialize)]

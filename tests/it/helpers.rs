@@ -1,10 +1,19 @@
-//! Shared test plumbing: where the services are, unique names, the binary.
+//! Shared test plumbing: where the services are, unique names, the binary,
+//! child processes, and reading the stored state back.
 
-use std::path::PathBuf;
-use std::process::Output;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use chrono::Utc;
 use rand::Rng;
+use swapstream::config::Settings;
+use swapstream::domain::aggregate::{Expected, Interval, Reference};
+use swapstream::domain::partial::{AggKey, Merged};
+use swapstream::producer::ground_truth::GroundTruthFile;
+use swapstream::storage::postgres::PgStore;
+use swapstream::storage::redis::RedisStore;
 
 /// The separate broker process started by `scripts/services up`.
 pub fn brokers() -> String {
@@ -30,9 +39,16 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_swapstream"))
 }
 
-/// Runs the binary with exactly these `SWAPSTREAM_*` variables (the test
-/// process's own are removed) and waits for it, failing after `timeout`.
-pub async fn run_binary(args: &[&str], vars: &[(&str, String)], timeout: Duration) -> Output {
+/// Where child process logs go (kept for inspection after a failure).
+pub fn artifacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
+    std::fs::create_dir_all(&dir).expect("creating test-artifacts/");
+    dir
+}
+
+/// The binary with exactly these `SWAPSTREAM_*` variables (the test
+/// process's own are removed).
+pub fn command(args: &[&str], vars: &[(&str, String)]) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(binary());
     command.args(args).kill_on_drop(true);
     for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("SWAPSTREAM_")) {
@@ -41,8 +57,203 @@ pub async fn run_binary(args: &[&str], vars: &[(&str, String)], timeout: Duratio
     for (name, value) in vars {
         command.env(name, value);
     }
-    tokio::time::timeout(timeout, command.output())
+    command
+}
+
+/// Runs the binary and waits for it, failing after `timeout`.
+pub async fn run_binary(args: &[&str], vars: &[(&str, String)], timeout: Duration) -> Output {
+    tokio::time::timeout(timeout, command(args, vars).output())
         .await
         .unwrap_or_else(|_| panic!("swapstream {args:?} did not finish within {timeout:?}"))
         .expect("running swapstream")
+}
+
+/// Names that keep one test's state apart from every other's.
+#[derive(Clone)]
+pub struct Names {
+    pub topic_prefix: String,
+    pub schema: String,
+    pub redis_prefix: String,
+    pub group: String,
+    pub dlq: String,
+}
+
+impl Names {
+    pub fn new(base: &str) -> Names {
+        let id = unique(base).replace('-', "_");
+        Names {
+            topic_prefix: format!("{id}."),
+            schema: id.clone(),
+            redis_prefix: id.clone(),
+            group: format!("{id}-group"),
+            dlq: format!("{id}.dlq"),
+        }
+    }
+
+    /// The variables a producer or consumer of this test needs.
+    pub fn vars(&self, brokers: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("SWAPSTREAM_KAFKA_BROKERS", brokers.to_owned()),
+            ("SWAPSTREAM_KAFKA_TOPIC_PREFIX", self.topic_prefix.clone()),
+            ("SWAPSTREAM_KAFKA_GROUP_ID", self.group.clone()),
+            ("SWAPSTREAM_KAFKA_DLQ_TOPIC", self.dlq.clone()),
+            ("SWAPSTREAM_POSTGRES_SCHEMA", self.schema.clone()),
+            ("SWAPSTREAM_REDIS_KEY_PREFIX", self.redis_prefix.clone()),
+            ("SWAPSTREAM_LOG_FORMAT", "json".to_owned()),
+        ]
+    }
+
+    pub fn settings(&self, extra: &[(&str, &str)]) -> Settings {
+        let mut vars: Vec<(String, String)> = vec![
+            ("SWAPSTREAM_POSTGRES_SCHEMA".into(), self.schema.clone()),
+            ("SWAPSTREAM_REDIS_KEY_PREFIX".into(), self.redis_prefix.clone()),
+        ];
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Settings::from_vars(vars).expect("test settings")
+    }
+}
+
+/// Runs the producer binary to completion and returns its ground truth.
+pub async fn produce(brokers: &str, names: &Names, count: u32, extra: &[(&str, String)]) -> GroundTruthFile {
+    let truth_path = artifacts().join(format!("{}truth.json", names.topic_prefix));
+    let mut vars = names.vars(brokers);
+    vars.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+    let truth_arg = truth_path.display().to_string();
+    let output = run_binary(
+        &["producer", "--count", &count.to_string(), "--ground-truth", &truth_arg],
+        &vars,
+        Duration::from_secs(300),
+    )
+    .await;
+    assert!(output.status.success(), "producer failed: {}", String::from_utf8_lossy(&output.stderr));
+    GroundTruthFile::read(&truth_path).unwrap()
+}
+
+/// A child process whose output goes to a log file under test-artifacts/.
+pub struct Child {
+    pub child: tokio::process::Child,
+    pub log: PathBuf,
+}
+
+impl Child {
+    pub fn spawn(name: &str, args: &[&str], vars: &[(&str, String)]) -> Child {
+        let log = artifacts().join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+        let child = command(args, vars)
+            .stdout(Stdio::from(file.try_clone().expect("log file")))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("spawning swapstream");
+        Child { child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("running child") as i32
+    }
+
+    pub async fn kill9(&mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        self.child.wait().await.expect("reaping");
+    }
+
+    /// SIGTERM, then the exit status within `timeout`.
+    pub async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("no exit within {timeout:?} of SIGTERM; log: {}", self.log.display()))
+            .expect("waiting")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A plain PostgreSQL client.
+pub async fn pg() -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect("postgres://postgres@127.0.0.1:5432/postgres", tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (run scripts/services up)");
+    tokio::spawn(connection);
+    client
+}
+
+/// Sum of the checkpointed next offsets of the test's partitions.
+pub async fn checkpointed(client: &tokio_postgres::Client, names: &Names) -> i64 {
+    let sql = format!("SELECT coalesce(sum(next_offset), 0)::bigint FROM {}.offsets", names.schema);
+    client.query_one(&sql, &[]).await.map(|row| row.get(0)).unwrap_or(0)
+}
+
+/// Waits until the checkpoint covers `total` messages.
+pub async fn wait_checkpointed(names: &Names, total: i64, timeout: Duration) {
+    let client = pg().await;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let done = checkpointed(&client, names).await;
+        if done >= total {
+            assert_eq!(done, total, "checkpoint went past the messages produced");
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "checkpoint at {done} of {total} after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The delivered messages of a ground truth.
+pub fn delivered(truth: &GroundTruthFile) -> i64 {
+    truth.events.iter().filter(|e| e.result == "ok").count() as i64
+}
+
+/// The reference shape of a set of merged aggregates.
+pub fn as_reference(merged: BTreeMap<AggKey, Merged>) -> serde_json::Value {
+    let mut reference = Reference::default();
+    for (key, merged) in merged {
+        let expected = Expected {
+            price_usd: merged.price_usd(),
+            totals: merged.totals.to_totals(),
+            candles: Interval::ALL.iter().map(|&i| (i, merged.candles(i, i64::MIN, i64::MAX, usize::MAX))).collect(),
+        };
+        match key {
+            AggKey::Token(token) => reference.tokens.insert(token, expected),
+            AggKey::Pair(pair) => reference.pairs.insert(pair, expected),
+        };
+    }
+    serde_json::to_value(reference).unwrap()
+}
+
+/// What PostgreSQL holds, merged over partitions, plus the pending gauges.
+pub async fn from_postgres(names: &Names) -> (serde_json::Value, i64) {
+    let settings = names.settings(&[]);
+    let store = PgStore::connect(&settings.postgres, &swapstream::telemetry::discard()).await.unwrap();
+    let all = store.load_all(Utc::now()).await.unwrap();
+    let pending = all.values().flat_map(|p| p.values()).map(|p| p.pending).sum();
+    let merged = all.into_iter().map(|(k, partials)| (k, Merged::of(partials.values()))).collect();
+    (as_reference(merged), pending)
+}
+
+/// What Redis holds, merged over partitions.
+pub async fn from_redis(names: &Names, extra: &[(&str, &str)]) -> serde_json::Value {
+    let settings = names.settings(extra);
+    let store = RedisStore::connect(&settings.redis, 100).await.unwrap();
+    let mut merged = BTreeMap::new();
+    for key in store.keys().await.unwrap() {
+        merged.insert(key.clone(), store.merged(&key, &Interval::ALL, 0).await.unwrap());
+    }
+    as_reference(merged)
+}
+
+/// Polls `check` until it returns true, failing after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -12,37 +12,26 @@ use swapstream::domain::aggregate::Reference;
 use swapstream::domain::{Status, SwapEvent};
 use swapstream::producer::ground_truth::GroundTruthFile;
 
-use crate::helpers::{require_broker, run_binary, unique};
+use crate::helpers::{self, require_broker, unique, Names};
 
 const TOKENS: &str = "ETH,BTC,SOL,USDC";
 const PARTITIONS: i32 = 3;
 
-/// Runs the producer binary to completion and returns its ground truth.
+/// Runs the producer against the test broker with injection turned on.
 async fn produce(prefix: &str, count: u32, extra: &[(&str, String)]) -> GroundTruthFile {
-    let dir = tempfile::tempdir().unwrap();
-    let truth_path = dir.path().join("truth.json");
+    let names = Names { topic_prefix: prefix.to_owned(), ..Names::new("it-producer") };
     let mut vars = vec![
-        ("SWAPSTREAM_KAFKA_BROKERS", require_broker()),
-        ("SWAPSTREAM_KAFKA_TOPIC_PREFIX", prefix.to_owned()),
         ("SWAPSTREAM_KAFKA_PARTITIONS", PARTITIONS.to_string()),
         ("SWAPSTREAM_PRODUCER_TOKENS", TOKENS.into()),
+        ("SWAPSTREAM_PRODUCER_RATE", "max".into()),
         ("SWAPSTREAM_PRODUCER_CONFIRM_DELAY_MS", "100".into()),
         ("SWAPSTREAM_PRODUCER_FAILED_SHARE", "0.2".into()),
         ("SWAPSTREAM_PRODUCER_DUPLICATE_SHARE", "0.25".into()),
         ("SWAPSTREAM_PRODUCER_REORDER_SHARE", "0.25".into()),
         ("SWAPSTREAM_PRODUCER_REORDER_MAX_MS", "300".into()),
-        ("SWAPSTREAM_LOG_FORMAT", "json".into()),
     ];
     vars.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
-    let truth_arg = truth_path.display().to_string();
-    let output = run_binary(
-        &["producer", "--count", &count.to_string(), "--rate", "max", "--ground-truth", &truth_arg],
-        &vars,
-        Duration::from_secs(120),
-    )
-    .await;
-    assert!(output.status.success(), "producer failed: {}", String::from_utf8_lossy(&output.stderr));
-    GroundTruthFile::read(&truth_path).unwrap()
+    helpers::produce(&require_broker(), &names, count, &vars).await
 }
 
 /// One message read back from the broker.
