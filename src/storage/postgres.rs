@@ -150,7 +150,12 @@ impl PgStore {
     /// Creates monthly partitions of the candle table around `now` (when it
     /// is range-partitioned rather than a hypertable), and a default one.
     pub async fn ensure_candle_partitions(&self, now: DateTime<Utc>, log: &Logger) -> anyhow::Result<()> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        // DDL under the same lock as migrations: instances starting together
+        // would otherwise race on "IF NOT EXISTS".
+        let mut client = client.transaction().await?;
+        let lock_key = format!("swapstream:{}", self.schema);
+        client.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key]).await?;
         let partitioned = client
             .query_opt(
                 "SELECT 1 FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid
@@ -179,8 +184,15 @@ impl PgStore {
                 from = seconds(start),
                 to = seconds(end),
             );
-            if let Err(e) = client.batch_execute(&sql).await {
-                warn!(log, "cannot create candle partition"; "partition" => &name, "error" => %e);
+            // A savepoint, so that one refused partition (rows for its range
+            // already in the default partition) does not abort the others.
+            let savepoint = client.savepoint(format!("p_{name}")).await?;
+            match savepoint.batch_execute(&sql).await {
+                Ok(()) => savepoint.commit().await?,
+                Err(e) => {
+                    warn!(log, "cannot create candle partition"; "partition" => &name, "error" => format!("{e:#}"));
+                    savepoint.rollback().await?;
+                }
             }
         }
         client
@@ -188,6 +200,7 @@ impl PgStore {
                 &self.sql("CREATE TABLE IF NOT EXISTS {schema}.candles_default PARTITION OF {schema}.candles DEFAULT"),
             )
             .await?;
+        client.commit().await?;
         Ok(())
     }
 

@@ -3,5 +3,6 @@
 //! (`scripts/test` does that first).
 
 mod cli;
+mod consumer;
 mod helpers;
 mod producer;

@@ -515,6 +515,10 @@ impl Core {
             self.last_prune = Instant::now();
             let now = Utc::now();
             join_all(self.aggregators.all().into_iter().map(|(_, a)| a.send(Prune(now)))).await;
+            // Months roll over while the service runs: keep partitions ahead.
+            if let Err(e) = self.pg.ensure_candle_partitions(now, &self.log).await {
+                warn!(self.log, "cannot create candle partitions"; "error" => format!("{e:#}"));
+            }
         }
         if self.redis_checked.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
             return;

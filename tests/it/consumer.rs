@@ -1,0 +1,213 @@
+//! The consumer role as a separate process against a real broker, PostgreSQL
+//! and Redis: its stored aggregates must equal the producer's ground truth,
+//! whatever happens to it.
+
+use std::time::Duration;
+
+use rand::Rng;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use serde_json::json;
+use swapstream::domain::aggregate::Interval;
+use swapstream::domain::partial::{Merged, WINDOWS};
+
+use crate::helpers::{
+    self, delivered, eventually, from_postgres, from_redis, require_broker, wait_checkpointed, Child, Names,
+};
+
+const TOKENS: &str = "ETH,BTC,USDC,SOL";
+
+/// A stream with everything a consumer must cope with.
+fn stream_vars(rate: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("SWAPSTREAM_PRODUCER_TOKENS", TOKENS.into()),
+        ("SWAPSTREAM_PRODUCER_RATE", rate.into()),
+        ("SWAPSTREAM_PRODUCER_CONFIRM_DELAY_MS", "200".into()),
+        ("SWAPSTREAM_PRODUCER_FAILED_SHARE", "0.1".into()),
+        ("SWAPSTREAM_PRODUCER_DUPLICATE_SHARE", "0.2".into()),
+        ("SWAPSTREAM_PRODUCER_REORDER_SHARE", "0.2".into()),
+        ("SWAPSTREAM_PRODUCER_REORDER_MAX_MS", "2000".into()),
+        ("SWAPSTREAM_KAFKA_PARTITIONS", "4".into()),
+    ]
+}
+
+fn consumer_vars(names: &Names, brokers: &str) -> Vec<(&'static str, String)> {
+    let mut vars = names.vars(brokers);
+    vars.push(("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0".into()));
+    vars.push(("SWAPSTREAM_BATCH_MAX_MS", "100".into()));
+    vars
+}
+
+/// Checks PostgreSQL (and Redis) against the ground truth, windows included.
+async fn assert_matches(names: &Names, truth: &swapstream::producer::ground_truth::GroundTruthFile) {
+    let (stored, pending) = from_postgres(names).await;
+    assert_eq!(stored, truth.expected, "PostgreSQL differs from the ground truth");
+    assert_eq!(pending, 0, "every swap reached a terminal status: nothing may stay pending");
+
+    let settings = names.settings(&[]);
+    let store = swapstream::storage::postgres::PgStore::connect(&settings.postgres, &swapstream::telemetry::discard())
+        .await
+        .unwrap();
+    for (key, partials) in store.load_all(chrono::Utc::now()).await.unwrap() {
+        let merged = Merged::of(partials.values());
+        for (label, length) in WINDOWS {
+            let got = serde_json::to_value(merged.window(truth.windows_at, length)).unwrap();
+            let expected = truth.windows.get(key.to_string()).and_then(|w| w.get(label)).cloned();
+            let expected = expected
+                .unwrap_or_else(|| serde_json::to_value(swapstream::domain::partial::Window::default()).unwrap());
+            assert_eq!(got, expected, "window {label} of {key}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_aggregates_equal_the_ground_truth_and_sigterm_is_graceful() {
+    let brokers = require_broker();
+    let names = Names::new("it-truth");
+    let truth = helpers::produce(&brokers, &names, 400, &stream_vars("max")).await;
+    assert!(truth.counts.duplicates > 0 && truth.counts.reordered > 0 && truth.counts.failed > 0);
+
+    let mut consumer = Child::spawn(&names.schema, &["consumer"], &consumer_vars(&names, &brokers));
+    wait_checkpointed(&names, delivered(&truth), Duration::from_secs(90)).await;
+    assert_matches(&names, &truth).await;
+    let redis_truth = truth.expected.clone();
+    eventually("Redis holds the ground truth", Duration::from_secs(20), || {
+        let names = names.clone();
+        let expected = redis_truth.clone();
+        async move { from_redis(&names, &[]).await == expected }
+    })
+    .await;
+
+    let status = consumer.terminate(Duration::from_secs(25)).await;
+    assert!(status.success(), "SIGTERM must end in exit 0, got {status}; log: {}", consumer.log_text());
+    assert!(consumer.log_text().contains("leaving the consumer group"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flushed_redis_is_rebuilt_from_postgres() {
+    let brokers = require_broker();
+    let names = Names::new("it-redis-loss");
+    let truth = helpers::produce(&brokers, &names, 200, &stream_vars("max")).await;
+    let mut consumer = Child::spawn(&names.schema, &["consumer"], &consumer_vars(&names, &brokers));
+    wait_checkpointed(&names, delivered(&truth), Duration::from_secs(90)).await;
+    let expected = truth.expected.clone();
+    let matches = || {
+        let (names, expected) = (names.clone(), expected.clone());
+        async move { from_redis(&names, &[]).await == expected }
+    };
+    eventually("Redis holds the ground truth", Duration::from_secs(20), matches).await;
+
+    let settings = names.settings(&[]);
+    let redis = swapstream::storage::redis::RedisStore::connect(&settings.redis, 100).await.unwrap();
+    redis.delete_all().await.unwrap();
+    assert_eq!(from_redis(&names, &[]).await, json!({"tokens": {}, "pairs": {}}), "flushed");
+
+    eventually("Redis is rebuilt with the same values", Duration::from_secs(20), matches).await;
+    consumer.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice() {
+    let cluster: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let names = Names::new("it-crash");
+    for token in TOKENS.split(',') {
+        cluster.create_topic(&format!("{}{token}", names.topic_prefix), 4, 1).unwrap();
+    }
+    let mut vars = consumer_vars(&names, &brokers);
+    vars.push(("SWAPSTREAM_KAFKA_OPTIONS", "session.timeout.ms=6000".into()));
+
+    let producing = tokio::spawn({
+        let (brokers, names) = (brokers.clone(), names.clone());
+        async move { helpers::produce(&brokers, &names, 1500, &stream_vars("4000")).await }
+    });
+
+    let client = helpers::pg().await;
+    let mut kills = 0;
+    while kills < 5 {
+        let mut consumer = Child::spawn(&names.schema, &["consumer"], &vars);
+        // Kill only while it is making progress, so kills land mid-batch and
+        // mid-checkpoint rather than while it waits to join the group.
+        let before = helpers::checkpointed(&client, &names).await;
+        eventually("the consumer makes progress", Duration::from_secs(60), || {
+            let (client, names) = (&client, &names);
+            async move { helpers::checkpointed(client, names).await > before }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(rand::thread_rng().gen_range(0..1500))).await;
+        consumer.kill9().await;
+        kills += 1;
+    }
+    let truth = producing.await.unwrap();
+    let mut consumer = Child::spawn(&names.schema, &["consumer"], &vars);
+    wait_checkpointed(&names, delivered(&truth), Duration::from_secs(120)).await;
+    assert_matches(&names, &truth).await;
+    let status = consumer.terminate(Duration::from_secs(25)).await;
+    assert!(status.success(), "{}", consumer.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_survivor_takes_over_a_killed_members_partitions() {
+    let cluster: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let names = Names::new("it-rebalance");
+    for token in TOKENS.split(',') {
+        cluster.create_topic(&format!("{}{token}", names.topic_prefix), 4, 1).unwrap();
+    }
+    let producing = tokio::spawn({
+        let (brokers, names) = (brokers.clone(), names.clone());
+        async move { helpers::produce(&brokers, &names, 800, &stream_vars("3000")).await }
+    });
+    let member = |id: &str| {
+        let mut vars = consumer_vars(&names, &brokers);
+        vars.push(("SWAPSTREAM_KAFKA_OPTIONS", "session.timeout.ms=6000".into()));
+        vars.push(("SWAPSTREAM_INSTANCE_ID", format!("{}-{id}", names.schema)));
+        Child::spawn(&format!("{}-{id}", names.schema), &["consumer"], &vars)
+    };
+    let mut a = member("a");
+    let mut b = member("b");
+    let client = helpers::pg().await;
+    let owners = format!("SELECT count(DISTINCT owner)::bigint FROM {}.offsets", names.schema);
+    eventually("both members own partitions", Duration::from_secs(60), || {
+        let (client, owners) = (&client, &owners);
+        async move { client.query_one(owners.as_str(), &[]).await.map(|r| r.get::<_, i64>(0) == 2).unwrap_or(false) }
+    })
+    .await;
+    a.kill9().await;
+
+    let truth = producing.await.unwrap();
+    wait_checkpointed(&names, delivered(&truth), Duration::from_secs(120)).await;
+    let only_b = format!("SELECT count(*)::bigint FROM {}.offsets WHERE owner <> $1", names.schema);
+    let b_id = format!("{}-b", names.schema);
+    let others: i64 = client.query_one(only_b.as_str(), &[&b_id]).await.unwrap().get(0);
+    assert_eq!(others, 0, "the survivor owns every partition");
+    assert_matches(&names, &truth).await;
+    b.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_cluster_holds_the_live_state() {
+    let nodes = "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003";
+    if std::net::TcpStream::connect("127.0.0.1:7001").is_err() {
+        panic!("no Redis Cluster on 127.0.0.1:7001-7003: run `scripts/redis-cluster up` (scripts/test does)");
+    }
+    let brokers = require_broker();
+    let names = Names::new("it-cluster");
+    let truth = helpers::produce(&brokers, &names, 200, &stream_vars("max")).await;
+    let mut vars = consumer_vars(&names, &brokers);
+    vars.push(("SWAPSTREAM_REDIS_MODE", "cluster".into()));
+    vars.push(("SWAPSTREAM_REDIS_URL", nodes.into()));
+    let mut consumer = Child::spawn(&names.schema, &["consumer"], &vars);
+    wait_checkpointed(&names, delivered(&truth), Duration::from_secs(90)).await;
+    let expected = truth.expected.clone();
+    eventually("the Redis Cluster holds the ground truth", Duration::from_secs(20), || {
+        let (names, expected) = (names.clone(), expected.clone());
+        async move {
+            from_redis(&names, &[("SWAPSTREAM_REDIS_MODE", "cluster"), ("SWAPSTREAM_REDIS_URL", nodes)]).await
+                == expected
+        }
+    })
+    .await;
+    consumer.kill9().await;
+    let _ = Interval::ALL;
+}
