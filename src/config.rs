@@ -312,6 +312,17 @@ impl Settings {
             options: Secret(env.secret_parse("SWAPSTREAM_KAFKA_OPTIONS", "key=value[,key=value...]", parse_options)),
         };
 
+        let dlq_is_input = match &kafka.topics {
+            TopicLayout::PerToken { prefix } => kafka.dlq_topic.starts_with(prefix.as_str()),
+            TopicLayout::Single { topic } => kafka.dlq_topic == *topic,
+        };
+        if dlq_is_input {
+            env.problems.push(format!(
+                "SWAPSTREAM_KAFKA_DLQ_TOPIC: must not be one of the swap topics ({:?}), or dead letters would be read back as input",
+                kafka.dlq_topic
+            ));
+        }
+
         let postgres_url = env.text("SWAPSTREAM_POSTGRES_URL").unwrap_or_else(|| default_of("SWAPSTREAM_POSTGRES_URL"));
         match postgres_url.parse::<tokio_postgres::Config>() {
             Ok(_) => {
@@ -665,6 +676,13 @@ mod tests {
     fn bad_secret_values_are_not_echoed() {
         let found = problems(&[("SWAPSTREAM_KAFKA_OPTIONS", "hunter5")]);
         assert_eq!(found, ["SWAPSTREAM_KAFKA_OPTIONS: expected key=value[,key=value...]"]);
+    }
+
+    #[test]
+    fn the_dead_letter_topic_must_not_be_an_input_topic() {
+        let found = problems(&[("SWAPSTREAM_KAFKA_DLQ_TOPIC", "swaps.dlq")]);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].starts_with("SWAPSTREAM_KAFKA_DLQ_TOPIC: must not be one of the swap topics"), "{found:?}");
     }
 
     #[test]

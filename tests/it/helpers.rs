@@ -86,7 +86,7 @@ impl Names {
             schema: id.clone(),
             redis_prefix: id.clone(),
             group: format!("{id}-group"),
-            dlq: format!("{id}.dlq"),
+            dlq: format!("{id}-dlq"),
         }
     }
 
@@ -255,5 +255,33 @@ where
     while !check().await {
         assert!(tokio::time::Instant::now() < deadline, "{what}: not within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback: status and body.
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connecting");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await.expect("answer").unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// The HTTP port a child logged in its "consumer started" line.
+pub async fn logged_port(child: &Child) -> u16 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = child.log_text();
+        if let Some(at) = text.find("\"http_port\":") {
+            let digits: String = text[at + 12..].chars().take_while(char::is_ascii_digit).collect();
+            return digits.parse().expect("port");
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no http_port logged: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

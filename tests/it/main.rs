@@ -2,6 +2,7 @@
 //! PostgreSQL and Redis on loopback, started by `scripts/services up`
 //! (`scripts/test` does that first).
 
+mod bad_input;
 mod cli;
 mod consumer;
 mod helpers;
