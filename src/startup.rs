@@ -36,7 +36,7 @@ impl Consumer {
     /// Connects to PostgreSQL (migrating it), Redis and Kafka, joins the
     /// consumer group and starts serving. Must run inside an actix system.
     pub async fn start(settings: &Settings, brokers: &str, log: &Logger) -> anyhow::Result<Consumer> {
-        let pg = PgStore::connect(&settings.postgres, log).await?;
+        let pg = PgStore::connect(&settings.postgres, settings.consumer.recent_swaps, log).await?;
         let redis = RedisStore::connect(&settings.redis, settings.consumer.recent_swaps).await?;
         create_topic(settings, brokers, &settings.kafka.dlq_topic, log).await;
 
@@ -83,13 +83,14 @@ impl Consumer {
         };
         let subscription = settings.kafka.topics.subscription();
         let postgres_settings = settings.postgres.clone();
+        let recent_cap = settings.consumer.recent_swaps;
         let thread_log = log.clone();
         let poll_thread = std::thread::Builder::new()
             .name("kafka-poll".into())
             .spawn(move || {
                 let setup = || -> anyhow::Result<Arc<BaseConsumer<ReaderContext>>> {
                     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-                    let pg = runtime.block_on(PgStore::connect(&postgres_settings, &thread_log))?;
+                    let pg = runtime.block_on(PgStore::connect(&postgres_settings, recent_cap, &thread_log))?;
                     let context = ReaderContext::new(thread_log.clone(), input_tx, runtime, pg, poll_settings);
                     let consumer: BaseConsumer<ReaderContext> =
                         consumer_config.create_with_context(context).context("creating the Kafka consumer")?;

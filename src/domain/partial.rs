@@ -213,6 +213,7 @@ pub struct Partial {
 struct Dirty {
     totals: bool,
     candles: BTreeSet<(Interval, i64)>,
+    recent: Vec<Arc<SwapEvent>>,
 }
 
 /// What changed in a partial since the last checkpoint, as absolute values.
@@ -221,7 +222,8 @@ pub struct PartialDelta {
     pub totals: TotalsPartial,
     pub pending: i64,
     pub candles: Vec<(Interval, CandlePartial)>,
-    pub recent: Vec<Arc<SwapEvent>>,
+    /// Swaps that entered the recent list since the last checkpoint.
+    pub new_recent: Vec<Arc<SwapEvent>>,
 }
 
 impl Partial {
@@ -245,6 +247,7 @@ impl Partial {
         if position < recent_cap {
             self.recent.insert(position, swap.clone());
             self.recent.truncate(recent_cap);
+            self.dirty.recent.push(swap.clone());
         }
     }
 
@@ -270,7 +273,10 @@ impl Partial {
             .into_iter()
             .filter_map(|(interval, t)| Some((interval, *self.candles.get(&interval)?.get(&t)?)))
             .collect();
-        Some(PartialDelta { totals: self.totals.clone(), pending: self.pending, candles, recent: self.recent.clone() })
+        // Those pushed out again within the same batch need not be stored.
+        let new_recent =
+            dirty.recent.into_iter().filter(|added| self.recent.iter().any(|r| Arc::ptr_eq(r, added))).collect();
+        Some(PartialDelta { totals: self.totals.clone(), pending: self.pending, candles, new_recent })
     }
 
     /// Drops candles older than their memory retention, relative to `now`.

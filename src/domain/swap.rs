@@ -29,7 +29,10 @@ impl TxHash {
 
 impl fmt::Display for TxHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "0x{}", hex::encode(self.0))
+        let mut text = [0u8; 66];
+        text[..2].copy_from_slice(b"0x");
+        hex::encode_to_slice(self.0, &mut text[2..]).expect("66 bytes hold 0x and 64 hex digits");
+        f.write_str(std::str::from_utf8(&text).expect("hex is ASCII"))
     }
 }
 

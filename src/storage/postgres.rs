@@ -68,10 +68,12 @@ pub struct Checkpoint {
 pub struct PgStore {
     pool: Pool,
     schema: String,
+    /// Recent swaps kept per (key, partition).
+    recent_cap: usize,
 }
 
 impl PgStore {
-    pub async fn connect(settings: &PostgresSettings, log: &Logger) -> anyhow::Result<PgStore> {
+    pub async fn connect(settings: &PostgresSettings, recent_cap: usize, log: &Logger) -> anyhow::Result<PgStore> {
         let mut config: tokio_postgres::Config =
             settings.url.expose().parse().context("parsing SWAPSTREAM_POSTGRES_URL")?;
         if let Some(password) = &settings.password {
@@ -86,7 +88,7 @@ impl PgStore {
             .create_timeout(Some(std::time::Duration::from_secs(10)))
             .build()
             .context("building the PostgreSQL pool")?;
-        let store = PgStore { pool, schema: settings.schema.clone() };
+        let store = PgStore { pool, schema: settings.schema.clone(), recent_cap };
         store.migrate(log).await?;
         Ok(store)
     }
@@ -297,7 +299,7 @@ impl PgStore {
             .query(
                 &self.sql(
                     "SELECT agg_key, topic, partition, volume_usd::text, swaps, buys, first_seen_ns,
-                            last_price::text, last_at, pending, recent
+                            last_price::text, last_at, pending
                      FROM {schema}.partials
                      WHERE NOT $3 OR (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))",
                 ),
@@ -324,7 +326,29 @@ impl PgStore {
                 first_seen: first_seen.map(DateTime::from_timestamp_nanos),
                 last,
             };
-            totals.insert((key, tp), (partial, row.get(9), decode_recent(row.get(10))?));
+            totals.insert((key, tp), (partial, row.get(9), Vec::new()));
+        }
+        let rows = tx
+            .query(
+                &self.sql(
+                    "SELECT agg_key, topic, partition, swap FROM (
+                        SELECT *, row_number() OVER (PARTITION BY agg_key, topic, partition ORDER BY at DESC) AS n
+                        FROM {schema}.recent_swaps
+                        WHERE NOT $3 OR (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))
+                     ) r WHERE n <= $4 ORDER BY agg_key, topic, partition, at DESC",
+                ),
+                &[topics, partitions, &filter, &(self.recent_cap as i64)],
+            )
+            .await
+            .context("loading recent swaps")?;
+        for row in rows {
+            let key = AggKey::parse(row.get(0)).context("bad key in recent_swaps")?;
+            let tp = Tp::new(row.get(1), row.get(2));
+            let swap =
+                codec::decode(row.get(3), Some(codec::CONTENT_TYPE_PROTOBUF)).context("bad swap in recent_swaps")?;
+            if let Some((_, _, recent)) = totals.get_mut(&(key, tp)) {
+                recent.push(Arc::new(swap));
+            }
         }
         let (intervals, cutoffs): (Vec<&str>, Vec<i64>) =
             Interval::ALL.iter().map(|i| (i.as_str(), now.timestamp() - memory_retention_secs(*i))).unzip();
@@ -466,24 +490,46 @@ impl PgStore {
         let last_at: Vec<Option<Vec<u8>>> =
             partials.iter().map(|(_, _, d)| d.totals.last.map(|p| encode_order(&p.at))).collect();
         let pending: Vec<i64> = partials.iter().map(|(_, _, d)| d.pending).collect();
-        let recent: Vec<Vec<u8>> = partials.iter().map(|(_, _, d)| encode_recent(&d.recent)).collect();
         tx.execute(
             &self.sql(
                 "INSERT INTO {schema}.partials AS x (agg_key, topic, partition, volume_usd, swaps, buys, first_seen_ns,
-                                                  last_price, last_at, pending, recent, updated_at)
-                 SELECT k, t, p, v::numeric, s, b, f, lp::numeric, la, pe, r, now()
+                                                  last_price, last_at, pending, updated_at)
+                 SELECT k, t, p, v::numeric, s, b, f, lp::numeric, la, pe, now()
                  FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[],
-                             $8::text[], $9::bytea[], $10::bigint[], $11::bytea[]) AS u(k, t, p, v, s, b, f, lp, la, pe, r)
+                             $8::text[], $9::bytea[], $10::bigint[]) AS u(k, t, p, v, s, b, f, lp, la, pe)
                  ON CONFLICT (agg_key, topic, partition) DO UPDATE SET
                     volume_usd = EXCLUDED.volume_usd, swaps = EXCLUDED.swaps, buys = EXCLUDED.buys,
                     first_seen_ns = EXCLUDED.first_seen_ns, last_price = EXCLUDED.last_price,
-                    last_at = EXCLUDED.last_at, pending = EXCLUDED.pending, recent = EXCLUDED.recent,
-                    updated_at = now()",
+                    last_at = EXCLUDED.last_at, pending = EXCLUDED.pending, updated_at = now()",
             ),
-            &[&keys, &topics, &partitions, &volumes, &swaps, &buys, &first, &last_price, &last_at, &pending, &recent],
+            &[&keys, &topics, &partitions, &volumes, &swaps, &buys, &first, &last_price, &last_at, &pending],
         )
         .await
         .context("storing partials")?;
+
+        let (mut r_keys, mut r_topics, mut r_partitions, mut r_at, mut r_swap) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((_, tp, delta), key_text) in partials.iter().zip(&keys) {
+            for swap in &delta.new_recent {
+                r_keys.push(key_text.as_str());
+                r_topics.push(&*tp.topic);
+                r_partitions.push(tp.partition);
+                r_at.push(encode_order(&swap.order_key()));
+                r_swap.push(codec::encode(swap, Encoding::Protobuf));
+            }
+        }
+        if !r_keys.is_empty() {
+            tx.execute(
+                &self.sql(
+                    "INSERT INTO {schema}.recent_swaps (agg_key, topic, partition, at, swap)
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bytea[], $5::bytea[])
+                     ON CONFLICT DO NOTHING",
+                ),
+                &[&r_keys, &r_topics, &r_partitions, &r_at, &r_swap],
+            )
+            .await
+            .context("storing recent swaps")?;
+        }
 
         let mut c = CandleColumns::default();
         for ((key, tp, delta), key_text) in partials.iter().zip(&keys) {
@@ -516,6 +562,25 @@ impl PgStore {
         .await
         .context("storing candles")?;
         Ok(())
+    }
+
+    /// Deletes recent swaps beyond the configured count per key and partition.
+    pub async fn prune_recent(&self) -> anyhow::Result<u64> {
+        let client = self.client().await?;
+        let deleted = client
+            .execute(
+                &self.sql(
+                    "DELETE FROM {schema}.recent_swaps r USING (
+                        SELECT agg_key, topic, partition, at, row_number() OVER (
+                            PARTITION BY agg_key, topic, partition ORDER BY at DESC) AS n
+                        FROM {schema}.recent_swaps) old
+                     WHERE old.n > $1 AND r.agg_key = old.agg_key AND r.topic = old.topic
+                       AND r.partition = old.partition AND r.at = old.at",
+                ),
+                &[&(self.recent_cap as i64)],
+            )
+            .await?;
+        Ok(deleted)
     }
 
     /// Answers whether PostgreSQL is reachable, for readiness.
@@ -595,26 +660,4 @@ pub fn decode_order(bytes: &[u8]) -> anyhow::Result<EventOrder> {
     let log_index = u32::from_be_bytes(bytes[16..20].try_into()?);
     let hash: [u8; 32] = bytes[20..52].try_into()?;
     Ok((DateTime::from_timestamp_nanos(nanos), block, log_index, TxHash(hash)))
-}
-
-/// Recent swaps as length-prefixed protobuf events.
-fn encode_recent(recent: &[Arc<SwapEvent>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for swap in recent {
-        let bytes = codec::encode(swap, Encoding::Protobuf);
-        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-        out.extend_from_slice(&bytes);
-    }
-    out
-}
-
-fn decode_recent(mut bytes: &[u8]) -> anyhow::Result<Vec<Arc<SwapEvent>>> {
-    let mut recent = Vec::new();
-    while bytes.len() >= 4 {
-        let len = u32::from_be_bytes(bytes[..4].try_into()?) as usize;
-        let body = bytes.get(4..4 + len).context("truncated recent swaps in PostgreSQL")?;
-        recent.push(Arc::new(codec::decode(body, Some(codec::CONTENT_TYPE_PROTOBUF))?));
-        bytes = &bytes[4 + len..];
-    }
-    Ok(recent)
 }

@@ -30,7 +30,7 @@ use crate::domain::aggregate::Interval;
 use crate::domain::partial::{
     memory_retention_secs, AggKey, CandlePartial, Merged, Partial, PricePoint, TotalsPartial,
 };
-use crate::domain::{Amount, Price, SwapEvent};
+use crate::domain::{Amount, Price};
 use crate::storage::postgres::{decode_order, encode_order};
 use crate::stream::Tp;
 
@@ -113,13 +113,14 @@ pub struct RedisStore {
 }
 
 /// A partial's full or changed content, to write.
-pub struct PartialWrite<'a> {
-    pub key: &'a AggKey,
-    pub tp: &'a Tp,
-    pub totals: &'a TotalsPartial,
+pub struct PartialWrite {
+    pub key: AggKey,
+    pub tp: Tp,
+    pub totals: TotalsPartial,
     pub pending: i64,
-    pub candles: Vec<(Interval, &'a CandlePartial)>,
-    pub new_recent: Vec<&'a Arc<SwapEvent>>,
+    pub candles: Vec<(Interval, CandlePartial)>,
+    /// Recent confirmed swaps to add: (event time in ms, wire JSON).
+    pub new_recent: Vec<(i64, Arc<str>)>,
 }
 
 impl RedisStore {
@@ -191,10 +192,10 @@ impl RedisStore {
     }
 
     /// Writes partials: one pipeline per token or pair (one slot each).
-    pub async fn write(&self, writes: &[PartialWrite<'_>]) -> anyhow::Result<()> {
+    pub async fn write(&self, writes: &[PartialWrite]) -> anyhow::Result<()> {
         let mut by_key: BTreeMap<&AggKey, Vec<&PartialWrite>> = BTreeMap::new();
         for w in writes {
-            by_key.entry(w.key).or_default().push(w);
+            by_key.entry(&w.key).or_default().push(w);
         }
         let mut conn = self.conn.clone();
         let mut keys = redis::cmd("SADD");
@@ -240,9 +241,8 @@ impl RedisStore {
                     pipe.hset(&hash, format!("{}/{}", c.t, w.tp), serde_json::to_string(&record)?).ignore();
                     expiring.insert(hash, period_start + period + memory_retention_secs(*interval));
                 }
-                for swap in &w.new_recent {
-                    let score = swap.timestamp.timestamp_millis();
-                    pipe.zadd(&recent_key, serde_json::to_string(&swap.to_wire())?, score).ignore();
+                for (score, json) in &w.new_recent {
+                    pipe.zadd(&recent_key, &**json, *score).ignore();
                     any_recent = true;
                 }
             }
@@ -257,13 +257,23 @@ impl RedisStore {
         Ok(())
     }
 
-    pub async fn publish(&self, key: &AggKey, message: &UpdateMessage) -> anyhow::Result<()> {
+    /// Publishes an [`UpdateMessage`] for `key` whose swaps are already
+    /// serialized (each swap is serialized once per checkpoint, whatever the
+    /// number of keys it counts for).
+    pub async fn publish(&self, key: &AggKey, swaps: &[Arc<str>]) -> anyhow::Result<()> {
+        let mut payload = String::with_capacity(32 + swaps.iter().map(|s| s.len() + 1).sum::<usize>());
+        payload.push_str("{\"key\":\"");
+        payload.push_str(&key.to_string());
+        payload.push_str("\",\"swaps\":[");
+        for (i, swap) in swaps.iter().enumerate() {
+            if i > 0 {
+                payload.push(',');
+            }
+            payload.push_str(swap);
+        }
+        payload.push_str("]}");
         let mut conn = self.conn.clone();
-        redis::cmd("PUBLISH")
-            .arg(self.updates_channel(key))
-            .arg(serde_json::to_string(message)?)
-            .query_async::<()>(&mut conn)
-            .await?;
+        redis::cmd("PUBLISH").arg(self.updates_channel(key)).arg(payload).query_async::<()>(&mut conn).await?;
         Ok(())
     }
 

@@ -45,9 +45,10 @@ async fn assert_matches(names: &Names, truth: &swapstream::producer::ground_trut
     assert_eq!(pending, 0, "every swap reached a terminal status: nothing may stay pending");
 
     let settings = names.settings(&[]);
-    let store = swapstream::storage::postgres::PgStore::connect(&settings.postgres, &swapstream::telemetry::discard())
-        .await
-        .unwrap();
+    let store =
+        swapstream::storage::postgres::PgStore::connect(&settings.postgres, 100, &swapstream::telemetry::discard())
+            .await
+            .unwrap();
     for (key, partials) in store.load_all(chrono::Utc::now()).await.unwrap() {
         let merged = Merged::of(partials.values());
         for (label, length) in WINDOWS {

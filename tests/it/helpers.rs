@@ -227,7 +227,7 @@ pub fn as_reference(merged: BTreeMap<AggKey, Merged>) -> serde_json::Value {
 /// What PostgreSQL holds, merged over partitions, plus the pending gauges.
 pub async fn from_postgres(names: &Names) -> (serde_json::Value, i64) {
     let settings = names.settings(&[]);
-    let store = PgStore::connect(&settings.postgres, &swapstream::telemetry::discard()).await.unwrap();
+    let store = PgStore::connect(&settings.postgres, 100, &swapstream::telemetry::discard()).await.unwrap();
     let all = store.load_all(Utc::now()).await.unwrap();
     let pending = all.values().flat_map(|p| p.values()).map(|p| p.pending).sum();
     let merged = all.into_iter().map(|(k, partials)| (k, Merged::of(partials.values()))).collect();

@@ -11,6 +11,9 @@
 //! after it, nothing is replayed.
 
 mod dlq;
+mod live;
+
+use live::LivePartial;
 pub mod poll;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -35,7 +38,7 @@ use crate::domain::partial::{AggKey, Partial, PartialDelta};
 use crate::domain::SwapEvent;
 use crate::metrics::METRICS;
 use crate::storage::postgres::{Checkpoint, Fenced, PgStore, Progress};
-use crate::storage::redis::{PartialWrite, RedisStore, UpdateMessage};
+use crate::storage::redis::RedisStore;
 use crate::stream::{Outcome, PartitionState, Tp};
 
 /// What changed for one token or pair in one checkpoint, for live fan-out.
@@ -64,6 +67,7 @@ pub struct Core {
     aggregators: Aggregators,
     control: std_mpsc::Sender<Control>,
     updates: broadcast::Sender<Arc<KeyUpdate>>,
+    live: live::LiveWriter,
     generation: u64,
     rewinding: bool,
     slots: BTreeMap<Tp, Slot>,
@@ -95,6 +99,7 @@ pub struct KafkaReader {
 impl KafkaReader {
     pub fn new(parts: CoreParts, input: tokio::sync::mpsc::Receiver<Input>, stopped: oneshot::Sender<()>) -> Self {
         let control = parts.control.clone();
+        let live = live::LiveWriter::start(parts.redis.clone(), parts.log.clone());
         let core = Core {
             log: parts.log,
             settings: parts.settings,
@@ -104,6 +109,7 @@ impl KafkaReader {
             redis: parts.redis,
             aggregators: parts.aggregators,
             control: parts.control,
+            live,
             updates: parts.updates,
             generation: 0,
             rewinding: false,
@@ -366,6 +372,7 @@ impl Core {
             }
         }
 
+        let routed = started.elapsed();
         // Aggregate: one message per key, all awaited.
         let keys: Vec<AggKey> = items.keys().cloned().collect();
         let sends = items.into_iter().map(|(key, per_tp)| {
@@ -406,15 +413,20 @@ impl Core {
                 }
             })
             .collect();
+        let aggregated = started.elapsed();
         let checkpoint = Checkpoint { progress, partials };
         if !self.store(&checkpoint).await {
             return;
         }
+        let stored = started.elapsed();
         METRICS.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
         METRICS.checkpoint_events.observe(count as f64);
 
-        self.publish(&checkpoint, changes).await;
         self.commit_offsets(&checkpoint);
+        self.publish(checkpoint, changes).await;
+        slog::debug!(self.log, "batch"; "events" => count, "route_ms" => routed.as_millis(),
+            "aggregate_ms" => (aggregated - routed).as_millis(), "checkpoint_ms" => (stored - aggregated).as_millis(),
+            "publish_ms" => (started.elapsed() - stored).as_millis());
     }
 
     /// Stores the checkpoint, retrying while PostgreSQL fails; false when
@@ -441,39 +453,26 @@ impl Core {
     }
 
     /// After the commit: live state to Redis, updates to subscribers.
-    async fn publish(&mut self, checkpoint: &Checkpoint, changes: HashMap<AggKey, Vec<Arc<SwapEvent>>>) {
-        let writes: Vec<PartialWrite> = checkpoint
+    async fn publish(&mut self, checkpoint: Checkpoint, changes: HashMap<AggKey, Vec<Arc<SwapEvent>>>) {
+        let partials: Vec<LivePartial> = checkpoint
             .partials
-            .iter()
-            .map(|(key, tp, delta)| PartialWrite {
-                key,
-                tp,
-                totals: &delta.totals,
-                pending: delta.pending,
-                candles: delta.candles.iter().map(|(i, c)| (*i, c)).collect(),
-                new_recent: changes
-                    .get(key)
-                    .map(|swaps| swaps.iter().filter(|s| s.status == crate::domain::Status::Confirmed).collect())
-                    .unwrap_or_default(),
+            .into_iter()
+            .map(|(key, tp, delta)| {
+                METRICS.pending.with_label_values(&[&key.to_string()]).set(delta.pending);
+                LivePartial {
+                    key,
+                    tp,
+                    totals: delta.totals,
+                    pending: delta.pending,
+                    candles: delta.candles,
+                    new_recent: delta.new_recent,
+                }
             })
             .collect();
-        if let Err(e) = self.redis.write(&writes).await {
-            METRICS.redis_errors.inc();
-            warn!(self.log, "cannot write live state to Redis; it will be rebuilt"; "error" => format!("{e:#}"));
-            self.redis_generation = None;
-        }
-        for (key, _, delta) in &checkpoint.partials {
-            METRICS.pending.with_label_values(&[&key.to_string()]).set(delta.pending);
-        }
+        let messages: Vec<(AggKey, Vec<Arc<SwapEvent>>)> =
+            changes.iter().map(|(key, swaps)| (key.clone(), swaps.clone())).collect();
+        self.live.send(partials, messages).await;
         for (key, swaps) in changes {
-            let message = UpdateMessage {
-                key: key.to_string(),
-                swaps: swaps.iter().map(|s| serde_json::to_value(s.to_wire()).unwrap_or_default()).collect(),
-            };
-            if let Err(e) = self.redis.publish(&key, &message).await {
-                METRICS.redis_errors.inc();
-                warn!(self.log, "cannot publish an update"; "key" => %key, "error" => %e);
-            }
             let _ = self.updates.send(Arc::new(KeyUpdate { key, swaps }));
         }
     }
@@ -492,22 +491,18 @@ impl Core {
 
     /// Writes partials in full (after assign or for a rebuild).
     async fn write_full(&mut self, partials: &[(AggKey, Tp, Partial)]) {
-        let writes: Vec<PartialWrite> = partials
+        let partials = partials
             .iter()
-            .map(|(key, tp, partial)| PartialWrite {
-                key,
-                tp,
-                totals: &partial.totals,
+            .map(|(key, tp, partial)| LivePartial {
+                key: key.clone(),
+                tp: tp.clone(),
+                totals: partial.totals.clone(),
                 pending: partial.pending,
-                candles: partial.candles.iter().flat_map(|(i, c)| c.values().map(move |c| (*i, c))).collect(),
-                new_recent: partial.recent.iter().collect(),
+                candles: partial.candles.iter().flat_map(|(i, c)| c.values().map(move |c| (*i, *c))).collect(),
+                new_recent: partial.recent.clone(),
             })
             .collect();
-        if let Err(e) = self.redis.write(&writes).await {
-            METRICS.redis_errors.inc();
-            warn!(self.log, "cannot write live state to Redis; it will be rebuilt"; "error" => format!("{e:#}"));
-            self.redis_generation = None;
-        }
+        self.live.send(partials, Vec::new()).await;
     }
 
     async fn housekeeping(&mut self) {
@@ -515,6 +510,9 @@ impl Core {
             self.last_prune = Instant::now();
             let now = Utc::now();
             join_all(self.aggregators.all().into_iter().map(|(_, a)| a.send(Prune(now)))).await;
+            if let Err(e) = self.pg.prune_recent().await {
+                warn!(self.log, "cannot prune recent swaps"; "error" => format!("{e:#}"));
+            }
             // Months roll over while the service runs: keep partitions ahead.
             if let Err(e) = self.pg.ensure_candle_partitions(now, &self.log).await {
                 warn!(self.log, "cannot create candle partitions"; "error" => format!("{e:#}"));
@@ -524,6 +522,9 @@ impl Core {
             return;
         }
         self.redis_checked = Some(Instant::now());
+        if self.live.take_failure() {
+            self.redis_generation = None;
+        }
         let generation = match self.redis.ready_generation().await {
             Ok(generation) => generation,
             Err(e) => {

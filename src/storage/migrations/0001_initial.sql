@@ -11,8 +11,8 @@ CREATE TABLE IF NOT EXISTS {schema}.offsets (
     PRIMARY KEY (topic, partition)
 );
 
--- One row per (token or pair, partition): totals, last price, pending gauge
--- and the most recent swaps, as absolute values.
+-- One row per (token or pair, partition): totals, last price and pending
+-- gauge, as absolute values.
 CREATE TABLE IF NOT EXISTS {schema}.partials (
     agg_key       text    NOT NULL,
     topic         text    NOT NULL,
@@ -24,7 +24,6 @@ CREATE TABLE IF NOT EXISTS {schema}.partials (
     last_price    numeric,
     last_at       bytea,
     pending       bigint  NOT NULL,
-    recent        bytea   NOT NULL,
     updated_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (agg_key, topic, partition)
 );
@@ -38,4 +37,15 @@ CREATE TABLE IF NOT EXISTS {schema}.dedup (
     max_event_ns bigint  NOT NULL,
     changes      bytea   NOT NULL,
     PRIMARY KEY (topic, partition, seq)
+);
+
+-- The most recent confirmed swaps per (token or pair, partition), newest by
+-- event order `at`; pruned to the configured count.
+CREATE TABLE IF NOT EXISTS {schema}.recent_swaps (
+    agg_key   text    NOT NULL,
+    topic     text    NOT NULL,
+    partition integer NOT NULL,
+    at        bytea   NOT NULL,
+    swap      bytea   NOT NULL,
+    PRIMARY KEY (agg_key, topic, partition, at)
 );

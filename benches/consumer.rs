@@ -1,0 +1,151 @@
+//! Consumer throughput: pre-loads N swaps into the broker, then measures in
+//! the same run (1) a plain rdkafka consumer that only reads the topics and
+//! (2) the `consumer` role processing them with checkpointing on, until
+//! PostgreSQL's checkpoint covers every message.
+//!
+//! `cargo bench --bench consumer -- [SWAPS]` (default 1,000,000) with the
+//! services up (`scripts/services up`); `SWAPSTREAM_TEST_BROKERS` picks the
+//! broker. Prints a Markdown table row for docs/BENCHMARKS.md.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+const TOKENS: &str = "ETH,BTC,SOL,USDC,USDT,TON";
+const PARTITIONS: i32 = 4;
+
+fn main() {
+    // `cargo test --all-targets` runs bench targets without `--bench`: skip.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("consumer benchmark: run it with `cargo bench --bench consumer`");
+        return;
+    }
+    let swaps: u64 = std::env::args().skip(1).find_map(|a| a.replace('_', "").parse().ok()).unwrap_or(1_000_000);
+    let brokers = std::env::var("SWAPSTREAM_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let id = format!("bench_{:08x}", rand::random::<u32>());
+    let prefix = format!("{id}.");
+    let binary = env!("CARGO_BIN_EXE_swapstream");
+    let base_vars = |command: &mut std::process::Command| {
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("SWAPSTREAM_")) {
+            command.env_remove(name);
+        }
+        command
+            .env("SWAPSTREAM_KAFKA_BROKERS", &brokers)
+            .env("SWAPSTREAM_KAFKA_TOPIC_PREFIX", &prefix)
+            .env("SWAPSTREAM_KAFKA_PARTITIONS", PARTITIONS.to_string())
+            .env("SWAPSTREAM_KAFKA_GROUP_ID", format!("{id}-group"))
+            .env("SWAPSTREAM_KAFKA_DLQ_TOPIC", format!("{id}-dlq"))
+            .env("SWAPSTREAM_POSTGRES_SCHEMA", &id)
+            .env("SWAPSTREAM_REDIS_KEY_PREFIX", &id)
+            .env("SWAPSTREAM_PRODUCER_TOKENS", TOKENS)
+            .env("SWAPSTREAM_LOG_FORMAT", "json");
+    };
+
+    // 1. Pre-load.
+    eprintln!("pre-loading {swaps} swaps (pending + terminal events) into {prefix}*");
+    let started = Instant::now();
+    let mut producer = std::process::Command::new(binary);
+    base_vars(&mut producer);
+    let status = producer
+        .args(["producer", "--count", &swaps.to_string(), "--rate", "max"])
+        .env("SWAPSTREAM_PRODUCER_CONFIRM_DELAY_MS", "0")
+        .env("SWAPSTREAM_PRODUCER_PROGRESS_SECS", "5")
+        .stderr(Stdio::null())
+        .status()
+        .expect("producer");
+    assert!(status.success(), "producer failed");
+    let topics: Vec<String> = TOKENS.split(',').map(|t| format!("{prefix}{t}")).collect();
+    let plain: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("{id}-plain"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "8388608")
+        .set("receive.message.max.bytes", "134217728")
+        .create()
+        .expect("plain consumer");
+    let mut ends = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for topic in &topics {
+        for partition in 0..PARTITIONS {
+            let (_, high) = plain.fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks");
+            if high > 0 {
+                ends.insert((topic.clone(), partition), high);
+                assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
+            }
+        }
+    }
+    let total: i64 = ends.values().sum();
+    eprintln!("pre-loaded {total} messages in {:.1}s", started.elapsed().as_secs_f64());
+
+    // 2. Plain read of the same messages.
+    plain.assign(&assignment).unwrap();
+    let started = Instant::now();
+    let mut read = 0i64;
+    let mut remaining = ends.len();
+    let mut positions: HashMap<(String, i32), i64> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while remaining > 0 {
+        assert!(Instant::now() < deadline, "the plain read did not reach the watermarks");
+        if let Some(Ok(message)) = plain.poll(Duration::from_millis(100)) {
+            read += 1;
+            let key = (message.topic().to_owned(), message.partition());
+            positions.insert(key.clone(), message.offset() + 1);
+            if positions[&key] == ends[&key] {
+                remaining -= 1;
+            }
+        }
+    }
+    let plain_secs = started.elapsed().as_secs_f64();
+    let plain_rate = read as f64 / plain_secs;
+    eprintln!("plain read: {read} messages in {plain_secs:.2}s = {plain_rate:.0}/s");
+    drop(plain);
+
+    // 3. The consumer role, checkpointing to PostgreSQL.
+    let mut consumer = std::process::Command::new(binary);
+    base_vars(&mut consumer);
+    let log = std::fs::File::create(format!("/tmp/{id}-consumer.log")).expect("log");
+    let mut child = consumer
+        .arg("consumer")
+        .env("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0")
+        .env("SWAPSTREAM_BATCH_MAX_EVENTS", std::env::var("BENCH_BATCH").unwrap_or_else(|_| "20000".into()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("consumer");
+    let (consumer_secs, covered) = runtime.block_on(async {
+        let (client, connection) =
+            tokio_postgres::connect("postgres://postgres@127.0.0.1:5432/postgres", tokio_postgres::NoTls)
+                .await
+                .expect("postgres");
+        tokio::spawn(connection);
+        let sql = format!("SELECT coalesce(sum(next_offset), 0)::bigint FROM {id}.offsets");
+        let checkpointed =
+            || async { client.query_one(sql.as_str(), &[]).await.map(|r| r.get::<_, i64>(0)).unwrap_or(0) };
+        // The clock starts at the first checkpoint, so group join is excluded.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let mut first = 0;
+        while first == 0 && Instant::now() < deadline {
+            first = checkpointed().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let started = Instant::now();
+        let mut done = first;
+        while done < total && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            done = checkpointed().await;
+        }
+        (started.elapsed().as_secs_f64(), done - first)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let consumer_rate = covered as f64 / consumer_secs;
+    eprintln!("consumer: {covered} messages in {consumer_secs:.2}s = {consumer_rate:.0}/s");
+    println!(
+        "| {swaps} swaps, {total} messages | {plain_rate:.0} msg/s | {consumer_rate:.0} msg/s ({:.0} swaps/s) | {:.2} |",
+        consumer_rate / 2.0,
+        consumer_rate / plain_rate
+    );
+}
