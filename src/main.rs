@@ -34,8 +34,8 @@ enum Role {
     Consumer,
     /// Serve the REST API from Redis (live values) and PostgreSQL (history); stateless, scale by replicas.
     Api,
-    /// Producer, consumer and API in one process, for local use and demos; runs an embedded broker when none is configured.
-    All,
+    /// Producer and consumer in one process, for local use and demos; runs an embedded in-memory broker when SWAPSTREAM_KAFKA_BROKERS is empty.
+    All(ProducerArgs),
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
     /// GET a URL and exit 0 on a 2xx answer, 1 otherwise (container health checks).
@@ -93,7 +93,7 @@ fn main() -> ExitCode {
         };
     }
     let overrides = match &cli.role {
-        Role::Producer(args) => args.overrides(),
+        Role::Producer(args) | Role::All(args) => args.overrides(),
         _ => Vec::new(),
     };
     let settings = match Settings::from_vars(std::env::vars().chain(overrides)) {
@@ -153,9 +153,58 @@ async fn run(role: Role, settings: &Settings, log: &slog::Logger) -> anyhow::Res
             consumer.stop(settings.consumer.shutdown_timeout).await;
             Ok(())
         }
-        Role::Api | Role::All => {
-            anyhow::bail!("this role is not available yet: `producer`, `consumer` and `config` are built so far")
-        }
+        Role::All(_) => run_all(settings, log).await,
+        Role::Api => anyhow::bail!("the api role is not available yet: `producer`, `consumer`, `all` and `config` are built so far"),
         Role::Config | Role::Healthcheck { .. } => unreachable!("handled before start"),
     }
+}
+
+/// Producer and consumer in one process. Without configured brokers, an
+/// embedded librdkafka mock cluster serves Kafka on a random loopback port;
+/// it keeps nothing, so this mode uses its own PostgreSQL schema and Redis
+/// prefix (suffix `_embedded`) and starts them afresh.
+async fn run_all(settings: &Settings, log: &slog::Logger) -> anyhow::Result<()> {
+    let mut settings = settings.clone();
+    let mut embedded = None;
+    let brokers = match settings.kafka.brokers.clone() {
+        Some(brokers) => brokers,
+        None => {
+            let cluster = rdkafka::mocking::MockCluster::new(1)?;
+            for token in &settings.producer.tokens {
+                cluster.create_topic(&settings.kafka.topics.topic_for(token), settings.kafka.partitions, 1)?;
+            }
+            let brokers = cluster.bootstrap_servers();
+            settings.postgres.schema = format!("{}_embedded", settings.postgres.schema);
+            settings.redis.key_prefix = format!("{}_embedded", settings.redis.key_prefix);
+            swapstream::storage::postgres::PgStore::connect(&settings.postgres, 1, log).await?.drop_schema().await?;
+            info!(log, "embedded broker (in memory; state starts afresh)"; "brokers" => &brokers,
+                "inspect" => format!("kcat -b {brokers} -L"), "schema" => &settings.postgres.schema);
+            embedded = Some(cluster);
+            brokers
+        }
+    };
+    let mut consumer = Consumer::start(&settings, &brokers, log).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signal_log = log.clone();
+    actix::spawn(async move {
+        shutdown::signal(signal_log).await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    tokio::select! {
+        result = producer::run(&settings, &brokers, log, stopped(stop_rx.clone())) => {
+            result?;
+            info!(log, "producer finished; consumer runs until stopped");
+            tokio::select! {
+                _ = stopped(stop_rx) => {}
+                _ = consumer.reader_stopped() => anyhow::bail!("the Kafka reader stopped unexpectedly"),
+            }
+        }
+        _ = consumer.reader_stopped() => anyhow::bail!("the Kafka reader stopped unexpectedly"),
+    }
+    consumer.stop(settings.consumer.shutdown_timeout).await;
+    drop(embedded);
+    Ok(())
 }
