@@ -154,7 +154,9 @@ async fn run(role: Role, settings: &Settings, log: &slog::Logger) -> anyhow::Res
             Ok(())
         }
         Role::All(_) => run_all(settings, log).await,
-        Role::Api => anyhow::bail!("the api role is not available yet: `producer`, `consumer`, `all` and `config` are built so far"),
+        Role::Api => anyhow::bail!(
+            "the api role is not available yet: `producer`, `consumer`, `all` and `config` are built so far"
+        ),
         Role::Config | Role::Healthcheck { .. } => unreachable!("handled before start"),
     }
 }

@@ -7,3 +7,4 @@ mod cli;
 mod consumer;
 mod helpers;
 mod producer;
+mod supervision;
