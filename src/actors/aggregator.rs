@@ -34,6 +34,19 @@ impl Aggregator {
     }
 }
 
+impl Aggregator {
+    /// The event order of the `recent_cap`-th newest swap over all
+    /// partials, when there are that many.
+    fn recent_threshold(&self) -> Option<crate::domain::swap::EventOrder> {
+        let mut orders: Vec<_> = self.partials.values().flat_map(|p| p.recent.iter().map(|s| s.order_key())).collect();
+        if orders.len() < self.recent_cap || self.recent_cap == 0 {
+            return None;
+        }
+        let (_, nth, _) = orders.select_nth_unstable_by(self.recent_cap - 1, |a, b| b.cmp(a));
+        Some(*nth)
+    }
+}
+
 impl Actor for Aggregator {
     type Context = Context<Self>;
 }
@@ -81,6 +94,13 @@ impl Handler<ApplyBatch> for Aggregator {
                 partial.add_pending(item.pending_delta);
                 if let Some(delta) = partial.take_delta() {
                     deltas.push((item.tp, delta));
+                }
+            }
+            // Only swaps among the newest `recent_cap` of all this key's
+            // partials need storing: newer swaps only ever push others out.
+            if let Some(threshold) = self.recent_threshold() {
+                for (_, delta) in &mut deltas {
+                    delta.new_recent.retain(|s| s.order_key() >= threshold);
                 }
             }
             deltas

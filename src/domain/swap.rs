@@ -16,14 +16,17 @@ pub struct TxHash(pub [u8; 32]);
 impl TxHash {
     /// Parses `0x` followed by 64 hex digits (either case).
     pub fn parse(text: &str) -> Result<TxHash, String> {
-        let hex_part = text
-            .strip_prefix("0x")
-            .or_else(|| text.strip_prefix("0X"))
-            .ok_or_else(|| format!("expected \"0x\" followed by 64 hex digits, got {}", quoted(text)))?;
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(hex_part, &mut bytes)
-            .map_err(|_| format!("expected \"0x\" followed by 64 hex digits, got {}", quoted(text)))?;
-        Ok(TxHash(bytes))
+        parse_0x(text).map(TxHash)
+    }
+}
+
+/// `0x` followed by `2 * N` hex digits, as `N` bytes.
+fn parse_0x<const N: usize>(text: &str) -> Result<[u8; N], String> {
+    let mut bytes = [0u8; N];
+    let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X"));
+    match digits.map(|d| hex::decode_to_slice(d, &mut bytes)) {
+        Some(Ok(())) => Ok(bytes),
+        _ => Err(format!("expected \"0x\" followed by {} hex digits, got {}", 2 * N, quoted(text))),
     }
 }
 
@@ -47,15 +50,9 @@ impl fmt::Debug for TxHash {
 pub struct Address(pub [u8; 20]);
 
 impl Address {
+    /// Parses `0x` followed by 40 hex digits (either case).
     pub fn parse(text: &str) -> Result<Address, String> {
-        let hex_part = text
-            .strip_prefix("0x")
-            .or_else(|| text.strip_prefix("0X"))
-            .ok_or_else(|| format!("expected \"0x\" followed by 40 hex digits, got {}", quoted(text)))?;
-        let mut bytes = [0u8; 20];
-        hex::decode_to_slice(hex_part, &mut bytes)
-            .map_err(|_| format!("expected \"0x\" followed by 40 hex digits, got {}", quoted(text)))?;
-        Ok(Address(bytes))
+        parse_0x(text).map(Address)
     }
 }
 

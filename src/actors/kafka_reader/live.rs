@@ -62,9 +62,9 @@ impl LiveWriter {
         let _ = self.tx.send(Work { partials, messages }).await;
     }
 
-    /// Whether a write failed since the last call (the state must be rebuilt).
-    pub fn take_failure(&self) -> bool {
-        self.failed.swap(false, Ordering::SeqCst)
+    /// Set when a write fails (the state must then be rebuilt).
+    pub fn failure_flag(&self) -> Arc<AtomicBool> {
+        self.failed.clone()
     }
 }
 

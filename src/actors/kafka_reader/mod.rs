@@ -10,6 +10,7 @@
 //! A crash anywhere before the commit replays the batch from the checkpoint;
 //! after it, nothing is replayed.
 
+mod committer;
 mod dlq;
 mod live;
 
@@ -23,8 +24,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use chrono::Utc;
 use futures::future::join_all;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::BaseConsumer;
 use slog::{error, info, warn, Logger};
 use tokio::sync::{broadcast, oneshot};
 
@@ -37,7 +37,7 @@ use crate::config::ConsumerSettings;
 use crate::domain::partial::{AggKey, Partial, PartialDelta};
 use crate::domain::SwapEvent;
 use crate::metrics::METRICS;
-use crate::storage::postgres::{Checkpoint, Fenced, PgStore, Progress};
+use crate::storage::postgres::{Checkpoint, PgStore, Progress};
 use crate::storage::redis::RedisStore;
 use crate::stream::{Outcome, PartitionState, Tp};
 
@@ -60,14 +60,12 @@ struct Slot {
 pub struct Core {
     log: Logger,
     settings: ConsumerSettings,
-    consumer: Arc<BaseConsumer<ReaderContext>>,
     dlq: Dlq,
     pg: PgStore,
     redis: RedisStore,
     aggregators: Aggregators,
     control: std_mpsc::Sender<Control>,
-    updates: broadcast::Sender<Arc<KeyUpdate>>,
-    live: live::LiveWriter,
+    committer: committer::Committer,
     generation: u64,
     rewinding: bool,
     slots: BTreeMap<Tp, Slot>,
@@ -99,18 +97,22 @@ pub struct KafkaReader {
 impl KafkaReader {
     pub fn new(parts: CoreParts, input: tokio::sync::mpsc::Receiver<Input>, stopped: oneshot::Sender<()>) -> Self {
         let control = parts.control.clone();
-        let live = live::LiveWriter::start(parts.redis.clone(), parts.log.clone());
+        let committer = committer::Committer::start(committer::CommitterParts {
+            pg: parts.pg.clone(),
+            consumer: parts.consumer.clone(),
+            live: live::LiveWriter::start(parts.redis.clone(), parts.log.clone()),
+            updates: parts.updates.clone(),
+            log: parts.log.clone(),
+        });
         let core = Core {
             log: parts.log,
             settings: parts.settings,
-            consumer: parts.consumer,
             dlq: parts.dlq,
             pg: parts.pg,
             redis: parts.redis,
             aggregators: parts.aggregators,
             control: parts.control,
-            live,
-            updates: parts.updates,
+            committer,
             generation: 0,
             rewinding: false,
             slots: BTreeMap::new(),
@@ -212,6 +214,7 @@ impl Core {
     async fn handle(&mut self, input: Input) {
         match input {
             Input::Assigned { generation, claimed } => {
+                self.committer.barrier().await;
                 self.generation = generation;
                 self.rewinding = false;
                 let all: Vec<Tp> = self.slots.keys().cloned().collect();
@@ -242,10 +245,13 @@ impl Core {
                 self.process(records).await;
             }
             Input::Revoked { tps, done } => {
+                // What was read from these partitions is stored before they go.
+                self.committer.barrier().await;
                 self.forget(tps).await;
                 let _ = done.send(());
             }
             Input::Stopped => {
+                self.committer.barrier().await;
                 info!(self.log, "reader stopped");
                 self.dlq.flush(Duration::from_secs(5));
             }
@@ -414,79 +420,10 @@ impl Core {
             })
             .collect();
         let aggregated = started.elapsed();
-        let checkpoint = Checkpoint { progress, partials };
-        if !self.store(&checkpoint).await {
-            return;
-        }
-        let stored = started.elapsed();
-        METRICS.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
-        METRICS.checkpoint_events.observe(count as f64);
-
-        self.commit_offsets(&checkpoint);
-        self.publish(checkpoint, changes).await;
+        self.committer.submit(Checkpoint { progress, partials }, changes, count).await;
         slog::debug!(self.log, "batch"; "events" => count, "route_ms" => routed.as_millis(),
-            "aggregate_ms" => (aggregated - routed).as_millis(), "checkpoint_ms" => (stored - aggregated).as_millis(),
-            "publish_ms" => (started.elapsed() - stored).as_millis());
-    }
-
-    /// Stores the checkpoint, retrying while PostgreSQL fails; false when
-    /// the partitions were taken over meanwhile (fenced).
-    async fn store(&mut self, checkpoint: &Checkpoint) -> bool {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.pg.checkpoint(checkpoint).await {
-                Ok(()) => return true,
-                Err(e) if e.is::<Fenced>() => {
-                    warn!(self.log, "checkpoint fenced: partitions moved to another instance"; "error" => %e);
-                    let tps = checkpoint.progress.iter().map(|p| p.tp.clone()).collect();
-                    self.forget(tps).await;
-                    return false;
-                }
-                Err(e) => {
-                    METRICS.checkpoint_failures.inc();
-                    error!(self.log, "checkpoint failed; retrying"; "error" => format!("{e:#}"), "retry_in_ms" => delay.as_millis());
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    /// After the commit: live state to Redis, updates to subscribers.
-    async fn publish(&mut self, checkpoint: Checkpoint, changes: HashMap<AggKey, Vec<Arc<SwapEvent>>>) {
-        let partials: Vec<LivePartial> = checkpoint
-            .partials
-            .into_iter()
-            .map(|(key, tp, delta)| {
-                METRICS.pending.with_label_values(&[&key.to_string()]).set(delta.pending);
-                LivePartial {
-                    key,
-                    tp,
-                    totals: delta.totals,
-                    pending: delta.pending,
-                    candles: delta.candles,
-                    new_recent: delta.new_recent,
-                }
-            })
-            .collect();
-        let messages: Vec<(AggKey, Vec<Arc<SwapEvent>>)> =
-            changes.iter().map(|(key, swaps)| (key.clone(), swaps.clone())).collect();
-        self.live.send(partials, messages).await;
-        for (key, swaps) in changes {
-            let _ = self.updates.send(Arc::new(KeyUpdate { key, swaps }));
-        }
-    }
-
-    /// Moves Kafka's committed offsets to the checkpoint (for lag
-    /// monitoring only; the resume point is PostgreSQL's).
-    fn commit_offsets(&self, checkpoint: &Checkpoint) {
-        let mut tpl = TopicPartitionList::new();
-        for p in &checkpoint.progress {
-            let _ = tpl.add_partition_offset(&p.tp.topic, p.tp.partition, Offset::Offset(p.next_offset));
-        }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-            warn!(self.log, "cannot commit offsets to Kafka"; "error" => %e);
-        }
+            "aggregate_ms" => (aggregated - routed).as_millis(),
+            "wait_for_previous_checkpoint_ms" => (started.elapsed() - aggregated).as_millis());
     }
 
     /// Writes partials in full (after assign or for a rebuild).
@@ -502,7 +439,7 @@ impl Core {
                 new_recent: partial.recent.clone(),
             })
             .collect();
-        self.live.send(partials, Vec::new()).await;
+        self.committer.write_live(partials).await;
     }
 
     async fn housekeeping(&mut self) {
@@ -522,7 +459,7 @@ impl Core {
             return;
         }
         self.redis_checked = Some(Instant::now());
-        if self.live.take_failure() {
+        if self.committer.take_live_failure() {
             self.redis_generation = None;
         }
         let generation = match self.redis.ready_generation().await {
