@@ -20,6 +20,7 @@ pub struct Metrics {
     pub checkpoint_failures: IntCounter,
     pub consumer_lag: IntGaugeVec,
     pub aggregator_restarts: IntCounter,
+    pub offset_regressions: IntCounter,
     pub redis_errors: IntCounter,
     pub redis_rebuilds: IntCounter,
     pub http_requests: IntCounterVec,
@@ -94,6 +95,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         aggregator_restarts: register_int_counter_with_registry!(
             "aggregator_restarts_total",
             "Aggregator actors restarted by their supervisor",
+            r
+        )
+        .expect("metric"),
+        offset_regressions: register_int_counter_with_registry!(
+            "offset_regressions_total",
+            "Messages skipped because their offset is below the partition's checkpoint (e.g. a recreated topic)",
             r
         )
         .expect("metric"),

@@ -287,6 +287,11 @@ impl Core {
         for record in records {
             let Some(slot) = self.slots.get_mut(&record.tp) else { continue };
             if slot.next_offset.is_some_and(|next| record.offset < next) {
+                // Already counted before the checkpoint, or the topic was
+                // recreated below it: never count twice, but say so.
+                METRICS.offset_regressions.inc();
+                warn!(self.log, "message below the checkpointed offset skipped";
+                    "partition" => %record.tp, "offset" => record.offset, "checkpoint" => slot.next_offset);
                 continue;
             }
             slot.next_offset = Some(record.offset + 1);
