@@ -43,16 +43,13 @@ struct EventRecord<'a> {
     event: crate::domain::swap::WireSwap<'a>,
 }
 
-/// Counts of what the ground truth describes.
+/// Counts of what the ground truth describes: what was sent (counted from
+/// the delivery reports: `delivered`, `duplicates` and `reordered` count
+/// delivered events only), and how the delivered swaps ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
-    pub swaps: u64,
-    pub events_sent: u64,
-    pub delivered: u64,
-    pub delivery_errors: u64,
-    /// Delivered events that repeat an earlier one exactly.
-    pub duplicates: u64,
-    pub reordered: u64,
+    #[serde(flatten)]
+    pub sent: Summary,
     /// Swaps whose confirmed event was delivered.
     pub confirmed: u64,
     pub failed: u64,
@@ -93,12 +90,14 @@ impl GroundTruth {
             }
         }
         let counts = Counts {
-            swaps: summary.swaps,
-            events_sent: summary.events_sent,
-            delivered: delivered().count() as u64,
-            delivery_errors: events.len() as u64 - delivered().count() as u64,
-            duplicates: delivered().filter(|s| s.duplicate).count() as u64,
-            reordered: delivered().filter(|s| s.reordered).count() as u64,
+            sent: Summary {
+                swaps: summary.swaps,
+                events_sent: summary.events_sent,
+                delivered: delivered().count() as u64,
+                delivery_errors: events.len() as u64 - delivered().count() as u64,
+                duplicates: delivered().filter(|s| s.duplicate).count() as u64,
+                reordered: delivered().filter(|s| s.reordered).count() as u64,
+            },
             confirmed: terminal.iter().filter(|e| e.status == Status::Confirmed).count() as u64,
             failed: terminal.iter().filter(|e| e.status == Status::Failed).count() as u64,
         };

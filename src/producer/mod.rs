@@ -41,7 +41,7 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 const DUPLICATE_MAX_DELAY: Duration = Duration::from_millis(500);
 
 /// What a producer run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub swaps: u64,
     pub events_sent: u64,

@@ -104,7 +104,7 @@ async fn check_round_trip(encoding: &str, content_type: &str, extra: &[(&str, St
     for entry in truth.events.iter().filter(|e| e.result == "ok") {
         expected.insert((entry.topic.clone(), entry.partition.unwrap(), entry.offset.unwrap()), &entry.event);
     }
-    assert_eq!(truth.counts.delivery_errors, 0);
+    assert_eq!(truth.counts.sent.delivery_errors, 0);
     assert_eq!(read.len(), expected.len());
     for message in &read {
         assert_eq!(message.content_type.as_deref(), Some(content_type));
@@ -125,8 +125,8 @@ async fn check_round_trip(encoding: &str, content_type: &str, extra: &[(&str, St
         statuses.entry(message.event.id).or_default().push(message.event.status);
     }
     assert_eq!(statuses.len(), 300, "swaps");
-    assert_eq!(duplicates, truth.counts.duplicates, "duplicate count");
-    assert!(truth.counts.duplicates > 0 && truth.counts.reordered > 0, "injection is on: {:?}", truth.counts);
+    assert_eq!(duplicates, truth.counts.sent.duplicates, "duplicate count");
+    assert!(truth.counts.sent.duplicates > 0 && truth.counts.sent.reordered > 0, "injection is on: {:?}", truth.counts);
     for (id, mut list) in statuses {
         list.sort_by_key(|s| s.as_str());
         assert!(
