@@ -7,9 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use slog::{error, info};
 
-use swapstream::config::{Rate, Settings};
-use swapstream::startup::Consumer;
-use swapstream::{producer, shutdown, telemetry};
+use swapstream::config::Settings;
+use swapstream::{startup, telemetry};
 
 /// Exit status for invalid configuration.
 const EXIT_CONFIG: u8 = 2;
@@ -132,81 +131,12 @@ fn main() -> ExitCode {
 
 async fn run(role: Role, settings: &Settings, log: &slog::Logger) -> anyhow::Result<()> {
     match role {
-        Role::Producer(_) => {
-            let Some(brokers) = settings.kafka.brokers.clone() else {
-                anyhow::bail!("the producer needs SWAPSTREAM_KAFKA_BROKERS");
-            };
-            if settings.producer.rate == Rate::Max {
-                info!(log, "rate: as fast as the broker takes events");
-            }
-            producer::run(settings, &brokers, log, shutdown::signal(log.clone())).await.map(|_| ())
-        }
-        Role::Consumer => {
-            let Some(brokers) = settings.kafka.brokers.clone() else {
-                anyhow::bail!("the consumer needs SWAPSTREAM_KAFKA_BROKERS");
-            };
-            let mut consumer = Consumer::start(settings, &brokers, log).await?;
-            tokio::select! {
-                _ = shutdown::signal(log.clone()) => {}
-                _ = consumer.reader_stopped() => anyhow::bail!("the Kafka reader stopped unexpectedly"),
-            }
-            consumer.stop(settings.consumer.shutdown_timeout).await;
-            Ok(())
-        }
-        Role::All(_) => run_all(settings, log).await,
+        Role::Producer(_) => startup::run_producer(settings, log).await,
+        Role::Consumer => startup::run_consumer(settings, log).await,
+        Role::All(_) => startup::run_all(settings, log).await,
         Role::Api => anyhow::bail!(
             "the api role is not available yet: `producer`, `consumer`, `all` and `config` are built so far"
         ),
         Role::Config | Role::Healthcheck { .. } => unreachable!("handled before start"),
     }
-}
-
-/// Producer and consumer in one process. Without configured brokers, an
-/// embedded librdkafka mock cluster serves Kafka on a random loopback port;
-/// it keeps nothing, so this mode uses its own PostgreSQL schema and Redis
-/// prefix (suffix `_embedded`) and starts them afresh.
-async fn run_all(settings: &Settings, log: &slog::Logger) -> anyhow::Result<()> {
-    let mut settings = settings.clone();
-    let mut embedded = None;
-    let brokers = match settings.kafka.brokers.clone() {
-        Some(brokers) => brokers,
-        None => {
-            let cluster = rdkafka::mocking::MockCluster::new(1)?;
-            for token in &settings.producer.tokens {
-                cluster.create_topic(&settings.kafka.topics.topic_for(token), settings.kafka.partitions, 1)?;
-            }
-            let brokers = cluster.bootstrap_servers();
-            settings.postgres.schema = format!("{}_embedded", settings.postgres.schema);
-            settings.redis.key_prefix = format!("{}_embedded", settings.redis.key_prefix);
-            swapstream::storage::postgres::PgStore::connect(&settings.postgres, 1, log).await?.drop_schema().await?;
-            info!(log, "embedded broker (in memory; state starts afresh)"; "brokers" => &brokers,
-                "inspect" => format!("kcat -b {brokers} -L"), "schema" => &settings.postgres.schema);
-            embedded = Some(cluster);
-            brokers
-        }
-    };
-    let mut consumer = Consumer::start(&settings, &brokers, log).await?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let signal_log = log.clone();
-    actix::spawn(async move {
-        shutdown::signal(signal_log).await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    tokio::select! {
-        result = producer::run(&settings, &brokers, log, stopped(stop_rx.clone())) => {
-            result?;
-            info!(log, "producer finished; consumer runs until stopped");
-            tokio::select! {
-                _ = stopped(stop_rx) => {}
-                _ = consumer.reader_stopped() => anyhow::bail!("the Kafka reader stopped unexpectedly"),
-            }
-        }
-        _ = consumer.reader_stopped() => anyhow::bail!("the Kafka reader stopped unexpectedly"),
-    }
-    consumer.stop(settings.consumer.shutdown_timeout).await;
-    drop(embedded);
-    Ok(())
 }

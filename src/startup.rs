@@ -20,6 +20,78 @@ use crate::kafka::{client_config, set_default, LoggingContext};
 use crate::storage::postgres::PgStore;
 use crate::storage::redis::RedisStore;
 
+/// The `producer` role: until stopped or its count is reached.
+pub async fn run_producer(settings: &Settings, log: &Logger) -> anyhow::Result<()> {
+    let Some(brokers) = settings.kafka.brokers.clone() else {
+        anyhow::bail!("the producer needs SWAPSTREAM_KAFKA_BROKERS");
+    };
+    crate::producer::run(settings, &brokers, log, crate::shutdown::signal(log.clone())).await.map(|_| ())
+}
+
+/// The `consumer` role: until SIGTERM/Ctrl-C, then a graceful stop.
+pub async fn run_consumer(settings: &Settings, log: &Logger) -> anyhow::Result<()> {
+    let Some(brokers) = settings.kafka.brokers.clone() else {
+        anyhow::bail!("the consumer needs SWAPSTREAM_KAFKA_BROKERS");
+    };
+    let mut consumer = Consumer::start(settings, &brokers, log).await?;
+    tokio::select! {
+        _ = crate::shutdown::signal(log.clone()) => {}
+        _ = consumer.reader_stopped() => anyhow::bail!("the Kafka reader stopped unexpectedly"),
+    }
+    consumer.stop(settings.consumer.shutdown_timeout).await;
+    Ok(())
+}
+
+/// Producer and consumer in one process. Without configured brokers, an
+/// embedded librdkafka mock cluster serves Kafka on a random loopback port;
+/// it keeps nothing, so this mode uses its own PostgreSQL schema and Redis
+/// prefix (suffix `_embedded`) and starts them afresh.
+pub async fn run_all(settings: &Settings, log: &slog::Logger) -> anyhow::Result<()> {
+    let mut settings = settings.clone();
+    let mut embedded = None;
+    let brokers = match settings.kafka.brokers.clone() {
+        Some(brokers) => brokers,
+        None => {
+            let cluster = rdkafka::mocking::MockCluster::new(1)?;
+            for token in &settings.producer.tokens {
+                cluster.create_topic(&settings.kafka.topics.topic_for(token), settings.kafka.partitions, 1)?;
+            }
+            let brokers = cluster.bootstrap_servers();
+            settings.postgres.schema = format!("{}_embedded", settings.postgres.schema);
+            settings.redis.key_prefix = format!("{}_embedded", settings.redis.key_prefix);
+            PgStore::connect(&settings.postgres, 1, log).await?.drop_schema().await?;
+            info!(log, "embedded broker (in memory; state starts afresh)"; "brokers" => &brokers,
+                "inspect" => format!("kcat -b {brokers} -L"), "schema" => &settings.postgres.schema);
+            embedded = Some(cluster);
+            brokers
+        }
+    };
+    let mut consumer = Consumer::start(&settings, &brokers, log).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signal_log = log.clone();
+    actix::spawn(async move {
+        crate::shutdown::signal(signal_log).await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    tokio::select! {
+        result = crate::producer::run(&settings, &brokers, log, stopped(stop_rx.clone())) => {
+            result?;
+            info!(log, "producer finished; consumer runs until stopped");
+            tokio::select! {
+                _ = stopped(stop_rx) => {}
+                _ = consumer.reader_stopped() => anyhow::bail!("the Kafka reader stopped unexpectedly"),
+            }
+        }
+        _ = consumer.reader_stopped() => anyhow::bail!("the Kafka reader stopped unexpectedly"),
+    }
+    consumer.stop(settings.consumer.shutdown_timeout).await;
+    drop(embedded);
+    Ok(())
+}
+
 /// A running consumer: the reader, its aggregators and the HTTP server.
 pub struct Consumer {
     pub http_port: u16,
