@@ -200,7 +200,7 @@ impl Consumer {
             .with_context(|| format!("binding SWAPSTREAM_HTTP_ADDR {}", settings.http.addr))?;
         let http_port = listener.local_addr()?.port();
         let readiness = Readiness { probes: dependency_probes(&pg, &redis, Some(consumer)) };
-        let server = http::serve(listener, readiness, 2)?;
+        let server = http::serve(listener, readiness, Some(redis.clone()), 2)?;
         let server_handle = server.handle();
         actix::spawn(server);
         info!(log, "consumer started"; "http_port" => http_port, "subscription" => settings.kafka.topics.subscription(),

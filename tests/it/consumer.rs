@@ -79,9 +79,54 @@ async fn stored_aggregates_equal_the_ground_truth_and_sigterm_is_graceful() {
     })
     .await;
 
+    check_rest(&consumer, &truth).await;
+
     let status = consumer.terminate(Duration::from_secs(25)).await;
     assert!(status.success(), "SIGTERM must end in exit 0, got {status}; log: {}", consumer.log_text());
     assert!(consumer.log_text().contains("leaving the consumer group"));
+}
+
+/// The `/v1` endpoints answer with the ground truth's values.
+async fn check_rest(consumer: &Child, truth: &swapstream::producer::ground_truth::GroundTruthFile) {
+    let port = helpers::logged_port(consumer).await;
+    let get = |path: &'static str| async move {
+        let (status, body) = helpers::http_get(port, path).await;
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap_or_else(|_| panic!("{path}: not JSON: {body}")),
+        )
+    };
+    let eth = &truth.expected["tokens"]["ETH"];
+    let (status, stats) = get("/v1/tokens/eth/stats").await;
+    assert_eq!(status, 200);
+    assert_eq!(stats["token"], "ETH");
+    assert_eq!(stats["totals"], eth["totals"]);
+    assert_eq!(stats["price_usd"], eth["price_usd"]);
+    assert_eq!(stats["pending"], 0);
+    for window in ["5m", "1h", "6h", "24h"] {
+        assert!(stats["windows"][window]["swaps"].is_u64(), "window {window}: {stats}");
+    }
+    let (status, candles) = get("/v1/tokens/ETH/candles?interval=1m&limit=1000").await;
+    assert_eq!(status, 200);
+    assert_eq!(candles["candles"], eth["candles"]["1m"]);
+    let (status, pair) = get("/v1/pairs/usdc-eth/stats").await;
+    assert_eq!((status, &pair["pair"]), (200, &json!("ETH-USDC")));
+    assert_eq!(pair["totals"], truth.expected["pairs"]["ETH-USDC"]["totals"]);
+    let (status, swaps) = get("/v1/tokens/ETH/swaps?limit=5").await;
+    assert_eq!(status, 200);
+    assert_eq!(swaps["swaps"].as_array().map(Vec::len), Some(5));
+    let (status, tokens) = get("/v1/tokens").await;
+    assert_eq!((status, tokens["tokens"].as_array().map(Vec::len)), (200, Some(TOKENS.split(',').count())));
+
+    let (status, missing) = get("/v1/tokens/NOPE/stats").await;
+    assert_eq!((status, &missing["error"]["code"]), (404, &json!("not_found")));
+    let (status, bad) = get("/v1/tokens/ETH/candles?interval=2h").await;
+    assert_eq!((status, &bad["error"]["code"]), (400, &json!("bad_parameter")));
+    assert!(bad["error"]["message"].as_str().unwrap().starts_with("interval:"), "{bad}");
+    let (status, bad) = get("/v1/tokens/ETH/candles?limit=5000").await;
+    assert!(status == 400 && bad["error"]["message"].as_str().unwrap().starts_with("limit:"), "{bad}");
+    let (status, bad) = get("/v1/tokens/E%20TH/stats").await;
+    assert!(status == 400 && bad["error"]["message"].as_str().unwrap().starts_with("token:"), "{bad}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
