@@ -34,6 +34,24 @@ pub fn configure(readiness: Readiness, redis: Option<RedisStore>) -> impl Fn(&mu
     }
 }
 
+/// Counts every request by route pattern and status, and times it.
+async fn record_metrics(
+    request: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let started = std::time::Instant::now();
+    let response = next.call(request).await;
+    let status = match &response {
+        Ok(response) => response.status().as_u16(),
+        Err(error) => error.as_response_error().status_code().as_u16(),
+    };
+    let metrics = &crate::metrics::METRICS;
+    metrics.http_requests.with_label_values(&[&route, &status.to_string()]).inc();
+    metrics.http_seconds.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
+    response
+}
+
 /// Starts the HTTP server on an already bound listener (port 0 works).
 pub fn serve(
     listener: TcpListener,
@@ -42,10 +60,12 @@ pub fn serve(
     workers: usize,
 ) -> std::io::Result<Server> {
     let routes = configure(readiness, redis);
-    Ok(HttpServer::new(move || App::new().configure(routes.clone()))
-        .workers(workers)
-        .disable_signals()
-        .shutdown_timeout(5)
-        .listen(listener)?
-        .run())
+    Ok(HttpServer::new(move || {
+        App::new().wrap(actix_web::middleware::from_fn(record_metrics)).configure(routes.clone())
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .listen(listener)?
+    .run())
 }

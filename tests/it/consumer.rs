@@ -127,6 +127,15 @@ async fn check_rest(consumer: &Child, truth: &swapstream::producer::ground_truth
     assert!(status == 400 && bad["error"]["message"].as_str().unwrap().starts_with("limit:"), "{bad}");
     let (status, bad) = get("/v1/tokens/E%20TH/stats").await;
     assert!(status == 400 && bad["error"]["message"].as_str().unwrap().starts_with("token:"), "{bad}");
+
+    let (_, metrics) = helpers::http_get(port, "/metrics").await;
+    for line in [
+        "swapstream_http_requests_total{route=\"/v1/tokens/{token}/stats\",status=\"200\"} 1",
+        "swapstream_http_requests_total{route=\"/v1/tokens/{token}/stats\",status=\"404\"} 1",
+        "swapstream_http_request_duration_seconds_count{route=\"/v1/tokens/{token}/candles\"} 3",
+    ] {
+        assert!(metrics.contains(line), "metrics lack {line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
