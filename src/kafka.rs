@@ -56,3 +56,45 @@ pub fn client_config(settings: &KafkaSettings, brokers: &str) -> ClientConfig {
     }
     config
 }
+
+/// Longest wait for the admin API.
+const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Creates `names` with the configured partitions and replication; existing
+/// topics are left as they are. A broker that does not answer the admin API
+/// (librdkafka's mock cluster among them) creates topics on first use, so
+/// that is logged, not an error; a topic the broker refuses is an error.
+pub async fn create_topics(
+    settings: &KafkaSettings,
+    brokers: &str,
+    names: &[String],
+    log: &Logger,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::types::RDKafkaErrorCode;
+
+    let admin: AdminClient<LoggingContext> = client_config(settings, brokers)
+        .create_with_context(LoggingContext { log: log.clone() })
+        .context("creating the Kafka admin client")?;
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|name| NewTopic::new(name, settings.partitions, TopicReplication::Fixed(settings.replication)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT));
+    let results = match admin.create_topics(&topics, &options).await {
+        Ok(results) => results,
+        Err(e) => {
+            slog::warn!(log, "cannot create topics through the admin API; relying on auto-creation"; "error" => %e);
+            return Ok(());
+        }
+    };
+    for result in results {
+        match result {
+            Ok(topic) => slog::info!(log, "topic created"; "topic" => topic, "partitions" => settings.partitions),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => slog::info!(log, "topic exists"; "topic" => topic),
+            Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}

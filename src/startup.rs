@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use anyhow::Context as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use slog::{info, warn, Logger};
 use tokio::sync::{broadcast, oneshot};
@@ -59,7 +58,7 @@ pub async fn run_all(settings: &Settings, log: &slog::Logger) -> anyhow::Result<
             let brokers = cluster.bootstrap_servers();
             settings.postgres.schema = format!("{}_embedded", settings.postgres.schema);
             settings.redis.key_prefix = format!("{}_embedded", settings.redis.key_prefix);
-            PgStore::connect(&settings.postgres, 1, log).await?.drop_schema().await?;
+            PgStore::open(&settings.postgres, 1)?.drop_schema().await?;
             info!(log, "embedded broker (in memory; state starts afresh)"; "brokers" => &brokers,
                 "inspect" => format!("kcat -b {brokers} -L"), "schema" => &settings.postgres.schema);
             embedded = Some(cluster);
@@ -110,7 +109,10 @@ impl Consumer {
     pub async fn start(settings: &Settings, brokers: &str, log: &Logger) -> anyhow::Result<Consumer> {
         let pg = PgStore::connect(&settings.postgres, settings.consumer.recent_swaps, log).await?;
         let redis = RedisStore::connect(&settings.redis, settings.consumer.recent_swaps).await?;
-        create_topic(settings, brokers, &settings.kafka.dlq_topic, log).await;
+        let dlq_topic = [settings.kafka.dlq_topic.clone()];
+        if let Err(e) = crate::kafka::create_topics(&settings.kafka, brokers, &dlq_topic, log).await {
+            warn!(log, "cannot create the dead-letter topic"; "error" => format!("{e:#}"));
+        }
 
         let dlq_producer = client_config(&settings.kafka, brokers)
             .set("enable.idempotence", "true")
@@ -162,7 +164,7 @@ impl Consumer {
             .spawn(move || {
                 let setup = || -> anyhow::Result<Arc<BaseConsumer<ReaderContext>>> {
                     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-                    let pg = runtime.block_on(PgStore::connect(&postgres_settings, recent_cap, &thread_log))?;
+                    let pg = PgStore::open(&postgres_settings, recent_cap)?;
                     let context = ReaderContext::new(thread_log.clone(), input_tx, runtime, pg, poll_settings);
                     let consumer: BaseConsumer<ReaderContext> =
                         consumer_config.create_with_context(context).context("creating the Kafka consumer")?;
@@ -274,31 +276,4 @@ fn dependency_probes(
         ));
     }
     probes
-}
-
-/// Creates a topic if missing; failures are logged (a broker may auto-create).
-async fn create_topic(settings: &Settings, brokers: &str, topic: &str, log: &Logger) {
-    let admin: AdminClient<LoggingContext> =
-        match client_config(&settings.kafka, brokers).create_with_context(LoggingContext { log: log.clone() }) {
-            Ok(admin) => admin,
-            Err(e) => return warn!(log, "cannot create an admin client"; "error" => %e),
-        };
-    let new = NewTopic::new(topic, settings.kafka.partitions, TopicReplication::Fixed(settings.kafka.replication));
-    let options = AdminOptions::new()
-        .operation_timeout(Some(Duration::from_secs(5)))
-        .request_timeout(Some(Duration::from_secs(5)));
-    match admin.create_topics([&new], &options).await {
-        Ok(results) => {
-            for result in results {
-                match result {
-                    Ok(name) => info!(log, "topic created"; "topic" => name),
-                    Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
-                        info!(log, "topic exists"; "topic" => name)
-                    }
-                    Err((name, code)) => warn!(log, "cannot create topic"; "topic" => name, "error" => %code),
-                }
-            }
-        }
-        Err(e) => warn!(log, "cannot create topic"; "topic" => topic, "error" => %e),
-    }
 }

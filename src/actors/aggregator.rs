@@ -183,15 +183,7 @@ impl Handler<Query> for Aggregator {
         let mut merged = Merged::default();
         let mut recent: Vec<Arc<SwapEvent>> = Vec::new();
         for partial in self.partials.values() {
-            merged.totals.merge(&partial.totals);
-            merged.pending += partial.pending;
-            for interval in &query.intervals {
-                let Some(candles) = partial.candles.get(interval) else { continue };
-                let into = merged.candles.entry(*interval).or_default();
-                for (t, candle) in candles.range(query.since..) {
-                    into.entry(*t).and_modify(|c| c.merge(candle)).or_insert(*candle);
-                }
-            }
+            merged.add(partial, &query.intervals, query.since);
             recent.extend(partial.recent.iter().take(query.recent).cloned());
         }
         recent.sort_by_key(|s| std::cmp::Reverse(s.order_key()));

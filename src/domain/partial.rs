@@ -330,16 +330,23 @@ impl Merged {
     pub fn of<'a>(partials: impl IntoIterator<Item = &'a Partial>) -> Merged {
         let mut merged = Merged::default();
         for partial in partials {
-            merged.totals.merge(&partial.totals);
-            merged.pending += partial.pending;
-            for (interval, candles) in &partial.candles {
-                let into = merged.candles.entry(*interval).or_default();
-                for (t, candle) in candles {
-                    into.entry(*t).and_modify(|c| c.merge(candle)).or_insert(*candle);
-                }
-            }
+            merged.add(partial, &Interval::ALL, i64::MIN);
         }
         merged
+    }
+
+    /// Merges in one partial: its totals, and its candles of `intervals`
+    /// from `since` (unix seconds) on.
+    pub fn add(&mut self, partial: &Partial, intervals: &[Interval], since: i64) {
+        self.totals.merge(&partial.totals);
+        self.pending += partial.pending;
+        for interval in intervals {
+            let Some(candles) = partial.candles.get(interval) else { continue };
+            let into = self.candles.entry(*interval).or_default();
+            for (t, candle) in candles.range(since..) {
+                into.entry(*t).and_modify(|c| c.merge(candle)).or_insert(*candle);
+            }
+        }
     }
 
     pub fn price_usd(&self) -> Option<Price> {

@@ -37,8 +37,7 @@ fn pair_key(text: &str) -> Result<AggKey, ApiError> {
 }
 
 async fn known(redis: &RedisStore, key: &AggKey) -> Result<(), ApiError> {
-    let keys = redis.keys().await.map_err(ApiError::redis)?;
-    if keys.contains(key) {
+    if redis.has_key(key).await.map_err(ApiError::redis)? {
         Ok(())
     } else {
         Err(ApiError::NotFound(format!("no swaps seen for {key}")))

@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -35,8 +34,6 @@ use crate::kafka::{client_config, LoggingContext};
 
 /// Longest wait for in-flight messages on stop.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for topic creation.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Duplicates follow their original within this delay.
 const DUPLICATE_MAX_DELAY: Duration = Duration::from_millis(500);
 
@@ -296,36 +293,11 @@ async fn send(
     }
 }
 
-/// Creates the topics the producer writes to, with the configured
-/// partitions; existing topics are left as they are.
+/// Creates the topics the producer writes to; existing ones stay as they are.
 async fn create_topics(settings: &Settings, brokers: &str, log: &Logger) -> anyhow::Result<()> {
-    let admin: AdminClient<LoggingContext> = client_config(&settings.kafka, brokers)
-        .create_with_context(LoggingContext { log: log.clone() })
-        .context("creating the Kafka admin client")?;
     let mut names: Vec<String> = settings.producer.tokens.iter().map(|t| settings.kafka.topics.topic_for(t)).collect();
     names.dedup();
-    let topics: Vec<NewTopic> = names
-        .iter()
-        .map(|name| NewTopic::new(name, settings.kafka.partitions, TopicReplication::Fixed(settings.kafka.replication)))
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT));
-    let results = match admin.create_topics(&topics, &options).await {
-        Ok(results) => results,
-        Err(e) => {
-            // Some brokers (librdkafka's mock cluster among them) do not
-            // answer the admin API; they create topics on first use instead.
-            warn!(log, "cannot create topics through the admin API; relying on auto-creation"; "error" => %e);
-            return Ok(());
-        }
-    };
-    for result in results {
-        match result {
-            Ok(topic) => info!(log, "topic created"; "topic" => topic, "partitions" => settings.kafka.partitions),
-            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => info!(log, "topic exists"; "topic" => topic),
-            Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
-        }
-    }
-    Ok(())
+    crate::kafka::create_topics(&settings.kafka, brokers, &names, log).await
 }
 
 /// The periodic progress line.

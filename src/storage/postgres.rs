@@ -73,7 +73,16 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// Opens the pool and applies pending migrations.
     pub async fn connect(settings: &PostgresSettings, recent_cap: usize, log: &Logger) -> anyhow::Result<PgStore> {
+        let store = PgStore::open(settings, recent_cap)?;
+        store.migrate(log).await?;
+        Ok(store)
+    }
+
+    /// Opens the pool only (connections are made on first use), for a
+    /// second client of a schema already migrated.
+    pub fn open(settings: &PostgresSettings, recent_cap: usize) -> anyhow::Result<PgStore> {
         let mut config: tokio_postgres::Config =
             settings.url.expose().parse().context("parsing SWAPSTREAM_POSTGRES_URL")?;
         if let Some(password) = &settings.password {
@@ -88,9 +97,7 @@ impl PgStore {
             .create_timeout(Some(std::time::Duration::from_secs(10)))
             .build()
             .context("building the PostgreSQL pool")?;
-        let store = PgStore { pool, schema: settings.schema.clone(), recent_cap };
-        store.migrate(log).await?;
-        Ok(store)
+        Ok(PgStore { pool, schema: settings.schema.clone(), recent_cap })
     }
 
     fn sql(&self, template: &str) -> String {

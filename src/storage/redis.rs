@@ -13,7 +13,8 @@
 //! - `<prefix>:keys`: set of every token and pair seen;
 //! - `<prefix>:ready`: present once the live state is complete; its absence
 //!   (after a flush) makes consumers rebuild what they own;
-//! - channel `<prefix>:updates:{k}`: one message per checkpoint that changed `k`.
+//! - channel `<prefix>:updates:{k}`: one message per checkpoint that changed
+//!   `k`: `{"key": "token:ETH", "swaps": [...]}`, each swap in the wire form.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -93,14 +94,6 @@ struct CandleRecord {
     volume_usd: Amount,
     swaps: u64,
     buys: u64,
-}
-
-/// What one key's update message says.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UpdateMessage {
-    pub key: String,
-    /// Swap state changes of this checkpoint (wire form, with status).
-    pub swaps: Vec<serde_json::Value>,
 }
 
 #[derive(Clone)]
@@ -257,8 +250,8 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Publishes an [`UpdateMessage`] for `key` whose swaps are already
-    /// serialized (each swap is serialized once per checkpoint, whatever the
+    /// Publishes `{"key": "token:ETH", "swaps": [wire swaps with status]}`
+    /// for `key`; the swaps are already serialized (each swap is serialized once per checkpoint, whatever the
     /// number of keys it counts for).
     pub async fn publish(&self, key: &AggKey, swaps: &[Arc<str>]) -> anyhow::Result<()> {
         let mut payload = String::with_capacity(32 + swaps.iter().map(|s| s.len() + 1).sum::<usize>());
@@ -275,6 +268,17 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         redis::cmd("PUBLISH").arg(self.updates_channel(key)).arg(payload).query_async::<()>(&mut conn).await?;
         Ok(())
+    }
+
+    /// Whether `key` has live state.
+    pub async fn has_key(&self, key: &AggKey) -> anyhow::Result<bool> {
+        let mut conn = self.conn.clone();
+        let member: i64 = redis::cmd("SISMEMBER")
+            .arg(format!("{}:keys", self.prefix))
+            .arg(key.to_string())
+            .query_async(&mut conn)
+            .await?;
+        Ok(member == 1)
     }
 
     /// Every token and pair with live state.
