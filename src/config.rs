@@ -77,6 +77,20 @@ variables! {
     "SWAPSTREAM_RECENT_SWAPS", "100", "Recent confirmed swaps kept per token and pair (1 to 1000).";
     "SWAPSTREAM_AGGREGATOR_THREADS", "(cores)", "Threads the aggregator actors run on.";
     "SWAPSTREAM_HTTP_ADDR", "0.0.0.0:8080", "Address the HTTP server (REST, WebSocket, metrics) listens on.";
+    "SWAPSTREAM_HTTP_WORKERS", "(cores)", "HTTP worker threads.";
+    "SWAPSTREAM_HTTP_HEALTH_ADDR", "(empty)", "A second, plain-HTTP address serving only `/healthz`, `/readyz` and `/metrics` (for probes when the main address speaks TLS); empty: none.";
+    "SWAPSTREAM_HTTP_TLS_CERT", "(empty)", "PEM certificate chain; with `SWAPSTREAM_HTTP_TLS_KEY` the main address speaks HTTPS only (rustls, TLS 1.2 and 1.3).";
+    "SWAPSTREAM_HTTP_TLS_KEY", "(empty)", "PEM private key (PKCS#8, PKCS#1 or SEC1) of `SWAPSTREAM_HTTP_TLS_CERT`.";
+    "SWAPSTREAM_HTTP_MAX_BODY_BYTES", "16384", "Largest request body accepted; larger ones get 413 (the API reads no bodies).";
+    "SWAPSTREAM_HTTP_COMPRESSION", "true", "Compress responses (gzip, br, zstd) when the client accepts it.";
+    "SWAPSTREAM_HTTP_ACCESS_LOG", "true", "One log line per request: method, path, status, duration, request id.";
+    "SWAPSTREAM_HTTP_CACHE_MS", "250", "How long a computed stats answer is reused for the same token or pair (0 to 60000; 0 computes every request).";
+    "SWAPSTREAM_API_KEYS", "(empty)", "API keys, comma-separated. When this or `SWAPSTREAM_API_KEYS_FILE` gives any key, `/v1` needs `Authorization: Bearer <key>` or `X-API-Key: <key>` (WebSocket also `?api_key=`); health and metrics stay open. Secret.";
+    "SWAPSTREAM_API_KEYS_FILE", "(empty)", "File of API keys, one a line, `#` starts a comment; read at start.";
+    "SWAPSTREAM_CORS_ORIGINS", "(empty)", "Origins allowed to call the API from a browser, comma-separated (`https://app.example.com`), or `*` (refused while API keys are set). A request with any other `Origin` than these or its own gets 403.";
+    "SWAPSTREAM_RATE_LIMIT_PER_SEC", "100", "Requests per second per API key (per client IP when anonymous) on `/v1`; 0 turns rate limiting off.";
+    "SWAPSTREAM_RATE_LIMIT_BURST", "200", "Requests a client may make at once before the rate applies (1 to 1000000).";
+    "SWAPSTREAM_RATE_LIMIT_STORE", "local", "`local`: each process keeps its own buckets; `redis`: buckets live in Redis, so every replica shares one limit per client.";
     "SWAPSTREAM_PRODUCER_RATE", "1000", "Events per minute the producer sends, or `max` for as fast as the broker takes them.";
     "SWAPSTREAM_PRODUCER_TOKENS", "ETH,BTC,SOL,USDC,USDT,TON", "Token universe of the producer, at least two symbols.";
     "SWAPSTREAM_PRODUCER_ENCODING", "protobuf", "`protobuf` or `json`.";
@@ -191,6 +205,38 @@ pub struct ConsumerSettings {
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub addr: std::net::SocketAddr,
+    pub workers: usize,
+    pub health_addr: Option<std::net::SocketAddr>,
+    pub tls: Option<TlsFiles>,
+    pub max_body_bytes: usize,
+    pub compression: bool,
+    pub access_log: bool,
+    pub cache: Duration,
+    /// Empty: no authentication.
+    pub api_keys: Secret<Vec<String>>,
+    pub cors: CorsOrigins,
+    pub rate_limit: Option<RateLimit>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// Which browser origins may call the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    Any,
+    /// Exact origins (`scheme://host[:port]`); empty allows none but the API's own.
+    List(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+    pub shared: bool,
 }
 
 /// Events per minute, or as fast as possible.
@@ -388,9 +434,7 @@ impl Settings {
         };
         env.effective.entry("SWAPSTREAM_AGGREGATOR_THREADS").or_insert_with(|| consumer.aggregator_threads.to_string());
 
-        let http = HttpSettings {
-            addr: env.parse("SWAPSTREAM_HTTP_ADDR", "an address like 0.0.0.0:8080", |v| v.parse().ok()),
-        };
+        let http = http_settings(&mut env, cores);
 
         let producer = ProducerSettings {
             rate: env.parse("SWAPSTREAM_PRODUCER_RATE", "a positive number of events per minute, or \"max\"", |v| {
@@ -450,6 +494,106 @@ impl Settings {
     }
 }
 
+fn http_settings(env: &mut Env<'_>, cores: usize) -> HttpSettings {
+    let address = "an address like 0.0.0.0:8080";
+    let addr = env.parse("SWAPSTREAM_HTTP_ADDR", address, |v| v.parse().ok());
+    let workers = env.optional_number("SWAPSTREAM_HTTP_WORKERS").filter(|&n| n > 0).unwrap_or(cores);
+    env.effective.insert("SWAPSTREAM_HTTP_WORKERS", workers.to_string());
+    let health_addr = env.text("SWAPSTREAM_HTTP_HEALTH_ADDR").and_then(|text| {
+        let parsed = text.parse().ok();
+        if parsed.is_none() {
+            env.problem("SWAPSTREAM_HTTP_HEALTH_ADDR", address, &text);
+        }
+        env.effective.insert("SWAPSTREAM_HTTP_HEALTH_ADDR", text);
+        parsed
+    });
+    let tls = match (env.text("SWAPSTREAM_HTTP_TLS_CERT"), env.text("SWAPSTREAM_HTTP_TLS_KEY")) {
+        (Some(cert), Some(key)) => {
+            for (name, path) in [("SWAPSTREAM_HTTP_TLS_CERT", &cert), ("SWAPSTREAM_HTTP_TLS_KEY", &key)] {
+                if !std::path::Path::new(path).is_file() {
+                    env.problem(name, "a readable PEM file", path);
+                }
+                env.effective.insert(name, path.clone());
+            }
+            Some(TlsFiles { cert: cert.into(), key: key.into() })
+        }
+        (None, None) => None,
+        (cert, _) => {
+            let (missing, given) = if cert.is_some() {
+                ("SWAPSTREAM_HTTP_TLS_KEY", "SWAPSTREAM_HTTP_TLS_CERT")
+            } else {
+                ("SWAPSTREAM_HTTP_TLS_CERT", "SWAPSTREAM_HTTP_TLS_KEY")
+            };
+            env.problems.push(format!("{missing}: required when {given} is set"));
+            None
+        }
+    };
+    let max_body_bytes = env.number("SWAPSTREAM_HTTP_MAX_BODY_BYTES", 0, 64 << 20);
+    let compression = env.flag("SWAPSTREAM_HTTP_COMPRESSION");
+    let access_log = env.flag("SWAPSTREAM_HTTP_ACCESS_LOG");
+    let cache = Duration::from_millis(env.number("SWAPSTREAM_HTTP_CACHE_MS", 0, 60_000));
+
+    let mut keys: Vec<String> = env
+        .secret("SWAPSTREAM_API_KEYS")
+        .map(|keys| keys.expose().split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    if let Some(path) = env.text("SWAPSTREAM_API_KEYS_FILE") {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => keys.extend(
+                text.lines()
+                    .map(|line| line.split('#').next().unwrap_or_default().trim())
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned),
+            ),
+            Err(e) => env.problems.push(format!("SWAPSTREAM_API_KEYS_FILE: cannot read {path:?}: {e}")),
+        }
+        env.effective.insert("SWAPSTREAM_API_KEYS_FILE", path);
+    }
+    if keys.iter().any(|k| k.len() < 16) {
+        env.problems.push("SWAPSTREAM_API_KEYS: every key needs at least 16 characters".into());
+    }
+
+    let cors = env.parse("SWAPSTREAM_CORS_ORIGINS", "`*` or origins like https://app.example.com", |v| {
+        if v == "*" {
+            return Some(CorsOrigins::Any);
+        }
+        let origins: Vec<String> =
+            v.split(',').map(|o| o.trim().trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect();
+        let valid = |o: &String| {
+            o.split_once("://").is_some_and(|(scheme, host)| {
+                matches!(scheme, "http" | "https") && !host.is_empty() && !host.contains('/')
+            })
+        };
+        origins.iter().all(valid).then_some(CorsOrigins::List(origins))
+    });
+    if cors == CorsOrigins::Any && !keys.is_empty() {
+        env.problems.push("SWAPSTREAM_CORS_ORIGINS: `*` is refused while API keys are set; list the origins".into());
+    }
+
+    let per_second: u32 = env.number("SWAPSTREAM_RATE_LIMIT_PER_SEC", 0, 1_000_000);
+    let burst: u32 = env.number("SWAPSTREAM_RATE_LIMIT_BURST", 1, 1_000_000);
+    let shared = env.parse("SWAPSTREAM_RATE_LIMIT_STORE", "one of local, redis", |v| match v {
+        "local" => Some(false),
+        "redis" => Some(true),
+        _ => None,
+    });
+    let rate_limit = (per_second > 0).then_some(RateLimit { per_second, burst, shared });
+
+    HttpSettings {
+        addr,
+        workers,
+        health_addr,
+        tls,
+        max_body_bytes,
+        compression,
+        access_log,
+        cache,
+        api_keys: Secret(keys),
+        cors,
+        rate_limit,
+    }
+}
+
 /// Reads variables, records effective values and collects problems.
 struct Env<'a> {
     vars: &'a HashMap<String, String>,
@@ -504,6 +648,14 @@ impl Env<'_> {
                 None
             }
         }
+    }
+
+    fn flag(&mut self, name: &'static str) -> bool {
+        self.parse(name, "true or false", |v| match v {
+            "true" | "1" | "yes" | "on" => Some(true),
+            "false" | "0" | "no" | "off" => Some(false),
+            _ => None,
+        })
     }
 
     fn share(&mut self, name: &'static str) -> f64 {

@@ -134,9 +134,7 @@ async fn run(role: Role, settings: &Settings, log: &slog::Logger) -> anyhow::Res
         Role::Producer(_) => startup::run_producer(settings, log).await,
         Role::Consumer => startup::run_consumer(settings, log).await,
         Role::All(_) => startup::run_all(settings, log).await,
-        Role::Api => anyhow::bail!(
-            "the api role is not available yet: `producer`, `consumer`, `all` and `config` are built so far"
-        ),
+        Role::Api => startup::run_api(settings, log).await,
         Role::Config | Role::Healthcheck { .. } => unreachable!("handled before start"),
     }
 }

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub redis_rebuilds: IntCounter,
     pub http_requests: IntCounterVec,
     pub http_seconds: HistogramVec,
+    pub http_rejected: IntCounterVec,
+    pub rate_limit_fallbacks: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -124,6 +126,19 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "HTTP request latency by route",
             &["route"],
             vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+            r
+        )
+        .expect("metric"),
+        http_rejected: register_int_counter_vec_with_registry!(
+            "http_rejected_total",
+            "Requests refused before a handler ran, by reason: unauthorized, forbidden, origin_not_allowed, rate_limited, too_large",
+            &["reason"],
+            r
+        )
+        .expect("metric"),
+        rate_limit_fallbacks: register_int_counter_with_registry!(
+            "rate_limit_fallbacks_total",
+            "Rate-limit checks decided by local buckets because Redis did not answer",
             r
         )
         .expect("metric"),

@@ -1,6 +1,5 @@
 //! Building and running the roles.
 
-use std::net::TcpListener;
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use crate::actors::aggregator::Aggregators;
 use crate::actors::kafka_reader::poll::{self, PollSettings, ReaderContext};
 use crate::actors::kafka_reader::{CoreParts, Dlq, KafkaReader, KeyUpdate, Stop};
 use crate::config::Settings;
-use crate::http::{self, Probe, Readiness};
+use crate::http::{HttpParts, Live, Probe, Readiness, Servers};
 use crate::kafka::{client_config, set_default, LoggingContext};
 use crate::storage::postgres::PgStore;
 use crate::storage::redis::RedisStore;
@@ -38,6 +37,20 @@ pub async fn run_consumer(settings: &Settings, log: &Logger) -> anyhow::Result<(
         _ = consumer.reader_stopped() => anyhow::bail!("the Kafka reader stopped unexpectedly"),
     }
     consumer.stop(settings.consumer.shutdown_timeout).await;
+    Ok(())
+}
+
+/// The `api` role: REST over Redis and PostgreSQL, no Kafka; stateless, so
+/// replicas scale behind a load balancer.
+pub async fn run_api(settings: &Settings, log: &Logger) -> anyhow::Result<()> {
+    let pg = PgStore::connect(&settings.postgres, settings.consumer.recent_swaps, log).await?;
+    let redis = RedisStore::connect(&settings.redis, settings.consumer.recent_swaps).await?;
+    let readiness = Readiness { probes: dependency_probes(&pg, &redis, None) };
+    let live = Live::stores(redis, pg, settings.http.cache);
+    let servers = Servers::start(&settings.http, HttpParts { readiness, live: Some(live), extra: None }, log)?;
+    info!(log, "api started"; "http_port" => servers.port);
+    crate::shutdown::signal(log.clone()).await;
+    servers.stop().await;
     Ok(())
 }
 
@@ -98,7 +111,7 @@ pub struct Consumer {
     pub updates: broadcast::Sender<Arc<KeyUpdate>>,
     reader: Addr<KafkaReader>,
     reader_stopped: oneshot::Receiver<()>,
-    server: actix_web::dev::ServerHandle,
+    servers: Servers,
     poll_thread: std::thread::JoinHandle<()>,
     log: Logger,
 }
@@ -198,22 +211,19 @@ impl Consumer {
         };
         let reader = KafkaReader::new(parts, input_rx, stopped_tx).start();
 
-        let listener = TcpListener::bind(settings.http.addr)
-            .with_context(|| format!("binding SWAPSTREAM_HTTP_ADDR {}", settings.http.addr))?;
-        let http_port = listener.local_addr()?.port();
         let readiness = Readiness { probes: dependency_probes(&pg, &redis, Some(consumer)) };
-        let server = http::serve(listener, readiness, Some(redis.clone()), 2)?;
-        let server_handle = server.handle();
-        actix::spawn(server);
-        info!(log, "consumer started"; "http_port" => http_port, "subscription" => settings.kafka.topics.subscription(),
+        let live = Live::stores(redis.clone(), pg.clone(), settings.http.cache).with_actors(aggregators.clone());
+        let parts = HttpParts { readiness, live: Some(live), extra: None };
+        let servers = Servers::start(&settings.http, parts, log)?;
+        info!(log, "consumer started"; "http_port" => servers.port, "subscription" => settings.kafka.topics.subscription(),
             "group" => &settings.kafka.group_id);
         Ok(Consumer {
-            http_port,
+            http_port: servers.port,
             aggregators,
             updates,
             reader,
             reader_stopped: stopped_rx,
-            server: server_handle,
+            servers,
             poll_thread,
             log: log.clone(),
         })
@@ -226,7 +236,7 @@ impl Consumer {
         if tokio::time::timeout(timeout, self.reader_stopped).await.is_err() {
             warn!(self.log, "the reader did not stop in time");
         }
-        self.server.stop(true).await;
+        self.servers.stop().await;
         // The polling thread has left the group once the reader stopped.
         let _ = tokio::task::spawn_blocking(move || self.poll_thread.join()).await;
     }

@@ -7,7 +7,7 @@
 //! the last checkpoint (reloading all partials), so no half-applied batch
 //! survives. The other aggregators carry on.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, RwLock};
 
@@ -212,11 +212,40 @@ pub struct Aggregators {
     inner: Arc<RwLock<BTreeMap<AggKey, Addr<Aggregator>>>>,
     arbiters: Arc<Vec<ArbiterHandle>>,
     recent_cap: usize,
+    owned: Arc<RwLock<Owned>>,
+}
+
+/// The partitions whose partials the actors hold, and a generation that
+/// changes with every change of that set.
+#[derive(Debug, Clone, Default)]
+pub struct Owned {
+    pub generation: u64,
+    pub partitions: BTreeSet<Tp>,
 }
 
 impl Aggregators {
     pub fn new(arbiters: Vec<ArbiterHandle>, recent_cap: usize) -> Aggregators {
-        Aggregators { inner: Arc::default(), arbiters: Arc::new(arbiters), recent_cap }
+        Aggregators { inner: Arc::default(), arbiters: Arc::new(arbiters), recent_cap, owned: Arc::default() }
+    }
+
+    /// Records that the actors now hold these partitions' partials.
+    pub fn set_owned(&self, partitions: impl IntoIterator<Item = Tp>) {
+        let mut owned = self.owned.write().expect("owned lock");
+        owned.partitions = partitions.into_iter().collect();
+        owned.generation += 1;
+    }
+
+    /// Records that these partitions' partials are gone.
+    pub fn remove_owned(&self, partitions: &[Tp]) {
+        let mut owned = self.owned.write().expect("owned lock");
+        for tp in partitions {
+            owned.partitions.remove(tp);
+        }
+        owned.generation += 1;
+    }
+
+    pub fn owned(&self) -> Owned {
+        self.owned.read().expect("owned lock").clone()
     }
 
     pub fn get(&self, key: &AggKey) -> Option<Addr<Aggregator>> {

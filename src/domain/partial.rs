@@ -303,7 +303,7 @@ impl Partial {
 }
 
 /// A rolling window's figures.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Window {
     pub volume_usd: Amount,
     pub swaps: u64,

@@ -1,71 +1,162 @@
-//! HTTP: the route table and the server.
+//! HTTP: the route table, the middleware stack and the servers.
 
 pub mod error;
 pub mod health;
+pub mod live;
+pub mod middleware;
+pub mod openapi;
+pub mod rate_limit;
+pub mod tls;
 pub mod tokens;
 
 use std::net::TcpListener;
 
-use actix_web::dev::Server;
+use actix_cors::Cors;
+use actix_web::dev::ServerHandle;
+use actix_web::http::{header, Method};
+use actix_web::middleware::{from_fn, Compress, Condition};
 use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+use slog::{info, Logger};
 
 pub use health::{Probe, Readiness};
+pub use live::Live;
 
-use crate::storage::redis::RedisStore;
+use crate::config::HttpSettings;
+use middleware::Policy;
 
-/// The routes: health and metrics always, `/v1` when Redis is there.
-pub fn configure(readiness: Readiness, redis: Option<RedisStore>) -> impl Fn(&mut web::ServiceConfig) + Clone {
+/// Health, readiness and metrics: on the main address, and alone on the
+/// health address when one is configured.
+fn health_routes(readiness: Readiness) -> impl Fn(&mut web::ServiceConfig) + Clone {
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(web::Data::new(readiness.clone()))
             .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
             .route("/metrics", web::get().to(health::metrics));
-        if let Some(redis) = &redis {
-            cfg.app_data(web::Data::new(redis.clone()))
-                .app_data(
-                    web::QueryConfig::default()
-                        .error_handler(|e, _| error::ApiError::bad("query", e.to_string()).into()),
-                )
-                .app_data(
-                    web::PathConfig::default().error_handler(|e, _| error::ApiError::bad("path", e.to_string()).into()),
-                )
-                .configure(tokens::routes);
-        }
     }
 }
 
-/// Counts every request by route pattern and status, and times it.
-async fn record_metrics(
-    request: actix_web::dev::ServiceRequest,
-    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
-) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
-    let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-    let started = std::time::Instant::now();
-    let response = next.call(request).await;
-    let status = match &response {
-        Ok(response) => response.status().as_u16(),
-        Err(error) => error.as_response_error().status_code().as_u16(),
-    };
-    let metrics = &crate::metrics::METRICS;
-    metrics.http_requests.with_label_values(&[&route, &status.to_string()]).inc();
-    metrics.http_seconds.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
-    response
+/// The `/v1` routes over `live`.
+fn api_routes(live: Live) -> impl Fn(&mut web::ServiceConfig) + Clone {
+    move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(web::Data::new(live.clone()))
+            .app_data(
+                web::QueryConfig::default().error_handler(|e, _| error::ApiError::bad("query", e.to_string()).into()),
+            )
+            .app_data(
+                web::PathConfig::default().error_handler(|e, _| error::ApiError::bad("path", e.to_string()).into()),
+            )
+            .route("/v1/openapi.json", web::get().to(openapi::document))
+            .configure(tokens::routes);
+    }
 }
 
-/// Starts the HTTP server on an already bound listener (port 0 works).
-pub fn serve(
-    listener: TcpListener,
-    readiness: Readiness,
-    redis: Option<RedisStore>,
-    workers: usize,
-) -> std::io::Result<Server> {
-    let routes = configure(readiness, redis);
-    Ok(HttpServer::new(move || {
-        App::new().wrap(actix_web::middleware::from_fn(record_metrics)).configure(routes.clone())
-    })
-    .workers(workers)
-    .disable_signals()
-    .shutdown_timeout(5)
-    .listen(listener)?
-    .run())
+/// Browsers may read answers from allowed origins (and the API's own).
+fn cors(policy: &web::Data<Policy>) -> Cors {
+    let cors = policy.cors.clone();
+    Cors::default()
+        .allowed_origin_fn(move |origin, head| {
+            let host = head.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+            origin.to_str().is_ok_and(|origin| middleware::origin_allowed(origin, host, &cors))
+        })
+        .allowed_methods([Method::GET, Method::OPTIONS])
+        .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("x-api-key")])
+        .expose_headers([middleware::REQUEST_ID, header::RETRY_AFTER])
+        .max_age(600)
+}
+
+pub type ExtraRoutes = std::sync::Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+
+/// What the HTTP servers serve.
+pub struct HttpParts {
+    pub readiness: Readiness,
+    /// `None`: health endpoints only.
+    pub live: Option<Live>,
+    /// Extra routes of the caller (e.g. the WebSocket endpoint).
+    pub extra: Option<ExtraRoutes>,
+}
+
+/// The running servers.
+pub struct Servers {
+    pub port: u16,
+    pub health_port: Option<u16>,
+    handles: Vec<ServerHandle>,
+}
+
+impl Servers {
+    /// Binds the listeners (port 0 works) and starts serving on the actix
+    /// system of the caller.
+    pub fn start(settings: &HttpSettings, parts: HttpParts, log: &Logger) -> anyhow::Result<Servers> {
+        let limiter = settings
+            .rate_limit
+            .map(|limit| rate_limit::RateLimiter::new(limit, parts.live.as_ref().map(|live| live.redis().clone())));
+        let policy = web::Data::new(Policy::new(settings, limiter, log.clone()));
+        let health = health_routes(parts.readiness.clone());
+        let api = parts.live.clone().map(api_routes);
+        let extra = parts.extra.clone();
+        let compression = settings.compression;
+        let app_policy = policy.clone();
+        let server = HttpServer::new(move || {
+            let policy = app_policy.clone();
+            App::new()
+                .app_data(policy.clone())
+                .configure(health.clone())
+                .configure(|cfg| {
+                    if let Some(api) = &api {
+                        api(cfg);
+                    }
+                    if let Some(extra) = &extra {
+                        extra(cfg);
+                    }
+                })
+                .default_service(web::to(|| async {
+                    Err::<actix_web::HttpResponse, _>(error::ApiError::NotFound("no such route".into()))
+                }))
+                .wrap(Condition::new(compression, Compress::default()))
+                .wrap(from_fn(middleware::guard))
+                .wrap(cors(&policy))
+                .wrap(from_fn(middleware::refuse_origin))
+                .wrap(from_fn(middleware::observe))
+        })
+        .workers(settings.workers)
+        .disable_signals()
+        .shutdown_timeout(5);
+
+        let listener = TcpListener::bind(settings.addr)
+            .with_context(|| format!("binding SWAPSTREAM_HTTP_ADDR {}", settings.addr))?;
+        let port = listener.local_addr()?.port();
+        let server = match &settings.tls {
+            Some(files) => server.listen_rustls_0_23(listener, tls::server_config(files)?)?,
+            None => server.listen(listener)?,
+        }
+        .run();
+        let mut handles = vec![server.handle()];
+        actix::spawn(server);
+
+        let mut health_port = None;
+        if let Some(addr) = settings.health_addr {
+            let listener =
+                TcpListener::bind(addr).with_context(|| format!("binding SWAPSTREAM_HTTP_HEALTH_ADDR {addr}"))?;
+            health_port = Some(listener.local_addr()?.port());
+            let health = health_routes(parts.readiness);
+            let server = HttpServer::new(move || App::new().configure(health.clone()))
+                .workers(1)
+                .disable_signals()
+                .shutdown_timeout(1)
+                .listen(listener)?
+                .run();
+            handles.push(server.handle());
+            actix::spawn(server);
+        }
+        info!(log, "serving HTTP"; "port" => port, "tls" => settings.tls.is_some(), "health_port" => health_port,
+            "auth" => policy.auth_enabled(), "rate_limit" => format!("{:?}", settings.rate_limit));
+        Ok(Servers { port, health_port, handles })
+    }
+
+    /// Stops accepting, lets requests in flight finish (bounded), stops.
+    pub async fn stop(&self) {
+        for handle in &self.handles {
+            handle.stop(true).await;
+        }
+    }
 }

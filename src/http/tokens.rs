@@ -1,22 +1,24 @@
-//! `/v1/tokens...` and `/v1/pairs...`: live values merged over every Kafka
-//! partition from Redis, so the answer is complete whichever partitions this
-//! instance owns.
+//! `/v1/tokens...` and `/v1/pairs...`: parameters parsed and named in
+//! errors, answers from [`Live`], bodies typed so the OpenAPI document is
+//! generated from what is really served.
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
-use super::error::ApiError;
-use crate::domain::aggregate::Interval;
-use crate::domain::partial::{AggKey, Merged, WINDOWS};
-use crate::domain::{PairKey, TokenSymbol};
-use crate::storage::redis::RedisStore;
+use super::error::{ApiError, ErrorBody};
+use super::live::Live;
+use crate::domain::aggregate::{Candle, Interval, Totals};
+use crate::domain::partial::{AggKey, Merged, Window};
+use crate::domain::{Amount, PairKey, Price, TokenSymbol};
 
 /// Largest and default number of candles per answer.
 const MAX_CANDLES: usize = 1000;
 const DEFAULT_CANDLES: usize = 100;
 const MAX_SWAPS: usize = 1000;
+const DEFAULT_SWAPS: usize = 50;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/tokens", web::get().to(list_tokens))
@@ -36,73 +38,175 @@ fn pair_key(text: &str) -> Result<AggKey, ApiError> {
     PairKey::parse(text).map(AggKey::Pair).map_err(|e| ApiError::bad("pair", e.to_string()))
 }
 
-async fn known(redis: &RedisStore, key: &AggKey) -> Result<(), ApiError> {
-    if redis.has_key(key).await.map_err(ApiError::redis)? {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound(format!("no swaps seen for {key}")))
+/// The stats object of DESIGN.md "REST": for a token `token`, for a pair `pair`.
+#[derive(Serialize, ToSchema)]
+pub struct StatsBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "ETH")]
+    pub token: Option<TokenSymbol>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "ETH-USDC")]
+    pub pair: Option<PairKey>,
+    /// Last price: in USD for a token, in units of the second symbol for a pair.
+    pub price_usd: Option<Price>,
+    /// Swaps seen pending and not yet confirmed or failed.
+    pub pending: i64,
+    pub totals: Totals,
+    pub windows: Windows,
+    /// When these figures were computed (RFC 3339 UTC).
+    pub updated_at: String,
+}
+
+/// Rolling windows ending at `updated_at`.
+#[derive(Serialize, ToSchema)]
+pub struct Windows {
+    #[serde(rename = "5m")]
+    pub m5: Window,
+    #[serde(rename = "1h")]
+    pub h1: Window,
+    #[serde(rename = "6h")]
+    pub h6: Window,
+    #[serde(rename = "24h")]
+    pub h24: Window,
+}
+
+impl StatsBody {
+    pub fn new(key: &AggKey, merged: &Merged, now: DateTime<Utc>) -> StatsBody {
+        let (token, pair) = match key {
+            AggKey::Token(token) => (Some(token.clone()), None),
+            AggKey::Pair(pair) => (None, Some(pair.clone())),
+        };
+        StatsBody {
+            token,
+            pair,
+            price_usd: merged.price_usd(),
+            pending: merged.pending,
+            totals: merged.totals.to_totals(),
+            windows: Windows {
+                m5: merged.window(now, 300),
+                h1: merged.window(now, 3_600),
+                h6: merged.window(now, 21_600),
+                h24: merged.window(now, 86_400),
+            },
+            updated_at: crate::domain::swap::format_time(now),
+        }
     }
 }
 
-/// The stats object of DESIGN.md "REST".
+/// The stats object as JSON (for the WebSocket snapshots and frames).
 pub fn stats_json(key: &AggKey, merged: &Merged, now: DateTime<Utc>) -> Value {
-    let mut object = Map::new();
-    match key {
-        AggKey::Token(token) => object.insert("token".into(), json!(token)),
-        AggKey::Pair(pair) => object.insert("pair".into(), json!(pair)),
-    };
-    object.insert("price_usd".into(), json!(merged.price_usd()));
-    object.insert("pending".into(), json!(merged.pending));
-    object.insert("totals".into(), json!(merged.totals.to_totals()));
-    let windows: Map<String, Value> =
-        WINDOWS.iter().map(|(label, length)| ((*label).to_owned(), json!(merged.window(now, *length)))).collect();
-    object.insert("windows".into(), Value::Object(windows));
-    object.insert("updated_at".into(), json!(crate::domain::swap::format_time(now)));
-    Value::Object(object)
+    serde_json::to_value(StatsBody::new(key, merged, now)).expect("JSON")
 }
 
-async fn stats(redis: &RedisStore, key: AggKey) -> Result<Value, ApiError> {
-    let now = Utc::now();
-    let merged = redis.merged(&key, &[Interval::M1], now.timestamp() - 86_400 - 60).await.map_err(ApiError::redis)?;
-    Ok(stats_json(&key, &merged, now))
+fn json_response(body: web::Bytes) -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(body)
 }
 
-async fn token_stats(redis: web::Data<RedisStore>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let key = token_key(&path)?;
-    known(&redis, &key).await?;
-    Ok(HttpResponse::Ok().json(stats(&redis, key).await?))
+#[utoipa::path(get, path = "/v1/tokens/{token}/stats", tag = "tokens",
+    params(("token" = String, Path, description = "Token symbol, case-insensitive", example = "ETH")),
+    responses((status = 200, body = StatsBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn token_stats(live: web::Data<Live>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    Ok(json_response(live.stats(&token_key(&path)?).await?))
 }
 
-async fn pair_stats(redis: web::Data<RedisStore>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let key = pair_key(&path)?;
-    known(&redis, &key).await?;
-    Ok(HttpResponse::Ok().json(stats(&redis, key).await?))
+#[utoipa::path(get, path = "/v1/pairs/{pair}/stats", tag = "pairs",
+    params(("pair" = String, Path, description = "Two symbols joined by `-`, either order", example = "ETH-USDC")),
+    responses((status = 200, body = StatsBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn pair_stats(live: web::Data<Live>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    Ok(json_response(live.stats(&pair_key(&path)?).await?))
 }
 
-async fn list(redis: &RedisStore, tokens: bool) -> Result<Vec<Value>, ApiError> {
-    let keys = redis.keys().await.map_err(ApiError::redis)?;
-    let mut answers = Vec::new();
-    for key in keys.into_iter().filter(|k| matches!(k, AggKey::Token(_)) == tokens) {
-        answers.push(stats(redis, key).await?);
+/// `{"<field>": [stats, ...]}` from the rendered stats of every matching key.
+async fn list(live: &Live, field: &str, tokens: bool) -> Result<HttpResponse, ApiError> {
+    let mut body = format!("{{\"{field}\":[").into_bytes();
+    let keys = live.keys().await?;
+    for (i, key) in keys.iter().filter(|k| matches!(k, AggKey::Token(_)) == tokens).enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&live.stats(key).await?);
     }
-    Ok(answers)
+    body.extend_from_slice(b"]}");
+    Ok(json_response(body.into()))
 }
 
-async fn list_tokens(redis: web::Data<RedisStore>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(json!({"tokens": list(&redis, true).await?})))
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct TokensBody {
+    tokens: Vec<StatsBody>,
 }
 
-async fn list_pairs(redis: web::Data<RedisStore>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(json!({"pairs": list(&redis, false).await?})))
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PairsBody {
+    pairs: Vec<StatsBody>,
 }
 
-#[derive(Deserialize)]
-struct CandleQuery {
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens",
+    responses((status = 200, body = TokensBody), (status = 503, body = ErrorBody)))]
+pub async fn list_tokens(live: web::Data<Live>) -> Result<HttpResponse, ApiError> {
+    list(&live, "tokens", true).await
+}
+
+#[utoipa::path(get, path = "/v1/pairs", tag = "pairs",
+    responses((status = 200, body = PairsBody), (status = 503, body = ErrorBody)))]
+pub async fn list_pairs(live: web::Data<Live>) -> Result<HttpResponse, ApiError> {
+    list(&live, "pairs", false).await
+}
+
+/// Query of the candles endpoints. Values are parsed by hand so that a bad
+/// one is named in the error.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CandleQuery {
+    /// Bucket length.
+    #[param(value_type = Option<CandleInterval>)]
     interval: Option<String>,
+    /// Earliest bucket start: unix seconds or RFC 3339.
+    #[param(example = "2026-11-25T08:00:00Z")]
     from: Option<String>,
+    /// Latest bucket start: unix seconds or RFC 3339.
     to: Option<String>,
+    /// Newest this many buckets (1 to 1000, default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// Fill buckets without swaps with the previous close and zero volume.
+    #[param(value_type = Option<bool>)]
     include_empty: Option<String>,
+}
+
+/// The candle intervals, for the OpenAPI document.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum CandleInterval {
+    #[schema(rename = "1m")]
+    M1,
+    #[schema(rename = "5m")]
+    M5,
+    #[schema(rename = "15m")]
+    M15,
+    #[schema(rename = "1h")]
+    H1,
+    #[schema(rename = "4h")]
+    H4,
+    #[schema(rename = "1d")]
+    D1,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CandlesBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "ETH")]
+    token: Option<TokenSymbol>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "ETH-USDC")]
+    pair: Option<PairKey>,
+    #[schema(value_type = CandleInterval)]
+    interval: Interval,
+    /// Oldest first.
+    candles: Vec<Candle>,
 }
 
 /// Unix seconds or RFC 3339.
@@ -115,65 +219,62 @@ fn time_param(param: &'static str, text: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::bad(param, format!("expected unix seconds or an RFC 3339 time, got {text:?}")))
 }
 
-async fn candles(redis: &RedisStore, key: AggKey, query: CandleQuery) -> Result<Value, ApiError> {
+fn limit_param(text: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match text {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::bad("limit", format!("expected an integer from 1 to {max}, got {text:?}"))),
+    }
+}
+
+async fn candles(live: &Live, key: AggKey, query: CandleQuery) -> Result<HttpResponse, ApiError> {
     let interval = match query.interval.as_deref() {
         None => Interval::M1,
         Some(text) => Interval::parse(text).ok_or_else(|| {
             ApiError::bad("interval", format!("expected one of 1m, 5m, 15m, 1h, 4h, 1d, got {text:?}"))
         })?,
     };
-    let limit = match query.limit.as_deref() {
-        None => DEFAULT_CANDLES,
-        Some(text) => text.parse::<usize>().ok().filter(|n| (1..=MAX_CANDLES).contains(n)).ok_or_else(|| {
-            ApiError::bad("limit", format!("expected an integer from 1 to {MAX_CANDLES}, got {text:?}"))
-        })?,
-    };
+    let limit = limit_param(query.limit.as_deref(), DEFAULT_CANDLES, MAX_CANDLES)?;
     let include_empty = match query.include_empty.as_deref() {
         None | Some("false") | Some("0") => false,
         Some("true") | Some("1") => true,
         Some(text) => return Err(ApiError::bad("include_empty", format!("expected true or false, got {text:?}"))),
     };
     let to = query.to.as_deref().map(|t| time_param("to", t)).transpose()?.unwrap_or(i64::MAX);
-    let from = query.from.as_deref().map(|t| time_param("from", t)).transpose()?.unwrap_or(i64::MIN);
+    let from = query.from.as_deref().map(|t| time_param("from", t)).transpose()?.unwrap_or(0);
     if from > to {
         return Err(ApiError::bad("from", "must not be after `to`"));
     }
-    known(redis, &key).await?;
-    let merged = redis.merged(&key, &[interval], from.max(0)).await.map_err(ApiError::redis)?;
-    let mut list = merged.candles(interval, from, to, limit);
+    let mut list = live.candles(&key, interval, from, to, limit).await?;
     if include_empty {
         list = fill_gaps(list, interval, limit);
     }
-    let mut object = Map::new();
-    match &key {
-        AggKey::Token(token) => object.insert("token".into(), json!(token)),
-        AggKey::Pair(pair) => object.insert("pair".into(), json!(pair)),
+    let (token, pair) = match key {
+        AggKey::Token(token) => (Some(token), None),
+        AggKey::Pair(pair) => (None, Some(pair)),
     };
-    object.insert("interval".into(), json!(interval));
-    object.insert("candles".into(), json!(list));
-    Ok(Value::Object(object))
+    Ok(HttpResponse::Ok().json(CandlesBody { token, pair, interval, candles: list }))
 }
 
 /// Fills missing buckets with the previous close and zero volume, keeping
 /// the newest `limit`.
-fn fill_gaps(
-    list: Vec<crate::domain::aggregate::Candle>,
-    interval: Interval,
-    limit: usize,
-) -> Vec<crate::domain::aggregate::Candle> {
-    let mut filled: Vec<crate::domain::aggregate::Candle> = Vec::with_capacity(list.len());
+fn fill_gaps(list: Vec<Candle>, interval: Interval, limit: usize) -> Vec<Candle> {
+    let mut filled: Vec<Candle> = Vec::with_capacity(list.len());
     for candle in list {
         if let Some(previous) = filled.last().cloned() {
             let mut t = previous.t + interval.seconds();
             while t < candle.t {
                 let close = previous.close;
-                filled.push(crate::domain::aggregate::Candle {
+                filled.push(Candle {
                     t,
                     open: close,
                     high: close,
                     low: close,
                     close,
-                    volume_usd: crate::domain::Amount::ZERO,
+                    volume_usd: Amount::ZERO,
                     swaps: 0,
                 });
                 t += interval.seconds();
@@ -185,52 +286,86 @@ fn fill_gaps(
     filled.split_off(skip)
 }
 
-async fn token_candles(
-    redis: web::Data<RedisStore>,
+#[utoipa::path(get, path = "/v1/tokens/{token}/candles", tag = "tokens",
+    params(("token" = String, Path, description = "Token symbol, case-insensitive", example = "ETH"), CandleQuery),
+    responses((status = 200, body = CandlesBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn token_candles(
+    live: web::Data<Live>,
     path: web::Path<String>,
     query: web::Query<CandleQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = token_key(&path)?;
-    Ok(HttpResponse::Ok().json(candles(&redis, key, query.into_inner()).await?))
+    candles(&live, token_key(&path)?, query.into_inner()).await
 }
 
-async fn pair_candles(
-    redis: web::Data<RedisStore>,
+#[utoipa::path(get, path = "/v1/pairs/{pair}/candles", tag = "pairs",
+    params(("pair" = String, Path, description = "Two symbols joined by `-`, either order", example = "ETH-USDC"),
+        CandleQuery),
+    responses((status = 200, body = CandlesBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn pair_candles(
+    live: web::Data<Live>,
     path: web::Path<String>,
     query: web::Query<CandleQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = pair_key(&path)?;
-    Ok(HttpResponse::Ok().json(candles(&redis, key, query.into_inner()).await?))
+    candles(&live, pair_key(&path)?, query.into_inner()).await
 }
 
-#[derive(Deserialize)]
-struct SwapsQuery {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SwapsQuery {
+    /// Newest this many swaps (1 to 1000, default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
 }
 
-async fn token_swaps(
-    redis: web::Data<RedisStore>,
+/// A swap event in the JSON wire form (DESIGN.md "Swap event").
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SwapDoc {
+    #[schema(example = "0x5e1f...")]
+    tx_hash: String,
+    log_index: u32,
+    block_number: Option<u64>,
+    /// RFC 3339 UTC.
+    timestamp: String,
+    #[schema(example = "confirmed")]
+    status: String,
+    maker: Option<String>,
+    token_from: String,
+    token_to: String,
+    amount_from: Amount,
+    amount_to: Amount,
+    usd_value: Amount,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SwapsBody {
+    #[schema(value_type = String, example = "ETH")]
+    token: TokenSymbol,
+    /// Newest first.
+    #[schema(value_type = Vec<SwapDoc>)]
+    swaps: Vec<Value>,
+}
+
+#[utoipa::path(get, path = "/v1/tokens/{token}/swaps", tag = "tokens",
+    params(("token" = String, Path, description = "Token symbol, case-insensitive", example = "ETH"), SwapsQuery),
+    responses((status = 200, body = SwapsBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn token_swaps(
+    live: web::Data<Live>,
     path: web::Path<String>,
     query: web::Query<SwapsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = token_key(&path)?;
-    let limit = match query.limit.as_deref() {
-        None => 50,
-        Some(text) => text.parse::<usize>().ok().filter(|n| (1..=MAX_SWAPS).contains(n)).ok_or_else(|| {
-            ApiError::bad("limit", format!("expected an integer from 1 to {MAX_SWAPS}, got {text:?}"))
-        })?,
-    };
-    known(&redis, &key).await?;
-    let swaps = redis.recent(&key, limit).await.map_err(ApiError::redis)?;
-    let AggKey::Token(token) = key else { unreachable!("token route") };
-    Ok(HttpResponse::Ok().json(json!({"token": token, "swaps": swaps})))
+    let token = TokenSymbol::parse(&path).map_err(|e| ApiError::bad("token", e.to_string()))?;
+    let limit = limit_param(query.limit.as_deref(), DEFAULT_SWAPS, MAX_SWAPS)?;
+    let swaps = live.recent(&AggKey::Token(token.clone()), limit).await?;
+    Ok(HttpResponse::Ok().json(SwapsBody { token, swaps }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::aggregate::Candle;
-    use crate::domain::{Amount, Price};
 
     fn candle(t: i64, close: &str) -> Candle {
         let price = Price::parse(close).unwrap();

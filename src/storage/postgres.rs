@@ -2,7 +2,7 @@
 //! are written together, one transaction per checkpoint, so a partition's
 //! state and its resume offset never disagree.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
@@ -15,7 +15,7 @@ use crate::codec::{self, Encoding};
 use crate::config::PostgresSettings;
 use crate::domain::aggregate::Interval;
 use crate::domain::partial::{
-    memory_retention_secs, AggKey, CandlePartial, Partial, PartialDelta, PricePoint, TotalsPartial,
+    memory_retention_secs, AggKey, CandlePartial, Merged, Partial, PartialDelta, PricePoint, TotalsPartial,
 };
 use crate::domain::swap::EventOrder;
 use crate::domain::{Amount, Price, SwapEvent, TxHash};
@@ -321,19 +321,8 @@ impl PgStore {
             let key_text: &str = row.get(0);
             let key = AggKey::parse(key_text).with_context(|| format!("bad key {key_text:?} in partials"))?;
             let tp = Tp::new(row.get(1), row.get(2));
-            let last = match (row.get::<_, Option<&str>>(7), row.get::<_, Option<&[u8]>>(8)) {
-                (Some(price), Some(at)) => Some(PricePoint { price: parse_price(price)?, at: decode_order(at)? }),
-                _ => None,
-            };
-            let first_seen: Option<i64> = row.get(6);
-            let partial = TotalsPartial {
-                volume_usd: parse_amount(row.get(3))?,
-                swaps: row.get::<_, i64>(4) as u64,
-                buys: row.get::<_, i64>(5) as u64,
-                first_seen: first_seen.map(DateTime::from_timestamp_nanos),
-                last,
-            };
-            totals.insert((key, tp), (partial, row.get(9), Vec::new()));
+            let (partial, pending) = totals_from_row(&row, 3)?;
+            totals.insert((key, tp), (partial, pending, Vec::new()));
         }
         let rows = tx
             .query(
@@ -377,17 +366,7 @@ impl PgStore {
             let key = AggKey::parse(row.get(0)).context("bad key in candles")?;
             let tp = Tp::new(row.get(1), row.get(2));
             let interval = Interval::parse(row.get(3)).context("bad interval in candles")?;
-            let candle = CandlePartial {
-                t: row.get(4),
-                open: PricePoint { price: parse_price(row.get(5))?, at: decode_order(row.get(6))? },
-                close: PricePoint { price: parse_price(row.get(7))?, at: decode_order(row.get(8))? },
-                high: parse_price(row.get(9))?,
-                low: parse_price(row.get(10))?,
-                volume_usd: parse_amount(row.get(11))?,
-                swaps: row.get::<_, i64>(12) as u64,
-                buys: row.get::<_, i64>(13) as u64,
-            };
-            candles.entry((key, tp)).or_default().push((interval, candle));
+            candles.entry((key, tp)).or_default().push((interval, candle_from_row(&row, 4)?));
         }
         Ok(totals
             .into_iter()
@@ -590,6 +569,74 @@ impl PgStore {
         Ok(deleted)
     }
 
+    /// Candles of `key` and `interval` with `from <= t <= to`, merged over
+    /// every partition (the history behind Redis' retention).
+    pub async fn candles(
+        &self,
+        key: &AggKey,
+        interval: Interval,
+        from: i64,
+        to: i64,
+    ) -> anyhow::Result<BTreeMap<i64, CandlePartial>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &self.sql(
+                    "SELECT t, open::text, open_at, close::text, close_at, high::text, low::text, volume_usd::text,
+                            swaps, buys
+                     FROM {schema}.candles WHERE agg_key = $1 AND interval = $2 AND t BETWEEN $3 AND $4",
+                ),
+                &[&key.to_string(), &interval.as_str(), &from, &to],
+            )
+            .await
+            .context("reading candles")?;
+        let mut merged: BTreeMap<i64, CandlePartial> = BTreeMap::new();
+        for row in rows {
+            let candle = candle_from_row(&row, 0)?;
+            merged.entry(candle.t).and_modify(|c| c.merge(&candle)).or_insert(candle);
+        }
+        Ok(merged)
+    }
+
+    /// The merged totals and pending gauge of `key` over every partition,
+    /// or `None` when no partition has seen it.
+    pub async fn merged(&self, key: &AggKey) -> anyhow::Result<Option<Merged>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &self.sql(
+                    "SELECT volume_usd::text, swaps, buys, first_seen_ns, last_price::text, last_at, pending
+                     FROM {schema}.partials WHERE agg_key = $1",
+                ),
+                &[&key.to_string()],
+            )
+            .await
+            .context("reading partials")?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut merged = Merged::default();
+        for row in rows {
+            let (totals, pending) = totals_from_row(&row, 0)?;
+            merged.totals.merge(&totals);
+            merged.pending += pending;
+        }
+        Ok(Some(merged))
+    }
+
+    /// Every partition any instance has claimed.
+    pub async fn partitions(&self) -> anyhow::Result<BTreeSet<Tp>> {
+        let rows = self
+            .client()
+            .await?
+            .query(&self.sql("SELECT topic, partition FROM {schema}.offsets"), &[])
+            .await
+            .context("reading partitions")?;
+        Ok(rows.iter().map(|row| Tp::new(row.get(0), row.get(1))).collect())
+    }
+
     /// Answers whether PostgreSQL is reachable, for readiness.
     pub async fn ping(&self) -> anyhow::Result<()> {
         self.client().await?.simple_query("SELECT 1").await?;
@@ -638,6 +685,39 @@ impl<'a> CandleColumns<'a> {
         self.swaps.push(c.swaps as i64);
         self.buys.push(c.buys as i64);
     }
+}
+
+/// A candle from the columns `t, open, open_at, close, close_at, high, low,
+/// volume_usd, swaps, buys` starting at `first`.
+fn candle_from_row(row: &tokio_postgres::Row, first: usize) -> anyhow::Result<CandlePartial> {
+    Ok(CandlePartial {
+        t: row.get(first),
+        open: PricePoint { price: parse_price(row.get(first + 1))?, at: decode_order(row.get(first + 2))? },
+        close: PricePoint { price: parse_price(row.get(first + 3))?, at: decode_order(row.get(first + 4))? },
+        high: parse_price(row.get(first + 5))?,
+        low: parse_price(row.get(first + 6))?,
+        volume_usd: parse_amount(row.get(first + 7))?,
+        swaps: row.get::<_, i64>(first + 8) as u64,
+        buys: row.get::<_, i64>(first + 9) as u64,
+    })
+}
+
+/// Totals and pending gauge from the columns `volume_usd, swaps, buys,
+/// first_seen_ns, last_price, last_at, pending` starting at `first`.
+fn totals_from_row(row: &tokio_postgres::Row, first: usize) -> anyhow::Result<(TotalsPartial, i64)> {
+    let last = match (row.get::<_, Option<&str>>(first + 4), row.get::<_, Option<&[u8]>>(first + 5)) {
+        (Some(price), Some(at)) => Some(PricePoint { price: parse_price(price)?, at: decode_order(at)? }),
+        _ => None,
+    };
+    let first_seen: Option<i64> = row.get(first + 3);
+    let totals = TotalsPartial {
+        volume_usd: parse_amount(row.get(first))?,
+        swaps: row.get::<_, i64>(first + 1) as u64,
+        buys: row.get::<_, i64>(first + 2) as u64,
+        first_seen: first_seen.map(DateTime::from_timestamp_nanos),
+        last,
+    };
+    Ok((totals, row.get(first + 6)))
 }
 
 fn parse_amount(text: &str) -> anyhow::Result<Amount> {

@@ -17,7 +17,8 @@
 //!   `k`: `{"key": "token:ETH", "swaps": [...]}`, each swap in the wire form.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -355,6 +356,35 @@ impl RedisStore {
             .query_async(&mut conn)
             .await?;
         members.iter().map(|m| serde_json::from_str(m).context("bad swap in Redis")).collect()
+    }
+
+    /// Takes one token from `client`'s bucket (GCRA: one token per
+    /// `interval`, at most `burst` at once), shared by every process using
+    /// this Redis. `None` when taken, else how long until one is free. The
+    /// script reads Redis' own clock, so replicas' clocks do not matter.
+    pub async fn take_token(&self, client: &str, interval: Duration, burst: u32) -> anyhow::Result<Option<Duration>> {
+        static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
+            redis::Script::new(
+                r"local t = redis.call('TIME')
+                  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+                  local interval = tonumber(ARGV[1])
+                  local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+                  if tat < now then tat = now end
+                  local next_tat = tat + interval
+                  local wait = next_tat - tonumber(ARGV[2]) * interval - now
+                  if wait > 0 then return wait end
+                  redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1)
+                  return 0",
+            )
+        });
+        let mut conn = self.conn.clone();
+        let wait_us: i64 = SCRIPT
+            .key(format!("{}:ratelimit:{{{client}}}", self.prefix))
+            .arg(interval.as_micros().max(1) as i64)
+            .arg(burst)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((wait_us > 0).then(|| Duration::from_micros(wait_us as u64)))
     }
 
     /// Deletes every key under this store's prefix (tests only).

@@ -221,6 +221,7 @@ impl Core {
                 self.forget(all).await;
                 let mut restores = Vec::new();
                 let mut writes: Vec<(AggKey, Tp, Partial)> = Vec::new();
+                let partitions: Vec<Tp> = claimed.iter().map(|c| c.tp.clone()).collect();
                 for c in claimed {
                     let mut state = PartitionState::new(self.settings.lateness, self.settings.max_future);
                     state.restore(c.watermark, c.seen);
@@ -236,6 +237,7 @@ impl Core {
                         error!(self.log, "cannot restore an aggregator"; "error" => %e);
                     }
                 }
+                self.aggregators.set_owned(partitions);
                 self.write_full(&writes).await;
             }
             Input::Batch { generation, records } => {
@@ -265,6 +267,7 @@ impl Core {
         for tp in &tps {
             self.slots.remove(tp);
         }
+        self.aggregators.remove_owned(&tps);
         let sends = self.aggregators.all().into_iter().map(|(_, addr)| addr.send(Forget(tps.clone())));
         join_all(sends).await;
     }
@@ -272,6 +275,9 @@ impl Core {
     fn rewind(&mut self, why: &str) {
         warn!(self.log, "rewinding every partition to its checkpoint"; "why" => why);
         self.rewinding = true;
+        // Until the partials are reloaded the actors' answers are incomplete.
+        let all: Vec<Tp> = self.slots.keys().cloned().collect();
+        self.aggregators.remove_owned(&all);
         let _ = self.control.send(Control::Rewind);
     }
 

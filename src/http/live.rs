@@ -1,0 +1,258 @@
+//! Where REST answers come from. Live values: from this process' aggregator
+//! actors while they hold every partition (one instance, or role `all`),
+//! otherwise from Redis, merged over all partitions; PostgreSQL for what
+//! Redis lacks (a key not yet rebuilt after a flush) and for candles older
+//! than the live retention. Both live sources go through the same merge and
+//! the same rendering, so they give the same JSON for the same state.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::web::Bytes;
+use chrono::Utc;
+
+use super::error::ApiError;
+use crate::actors::aggregator::{Aggregators, Query};
+use crate::domain::aggregate::{Candle, Interval};
+use crate::domain::partial::{memory_retention_secs, AggKey, Merged};
+use crate::storage::postgres::PgStore;
+use crate::storage::redis::RedisStore;
+use crate::stream::Tp;
+
+/// How long the list of every claimed partition is trusted when the
+/// actors' ownership has not changed.
+const PARTITIONS_TTL: Duration = Duration::from_secs(5);
+
+/// Stats need the 1m candles of the longest window and one more minute.
+const STATS_SINCE_SECS: i64 = 86_400 + 60;
+
+#[derive(Clone)]
+pub struct Live {
+    redis: RedisStore,
+    pg: PgStore,
+    actors: Option<Actors>,
+    cache: Arc<StatsCache>,
+}
+
+/// This process' aggregators, and what it knows of every partition.
+#[derive(Clone)]
+struct Actors {
+    aggregators: Aggregators,
+    partitions: Arc<Mutex<Option<ClaimedPartitions>>>,
+}
+
+/// Every claimed partition, as read at an ownership generation and time.
+struct ClaimedPartitions {
+    generation: u64,
+    read_at: Instant,
+    all: BTreeSet<Tp>,
+}
+
+/// Which source answered, for tests and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Actors,
+    Redis,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Actors => "actors",
+            Source::Redis => "redis",
+        }
+    }
+}
+
+/// Rendered stats bodies reused for a short time.
+struct StatsCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<AggKey, (Instant, Bytes)>>,
+}
+
+impl Live {
+    /// Redis and PostgreSQL only (role `api`).
+    pub fn stores(redis: RedisStore, pg: PgStore, cache_ttl: Duration) -> Live {
+        Live { redis, pg, actors: None, cache: Arc::new(StatsCache { ttl: cache_ttl, entries: Mutex::default() }) }
+    }
+
+    /// Also this process' aggregator actors (roles `consumer` and `all`).
+    pub fn with_actors(self, aggregators: Aggregators) -> Live {
+        Live { actors: Some(Actors { aggregators, partitions: Arc::default() }), ..self }
+    }
+
+    pub fn redis(&self) -> &RedisStore {
+        &self.redis
+    }
+
+    /// The actors when they hold every partition any instance has claimed.
+    async fn complete_actors(&self) -> Option<&Aggregators> {
+        let actors = self.actors.as_ref()?;
+        let owned = actors.aggregators.owned();
+        if owned.partitions.is_empty() {
+            return None;
+        }
+        let cached = {
+            let guard = actors.partitions.lock().expect("partitions lock");
+            guard
+                .as_ref()
+                .filter(|c| c.generation == owned.generation && c.read_at.elapsed() < PARTITIONS_TTL)
+                .map(|c| c.all.is_subset(&owned.partitions))
+        };
+        let complete = match cached {
+            Some(complete) => complete,
+            None => {
+                // Claims are written before the actors get their partials,
+                // so the list read now covers every owner of this generation.
+                let all = self.pg.partitions().await.ok()?;
+                let complete = all.is_subset(&owned.partitions);
+                *actors.partitions.lock().expect("partitions lock") =
+                    Some(ClaimedPartitions { generation: owned.generation, read_at: Instant::now(), all });
+                complete
+            }
+        };
+        complete.then_some(&actors.aggregators)
+    }
+
+    /// Which source answers now.
+    pub async fn source(&self) -> Source {
+        if self.complete_actors().await.is_some() {
+            Source::Actors
+        } else {
+            Source::Redis
+        }
+    }
+
+    /// Every token and pair seen.
+    pub async fn keys(&self) -> Result<Vec<AggKey>, ApiError> {
+        if let Some(aggregators) = self.complete_actors().await {
+            return Ok(aggregators.all().into_iter().map(|(key, _)| key).collect());
+        }
+        self.redis.keys().await.map_err(ApiError::redis)
+    }
+
+    /// The merged live state of `key` with candles of `intervals` from
+    /// `since` on; `NotFound` when no swap of it was seen.
+    pub async fn merged(&self, key: &AggKey, intervals: &[Interval], since: i64) -> Result<Merged, ApiError> {
+        if let Some(aggregators) = self.complete_actors().await {
+            let addr = aggregators.get(key).ok_or_else(|| not_found(key))?;
+            let query = Query { intervals: intervals.to_vec(), since, recent: 0 };
+            let (merged, _) = addr
+                .send(query)
+                .await
+                .map_err(|e| ApiError::Unavailable { dependency: "aggregator", detail: e.to_string() })?;
+            return Ok(merged);
+        }
+        if self.redis.has_key(key).await.map_err(ApiError::redis)? {
+            return self.redis.merged(key, intervals, since).await.map_err(ApiError::redis);
+        }
+        // Not in Redis (never seen, or Redis is being rebuilt): PostgreSQL.
+        let mut merged = self.pg.merged(key).await.map_err(ApiError::postgres)?.ok_or_else(|| not_found(key))?;
+        let now = Utc::now().timestamp();
+        for &interval in intervals {
+            let candles = self.pg.candles(key, interval, since, now).await.map_err(ApiError::postgres)?;
+            merged.candles.insert(interval, candles);
+        }
+        Ok(merged)
+    }
+
+    /// The stats object of `key`, rendered; reused for the cache time.
+    pub async fn stats(&self, key: &AggKey) -> Result<Bytes, ApiError> {
+        if let Some(body) = self.cache.get(key) {
+            return Ok(body);
+        }
+        let now = Utc::now();
+        let merged = self.merged(key, &[Interval::M1], now.timestamp() - STATS_SINCE_SECS).await?;
+        let body = Bytes::from(serde_json::to_vec(&super::tokens::StatsBody::new(key, &merged, now)).expect("JSON"));
+        self.cache.put(key, &body);
+        Ok(body)
+    }
+
+    /// Candles of `interval` with `from <= t <= to`, the newest `limit`,
+    /// oldest first: live ones within the live retention, PostgreSQL's before.
+    pub async fn candles(
+        &self,
+        key: &AggKey,
+        interval: Interval,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> Result<Vec<Candle>, ApiError> {
+        let now = Utc::now().timestamp();
+        // Buckets from `edge` on are live in every source; older ones only
+        // in PostgreSQL.
+        let edge = (now - memory_retention_secs(interval)).div_euclid(interval.seconds()) * interval.seconds()
+            + interval.seconds();
+        let merged = self.merged(key, &[interval], from.max(edge)).await?;
+        let mut candles = merged.candles(interval, from.max(edge), to, limit);
+        if from < edge && candles.len() < limit {
+            let older = self.pg.candles(key, interval, from, to.min(edge - 1)).await.map_err(ApiError::postgres)?;
+            let wanted = limit - candles.len();
+            let skip = older.len().saturating_sub(wanted);
+            let mut all: Vec<Candle> = older.values().skip(skip).map(|c| c.to_candle()).collect();
+            all.append(&mut candles);
+            candles = all;
+        }
+        Ok(candles)
+    }
+
+    /// The most recent confirmed swaps of `key`, newest first, wire form.
+    pub async fn recent(&self, key: &AggKey, limit: usize) -> Result<Vec<serde_json::Value>, ApiError> {
+        if let Some(aggregators) = self.complete_actors().await {
+            let addr = aggregators.get(key).ok_or_else(|| not_found(key))?;
+            let query = Query { intervals: Vec::new(), since: i64::MAX, recent: limit };
+            let (_, swaps) = addr
+                .send(query)
+                .await
+                .map_err(|e| ApiError::Unavailable { dependency: "aggregator", detail: e.to_string() })?;
+            return Ok(swaps.iter().map(|s| serde_json::to_value(s.to_wire()).expect("JSON")).collect());
+        }
+        if !self.redis.has_key(key).await.map_err(ApiError::redis)? {
+            self.pg.merged(key).await.map_err(ApiError::postgres)?.ok_or_else(|| not_found(key))?;
+        }
+        // Redis orders by millisecond only: take a few more and order ties
+        // as the actors do (time, block, log index, hash), newest first.
+        let mut swaps = self.redis.recent(key, limit + 16).await.map_err(ApiError::redis)?;
+        swaps.sort_by_cached_key(|s| std::cmp::Reverse(wire_order(s)));
+        swaps.truncate(limit);
+        Ok(swaps)
+    }
+}
+
+/// A wire swap's event order: the same as `SwapEvent::order_key`.
+fn wire_order(swap: &serde_json::Value) -> (i64, u64, u64, String) {
+    let text = |name: &str| swap.get(name).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let number = |name: &str| swap.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
+    let time = chrono::DateTime::parse_from_rfc3339(&text("timestamp"))
+        .ok()
+        .and_then(|t| t.timestamp_nanos_opt())
+        .unwrap_or(i64::MIN);
+    (time, number("block_number"), number("log_index"), text("tx_hash"))
+}
+
+fn not_found(key: &AggKey) -> ApiError {
+    ApiError::NotFound(format!("no swaps seen for {key}"))
+}
+
+impl StatsCache {
+    fn get(&self, key: &AggKey) -> Option<Bytes> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.entries.lock().expect("stats cache lock");
+        entries.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, body)| body.clone())
+    }
+
+    fn put(&self, key: &AggKey, body: &Bytes) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().expect("stats cache lock");
+        if entries.len() > 10_000 {
+            let ttl = self.ttl;
+            entries.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        entries.insert(key.clone(), (Instant::now(), body.clone()));
+    }
+}

@@ -1,0 +1,237 @@
+//! The request pipeline around every handler, outermost first:
+//! 1. [`observe`]: request id (accepted or made), access log line, metrics;
+//! 2. [`refuse_origin`]: 403 for a browser `Origin` that is neither the API's
+//!    own nor allowed (CORS headers for allowed ones come from actix-cors,
+//!    with the same rule, [`origin_allowed`]);
+//! 3. [`guard`] on `/v1`: body size, API key, rate limit.
+//!
+//! Each is off when its settings say so (no keys: no authentication; rate 0:
+//! no limit; empty origin list: only same-origin browser calls).
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage, ResponseError};
+use rand::Rng;
+use slog::{info, o, warn, Logger};
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use super::rate_limit::{key_client, RateLimiter};
+use crate::config::{CorsOrigins, HttpSettings};
+use crate::metrics::METRICS;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// What the middlewares need, shared by every worker.
+pub struct Policy {
+    pub log: Logger,
+    pub access_log: bool,
+    keys: Vec<Vec<u8>>,
+    pub cors: CorsOrigins,
+    limiter: Option<RateLimiter>,
+    max_body_bytes: usize,
+}
+
+impl Policy {
+    pub fn new(settings: &HttpSettings, limiter: Option<RateLimiter>, log: Logger) -> Policy {
+        Policy {
+            log,
+            access_log: settings.access_log,
+            keys: settings.api_keys.expose().iter().map(|k| k.as_bytes().to_vec()).collect(),
+            cors: settings.cors.clone(),
+            limiter,
+            max_body_bytes: settings.max_body_bytes,
+        }
+    }
+
+    pub fn auth_enabled(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Compares with every key in constant time, so timing tells nothing of
+    /// how much of a key matched or which one.
+    fn known_key(&self, presented: &[u8]) -> bool {
+        self.keys.iter().fold(false, |found, key| found | bool::from(key.as_slice().ct_eq(presented)))
+    }
+}
+
+/// The request's logger (with its request id), for handlers that log.
+#[derive(Clone)]
+pub struct RequestLog(pub Logger);
+
+/// A caller's request id when it is short and plain, else a new one.
+fn request_id(request: &ServiceRequest) -> String {
+    request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{:016x}", rand::thread_rng().gen::<u64>()))
+}
+
+pub async fn observe(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let policy = request.app_data::<web::Data<Policy>>().cloned();
+    let id = request_id(&request);
+    let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let (method, path) = (request.method().to_string(), request.path().to_owned());
+    let peer = request.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    if let Some(policy) = &policy {
+        request.extensions_mut().insert(RequestLog(policy.log.new(o!("request_id" => id.clone()))));
+    }
+    let result = next.call(request).await;
+    let (status, error) = match &result {
+        Ok(response) => (response.status(), response.response().error().map(|e| e.to_string())),
+        Err(e) => (e.as_response_error().status_code(), Some(e.to_string())),
+    };
+    let elapsed = started.elapsed();
+    METRICS.http_requests.with_label_values(&[&route, status.as_str()]).inc();
+    METRICS.http_seconds.with_label_values(&[&route]).observe(elapsed.as_secs_f64());
+    if let Some(policy) = policy.filter(|p| p.access_log || status.is_server_error()) {
+        let log = policy.log.new(o!("request_id" => id.clone()));
+        let micros = elapsed.as_micros() as u64;
+        if status.is_server_error() {
+            warn!(log, "request"; "method" => method, "path" => path, "status" => status.as_u16(),
+                "micros" => micros, "peer" => peer, "error" => error);
+        } else {
+            info!(log, "request"; "method" => method, "path" => path, "status" => status.as_u16(),
+                "micros" => micros, "peer" => peer);
+        }
+    }
+    result.map(|mut response| {
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
+        response
+    })
+}
+
+/// Same origin (the `Origin`'s host and port are the request's `Host`), or
+/// allowed by configuration.
+pub fn origin_allowed(origin: &str, host: Option<&str>, cors: &CorsOrigins) -> bool {
+    let authority = origin.split_once("://").map(|(_, rest)| rest);
+    if authority.is_some() && authority == host {
+        return true;
+    }
+    match cors {
+        CorsOrigins::Any => true,
+        CorsOrigins::List(origins) => origins.iter().any(|allowed| allowed == origin),
+    }
+}
+
+fn refused(request: ServiceRequest, error: ApiError, reason: &'static str) -> ServiceResponse {
+    METRICS.http_rejected.with_label_values(&[reason]).inc();
+    let response = error.error_response();
+    request.into_response(response)
+}
+
+pub async fn refuse_origin(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if let (Some(policy), Some(origin)) =
+        (request.app_data::<web::Data<Policy>>(), request.headers().get(header::ORIGIN))
+    {
+        let origin = origin.to_str().unwrap_or("(not text)");
+        let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        if !origin_allowed(origin, host, &policy.cors) {
+            let error = ApiError::OriginNotAllowed(origin.to_owned());
+            return Ok(refused(request, error, "origin_not_allowed").map_into_right_body());
+        }
+    }
+    next.call(request).await.map(ServiceResponse::map_into_left_body)
+}
+
+/// The API key a request presents: `Authorization: Bearer`, `X-API-Key`, or
+/// (WebSocket upgrades only, as browsers cannot set headers there) the
+/// `api_key` query parameter.
+fn presented_key(request: &ServiceRequest) -> Option<String> {
+    let headers = request.headers();
+    if let Some(bearer) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+    {
+        return Some(bearer.trim().to_owned());
+    }
+    if let Some(key) = headers.get(&API_KEY).and_then(|v| v.to_str().ok()) {
+        return Some(key.trim().to_owned());
+    }
+    if request.path() == "/v1/ws" {
+        return web::Query::<std::collections::HashMap<String, String>>::from_query(request.query_string())
+            .ok()
+            .and_then(|query| query.get("api_key").cloned());
+    }
+    None
+}
+
+pub async fn guard(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let Some(policy) = request.app_data::<web::Data<Policy>>().cloned() else {
+        return next.call(request).await.map(ServiceResponse::map_into_left_body);
+    };
+    if !request.path().starts_with("/v1/") && request.path() != "/v1" {
+        return next.call(request).await.map(ServiceResponse::map_into_left_body);
+    }
+    let length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    if length > policy.max_body_bytes {
+        let error = ApiError::TooLarge(policy.max_body_bytes);
+        return Ok(refused(request, error, "too_large").map_into_right_body());
+    }
+    let key = presented_key(&request);
+    if policy.auth_enabled() {
+        match &key {
+            None => return Ok(refused(request, ApiError::Unauthorized, "unauthorized").map_into_right_body()),
+            Some(key) if !policy.known_key(key.as_bytes()) => {
+                return Ok(refused(request, ApiError::BadKey, "forbidden").map_into_right_body());
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(limiter) = &policy.limiter {
+        // A key counts only once it is known to be valid; otherwise the IP.
+        let client = match key.filter(|_| policy.auth_enabled()) {
+            Some(key) => key_client(&key),
+            None => format!("ip:{}", request.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default()),
+        };
+        if let Err(wait) = limiter.check(&client).await {
+            return Ok(refused(request, ApiError::RateLimited(wait), "rate_limited").map_into_right_body());
+        }
+    }
+    next.call(request).await.map(ServiceResponse::map_into_left_body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_origin_is_always_allowed_and_others_only_when_listed() {
+        let none = CorsOrigins::List(Vec::new());
+        assert!(origin_allowed("http://api.example:8080", Some("api.example:8080"), &none));
+        assert!(!origin_allowed("http://evil.example", Some("api.example:8080"), &none));
+        assert!(!origin_allowed("null", Some("api.example:8080"), &none));
+        let listed = CorsOrigins::List(vec!["https://app.example".into()]);
+        assert!(origin_allowed("https://app.example", Some("api.example"), &listed));
+        assert!(!origin_allowed("https://app.example.evil", Some("api.example"), &listed));
+        assert!(origin_allowed("https://anything", None, &CorsOrigins::Any));
+    }
+}
