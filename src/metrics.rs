@@ -27,6 +27,7 @@ pub struct Metrics {
     pub http_seconds: HistogramVec,
     pub http_rejected: IntCounterVec,
     pub rate_limit_fallbacks: IntCounter,
+    pub rest_reads: IntCounterVec,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -139,6 +140,13 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         rate_limit_fallbacks: register_int_counter_with_registry!(
             "rate_limit_fallbacks_total",
             "Rate-limit checks decided by local buckets because Redis did not answer",
+            r
+        )
+        .expect("metric"),
+        rest_reads: register_int_counter_vec_with_registry!(
+            "rest_reads_total",
+            "Reads behind REST answers, by source: actors, redis, postgres",
+            &["source"],
             r
         )
         .expect("metric"),

@@ -356,7 +356,7 @@ impl Merged {
     /// Candles of `interval` with `from <= t <= to`, oldest first, at most
     /// `limit` of the newest such.
     pub fn candles(&self, interval: Interval, from: i64, to: i64, limit: usize) -> Vec<Candle> {
-        let Some(candles) = self.candles.get(&interval) else { return Vec::new() };
+        let Some(candles) = self.candles.get(&interval).filter(|_| from <= to) else { return Vec::new() };
         let selected: Vec<Candle> = candles.range(from..=to).rev().take(limit).map(|(_, c)| c.to_candle()).collect();
         selected.into_iter().rev().collect()
     }

@@ -16,6 +16,7 @@ use super::error::ApiError;
 use crate::actors::aggregator::{Aggregators, Query};
 use crate::domain::aggregate::{Candle, Interval};
 use crate::domain::partial::{memory_retention_secs, AggKey, Merged};
+use crate::metrics::METRICS;
 use crate::storage::postgres::PgStore;
 use crate::storage::redis::RedisStore;
 use crate::stream::Tp;
@@ -47,22 +48,6 @@ struct ClaimedPartitions {
     generation: u64,
     read_at: Instant,
     all: BTreeSet<Tp>,
-}
-
-/// Which source answered, for tests and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Actors,
-    Redis,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Actors => "actors",
-            Source::Redis => "redis",
-        }
-    }
 }
 
 /// Rendered stats bodies reused for a short time.
@@ -115,27 +100,23 @@ impl Live {
         complete.then_some(&actors.aggregators)
     }
 
-    /// Which source answers now.
-    pub async fn source(&self) -> Source {
-        if self.complete_actors().await.is_some() {
-            Source::Actors
-        } else {
-            Source::Redis
-        }
-    }
-
-    /// Every token and pair seen.
+    /// Every token and pair seen, in order.
     pub async fn keys(&self) -> Result<Vec<AggKey>, ApiError> {
         if let Some(aggregators) = self.complete_actors().await {
+            read_from("actors");
             return Ok(aggregators.all().into_iter().map(|(key, _)| key).collect());
         }
-        self.redis.keys().await.map_err(ApiError::redis)
+        read_from("redis");
+        let mut keys = self.redis.keys().await.map_err(ApiError::redis)?;
+        keys.sort();
+        Ok(keys)
     }
 
     /// The merged live state of `key` with candles of `intervals` from
     /// `since` on; `NotFound` when no swap of it was seen.
     pub async fn merged(&self, key: &AggKey, intervals: &[Interval], since: i64) -> Result<Merged, ApiError> {
         if let Some(aggregators) = self.complete_actors().await {
+            read_from("actors");
             let addr = aggregators.get(key).ok_or_else(|| not_found(key))?;
             let query = Query { intervals: intervals.to_vec(), since, recent: 0 };
             let (merged, _) = addr
@@ -145,9 +126,11 @@ impl Live {
             return Ok(merged);
         }
         if self.redis.has_key(key).await.map_err(ApiError::redis)? {
+            read_from("redis");
             return self.redis.merged(key, intervals, since).await.map_err(ApiError::redis);
         }
         // Not in Redis (never seen, or Redis is being rebuilt): PostgreSQL.
+        read_from("postgres");
         let mut merged = self.pg.merged(key).await.map_err(ApiError::postgres)?.ok_or_else(|| not_found(key))?;
         let now = Utc::now().timestamp();
         for &interval in intervals {
@@ -185,6 +168,7 @@ impl Live {
         let edge = (now - memory_retention_secs(interval)).div_euclid(interval.seconds()) * interval.seconds()
             + interval.seconds();
         let merged = self.merged(key, &[interval], from.max(edge)).await?;
+        // Empty when the whole range is older than the edge.
         let mut candles = merged.candles(interval, from.max(edge), to, limit);
         if from < edge && candles.len() < limit {
             let older = self.pg.candles(key, interval, from, to.min(edge - 1)).await.map_err(ApiError::postgres)?;
@@ -200,6 +184,7 @@ impl Live {
     /// The most recent confirmed swaps of `key`, newest first, wire form.
     pub async fn recent(&self, key: &AggKey, limit: usize) -> Result<Vec<serde_json::Value>, ApiError> {
         if let Some(aggregators) = self.complete_actors().await {
+            read_from("actors");
             let addr = aggregators.get(key).ok_or_else(|| not_found(key))?;
             let query = Query { intervals: Vec::new(), since: i64::MAX, recent: limit };
             let (_, swaps) = addr
@@ -211,24 +196,13 @@ impl Live {
         if !self.redis.has_key(key).await.map_err(ApiError::redis)? {
             self.pg.merged(key).await.map_err(ApiError::postgres)?.ok_or_else(|| not_found(key))?;
         }
-        // Redis orders by millisecond only: take a few more and order ties
-        // as the actors do (time, block, log index, hash), newest first.
-        let mut swaps = self.redis.recent(key, limit + 16).await.map_err(ApiError::redis)?;
-        swaps.sort_by_cached_key(|s| std::cmp::Reverse(wire_order(s)));
-        swaps.truncate(limit);
-        Ok(swaps)
+        read_from("redis");
+        self.redis.recent(key, limit).await.map_err(ApiError::redis)
     }
 }
 
-/// A wire swap's event order: the same as `SwapEvent::order_key`.
-fn wire_order(swap: &serde_json::Value) -> (i64, u64, u64, String) {
-    let text = |name: &str| swap.get(name).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-    let number = |name: &str| swap.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
-    let time = chrono::DateTime::parse_from_rfc3339(&text("timestamp"))
-        .ok()
-        .and_then(|t| t.timestamp_nanos_opt())
-        .unwrap_or(i64::MIN);
-    (time, number("block_number"), number("log_index"), text("tx_hash"))
+fn read_from(source: &str) {
+    METRICS.rest_reads.with_label_values(&[source]).inc();
 }
 
 fn not_found(key: &AggKey) -> ApiError {

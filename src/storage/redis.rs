@@ -345,17 +345,39 @@ impl RedisStore {
         Ok(Merged::of(partials.values()))
     }
 
-    /// The most recent confirmed swaps of `key`, newest first (wire JSON).
+    /// The most recent confirmed swaps of `key`, newest first (wire JSON),
+    /// in the full event order (time, block, log index, hash). Scores are
+    /// milliseconds, so swaps tied with the last one taken are fetched too
+    /// and the order decided here.
     pub async fn recent(&self, key: &AggKey, limit: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let mut conn = self.conn.clone();
-        let members: Vec<String> = redis::cmd("ZRANGE")
-            .arg(self.key(key, "recent"))
+        let zset = self.key(key, "recent");
+        let mut members: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(&zset)
             .arg(0)
-            .arg(limit.saturating_sub(1) as i64)
+            .arg(limit as i64 - 1)
             .arg("REV")
+            .arg("WITHSCORES")
             .query_async(&mut conn)
             .await?;
-        members.iter().map(|m| serde_json::from_str(m).context("bad swap in Redis")).collect()
+        if let Some(&(_, edge)) = members.last().filter(|_| members.len() == limit) {
+            let ties: Vec<String> =
+                redis::cmd("ZRANGE").arg(&zset).arg(edge).arg(edge).arg("BYSCORE").query_async(&mut conn).await?;
+            members.extend(ties.into_iter().map(|m| (m, edge)));
+        }
+        let mut swaps: Vec<serde_json::Value> = members
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect::<std::collections::BTreeSet<String>>()
+            .iter()
+            .map(|m| serde_json::from_str(m).context("bad swap in Redis"))
+            .collect::<anyhow::Result<_>>()?;
+        swaps.sort_by_cached_key(|s| std::cmp::Reverse(wire_order(s)));
+        swaps.truncate(limit);
+        Ok(swaps)
     }
 
     /// Takes one token from `client`'s bucket (GCRA: one token per
@@ -399,6 +421,15 @@ impl RedisStore {
 }
 
 /// Length of the period one candle hash of `interval` covers.
+/// A wire swap's place in the event order, as `SwapEvent::order_key`.
+fn wire_order(swap: &serde_json::Value) -> (i64, u64, u64, String) {
+    let text = |name: &str| swap.get(name).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let number = |name: &str| swap.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
+    let time =
+        DateTime::parse_from_rfc3339(&text("timestamp")).ok().and_then(|t| t.timestamp_nanos_opt()).unwrap_or(i64::MIN);
+    (time, number("block_number"), number("log_index"), text("tx_hash"))
+}
+
 fn period_secs(interval: Interval) -> i64 {
     match interval {
         Interval::M1 | Interval::M5 | Interval::M15 => 86_400,

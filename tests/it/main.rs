@@ -7,4 +7,5 @@ mod cli;
 mod consumer;
 mod helpers;
 mod producer;
+mod rest;
 mod supervision;

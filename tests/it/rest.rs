@@ -1,0 +1,605 @@
+//! The REST API as separate processes against the real stack: the `consumer`
+//! (answers from its aggregator actors) and the `api` role (answers from
+//! Redis and PostgreSQL) give the same JSON, matching the producer's ground
+//! truth; every error status; auth, rate limits (also shared by two
+//! replicas), CORS, TLS, request ids; the OpenAPI document; random requests.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use crate::helpers::{
+    self, delivered, eventually, http, logged_number, logged_port, require_broker, wait_checkpointed, Answer, Child,
+    Names,
+};
+
+const TOKENS: &str = "ETH,BTC,USDC";
+const KEY_A: &str = "key-aaaaaaaaaaaaaaaa";
+const KEY_B: &str = "key-bbbbbbbbbbbbbbbb";
+
+/// Variables of an `api` process on a random port over `names`' state.
+fn api_vars(names: &Names, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut vars = vec![
+        ("SWAPSTREAM_POSTGRES_SCHEMA", names.schema.clone()),
+        ("SWAPSTREAM_REDIS_KEY_PREFIX", names.redis_prefix.clone()),
+        ("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+        ("SWAPSTREAM_HTTP_CACHE_MS", "0".to_owned()),
+        ("SWAPSTREAM_LOG_FORMAT", "json".to_owned()),
+        ("SWAPSTREAM_RECENT_SWAPS", "1000".to_owned()),
+    ];
+    for (name, value) in extra {
+        vars.retain(|(n, _)| n != name);
+        vars.push((name, (*value).to_owned()));
+    }
+    vars
+}
+
+async fn start_api(name: &str, vars: &[(&'static str, String)]) -> (Child, u16) {
+    let api = Child::spawn(name, &["api"], vars);
+    let port = logged_port(&api).await;
+    (api, port)
+}
+
+async fn get(port: u16, path: &str) -> Answer {
+    http(port, "GET", path, &[]).await
+}
+
+/// The answer without the `updated_at` times, which name the moment of asking.
+fn without_times(mut value: Value) -> Value {
+    match &mut value {
+        Value::Object(map) => {
+            map.remove("updated_at");
+            for v in map.values_mut() {
+                *v = without_times(v.take());
+            }
+        }
+        Value::Array(items) => {
+            for v in items.iter_mut() {
+                *v = without_times(v.take());
+            }
+        }
+        _ => {}
+    }
+    value
+}
+
+fn metric(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Validates `instance` against the schema `name` of the OpenAPI document.
+fn assert_schema(document: &Value, name: &str, instance: &Value) {
+    let schema = json!({
+        "$ref": format!("#/components/schemas/{name}"),
+        "components": document["components"],
+    });
+    let validator = jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("schema {name}: {e}"));
+    let errors: Vec<String> =
+        validator.iter_errors(instance).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "{name} does not match its OpenAPI schema: {errors:?}\n{instance}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consumer_and_api_give_the_same_json_and_it_matches_the_ground_truth() {
+    let brokers = require_broker();
+    let names = Names::new("it-rest");
+    let stream = [
+        ("SWAPSTREAM_PRODUCER_TOKENS", TOKENS.to_owned()),
+        ("SWAPSTREAM_PRODUCER_RATE", "max".to_owned()),
+        ("SWAPSTREAM_PRODUCER_CONFIRM_DELAY_MS", "100".to_owned()),
+        ("SWAPSTREAM_PRODUCER_FAILED_SHARE", "0.1".to_owned()),
+        ("SWAPSTREAM_KAFKA_PARTITIONS", "2".to_owned()),
+    ];
+    let truth = helpers::produce(&brokers, &names, 150, &stream).await;
+    let mut consumer_vars = names.vars(&brokers);
+    consumer_vars.extend(api_vars(&names, &[]));
+    let mut consumer = Child::spawn(&format!("{}consumer", names.topic_prefix), &["consumer"], &consumer_vars);
+    wait_checkpointed(&names, delivered(&truth), Duration::from_secs(90)).await;
+    let consumer_port = logged_port(&consumer).await;
+    let (mut api, api_port) = start_api(&format!("{}api", names.topic_prefix), &api_vars(&names, &[])).await;
+
+    // Same JSON from both roles, for every endpoint.
+    let paths = [
+        "/v1/tokens",
+        "/v1/pairs",
+        "/v1/tokens/ETH/stats",
+        "/v1/tokens/eth/candles?interval=1m&limit=1000",
+        "/v1/tokens/ETH/candles?interval=5m&include_empty=true",
+        "/v1/tokens/BTC/candles?interval=1d",
+        "/v1/tokens/ETH/swaps?limit=1000",
+        "/v1/pairs/usdc-eth/stats",
+        "/v1/pairs/ETH-USDC/candles?interval=15m",
+    ];
+    for path in paths {
+        let (from_actors, from_stores) = (get(consumer_port, path).await, get(api_port, path).await);
+        assert_eq!((from_actors.status, from_stores.status), (200, 200), "{path}");
+        assert_eq!(without_times(from_actors.json()), without_times(from_stores.json()), "{path}");
+    }
+    let consumer_metrics = String::from_utf8(get(consumer_port, "/metrics").await.body).unwrap();
+    assert!(metric(&consumer_metrics, "swapstream_rest_reads_total{source=\"actors\"}") >= paths.len() as f64);
+    assert_eq!(metric(&consumer_metrics, "swapstream_rest_reads_total{source=\"redis\"}"), 0.0);
+    let api_metrics = String::from_utf8(get(api_port, "/metrics").await.body).unwrap();
+    assert!(metric(&api_metrics, "swapstream_rest_reads_total{source=\"redis\"}") >= paths.len() as f64);
+
+    // The values are the ground truth's.
+    let expected = &truth.expected;
+    let stats = get(api_port, "/v1/tokens/ETH/stats").await.json();
+    assert_eq!(stats["token"], "ETH");
+    assert_eq!(stats["totals"], expected["tokens"]["ETH"]["totals"]);
+    assert_eq!(stats["price_usd"], expected["tokens"]["ETH"]["price_usd"]);
+    let candles = get(api_port, "/v1/tokens/ETH/candles?interval=1m&limit=1000").await.json();
+    assert_eq!(candles["candles"], expected["tokens"]["ETH"]["candles"]["1m"]);
+    let pair = get(api_port, "/v1/pairs/USDC-ETH/stats").await.json();
+    assert_eq!((&pair["pair"], &pair["totals"]), (&json!("ETH-USDC"), &expected["pairs"]["ETH-USDC"]["totals"]));
+    let tokens = get(api_port, "/v1/tokens").await.json();
+    let listed: BTreeSet<&str> =
+        tokens["tokens"].as_array().unwrap().iter().map(|t| t["token"].as_str().unwrap()).collect();
+    assert_eq!(listed, TOKENS.split(',').collect());
+
+    let swaps = get(api_port, "/v1/tokens/ETH/swaps?limit=1000").await.json();
+    let served: Vec<&Value> = swaps["swaps"].as_array().unwrap().iter().collect();
+    let confirmed_eth: BTreeSet<String> = truth
+        .events
+        .iter()
+        .filter(|e| e.result == "ok" && e.event["status"] == "confirmed")
+        .filter(|e| e.event["token_from"] == "ETH" || e.event["token_to"] == "ETH")
+        .map(|e| format!("{}:{}", e.event["tx_hash"], e.event["log_index"]))
+        .collect();
+    let served_ids: BTreeSet<String> = served.iter().map(|s| format!("{}:{}", s["tx_hash"], s["log_index"])).collect();
+    assert_eq!(served_ids, confirmed_eth, "recent swaps are every confirmed ETH swap, once");
+    let times: Vec<chrono::DateTime<chrono::FixedOffset>> = served
+        .iter()
+        .map(|s| chrono::DateTime::parse_from_rfc3339(s["timestamp"].as_str().unwrap()).unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first");
+    let five = get(api_port, "/v1/tokens/ETH/swaps?limit=5").await.json();
+    assert_eq!(five["swaps"].as_array().unwrap()[..], swaps["swaps"].as_array().unwrap()[..5]);
+
+    // Candles older than the live retention come from PostgreSQL, in both roles.
+    let old = (chrono::Utc::now().timestamp() - 3 * 86_400).div_euclid(60) * 60;
+    let pg = helpers::pg().await;
+    let at = chrono::DateTime::from_timestamp(old, 0).unwrap();
+    let hash = swapstream::domain::swap::TxHash::parse(&format!("0x{}", "ab".repeat(32))).unwrap();
+    let order = swapstream::storage::postgres::encode_order(&(at, 1, 0, hash));
+    pg.execute(
+        &format!(
+            "INSERT INTO {}.candles (agg_key, interval, t, topic, partition, open, open_at, close, close_at, high, low,
+                volume_usd, swaps, buys) VALUES ('token:ETH', '1m', $1, 'old', 0, 10, $2, 12, $2, 13, 9, 100.5, 3, 1)",
+            names.schema
+        ),
+        &[&old, &order],
+    )
+    .await
+    .unwrap();
+    let path = format!("/v1/tokens/ETH/candles?interval=1m&from={old}&to={}", old + 60);
+    for port in [consumer_port, api_port] {
+        let history = get(port, &path).await.json();
+        assert_eq!(history["candles"].as_array().map(Vec::len), Some(1), "history from port {port}: {history}");
+        assert_eq!(
+            history["candles"],
+            json!([{"t": old, "open": "10", "high": "13", "low": "9", "close": "12", "volume_usd": "100.5", "swaps": 3}]),
+            "history from port {port}"
+        );
+    }
+
+    // What Redis lacks, the api reads from PostgreSQL.
+    let redis = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let prefix = &names.redis_prefix;
+    let _: () = redis::pipe()
+        .del(format!("{prefix}:{{token:BTC}}:partials"))
+        .srem(format!("{prefix}:keys"), "token:BTC")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let btc = get(api_port, "/v1/tokens/BTC/stats").await;
+    assert_eq!(btc.status, 200);
+    assert_eq!(btc.json()["totals"], expected["tokens"]["BTC"]["totals"]);
+    let api_metrics = String::from_utf8(get(api_port, "/metrics").await.body).unwrap();
+    assert!(metric(&api_metrics, "swapstream_rest_reads_total{source=\"postgres\"}") >= 1.0);
+
+    // The OpenAPI document describes what is served.
+    let document = get(api_port, "/v1/openapi.json").await.json();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    let documented: BTreeSet<&str> = document["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+    let served_routes: BTreeSet<&str> = [
+        "/v1/tokens",
+        "/v1/tokens/{token}/stats",
+        "/v1/tokens/{token}/candles",
+        "/v1/tokens/{token}/swaps",
+        "/v1/pairs",
+        "/v1/pairs/{pair}/stats",
+        "/v1/pairs/{pair}/candles",
+    ]
+    .into();
+    assert_eq!(documented, served_routes);
+    assert_schema(&document, "StatsBody", &stats);
+    assert_schema(&document, "StatsBody", &pair);
+    assert_schema(&document, "CandlesBody", &candles);
+    assert_schema(&document, "SwapsBody", &swaps);
+    assert_schema(&document, "TokensBody", &tokens);
+    assert_schema(&document, "ErrorBody", &get(api_port, "/v1/tokens/ETH/candles?limit=0").await.json());
+    let broken = json!({"token": "ETH", "interval": "1m", "candles": [{"t": "yesterday"}]});
+    let validator = jsonschema::validator_for(&json!({
+        "$ref": "#/components/schemas/CandlesBody", "components": document["components"]
+    }))
+    .unwrap();
+    assert!(!validator.is_valid(&broken), "the schema must be able to fail");
+
+    assert!(api.terminate(Duration::from_secs(10)).await.success());
+    assert!(consumer.terminate(Duration::from_secs(30)).await.success());
+}
+
+/// A Redis server of this test's own, to stop under a running api.
+struct OwnRedis {
+    child: tokio::process::Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    async fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server (scripts/services installs it)");
+        eventually("own redis up", Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        OwnRedis { child, port }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_error_has_its_status_and_a_json_body_and_a_lost_store_is_503() {
+    let names = Names::new("it-rest-errors");
+    let mut redis = OwnRedis::start().await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let (mut api, port) =
+        start_api(&format!("{}api", names.topic_prefix), &api_vars(&names, &[("SWAPSTREAM_REDIS_URL", &url)])).await;
+
+    let expect = |answer: Answer, status: u16, code: &str, param: Option<&str>| {
+        assert_eq!(answer.status, status, "{answer:?}");
+        assert_eq!(answer.header("content-type"), Some("application/json"));
+        let body = answer.json();
+        assert_eq!(body["error"]["code"], code, "{body}");
+        if let Some(param) = param {
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.starts_with(&format!("{param}:")), "{param}: {message}");
+        }
+    };
+    // No authentication configured: open.
+    assert_eq!(get(port, "/v1/tokens").await.json(), json!({"tokens": []}));
+    expect(get(port, "/v1/tokens/ETH/stats").await, 404, "not_found", None);
+    expect(get(port, "/v1/pairs/ETH-USDC/candles").await, 404, "not_found", None);
+    expect(get(port, "/v1/nothing/here").await, 404, "not_found", None);
+    for (path, param) in [
+        ("/v1/tokens/E%20TH/stats", "token"),
+        ("/v1/tokens/THIS-IS-FAR-TOO-LONG-A-SYMBOL/swaps", "token"),
+        ("/v1/pairs/ETH-ETH/stats", "pair"),
+        ("/v1/pairs/ETH/candles", "pair"),
+        ("/v1/tokens/ETH/candles?interval=2h", "interval"),
+        ("/v1/tokens/ETH/candles?limit=0", "limit"),
+        ("/v1/tokens/ETH/candles?limit=1001", "limit"),
+        ("/v1/tokens/ETH/candles?limit=ten", "limit"),
+        ("/v1/tokens/ETH/candles?from=yesterday", "from"),
+        ("/v1/tokens/ETH/candles?to=2026-13-01T00:00:00Z", "to"),
+        ("/v1/tokens/ETH/candles?from=2000&to=1000", "from"),
+        ("/v1/tokens/ETH/candles?include_empty=maybe", "include_empty"),
+        ("/v1/tokens/ETH/swaps?limit=-1", "limit"),
+    ] {
+        expect(get(port, path).await, 400, "bad_parameter", Some(param));
+    }
+    let huge = http(port, "GET", "/v1/tokens", &[("Content-Length", "1000000")]).await;
+    expect(huge, 413, "too_large", None);
+
+    // The store goes away: 503 naming it, never a hang or a 500.
+    redis.child.kill().await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), get(port, "/v1/tokens/ETH/stats")).await.unwrap();
+    expect(answer, 503, "unavailable", None);
+    let ready = get(port, "/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert!(ready.json()["checks"]["redis"].as_str().unwrap().starts_with("unreachable"), "{:?}", ready.json());
+    assert_eq!(get(port, "/healthz").await.status, 200);
+    assert!(api.terminate(Duration::from_secs(10)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_rate_limits_origins_request_ids_and_compression() {
+    let names = Names::new("it-rest-guard");
+    let keys = format!("{KEY_A},{KEY_B}");
+    let vars = api_vars(
+        &names,
+        &[
+            ("SWAPSTREAM_API_KEYS", &keys),
+            ("SWAPSTREAM_RATE_LIMIT_PER_SEC", "1"),
+            ("SWAPSTREAM_RATE_LIMIT_BURST", "3"),
+            ("SWAPSTREAM_CORS_ORIGINS", "https://app.example"),
+        ],
+    );
+    let (mut api, port) = start_api(&format!("{}api", names.topic_prefix), &vars).await;
+    let bearer_a = format!("Bearer {KEY_A}");
+
+    // Health stays open; /v1 needs a known key, in either header.
+    assert_eq!(get(port, "/healthz").await.status, 200);
+    assert_eq!(get(port, "/metrics").await.status, 200);
+    let missing = get(port, "/v1/tokens").await;
+    assert_eq!((missing.status, missing.header("www-authenticate")), (401, Some("Bearer")));
+    assert_eq!(missing.json()["error"]["code"], "unauthorized");
+    let wrong = http(port, "GET", "/v1/tokens", &[("Authorization", "Bearer key-cccccccccccccccc")]).await;
+    assert_eq!((wrong.status, &wrong.json()["error"]["code"]), (403, &json!("forbidden")));
+    let wrong = http(port, "GET", "/v1/tokens", &[("X-API-Key", "key-aaaaaaaaaaaaaaa")]).await;
+    assert_eq!(wrong.status, 403, "a prefix of a key is not a key");
+    assert_eq!(http(port, "GET", "/v1/tokens", &[("Authorization", &bearer_a)]).await.status, 200);
+
+    // Key A's bucket: burst 3, one is spent.
+    for _ in 0..2 {
+        assert_eq!(http(port, "GET", "/v1/tokens", &[("Authorization", &bearer_a)]).await.status, 200);
+    }
+    let limited = http(port, "GET", "/v1/tokens", &[("Authorization", &bearer_a)]).await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(limited.json()["error"]["code"], "rate_limited");
+    let retry: u64 = limited.header("retry-after").expect("Retry-After").parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+
+    // Key B has its own bucket. CORS: the listed origin and the API's own.
+    let with_origin = |origin: String| {
+        let key = KEY_B;
+        async move { http(port, "GET", "/v1/tokens", &[("X-API-Key", key), ("Origin", &origin)]).await }
+    };
+    let allowed = with_origin("https://app.example".into()).await;
+    assert_eq!(allowed.status, 200);
+    assert_eq!(allowed.header("access-control-allow-origin"), Some("https://app.example"));
+    let denied = with_origin("https://evil.example".into()).await;
+    assert_eq!((denied.status, &denied.json()["error"]["code"]), (403, &json!("origin_not_allowed")));
+    assert_eq!(denied.header("access-control-allow-origin"), None);
+    assert_eq!(with_origin(format!("http://127.0.0.1:{port}")).await.status, 200);
+    let preflight = http(
+        port,
+        "OPTIONS",
+        "/v1/tokens",
+        &[
+            ("Origin", "https://app.example"),
+            ("Access-Control-Request-Method", "GET"),
+            ("Access-Control-Request-Headers", "x-api-key"),
+        ],
+    )
+    .await;
+    assert_eq!(preflight.status, 200, "{preflight:?}");
+    assert_eq!(preflight.header("access-control-allow-origin"), Some("https://app.example"));
+
+    // Request ids: a caller's is echoed and logged; otherwise one is made.
+    let traced = http(port, "GET", "/healthz", &[("X-Request-Id", "trace-42")]).await;
+    assert_eq!(traced.header("x-request-id"), Some("trace-42"));
+    let made = get(port, "/healthz").await;
+    let made_id = made.header("x-request-id").expect("a request id");
+    assert!(made_id.len() == 16 && made_id.chars().all(|c| c.is_ascii_hexdigit()), "{made_id}");
+    let hostile = http(port, "GET", "/healthz", &[("X-Request-Id", "no spaces or {braces}")]).await;
+    assert_ne!(hostile.header("x-request-id"), Some("no spaces or {braces}"));
+    eventually("the access log line with the request id", Duration::from_secs(5), || {
+        let log = api.log_text();
+        async move { log.lines().any(|l| l.contains("\"request_id\":\"trace-42\"") && l.contains("\"status\":200")) }
+    })
+    .await;
+    assert!(!api.log_text().contains(KEY_A), "keys never reach the log");
+
+    // Compression when asked for.
+    let document = http(port, "GET", "/v1/openapi.json", &[("X-API-Key", KEY_B), ("Accept-Encoding", "gzip")]).await;
+    assert_eq!((document.status, document.header("content-encoding")), (200, Some("gzip")));
+
+    let metrics = String::from_utf8(get(port, "/metrics").await.body).unwrap();
+    for reason in ["unauthorized", "forbidden", "rate_limited", "origin_not_allowed"] {
+        let line = format!("swapstream_http_rejected_total{{reason=\"{reason}\"}}");
+        assert!(metric(&metrics, &line) >= 1.0, "{line} missing");
+    }
+    assert!(api.terminate(Duration::from_secs(10)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_share_one_rate_limit_through_redis() {
+    let names = Names::new("it-rest-shared");
+    let shared = [
+        ("SWAPSTREAM_RATE_LIMIT_PER_SEC", "1"),
+        ("SWAPSTREAM_RATE_LIMIT_BURST", "4"),
+        ("SWAPSTREAM_RATE_LIMIT_STORE", "redis"),
+    ];
+    let (mut one, port_one) = start_api(&format!("{}one", names.topic_prefix), &api_vars(&names, &shared)).await;
+    let (mut two, port_two) = start_api(&format!("{}two", names.topic_prefix), &api_vars(&names, &shared)).await;
+    let mut allowed = [0, 0];
+    let mut limited = [0, 0];
+    for i in 0..12 {
+        let answer = get([port_one, port_two][i % 2], "/v1/tokens").await;
+        match answer.status {
+            200 => allowed[i % 2] += 1,
+            429 => {
+                limited[i % 2] += 1;
+                assert!(answer.header("retry-after").is_some());
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    // One bucket of 4 (plus at most a refill or two while the test runs),
+    // not 4 on each replica.
+    let total = allowed[0] + allowed[1];
+    assert!((4..=6).contains(&total), "allowed {allowed:?}, limited {limited:?}");
+    assert!(limited[0] > 0 && limited[1] > 0, "both replicas enforce it: {limited:?}");
+    assert!(one.terminate(Duration::from_secs(10)).await.success());
+    assert!(two.terminate(Duration::from_secs(10)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_serves_the_api_and_probes_stay_on_plain_http() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let names = Names::new("it-rest-tls");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+    std::fs::write(&key_path, certified.key_pair.serialize_pem()).unwrap();
+    let (cert, key) = (cert_path.display().to_string(), key_path.display().to_string());
+    let vars = api_vars(
+        &names,
+        &[
+            ("SWAPSTREAM_HTTP_TLS_CERT", &cert),
+            ("SWAPSTREAM_HTTP_TLS_KEY", &key),
+            ("SWAPSTREAM_HTTP_HEALTH_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    let (mut api, port) = start_api(&format!("{}api", names.topic_prefix), &vars).await;
+    let health_port = logged_number(&api, "health_port").await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake with the generated certificate");
+    tls.write_all(b"GET /v1/tokens HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut raw)).await.unwrap().ok();
+    let answer = Answer::parse(&raw);
+    assert_eq!((answer.status, answer.json()), (200, json!({"tokens": []})));
+
+    // Plain HTTP on the TLS port gets no HTTP answer; probes use their own port.
+    let plain = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw).await;
+        raw
+    })
+    .await
+    .unwrap();
+    assert!(!plain.starts_with(b"HTTP/1.1 200"), "plain HTTP must not be served on the TLS port");
+    assert_eq!(get(health_port, "/healthz").await.status, 200);
+    assert_eq!(get(health_port, "/readyz").await.status, 200);
+    assert_eq!(get(health_port, "/v1/tokens").await.status, 404, "only probes on the health port");
+    assert!(api.terminate(Duration::from_secs(10)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn random_paths_queries_and_headers_never_get_a_server_error_or_a_hang() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let names = Names::new("it-rest-fuzz");
+    let vars = api_vars(&names, &[("SWAPSTREAM_RATE_LIMIT_PER_SEC", "0"), ("SWAPSTREAM_HTTP_ACCESS_LOG", "false")]);
+    let (mut api, port) = start_api(&format!("{}api", names.topic_prefix), &vars).await;
+    let seed: u64 = rand::thread_rng().gen();
+    println!("fuzz seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let long = "A".repeat(300);
+    let pieces = [
+        "v1",
+        "tokens",
+        "pairs",
+        "ETH",
+        "eth-usdc",
+        "USDC-ETH",
+        "stats",
+        "candles",
+        "swaps",
+        "openapi.json",
+        "..",
+        "%2e%2e",
+        "%00",
+        "%ff%fe",
+        "é",
+        "ETH-ETH",
+        "-",
+        "",
+        "healthz",
+        "readyz",
+        "metrics",
+        "ws",
+        &long,
+    ];
+    let params = ["interval", "from", "to", "limit", "include_empty", "api_key", "x"];
+    let values = [
+        "1m",
+        "1d",
+        "2h",
+        "0",
+        "-1",
+        "1001",
+        "99999999999999999999",
+        "true",
+        "maybe",
+        "2026-11-25T08:00:00Z",
+        "%",
+        "%zz",
+        "&&",
+        "=",
+        "",
+        "1e9",
+        "NaN",
+        "\u{2603}",
+    ];
+    let methods = ["GET", "GET", "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "BREW"];
+    let header_names =
+        ["Authorization", "X-API-Key", "Origin", "X-Request-Id", "Accept-Encoding", "Content-Length", "Range"];
+    for case in 0..400 {
+        let mut path = String::new();
+        for _ in 0..rng.gen_range(1..6) {
+            path.push('/');
+            path.push_str(pieces[rng.gen_range(0..pieces.len())]);
+        }
+        if rng.gen_bool(0.6) {
+            path.push('?');
+            for i in 0..rng.gen_range(1..5) {
+                if i > 0 {
+                    path.push('&');
+                }
+                path.push_str(&format!(
+                    "{}={}",
+                    params[rng.gen_range(0..params.len())],
+                    values[rng.gen_range(0..values.len())]
+                ));
+            }
+        }
+        let method = methods[rng.gen_range(0..methods.len())];
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+        for _ in 0..rng.gen_range(0..4) {
+            let name = header_names[rng.gen_range(0..header_names.len())];
+            let value: String = (0..rng.gen_range(0..40)).map(|_| rng.gen_range(0x20u8..0x7f) as char).collect();
+            let value = if name == "Content-Length" { rng.gen_range(0..100_000u32).to_string() } else { value };
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        let raw = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            // Close the write side so a request announcing a body ends here.
+            let _ = stream.shutdown().await;
+            let mut raw = Vec::new();
+            let _ = stream.read_to_end(&mut raw).await;
+            raw
+        })
+        .await
+        .unwrap_or_else(|_| panic!("case {case} (seed {seed}) hung: {request:?}"));
+        let status: u16 =
+            std::str::from_utf8(raw.get(9..12).unwrap_or_default()).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        assert!(raw.is_empty() || (100..500).contains(&status), "case {case} (seed {seed}): {status} for {request:?}");
+    }
+    assert_eq!(get(port, "/healthz").await.status, 200, "still serving");
+    let metrics = String::from_utf8(get(port, "/metrics").await.body).unwrap();
+    assert!(!metrics.lines().any(|l| l.starts_with("swapstream_http_requests_total") && l.contains("status=\"5")));
+    assert!(api.terminate(Duration::from_secs(10)).await.success());
+}
