@@ -1,5 +1,6 @@
 //! HTTP: the route table and the server.
 
+pub mod dashboard;
 pub mod error;
 pub mod health;
 pub mod tokens;
@@ -20,6 +21,7 @@ pub fn configure(readiness: Readiness, redis: Option<RedisStore>) -> impl Fn(&mu
             .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
             .route("/metrics", web::get().to(health::metrics));
+        cfg.configure(dashboard::routes);
         if let Some(redis) = &redis {
             cfg.app_data(web::Data::new(redis.clone()))
                 .app_data(
