@@ -1,0 +1,135 @@
+//! The dashboard page in real headless Chromium against the real stack: a
+//! producer and a consumer as separate processes on the broker, the page
+//! served by the consumer, driven by `tests/dashboard/drive.mjs`
+//! (playwright-core with the system's Chromium; `scripts/test` installs
+//! both).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::{self, require_broker, Child, Names};
+
+const TOKENS: [&str; 4] = ["ETH", "BTC", "SOL", "USDC"];
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn driver_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard")
+}
+
+/// Fails fast, with the fix, when the browser or the driver's packages are missing.
+fn require_browser() {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "no {CHROMIUM}: run scripts/test (or apt-get install -y --no-install-recommends chromium chromium-driver)"
+    );
+    assert!(
+        driver_dir().join("node_modules/playwright-core").exists(),
+        "no playwright-core in tests/dashboard/node_modules: run scripts/test (or npm ci in tests/dashboard)"
+    );
+}
+
+/// The status of a WebSocket upgrade request on `/v1/ws`: 101 when the
+/// server has the WebSocket endpoint, 404 when this build has none yet.
+async fn ws_status(port: u16) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connecting");
+    let request = "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut head)).await.expect("answer").unwrap();
+    std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
+}
+
+/// The browser's failed handshakes with a server that has no `/v1/ws`.
+fn is_missing_ws_endpoint(entry: &Value) -> bool {
+    let text = entry["text"].as_str().unwrap_or_default();
+    text.starts_with("WebSocket connection to ") && text.contains("/v1/ws") && text.contains("response code: 404")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_shows_live_tokens_candles_and_swaps_without_console_errors() {
+    // Arrange: producer and consumer on the broker, the consumer serving the page.
+    let brokers = require_broker();
+    require_browser();
+    let names = Names::new("it-dashboard");
+    let mut producer_vars = names.vars(&brokers);
+    producer_vars.extend([
+        ("SWAPSTREAM_PRODUCER_TOKENS", TOKENS.join(",")),
+        ("SWAPSTREAM_PRODUCER_RATE", "1200".into()),
+        ("SWAPSTREAM_PRODUCER_CONFIRM_DELAY_MS", "1000".into()),
+        ("SWAPSTREAM_KAFKA_PARTITIONS", "2".into()),
+    ]);
+    let mut producer = Child::spawn(&format!("{}-producer", names.schema), &["producer"], &producer_vars);
+    let mut consumer_vars = names.vars(&brokers);
+    consumer_vars.extend([("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0".into()), ("SWAPSTREAM_BATCH_MAX_MS", "100".into())]);
+    let mut consumer = Child::spawn(&names.schema, &["consumer"], &consumer_vars);
+    let port = helpers::logged_port(&consumer).await;
+    helpers::eventually("the REST API lists every token", Duration::from_secs(60), || async move {
+        let (status, body) = helpers::http_get(port, "/v1/tokens").await;
+        status == 200 && TOKENS.iter().all(|t| body.contains(&format!("\"token\":\"{t}\"")))
+    })
+    .await;
+    let ws_served = ws_status(port).await != 404;
+
+    // Act: the browser loads the page, watches it, clicks BTC, switches to 5m.
+    let screenshot = helpers::artifacts().join("dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let url = format!("http://127.0.0.1:{port}/");
+    let output = tokio::time::timeout(
+        Duration::from_secs(180),
+        tokio::process::Command::new("node")
+            .current_dir(driver_dir())
+            .arg("drive.mjs")
+            .args(["--url", &url, "--screenshot", &screenshot.display().to_string()])
+            .args(["--tokens", &TOKENS.join(","), "--click", "BTC", "--interval", "5m", "--chromium", CHROMIUM])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the browser run ends within 3 minutes")
+    .expect("running node (Node.js 20 or later)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    std::fs::write(helpers::artifacts().join(format!("{}-browser.json", names.schema)), stdout.as_bytes()).unwrap();
+    assert!(output.status.success(), "driver failed: {}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("driver report: {stdout}"));
+    producer.kill9().await;
+    consumer.kill9().await;
+
+    // Assert
+    assert_eq!(report["failures"], serde_json::json!([]), "report: {report:#}");
+    let shown: Vec<&str> = report["tokens"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    for token in TOKENS {
+        assert!(shown.contains(&token), "table lacks {token}: {shown:?}");
+    }
+    assert!(
+        report["swaps_after"].as_u64() > report["swaps_before"].as_u64(),
+        "the swap counts must grow as swaps arrive: {report:#}"
+    );
+    let chart = &report["chart"];
+    assert_eq!(chart["token"], "BTC", "clicking BTC opens its chart");
+    assert!(chart["drawn"].as_str().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0) > 0, "no candles drawn: {chart}");
+    assert!(report["chart_pixels"].as_u64().unwrap_or(0) > 0, "the canvas is blank");
+    assert!(
+        report["interval_request"].as_str().is_some_and(|u| u.contains("/v1/tokens/BTC/candles?interval=5m")),
+        "switching to 5m requests 5m candles: {report:#}"
+    );
+    assert_eq!(report["chart_after_interval"]["interval"], "5m");
+    assert!(report["tape_rows"].as_u64().unwrap_or(0) > 0, "the tape shows BTC swaps");
+    let png = std::fs::read(&screenshot).expect("screenshot saved");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "screenshot is a PNG with something in it");
+
+    let errors: Vec<&Value> = report["console"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["level"] == "error")
+        .filter(|entry| ws_served || !is_missing_ws_endpoint(entry))
+        .collect();
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    let expected_ws_state = if ws_served { "connected" } else { "disconnected" };
+    assert_eq!(report["status"]["ws"], expected_ws_state, "WebSocket state in the status strip");
+    assert!(report["status"]["rate"].as_str().is_some_and(|r| r.chars().any(|c| c.is_ascii_digit())));
+}
