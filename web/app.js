@@ -202,6 +202,7 @@ function renderTape() {
       const status = swap.status === 'failed' ? 'dropped' : swap.status;
       row.className = `${view.side} ${status}`;
       row.dataset.status = status;
+      row.dataset.tx = swap.tx_hash;
       const cells = [
         [clock(new Date(swap.timestamp)), 'text'],
         [view.side, 'text side'],

@@ -1,7 +1,7 @@
 // A candle chart on a canvas: OHLC candles above, USD volume bars below,
 // price axis on the right, time axis at the bottom, a crosshair with the
 // hovered candle's values. The canvas carries what it shows as data
-// attributes (token, interval, candles, drawn) so tests and tools can read it.
+// attributes (token, interval, candles, drawn, last-close) so tests and tools can read it.
 
 import { intervalSeconds, num, price, usd } from './format.js';
 
@@ -106,6 +106,7 @@ export class CandleChart {
     canvas.dataset.candles = String(this.candles.length);
     canvas.dataset.drawn = String(shown.length);
     canvas.dataset.status = shown.length ? 'ready' : 'empty';
+    canvas.dataset.lastClose = shown.length ? String(shown[shown.length - 1].close) : '';
     if (!shown.length) {
       g.fillStyle = COLORS.text;
       g.fillText('No candles yet for this interval', 12, 20);
