@@ -103,7 +103,10 @@ function flash(cell, direction) {
 function putStats(stats) {
   if (!stats?.token) return;
   state.tokens.set(stats.token, stats);
-  if (stats.token === state.selected) renderDetailHead();
+  if (stats.token !== state.selected) return;
+  renderDetailHead();
+  // The newest candle closes at the last price, whichever answered last.
+  if (chart.token === stats.token) chart.setPrice(Date.parse(stats.updated_at), num(stats.price_usd));
 }
 
 // ---- selected token: chart and tape ------------------------------------
@@ -182,7 +185,7 @@ function onSwap(swap) {
   if (known && known.status !== 'pending') return;
   state.tape.set(id, swap);
   renderTape();
-  if (swap.status === 'confirmed') {
+  if (swap.status === 'confirmed' && chart.token === state.selected) {
     const view = sideOf(swap, state.selected);
     chart.addSwap(Date.parse(swap.timestamp), view.price, num(swap.usd_value));
   }
@@ -294,7 +297,6 @@ const live = new Live({
     if (!channel.startsWith('token:')) return;
     putStats(stats);
     renderTable();
-    if (stats.token === state.selected) chart.setPrice(Date.parse(stats.updated_at), num(stats.price_usd));
     $('#updated').textContent = clock(new Date());
   },
   swap(channel, swap) {

@@ -99,7 +99,7 @@ export class CandleChart {
 
     const plotW = width - AXIS_W;
     // Wide candles while there are few, at least 5 px each when many.
-    const slot = Math.min(16, Math.max(5, Math.floor(plotW / Math.max(this.candles.length, 40))));
+    const slot = Math.min(24, Math.max(5, Math.floor(plotW / Math.max(this.candles.length, 40))));
     const shown = this.candles.slice(-Math.max(1, Math.floor(plotW / slot)));
     canvas.dataset.token = this.token;
     canvas.dataset.interval = this.interval;
