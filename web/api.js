@@ -24,14 +24,16 @@ export function setApiKey(key) {
 
 /** An HTTP answer that was not 2xx, with the API's error code if it sent one. */
 export class HttpError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, sentKey) {
     super(message);
     this.status = status;
     this.code = code;
+    this.sentKey = sentKey;
   }
 
+  /** Refused for want of a key, and not merely sent before the key changed. */
   get needsKey() {
-    return this.status === 401 || this.status === 403;
+    return (this.status === 401 || this.status === 403) && this.sentKey === apiKey();
   }
 }
 
@@ -54,7 +56,7 @@ async function get(path, accept) {
     } catch {
       // Not the API's JSON error shape: keep the status line.
     }
-    throw new HttpError(response.status, code, message);
+    throw new HttpError(response.status, code, message, key);
   }
   return response;
 }

@@ -271,6 +271,9 @@ async function refreshMetrics() {
 }
 
 function failed(error) {
+  if (error instanceof HttpError && (error.status === 401 || error.status === 403) && !error.needsKey) {
+    return; // Sent with a key since replaced; the next refresh uses the new one.
+  }
   if (error instanceof HttpError && error.needsKey) {
     askForKey(error.message);
   } else if (error instanceof HttpError && error.status === 404 && state.selected) {

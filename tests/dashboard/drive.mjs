@@ -116,6 +116,7 @@ async function live(page, requests) {
   const snapshots = new Map(listed.tokens.map((s) => [`token:${s.token}`, s]));
 
   const server = { urls: [], received: [], seq: new Map(), socket: null };
+  const hasKey = (url, header) => header === opts.key || new URL(url).searchParams.get('api_key') === opts.key;
   const send = (frame) => {
     if ('seq' in frame) server.seq.set(frame.channel, frame.seq);
     server.socket.send(JSON.stringify(frame));
@@ -123,6 +124,10 @@ async function live(page, requests) {
   const next = (ch) => (server.seq.get(ch) ?? -1) + 1;
   await page.routeWebSocket(/\/v1\/ws/, (ws) => {
     server.urls.push(ws.url());
+    if (!hasKey(ws.url())) {
+      ws.close({ code: 4001, reason: 'missing or unknown API key' });
+      return;
+    }
     server.socket = ws;
     ws.onMessage((text) => {
       const message = JSON.parse(String(text));
@@ -136,18 +141,38 @@ async function live(page, requests) {
       }
     });
   });
-  await page.addInitScript((key) => sessionStorage.setItem('swapstream.apiKey', key), opts.key);
+  // The server asks for the key: REST and metrics without it answer 401
+  // and the WebSocket closes, as an API-key middleware would.
+  await page.route(
+    (url) => url.pathname.startsWith('/v1/') || url.pathname === '/metrics',
+    (route) =>
+      hasKey(route.request().url(), route.request().headers()['x-api-key'])
+        ? route.continue()
+        : route.fulfill({
+            status: 401,
+            contentType: 'application/json',
+            body: JSON.stringify({ error: { code: 'unauthorized', message: 'missing or unknown API key' } }),
+          }),
+  );
   await page.goto(opts.url, { waitUntil: 'load' });
   step('loaded');
+
+  // The page asks for the key once, in its dialog.
+  report.key_dialog = await poll('the page asks for the API key', 10000, () => page.isVisible('#key-dialog[open]'));
+  await page.fill('#key-input', opts.key);
+  const keyEnteredAt = requests.length;
+  await page.click('#key-form button[value="save"]');
+  step('key entered');
 
   // The page connects with the key in the URL and subscribes to every token.
   await poll('status strip says connected', 15000, async () => (await page.$eval('#ws-state', (e) => e.dataset.state)) === 'connected');
   await poll(`subscription to ${channel}`, 15000, async () =>
     server.received.some((m) => m.op === 'subscribe' && m.channels.includes(channel)),
   );
-  report.ws_urls = server.urls;
+  report.ws_urls = [...server.urls];
   report.subscribe_messages = server.received.filter((m) => m.op === 'subscribe');
-  report.rest_key_headers = [...new Set(requests.filter((r) => r.url.includes('/v1/')).map((r) => r.key))];
+  const keysSent = (from) => [...new Set(requests.slice(from).filter((r) => r.url.includes('/v1/')).map((r) => r.key))];
+  report.rest_key_headers = keysSent(keyEnteredAt);
   // The snapshot's pending count reaches the table.
   report.snapshot_pending = await poll('snapshot shown in the table', 10000, async () => {
     const text = await page.textContent(`#token-table tr[data-token="${token}"] td[data-col="pending"]`);
@@ -209,6 +234,18 @@ async function live(page, requests) {
   ]);
   report.resync_after_gap = resync?.url() ?? null;
   step('gap', { resync: report.resync_after_gap });
+
+  // The key outlives a reload of the tab: no second question.
+  const reloadedAt = requests.length;
+  const urlsBefore = server.urls.length;
+  await page.reload({ waitUntil: 'load' });
+  await poll('table after reload', 10000, async () => (await tableTokens(page)).length > 0);
+  report.after_reload = {
+    dialog_open: await page.isVisible('#key-dialog[open]'),
+    rest_key_headers: keysSent(reloadedAt),
+    ws_urls: server.urls.slice(urlsBefore),
+  };
+  step('reload', report.after_reload);
 }
 
 const browser = await chromium.launch({

@@ -168,10 +168,10 @@ async fn the_dashboard_shows_live_tokens_candles_and_swaps_without_console_error
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_dashboard_goes_live_over_the_websocket_protocol_with_an_api_key() {
-    // Arrange: REST from the real consumer; the WebSocket is a stand-in in
-    // the driver speaking DESIGN.md's protocol, so this holds with or
-    // without /v1/ws in the server.
+async fn the_dashboard_asks_for_an_api_key_once_and_goes_live_over_the_websocket_protocol() {
+    // Arrange: REST from the real consumer behind a key check in the
+    // driver; the WebSocket is a stand-in there speaking DESIGN.md's
+    // protocol, so this holds with or without /v1/ws in the server.
     let stack = Stack::start("it-dashboard-live", 200).await;
     let port = stack.port;
 
@@ -182,13 +182,20 @@ async fn the_dashboard_goes_live_over_the_websocket_protocol_with_an_api_key() {
 
     // Assert
     assert_eq!(report["failures"], serde_json::json!([]), "report: {report:#}");
+    assert_eq!(report["key_dialog"], true, "the page asks for the key the server wants");
     let ws_url = format!("ws://127.0.0.1:{port}/v1/ws?api_key=key-from-the-dialog");
-    assert_eq!(report["ws_urls"], serde_json::json!([ws_url]), "one connection, relative URL, key in the query");
-    assert_eq!(
-        report["rest_key_headers"],
-        serde_json::json!(["key-from-the-dialog"]),
-        "every REST call sends X-API-Key"
-    );
+    let first = format!("ws://127.0.0.1:{port}/v1/ws");
+    // Refused without the key (retried with backoff until the key is
+    // entered), then one connection with it.
+    let urls: Vec<&str> = report["ws_urls"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let (with_key, without): (Vec<&str>, Vec<&str>) = urls.iter().partition(|u| **u == ws_url);
+    assert!(urls.last() == Some(&ws_url.as_str()) && with_key.len() == 1, "WebSocket URLs: {urls:?}");
+    assert!(!without.is_empty() && without.iter().all(|u| *u == first), "WebSocket URLs: {urls:?}");
+    assert_eq!(report["rest_key_headers"], serde_json::json!(["key-from-the-dialog"]), "REST sends X-API-Key");
+    let reloaded = &report["after_reload"];
+    assert_eq!(reloaded["dialog_open"], false, "the key is asked once per tab, not on every load");
+    assert_eq!(reloaded["rest_key_headers"], serde_json::json!(["key-from-the-dialog"]));
+    assert_eq!(reloaded["ws_urls"], serde_json::json!([ws_url]), "after a reload the key is in the first URL");
     let subscribed: Vec<&str> = report["subscribe_messages"]
         .as_array()
         .unwrap()
@@ -208,6 +215,8 @@ async fn the_dashboard_goes_live_over_the_websocket_protocol_with_an_api_key() {
     assert_eq!(report["price_after_stats"], "123,457", "a stats frame updates the table");
     assert_eq!(report["close_after_stats"], "123456.7", "a stats frame moves the newest candle");
     assert!(report["resync_after_gap"].as_str().is_some(), "a seq gap makes the page re-read /v1/tokens");
-    let errors = console_errors(&report, |_| false);
+    // The browser logs each 401 answer the page got before it had the key.
+    let refused = |entry: &Value| entry["text"].as_str().unwrap_or_default().contains("status of 401");
+    let errors = console_errors(&report, refused);
     assert!(errors.is_empty(), "console errors: {errors:#?}");
 }
