@@ -4,7 +4,7 @@
 
 import { apiKey, HttpError, parsePrometheus, rest, setApiKey, sumOf } from './api.js';
 import { CandleChart } from './chart.js';
-import { clock, count, num, pct, price, usd } from './format.js';
+import { clock, count, millis, num, pct, price, usd } from './format.js';
 import { Live } from './live.js';
 
 const POLL_DISCONNECTED_MS = 3000;
@@ -106,7 +106,7 @@ function putStats(stats) {
   if (stats.token !== state.selected) return;
   renderDetailHead();
   // The newest candle closes at the last price, whichever answered last.
-  if (chart.token === stats.token) chart.setPrice(Date.parse(stats.updated_at), num(stats.price_usd));
+  if (chart.token === stats.token) chart.setPrice(millis(stats.updated_at), num(stats.price_usd));
 }
 
 // ---- selected token: chart and tape ------------------------------------
@@ -187,14 +187,14 @@ function onSwap(swap) {
   renderTape();
   if (swap.status === 'confirmed' && chart.token === state.selected) {
     const view = sideOf(swap, state.selected);
-    chart.addSwap(Date.parse(swap.timestamp), view.price, num(swap.usd_value));
+    chart.addSwap(millis(swap.timestamp), view.price, num(swap.usd_value));
   }
 }
 
 function renderTape() {
   const token = state.selected;
   const swaps = [...state.tape.values()].sort(
-    (a, b) => Date.parse(b.timestamp) - Date.parse(a.timestamp) || (b.log_index ?? 0) - (a.log_index ?? 0),
+    (a, b) => millis(b.timestamp) - millis(a.timestamp) || (b.log_index ?? 0) - (a.log_index ?? 0),
   );
   for (const stale of swaps.slice(TAPE_ROWS)) state.tape.delete(swapId(stale));
   const body = $('#tape tbody');
@@ -207,7 +207,7 @@ function renderTape() {
       row.dataset.status = status;
       row.dataset.tx = swap.tx_hash;
       const cells = [
-        [clock(new Date(swap.timestamp)), 'text'],
+        [clock(new Date(millis(swap.timestamp))), 'text'],
         [view.side, 'text side'],
         [price(view.amount), ''],
         [view.other, 'text'],
@@ -351,10 +351,18 @@ $('#key-dialog').addEventListener('close', () => {
 // ---- wiring ----------------------------------------------------------------
 
 for (const th of document.querySelectorAll('#token-table th')) {
-  th.addEventListener('click', () => {
+  const sortBy = () => {
     const key = th.dataset.sort;
     state.sort = { key, descending: state.sort.key === key ? !state.sort.descending : key !== 'token' };
     renderTable();
+  };
+  th.tabIndex = 0;
+  th.addEventListener('click', sortBy);
+  th.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' || event.key === ' ') {
+      event.preventDefault();
+      sortBy();
+    }
   });
 }
 

@@ -36,6 +36,14 @@ export function pct(value) {
   return `${n > 0 ? '+' : ''}${n.toFixed(2)}%`;
 }
 
+/**
+ * Milliseconds of an RFC 3339 time. The API writes up to nine fractional
+ * digits; JavaScript dates promise to read three, so the rest is cut.
+ */
+export function millis(text) {
+  return Date.parse(String(text).replace(/(\.\d{3})\d+/, '$1'));
+}
+
 export function clock(date) {
   return date.toISOString().slice(11, 19);
 }

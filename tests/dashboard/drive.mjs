@@ -68,6 +68,15 @@ async function stack(page, requests) {
   });
   step('live value', { before: report.swaps_before, after: report.swaps_after });
 
+  // Sorting: by symbol (ascending first), then by 24h swaps (descending first).
+  await page.click('#token-table th[data-sort="token"]');
+  report.sorted_by_token = await tableTokens(page);
+  await page.click('#token-table th[data-sort="swaps"]');
+  report.sorted_by_swaps = await page.$$eval('#token-table tbody tr', (rows) =>
+    rows.map((r) => Number(r.querySelector('td[data-col="swaps"]').dataset.value)),
+  );
+  step('sort', { by_token: report.sorted_by_token, by_swaps: report.sorted_by_swaps });
+
   // 3. Clicking a token opens its chart with candles drawn.
   await page.click(`#token-table tbody tr[data-token="${opts.click}"]`);
   report.chart = await poll('chart of the clicked token is drawn', 20000, async () => {

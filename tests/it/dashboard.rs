@@ -145,6 +145,11 @@ async fn the_dashboard_shows_live_tokens_candles_and_swaps_without_console_error
         report["swaps_after"].as_u64() > report["swaps_before"].as_u64(),
         "the swap counts must grow as swaps arrive: {report:#}"
     );
+    let mut alphabetical = shown.clone();
+    alphabetical.sort_unstable();
+    assert_eq!(report["sorted_by_token"], serde_json::json!(alphabetical), "sorted by symbol");
+    let by_swaps: Vec<u64> = report["sorted_by_swaps"].as_array().unwrap().iter().filter_map(Value::as_u64).collect();
+    assert!(by_swaps.windows(2).all(|w| w[0] >= w[1]), "sorted by 24h swaps, most first: {by_swaps:?}");
     let chart = &report["chart"];
     assert_eq!(chart["token"], "BTC", "clicking BTC opens its chart");
     assert!(chart["drawn"].as_str().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0) > 0, "no candles drawn: {chart}");
