@@ -121,6 +121,7 @@ function select(token) {
   if (!token || token === state.selected) return;
   state.selected = token;
   state.tape.clear();
+  live.want([`token:${token}`]);
   $('#detail').hidden = false;
   renderDetailHead();
   renderTable();
@@ -237,8 +238,8 @@ async function refresh() {
     }
     for (const token of [...state.tokens.keys()]) if (!seen.has(token)) state.tokens.delete(token);
     renderTable();
-    live.want([...seen].map((t) => `token:${t}`));
     if (!state.selected && answer.tokens.length) select([...state.tokens.values()].sort(compare)[0].token);
+    live.want([...state.tokens.values()].sort(compare).map((s) => `token:${s.token}`));
     $('#updated').textContent = clock(new Date());
     notice('');
   } catch (error) {

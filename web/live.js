@@ -7,6 +7,8 @@ import { socketUrl } from './api.js';
 
 const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000, 30000];
 const PING_MS = 20000;
+// Channels per subscribe message, well under the server's per-request cap.
+const CHANNELS_PER_MESSAGE = 20;
 
 export class Live {
   /**
@@ -45,11 +47,21 @@ export class Live {
     return this.state === 'connected';
   }
 
-  /** Keeps these channels subscribed, now and after every reconnect. */
+  /**
+   * Keeps these channels subscribed, now and after every reconnect, in the
+   * order first asked for (so the shown token goes first when a server caps
+   * the channels of a connection).
+   */
   want(channels) {
     const fresh = channels.filter((c) => !this.channels.has(c));
     fresh.forEach((c) => this.channels.add(c));
-    if (fresh.length && this.connected) this.send({ op: 'subscribe', channels: fresh });
+    if (this.connected) this.subscribe(fresh);
+  }
+
+  subscribe(channels) {
+    for (let i = 0; i < channels.length; i += CHANNELS_PER_MESSAGE) {
+      this.send({ op: 'subscribe', channels: channels.slice(i, i + CHANNELS_PER_MESSAGE) });
+    }
   }
 
   setState(state, detail = '') {
@@ -71,7 +83,7 @@ export class Live {
       this.attempt = 0;
       this.seq.clear();
       this.setState('connected');
-      if (this.channels.size) this.send({ op: 'subscribe', channels: [...this.channels] });
+      this.subscribe([...this.channels]);
       this.heardSincePing = true;
       clearInterval(this.pingTimer);
       this.pingTimer = setInterval(() => this.ping(), PING_MS);
