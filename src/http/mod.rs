@@ -1,5 +1,6 @@
 //! HTTP: the route table, the middleware stack and the servers.
 
+pub mod dashboard;
 pub mod error;
 pub mod health;
 pub mod live;
@@ -101,6 +102,7 @@ impl Servers {
             App::new()
                 .app_data(policy.clone())
                 .configure(health.clone())
+                .configure(dashboard::routes)
                 .configure(|cfg| {
                     if let Some(api) = &api {
                         api(cfg);

@@ -5,6 +5,7 @@
 mod bad_input;
 mod cli;
 mod consumer;
+mod dashboard;
 mod helpers;
 mod producer;
 mod rest;
