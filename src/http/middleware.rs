@@ -3,12 +3,13 @@
 //! 2. [`refuse_origin`]: 403 for a browser `Origin` that is neither the API's
 //!    own nor allowed (CORS headers for allowed ones come from actix-cors,
 //!    with the same rule, [`origin_allowed`]);
-//! 3. [`guard`] on `/v1`: body size, API key, rate limit.
+//! 3. [`guard`] on `/v1`: body size, API key, rate limit, and a deadline
+//!    for the answer ([`ANSWER_DEADLINE`], then 503).
 //!
 //! Each is off when its settings say so (no keys: no authentication; rate 0:
 //! no limit; empty origin list: only same-origin browser calls).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -23,6 +24,9 @@ use super::error::ApiError;
 use super::rate_limit::{key_client, RateLimiter};
 use crate::config::{CorsOrigins, HttpSettings};
 use crate::metrics::METRICS;
+
+/// Longest time a `/v1` request may take before it is answered with 503.
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -216,7 +220,16 @@ pub async fn guard(
             return Ok(refused(request, ApiError::RateLimited(wait), "rate_limited").map_into_right_body());
         }
     }
-    next.call(request).await.map(ServiceResponse::map_into_left_body)
+    // A store that accepts connections but never answers must not hold
+    // the client: 503 after the deadline.
+    match tokio::time::timeout(ANSWER_DEADLINE, next.call(request)).await {
+        Ok(result) => result.map(ServiceResponse::map_into_left_body),
+        Err(_) => Err(ApiError::Unavailable {
+            dependency: "a backing store",
+            detail: format!("no answer within {} s", ANSWER_DEADLINE.as_secs()),
+        }
+        .into()),
+    }
 }
 
 #[cfg(test)]

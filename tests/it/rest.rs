@@ -302,7 +302,13 @@ async fn every_error_has_its_status_and_a_json_body_and_a_lost_store_is_503() {
     let huge = http(port, "GET", "/v1/tokens", &[("Content-Length", "1000000")]).await;
     expect(huge, 413, "too_large", None);
 
-    // The store goes away: 503 naming it, never a hang or a 500.
+    // The store stops answering, then goes away: 503, never a hang or a 500.
+    let pid = redis.child.id().unwrap() as i32;
+    // SAFETY: signals to our own child process.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let answer = tokio::time::timeout(Duration::from_secs(15), get(port, "/v1/tokens/ETH/stats")).await.unwrap();
+    expect(answer, 503, "unavailable", None);
+    unsafe { libc::kill(pid, libc::SIGCONT) };
     redis.child.kill().await.unwrap();
     let answer = tokio::time::timeout(Duration::from_secs(10), get(port, "/v1/tokens/ETH/stats")).await.unwrap();
     expect(answer, 503, "unavailable", None);
