@@ -13,6 +13,7 @@ use tokio::sync::{broadcast, oneshot};
 use crate::actors::aggregator::Aggregators;
 use crate::actors::kafka_reader::poll::{self, PollSettings, ReaderContext};
 use crate::actors::kafka_reader::{CoreParts, Dlq, KafkaReader, KeyUpdate, Stop};
+use crate::actors::session_registry::{SessionRegistry, Shutdown};
 use crate::config::Settings;
 use crate::http::{self, Probe, Readiness};
 use crate::kafka::{client_config, set_default, LoggingContext};
@@ -99,6 +100,8 @@ pub struct Consumer {
     reader: Addr<KafkaReader>,
     reader_stopped: oneshot::Receiver<()>,
     server: actix_web::dev::ServerHandle,
+    registry: Addr<SessionRegistry>,
+    _registry_arbiter: Arbiter,
     poll_thread: std::thread::JoinHandle<()>,
     log: Logger,
 }
@@ -202,7 +205,21 @@ impl Consumer {
             .with_context(|| format!("binding SWAPSTREAM_HTTP_ADDR {}", settings.http.addr))?;
         let http_port = listener.local_addr()?.port();
         let readiness = Readiness { probes: dependency_probes(&pg, &redis, Some(consumer)) };
-        let server = http::serve(listener, readiness, Some(redis.clone()), 2)?;
+        let registry_arbiter = Arbiter::new();
+        let registry = {
+            let (settings, instance, redis, log) =
+                (settings.ws.clone(), settings.instance_id.clone(), redis.clone(), log.clone());
+            SessionRegistry::start_in_arbiter(&registry_arbiter.handle(), move |_| {
+                SessionRegistry::new(settings, instance, redis, log)
+            })
+        };
+        let ws = http::ws::WsState {
+            registry: registry.clone(),
+            settings: settings.ws.clone(),
+            redis: redis.clone(),
+            limiter: Default::default(),
+        };
+        let server = http::serve(listener, readiness, Some(redis.clone()), Some(ws), 2)?;
         let server_handle = server.handle();
         actix::spawn(server);
         info!(log, "consumer started"; "http_port" => http_port, "subscription" => settings.kafka.topics.subscription(),
@@ -214,18 +231,22 @@ impl Consumer {
             reader,
             reader_stopped: stopped_rx,
             server: server_handle,
+            registry,
+            _registry_arbiter: registry_arbiter,
             poll_thread,
             log: log.clone(),
         })
     }
 
     /// Graceful stop: the batch in flight is checkpointed, the group left,
-    /// the HTTP server drained; bounded by `timeout`.
+    /// WebSocket clients closed with 1001, the HTTP server drained; bounded
+    /// by `timeout`.
     pub async fn stop(self, timeout: Duration) {
         self.reader.do_send(Stop);
         if tokio::time::timeout(timeout, self.reader_stopped).await.is_err() {
             warn!(self.log, "the reader did not stop in time");
         }
+        let _ = self.registry.send(Shutdown { timeout: Duration::from_secs(2) }).await;
         self.server.stop(true).await;
         // The polling thread has left the group once the reader stopped.
         let _ = tokio::task::spawn_blocking(move || self.poll_thread.join()).await;

@@ -3,6 +3,7 @@
 pub mod error;
 pub mod health;
 pub mod tokens;
+pub mod ws;
 
 use std::net::TcpListener;
 
@@ -13,9 +14,17 @@ pub use health::{Probe, Readiness};
 
 use crate::storage::redis::RedisStore;
 
-/// The routes: health and metrics always, `/v1` when Redis is there.
-pub fn configure(readiness: Readiness, redis: Option<RedisStore>) -> impl Fn(&mut web::ServiceConfig) + Clone {
+/// The routes: health and metrics always, `/v1` when Redis is there, the
+/// WebSocket routes when the process runs a session registry.
+pub fn configure(
+    readiness: Readiness,
+    redis: Option<RedisStore>,
+    ws: Option<ws::WsState>,
+) -> impl Fn(&mut web::ServiceConfig) + Clone {
     move |cfg: &mut web::ServiceConfig| {
+        if let Some(ws) = &ws {
+            cfg.app_data(web::Data::new(ws.clone())).configure(ws::routes);
+        }
         cfg.app_data(web::Data::new(readiness.clone()))
             .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
@@ -57,12 +66,15 @@ pub fn serve(
     listener: TcpListener,
     readiness: Readiness,
     redis: Option<RedisStore>,
+    ws: Option<ws::WsState>,
     workers: usize,
 ) -> std::io::Result<Server> {
-    let routes = configure(readiness, redis);
+    let send_buffer = ws.as_ref().map_or(0, |ws| ws.settings.send_buffer_bytes);
+    let routes = configure(readiness, redis, ws);
     Ok(HttpServer::new(move || {
         App::new().wrap(actix_web::middleware::from_fn(record_metrics)).configure(routes.clone())
     })
+    .on_connect(ws::on_connect(send_buffer))
     .workers(workers)
     .disable_signals()
     .shutdown_timeout(5)
