@@ -123,29 +123,28 @@ impl Presence {
     }
 
     /// The clean-up of dead instances, a singleton job: removes the set
-    /// entries (and any leftover counts) of instances without a heartbeat
-    /// for `ttl`. Returns the instances removed, or `None` when another
+    /// entries of instances without a heartbeat for `ttl` whose counts have
+    /// expired. Returns the instances removed, or `None` when another
     /// instance holds the job's lock.
     pub async fn clean_dead(&self, ttl: Duration) -> anyhow::Result<Option<Vec<String>>> {
         self.with_lock("ws-presence-cleanup", ttl.max(Duration::from_secs(2)), async {
             let mut conn = self.conn.clone();
             let before = Utc::now().timestamp_millis() - ttl.as_millis() as i64;
-            let dead: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            let candidates: Vec<String> = redis::cmd("ZRANGEBYSCORE")
                 .arg(self.instances_key())
                 .arg("-inf")
                 .arg(format!("({before}"))
                 .query_async(&mut conn)
                 .await?;
-            for instance in &dead {
-                redis::cmd("DEL").arg(self.instance_key(instance)).query_async::<()>(&mut conn).await?;
+            let mut dead = Vec::new();
+            for instance in candidates {
+                // Its counts expired: no heartbeat within its TTL.
+                let alive: i64 = redis::cmd("EXISTS").arg(self.instance_key(&instance)).query_async(&mut conn).await?;
+                if alive == 0 {
+                    redis::cmd("ZREM").arg(self.instances_key()).arg(&instance).query_async::<()>(&mut conn).await?;
+                    dead.push(instance);
+                }
             }
-            // By score again, so an instance that came back meanwhile stays.
-            redis::cmd("ZREMRANGEBYSCORE")
-                .arg(self.instances_key())
-                .arg("-inf")
-                .arg(format!("({before}"))
-                .query_async::<()>(&mut conn)
-                .await?;
             Ok(dead)
         })
         .await

@@ -8,3 +8,4 @@ mod consumer;
 mod helpers;
 mod producer;
 mod supervision;
+mod websocket;
