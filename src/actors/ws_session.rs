@@ -212,6 +212,9 @@ pub struct WsSession {
     channels: HashMap<AggKey, ChannelState>,
     generation: u64,
     bad_frames: u32,
+    /// Whether the frame being handled was answered with an error; a frame
+    /// counts once towards the limit, however many errors it earned.
+    frame_was_bad: bool,
     _slot: IpSlot,
 }
 
@@ -232,6 +235,7 @@ impl WsSession {
             channels: HashMap::new(),
             generation: 0,
             bad_frames: 0,
+            frame_was_bad: false,
             _slot: slot,
         }
     }
@@ -246,10 +250,7 @@ impl WsSession {
         METRICS.ws_bad_frames.with_label_values(&[code]).inc();
         let text = json!({"type": "error", "code": code, "message": message}).to_string();
         self.emit(ctx, text);
-        self.bad_frames += 1;
-        if self.bad_frames >= self.settings.max_bad_frames {
-            self.close(ctx, 1008, "too many bad frames");
-        }
+        self.frame_was_bad = true;
     }
 
     fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
@@ -455,6 +456,23 @@ impl Handler<Outbound> for WsSession {
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
     fn handle(&mut self, message: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         self.conn.last_inbound_ms.store(now_ms(), Ordering::Release);
+        self.frame_was_bad = false;
+        self.on_message(message, ctx);
+        if std::mem::take(&mut self.frame_was_bad) {
+            self.bad_frames += 1;
+            if self.bad_frames >= self.settings.max_bad_frames {
+                self.close(ctx, 1008, "too many bad frames");
+            }
+        }
+    }
+}
+
+impl WsSession {
+    fn on_message(
+        &mut self,
+        message: Result<ws::Message, ws::ProtocolError>,
+        ctx: &mut ws::WebsocketContext<WsSession>,
+    ) {
         match message {
             Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
             Ok(ws::Message::Ping(payload)) => {

@@ -67,6 +67,22 @@ impl Client {
         }
     }
 
+    /// Reads every frame from now on in a task of its own, so the client
+    /// never stops reading whatever the test does meanwhile.
+    fn drain(mut self) -> Drained {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let got = self.read(Duration::from_secs(120)).await;
+                let last = !matches!(got, Got::Frame(_));
+                if tx.send(got).is_err() || last {
+                    return;
+                }
+            }
+        });
+        Drained(rx)
+    }
+
     async fn subscribe(&mut self, channels: &[&str]) -> Vec<Value> {
         self.send(json!({"op": "subscribe", "channels": channels})).await;
         let mut answers = Vec::new();
@@ -77,6 +93,29 @@ impl Client {
             answers.push(frame);
         }
         answers
+    }
+}
+
+/// What a draining client read, in order.
+struct Drained(tokio::sync::mpsc::UnboundedReceiver<Got>);
+
+impl Drained {
+    async fn frame(&mut self) -> Value {
+        match self.0.recv().await {
+            Some(Got::Frame(frame)) => frame,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// The close code, skipping frames before it.
+    async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.0.recv().await {
+                Some(Got::Frame(_)) => {}
+                Some(Got::Closed(code)) => return code,
+                other => panic!("expected a close, got {other:?}"),
+            }
+        }
     }
 }
 
@@ -91,11 +130,10 @@ fn expected_states(truth: &GroundTruthFile, token: &str) -> BTreeSet<(String, u6
             let e = &entry.event;
             let id = (e["tx_hash"].as_str().unwrap().to_owned(), e["log_index"].as_u64().unwrap_or(0));
             let status = e["status"].as_str().unwrap().to_owned();
-            let publish = match (last.get(&id).map(String::as_str), status.as_str()) {
-                (None, "pending") => true,
-                (None | Some("pending"), "confirmed") => true,
-                _ => false,
-            };
+            let publish = matches!(
+                (last.get(&id).map(String::as_str), status.as_str()),
+                (None, "pending") | (None | Some("pending"), "confirmed")
+            );
             let becomes = match (last.get(&id).map(String::as_str), status.as_str()) {
                 (None, _) | (Some("pending"), "confirmed" | "failed") => Some(status.clone()),
                 _ => None,
@@ -395,6 +433,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_others_get_everythi
 
     let mut healthy = Client::connect(port).await;
     healthy.subscribe(&["token:ETH"]).await;
+    let mut healthy = healthy.drain();
     let producing = tokio::spawn({
         let (brokers, names) = (brokers.clone(), names.clone());
         async move { helpers::produce(&brokers, &names, 3000, &stream_vars("120000")).await }
@@ -402,59 +441,56 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_others_get_everythi
     // Once the channel is busy, a client subscribes and stops reading.
     let mut received = Received::new();
     while received.states.len() < 20 {
-        let frame = healthy.frame(Duration::from_secs(60)).await;
+        let frame = healthy.frame().await;
         received.take(&frame, "token:ETH", "ETH");
     }
     let rss_before = rss_kib(pid);
     let stalled_at = Instant::now();
     let mut stalled = stalled_client(port, "token:ETH");
 
-    // The healthy client keeps reading meanwhile; the eviction is watched
-    // in the metrics.
-    let evicted = async {
-        loop {
-            let stalled = metric(port, "swapstream_ws_evictions_total{reason=\"write_deadline\"}").await
-                + metric(port, "swapstream_ws_evictions_total{reason=\"queue_full\"}").await
-                + metric(port, "swapstream_ws_evictions_total{reason=\"queue_bytes\"}").await;
-            if stalled >= 1.0 {
-                return stalled_at.elapsed();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let took = loop {
+        let evictions = metric(port, "swapstream_ws_evictions_total{reason=\"write_deadline\"}").await
+            + metric(port, "swapstream_ws_evictions_total{reason=\"queue_full\"}").await
+            + metric(port, "swapstream_ws_evictions_total{reason=\"queue_bytes\"}").await;
+        if evictions >= 1.0 {
+            break stalled_at.elapsed();
         }
-    };
-    let reading = async {
-        loop {
-            let frame = healthy.frame(Duration::from_secs(60)).await;
-            received.take(&frame, "token:ETH", "ETH");
-        }
-    };
-    let took = tokio::select! {
-        took = tokio::time::timeout(deadline + Duration::from_secs(4), evicted) => {
-            took.expect("the stalled client was not disconnected in time")
-        }
-        _ = reading => unreachable!(),
+        assert!(
+            stalled_at.elapsed() < deadline + Duration::from_secs(4),
+            "the stalled client was not disconnected in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     println!("stalled client disconnected {took:?} after it stopped reading (deadline {deadline:?})");
 
     // Its TCP connection is really closed: reading drains what was
     // buffered, then ends (EOF or reset) instead of waiting for more.
-    let mut buffered = 0usize;
-    let mut chunk = [0u8; 65536];
-    let closed = loop {
-        match stalled.read(&mut chunk) {
-            Ok(0) => break true,
-            Ok(n) => buffered += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
-                break false
+    let reading = tokio::task::spawn_blocking(move || {
+        let mut buffered = 0usize;
+        let mut chunk = [0u8; 65536];
+        loop {
+            match stalled.read(&mut chunk) {
+                Ok(0) => return (true, buffered),
+                Ok(n) => buffered += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                    return (false, buffered)
+                }
+                Err(_) => return (true, buffered),
             }
-            Err(_) => break true,
+            if buffered > 4 << 20 {
+                return (false, buffered);
+            }
         }
-        assert!(buffered < 4 << 20, "the server kept sending to an evicted client");
-    };
+    });
+    let (closed, buffered) = reading.await.unwrap();
     assert!(closed, "the evicted client's connection is still open after {buffered} bytes");
 
     let truth = producing.await.unwrap();
-    received.until_final(&mut healthy, &truth, "token:ETH", "ETH").await;
+    let totals = &truth.expected["tokens"]["ETH"]["totals"];
+    while received.last_stats.as_ref().map(|s| &s["totals"]) != Some(totals) {
+        let frame = healthy.frame().await;
+        received.take(&frame, "token:ETH", "ETH");
+    }
     assert_eq!(received.states, expected_states(&truth, "ETH"), "the healthy client missed swaps");
     let rss_after = rss_kib(pid);
     println!("consumer RSS {rss_before} KiB before the stalled client, {rss_after} KiB at the end");
@@ -646,7 +682,7 @@ async fn sigterm_under_load_closes_clients_with_1001_and_loses_nothing() {
     for channel in ["token:ETH", "token:BTC", "pair:ETH-USDC"] {
         let mut client = Client::connect(port).await;
         client.subscribe(&[channel]).await;
-        clients.push(client);
+        clients.push(client.drain());
     }
     let producing = tokio::spawn({
         let (brokers, names) = (brokers.clone(), names.clone());
@@ -664,14 +700,7 @@ async fn sigterm_under_load_closes_clients_with_1001_and_loses_nothing() {
     assert!(status.success(), "SIGTERM must end in exit 0, got {status}; log: {}", consumer.log_text());
     println!("consumer exited {:?} after SIGTERM", started.elapsed());
     for client in &mut clients {
-        let code = loop {
-            match client.read(Duration::from_secs(5)).await {
-                Got::Frame(_) => {}
-                Got::Closed(code) => break code,
-                Got::Timeout => panic!("no close after SIGTERM"),
-            }
-        };
-        assert_eq!(code, Some(1001), "clients get 1001 going away");
+        assert_eq!(client.close_code().await, Some(1001), "clients get 1001 going away");
     }
     let log = consumer.log_text();
     let closing = log.find("closing WebSocket sessions").expect("sessions closed");
