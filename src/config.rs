@@ -91,6 +91,20 @@ variables! {
     "SWAPSTREAM_RATE_LIMIT_PER_SEC", "100", "Requests per second per API key (per client IP when anonymous) on `/v1`; 0 turns rate limiting off.";
     "SWAPSTREAM_RATE_LIMIT_BURST", "200", "Requests a client may make at once before the rate applies (1 to 1000000).";
     "SWAPSTREAM_RATE_LIMIT_STORE", "local", "`local`: each process keeps its own buckets; `redis`: buckets live in Redis, so every replica shares one limit per client.";
+    "SWAPSTREAM_WS_QUEUE_MESSAGES", "64", "Outbound queue of one WebSocket session, in messages (a message holds the frames of one update); a client whose queue is full is disconnected as a slow consumer (1 to 100000).";
+    "SWAPSTREAM_WS_QUEUE_BYTES", "1048576", "Outbound bytes of one WebSocket session not yet taken by the HTTP layer; past this the client is disconnected as a slow consumer (4096 to 1073741824).";
+    "SWAPSTREAM_WS_WRITE_DEADLINE_MS", "3000", "Longest time a WebSocket session's outbound bytes may wait unwritten before the client is disconnected as a slow consumer (100 to 60000).";
+    "SWAPSTREAM_WS_SEND_BUFFER_BYTES", "65536", "Kernel send buffer of each accepted HTTP connection (`SO_SNDBUF`), so a client that stops reading is noticed after this much rather than the kernel's autotuned megabytes; 0 keeps the kernel's default.";
+    "SWAPSTREAM_WS_STATS_INTERVAL_MS", "1000", "Shortest interval between two `stats` frames of one channel (50 to 600000).";
+    "SWAPSTREAM_WS_PING_INTERVAL_MS", "10000", "Interval of the server's WebSocket pings (100 to 600000).";
+    "SWAPSTREAM_WS_PING_TIMEOUT_MS", "30000", "A WebSocket peer that sends nothing (no pong, no message) for this long is disconnected; more than the ping interval (200 to 3600000).";
+    "SWAPSTREAM_WS_MAX_CHANNELS", "50", "Most channels one WebSocket connection may subscribe to (1 to 10000).";
+    "SWAPSTREAM_WS_MAX_FRAME_BYTES", "16384", "Largest inbound WebSocket message; larger ones are answered with an error frame, and ones over 4 times this close the connection with 1009 (128 to 16777216).";
+    "SWAPSTREAM_WS_MAX_CONNS_PER_IP", "100", "Most WebSocket connections from one IP address; more are refused with 429 (1 to 1000000).";
+    "SWAPSTREAM_WS_MAX_BAD_FRAMES", "10", "Bad frames (unknown op, bad channel, invalid JSON, binary, too large, too many channels) a connection may send before it is closed with 1008 (1 to 1000000).";
+    "SWAPSTREAM_WS_DEDUP_WINDOW", "4096", "Swap states (id and status) remembered per channel so that no client gets one twice (16 to 1000000).";
+    "SWAPSTREAM_WS_PRESENCE_HEARTBEAT_SECS", "5", "Interval at which an instance writes its WebSocket session and subscriber counts to Redis (1 to 3600).";
+    "SWAPSTREAM_WS_PRESENCE_TTL_SECS", "15", "Lifetime of those counts in Redis without a heartbeat, after which a dead instance's counts vanish; more than the heartbeat (2 to 86400).";
     "SWAPSTREAM_PRODUCER_RATE", "1000", "Events per minute the producer sends, or `max` for as fast as the broker takes them.";
     "SWAPSTREAM_PRODUCER_TOKENS", "ETH,BTC,SOL,USDC,USDT,TON", "Token universe of the producer, at least two symbols.";
     "SWAPSTREAM_PRODUCER_ENCODING", "protobuf", "`protobuf` or `json`.";
@@ -239,6 +253,25 @@ pub struct RateLimit {
     pub shared: bool,
 }
 
+/// The WebSocket fan-out (`GET /v1/ws`).
+#[derive(Debug, Clone)]
+pub struct WsSettings {
+    pub queue_messages: usize,
+    pub queue_bytes: usize,
+    pub write_deadline: Duration,
+    pub send_buffer_bytes: usize,
+    pub stats_interval: Duration,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub max_channels: usize,
+    pub max_frame_bytes: usize,
+    pub max_conns_per_ip: usize,
+    pub max_bad_frames: u32,
+    pub dedup_window: usize,
+    pub presence_heartbeat: Duration,
+    pub presence_ttl: Duration,
+}
+
 /// Events per minute, or as fast as possible.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Rate {
@@ -271,6 +304,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub consumer: ConsumerSettings,
     pub http: HttpSettings,
+    pub ws: WsSettings,
     pub producer: ProducerSettings,
     /// Every variable's effective value as text, secrets redacted.
     pub effective: BTreeMap<&'static str, String>,
@@ -436,6 +470,31 @@ impl Settings {
 
         let http = http_settings(&mut env, cores);
 
+        let ws = WsSettings {
+            queue_messages: env.number("SWAPSTREAM_WS_QUEUE_MESSAGES", 1, 100_000),
+            queue_bytes: env.number("SWAPSTREAM_WS_QUEUE_BYTES", 4096, 1 << 30),
+            write_deadline: Duration::from_millis(env.number("SWAPSTREAM_WS_WRITE_DEADLINE_MS", 100, 60_000)),
+            send_buffer_bytes: env.number("SWAPSTREAM_WS_SEND_BUFFER_BYTES", 0, 1 << 30),
+            stats_interval: Duration::from_millis(env.number("SWAPSTREAM_WS_STATS_INTERVAL_MS", 50, 600_000)),
+            ping_interval: Duration::from_millis(env.number("SWAPSTREAM_WS_PING_INTERVAL_MS", 100, 600_000)),
+            ping_timeout: Duration::from_millis(env.number("SWAPSTREAM_WS_PING_TIMEOUT_MS", 200, 3_600_000)),
+            max_channels: env.number("SWAPSTREAM_WS_MAX_CHANNELS", 1, 10_000),
+            max_frame_bytes: env.number("SWAPSTREAM_WS_MAX_FRAME_BYTES", 128, 16 << 20),
+            max_conns_per_ip: env.number("SWAPSTREAM_WS_MAX_CONNS_PER_IP", 1, 1_000_000),
+            max_bad_frames: env.number("SWAPSTREAM_WS_MAX_BAD_FRAMES", 1, 1_000_000),
+            dedup_window: env.number("SWAPSTREAM_WS_DEDUP_WINDOW", 16, 1_000_000),
+            presence_heartbeat: Duration::from_secs(env.number("SWAPSTREAM_WS_PRESENCE_HEARTBEAT_SECS", 1, 3_600)),
+            presence_ttl: Duration::from_secs(env.number("SWAPSTREAM_WS_PRESENCE_TTL_SECS", 2, 86_400)),
+        };
+        if ws.ping_timeout <= ws.ping_interval {
+            env.problems.push("SWAPSTREAM_WS_PING_TIMEOUT_MS: must be more than SWAPSTREAM_WS_PING_INTERVAL_MS".into());
+        }
+        if ws.presence_ttl <= ws.presence_heartbeat {
+            env.problems.push(
+                "SWAPSTREAM_WS_PRESENCE_TTL_SECS: must be more than SWAPSTREAM_WS_PRESENCE_HEARTBEAT_SECS".into(),
+            );
+        }
+
         let producer = ProducerSettings {
             rate: env.parse("SWAPSTREAM_PRODUCER_RATE", "a positive number of events per minute, or \"max\"", |v| {
                 if v == "max" {
@@ -484,7 +543,7 @@ impl Settings {
             problems.sort();
             return Err(ConfigError(problems));
         }
-        Ok(Settings { log, instance_id, kafka, postgres, redis, consumer, http, producer, effective })
+        Ok(Settings { log, instance_id, kafka, postgres, redis, consumer, http, ws, producer, effective })
     }
 
     /// The effective configuration, one `NAME=value` line per variable,

@@ -4,8 +4,8 @@ use std::sync::LazyLock;
 
 use prometheus::{
     register_histogram_vec_with_registry, register_histogram_with_registry, register_int_counter_vec_with_registry,
-    register_int_counter_with_registry, register_int_gauge_vec_with_registry, Encoder, Histogram, HistogramVec,
-    IntCounter, IntCounterVec, IntGaugeVec, Registry, TextEncoder,
+    register_int_counter_with_registry, register_int_gauge_vec_with_registry, register_int_gauge_with_registry,
+    Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -28,6 +28,11 @@ pub struct Metrics {
     pub http_rejected: IntCounterVec,
     pub rate_limit_fallbacks: IntCounter,
     pub rest_reads: IntCounterVec,
+    pub ws_sessions: IntGauge,
+    pub ws_frames_sent: IntCounterVec,
+    pub ws_evictions: IntCounterVec,
+    pub ws_bad_frames: IntCounterVec,
+    pub ws_refused: IntCounterVec,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -147,6 +152,36 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "rest_reads_total",
             "Reads behind REST answers, by source: actors, redis, postgres",
             &["source"],
+            r
+        )
+        .expect("metric"),
+        ws_sessions: register_int_gauge_with_registry!("ws_sessions", "Open WebSocket sessions of this instance", r)
+            .expect("metric"),
+        ws_frames_sent: register_int_counter_vec_with_registry!(
+            "ws_frames_sent_total",
+            "WebSocket channel frames written, by type (subscribed, swap, stats)",
+            &["type"],
+            r
+        )
+        .expect("metric"),
+        ws_evictions: register_int_counter_vec_with_registry!(
+            "ws_evictions_total",
+            "WebSocket clients disconnected by the server, by reason (queue_full, queue_bytes, write_deadline, ping_timeout)",
+            &["reason"],
+            r
+        )
+        .expect("metric"),
+        ws_bad_frames: register_int_counter_vec_with_registry!(
+            "ws_bad_frames_total",
+            "Bad WebSocket frames from clients, by error code",
+            &["code"],
+            r
+        )
+        .expect("metric"),
+        ws_refused: register_int_counter_vec_with_registry!(
+            "ws_connections_refused_total",
+            "WebSocket upgrades refused, by reason",
+            &["reason"],
             r
         )
         .expect("metric"),

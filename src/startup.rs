@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, oneshot};
 use crate::actors::aggregator::Aggregators;
 use crate::actors::kafka_reader::poll::{self, PollSettings, ReaderContext};
 use crate::actors::kafka_reader::{CoreParts, Dlq, KafkaReader, KeyUpdate, Stop};
+use crate::actors::session_registry::{SessionRegistry, Shutdown};
 use crate::config::Settings;
 use crate::http::{HttpParts, Live, Probe, Readiness, Servers};
 use crate::kafka::{client_config, set_default, LoggingContext};
@@ -40,18 +41,44 @@ pub async fn run_consumer(settings: &Settings, log: &Logger) -> anyhow::Result<(
     Ok(())
 }
 
-/// The `api` role: REST over Redis and PostgreSQL, no Kafka; stateless, so
-/// replicas scale behind a load balancer.
+/// The `api` role: REST over Redis and PostgreSQL and the WebSocket
+/// endpoint over Redis pub/sub, no Kafka; nothing kept but client sessions,
+/// so replicas scale behind a load balancer.
 pub async fn run_api(settings: &Settings, log: &Logger) -> anyhow::Result<()> {
     let pg = PgStore::connect(&settings.postgres, settings.consumer.recent_swaps, log).await?;
     let redis = RedisStore::connect(&settings.redis, settings.consumer.recent_swaps).await?;
     let readiness = Readiness { probes: dependency_probes(&pg, &redis, None) };
+    let (registry, _registry_arbiter, ws) = start_registry(settings, &redis, log);
     let live = Live::stores(redis, pg, settings.http.cache);
-    let servers = Servers::start(&settings.http, HttpParts { readiness, live: Some(live), extra: None }, log)?;
+    let servers = Servers::start(&settings.http, HttpParts { readiness, live: Some(live), ws: Some(ws) }, log)?;
     info!(log, "api started"; "http_port" => servers.port);
     crate::shutdown::signal(log.clone()).await;
+    let _ = registry.send(Shutdown { timeout: Duration::from_secs(2) }).await;
     servers.stop().await;
     Ok(())
+}
+
+/// The WebSocket session registry on its own arbiter. Every instance that
+/// runs one serves every channel: updates reach it through Redis pub/sub,
+/// whoever owns the partitions.
+fn start_registry(
+    settings: &Settings,
+    redis: &RedisStore,
+    log: &Logger,
+) -> (Addr<SessionRegistry>, Arbiter, crate::http::ws::WsState) {
+    let arbiter = Arbiter::new();
+    let registry = {
+        let (ws, instance, redis, log) =
+            (settings.ws.clone(), settings.instance_id.clone(), redis.clone(), log.clone());
+        SessionRegistry::start_in_arbiter(&arbiter.handle(), move |_| SessionRegistry::new(ws, instance, redis, log))
+    };
+    let state = crate::http::ws::WsState {
+        registry: registry.clone(),
+        settings: settings.ws.clone(),
+        redis: redis.clone(),
+        limiter: Default::default(),
+    };
+    (registry, arbiter, state)
 }
 
 /// Producer and consumer in one process. Without configured brokers, an
@@ -112,6 +139,8 @@ pub struct Consumer {
     reader: Addr<KafkaReader>,
     reader_stopped: oneshot::Receiver<()>,
     servers: Servers,
+    registry: Addr<SessionRegistry>,
+    _registry_arbiter: Arbiter,
     poll_thread: std::thread::JoinHandle<()>,
     log: Logger,
 }
@@ -213,7 +242,8 @@ impl Consumer {
 
         let readiness = Readiness { probes: dependency_probes(&pg, &redis, Some(consumer)) };
         let live = Live::stores(redis.clone(), pg.clone(), settings.http.cache).with_actors(aggregators.clone());
-        let parts = HttpParts { readiness, live: Some(live), extra: None };
+        let (registry, registry_arbiter, ws) = start_registry(settings, &redis, log);
+        let parts = HttpParts { readiness, live: Some(live), ws: Some(ws) };
         let servers = Servers::start(&settings.http, parts, log)?;
         info!(log, "consumer started"; "http_port" => servers.port, "subscription" => settings.kafka.topics.subscription(),
             "group" => &settings.kafka.group_id);
@@ -224,18 +254,22 @@ impl Consumer {
             reader,
             reader_stopped: stopped_rx,
             servers,
+            registry,
+            _registry_arbiter: registry_arbiter,
             poll_thread,
             log: log.clone(),
         })
     }
 
     /// Graceful stop: the batch in flight is checkpointed, the group left,
-    /// the HTTP server drained; bounded by `timeout`.
+    /// WebSocket clients closed with 1001, the HTTP server drained; bounded
+    /// by `timeout`.
     pub async fn stop(self, timeout: Duration) {
         self.reader.do_send(Stop);
         if tokio::time::timeout(timeout, self.reader_stopped).await.is_err() {
             warn!(self.log, "the reader did not stop in time");
         }
+        let _ = self.registry.send(Shutdown { timeout: Duration::from_secs(2) }).await;
         self.servers.stop().await;
         // The polling thread has left the group once the reader stopped.
         let _ = tokio::task::spawn_blocking(move || self.poll_thread.join()).await;

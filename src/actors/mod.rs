@@ -2,3 +2,5 @@
 
 pub mod aggregator;
 pub mod kafka_reader;
+pub mod session_registry;
+pub mod ws_session;

@@ -9,6 +9,7 @@ pub mod openapi;
 pub mod rate_limit;
 pub mod tls;
 pub mod tokens;
+pub mod ws;
 
 use std::net::TcpListener;
 
@@ -66,15 +67,13 @@ fn cors(policy: &web::Data<Policy>) -> Cors {
         .max_age(600)
 }
 
-pub type ExtraRoutes = std::sync::Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
-
 /// What the HTTP servers serve.
 pub struct HttpParts {
     pub readiness: Readiness,
     /// `None`: health endpoints only.
     pub live: Option<Live>,
-    /// Extra routes of the caller (e.g. the WebSocket endpoint).
-    pub extra: Option<ExtraRoutes>,
+    /// The WebSocket endpoint, where a session registry runs.
+    pub ws: Option<ws::WsState>,
 }
 
 /// The running servers.
@@ -94,7 +93,8 @@ impl Servers {
         let policy = web::Data::new(Policy::new(settings, limiter, log.clone()));
         let health = health_routes(parts.readiness.clone());
         let api = parts.live.clone().map(api_routes);
-        let extra = parts.extra.clone();
+        let ws = parts.ws.clone();
+        let send_buffer = ws.as_ref().map_or(0, |ws| ws.settings.send_buffer_bytes);
         let compression = settings.compression;
         let app_policy = policy.clone();
         let server = HttpServer::new(move || {
@@ -107,8 +107,8 @@ impl Servers {
                     if let Some(api) = &api {
                         api(cfg);
                     }
-                    if let Some(extra) = &extra {
-                        extra(cfg);
+                    if let Some(ws) = &ws {
+                        cfg.app_data(web::Data::new(ws.clone())).configure(ws::routes);
                     }
                 })
                 .default_service(web::to(|| async {
@@ -120,6 +120,7 @@ impl Servers {
                 .wrap(from_fn(middleware::refuse_origin))
                 .wrap(from_fn(middleware::observe))
         })
+        .on_connect(ws::on_connect(send_buffer))
         .workers(settings.workers)
         .disable_signals()
         .shutdown_timeout(5);

@@ -1,4 +1,5 @@
 //! Durable state (PostgreSQL) and derived live state (Redis).
 
 pub mod postgres;
+pub mod presence;
 pub mod redis;

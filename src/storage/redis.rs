@@ -156,6 +156,11 @@ impl RedisStore {
         &self.pubsub_client
     }
 
+    /// A handle on the shared connection, for other stores over the same Redis.
+    pub fn connection(&self) -> RedisConn {
+        self.conn.clone()
+    }
+
     fn key(&self, key: &AggKey, suffix: &str) -> String {
         format!("{}:{{{key}}}:{suffix}", self.prefix)
     }

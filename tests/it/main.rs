@@ -10,3 +10,4 @@ mod helpers;
 mod producer;
 mod rest;
 mod supervision;
+mod websocket;

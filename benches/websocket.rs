@@ -1,0 +1,287 @@
+//! WebSocket fan-out: N clients on one `consumer` instance while the
+//! producer sends a steady stream; delivered frames per second, latency
+//! from each swap's event timestamp to its receipt by a client (p50, p99),
+//! and the server's resident memory per idle connection.
+//!
+//! `cargo bench --bench websocket -- [CLIENTS...] [--rate SWAPS_PER_S] [--secs S] [--one-channel]`
+//! (defaults: 1000 and 10000 clients, 1000 swaps/s, i.e. 2000 events/s as
+//! each swap is a pending and a terminal event, 20 s per run) with the
+//! services up (`scripts/services up`; broker at `SWAPSTREAM_TEST_BROKERS`,
+//! noida-db by default). Clients subscribe round-robin to every token and
+//! pair channel, or all to `token:ETH` with `--one-channel`. Prints a
+//! Markdown table row per run for docs/BENCHMARKS.md.
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const TOKENS: &str = "ETH,BTC,SOL,USDC,USDT,TON";
+
+fn arg_after(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain getrlimit/setrlimit on this process; children inherit it.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    limit.rlim_cur
+}
+
+fn channels(one: bool) -> Vec<String> {
+    if one {
+        return vec!["token:ETH".into()];
+    }
+    let tokens: Vec<&str> = TOKENS.split(',').collect();
+    let mut all: Vec<String> = tokens.iter().map(|t| format!("token:{t}")).collect();
+    for (i, a) in tokens.iter().enumerate() {
+        for b in &tokens[i + 1..] {
+            all.push(format!("pair:{a}-{b}"));
+        }
+    }
+    all
+}
+
+/// The event timestamp in a swap frame, without parsing the whole frame.
+fn event_time(frame: &str) -> Option<DateTime<Utc>> {
+    let at = frame.find("\"timestamp\":\"")? + 13;
+    let end = at + frame[at..].find('"')?;
+    DateTime::parse_from_rfc3339(&frame[at..end]).ok().map(|t| t.with_timezone(&Utc))
+}
+
+struct Run {
+    clients: usize,
+    served: usize,
+    frames: u64,
+    secs: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    rss_per_conn_kib: f64,
+    rss_idle_mib: f64,
+    rss_busy_mib: f64,
+}
+
+fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool) -> Run {
+    let brokers = std::env::var("SWAPSTREAM_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let id = format!("wsbench_{:08x}", rand::random::<u32>());
+    let prefix = format!("{id}.");
+    let binary = env!("CARGO_BIN_EXE_swapstream");
+    let base = |command: &mut std::process::Command| {
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("SWAPSTREAM_")) {
+            command.env_remove(name);
+        }
+        command
+            .env("SWAPSTREAM_KAFKA_BROKERS", &brokers)
+            .env("SWAPSTREAM_KAFKA_TOPIC_PREFIX", &prefix)
+            .env("SWAPSTREAM_KAFKA_PARTITIONS", "4")
+            .env("SWAPSTREAM_KAFKA_GROUP_ID", format!("{id}-group"))
+            .env("SWAPSTREAM_KAFKA_DLQ_TOPIC", format!("{id}-dlq"))
+            .env("SWAPSTREAM_POSTGRES_SCHEMA", &id)
+            .env("SWAPSTREAM_REDIS_KEY_PREFIX", &id)
+            .env("SWAPSTREAM_PRODUCER_TOKENS", TOKENS)
+            .env("SWAPSTREAM_LOG_FORMAT", "json");
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+
+    // Topics first, so the consumer owns its partitions before clients come.
+    let mut create = std::process::Command::new(binary);
+    base(&mut create);
+    let status = create.args(["producer", "--count", "1", "--rate", "max"]).stderr(Stdio::null()).status().unwrap();
+    assert!(status.success(), "producer (topic creation) failed");
+
+    let log = format!("/tmp/{id}-consumer.log");
+    let mut consumer = std::process::Command::new(binary);
+    base(&mut consumer);
+    let mut child = consumer
+        .arg("consumer")
+        .env("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0")
+        .env("SWAPSTREAM_BATCH_MAX_MS", "5")
+        .env("SWAPSTREAM_WS_MAX_CONNS_PER_IP", "1000000")
+        .env("SWAPSTREAM_WS_PING_INTERVAL_MS", "30000")
+        .env("SWAPSTREAM_WS_PING_TIMEOUT_MS", "120000")
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .expect("consumer");
+    let pid = child.id();
+    let port = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(at) = text.find("\"http_port\":") {
+                let digits: String = text[at + 12..].chars().take_while(char::is_ascii_digit).collect();
+                break digits.parse::<u16>().unwrap();
+            }
+            assert!(Instant::now() < deadline, "consumer did not start: {log}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    std::thread::sleep(Duration::from_secs(3)); // group join; not measured
+    let rss_base = rss_kib(pid);
+
+    let channels = channels(one_channel);
+    let frames = Arc::new(AtomicU64::new(0));
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let result = runtime.block_on(async {
+        // Connect and subscribe every client, 200 at a time.
+        let mut sockets = Vec::with_capacity(clients);
+        for chunk in (0..clients).collect::<Vec<_>>().chunks(200) {
+            let connecting = chunk.iter().map(|i| {
+                let channel = channels[i % channels.len()].clone();
+                async move {
+                    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/v1/ws"))
+                        .await
+                        .expect("connect");
+                    let request = format!(r#"{{"op":"subscribe","channels":["{channel}"]}}"#);
+                    socket.send(Message::text(request)).await.unwrap();
+                    loop {
+                        if let Some(Ok(Message::Text(text))) = socket.next().await {
+                            if text.contains("\"subscribed\"") {
+                                break;
+                            }
+                        }
+                    }
+                    socket
+                }
+            });
+            sockets.extend(futures::future::join_all(connecting).await);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss_idle = rss_kib(pid);
+
+        let tasks: Vec<_> = sockets
+            .into_iter()
+            .map(|mut socket| {
+                let (frames, measuring) = (frames.clone(), measuring.clone());
+                tokio::spawn(async move {
+                    let mut latencies: Vec<u32> = Vec::new();
+                    let mut got = 0u64;
+                    while let Some(Ok(message)) = socket.next().await {
+                        if let Message::Text(text) = message {
+                            if !measuring.load(Ordering::Relaxed) {
+                                continue;
+                            }
+                            got += 1;
+                            frames.fetch_add(1, Ordering::Relaxed);
+                            if text.starts_with("{\"type\":\"swap\"") {
+                                if let Some(at) = event_time(&text) {
+                                    let micros = (Utc::now() - at).num_microseconds().unwrap_or(0).max(0);
+                                    latencies.push(micros.min(u32::MAX as i64) as u32);
+                                }
+                            }
+                        }
+                    }
+                    (got, latencies)
+                })
+            })
+            .collect();
+
+        let mut producer = std::process::Command::new(binary);
+        base(&mut producer);
+        let events_per_min = swaps_per_s * 2 * 60;
+        let mut producer = producer
+            .args(["producer", "--rate", &events_per_min.to_string()])
+            .env("SWAPSTREAM_PRODUCER_CONFIRM_DELAY_MS", "500")
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("producer");
+        tokio::time::sleep(Duration::from_secs(3)).await; // warm-up
+        measuring.store(true, Ordering::Relaxed);
+        let started = Instant::now();
+        let mut rss_busy = 0;
+        while started.elapsed() < Duration::from_secs(secs) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            rss_busy = rss_busy.max(rss_kib(pid));
+        }
+        measuring.store(false, Ordering::Relaxed);
+        let measured = started.elapsed().as_secs_f64();
+        let delivered = frames.load(Ordering::Relaxed);
+        let _ = producer.kill();
+        let _ = producer.wait();
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut latencies = Vec::new();
+        let mut served = 0;
+        for task in tasks {
+            if let Ok((got, mut l)) = task.await {
+                served += usize::from(got > 0);
+                latencies.append(&mut l);
+            }
+        }
+        latencies.sort_unstable();
+        let pick = |q: f64| {
+            latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied()
+        };
+        Run {
+            clients,
+            served,
+            frames: delivered,
+            secs: measured,
+            p50_ms: pick(0.50).unwrap_or(0) as f64 / 1000.0,
+            p99_ms: pick(0.99).unwrap_or(0) as f64 / 1000.0,
+            rss_per_conn_kib: (rss_idle as f64 - rss_base as f64) / clients as f64,
+            rss_idle_mib: rss_idle as f64 / 1024.0,
+            rss_busy_mib: rss_busy as f64 / 1024.0,
+        }
+    });
+    let _ = std::process::Command::new("psql")
+        .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-c", &format!("DROP SCHEMA IF EXISTS {id} CASCADE")])
+        .stderr(Stdio::null())
+        .status();
+    result
+}
+
+fn main() {
+    // `cargo test --all-targets` runs bench targets without `--bench`: skip.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("websocket benchmark: run it with `cargo bench --bench websocket`");
+        return;
+    }
+    let limit = raise_fd_limit();
+    let mut counts: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let rate: u64 = arg_after("--rate").and_then(|r| r.parse().ok()).unwrap_or(1000);
+    let secs: u64 = arg_after("--secs").and_then(|r| r.parse().ok()).unwrap_or(20);
+    counts.retain(|c| Some(c.to_string()) != arg_after("--rate") && Some(c.to_string()) != arg_after("--secs"));
+    if counts.is_empty() {
+        counts = vec![1000, 10_000];
+    }
+    let one_channel = std::env::args().any(|a| a == "--one-channel");
+    eprintln!("file descriptor limit {limit}");
+    println!(
+        "| clients | channels | served | frames/s delivered | p50 | p99 | RSS idle (per connection) | RSS under load |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for clients in counts {
+        let r = run(clients, rate, secs, one_channel);
+        println!(
+            "| {} | {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.0} MiB ({:.1} KiB) | {:.0} MiB |",
+            r.clients,
+            if one_channel { "token:ETH" } else { "21, round-robin" },
+            r.served,
+            r.frames as f64 / r.secs,
+            r.p50_ms,
+            r.p99_ms,
+            r.rss_idle_mib,
+            r.rss_per_conn_kib,
+            r.rss_busy_mib,
+        );
+    }
+}

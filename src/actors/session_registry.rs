@@ -1,0 +1,551 @@
+//! The session registry: one actor per consumer process that owns the
+//! WebSocket subscriptions (channel -> sessions) and fans updates out.
+//!
+//! Every update reaches it through Redis pub/sub, also the ones this
+//! process's own partitions produced: the registry subscribes to
+//! `<prefix>:updates:{<channel>}` for exactly the channels its clients
+//! want, so a client on any instance gets every update of its channels
+//! whichever instance owns the partitions. A window of recent swap states
+//! per channel drops repeats (same id and status).
+//!
+//! The registry never waits for a client. It hands each session its frames
+//! with `try_send` into a capped mailbox and counts the bytes; the session's
+//! response body counts what the HTTP layer pulled. A full mailbox, more
+//! outstanding bytes than the cap, or outstanding bytes without progress for
+//! the write deadline mean a stalled client: the registry evicts it here,
+//! with close code 4008 when the session can still send it, and resets its
+//! TCP connection itself (see `http::ws` for why that cannot be left to the
+//! session). The same sweep drops peers silent for longer than the ping
+//! timeout.
+
+use std::borrow::Cow;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use slog::{info, warn, Logger};
+use tokio::sync::{mpsc, oneshot};
+
+use super::ws_session::{
+    estimate, now_ms, snapshot, ConnShared, FrameBody, FrameKind, Outbound, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER,
+};
+use crate::config::WsSettings;
+use crate::domain::partial::AggKey;
+use crate::metrics::METRICS;
+use crate::storage::presence::{InstanceCounts, Presence};
+use crate::storage::redis::RedisStore;
+
+/// Time a session gets to send its close frame before its connection is reset.
+const CLOSE_GRACE: Duration = Duration::from_millis(250);
+
+/// A session started.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Connect {
+    pub id: u64,
+    pub outbound: Recipient<Outbound>,
+    pub conn: Arc<ConnShared>,
+}
+
+/// A session stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    pub id: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub id: u64,
+    pub channels: Vec<AggKey>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    pub id: u64,
+    pub channels: Vec<AggKey>,
+}
+
+/// A message from Redis pub/sub: `{"key": "token:ETH", "swaps": [...]}`.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Published {
+    payload: Vec<u8>,
+}
+
+/// Graceful stop: every client gets close 1001 "going away"; resolves when
+/// all sessions ended or `timeout` passed (the rest are reset).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown {
+    pub timeout: Duration,
+}
+
+struct Session {
+    outbound: Recipient<Outbound>,
+    conn: Arc<ConnShared>,
+    channels: HashSet<AggKey>,
+    /// `pulled` at the last sign of progress, and when that was.
+    seen_pulled: i64,
+    since_ms: u64,
+}
+
+struct Channel {
+    name: Arc<str>,
+    subscribers: HashSet<u64>,
+    recent: DedupWindow,
+    /// Changed since its last `stats` frame.
+    dirty: bool,
+}
+
+/// The last `cap` swap states (hashes of id and status) of a channel.
+struct DedupWindow {
+    seen: HashSet<u64>,
+    order: VecDeque<u64>,
+    cap: usize,
+}
+
+impl DedupWindow {
+    fn new(cap: usize) -> DedupWindow {
+        DedupWindow { seen: HashSet::new(), order: VecDeque::new(), cap }
+    }
+
+    /// True when the state is new (and now remembered).
+    fn insert(&mut self, state: u64) -> bool {
+        if !self.seen.insert(state) {
+            return false;
+        }
+        self.order.push_back(state);
+        if self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+#[derive(Deserialize)]
+struct Update<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(borrow)]
+    swaps: Vec<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct SwapState<'a> {
+    #[serde(borrow)]
+    tx_hash: Cow<'a, str>,
+    #[serde(default)]
+    log_index: u32,
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+}
+
+enum PubSubCommand {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+pub struct SessionRegistry {
+    settings: WsSettings,
+    instance: String,
+    redis: RedisStore,
+    presence: Presence,
+    log: Logger,
+    sessions: HashMap<u64, Session>,
+    channels: HashMap<AggKey, Channel>,
+    pubsub: Option<mpsc::UnboundedSender<PubSubCommand>>,
+    stats_in_flight: bool,
+    closing: bool,
+    closed: Vec<oneshot::Sender<()>>,
+}
+
+impl SessionRegistry {
+    pub fn new(settings: WsSettings, instance: String, redis: RedisStore, log: Logger) -> SessionRegistry {
+        SessionRegistry {
+            settings,
+            instance,
+            presence: Presence::new(&redis),
+            redis,
+            log,
+            sessions: HashMap::new(),
+            channels: HashMap::new(),
+            pubsub: None,
+            stats_in_flight: false,
+            closing: false,
+            closed: Vec::new(),
+        }
+    }
+
+    fn remove_session(&mut self, id: u64) -> Option<Session> {
+        let session = self.sessions.remove(&id)?;
+        for key in &session.channels {
+            self.leave(key, id);
+        }
+        if self.closing && self.sessions.is_empty() {
+            for done in self.closed.drain(..) {
+                let _ = done.send(());
+            }
+        }
+        Some(session)
+    }
+
+    fn leave(&mut self, key: &AggKey, id: u64) {
+        let Some(channel) = self.channels.get_mut(key) else { return };
+        channel.subscribers.remove(&id);
+        if channel.subscribers.is_empty() {
+            self.channels.remove(key);
+            if let Some(pubsub) = &self.pubsub {
+                let _ = pubsub.send(PubSubCommand::Unsubscribe(self.redis.updates_channel(key)));
+            }
+        }
+    }
+
+    /// Drops a stalled or dead client: close frame if it can still go out,
+    /// then the connection is reset.
+    fn evict(&mut self, id: u64, reason: &'static str, ctx: &mut Context<Self>) {
+        let Some(session) = self.remove_session(id) else { return };
+        METRICS.ws_evictions.with_label_values(&[reason]).inc();
+        info!(self.log, "WebSocket client disconnected"; "reason" => reason, "session" => id,
+            "outstanding_bytes" => session.conn.outstanding());
+        let (code, text) = match reason {
+            "ping_timeout" => (CLOSE_PING_TIMEOUT, "ping timeout"),
+            _ => (CLOSE_SLOW_CONSUMER, "slow consumer"),
+        };
+        let _ = session.outbound.try_send(Outbound::Close { code, reason: text });
+        ctx.run_later(CLOSE_GRACE, move |_, _| session.conn.kill());
+    }
+
+    /// Hands `frames` of `key` to every subscriber, never waiting.
+    fn deliver(&mut self, key: &AggKey, frames: Arc<[FrameBody]>, ctx: &mut Context<Self>) {
+        let Some(channel) = self.channels.get(key) else { return };
+        let bytes = estimate(&channel.name, &frames);
+        let cap = self.settings.queue_bytes as i64;
+        let mut evicted = Vec::new();
+        for id in &channel.subscribers {
+            let Some(session) = self.sessions.get(id) else { continue };
+            if session.conn.outstanding() + bytes > cap {
+                evicted.push((*id, "queue_bytes"));
+                continue;
+            }
+            // Counted before the send, so the session's correction never comes first.
+            session.conn.handed.fetch_add(bytes, Ordering::AcqRel);
+            let message = Outbound::Frames { channel: key.clone(), frames: frames.clone(), estimate: bytes };
+            match session.outbound.try_send(message) {
+                Ok(()) => {}
+                Err(SendError::Full(_)) => {
+                    session.conn.handed.fetch_sub(bytes, Ordering::AcqRel);
+                    evicted.push((*id, "queue_full"));
+                }
+                Err(SendError::Closed(_)) => evicted.push((*id, "")),
+            }
+        }
+        for (id, reason) in evicted {
+            if reason.is_empty() {
+                self.remove_session(id);
+            } else {
+                self.evict(id, reason, ctx);
+            }
+        }
+    }
+
+    fn on_published(&mut self, payload: &[u8], ctx: &mut Context<Self>) {
+        let update: Update = match serde_json::from_slice(payload) {
+            Ok(update) => update,
+            Err(e) => return warn!(self.log, "unreadable update message"; "error" => %e),
+        };
+        let Some(key) = AggKey::parse(&update.key) else { return };
+        let Some(channel) = self.channels.get_mut(&key) else { return };
+        channel.dirty = true;
+        let mut frames = Vec::with_capacity(update.swaps.len());
+        for raw in update.swaps {
+            let Ok(state) = serde_json::from_str::<SwapState>(raw.get()) else { continue };
+            if state.status != "pending" && state.status != "confirmed" {
+                continue;
+            }
+            let mut hasher = DefaultHasher::new();
+            (&*state.tx_hash, state.log_index, &*state.status).hash(&mut hasher);
+            if channel.recent.insert(hasher.finish()) {
+                frames.push(FrameBody { kind: FrameKind::Swap, json: raw.get().into() });
+            }
+        }
+        if !frames.is_empty() {
+            self.deliver(&key, frames.into(), ctx);
+        }
+    }
+
+    /// Write deadline and ping timeout, decided here for every session.
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        let now = now_ms();
+        let deadline = self.settings.write_deadline.as_millis() as u64;
+        let silence = self.settings.ping_timeout.as_millis() as u64;
+        let mut evicted = Vec::new();
+        for (id, session) in &mut self.sessions {
+            let pulled = session.conn.pulled.load(Ordering::Acquire);
+            if pulled != session.seen_pulled || session.conn.outstanding() <= 0 {
+                session.seen_pulled = pulled;
+                session.since_ms = now;
+            } else if now.saturating_sub(session.since_ms) > deadline {
+                evicted.push((*id, "write_deadline"));
+                continue;
+            }
+            if now.saturating_sub(session.conn.last_inbound_ms.load(Ordering::Acquire)) > silence {
+                evicted.push((*id, "ping_timeout"));
+            }
+        }
+        for (id, reason) in evicted {
+            self.evict(id, reason, ctx);
+        }
+    }
+
+    /// `stats` frames for the channels changed since the last ones; at most
+    /// one fetch at a time, so at most one frame per channel per interval.
+    fn send_stats(&mut self, ctx: &mut Context<Self>) {
+        if self.stats_in_flight {
+            return;
+        }
+        let keys: Vec<AggKey> =
+            self.channels.iter_mut().filter_map(|(key, c)| std::mem::take(&mut c.dirty).then(|| key.clone())).collect();
+        if keys.is_empty() {
+            return;
+        }
+        self.stats_in_flight = true;
+        let redis = self.redis.clone();
+        let fetch = async move {
+            let mut stats = Vec::with_capacity(keys.len());
+            for key in keys {
+                if let Ok(value) = snapshot(&redis, &key).await {
+                    stats.push((key, Arc::<str>::from(value.to_string())));
+                }
+            }
+            stats
+        };
+        ctx.spawn(fetch.into_actor(self).map(|stats, act, ctx| {
+            act.stats_in_flight = false;
+            for (key, json) in stats {
+                act.deliver(&key, Arc::new([FrameBody { kind: FrameKind::Stats, json }]), ctx);
+            }
+        }));
+    }
+
+    fn counts(&self) -> InstanceCounts {
+        InstanceCounts {
+            instance: self.instance.clone(),
+            sessions: self.sessions.len() as u64,
+            channels: self
+                .channels
+                .iter()
+                .map(|(k, c)| (k.to_string(), c.subscribers.len() as u64))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
+        let presence = self.presence.clone();
+        let counts = self.counts();
+        let ttl = self.settings.presence_ttl;
+        let log = self.log.clone();
+        ctx.spawn(
+            async move {
+                if let Err(e) = presence.heartbeat(&counts, ttl).await {
+                    warn!(log, "cannot write WebSocket presence"; "error" => format!("{e:#}"));
+                }
+                match presence.clean_dead(ttl).await {
+                    Ok(Some(dead)) if !dead.is_empty() => {
+                        info!(log, "removed dead instances' WebSocket counts"; "instances" => format!("{dead:?}"))
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(log, "cannot clean up WebSocket presence"; "error" => format!("{e:#}")),
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+/// Holds the pub/sub connection: subscribes to what the registry asks for,
+/// forwards every message, and reconnects (re-subscribing) when it drops.
+async fn pubsub_loop(
+    client: redis::Client,
+    mut commands: mpsc::UnboundedReceiver<PubSubCommand>,
+    registry: Addr<SessionRegistry>,
+    log: Logger,
+) {
+    let mut wanted: HashSet<String> = HashSet::new();
+    loop {
+        let connection = match client.get_async_pubsub().await {
+            Ok(connection) => connection,
+            Err(e) => {
+                warn!(log, "cannot open the Redis pub/sub connection; retrying"; "error" => %e);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = connection.split();
+        let all: Vec<&String> = wanted.iter().collect();
+        if !all.is_empty() && sink.subscribe(all).await.is_err() {
+            continue;
+        }
+        loop {
+            tokio::select! {
+                command = commands.recv() => {
+                    let result = match command {
+                        None => return,
+                        Some(PubSubCommand::Subscribe(channel)) => {
+                            if wanted.insert(channel.clone()) { sink.subscribe(channel).await } else { Ok(()) }
+                        }
+                        Some(PubSubCommand::Unsubscribe(channel)) => {
+                            if wanted.remove(&channel) { sink.unsubscribe(channel).await } else { Ok(()) }
+                        }
+                    };
+                    if let Err(e) = result {
+                        warn!(log, "Redis pub/sub command failed; reconnecting"; "error" => %e);
+                        break;
+                    }
+                }
+                message = stream.next() => match message {
+                    Some(message) => registry.do_send(Published { payload: message.get_payload_bytes().to_vec() }),
+                    None => {
+                        warn!(log, "Redis pub/sub connection lost; reconnecting");
+                        break;
+                    }
+                },
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+impl Actor for SessionRegistry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.pubsub = Some(tx);
+        actix::spawn(pubsub_loop(self.redis.pubsub_client().clone(), rx, ctx.address(), self.log.clone()));
+        let sweep = (self.settings.write_deadline / 4).min(Duration::from_millis(250));
+        ctx.run_interval(sweep, |act, ctx| act.sweep(ctx));
+        ctx.run_interval(self.settings.stats_interval, |act, ctx| act.send_stats(ctx));
+        self.heartbeat(ctx);
+        ctx.run_interval(self.settings.presence_heartbeat, |act, ctx| act.heartbeat(ctx));
+    }
+}
+
+impl Handler<Connect> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, message: Connect, _ctx: &mut Context<Self>) {
+        if self.closing {
+            let _ = message.outbound.try_send(Outbound::Close { code: 1001, reason: "going away" });
+        }
+        let session = Session {
+            outbound: message.outbound,
+            seen_pulled: message.conn.pulled.load(Ordering::Acquire),
+            conn: message.conn,
+            channels: HashSet::new(),
+            since_ms: now_ms(),
+        };
+        self.sessions.insert(message.id, session);
+    }
+}
+
+impl Handler<Disconnect> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, message: Disconnect, _ctx: &mut Context<Self>) {
+        self.remove_session(message.id);
+    }
+}
+
+impl Handler<Subscribe> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, message: Subscribe, _ctx: &mut Context<Self>) {
+        let Some(session) = self.sessions.get_mut(&message.id) else { return };
+        for key in message.channels {
+            session.channels.insert(key.clone());
+            let channel = self.channels.entry(key.clone()).or_insert_with(|| {
+                if let Some(pubsub) = &self.pubsub {
+                    let _ = pubsub.send(PubSubCommand::Subscribe(self.redis.updates_channel(&key)));
+                }
+                Channel {
+                    name: key.to_string().into(),
+                    subscribers: HashSet::new(),
+                    recent: DedupWindow::new(self.settings.dedup_window),
+                    dirty: false,
+                }
+            });
+            channel.subscribers.insert(message.id);
+        }
+    }
+}
+
+impl Handler<Unsubscribe> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, message: Unsubscribe, _ctx: &mut Context<Self>) {
+        let Some(session) = self.sessions.get_mut(&message.id) else { return };
+        for key in &message.channels {
+            session.channels.remove(key);
+        }
+        for key in &message.channels {
+            self.leave(key, message.id);
+        }
+    }
+}
+
+impl Handler<Published> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, message: Published, ctx: &mut Context<Self>) {
+        self.on_published(&message.payload, ctx);
+    }
+}
+
+impl Handler<Shutdown> for SessionRegistry {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, message: Shutdown, _ctx: &mut Context<Self>) -> Self::Result {
+        self.closing = true;
+        info!(self.log, "closing WebSocket sessions"; "sessions" => self.sessions.len());
+        for session in self.sessions.values() {
+            if session.outbound.try_send(Outbound::Close { code: 1001, reason: "going away" }).is_err() {
+                session.conn.kill();
+            }
+        }
+        let (done, all_closed) = oneshot::channel();
+        if self.sessions.is_empty() {
+            let _ = done.send(());
+        } else {
+            self.closed.push(done);
+        }
+        let presence = self.presence.clone();
+        let instance = self.instance.clone();
+        Box::pin(
+            async move {
+                let _ = tokio::time::timeout(message.timeout, all_closed).await;
+                let _ = presence.remove(&instance).await;
+            }
+            .into_actor(self)
+            .map(|_, act, _| {
+                for session in act.sessions.values() {
+                    session.conn.kill();
+                }
+            }),
+        )
+    }
+}

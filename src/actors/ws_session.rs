@@ -1,0 +1,502 @@
+//! One WebSocket connection (`GET /v1/ws`): parses the client's requests,
+//! numbers the frames of each channel, answers subscriptions with a
+//! snapshot, pings, and applies the per-connection limits.
+//!
+//! The registry hands this actor ready-made frame bodies with `try_send`
+//! into a capped mailbox ([`Outbound`]). A session runs only while actix
+//! polls its response body, so it is frozen while its client does not read:
+//! nothing here decides that the client is slow. The registry does, from
+//! [`ConnShared`]: the bytes handed to the session and the bytes the HTTP
+//! layer pulled from its body, and it closes the socket itself.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::session_registry::{Connect, Disconnect, SessionRegistry, Subscribe, Unsubscribe};
+use crate::config::WsSettings;
+use crate::domain::aggregate::Interval;
+use crate::domain::partial::AggKey;
+use crate::metrics::METRICS;
+use crate::storage::redis::RedisStore;
+
+/// Close codes beyond RFC 6455's.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+pub const CLOSE_PING_TIMEOUT: u16 = 4000;
+
+static CLOCK: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Milliseconds on a monotonic clock shared by sessions and the registry.
+pub fn now_ms() -> u64 {
+    CLOCK.elapsed().as_millis() as u64
+}
+
+/// What the session, the registry and the body stream share about one
+/// connection.
+pub struct ConnShared {
+    /// A duplicate of the connection's TCP socket, so the registry can close
+    /// it while the session is frozen (see `http::ws`).
+    pub socket: Option<Arc<socket2::Socket>>,
+    /// Bytes handed to the session: the registry adds an estimate when its
+    /// `try_send` succeeds, the session corrects it to the exact encoded
+    /// size when it writes, and adds its own frames.
+    pub handed: AtomicI64,
+    /// Bytes the HTTP layer took from the session's body stream.
+    pub pulled: AtomicI64,
+    /// When the client last sent anything (a frame, a pong), on [`now_ms`].
+    pub last_inbound_ms: AtomicU64,
+}
+
+impl ConnShared {
+    pub fn new(socket: Option<Arc<socket2::Socket>>) -> ConnShared {
+        ConnShared {
+            socket,
+            handed: AtomicI64::new(0),
+            pulled: AtomicI64::new(0),
+            last_inbound_ms: AtomicU64::new(now_ms()),
+        }
+    }
+
+    /// Bytes handed to the session and not yet taken by the HTTP layer.
+    pub fn outstanding(&self) -> i64 {
+        self.handed.load(Ordering::Acquire) - self.pulled.load(Ordering::Acquire)
+    }
+
+    /// Resets the connection at once (`SO_LINGER` 0 makes the last close
+    /// send RST and drop unsent data) and wakes the HTTP layer, whose next
+    /// read or write fails, so it drops the connection and the session.
+    pub fn kill(&self) {
+        if let Some(socket) = &self.socket {
+            let _ = socket.set_linger(Some(Duration::ZERO));
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// The size of a server frame (unmasked) with `payload` bytes on the wire.
+pub fn frame_len(payload: usize) -> i64 {
+    let header = if payload < 126 {
+        2
+    } else if payload <= 65_535 {
+        4
+    } else {
+        10
+    };
+    (payload + header) as i64
+}
+
+/// What a `swap` or `stats` frame carries, serialized once for every session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    Swap,
+    Stats,
+}
+
+impl FrameKind {
+    fn name(self) -> &'static str {
+        match self {
+            FrameKind::Swap => "swap",
+            FrameKind::Stats => "stats",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct FrameBody {
+    pub kind: FrameKind,
+    pub json: Arc<str>,
+}
+
+/// Writes `{"type":..,"channel":..,"seq":..,"swap"|"stats":..}`.
+pub fn channel_frame(kind: FrameKind, channel: &str, seq: u64, json: &str) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(48 + channel.len() + json.len());
+    let _ = write!(text, r#"{{"type":"{}","channel":"{channel}","seq":{seq},"{}":"#, kind.name(), kind.name());
+    text.push_str(json);
+    text.push('}');
+    text
+}
+
+/// The registry's estimate of the bytes `frames` take on `channel`.
+pub fn estimate(channel: &str, frames: &[FrameBody]) -> i64 {
+    frames.iter().map(|f| frame_len(channel_frame_len(f.kind, channel, f.json.len()))).sum()
+}
+
+fn channel_frame_len(kind: FrameKind, channel: &str, json: usize) -> usize {
+    // `{"type":"","channel":"","seq":0,"":}` is 35 bytes with a one-digit seq.
+    35 + 2 * kind.name().len() + channel.len() + json
+}
+
+/// Registry -> session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum Outbound {
+    /// New frames of one channel (one update), in order.
+    Frames { channel: AggKey, frames: Arc<[FrameBody]>, estimate: i64 },
+    /// Close with this code and reason, then stop.
+    Close { code: u16, reason: &'static str },
+}
+
+/// Connections per IP address, counted when the upgrade is accepted and
+/// released when the session's actor is dropped.
+#[derive(Clone, Default)]
+pub struct IpLimiter {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+pub struct IpSlot {
+    limiter: IpLimiter,
+    ip: IpAddr,
+}
+
+impl IpLimiter {
+    pub fn acquire(&self, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot { limiter: self.clone(), ip })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.limiter.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+enum ChannelState {
+    /// Subscribed; frames wait here until the snapshot went out as seq 0.
+    Waiting {
+        generation: u64,
+        held: Vec<Arc<[FrameBody]>>,
+    },
+    Live {
+        name: Arc<str>,
+        next_seq: u64,
+    },
+}
+
+/// A client request.
+#[derive(Deserialize)]
+struct Request {
+    op: String,
+    #[serde(default)]
+    channels: Option<Vec<serde_json::Value>>,
+}
+
+pub struct WsSession {
+    id: u64,
+    registry: Addr<SessionRegistry>,
+    redis: RedisStore,
+    settings: WsSettings,
+    conn: Arc<ConnShared>,
+    channels: HashMap<AggKey, ChannelState>,
+    generation: u64,
+    bad_frames: u32,
+    /// Whether the frame being handled was answered with an error; a frame
+    /// counts once towards the limit, however many errors it earned.
+    frame_was_bad: bool,
+    _slot: IpSlot,
+}
+
+impl WsSession {
+    pub fn new(
+        registry: Addr<SessionRegistry>,
+        redis: RedisStore,
+        settings: WsSettings,
+        conn: Arc<ConnShared>,
+        slot: IpSlot,
+    ) -> WsSession {
+        WsSession {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            registry,
+            redis,
+            settings,
+            conn,
+            channels: HashMap::new(),
+            generation: 0,
+            bad_frames: 0,
+            frame_was_bad: false,
+            _slot: slot,
+        }
+    }
+
+    /// Every frame goes out through here, so that the bytes are counted.
+    fn emit(&self, ctx: &mut ws::WebsocketContext<Self>, text: String) {
+        self.conn.handed.fetch_add(frame_len(text.len()), Ordering::AcqRel);
+        ctx.text(text);
+    }
+
+    fn error(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: &'static str, message: String) {
+        METRICS.ws_bad_frames.with_label_values(&[code]).inc();
+        let text = json!({"type": "error", "code": code, "message": message}).to_string();
+        self.emit(ctx, text);
+        self.frame_was_bad = true;
+    }
+
+    fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+        self.conn.handed.fetch_add(frame_len(2 + reason.len()), Ordering::AcqRel);
+        ctx.close(Some(ws::CloseReason { code: ws::CloseCode::from(code), description: Some(reason.to_owned()) }));
+        ctx.stop();
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        if text.len() > self.settings.max_frame_bytes {
+            let message = format!("{} bytes; at most {} are accepted", text.len(), self.settings.max_frame_bytes);
+            return self.error(ctx, "frame_too_large", message);
+        }
+        let request: Request = match serde_json::from_str(text) {
+            Ok(request) => request,
+            Err(e) => return self.error(ctx, "bad_json", format!("expected a JSON request object: {e}")),
+        };
+        match request.op.as_str() {
+            "ping" => self.emit(ctx, r#"{"type":"pong"}"#.to_owned()),
+            "subscribe" | "unsubscribe" => {
+                let Some(names) = request.channels.filter(|c| !c.is_empty()) else {
+                    return self.error(ctx, "bad_request", "`channels`: expected a non-empty list".into());
+                };
+                if names.len() > self.settings.max_channels {
+                    let message =
+                        format!("{} channels in one request; at most {}", names.len(), self.settings.max_channels);
+                    return self.error(ctx, "too_many_channels", message);
+                }
+                let mut keys = Vec::with_capacity(names.len());
+                for name in names {
+                    match name.as_str().and_then(parse_channel) {
+                        Some(key) => keys.push(key),
+                        None => {
+                            let message =
+                                format!("{name}: expected \"token:<SYMBOL>\" or \"pair:<A>-<B>\" (A-Z 0-9 . _ -)");
+                            self.error(ctx, "bad_channel", message);
+                        }
+                    }
+                }
+                if request.op == "subscribe" {
+                    self.subscribe(keys, ctx);
+                } else {
+                    self.unsubscribe(keys, ctx);
+                }
+            }
+            other => {
+                let other: String = other.chars().take(32).collect();
+                self.error(ctx, "unknown_op", format!("{other:?}: expected subscribe, unsubscribe or ping"));
+            }
+        }
+    }
+
+    fn subscribe(&mut self, keys: Vec<AggKey>, ctx: &mut ws::WebsocketContext<Self>) {
+        let mut added = Vec::new();
+        for key in keys {
+            // A repeated subscription changes nothing and is not answered.
+            if self.channels.contains_key(&key) {
+                continue;
+            }
+            if self.channels.len() >= self.settings.max_channels {
+                let message = format!("{key}: at most {} channels per connection", self.settings.max_channels);
+                self.error(ctx, "too_many_channels", message);
+                continue;
+            }
+            self.generation += 1;
+            let generation = self.generation;
+            self.channels.insert(key.clone(), ChannelState::Waiting { generation, held: Vec::new() });
+            added.push(key.clone());
+            let redis = self.redis.clone();
+            let fetch = async move {
+                tokio::time::timeout(Duration::from_secs(5), snapshot(&redis, &key))
+                    .await
+                    .map_err(anyhow::Error::from)?
+            };
+            let key = added.last().cloned().expect("just pushed");
+            ctx.spawn(
+                fetch.into_actor(self).map(move |result, act, ctx| act.on_snapshot(key, generation, result, ctx)),
+            );
+        }
+        if !added.is_empty() {
+            self.registry.do_send(Subscribe { id: self.id, channels: added });
+        }
+    }
+
+    fn on_snapshot(
+        &mut self,
+        key: AggKey,
+        generation: u64,
+        result: anyhow::Result<serde_json::Value>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let current =
+            matches!(self.channels.get(&key), Some(ChannelState::Waiting { generation: g, .. }) if *g == generation);
+        if !current {
+            return; // unsubscribed meanwhile
+        }
+        let name: Arc<str> = key.to_string().into();
+        match result {
+            Ok(snapshot) => {
+                let text = json!({"type": "subscribed", "channel": &*name, "seq": 0, "snapshot": snapshot}).to_string();
+                self.emit(ctx, text);
+                METRICS.ws_frames_sent.with_label_values(&["subscribed"]).inc();
+                let Some(ChannelState::Waiting { held, .. }) =
+                    self.channels.insert(key.clone(), ChannelState::Live { name, next_seq: 1 })
+                else {
+                    return;
+                };
+                for frames in held {
+                    self.write_frames(&key, &frames, ctx);
+                }
+            }
+            Err(e) => {
+                self.channels.remove(&key);
+                self.registry.do_send(Unsubscribe { id: self.id, channels: vec![key.clone()] });
+                let text = json!({"type": "error", "code": "unavailable", "channel": &*name,
+                    "message": format!("no snapshot for {name}, not subscribed: {e:#}")})
+                .to_string();
+                self.emit(ctx, text);
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, keys: Vec<AggKey>, ctx: &mut ws::WebsocketContext<Self>) {
+        let mut removed = Vec::new();
+        for key in keys {
+            if self.channels.remove(&key).is_some() {
+                removed.push(key.clone());
+            }
+            self.emit(ctx, json!({"type": "unsubscribed", "channel": key.to_string()}).to_string());
+        }
+        if !removed.is_empty() {
+            self.registry.do_send(Unsubscribe { id: self.id, channels: removed });
+        }
+    }
+
+    fn write_frames(&mut self, key: &AggKey, frames: &[FrameBody], ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(ChannelState::Live { name, next_seq }) = self.channels.get_mut(key) else { return };
+        let name = name.clone();
+        let mut texts = Vec::with_capacity(frames.len());
+        for frame in frames {
+            texts.push((frame.kind, channel_frame(frame.kind, &name, *next_seq, &frame.json)));
+            *next_seq += 1;
+        }
+        for (kind, text) in texts {
+            METRICS.ws_frames_sent.with_label_values(&[kind.name()]).inc();
+            self.emit(ctx, text);
+        }
+    }
+}
+
+/// `token:eth`, `TOKEN:ETH`, `pair:usdc-eth` -> the canonical key.
+pub fn parse_channel(name: &str) -> Option<AggKey> {
+    let (kind, rest) = name.split_once(':')?;
+    AggKey::parse(&format!("{}:{rest}", kind.to_ascii_lowercase()))
+}
+
+/// The stats object of a channel, merged over every partition from Redis.
+pub async fn snapshot(redis: &RedisStore, key: &AggKey) -> anyhow::Result<serde_json::Value> {
+    let now = Utc::now();
+    let merged = redis.merged(key, &[Interval::M1], now.timestamp() - 86_400 - 60).await?;
+    Ok(crate::http::tokens::stats_json(key, &merged, now))
+}
+
+impl Actor for WsSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.settings.queue_messages);
+        METRICS.ws_sessions.inc();
+        self.registry.do_send(Connect { id: self.id, outbound: ctx.address().recipient(), conn: self.conn.clone() });
+        // Only the pings: whether the peer answered is the registry's
+        // decision (from `last_inbound_ms`), as this timer freezes with us.
+        ctx.run_interval(self.settings.ping_interval, |act, ctx| {
+            act.conn.handed.fetch_add(frame_len(0), Ordering::AcqRel);
+            ctx.ping(b"");
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        METRICS.ws_sessions.dec();
+        self.registry.do_send(Disconnect { id: self.id });
+    }
+}
+
+impl Handler<Outbound> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, message: Outbound, ctx: &mut Self::Context) {
+        match message {
+            Outbound::Frames { channel, frames, estimate } => {
+                self.conn.handed.fetch_sub(estimate, Ordering::AcqRel);
+                match self.channels.get_mut(&channel) {
+                    Some(ChannelState::Waiting { held, .. }) => held.push(frames),
+                    Some(ChannelState::Live { .. }) => self.write_frames(&channel, &frames, ctx),
+                    None => {}
+                }
+            }
+            Outbound::Close { code, reason } => self.close(ctx, code, reason),
+        }
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
+    fn handle(&mut self, message: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.conn.last_inbound_ms.store(now_ms(), Ordering::Release);
+        self.frame_was_bad = false;
+        self.on_message(message, ctx);
+        if std::mem::take(&mut self.frame_was_bad) {
+            self.bad_frames += 1;
+            if self.bad_frames >= self.settings.max_bad_frames {
+                self.close(ctx, 1008, "too many bad frames");
+            }
+        }
+    }
+}
+
+impl WsSession {
+    fn on_message(
+        &mut self,
+        message: Result<ws::Message, ws::ProtocolError>,
+        ctx: &mut ws::WebsocketContext<WsSession>,
+    ) {
+        match message {
+            Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
+            Ok(ws::Message::Ping(payload)) => {
+                self.conn.handed.fetch_add(frame_len(payload.len()), Ordering::AcqRel);
+                ctx.pong(&payload);
+            }
+            Ok(ws::Message::Pong(_)) => {}
+            Ok(ws::Message::Binary(_)) => self.error(ctx, "bad_frame", "binary frames are not accepted".into()),
+            Ok(ws::Message::Continuation(_)) => {
+                self.error(ctx, "bad_frame", "fragmented messages are not accepted".into())
+            }
+            Ok(ws::Message::Close(reason)) => {
+                let code = reason.as_ref().map_or(1000, |r| u16::from(r.code));
+                self.close(ctx, if code == 1005 { 1000 } else { code }, "");
+            }
+            Ok(ws::Message::Nop) => {}
+            Err(ws::ProtocolError::Overflow) => {
+                METRICS.ws_bad_frames.with_label_values(&["frame_too_large"]).inc();
+                self.close(ctx, 1009, "message too big");
+            }
+            Err(e) => {
+                METRICS.ws_bad_frames.with_label_values(&["protocol"]).inc();
+                self.close(ctx, 1002, &format!("protocol error: {e}"));
+            }
+        }
+    }
+}

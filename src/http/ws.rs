@@ -1,0 +1,111 @@
+//! `GET /v1/ws` (the WebSocket upgrade) and `GET /v1/ws/stats`.
+//!
+//! How a client that stops reading is found and disconnected. A session
+//! actor runs only while actix polls its response body; once the client
+//! stops reading, the kernel buffers fill, actix stops polling, and the
+//! actor is frozen with its timers. So the decision and the close are the
+//! registry's:
+//! - `on_connect` keeps a duplicate of every accepted TCP socket
+//!   (`SockRef::try_clone`, a `dup` of the descriptor) in the connection's
+//!   extensions, and sets a modest kernel send buffer
+//!   (`SWAPSTREAM_WS_SEND_BUFFER_BYTES`) so a stalled client is noticed
+//!   after kilobytes, not the megabytes the kernel would otherwise buffer;
+//! - the registry adds the size of every frame it hands the session
+//!   (`try_send` into a mailbox capped at `SWAPSTREAM_WS_QUEUE_MESSAGES`),
+//!   and the session's body stream, wrapped here, adds every byte actix
+//!   pulls from it; the difference is what waits for this client;
+//! - a full mailbox, a difference above `SWAPSTREAM_WS_QUEUE_BYTES`, or a
+//!   difference that does not shrink for `SWAPSTREAM_WS_WRITE_DEADLINE_MS`
+//!   evicts the client: the registry forgets it (its frames are dropped with
+//!   the mailbox), offers close 4008 "slow consumer", and shortly after sets
+//!   `SO_LINGER` 0 and shuts the duplicated socket down. actix's next read or
+//!   write on the connection fails, it drops the connection and with it the
+//!   session, and the last close sends RST: the connection is really gone
+//!   even though the client never reads again.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::dev::Extensions;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use futures::StreamExt;
+use serde_json::json;
+
+use super::error::ApiError;
+use crate::actors::session_registry::SessionRegistry;
+use crate::actors::ws_session::{ConnShared, IpLimiter, WsSession};
+use crate::config::WsSettings;
+use crate::metrics::METRICS;
+use crate::storage::presence::Presence;
+use crate::storage::redis::RedisStore;
+
+/// What the WebSocket routes need.
+#[derive(Clone)]
+pub struct WsState {
+    pub registry: Addr<SessionRegistry>,
+    pub settings: WsSettings,
+    pub redis: RedisStore,
+    pub limiter: IpLimiter,
+}
+
+/// The duplicated socket of a connection, in its extensions.
+#[derive(Clone)]
+struct ConnSocket(Arc<socket2::Socket>);
+
+/// For `HttpServer::on_connect`: keeps a duplicate of the TCP socket and
+/// sets its send buffer (`send_buffer` bytes; 0 leaves the kernel's).
+pub fn on_connect(send_buffer: usize) -> impl Fn(&dyn Any, &mut Extensions) + Send + Sync + Clone + 'static {
+    move |connection: &dyn Any, extensions: &mut Extensions| {
+        let Some(stream) = connection.downcast_ref::<actix_rt::net::TcpStream>() else { return };
+        let socket = socket2::SockRef::from(stream);
+        if send_buffer > 0 {
+            let _ = socket.set_send_buffer_size(send_buffer);
+        }
+        if let Ok(duplicate) = socket.try_clone() {
+            extensions.insert(ConnSocket(Arc::new(duplicate)));
+        }
+    }
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/ws", web::get().to(upgrade)).route("/v1/ws/stats", web::get().to(stats));
+}
+
+async fn upgrade(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<WsState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let Some(ip) = request.peer_addr().map(|a| a.ip()) else {
+        return Ok(HttpResponse::BadRequest().finish());
+    };
+    let Some(slot) = state.limiter.acquire(ip, state.settings.max_conns_per_ip) else {
+        METRICS.ws_refused.with_label_values(&["per_ip_limit"]).inc();
+        let message = format!("at most {} WebSocket connections per IP address", state.settings.max_conns_per_ip);
+        return Ok(HttpResponse::TooManyRequests()
+            .json(json!({"error": {"code": "too_many_connections", "message": message}})));
+    };
+    let mut response = ws::handshake(&request)?;
+    let socket = request.conn_data::<ConnSocket>().map(|s| s.0.clone());
+    let conn = Arc::new(ConnShared::new(socket));
+    let session =
+        WsSession::new(state.registry.clone(), state.redis.clone(), state.settings.clone(), conn.clone(), slot);
+    // Frames up to 4x the limit are read and answered with an error frame;
+    // larger ones end the connection (1009) rather than being buffered.
+    let codec = actix_http::ws::Codec::new().max_size(state.settings.max_frame_bytes.saturating_mul(4));
+    let body = ws::WebsocketContext::with_codec(session, payload, codec).map(move |chunk| {
+        if let Ok(bytes) = &chunk {
+            conn.pulled.fetch_add(bytes.len() as i64, std::sync::atomic::Ordering::AcqRel);
+        }
+        chunk
+    });
+    Ok(response.streaming(body))
+}
+
+/// Sessions and subscribers of every live instance, from Redis.
+async fn stats(state: web::Data<WsState>) -> Result<HttpResponse, ApiError> {
+    let counts = Presence::new(&state.redis).counts().await.map_err(ApiError::redis)?;
+    Ok(HttpResponse::Ok().json(counts))
+}

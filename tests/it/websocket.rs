@@ -1,0 +1,717 @@
+//! The WebSocket fan-out against real consumer processes, the real broker,
+//! PostgreSQL and Redis: what a client receives is checked against the
+//! producer's ground truth.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use swapstream::producer::ground_truth::GroundTruthFile;
+use swapstream::storage::presence::{InstanceCounts, Lock, Presence};
+use swapstream::storage::redis::RedisStore;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::{self, delivered, eventually, require_broker, wait_checkpointed, Child, Names};
+
+const TOKENS: &str = "ETH,BTC,USDC,SOL";
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A test client: JSON text frames in and out.
+struct Client {
+    socket: Socket,
+}
+
+/// What a client read: a JSON frame, a close (code), or nothing in time.
+#[derive(Debug)]
+enum Got {
+    Frame(Value),
+    Closed(Option<u16>),
+    Timeout,
+}
+
+impl Client {
+    async fn connect(port: u16) -> Client {
+        let (socket, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/v1/ws"))
+            .await
+            .expect("WebSocket handshake");
+        Client { socket }
+    }
+
+    async fn send(&mut self, value: Value) {
+        self.socket.send(Message::text(value.to_string())).await.expect("sending");
+    }
+
+    async fn read(&mut self, timeout: Duration) -> Got {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Err(_) => return Got::Timeout,
+                Ok(None) | Ok(Some(Err(_))) => return Got::Closed(None),
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    return Got::Frame(serde_json::from_str(&text).expect("every frame is JSON"))
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => return Got::Closed(frame.map(|f| u16::from(f.code))),
+                Ok(Some(Ok(_))) => {} // pings are answered by the library
+            }
+        }
+    }
+
+    /// The next JSON frame; fails on a close or after `timeout`.
+    async fn frame(&mut self, timeout: Duration) -> Value {
+        match self.read(timeout).await {
+            Got::Frame(value) => value,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// Reads every frame from now on in a task of its own, so the client
+    /// never stops reading whatever the test does meanwhile.
+    fn drain(mut self) -> Drained {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let got = self.read(Duration::from_secs(120)).await;
+                let last = !matches!(got, Got::Frame(_));
+                if tx.send(got).is_err() || last {
+                    return;
+                }
+            }
+        });
+        Drained(rx)
+    }
+
+    async fn subscribe(&mut self, channels: &[&str]) -> Vec<Value> {
+        self.send(json!({"op": "subscribe", "channels": channels})).await;
+        let mut answers = Vec::new();
+        for _ in channels {
+            let frame = self.frame(Duration::from_secs(10)).await;
+            assert_eq!(frame["type"], "subscribed", "{frame}");
+            assert_eq!(frame["seq"], 0, "{frame}");
+            answers.push(frame);
+        }
+        answers
+    }
+}
+
+/// What a draining client read, in order.
+struct Drained(tokio::sync::mpsc::UnboundedReceiver<Got>);
+
+impl Drained {
+    async fn frame(&mut self) -> Value {
+        match self.0.recv().await {
+            Some(Got::Frame(frame)) => frame,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// The close code, skipping frames before it.
+    async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.0.recv().await {
+                Some(Got::Frame(_)) => {}
+                Some(Got::Closed(code)) => return code,
+                other => panic!("expected a close, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// The swap states the consumer must publish for `token`: per partition in
+/// offset order, a swap's first pending (unless a terminal status came
+/// first) and its first terminal status when that is `confirmed`.
+fn expected_states(truth: &GroundTruthFile, token: &str) -> BTreeSet<(String, u64, String)> {
+    let mut states = BTreeSet::new();
+    for entries in truth.delivered().values() {
+        let mut last: HashMap<(String, u64), String> = HashMap::new();
+        for entry in entries {
+            let e = &entry.event;
+            let id = (e["tx_hash"].as_str().unwrap().to_owned(), e["log_index"].as_u64().unwrap_or(0));
+            let status = e["status"].as_str().unwrap().to_owned();
+            let publish = matches!(
+                (last.get(&id).map(String::as_str), status.as_str()),
+                (None, "pending") | (None | Some("pending"), "confirmed")
+            );
+            let becomes = match (last.get(&id).map(String::as_str), status.as_str()) {
+                (None, _) | (Some("pending"), "confirmed" | "failed") => Some(status.clone()),
+                _ => None,
+            };
+            if publish && (e["token_from"] == token || e["token_to"] == token) {
+                states.insert((id.0.clone(), id.1, status.clone()));
+            }
+            if let Some(becomes) = becomes {
+                last.insert(id, becomes);
+            }
+        }
+    }
+    states
+}
+
+/// What a client received on one channel, checked as it arrives: `seq`
+/// goes up by exactly one, no swap state twice, every swap involves the
+/// channel's token.
+#[derive(Default)]
+struct Received {
+    next_seq: u64,
+    states: BTreeSet<(String, u64, String)>,
+    last_stats: Option<Value>,
+}
+
+impl Received {
+    fn new() -> Received {
+        Received { next_seq: 1, ..Default::default() }
+    }
+
+    fn take(&mut self, frame: &Value, channel: &str, token: &str) {
+        assert_eq!(frame["channel"], channel, "{frame}");
+        assert_eq!(frame["seq"], self.next_seq, "gap or repeat in seq: {frame}");
+        self.next_seq += 1;
+        match frame["type"].as_str() {
+            Some("swap") => {
+                let swap = &frame["swap"];
+                assert!(swap["token_from"] == token || swap["token_to"] == token, "not a {token} swap: {frame}");
+                let status = swap["status"].as_str().unwrap().to_owned();
+                assert!(status == "pending" || status == "confirmed", "{frame}");
+                let state =
+                    (swap["tx_hash"].as_str().unwrap().to_owned(), swap["log_index"].as_u64().unwrap_or(0), status);
+                assert!(self.states.insert(state.clone()), "swap state received twice: {state:?}");
+            }
+            Some("stats") => self.last_stats = Some(frame["stats"].clone()),
+            _ => panic!("unexpected frame on {channel}: {frame}"),
+        }
+    }
+
+    /// Reads until a `stats` frame shows the ground truth's final totals of
+    /// `token`: every swap frame of that last update came before it.
+    async fn until_final(&mut self, client: &mut Client, truth: &GroundTruthFile, channel: &str, token: &str) {
+        let totals = &truth.expected["tokens"][token]["totals"];
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.last_stats.as_ref().map(|s| &s["totals"]) != Some(totals) {
+            assert!(Instant::now() < deadline, "no final stats frame for {channel}");
+            let frame = client.frame(Duration::from_secs(60)).await;
+            self.take(&frame, channel, token);
+        }
+    }
+}
+
+fn stream_vars(rate: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("SWAPSTREAM_PRODUCER_TOKENS", TOKENS.into()),
+        ("SWAPSTREAM_PRODUCER_RATE", rate.into()),
+        ("SWAPSTREAM_PRODUCER_CONFIRM_DELAY_MS", "200".into()),
+        ("SWAPSTREAM_PRODUCER_FAILED_SHARE", "0.1".into()),
+        ("SWAPSTREAM_PRODUCER_DUPLICATE_SHARE", "0.2".into()),
+        ("SWAPSTREAM_PRODUCER_REORDER_SHARE", "0.2".into()),
+        ("SWAPSTREAM_PRODUCER_REORDER_MAX_MS", "1000".into()),
+        ("SWAPSTREAM_KAFKA_PARTITIONS", "4".into()),
+    ]
+}
+
+fn consumer_vars(names: &Names, brokers: &str, instance: &str) -> Vec<(&'static str, String)> {
+    let mut vars = names.vars(brokers);
+    vars.extend([
+        ("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0".into()),
+        ("SWAPSTREAM_BATCH_MAX_MS", "50".into()),
+        ("SWAPSTREAM_INSTANCE_ID", format!("{}-{instance}", names.schema)),
+        ("SWAPSTREAM_KAFKA_OPTIONS", "session.timeout.ms=6000".into()),
+        ("SWAPSTREAM_WS_STATS_INTERVAL_MS", "200".into()),
+        ("SWAPSTREAM_WS_PRESENCE_HEARTBEAT_SECS", "1".into()),
+        ("SWAPSTREAM_WS_PRESENCE_TTL_SECS", "3".into()),
+    ]);
+    vars
+}
+
+async fn start_consumer(names: &Names, vars: &[(&'static str, String)], name: &str) -> (Child, u16) {
+    let child = Child::spawn(&format!("{}-{name}", names.schema), &["consumer"], vars);
+    let port = helpers::logged_port(&child).await;
+    (child, port)
+}
+
+async fn create_topics(names: &Names, brokers: &str) {
+    let settings = names.settings(&[
+        ("SWAPSTREAM_KAFKA_TOPIC_PREFIX", &names.topic_prefix),
+        ("SWAPSTREAM_KAFKA_PARTITIONS", "4"),
+        ("SWAPSTREAM_KAFKA_DLQ_TOPIC", &names.dlq),
+    ]);
+    let topics: Vec<String> = TOKENS.split(',').map(|t| format!("{}{t}", names.topic_prefix)).collect();
+    swapstream::kafka::create_topics(&settings.kafka, brokers, &topics, &swapstream::telemetry::discard())
+        .await
+        .expect("creating topics");
+}
+
+async fn metric(port: u16, line_start: &str) -> f64 {
+    let (_, text) = helpers::http_get(port, "/metrics").await;
+    text.lines().find_map(|l| l.strip_prefix(line_start).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_channel_gets_exactly_its_swaps_in_order_and_unsubscribe_stops_them() {
+    let brokers = require_broker();
+    let names = Names::new("it-ws-truth");
+    let (mut consumer, port) = start_consumer(&names, &consumer_vars(&names, &brokers, "a"), "a").await;
+
+    let mut client = Client::connect(port).await;
+    let subscribed = client.subscribe(&["TOKEN:eth"]).await;
+    assert_eq!(subscribed[0]["channel"], "token:ETH", "channel names are canonical");
+    assert_eq!(subscribed[0]["snapshot"]["token"], "ETH");
+    assert_eq!(subscribed[0]["snapshot"]["totals"]["swaps"], 0, "nothing produced yet");
+    let mut pair_client = Client::connect(port).await;
+    let subscribed = pair_client.subscribe(&["pair:usdc-eth"]).await;
+    assert_eq!(subscribed[0]["channel"], "pair:ETH-USDC");
+    let mut leaver = Client::connect(port).await;
+    leaver.subscribe(&["token:ETH"]).await;
+
+    eventually("/v1/ws/stats counts the clients", Duration::from_secs(10), || async move {
+        let (status, body) = helpers::http_get(port, "/v1/ws/stats").await;
+        let stats: Value = serde_json::from_str(&body).unwrap_or_default();
+        status == 200 && stats["sessions"] == 3 && stats["channels"]["token:ETH"] == 2
+    })
+    .await;
+
+    let producing = tokio::spawn({
+        let (brokers, names) = (brokers.clone(), names.clone());
+        async move { helpers::produce(&brokers, &names, 300, &stream_vars("6000")).await }
+    });
+
+    // The leaver takes a few swaps, unsubscribes, and must get none after.
+    let mut left = Received::new();
+    while left.states.len() < 3 {
+        let frame = leaver.frame(Duration::from_secs(60)).await;
+        left.take(&frame, "token:ETH", "ETH");
+    }
+    leaver.send(json!({"op": "unsubscribe", "channels": ["token:eth"]})).await;
+    loop {
+        let frame = leaver.frame(Duration::from_secs(10)).await;
+        if frame["type"] == "unsubscribed" {
+            assert_eq!(frame["channel"], "token:ETH");
+            break;
+        }
+        left.take(&frame, "token:ETH", "ETH");
+    }
+
+    let truth = producing.await.unwrap();
+    let mut received = Received::new();
+    received.until_final(&mut client, &truth, "token:ETH", "ETH").await;
+    let expected = expected_states(&truth, "ETH");
+    assert!(expected.iter().any(|s| s.2 == "pending") && expected.iter().any(|s| s.2 == "confirmed"));
+    assert_eq!(received.states, expected, "the ETH swap states differ from the ground truth");
+
+    let mut pair = Received::new();
+    let pair_totals = &truth.expected["pairs"]["ETH-USDC"]["totals"];
+    while pair.last_stats.as_ref().map(|s| &s["totals"]) != Some(pair_totals) {
+        let frame = pair_client.frame(Duration::from_secs(60)).await;
+        assert_eq!(frame["channel"], "pair:ETH-USDC");
+        assert_eq!(frame["seq"], pair.next_seq);
+        pair.next_seq += 1;
+        if frame["type"] == "stats" {
+            pair.last_stats = Some(frame["stats"].clone());
+        } else {
+            let swap = &frame["swap"];
+            let tokens = BTreeSet::from([swap["token_from"].as_str().unwrap(), swap["token_to"].as_str().unwrap()]);
+            assert_eq!(tokens, BTreeSet::from(["ETH", "USDC"]), "{frame}");
+        }
+    }
+
+    // Nothing reached the leaver after its `unsubscribed`: the next frame
+    // it gets is the answer to a ping.
+    leaver.send(json!({"op": "ping"})).await;
+    assert_eq!(leaver.frame(Duration::from_secs(10)).await, json!({"type": "pong"}));
+    wait_checkpointed(&names, delivered(&truth), Duration::from_secs(60)).await;
+    consumer.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_on_two_instances_each_get_every_swap_of_their_channel() {
+    let brokers = require_broker();
+    let names = Names::new("it-ws-two");
+    create_topics(&names, &brokers).await;
+    let (mut a, port_a) = start_consumer(&names, &consumer_vars(&names, &brokers, "a"), "a").await;
+    let (mut b, port_b) = start_consumer(&names, &consumer_vars(&names, &brokers, "b"), "b").await;
+    let client = helpers::pg().await;
+    let owners = format!("SELECT count(DISTINCT owner)::bigint FROM {}.offsets", names.schema);
+    eventually("both instances own partitions", Duration::from_secs(60), || {
+        let (client, owners) = (&client, &owners);
+        async move { client.query_one(owners.as_str(), &[]).await.map(|r| r.get::<_, i64>(0) == 2).unwrap_or(false) }
+    })
+    .await;
+
+    let mut on_a = Client::connect(port_a).await;
+    on_a.subscribe(&["token:ETH"]).await;
+    let mut on_b = Client::connect(port_b).await;
+    on_b.subscribe(&["token:ETH"]).await;
+    eventually("/v1/ws/stats sums both instances", Duration::from_secs(10), || async move {
+        let (_, body) = helpers::http_get(port_a, "/v1/ws/stats").await;
+        let stats: Value = serde_json::from_str(&body).unwrap_or_default();
+        stats["sessions"] == 2 && stats["instances"].as_array().map(Vec::len) == Some(2)
+    })
+    .await;
+
+    let truth = helpers::produce(&brokers, &names, 300, &stream_vars("max")).await;
+    let expected = expected_states(&truth, "ETH");
+    let mut got_a = Received::new();
+    let mut got_b = Received::new();
+    tokio::join!(
+        got_a.until_final(&mut on_a, &truth, "token:ETH", "ETH"),
+        got_b.until_final(&mut on_b, &truth, "token:ETH", "ETH"),
+    );
+    assert_eq!(got_a.states, expected, "client on instance a");
+    assert_eq!(got_b.states, expected, "client on instance b");
+    a.kill9().await;
+    b.kill9().await;
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A client that completes the handshake, subscribes, and never reads
+/// again; its receive buffer is small, so the server's side fills quickly.
+fn stalled_client(port: u16, channel: &str) -> std::net::TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into()).unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = format!(
+        "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    stream.write_all(&masked_text(&json!({"op": "subscribe", "channels": [channel]}).to_string())).unwrap();
+    stream
+}
+
+/// A client-to-server text frame (masked, as the protocol requires).
+fn masked_text(text: &str) -> Vec<u8> {
+    masked_frame(0x1, text.as_bytes())
+}
+
+fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 65_535 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_disconnected_and_the_others_get_everything() {
+    let brokers = require_broker();
+    let names = Names::new("it-ws-slow");
+    let deadline = Duration::from_millis(1000);
+    let mut vars = consumer_vars(&names, &brokers, "a");
+    vars.push(("SWAPSTREAM_WS_WRITE_DEADLINE_MS", deadline.as_millis().to_string()));
+    vars.push(("SWAPSTREAM_WS_SEND_BUFFER_BYTES", "16384".into()));
+    let (mut consumer, port) = start_consumer(&names, &vars, "a").await;
+    let pid = consumer.pid();
+
+    let mut healthy = Client::connect(port).await;
+    healthy.subscribe(&["token:ETH"]).await;
+    let mut healthy = healthy.drain();
+    let producing = tokio::spawn({
+        let (brokers, names) = (brokers.clone(), names.clone());
+        async move { helpers::produce(&brokers, &names, 3000, &stream_vars("120000")).await }
+    });
+    // Once the channel is busy, a client subscribes and stops reading.
+    let mut received = Received::new();
+    while received.states.len() < 20 {
+        let frame = healthy.frame().await;
+        received.take(&frame, "token:ETH", "ETH");
+    }
+    let rss_before = rss_kib(pid);
+    let stalled_at = Instant::now();
+    let mut stalled = stalled_client(port, "token:ETH");
+
+    let took = loop {
+        let evictions = metric(port, "swapstream_ws_evictions_total{reason=\"write_deadline\"}").await
+            + metric(port, "swapstream_ws_evictions_total{reason=\"queue_full\"}").await
+            + metric(port, "swapstream_ws_evictions_total{reason=\"queue_bytes\"}").await;
+        if evictions >= 1.0 {
+            break stalled_at.elapsed();
+        }
+        assert!(
+            stalled_at.elapsed() < deadline + Duration::from_secs(4),
+            "the stalled client was not disconnected in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("stalled client disconnected {took:?} after it stopped reading (deadline {deadline:?})");
+
+    // Its TCP connection is really closed: reading drains what was
+    // buffered, then ends (EOF or reset) instead of waiting for more.
+    let reading = tokio::task::spawn_blocking(move || {
+        let mut buffered = 0usize;
+        let mut chunk = [0u8; 65536];
+        loop {
+            match stalled.read(&mut chunk) {
+                Ok(0) => return (true, buffered),
+                Ok(n) => buffered += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                    return (false, buffered)
+                }
+                Err(_) => return (true, buffered),
+            }
+            if buffered > 4 << 20 {
+                return (false, buffered);
+            }
+        }
+    });
+    let (closed, buffered) = reading.await.unwrap();
+    assert!(closed, "the evicted client's connection is still open after {buffered} bytes");
+
+    let truth = producing.await.unwrap();
+    let totals = &truth.expected["tokens"]["ETH"]["totals"];
+    while received.last_stats.as_ref().map(|s| &s["totals"]) != Some(totals) {
+        let frame = healthy.frame().await;
+        received.take(&frame, "token:ETH", "ETH");
+    }
+    assert_eq!(received.states, expected_states(&truth, "ETH"), "the healthy client missed swaps");
+    let rss_after = rss_kib(pid);
+    println!("consumer RSS {rss_before} KiB before the stalled client, {rss_after} KiB at the end");
+    assert!(rss_after < 400 * 1024, "RSS {rss_after} KiB");
+    assert!(rss_after < rss_before + 100 * 1024, "RSS grew from {rss_before} to {rss_after} KiB");
+    assert_eq!(metric(port, "swapstream_ws_sessions").await, 1.0, "only the healthy session is left");
+    consumer.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_input_is_answered_with_errors_and_the_process_carries_on() {
+    let brokers = require_broker();
+    let names = Names::new("it-ws-hostile");
+    let mut vars = consumer_vars(&names, &brokers, "a");
+    vars.extend([
+        ("SWAPSTREAM_WS_MAX_BAD_FRAMES", "6".into()),
+        ("SWAPSTREAM_WS_MAX_FRAME_BYTES", "1024".into()),
+        ("SWAPSTREAM_WS_MAX_CHANNELS", "3".into()),
+        ("SWAPSTREAM_WS_MAX_CONNS_PER_IP", "20".into()),
+    ]);
+    let (mut consumer, port) = start_consumer(&names, &vars, "a").await;
+
+    // Each kind of bad frame gets its error; the connection stays usable.
+    let mut client = Client::connect(port).await;
+    let expect_error = |frame: Value, code: &str| {
+        assert_eq!((frame["type"].as_str(), frame["code"].as_str()), (Some("error"), Some(code)), "{frame}");
+    };
+    client.socket.send(Message::text("{not json")).await.unwrap();
+    expect_error(client.frame(Duration::from_secs(5)).await, "bad_json");
+    client.socket.send(Message::binary(vec![0xff, 0x00, 0x13, 0x37])).await.unwrap();
+    expect_error(client.frame(Duration::from_secs(5)).await, "bad_frame");
+    client.send(json!({"op": "explode"})).await;
+    expect_error(client.frame(Duration::from_secs(5)).await, "unknown_op");
+    client.send(json!({"op": "subscribe", "channels": ["token:not a token", "candle:ETH"]})).await;
+    expect_error(client.frame(Duration::from_secs(5)).await, "bad_channel");
+    expect_error(client.frame(Duration::from_secs(5)).await, "bad_channel");
+    client.socket.send(Message::text(format!("{{\"op\":\"ping\",\"pad\":\"{}\"}}", "x".repeat(2000)))).await.unwrap();
+    expect_error(client.frame(Duration::from_secs(5)).await, "frame_too_large");
+    client.send(json!({"op": "ping"})).await;
+    assert_eq!(client.frame(Duration::from_secs(5)).await, json!({"type": "pong"}));
+    // The sixth bad frame closes the connection with 1008.
+    client.send(json!({"op": "subscribe", "channels": ["token:A", "token:B", "token:C", "token:D"]})).await;
+    expect_error(client.frame(Duration::from_secs(5)).await, "too_many_channels");
+    assert!(matches!(client.read(Duration::from_secs(5)).await, Got::Closed(Some(1008))));
+
+    // 10k subscribe requests: the same channel again and again is one
+    // subscription; more channels than allowed are refused.
+    let mut client = Client::connect(port).await;
+    for _ in 0..10_000 {
+        client.socket.feed(Message::text(r#"{"op":"subscribe","channels":["token:ETH"]}"#)).await.unwrap();
+    }
+    client.socket.flush().await.unwrap();
+    let first = client.frame(Duration::from_secs(10)).await;
+    assert_eq!((&first["type"], &first["channel"]), (&json!("subscribed"), &json!("token:ETH")));
+    client
+        .send(json!({"op": "subscribe", "channels": (0..10_000).map(|i| format!("token:T{i}")).collect::<Vec<_>>()}))
+        .await;
+    match client.read(Duration::from_secs(5)).await {
+        Got::Frame(frame) => expect_error(frame, "frame_too_large"),
+        Got::Closed(code) => assert_eq!(code, Some(1009), "a frame over 4x the limit ends the connection"),
+        Got::Timeout => panic!("no answer to a huge subscribe request"),
+    }
+
+    // A frame far over the limit closes with 1009 without being buffered.
+    let mut client = Client::connect(port).await;
+    client.socket.send(Message::text("x".repeat(1 << 20))).await.unwrap();
+    assert!(matches!(client.read(Duration::from_secs(5)).await, Got::Closed(Some(1009))));
+
+    // Too many connections from one address: the one over the limit is refused.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(Client::connect(port).await);
+    }
+    match tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/v1/ws")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 429),
+        other => panic!("the 21st connection was not refused: {:?}", other.map(|_| ())),
+    }
+    drop(held);
+    assert!(metric(port, "swapstream_ws_connections_refused_total{reason=\"per_ip_limit\"}").await >= 1.0);
+
+    // Garbage that is not WebSocket at all, on a raw connection.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.write_all(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff\xfe garbage").unwrap();
+
+    // Still serving: health, and a new client subscribes.
+    assert_eq!(consumer.child.try_wait().unwrap(), None, "the consumer died");
+    eventually("a new connection is accepted once the held ones closed", Duration::from_secs(10), || async move {
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/v1/ws")).await.is_ok()
+    })
+    .await;
+    let mut client = Client::connect(port).await;
+    client.subscribe(&["pair:ETH-USDC"]).await;
+    assert_eq!(helpers::http_get(port, "/healthz").await.0, 200);
+    consumer.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lock_excludes_only_its_holder_expires_and_guards_the_presence_clean_up() {
+    let names = Names::new("it-ws-lock");
+    let settings = names.settings(&[]);
+    let a = Presence::new(&RedisStore::connect(&settings.redis, 100).await.unwrap());
+    let b = Presence::new(&RedisStore::connect(&settings.redis, 100).await.unwrap());
+    let ttl = Duration::from_millis(800);
+
+    // Two instances racing for the lock: exactly one holds it each round.
+    for _ in 0..20 {
+        let (got_a, got_b) = tokio::join!(a.acquire("job", ttl), b.acquire("job", ttl));
+        let (got_a, got_b) = (got_a.unwrap(), got_b.unwrap());
+        assert!(got_a.is_some() != got_b.is_some(), "both or neither took the lock");
+        let (holder, lock) = match (got_a, got_b) {
+            (Some(lock), None) => (&a, lock),
+            (None, Some(lock)) => (&b, lock),
+            _ => unreachable!(),
+        };
+        assert!(holder.release(&lock).await.unwrap());
+    }
+
+    // A non-holder cannot release it.
+    let lock = a.acquire("job", ttl).await.unwrap().expect("free");
+    assert!(!b.release(&Lock::forged(&b, "job", ttl)).await.unwrap());
+    assert!(b.acquire("job", ttl).await.unwrap().is_none(), "still held by a");
+
+    // Renewed, it outlives its TTL; released by its holder, it is free.
+    let started = Instant::now();
+    while started.elapsed() < ttl * 2 {
+        assert!(a.renew(&lock).await.unwrap());
+        assert!(b.acquire("job", ttl).await.unwrap().is_none());
+        tokio::time::sleep(ttl / 4).await;
+    }
+    // Not renewed, it expires and the other instance takes over; the old
+    // holder can then neither renew nor release the new one's lock.
+    let expired_at = Instant::now();
+    let taken = loop {
+        if let Some(lock) = b.acquire("job", ttl).await.unwrap() {
+            break lock;
+        }
+        assert!(expired_at.elapsed() < ttl * 4, "the lock never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(expired_at.elapsed() >= ttl / 2, "taken over before the TTL");
+    assert!(!a.renew(&lock).await.unwrap());
+    assert!(!a.release(&lock).await.unwrap());
+    assert!(b.release(&taken).await.unwrap());
+
+    // with_lock: the job runs for longer than the TTL, renewed meanwhile,
+    // and a second instance's job does not run at the same time.
+    let long_job = a.with_lock("job", ttl, async {
+        tokio::time::sleep(ttl * 2).await;
+        Ok(1)
+    });
+    let contender = async {
+        tokio::time::sleep(ttl + ttl / 2).await;
+        b.with_lock("job", ttl, async { Ok(2) }).await.unwrap()
+    };
+    let (first, second) = tokio::join!(long_job, contender);
+    assert_eq!((first.unwrap(), second), (Some(1), None));
+
+    // The clean-up removes a dead instance's leftovers, not live ones.
+    let ghost = InstanceCounts { instance: "ghost".into(), sessions: 7, ..Default::default() };
+    let alive = InstanceCounts { instance: "alive".into(), sessions: 2, ..Default::default() };
+    a.heartbeat(&ghost, Duration::from_millis(500)).await.unwrap();
+    a.heartbeat(&alive, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(a.counts().await.unwrap().sessions, 9);
+    eventually("the dead instance's counts expire", Duration::from_secs(5), || {
+        let a = &a;
+        async move { a.counts().await.unwrap().sessions == 2 }
+    })
+    .await;
+    let cleaning = Instant::now();
+    let removed = loop {
+        match b.clean_dead(Duration::from_millis(500)).await.unwrap() {
+            Some(removed) if !removed.is_empty() => break removed,
+            _ => assert!(cleaning.elapsed() < Duration::from_secs(5), "the dead instance was not cleaned up"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(removed, ["ghost"]);
+    let counts = b.counts().await.unwrap();
+    assert_eq!(counts.instances.iter().map(|i| i.instance.as_str()).collect::<Vec<_>>(), ["alive"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_closes_clients_with_1001_and_loses_nothing() {
+    let brokers = require_broker();
+    let names = Names::new("it-ws-sigterm");
+    let vars = consumer_vars(&names, &brokers, "a");
+    let (mut consumer, port) = start_consumer(&names, &vars, "a").await;
+    let mut clients = Vec::new();
+    for channel in ["token:ETH", "token:BTC", "pair:ETH-USDC"] {
+        let mut client = Client::connect(port).await;
+        client.subscribe(&[channel]).await;
+        clients.push(client.drain());
+    }
+    let producing = tokio::spawn({
+        let (brokers, names) = (brokers.clone(), names.clone());
+        async move { helpers::produce(&brokers, &names, 2000, &stream_vars("60000")).await }
+    });
+    let pg = helpers::pg().await;
+    eventually("the consumer makes progress", Duration::from_secs(60), || {
+        let (pg, names) = (&pg, &names);
+        async move { helpers::checkpointed(pg, names).await > 200 }
+    })
+    .await;
+
+    let started = Instant::now();
+    let status = consumer.terminate(Duration::from_secs(25)).await;
+    assert!(status.success(), "SIGTERM must end in exit 0, got {status}; log: {}", consumer.log_text());
+    println!("consumer exited {:?} after SIGTERM", started.elapsed());
+    for client in &mut clients {
+        assert_eq!(client.close_code().await, Some(1001), "clients get 1001 going away");
+    }
+    let log = consumer.log_text();
+    let closing = log.find("closing WebSocket sessions").expect("sessions closed");
+    assert!(log.find("leaving the consumer group").is_some_and(|at| at < closing), "checkpoint and leave first");
+
+    // Restarted, it finishes the stream: nothing lost, nothing twice.
+    let truth = producing.await.unwrap();
+    let (mut consumer, _) = start_consumer(&names, &vars, "b").await;
+    wait_checkpointed(&names, delivered(&truth), Duration::from_secs(90)).await;
+    let (stored, pending) = helpers::from_postgres(&names).await;
+    assert_eq!(stored, truth.expected, "PostgreSQL differs from the ground truth");
+    assert_eq!(pending, 0);
+    consumer.kill9().await;
+}
