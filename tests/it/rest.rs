@@ -609,3 +609,36 @@ async fn random_paths_queries_and_headers_never_get_a_server_error_or_a_hang() {
     assert!(!metrics.lines().any(|l| l.starts_with("swapstream_http_requests_total") && l.contains("status=\"5")));
     assert!(api.terminate(Duration::from_secs(10)).await.success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_upgrades_need_a_key_and_an_allowed_origin() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+
+    let names = Names::new("it-rest-ws-guard");
+    let vars = api_vars(&names, &[("SWAPSTREAM_API_KEYS", KEY_A), ("SWAPSTREAM_RATE_LIMIT_PER_SEC", "0")]);
+    let (mut api, port) = start_api(&format!("{}api", names.topic_prefix), &vars).await;
+    let refused = |result: Result<_, Error>| match result {
+        Err(Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => 101,
+    };
+    let url = format!("ws://127.0.0.1:{port}/v1/ws");
+    assert_eq!(refused(tokio_tungstenite::connect_async(&url).await), 401);
+    let wrong = format!("{url}?api_key=key-cccccccccccccccc");
+    assert_eq!(refused(tokio_tungstenite::connect_async(&wrong).await), 403);
+    let keyed = format!("{url}?api_key={KEY_A}");
+    let (mut socket, _) = tokio_tungstenite::connect_async(&keyed).await.expect("upgrade with the key");
+    use futures::{SinkExt, StreamExt};
+    socket.send(r#"{"op":"ping"}"#.into()).await.unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(10), socket.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(serde_json::from_str::<Value>(pong.to_text().unwrap()).unwrap(), json!({"type": "pong"}));
+
+    let mut foreign = keyed.as_str().into_client_request().unwrap();
+    foreign.headers_mut().insert("Origin", "https://evil.example".parse().unwrap());
+    assert_eq!(refused(tokio_tungstenite::connect_async(foreign).await), 403);
+    let mut own = keyed.as_str().into_client_request().unwrap();
+    own.headers_mut().insert("Origin", format!("http://127.0.0.1:{port}").parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(own).await.is_ok(), "the API's own origin may connect");
+    assert!(api.terminate(Duration::from_secs(10)).await.success());
+}
