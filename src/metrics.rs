@@ -33,6 +33,7 @@ pub struct Metrics {
     pub ws_evictions: IntCounterVec,
     pub ws_bad_frames: IntCounterVec,
     pub ws_refused: IntCounterVec,
+    pub ws_pubsub_resumed: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -182,6 +183,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "ws_connections_refused_total",
             "WebSocket upgrades refused, by reason",
             &["reason"],
+            r
+        )
+        .expect("metric"),
+        ws_pubsub_resumed: register_int_counter_with_registry!(
+            "ws_pubsub_resumed_total",
+            "Redis pub/sub connections re-established after a loss (clients are shown a seq gap)",
             r
         )
         .expect("metric"),

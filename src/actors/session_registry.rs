@@ -386,6 +386,7 @@ async fn pubsub_loop(
     log: Logger,
 ) {
     let mut wanted: HashSet<String> = HashSet::new();
+    let mut reconnecting = false;
     loop {
         let connection = match client.get_async_pubsub().await {
             Ok(connection) => connection,
@@ -400,6 +401,11 @@ async fn pubsub_loop(
         if !all.is_empty() && sink.subscribe(all).await.is_err() {
             continue;
         }
+        if reconnecting {
+            // What was published while disconnected is lost: say so.
+            registry.do_send(PubSubResumed);
+        }
+        reconnecting = true;
         loop {
             tokio::select! {
                 command = commands.recv() => {
@@ -427,6 +433,23 @@ async fn pubsub_loop(
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The pub/sub connection is back after a loss.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PubSubResumed;
+
+impl Handler<PubSubResumed> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, _: PubSubResumed, _ctx: &mut Context<Self>) {
+        METRICS.ws_pubsub_resumed.inc();
+        for session in self.sessions.values() {
+            // A full queue means a slow client, evicted by the sweep anyway.
+            let _ = session.outbound.try_send(Outbound::Gap);
+        }
     }
 }
 

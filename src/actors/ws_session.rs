@@ -141,6 +141,10 @@ fn channel_frame_len(kind: FrameKind, channel: &str, json: usize) -> usize {
 pub enum Outbound {
     /// New frames of one channel (one update), in order.
     Frames { channel: AggKey, frames: Arc<[FrameBody]>, estimate: i64 },
+    /// Updates may have been missed (the pub/sub connection was lost):
+    /// every live channel skips one `seq`, so the client sees a gap and
+    /// re-reads the REST stats.
+    Gap,
     /// Close with this code and reason, then stop.
     Close { code: u16, reason: &'static str },
 }
@@ -446,6 +450,13 @@ impl Handler<Outbound> for WsSession {
                     Some(ChannelState::Waiting { held, .. }) => held.push(frames),
                     Some(ChannelState::Live { .. }) => self.write_frames(&channel, &frames, ctx),
                     None => {}
+                }
+            }
+            Outbound::Gap => {
+                for state in self.channels.values_mut() {
+                    if let ChannelState::Live { next_seq, .. } = state {
+                        *next_seq += 1;
+                    }
                 }
             }
             Outbound::Close { code, reason } => self.close(ctx, code, reason),

@@ -365,3 +365,26 @@ pub async fn logged_number(child: &Child, field: &str) -> u16 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A Redis server of one test's own, to stop or disturb under a running process.
+pub struct OwnRedis {
+    pub child: tokio::process::Child,
+    pub port: u16,
+}
+
+impl OwnRedis {
+    pub async fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server (scripts/services installs it)");
+        eventually("own redis up", Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        OwnRedis { child, port }
+    }
+}

@@ -236,33 +236,10 @@ async fn consumer_and_api_give_the_same_json_and_it_matches_the_ground_truth() {
     assert!(consumer.terminate(Duration::from_secs(30)).await.success());
 }
 
-/// A Redis server of this test's own, to stop under a running api.
-struct OwnRedis {
-    child: tokio::process::Child,
-    port: u16,
-}
-
-impl OwnRedis {
-    async fn start() -> OwnRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server (scripts/services installs it)");
-        eventually("own redis up", Duration::from_secs(10), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-        })
-        .await;
-        OwnRedis { child, port }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn every_error_has_its_status_and_a_json_body_and_a_lost_store_is_503() {
     let names = Names::new("it-rest-errors");
-    let mut redis = OwnRedis::start().await;
+    let mut redis = helpers::OwnRedis::start().await;
     let url = format!("redis://127.0.0.1:{}", redis.port);
     let (mut api, port) =
         start_api(&format!("{}api", names.topic_prefix), &api_vars(&names, &[("SWAPSTREAM_REDIS_URL", &url)])).await;

@@ -715,3 +715,59 @@ async fn sigterm_under_load_closes_clients_with_1001_and_loses_nothing() {
     assert_eq!(pending, 0);
     consumer.kill9().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_pubsub_connection_shows_clients_a_seq_gap() {
+    let names = Names::new("it-ws-gap");
+    let redis = helpers::OwnRedis::start().await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let vars = vec![
+        ("SWAPSTREAM_POSTGRES_SCHEMA", names.schema.clone()),
+        ("SWAPSTREAM_REDIS_KEY_PREFIX", names.redis_prefix.clone()),
+        ("SWAPSTREAM_REDIS_URL", url.clone()),
+        ("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+        ("SWAPSTREAM_LOG_FORMAT", "json".to_owned()),
+    ];
+    let mut api = Child::spawn(&format!("{}api", names.topic_prefix), &["api"], &vars);
+    let port = helpers::logged_port(&api).await;
+    let mut client = Client::connect(port).await;
+    client.send(json!({"op": "subscribe", "channels": ["token:ETH"]})).await;
+    let Got::Frame(subscribed) = client.read(Duration::from_secs(10)).await else { panic!("no snapshot") };
+    assert_eq!((&subscribed["type"], &subscribed["seq"]), (&json!("subscribed"), &json!(0)));
+
+    let channel = format!("{}:updates:{{token:ETH}}", names.redis_prefix);
+    let swap = |status: &str, n: u8| {
+        json!({"tx_hash": format!("0x{}", format!("{n:02x}").repeat(32)), "log_index": 0, "status": status,
+            "timestamp": "2026-11-25T08:00:00Z", "token_from": "ETH", "token_to": "USDC",
+            "amount_from": "1", "amount_to": "4000", "usd_value": "4000"})
+    };
+    let publisher = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = publisher.get_multiplexed_async_connection().await.unwrap();
+    // The registry subscribes in the background: publish until it hears.
+    let first = json!({"key": "token:ETH", "swaps": [swap("pending", 1)]}).to_string();
+    let got = loop {
+        let _: i64 = redis::cmd("PUBLISH").arg(&channel).arg(&first).query_async(&mut conn).await.unwrap();
+        if let Got::Frame(frame) = client.read(Duration::from_millis(500)).await {
+            break frame;
+        }
+    };
+    assert_eq!((&got["type"], &got["seq"]), (&json!("swap"), &json!(1)));
+
+    // Every pub/sub connection of this Redis is cut; the registry reconnects.
+    let _: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut conn).await.unwrap();
+    eventually("the pub/sub connection is back", Duration::from_secs(15), || async move {
+        let (_, metrics) = helpers::http_get(port, "/metrics").await;
+        metrics.lines().any(|l| l.starts_with("swapstream_ws_pubsub_resumed_total ") && !l.ends_with(" 0"))
+    })
+    .await;
+    let second = json!({"key": "token:ETH", "swaps": [swap("confirmed", 1)]}).to_string();
+    let got = loop {
+        let _: i64 = redis::cmd("PUBLISH").arg(&channel).arg(&second).query_async(&mut conn).await.unwrap();
+        if let Got::Frame(frame) = client.read(Duration::from_millis(500)).await {
+            break frame;
+        }
+    };
+    assert_eq!((&got["type"], &got["seq"]), (&json!("swap"), &json!(3)), "seq 2 is skipped: a visible gap");
+    assert_eq!(got["swap"]["status"], "confirmed");
+    assert!(api.terminate(Duration::from_secs(10)).await.success());
+}
