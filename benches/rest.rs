@@ -95,11 +95,11 @@ impl Connection {
             assert!(n > 0, "the server closed the connection");
             self.buffer.extend_from_slice(&chunk[..n]);
             let Some(head_end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-            let head = std::str::from_utf8(&self.buffer[..head_end]).unwrap().to_ascii_lowercase();
+            let head = std::str::from_utf8(&self.buffer[..head_end]).unwrap();
             let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().unwrap())
+                .split("\r\n")
+                .find_map(|l| l.split_once(':').filter(|(name, _)| name.eq_ignore_ascii_case("content-length")))
+                .map(|(_, v)| v.trim().parse().unwrap())
                 .expect("content-length");
             if self.buffer.len() >= head_end + 4 + length {
                 return head[9..12].parse().unwrap();

@@ -15,7 +15,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{web, HttpMessage, ResponseError};
+use actix_web::{web, ResponseError};
 use rand::Rng;
 use slog::{info, o, warn, Logger};
 use subtle::ConstantTimeEq;
@@ -64,10 +64,6 @@ impl Policy {
     }
 }
 
-/// The request's logger (with its request id), for handlers that log.
-#[derive(Clone)]
-pub struct RequestLog(pub Logger);
-
 /// A caller's request id when it is short and plain, else a new one.
 fn request_id(request: &ServiceRequest) -> String {
     request
@@ -91,9 +87,6 @@ pub async fn observe(
     let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let (method, path) = (request.method().to_string(), request.path().to_owned());
     let peer = request.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-    if let Some(policy) = &policy {
-        request.extensions_mut().insert(RequestLog(policy.log.new(o!("request_id" => id.clone()))));
-    }
     let result = next.call(request).await;
     let (status, error) = match &result {
         Ok(response) => (response.status(), response.response().error().map(|e| e.to_string())),
