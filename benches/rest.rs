@@ -130,6 +130,15 @@ fn measured(mut latencies: Vec<Duration>, elapsed: Duration) -> Measured {
     }
 }
 
+/// Every connection's latencies, over the time since `started`.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>, started: Instant) -> Measured {
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    measured(all, started.elapsed())
+}
+
 /// As fast as 64 connections go, each waiting for its answer.
 async fn closed_loop(port: u16, length: Duration) -> Measured {
     let started = Instant::now();
@@ -147,11 +156,7 @@ async fn closed_loop(port: u16, length: Duration) -> Measured {
             })
         })
         .collect();
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
-    measured(all, started.elapsed())
+    gather(tasks, started).await
 }
 
 /// `FIXED_RATE` requests/s spread over the connections; a request that had
@@ -182,11 +187,7 @@ async fn open_loop(port: u16, length: Duration) -> Measured {
             })
         })
         .collect();
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
-    measured(all, started.elapsed())
+    gather(tasks, started).await
 }
 
 /// `redis-benchmark` GET at the same concurrency: (requests/s, p50, p99).

@@ -17,18 +17,8 @@ use crate::helpers::{
 
 const TOKENS: &str = "ETH,BTC,USDC,SOL";
 
-/// A stream with everything a consumer must cope with.
 fn stream_vars(rate: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("SWAPSTREAM_PRODUCER_TOKENS", TOKENS.into()),
-        ("SWAPSTREAM_PRODUCER_RATE", rate.into()),
-        ("SWAPSTREAM_PRODUCER_CONFIRM_DELAY_MS", "200".into()),
-        ("SWAPSTREAM_PRODUCER_FAILED_SHARE", "0.1".into()),
-        ("SWAPSTREAM_PRODUCER_DUPLICATE_SHARE", "0.2".into()),
-        ("SWAPSTREAM_PRODUCER_REORDER_SHARE", "0.2".into()),
-        ("SWAPSTREAM_PRODUCER_REORDER_MAX_MS", "2000".into()),
-        ("SWAPSTREAM_KAFKA_PARTITIONS", "4".into()),
-    ]
+    helpers::stream_vars(TOKENS, rate, 2000)
 }
 
 fn consumer_vars(names: &Names, brokers: &str) -> Vec<(&'static str, String)> {

@@ -388,3 +388,18 @@ impl OwnRedis {
         OwnRedis { child, port }
     }
 }
+
+/// A producer stream with everything a consumer must cope with: failures,
+/// duplicates, and events held back up to `reorder_max_ms`.
+pub fn stream_vars(tokens: &str, rate: &str, reorder_max_ms: u32) -> Vec<(&'static str, String)> {
+    vec![
+        ("SWAPSTREAM_PRODUCER_TOKENS", tokens.into()),
+        ("SWAPSTREAM_PRODUCER_RATE", rate.into()),
+        ("SWAPSTREAM_PRODUCER_CONFIRM_DELAY_MS", "200".into()),
+        ("SWAPSTREAM_PRODUCER_FAILED_SHARE", "0.1".into()),
+        ("SWAPSTREAM_PRODUCER_DUPLICATE_SHARE", "0.2".into()),
+        ("SWAPSTREAM_PRODUCER_REORDER_SHARE", "0.2".into()),
+        ("SWAPSTREAM_PRODUCER_REORDER_MAX_MS", reorder_max_ms.to_string()),
+        ("SWAPSTREAM_KAFKA_PARTITIONS", "4".into()),
+    ]
+}

@@ -197,16 +197,7 @@ impl Received {
 }
 
 fn stream_vars(rate: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("SWAPSTREAM_PRODUCER_TOKENS", TOKENS.into()),
-        ("SWAPSTREAM_PRODUCER_RATE", rate.into()),
-        ("SWAPSTREAM_PRODUCER_CONFIRM_DELAY_MS", "200".into()),
-        ("SWAPSTREAM_PRODUCER_FAILED_SHARE", "0.1".into()),
-        ("SWAPSTREAM_PRODUCER_DUPLICATE_SHARE", "0.2".into()),
-        ("SWAPSTREAM_PRODUCER_REORDER_SHARE", "0.2".into()),
-        ("SWAPSTREAM_PRODUCER_REORDER_MAX_MS", "1000".into()),
-        ("SWAPSTREAM_KAFKA_PARTITIONS", "4".into()),
-    ]
+    helpers::stream_vars(TOKENS, rate, 1000)
 }
 
 fn consumer_vars(names: &Names, brokers: &str, instance: &str) -> Vec<(&'static str, String)> {
