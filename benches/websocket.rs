@@ -80,6 +80,8 @@ struct Run {
     rss_busy_mib: f64,
 }
 
+// Connecting yields each client's reader task, joined after the measurement.
+#[allow(clippy::async_yields_async)]
 fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool) -> Run {
     let brokers = std::env::var("SWAPSTREAM_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let id = format!("wsbench_{:08x}", rand::random::<u32>());
@@ -141,11 +143,14 @@ fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool) -> Run {
     let frames = Arc::new(AtomicU64::new(0));
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let result = runtime.block_on(async {
-        // Connect and subscribe every client, 200 at a time.
-        let mut sockets = Vec::with_capacity(clients);
+        // Connect and subscribe every client, 200 at a time. Each starts
+        // reading (and so answering pings) as soon as it is subscribed;
+        // frames before the measurement are not counted.
+        let mut tasks = Vec::with_capacity(clients);
         for chunk in (0..clients).collect::<Vec<_>>().chunks(200) {
             let connecting = chunk.iter().map(|i| {
                 let channel = channels[i % channels.len()].clone();
+                let (frames, measuring) = (frames.clone(), measuring.clone());
                 async move {
                     let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/v1/ws"))
                         .await
@@ -159,40 +164,14 @@ fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool) -> Run {
                             }
                         }
                     }
-                    socket
+                    // The reader's handle, joined after the measurement.
+                    tokio::spawn(read_frames(socket, frames, measuring))
                 }
             });
-            sockets.extend(futures::future::join_all(connecting).await);
+            tasks.extend(futures::future::join_all(connecting).await);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         let rss_idle = rss_kib(pid);
-
-        let tasks: Vec<_> = sockets
-            .into_iter()
-            .map(|mut socket| {
-                let (frames, measuring) = (frames.clone(), measuring.clone());
-                tokio::spawn(async move {
-                    let mut latencies: Vec<u32> = Vec::new();
-                    let mut got = 0u64;
-                    while let Some(Ok(message)) = socket.next().await {
-                        if let Message::Text(text) = message {
-                            if !measuring.load(Ordering::Relaxed) {
-                                continue;
-                            }
-                            got += 1;
-                            frames.fetch_add(1, Ordering::Relaxed);
-                            if text.starts_with("{\"type\":\"swap\"") {
-                                if let Some(at) = event_time(&text) {
-                                    let micros = (Utc::now() - at).num_microseconds().unwrap_or(0).max(0);
-                                    latencies.push(micros.min(u32::MAX as i64) as u32);
-                                }
-                            }
-                        }
-                    }
-                    (got, latencies)
-                })
-            })
-            .collect();
 
         let mut producer = std::process::Command::new(binary);
         base(&mut producer);
@@ -247,6 +226,36 @@ fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool) -> Run {
         .stderr(Stdio::null())
         .status();
     result
+}
+
+/// Reads a client's frames until the connection ends: how many arrived
+/// while measuring, and the latency of each swap frame in microseconds.
+async fn read_frames<S>(
+    mut socket: S,
+    frames: Arc<AtomicU64>,
+    measuring: Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, Vec<u32>)
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let mut latencies: Vec<u32> = Vec::new();
+    let mut got = 0u64;
+    while let Some(Ok(message)) = socket.next().await {
+        if let Message::Text(text) = message {
+            if !measuring.load(Ordering::Relaxed) {
+                continue;
+            }
+            got += 1;
+            frames.fetch_add(1, Ordering::Relaxed);
+            if text.starts_with("{\"type\":\"swap\"") {
+                if let Some(at) = event_time(&text) {
+                    let micros = (Utc::now() - at).num_microseconds().unwrap_or(0).max(0);
+                    latencies.push(micros.min(u32::MAX as i64) as u32);
+                }
+            }
+        }
+    }
+    (got, latencies)
 }
 
 fn main() {
