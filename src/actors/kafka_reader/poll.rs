@@ -246,6 +246,10 @@ fn record(message: &BorrowedMessage<'_>) -> Record {
 }
 
 /// Polls until told to stop; then leaves the group within the timeout.
+/// Longest wait for a message when no batch is open (bounds how late a
+/// stop or rewind request is seen).
+const IDLE_POLL: Duration = Duration::from_millis(20);
+
 pub fn run(consumer: Arc<BaseConsumer<ReaderContext>>, control: std_mpsc::Receiver<Control>) {
     let context = consumer.context();
     let mut batch_started: Option<Instant> = None;
@@ -267,7 +271,12 @@ pub fn run(consumer: Arc<BaseConsumer<ReaderContext>>, control: std_mpsc::Receiv
             }
             Err(std_mpsc::TryRecvError::Empty) => {}
         }
-        match consumer.poll(Duration::from_millis(20)) {
+        // An open batch is flushed on time even when nothing more arrives.
+        let wait = match batch_started {
+            Some(started) => context.settings.batch_max_time.saturating_sub(started.elapsed()).min(IDLE_POLL),
+            None => IDLE_POLL,
+        };
+        match consumer.poll(wait) {
             Some(Ok(message)) => {
                 let mut buffer = context.buffer.lock().expect("buffer lock");
                 buffer.push(record(&message));
