@@ -118,6 +118,8 @@ fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool) -> Run {
         .env("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0")
         .env("SWAPSTREAM_BATCH_MAX_MS", "5")
         .env("SWAPSTREAM_WS_MAX_CONNS_PER_IP", "1000000")
+        .env("SWAPSTREAM_RATE_LIMIT_PER_SEC", "0")
+        .env("SWAPSTREAM_HTTP_ACCESS_LOG", "false")
         .env("SWAPSTREAM_WS_PING_INTERVAL_MS", "30000")
         .env("SWAPSTREAM_WS_PING_TIMEOUT_MS", "120000")
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))

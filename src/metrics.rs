@@ -16,6 +16,8 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     pub pending: IntGaugeVec,
     pub checkpoint_seconds: Histogram,
+    pub read_delay: Histogram,
+    pub live_write_seconds: Histogram,
     pub checkpoint_events: Histogram,
     pub checkpoint_failures: IntCounter,
     pub consumer_lag: IntGaugeVec,
@@ -189,6 +191,20 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ws_pubsub_resumed: register_int_counter_with_registry!(
             "ws_pubsub_resumed_total",
             "Redis pub/sub connections re-established after a loss (clients are shown a seq gap)",
+            r
+        )
+        .expect("metric"),
+        read_delay: register_histogram_with_registry!(
+            "read_delay_seconds",
+            "Time from a message's Kafka timestamp (set by its producer) to its read by the consumer",
+            vec![0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0],
+            r
+        )
+        .expect("metric"),
+        live_write_seconds: register_histogram_with_registry!(
+            "live_write_seconds",
+            "Time to write one checkpoint's live state to Redis and publish its updates",
+            vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
             r
         )
         .expect("metric"),

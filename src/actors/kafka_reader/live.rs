@@ -88,6 +88,7 @@ async fn write(redis: &RedisStore, work: Work, failed: &AtomicBool, log: &Logger
             candles: p.candles,
         })
         .collect();
+    let started = std::time::Instant::now();
     if let Err(e) = redis.write(&writes).await {
         METRICS.redis_errors.inc();
         failed.store(true, Ordering::SeqCst);
@@ -100,4 +101,5 @@ async fn write(redis: &RedisStore, work: Work, failed: &AtomicBool, log: &Logger
             warn!(log, "cannot publish an update"; "key" => %key, "error" => %e);
         }
     }
+    METRICS.live_write_seconds.observe(started.elapsed().as_secs_f64());
 }

@@ -242,14 +242,18 @@ fn record(message: &BorrowedMessage<'_>) -> Record {
         METRICS.events_decoded.inc();
     }
     METRICS.events_consumed.with_label_values(&[message.topic()]).inc();
+    if let Some(created_ms) = message.timestamp().to_millis() {
+        let age_ms = chrono::Utc::now().timestamp_millis() - created_ms;
+        METRICS.read_delay.observe(age_ms.max(0) as f64 / 1000.0);
+    }
     Record { tp, offset: message.offset(), body }
 }
 
-/// Polls until told to stop; then leaves the group within the timeout.
 /// Longest wait for a message when no batch is open (bounds how late a
 /// stop or rewind request is seen).
 const IDLE_POLL: Duration = Duration::from_millis(20);
 
+/// Polls until told to stop; then leaves the group within the timeout.
 pub fn run(consumer: Arc<BaseConsumer<ReaderContext>>, control: std_mpsc::Receiver<Control>) {
     let context = consumer.context();
     let mut batch_started: Option<Instant> = None;
