@@ -125,6 +125,9 @@ async fn consumer_and_api_give_the_same_json_and_it_matches_the_ground_truth() {
     let consumer_metrics = String::from_utf8(get(consumer_port, "/metrics").await.body).unwrap();
     assert!(metric(&consumer_metrics, "swapstream_rest_reads_total{source=\"actors\"}") >= paths.len() as f64);
     assert_eq!(metric(&consumer_metrics, "swapstream_rest_reads_total{source=\"redis\"}"), 0.0);
+    let read = metric(&consumer_metrics, "swapstream_read_delay_seconds_count");
+    assert_eq!(read, metric(&consumer_metrics, "swapstream_events_decoded_total"), "every read message is timed");
+    assert!(metric(&consumer_metrics, "swapstream_live_write_seconds_count") >= 1.0);
     let api_metrics = String::from_utf8(get(api_port, "/metrics").await.body).unwrap();
     assert!(metric(&api_metrics, "swapstream_rest_reads_total{source=\"redis\"}") >= paths.len() as f64);
 
