@@ -734,10 +734,10 @@ def self_test(root: Path) -> int:
         p.write_text(p.read_text().replace('dc_resource("redis"', 'dc_resource("rediss"'))
 
     def compose_unknown_env(d: Path):
-        # A variable the binary does not accept (it would exit 2 at start).
+        # A misspelt variable the binary does not accept (it would exit 2 at start).
         p = d / "docker-compose.yml"
         p.write_text(p.read_text().replace("x-swapstream-env: &swapstream-env\n",
-                                           "x-swapstream-env: &swapstream-env\n  SWAPSTREAM_CORS_ORIGINS: http://localhost:8080\n", 1))
+                                           "x-swapstream-env: &swapstream-env\n  SWAPSTREAM_CORS_ORIGIN: http://localhost:8080\n", 1))
 
     def compose_unknown_env_no_readme_table(d: Path):
         # Without the README table the built-in fallback list still rejects it.
@@ -757,7 +757,7 @@ def self_test(root: Path) -> int:
     def tiltfile_unknown_env(d: Path):
         p = d / "Tiltfile"
         p.write_text(p.read_text().replace('        deps = SOURCE_DEPS,\n',
-                                           '        deps = SOURCE_DEPS,\n        env = {"SWAPSTREAM_API_KEYS": "dev"},\n', 1))
+                                           '        deps = SOURCE_DEPS,\n        env = {"SWAPSTREAM_API_TOKEN": "dev"},\n', 1))
 
     cases = [("k8s", k8s_unknown_field), ("k8s", k8s_wrong_type), ("k8s", k8s_missing_secret_key),
              ("k8s", k8s_unknown_env),
