@@ -50,7 +50,7 @@ pub async fn run_api(settings: &Settings, log: &Logger) -> anyhow::Result<()> {
     let readiness = Readiness { probes: dependency_probes(&pg, &redis, None) };
     let (registry, _registry_arbiter, ws) = start_registry(settings, &redis, log);
     let live = Live::stores(redis, pg, settings.http.cache);
-    let servers = Servers::start(&settings.http, HttpParts { readiness, live: Some(live), ws: Some(ws) }, log)?;
+    let servers = Servers::start(&settings.http, HttpParts { readiness, live, ws }, log)?;
     info!(log, "api started"; "http_port" => servers.port);
     crate::shutdown::signal(log.clone()).await;
     let _ = registry.send(Shutdown { timeout: Duration::from_secs(2) }).await;
@@ -243,7 +243,7 @@ impl Consumer {
         let readiness = Readiness { probes: dependency_probes(&pg, &redis, Some(consumer)) };
         let live = Live::stores(redis.clone(), pg.clone(), settings.http.cache).with_actors(aggregators.clone());
         let (registry, registry_arbiter, ws) = start_registry(settings, &redis, log);
-        let parts = HttpParts { readiness, live: Some(live), ws: Some(ws) };
+        let parts = HttpParts { readiness, live, ws };
         let servers = Servers::start(&settings.http, parts, log)?;
         info!(log, "consumer started"; "http_port" => servers.port, "subscription" => settings.kafka.topics.subscription(),
             "group" => &settings.kafka.group_id);

@@ -217,10 +217,10 @@ pub struct Aggregators {
 
 /// The partitions whose partials the actors hold, and a generation that
 /// changes with every change of that set.
-#[derive(Debug, Clone, Default)]
-pub struct Owned {
-    pub generation: u64,
-    pub partitions: BTreeSet<Tp>,
+#[derive(Debug, Default)]
+struct Owned {
+    generation: u64,
+    partitions: BTreeSet<Tp>,
 }
 
 impl Aggregators {
@@ -244,8 +244,16 @@ impl Aggregators {
         owned.generation += 1;
     }
 
-    pub fn owned(&self) -> Owned {
-        self.owned.read().expect("owned lock").clone()
+    /// The generation of the set of partitions held.
+    pub fn owned_generation(&self) -> u64 {
+        self.owned.read().expect("owned lock").generation
+    }
+
+    /// At the current generation: whether the actors hold partials for
+    /// every one of `partitions` (never true while they hold none).
+    pub fn holds_all(&self, partitions: &BTreeSet<Tp>) -> (u64, bool) {
+        let owned = self.owned.read().expect("owned lock");
+        (owned.generation, !owned.partitions.is_empty() && partitions.is_subset(&owned.partitions))
     }
 
     pub fn get(&self, key: &AggKey) -> Option<Addr<Aggregator>> {

@@ -5,7 +5,7 @@
 //! than the live retention. Both live sources go through the same merge and
 //! the same rendering, so they give the same JSON for the same state.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,6 @@ use crate::domain::partial::{memory_retention_secs, AggKey, Merged};
 use crate::metrics::METRICS;
 use crate::storage::postgres::PgStore;
 use crate::storage::redis::RedisStore;
-use crate::stream::Tp;
 
 /// How long the list of every claimed partition is trusted when the
 /// actors' ownership has not changed.
@@ -40,14 +39,15 @@ pub struct Live {
 #[derive(Clone)]
 struct Actors {
     aggregators: Aggregators,
-    partitions: Arc<Mutex<Option<ClaimedPartitions>>>,
+    completeness: Arc<Mutex<Option<Completeness>>>,
 }
 
-/// Every claimed partition, as read at an ownership generation and time.
-struct ClaimedPartitions {
+/// Whether the actors held every claimed partition, as decided at an
+/// ownership generation and time.
+struct Completeness {
     generation: u64,
-    read_at: Instant,
-    all: BTreeSet<Tp>,
+    decided_at: Instant,
+    complete: bool,
 }
 
 /// Rendered stats bodies reused for a short time.
@@ -64,7 +64,7 @@ impl Live {
 
     /// Also this process' aggregator actors (roles `consumer` and `all`).
     pub fn with_actors(self, aggregators: Aggregators) -> Live {
-        Live { actors: Some(Actors { aggregators, partitions: Arc::default() }), ..self }
+        Live { actors: Some(Actors { aggregators, completeness: Arc::default() }), ..self }
     }
 
     pub fn redis(&self) -> &RedisStore {
@@ -72,18 +72,17 @@ impl Live {
     }
 
     /// The actors when they hold every partition any instance has claimed.
+    /// Decided once per ownership generation (and at least every
+    /// `PARTITIONS_TTL`), so a request normally only compares a number.
     async fn complete_actors(&self) -> Option<&Aggregators> {
         let actors = self.actors.as_ref()?;
-        let owned = actors.aggregators.owned();
-        if owned.partitions.is_empty() {
-            return None;
-        }
+        let generation = actors.aggregators.owned_generation();
         let cached = {
-            let guard = actors.partitions.lock().expect("partitions lock");
+            let guard = actors.completeness.lock().expect("completeness lock");
             guard
                 .as_ref()
-                .filter(|c| c.generation == owned.generation && c.read_at.elapsed() < PARTITIONS_TTL)
-                .map(|c| c.all.is_subset(&owned.partitions))
+                .filter(|c| c.generation == generation && c.decided_at.elapsed() < PARTITIONS_TTL)
+                .map(|c| c.complete)
         };
         let complete = match cached {
             Some(complete) => complete,
@@ -91,9 +90,9 @@ impl Live {
                 // Claims are written before the actors get their partials,
                 // so the list read now covers every owner of this generation.
                 let all = self.pg.partitions().await.ok()?;
-                let complete = all.is_subset(&owned.partitions);
-                *actors.partitions.lock().expect("partitions lock") =
-                    Some(ClaimedPartitions { generation: owned.generation, read_at: Instant::now(), all });
+                let (generation, complete) = actors.aggregators.holds_all(&all);
+                *actors.completeness.lock().expect("completeness lock") =
+                    Some(Completeness { generation, decided_at: Instant::now(), complete });
                 complete
             }
         };

@@ -70,10 +70,9 @@ fn cors(policy: &web::Data<Policy>) -> Cors {
 /// What the HTTP servers serve.
 pub struct HttpParts {
     pub readiness: Readiness,
-    /// `None`: health endpoints only.
-    pub live: Option<Live>,
-    /// The WebSocket endpoint, where a session registry runs.
-    pub ws: Option<ws::WsState>,
+    pub live: Live,
+    /// The WebSocket endpoint's session registry and settings.
+    pub ws: ws::WsState,
 }
 
 /// The running servers.
@@ -89,12 +88,12 @@ impl Servers {
     pub fn start(settings: &HttpSettings, parts: HttpParts, log: &Logger) -> anyhow::Result<Servers> {
         let limiter = settings
             .rate_limit
-            .map(|limit| rate_limit::RateLimiter::new(limit, parts.live.as_ref().map(|live| live.redis().clone())));
+            .map(|limit| rate_limit::RateLimiter::new(limit, limit.shared.then(|| parts.live.redis().clone())));
         let policy = web::Data::new(Policy::new(settings, limiter, log.clone()));
         let health = health_routes(parts.readiness.clone());
-        let api = parts.live.clone().map(api_routes);
-        let ws = parts.ws.clone();
-        let send_buffer = ws.as_ref().map_or(0, |ws| ws.settings.send_buffer_bytes);
+        let api = api_routes(parts.live.clone());
+        let ws = web::Data::new(parts.ws.clone());
+        let send_buffer = parts.ws.settings.send_buffer_bytes;
         let compression = settings.compression;
         let app_policy = policy.clone();
         let server = HttpServer::new(move || {
@@ -103,14 +102,9 @@ impl Servers {
                 .app_data(policy.clone())
                 .configure(health.clone())
                 .configure(dashboard::routes)
-                .configure(|cfg| {
-                    if let Some(api) = &api {
-                        api(cfg);
-                    }
-                    if let Some(ws) = &ws {
-                        cfg.app_data(web::Data::new(ws.clone())).configure(ws::routes);
-                    }
-                })
+                .configure(api.clone())
+                .app_data(ws.clone())
+                .configure(ws::routes)
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(error::ApiError::NotFound("no such route".into()))
                 }))

@@ -23,13 +23,13 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// `redis` is used when the settings share buckets.
-    pub fn new(settings: RateLimit, redis: Option<RedisStore>) -> RateLimiter {
+    /// `shared`: the Redis holding the buckets when the settings share them.
+    pub fn new(settings: RateLimit, shared: Option<RedisStore>) -> RateLimiter {
         let per_second = NonZeroU32::new(settings.per_second.max(1)).expect("at least 1");
         let burst = NonZeroU32::new(settings.burst.max(1)).expect("at least 1");
         RateLimiter {
             local: DefaultKeyedRateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
-            shared: redis.filter(|_| settings.shared),
+            shared,
             interval: Duration::from_secs(1) / per_second.get(),
             burst: burst.get(),
         }

@@ -272,18 +272,9 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// The HTTP port a child logged in its "consumer started" line.
+/// The HTTP port a child logged in its "started" line.
 pub async fn logged_port(child: &Child) -> u16 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = child.log_text();
-        if let Some(at) = text.find("\"http_port\":") {
-            let digits: String = text[at + 12..].chars().take_while(char::is_ascii_digit).collect();
-            return digits.parse().expect("port");
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no http_port logged: {text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    logged_number(child, "http_port").await
 }
 
 /// An HTTP answer: status, lower-case header names, body (de-chunked).
