@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-const TOKENS: &str = "ETH,BTC,SOL,USDC,USDT,TON";
+mod common;
+use common::TOKENS;
+
 const PARTITIONS: i32 = 4;
 
 fn main() {
@@ -46,19 +48,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let binary = env!("CARGO_BIN_EXE_swapstream");
     let base_vars = |command: &mut std::process::Command| {
-        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("SWAPSTREAM_")) {
-            command.env_remove(name);
-        }
-        command
-            .env("SWAPSTREAM_KAFKA_BROKERS", &brokers)
-            .env("SWAPSTREAM_KAFKA_TOPIC_PREFIX", &prefix)
-            .env("SWAPSTREAM_KAFKA_PARTITIONS", PARTITIONS.to_string())
-            .env("SWAPSTREAM_KAFKA_GROUP_ID", format!("{id}-group"))
-            .env("SWAPSTREAM_KAFKA_DLQ_TOPIC", format!("{id}-dlq"))
-            .env("SWAPSTREAM_POSTGRES_SCHEMA", &id)
-            .env("SWAPSTREAM_REDIS_KEY_PREFIX", &id)
-            .env("SWAPSTREAM_PRODUCER_TOKENS", TOKENS)
-            .env("SWAPSTREAM_LOG_FORMAT", "json");
+        common::stream_env(command, &brokers, &id, PARTITIONS);
     };
 
     // 1. Pre-load.

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod common;
+
 const CONNECTIONS: usize = 64;
 const FIXED_RATE: u64 = 5_000;
 const PATH: &str = "/v1/tokens/ETH/stats";
@@ -43,9 +45,7 @@ async fn start(role: &str, schema: &str, cache_ms: u32, log: &std::path::Path) -
     let file = std::fs::File::create(log).unwrap();
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_swapstream"));
     command.arg(role).kill_on_drop(true).stdout(Stdio::null()).stderr(Stdio::from(file));
-    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("SWAPSTREAM_")) {
-        command.env_remove(name);
-    }
+    common::clear_env(command.as_std_mut());
     command
         .env("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0")
         .env("SWAPSTREAM_POSTGRES_SCHEMA", schema)
@@ -59,12 +59,10 @@ async fn start(role: &str, schema: &str, cache_ms: u32, log: &std::path::Path) -
     let child = command.spawn().expect("starting swapstream");
     let deadline = Instant::now() + Duration::from_secs(60);
     let port = loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(at) = text.find("\"http_port\":") {
-            let digits: String = text[at + 12..].chars().take_while(char::is_ascii_digit).collect();
-            break digits.parse().unwrap();
+        if let Some(port) = common::logged_port(log) {
+            break port;
         }
-        assert!(Instant::now() < deadline, "{role} did not start: {text}");
+        assert!(Instant::now() < deadline, "{role} did not start: see {}", log.display());
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     Server { child, port }

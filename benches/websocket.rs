@@ -20,7 +20,8 @@ use chrono::{DateTime, Utc};
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-const TOKENS: &str = "ETH,BTC,SOL,USDC,USDT,TON";
+mod common;
+use common::TOKENS;
 
 fn arg_after(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -85,22 +86,9 @@ struct Run {
 fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool) -> Run {
     let brokers = std::env::var("SWAPSTREAM_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let id = format!("wsbench_{:08x}", rand::random::<u32>());
-    let prefix = format!("{id}.");
     let binary = env!("CARGO_BIN_EXE_swapstream");
     let base = |command: &mut std::process::Command| {
-        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("SWAPSTREAM_")) {
-            command.env_remove(name);
-        }
-        command
-            .env("SWAPSTREAM_KAFKA_BROKERS", &brokers)
-            .env("SWAPSTREAM_KAFKA_TOPIC_PREFIX", &prefix)
-            .env("SWAPSTREAM_KAFKA_PARTITIONS", "4")
-            .env("SWAPSTREAM_KAFKA_GROUP_ID", format!("{id}-group"))
-            .env("SWAPSTREAM_KAFKA_DLQ_TOPIC", format!("{id}-dlq"))
-            .env("SWAPSTREAM_POSTGRES_SCHEMA", &id)
-            .env("SWAPSTREAM_REDIS_KEY_PREFIX", &id)
-            .env("SWAPSTREAM_PRODUCER_TOKENS", TOKENS)
-            .env("SWAPSTREAM_LOG_FORMAT", "json");
+        common::stream_env(command, &brokers, &id, 4);
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
 
@@ -126,18 +114,7 @@ fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool) -> Run {
         .spawn()
         .expect("consumer");
     let pid = child.id();
-    let port = {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(at) = text.find("\"http_port\":") {
-                let digits: String = text[at + 12..].chars().take_while(char::is_ascii_digit).collect();
-                break digits.parse::<u16>().unwrap();
-            }
-            assert!(Instant::now() < deadline, "consumer did not start: {log}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let port = common::wait_for_port(std::path::Path::new(&log), Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(3)); // group join; not measured
     let rss_base = rss_kib(pid);
 
