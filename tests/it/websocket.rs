@@ -762,3 +762,43 @@ async fn a_lost_pubsub_connection_shows_clients_a_seq_gap() {
     assert_eq!(got["swap"]["status"], "confirmed");
     assert!(api.terminate(Duration::from_secs(10)).await.success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_never_answers_pings_is_closed_with_4000() {
+    let names = Names::new("it-ws-ping");
+    let vars = vec![
+        ("SWAPSTREAM_POSTGRES_SCHEMA", names.schema.clone()),
+        ("SWAPSTREAM_REDIS_KEY_PREFIX", names.redis_prefix.clone()),
+        ("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+        ("SWAPSTREAM_LOG_FORMAT", "json".to_owned()),
+        ("SWAPSTREAM_WS_PING_INTERVAL_MS", "200".to_owned()),
+        ("SWAPSTREAM_WS_PING_TIMEOUT_MS", "1000".to_owned()),
+    ];
+    let mut api = Child::spawn(&format!("{}api", names.topic_prefix), &["api"], &vars);
+    let port = helpers::logged_port(&api).await;
+    // A client library answers pings while it reads: it stays.
+    let mut polite = Client::connect(port).await;
+    polite.subscribe(&["token:ETH"]).await;
+
+    // A raw peer reads everything but never answers a ping.
+    let started = Instant::now();
+    let silent = tokio::task::spawn_blocking(move || {
+        let mut silent = stalled_client(port, "token:ETH");
+        let mut received = Vec::new();
+        let _ = silent.read_to_end(&mut received); // until the server closes
+        (received, started.elapsed())
+    });
+    // Meanwhile the library client reads (and so answers pings) for longer
+    // than the ping timeout.
+    let (silent, polite_read) = tokio::join!(silent, polite.read(Duration::from_secs(3)));
+    let (received, closed_after) = silent.unwrap();
+    assert!(matches!(polite_read, Got::Timeout), "the answering client got {polite_read:?}");
+    let close_4000 = received.windows(4).any(|w| w[0] == 0x88 && w[2..] == [0x0f, 0xa0]);
+    assert!(close_4000, "no close frame with code 4000 in {} bytes", received.len());
+    assert!(closed_after < Duration::from_secs(5), "closed only after {closed_after:?}");
+    assert!(metric(port, "swapstream_ws_evictions_total{reason=\"ping_timeout\"}").await >= 1.0);
+
+    polite.send(json!({"op": "ping"})).await;
+    assert_eq!(polite.frame(Duration::from_secs(10)).await, json!({"type": "pong"}), "the answering client stays");
+    assert!(api.terminate(Duration::from_secs(10)).await.success());
+}
