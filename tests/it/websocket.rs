@@ -17,6 +17,9 @@ use crate::helpers::{self, delivered, eventually, require_broker, wait_checkpoin
 
 const TOKENS: &str = "ETH,BTC,USDC,SOL";
 
+/// A channel without a frame for this long has delivered what it had.
+const QUIET: Duration = Duration::from_secs(2);
+
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A test client: JSON text frames in and out.
@@ -184,13 +187,18 @@ impl Received {
     }
 
     /// Reads until a `stats` frame shows the ground truth's final totals of
-    /// `token`: every swap frame of that last update came before it.
+    /// `token`, then until the channel is quiet: a stats frame reads Redis,
+    /// which is written before the update is published, so the last swap
+    /// frames may come just after it.
     async fn until_final(&mut self, client: &mut Client, truth: &GroundTruthFile, channel: &str, token: &str) {
         let totals = &truth.expected["tokens"][token]["totals"];
         let deadline = Instant::now() + Duration::from_secs(120);
         while self.last_stats.as_ref().map(|s| &s["totals"]) != Some(totals) {
             assert!(Instant::now() < deadline, "no final stats frame for {channel}");
             let frame = client.frame(Duration::from_secs(60)).await;
+            self.take(&frame, channel, token);
+        }
+        while let Got::Frame(frame) = client.read(QUIET).await {
             self.take(&frame, channel, token);
         }
     }
@@ -480,6 +488,10 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_others_get_everythi
     let totals = &truth.expected["tokens"]["ETH"]["totals"];
     while received.last_stats.as_ref().map(|s| &s["totals"]) != Some(totals) {
         let frame = healthy.frame().await;
+        received.take(&frame, "token:ETH", "ETH");
+    }
+    // The last swap frames may follow the final stats (see `until_final`).
+    while let Ok(frame) = tokio::time::timeout(QUIET, healthy.frame()).await {
         received.take(&frame, "token:ETH", "ETH");
     }
     assert_eq!(received.states, expected_states(&truth, "ETH"), "the healthy client missed swaps");
