@@ -262,17 +262,33 @@ impl Consumer {
     }
 
     /// Graceful stop: the batch in flight is checkpointed, the group left,
-    /// WebSocket clients closed with 1001, the HTTP server drained; bounded
-    /// by `timeout`.
+    /// WebSocket clients closed with 1001, the HTTP server drained. The
+    /// reader and the polling thread get `timeout`; a checkpoint that cannot
+    /// be stored by then is not (its events are read again after restart),
+    /// and the process exits anyway.
     pub async fn stop(self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
         self.reader.do_send(Stop);
-        if tokio::time::timeout(timeout, self.reader_stopped).await.is_err() {
+        if tokio::time::timeout_at(deadline, self.reader_stopped).await.is_err() {
             warn!(self.log, "the reader did not stop in time");
         }
         let _ = self.registry.send(Shutdown { timeout: Duration::from_secs(2) }).await;
         self.servers.stop().await;
-        // The polling thread has left the group once the reader stopped.
-        let _ = tokio::task::spawn_blocking(move || self.poll_thread.join()).await;
+        // The polling thread leaves the group once the reader stopped.
+        // Joined on a detached thread: a blocking task would hold up the
+        // runtime's own shutdown for as long as the join takes.
+        let (joined_tx, joined) = oneshot::channel();
+        let poll_thread = self.poll_thread;
+        std::thread::spawn(move || {
+            let _ = poll_thread.join();
+            let _ = joined_tx.send(());
+        });
+        if tokio::time::timeout_at(deadline.max(tokio::time::Instant::now() + Duration::from_secs(1)), joined)
+            .await
+            .is_err()
+        {
+            warn!(self.log, "the Kafka polling thread did not stop in time; exiting without it");
+        }
     }
 
     /// Resolves when the reader stops on its own (e.g. a fatal error).

@@ -34,6 +34,8 @@ use crate::kafka::{client_config, LoggingContext};
 
 /// Longest wait for in-flight messages on stop.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Swaps created in one send slot while each one's pending event is held back.
+const MAX_CREATED_PER_SLOT: u32 = 16;
 /// Duplicates follow their original within this delay.
 const DUPLICATE_MAX_DELAY: Duration = Duration::from_millis(500);
 
@@ -188,8 +190,22 @@ pub async fn run(
         if !creating && queue.is_empty() {
             break;
         }
-        let due = queue.peek().is_some_and(|Reverse(next)| next.due <= Instant::now());
-        if !due && creating {
+        if !stopping {
+            tokio::select! {
+                _ = pacer.wait() => {}
+                _ = &mut stop => { stopping = true; continue; }
+            }
+        }
+        let is_due =
+            |queue: &BinaryHeap<Reverse<Scheduled>>| queue.peek().is_some_and(|Reverse(n)| n.due <= Instant::now());
+        // Created in its send slot, so a pending event leaves at its
+        // timestamp; one held back for reordering lets the next one go.
+        let mut created = 0;
+        while !stopping && config.count.is_none_or(|count| summary.swaps < count) && !is_due(&queue) {
+            if created == MAX_CREATED_PER_SLOT {
+                break;
+            }
+            created += 1;
             let plan = generator.next_swap(chrono::Utc::now(), config.confirm_delay);
             summary.swaps += 1;
             let now = Instant::now();
@@ -209,22 +225,18 @@ pub async fn run(
                     reordered,
                 }));
             }
-            continue;
         }
-        if !due && !stopping {
-            // Nothing due and nothing to create: wait for the next due event.
+        if !stopping && !is_due(&queue) {
+            if created > 0 {
+                continue; // all held back: this slot stays empty
+            }
+            // Creation has ended and what is left is not due yet.
             let next_due = queue.peek().map(|Reverse(next)| next.due).expect("queue is not empty");
             tokio::select! {
                 _ = tokio::time::sleep_until(next_due) => {}
                 _ = &mut stop => stopping = true,
             }
             continue;
-        }
-        if !stopping {
-            tokio::select! {
-                _ = pacer.wait() => {}
-                _ = &mut stop => { stopping = true; continue; }
-            }
         }
         let Reverse(next) = queue.pop().expect("an event is due");
         let topic = settings.kafka.topics.topic_for(&next.event.token_from);

@@ -76,6 +76,42 @@ async fn stored_aggregates_equal_the_ground_truth_and_sigterm_is_graceful() {
     assert!(consumer.log_text().contains("leaving the consumer group"));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_stuck_in_postgres_does_not_hold_up_sigterm_and_is_read_again() {
+    let brokers = require_broker();
+    let names = Names::new("it-stuck");
+    let first = helpers::produce(&brokers, &names, 100, &stream_vars("max")).await;
+    let mut vars = consumer_vars(&names, &brokers);
+    vars.push(("SWAPSTREAM_SHUTDOWN_TIMEOUT_SECS", "3".into()));
+    let mut consumer = Child::spawn(&names.schema, &["consumer"], &vars);
+    wait_checkpointed(&names, delivered(&first), Duration::from_secs(90)).await;
+
+    // Another session holds the offsets table: the next checkpoint waits on it.
+    let mut holder = helpers::pg().await;
+    let lock = holder.transaction().await.unwrap();
+    lock.batch_execute(&format!("LOCK TABLE {}.offsets IN EXCLUSIVE MODE", names.schema)).await.unwrap();
+    let second = helpers::produce(&brokers, &names, 100, &stream_vars("max")).await;
+    let watcher = helpers::pg().await;
+    let waiting =
+        "SELECT count(*)::bigint FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%offsets%'";
+    eventually("a checkpoint waits for the lock", Duration::from_secs(30), || {
+        let watcher = &watcher;
+        async move { watcher.query_one(waiting, &[]).await.map(|r| r.get::<_, i64>(0) > 0).unwrap_or(false) }
+    })
+    .await;
+
+    let asked = std::time::Instant::now();
+    consumer.terminate(Duration::from_secs(15)).await;
+    assert!(asked.elapsed() < Duration::from_secs(10), "stopped after {:?}", asked.elapsed());
+    assert!(consumer.log_text().contains("the reader did not stop in time"), "{}", consumer.log_text());
+    lock.rollback().await.unwrap();
+
+    // Nothing of the second run was checkpointed, so it is all read again.
+    let mut consumer = Child::spawn(&names.schema, &["consumer"], &vars);
+    wait_checkpointed(&names, delivered(&first) + delivered(&second), Duration::from_secs(90)).await;
+    consumer.kill9().await;
+}
+
 /// The `/v1` endpoints answer with the ground truth's values.
 async fn check_rest(consumer: &Child, truth: &swapstream::producer::ground_truth::GroundTruthFile) {
     let port = helpers::logged_port(consumer).await;
