@@ -3,13 +3,16 @@
 //! from each swap's event timestamp to its receipt by a client (p50, p99),
 //! and the server's resident memory per idle connection.
 //!
-//! `cargo bench --bench websocket -- [CLIENTS...] [--rate SWAPS_PER_S] [--secs S] [--one-channel]`
+//! `cargo bench --bench websocket -- [CLIENTS...] [--rate SWAPS_PER_S] [--secs S] [--one-channel] [--noida]`
 //! (defaults: 1000 and 10000 clients, 1000 swaps/s, i.e. 2000 events/s as
-//! each swap is a pending and a terminal event, 20 s per run) with the
-//! services up (`scripts/services up`; broker at `SWAPSTREAM_TEST_BROKERS`,
-//! noida-db by default). Clients subscribe round-robin to every token and
-//! pair channel, or all to `token:ETH` with `--one-channel`. Prints a
-//! Markdown table row per run for docs/BENCHMARKS.md.
+//! each swap is a pending and a terminal event, 20 s per run) with
+//! PostgreSQL and Redis up (`scripts/services up`). The broker is
+//! librdkafka's mock cluster in a process of its own
+//! ([`common::MockBroker`]), or with `--noida` the one at
+//! `SWAPSTREAM_TEST_BROKERS` (noida-db by default). Clients subscribe
+//! round-robin to every token and pair channel, or all to `token:ETH` with
+//! `--one-channel`. Prints a Markdown table row per run for
+//! docs/BENCHMARKS.md.
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,12 +86,23 @@ struct Run {
 
 // Connecting yields each client's reader task, joined after the measurement.
 #[allow(clippy::async_yields_async)]
-fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool) -> Run {
-    let brokers = std::env::var("SWAPSTREAM_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool, noida: bool) -> Run {
     let id = format!("wsbench_{:08x}", rand::random::<u32>());
+    let mut topics: Vec<String> = TOKENS.split(',').map(|t| format!("{id}.{t}")).collect();
+    topics.push(format!("{id}-dlq"));
+    let mock = (!noida).then(|| common::MockBroker::start(&topics, 4));
+    let brokers = match &mock {
+        Some(mock) => mock.bootstrap.clone(),
+        None => std::env::var("SWAPSTREAM_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
+    };
     let binary = env!("CARGO_BIN_EXE_swapstream");
     let base = |command: &mut std::process::Command| {
         common::stream_env(command, &brokers, &id, 4);
+        if mock.is_some() {
+            // The mock answers an empty fetch only after the full wait, even
+            // when data arrives meanwhile (Kafka answers at once).
+            command.env("SWAPSTREAM_KAFKA_OPTIONS", "fetch.wait.max.ms=1");
+        }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
 
@@ -104,7 +118,6 @@ fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool) -> Run {
     let mut child = consumer
         .arg("consumer")
         .env("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0")
-        .env("SWAPSTREAM_BATCH_MAX_MS", "5")
         .env("SWAPSTREAM_WS_MAX_CONNS_PER_IP", "1000000")
         .env("SWAPSTREAM_RATE_LIMIT_PER_SEC", "0")
         .env("SWAPSTREAM_HTTP_ACCESS_LOG", "false")
@@ -171,6 +184,13 @@ fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool) -> Run {
         }
         measuring.store(false, Ordering::Relaxed);
         let measured = started.elapsed().as_secs_f64();
+        // Where the time went, from the consumer's own histograms.
+        let metrics = common::http_get(port, "/metrics");
+        for name in
+            ["swapstream_read_delay_seconds", "swapstream_checkpoint_duration_seconds", "swapstream_live_write_seconds"]
+        {
+            eprintln!("{}", common::histogram_summary(&metrics, name));
+        }
         let delivered = frames.load(Ordering::Relaxed);
         let _ = producer.kill();
         let _ = producer.wait();
@@ -184,6 +204,15 @@ fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool) -> Run {
                 latencies.append(&mut l);
             }
         }
+        let split = |pending: bool| {
+            let mut part: Vec<u32> =
+                latencies.iter().filter(|l| (**l >> 31 == 1) == pending).map(|l| l & (u32::MAX >> 1)).collect();
+            part.sort_unstable();
+            let at = |q: f64| part.get(((part.len() as f64 * q) as usize).min(part.len().saturating_sub(1))).copied();
+            format!("p50 {:.1} ms, p99 {:.1} ms", at(0.5).unwrap_or(0) as f64 / 1e3, at(0.99).unwrap_or(0) as f64 / 1e3)
+        };
+        eprintln!("pending swaps: {}; confirmed swaps: {}", split(true), split(false));
+        let mut latencies: Vec<u32> = latencies.iter().map(|l| l & (u32::MAX >> 1)).collect();
         latencies.sort_unstable();
         let pick = |q: f64| {
             latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied()
@@ -229,7 +258,10 @@ where
             if text.starts_with("{\"type\":\"swap\"") {
                 if let Some(at) = event_time(&text) {
                     let micros = (Utc::now() - at).num_microseconds().unwrap_or(0).max(0);
-                    latencies.push(micros.min(u32::MAX as i64) as u32);
+                    let micros = micros.min(i64::from(u32::MAX >> 1)) as u32;
+                    // The top bit marks a pending swap, to report both kinds.
+                    let pending = text.contains("\"status\":\"pending\"");
+                    latencies.push(micros | (u32::from(pending) << 31));
                 }
             }
         }
@@ -238,6 +270,7 @@ where
 }
 
 fn main() {
+    common::serve_mock_broker_if_asked();
     // `cargo test --all-targets` runs bench targets without `--bench`: skip.
     if !std::env::args().any(|a| a == "--bench") {
         println!("websocket benchmark: run it with `cargo bench --bench websocket`");
@@ -252,13 +285,14 @@ fn main() {
         counts = vec![1000, 10_000];
     }
     let one_channel = std::env::args().any(|a| a == "--one-channel");
+    let noida = std::env::args().any(|a| a == "--noida");
     eprintln!("file descriptor limit {limit}");
     println!(
         "| clients | channels | served | frames/s delivered | p50 | p99 | RSS idle (per connection) | RSS under load |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for clients in counts {
-        let r = run(clients, rate, secs, one_channel);
+        let r = run(clients, rate, secs, one_channel, noida);
         println!(
             "| {} | {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.0} MiB ({:.1} KiB) | {:.0} MiB |",
             r.clients,

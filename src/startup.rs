@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::actors::aggregator::Aggregators;
 use crate::actors::kafka_reader::poll::{self, PollSettings, ReaderContext};
-use crate::actors::kafka_reader::{CoreParts, Dlq, KafkaReader, KeyUpdate, Stop};
+use crate::actors::kafka_reader::{Control, CoreParts, Dlq, KafkaReader, KeyUpdate};
 use crate::actors::session_registry::{SessionRegistry, Shutdown};
 use crate::config::Settings;
 use crate::http::{HttpParts, Live, Probe, Readiness, Servers};
@@ -32,9 +32,19 @@ pub async fn run_consumer(settings: &Settings, log: &Logger) -> anyhow::Result<(
     let Some(brokers) = settings.kafka.brokers.clone() else {
         anyhow::bail!("the consumer needs SWAPSTREAM_KAFKA_BROKERS");
     };
-    let mut consumer = Consumer::start(settings, &brokers, log).await?;
+    // Listening from the start: a stop asked for while starting ends the
+    // start (a group it had joined sees it go after `session.timeout.ms`).
+    let signal = crate::shutdown::signal(log.clone());
+    tokio::pin!(signal);
+    let mut consumer = tokio::select! {
+        started = Consumer::start(settings, &brokers, log) => started?,
+        _ = &mut signal => {
+            info!(log, "stopped while starting");
+            return Ok(());
+        }
+    };
     tokio::select! {
-        _ = crate::shutdown::signal(log.clone()) => {}
+        _ = &mut signal => {}
         _ = consumer.reader_stopped() => anyhow::bail!("the Kafka reader stopped unexpectedly"),
     }
     consumer.stop(settings.consumer.shutdown_timeout).await;
@@ -136,7 +146,11 @@ pub struct Consumer {
     pub http_port: u16,
     pub aggregators: Aggregators,
     pub updates: broadcast::Sender<Arc<KeyUpdate>>,
-    reader: Addr<KafkaReader>,
+    /// Held so the reader lives as long as the consumer.
+    _reader: Addr<KafkaReader>,
+    /// To the polling thread directly: the reader may be busy (its mailbox
+    /// paused) for as long as a checkpoint hangs.
+    control: std_mpsc::Sender<Control>,
     reader_stopped: oneshot::Receiver<()>,
     servers: Servers,
     registry: Addr<SessionRegistry>,
@@ -235,7 +249,7 @@ impl Consumer {
             pg: pg.clone(),
             redis: redis.clone(),
             aggregators: aggregators.clone(),
-            control: control_tx,
+            control: control_tx.clone(),
             updates: updates.clone(),
         };
         let reader = KafkaReader::new(parts, input_rx, stopped_tx).start();
@@ -251,7 +265,8 @@ impl Consumer {
             http_port: servers.port,
             aggregators,
             updates,
-            reader,
+            _reader: reader,
+            control: control_tx,
             reader_stopped: stopped_rx,
             servers,
             registry,
@@ -268,7 +283,7 @@ impl Consumer {
     /// and the process exits anyway.
     pub async fn stop(self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
-        self.reader.do_send(Stop);
+        let _ = self.control.send(Control::Stop);
         if tokio::time::timeout_at(deadline, self.reader_stopped).await.is_err() {
             warn!(self.log, "the reader did not stop in time");
         }

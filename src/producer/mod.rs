@@ -9,6 +9,7 @@ mod generator;
 pub mod ground_truth;
 
 use std::cmp::Reverse;
+use std::collections::binary_heap::PeekMut;
 use std::collections::BinaryHeap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,8 +35,6 @@ use crate::kafka::{client_config, LoggingContext};
 
 /// Longest wait for in-flight messages on stop.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
-/// Swaps created in one send slot while each one's pending event is held back.
-const MAX_CREATED_PER_SLOT: u32 = 16;
 /// Duplicates follow their original within this delay.
 const DUPLICATE_MAX_DELAY: Duration = Duration::from_millis(500);
 
@@ -118,8 +117,9 @@ impl Ord for Scheduled {
     }
 }
 
-/// Spaces sends evenly at the configured rate; after a stall it resumes the
-/// rate instead of bursting to catch up.
+/// Spaces the creation of swaps evenly, two events each (pending and
+/// terminal), so events go out at the configured rate; after a stall it
+/// resumes the rate instead of bursting to catch up.
 struct Pacer {
     interval: Option<Duration>,
     next: Instant,
@@ -128,7 +128,7 @@ struct Pacer {
 impl Pacer {
     fn new(rate: Rate) -> Pacer {
         let interval = match rate {
-            Rate::PerMinute(per_minute) => Some(Duration::from_secs_f64(60.0 / per_minute)),
+            Rate::PerMinute(per_minute) => Some(Duration::from_secs_f64(2.0 * 60.0 / per_minute)),
             Rate::Max => None,
         };
         Pacer { interval, next: Instant::now() }
@@ -166,7 +166,7 @@ pub async fn run(
     let producer: ThreadedProducer<DeliveryContext> = client_config(&settings.kafka, brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        .set("linger.ms", "1") // events are stamped when sent: keep their wait short
         .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "500000")
         .create_with_context(context)
@@ -186,80 +186,71 @@ pub async fn run(
     let mut stopping = false;
 
     loop {
+        // Every event goes out when due (all at once when stopping), so it
+        // leaves at its event time; only the creation of swaps is paced.
+        let now = Instant::now();
+        while let Some(Reverse(next)) = queue.peek_mut().filter(|n| stopping || n.0.due <= now).map(PeekMut::pop) {
+            let topic = settings.kafka.topics.topic_for(&next.event.token_from);
+            let payload = codec::encode(&next.event, config.encoding);
+            send(&producer, &topic, &next, &payload, config.encoding).await?;
+            summary.events_sent += 1;
+            summary.duplicates += u64::from(next.duplicate);
+            if !next.duplicate && generator.chance(config.duplicate_share) {
+                seq += 1;
+                let due = Instant::now() + generator.delay_up_to(DUPLICATE_MAX_DELAY);
+                queue.push(Reverse(Scheduled {
+                    due,
+                    seq,
+                    event: next.event.clone(),
+                    duplicate: true,
+                    reordered: false,
+                }));
+            }
+            if config.ground_truth.is_some() {
+                sent.push(SentEvent {
+                    seq: next.seq,
+                    topic,
+                    duplicate: next.duplicate,
+                    reordered: next.reordered,
+                    event: next.event,
+                });
+            }
+            if let Some(line) = progress.tick(&summary, producer.context()) {
+                info!(log, "progress"; line);
+            }
+        }
         let creating = !stopping && config.count.is_none_or(|count| summary.swaps < count);
         if !creating && queue.is_empty() {
             break;
         }
-        if !stopping {
-            tokio::select! {
-                _ = pacer.wait() => {}
-                _ = &mut stop => { stopping = true; continue; }
-            }
-        }
-        let is_due =
-            |queue: &BinaryHeap<Reverse<Scheduled>>| queue.peek().is_some_and(|Reverse(n)| n.due <= Instant::now());
-        // Created in its send slot, so a pending event leaves at its
-        // timestamp; one held back for reordering lets the next one go.
-        let mut created = 0;
-        while !stopping && config.count.is_none_or(|count| summary.swaps < count) && !is_due(&queue) {
-            if created == MAX_CREATED_PER_SLOT {
-                break;
-            }
-            created += 1;
-            let plan = generator.next_swap(chrono::Utc::now(), config.confirm_delay);
-            summary.swaps += 1;
-            let now = Instant::now();
-            for (event, delay) in [(plan.pending, Duration::ZERO), (plan.terminal, config.confirm_delay)] {
-                let (extra, reordered) = if generator.chance(config.reorder_share) {
-                    (generator.delay_up_to(config.reorder_max), true)
-                } else {
-                    (Duration::ZERO, false)
-                };
-                summary.reordered += u64::from(reordered);
-                seq += 1;
-                queue.push(Reverse(Scheduled {
-                    due: now + delay + extra,
-                    seq,
-                    event: Arc::new(event),
-                    duplicate: false,
-                    reordered,
-                }));
-            }
-        }
-        if !stopping && !is_due(&queue) {
-            if created > 0 {
-                continue; // all held back: this slot stays empty
-            }
-            // Creation has ended and what is left is not due yet.
-            let next_due = queue.peek().map(|Reverse(next)| next.due).expect("queue is not empty");
-            tokio::select! {
-                _ = tokio::time::sleep_until(next_due) => {}
-                _ = &mut stop => stopping = true,
-            }
+        if stopping {
             continue;
         }
-        let Reverse(next) = queue.pop().expect("an event is due");
-        let topic = settings.kafka.topics.topic_for(&next.event.token_from);
-        let payload = codec::encode(&next.event, config.encoding);
-        send(&producer, &topic, &next, &payload, config.encoding).await?;
-        summary.events_sent += 1;
-        summary.duplicates += u64::from(next.duplicate);
-        if !next.duplicate && generator.chance(config.duplicate_share) {
-            seq += 1;
-            let due = Instant::now() + generator.delay_up_to(DUPLICATE_MAX_DELAY);
-            queue.push(Reverse(Scheduled { due, seq, event: next.event.clone(), duplicate: true, reordered: false }));
-        }
-        if config.ground_truth.is_some() {
-            sent.push(SentEvent {
-                seq: next.seq,
-                topic,
-                duplicate: next.duplicate,
-                reordered: next.reordered,
-                event: next.event,
-            });
-        }
-        if let Some(line) = progress.tick(&summary, producer.context()) {
-            info!(log, "progress"; line);
+        let next_due = queue.peek().map(|Reverse(next)| next.due);
+        tokio::select! {
+            _ = pacer.wait(), if creating => {
+                let plan = generator.next_swap(chrono::Utc::now(), config.confirm_delay);
+                summary.swaps += 1;
+                let now = Instant::now();
+                for (event, delay) in [(plan.pending, Duration::ZERO), (plan.terminal, config.confirm_delay)] {
+                    let (extra, reordered) = if generator.chance(config.reorder_share) {
+                        (generator.delay_up_to(config.reorder_max), true)
+                    } else {
+                        (Duration::ZERO, false)
+                    };
+                    summary.reordered += u64::from(reordered);
+                    seq += 1;
+                    queue.push(Reverse(Scheduled {
+                        due: now + delay + extra,
+                        seq,
+                        event: Arc::new(event),
+                        duplicate: false,
+                        reordered,
+                    }));
+                }
+            }
+            _ = tokio::time::sleep_until(next_due.unwrap_or(now)), if next_due.is_some() => {}
+            _ = &mut stop => stopping = true,
         }
     }
 

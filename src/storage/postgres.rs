@@ -9,6 +9,7 @@ use anyhow::{bail, Context as _};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use slog::{info, warn, Logger};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
 use crate::codec::{self, Encoding};
@@ -392,21 +393,13 @@ impl PgStore {
             watermarks.push(p.watermark.and_then(|w| w.timestamp_nanos_opt()));
             epochs.push(p.epoch);
         }
-        let updated = tx
-            .execute(
-                &self.sql(
-                    "UPDATE {schema}.offsets o SET next_offset = u.o, watermark_ns = u.w, updated_at = now()
-                     FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[]) AS u(t, p, o, w, e)
-                     WHERE o.topic = u.t AND o.partition = u.p AND o.owner_epoch = u.e",
-                ),
-                &[&topics, &partitions, &offsets, &watermarks, &epochs],
-            )
-            .await
-            .context("storing offsets")?;
-        if updated as usize != checkpoint.progress.len() {
-            let names: Vec<String> = checkpoint.progress.iter().map(|p| p.tp.to_string()).collect();
-            return Err(Fenced(names.join(", ")).into());
-        }
+        let offsets_sql = self.sql(
+            "UPDATE {schema}.offsets o SET next_offset = u.o, watermark_ns = u.w, updated_at = now()
+             FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[]) AS u(t, p, o, w, e)
+             WHERE o.topic = u.t AND o.partition = u.p AND o.owner_epoch = u.e",
+        );
+        let params: [&(dyn ToSql + Sync); 5] = [&topics, &partitions, &offsets, &watermarks, &epochs];
+        let store_offsets = pipelined(&tx, &offsets_sql, &params, "storing offsets");
 
         let mut dedup = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut expire = (Vec::new(), Vec::new(), Vec::new());
@@ -425,32 +418,42 @@ impl PgStore {
                 expire.2.push(horizon);
             }
         }
-        if !dedup.0.is_empty() {
-            tx.execute(
-                &self.sql(
-                    "INSERT INTO {schema}.dedup (topic, partition, seq, max_event_ns, changes)
-                     SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::bytea[])
-                     ON CONFLICT (topic, partition, seq) DO UPDATE SET changes = EXCLUDED.changes,
-                        max_event_ns = EXCLUDED.max_event_ns",
-                ),
-                &[&dedup.0, &dedup.1, &dedup.2, &dedup.3, &dedup.4],
-            )
-            .await
-            .context("storing dedup ids")?;
-        }
-        if !expire.0.is_empty() {
-            tx.execute(
-                &self.sql(
-                    "DELETE FROM {schema}.dedup d USING unnest($1::text[], $2::int[], $3::bigint[]) AS u(t, p, h)
-                     WHERE d.topic = u.t AND d.partition = u.p AND d.max_event_ns < u.h",
-                ),
-                &[&expire.0, &expire.1, &expire.2],
-            )
-            .await
-            .context("expiring dedup ids")?;
-        }
+        let dedup_sql = self.sql(
+            "INSERT INTO {schema}.dedup (topic, partition, seq, max_event_ns, changes)
+             SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::bytea[])
+             ON CONFLICT (topic, partition, seq) DO UPDATE SET changes = EXCLUDED.changes,
+                max_event_ns = EXCLUDED.max_event_ns",
+        );
+        let store_dedup = async {
+            if dedup.0.is_empty() {
+                return Ok(0);
+            }
+            let params: [&(dyn ToSql + Sync); 5] = [&dedup.0, &dedup.1, &dedup.2, &dedup.3, &dedup.4];
+            pipelined(&tx, &dedup_sql, &params, "storing dedup ids").await
+        };
+        let expire_sql = self.sql(
+            "DELETE FROM {schema}.dedup d USING unnest($1::text[], $2::int[], $3::bigint[]) AS u(t, p, h)
+             WHERE d.topic = u.t AND d.partition = u.p AND d.max_event_ns < u.h",
+        );
+        let expire_dedup = async {
+            if expire.0.is_empty() {
+                return Ok(0);
+            }
+            let params: [&(dyn ToSql + Sync); 3] = [&expire.0, &expire.1, &expire.2];
+            pipelined(&tx, &expire_sql, &params, "expiring dedup ids").await
+        };
 
-        self.store_partials(&tx, &checkpoint.partials).await?;
+        // One round trip for all of them; a fenced checkpoint is rolled back.
+        let (updated, ..) = futures::try_join!(
+            store_offsets,
+            store_dedup,
+            expire_dedup,
+            self.store_partials(&tx, &checkpoint.partials)
+        )?;
+        if updated as usize != checkpoint.progress.len() {
+            let names: Vec<String> = checkpoint.progress.iter().map(|p| p.tp.to_string()).collect();
+            return Err(Fenced(names.join(", ")).into());
+        }
         tx.commit().await.context("committing the checkpoint")?;
         Ok(())
     }
@@ -476,9 +479,8 @@ impl PgStore {
         let last_at: Vec<Option<Vec<u8>>> =
             partials.iter().map(|(_, _, d)| d.totals.last.map(|p| encode_order(&p.at))).collect();
         let pending: Vec<i64> = partials.iter().map(|(_, _, d)| d.pending).collect();
-        tx.execute(
-            &self.sql(
-                "INSERT INTO {schema}.partials AS x (agg_key, topic, partition, volume_usd, swaps, buys, first_seen_ns,
+        let partials_sql = self.sql(
+            "INSERT INTO {schema}.partials AS x (agg_key, topic, partition, volume_usd, swaps, buys, first_seen_ns,
                                                   last_price, last_at, pending, updated_at)
                  SELECT k, t, p, v::numeric, s, b, f, lp::numeric, la, pe, now()
                  FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[],
@@ -487,11 +489,10 @@ impl PgStore {
                     volume_usd = EXCLUDED.volume_usd, swaps = EXCLUDED.swaps, buys = EXCLUDED.buys,
                     first_seen_ns = EXCLUDED.first_seen_ns, last_price = EXCLUDED.last_price,
                     last_at = EXCLUDED.last_at, pending = EXCLUDED.pending, updated_at = now()",
-            ),
-            &[&keys, &topics, &partitions, &volumes, &swaps, &buys, &first, &last_price, &last_at, &pending],
-        )
-        .await
-        .context("storing partials")?;
+        );
+        let params: [&(dyn ToSql + Sync); 10] =
+            [&keys, &topics, &partitions, &volumes, &swaps, &buys, &first, &last_price, &last_at, &pending];
+        let store_totals = pipelined(tx, &partials_sql, &params, "storing partials");
 
         let (mut r_keys, mut r_topics, mut r_partitions, mut r_at, mut r_swap) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -504,18 +505,18 @@ impl PgStore {
                 r_swap.push(codec::encode(swap, Encoding::Protobuf));
             }
         }
-        if !r_keys.is_empty() {
-            tx.execute(
-                &self.sql(
-                    "INSERT INTO {schema}.recent_swaps (agg_key, topic, partition, at, swap)
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bytea[], $5::bytea[])
-                     ON CONFLICT DO NOTHING",
-                ),
-                &[&r_keys, &r_topics, &r_partitions, &r_at, &r_swap],
-            )
-            .await
-            .context("storing recent swaps")?;
-        }
+        let recent_sql = self.sql(
+            "INSERT INTO {schema}.recent_swaps (agg_key, topic, partition, at, swap)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bytea[], $5::bytea[])
+             ON CONFLICT DO NOTHING",
+        );
+        let store_recent = async {
+            if r_keys.is_empty() {
+                return Ok(0);
+            }
+            let params: [&(dyn ToSql + Sync); 5] = [&r_keys, &r_topics, &r_partitions, &r_at, &r_swap];
+            pipelined(tx, &recent_sql, &params, "storing recent swaps").await
+        };
 
         let mut c = CandleColumns::default();
         for ((key, tp, delta), key_text) in partials.iter().zip(&keys) {
@@ -524,11 +525,7 @@ impl PgStore {
                 c.push(key_text, tp, *interval, candle);
             }
         }
-        if c.keys.is_empty() {
-            return Ok(());
-        }
-        tx.execute(
-            &self.sql(
+        let candles_sql = self.sql(
                 "INSERT INTO {schema}.candles AS x (agg_key, interval, t, topic, partition, open, open_at, close, close_at,
                                                  high, low, volume_usd, swaps, buys)
                  SELECT k, i, t, tp, p, o::numeric, oa, c::numeric, ca, h::numeric, l::numeric, v::numeric, s, b
@@ -539,14 +536,30 @@ impl PgStore {
                     open = EXCLUDED.open, open_at = EXCLUDED.open_at, close = EXCLUDED.close,
                     close_at = EXCLUDED.close_at, high = EXCLUDED.high, low = EXCLUDED.low,
                     volume_usd = EXCLUDED.volume_usd, swaps = EXCLUDED.swaps, buys = EXCLUDED.buys",
-            ),
-            &[
-                &c.keys, &c.intervals, &c.t, &c.topics, &c.partitions, &c.open, &c.open_at, &c.close, &c.close_at,
-                &c.high, &c.low, &c.volume, &c.swaps, &c.buys,
-            ],
-        )
-        .await
-        .context("storing candles")?;
+        );
+        let store_candles = async {
+            if c.keys.is_empty() {
+                return Ok(0);
+            }
+            let params: [&(dyn ToSql + Sync); 14] = [
+                &c.keys,
+                &c.intervals,
+                &c.t,
+                &c.topics,
+                &c.partitions,
+                &c.open,
+                &c.open_at,
+                &c.close,
+                &c.close_at,
+                &c.high,
+                &c.low,
+                &c.volume,
+                &c.swaps,
+                &c.buys,
+            ];
+            pipelined(tx, &candles_sql, &params, "storing candles").await
+        };
+        futures::try_join!(store_totals, store_recent, store_candles)?;
         Ok(())
     }
 
@@ -747,4 +760,17 @@ pub fn decode_order(bytes: &[u8]) -> anyhow::Result<EventOrder> {
     let log_index = u32::from_be_bytes(bytes[16..20].try_into()?);
     let hash: [u8; 32] = bytes[20..52].try_into()?;
     Ok((DateTime::from_timestamp_nanos(nanos), block, log_index, TxHash(hash)))
+}
+
+/// One statement of a checkpoint, prepared once per connection. Awaited
+/// together, the statements of a transaction are pipelined by the client:
+/// one round trip for all of them.
+async fn pipelined(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    what: &'static str,
+) -> anyhow::Result<u64> {
+    let statement = tx.prepare_cached(sql).await.context(what)?;
+    tx.execute(&statement, params).await.context(what)
 }

@@ -190,89 +190,90 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Writes partials: one pipeline per token or pair (one slot each).
-    pub async fn write(&self, writes: &[PartialWrite]) -> anyhow::Result<()> {
+    /// Writes partials and publishes updates: one pipeline per token or
+    /// pair (one slot each), its `PUBLISH` after its writes, so a subscriber
+    /// that reads on an update sees the written state. The pipelines go out
+    /// together on the multiplexed connection: one round trip, not one per
+    /// key. `updates` holds each key's swaps, already serialized.
+    pub async fn write(&self, writes: &[PartialWrite], updates: &[(AggKey, Vec<Arc<str>>)]) -> anyhow::Result<()> {
+        let mut pipes: BTreeMap<&AggKey, Pipeline> = BTreeMap::new();
         let mut by_key: BTreeMap<&AggKey, Vec<&PartialWrite>> = BTreeMap::new();
         for w in writes {
             by_key.entry(&w.key).or_default().push(w);
         }
-        let mut conn = self.conn.clone();
-        let mut keys = redis::cmd("SADD");
-        keys.arg(format!("{}:keys", self.prefix));
-        for key in by_key.keys() {
-            keys.arg(key.to_string());
+        let mut key_set = redis::cmd("SADD");
+        key_set.arg(format!("{}:keys", self.prefix));
+        for (key, writes) in &by_key {
+            key_set.arg(key.to_string());
+            let pipe = pipes.entry(key).or_insert_with(redis::pipe);
+            self.add_writes(pipe, key, writes)?;
         }
+        for (key, swaps) in updates {
+            let pipe = pipes.entry(key).or_insert_with(redis::pipe);
+            pipe.cmd("PUBLISH").arg(self.updates_channel(key)).arg(update_payload(key, swaps)).ignore();
+        }
+        let mut sent = Vec::with_capacity(pipes.len() + 1);
         if !by_key.is_empty() {
-            keys.query_async::<()>(&mut conn).await.context("writing the key set")?;
+            let mut conn = self.conn.clone();
+            sent.push(
+                Box::pin(async move { key_set.query_async::<()>(&mut conn).await.context("writing the key set") })
+                    as futures::future::BoxFuture<'_, anyhow::Result<()>>,
+            );
         }
-        for (key, writes) in by_key {
-            let mut pipe = redis::pipe();
-            let partials_key = self.key(key, "partials");
-            let recent_key = self.key(key, "recent");
-            let mut expiring: BTreeMap<String, i64> = BTreeMap::new();
-            let mut any_recent = false;
-            for w in writes {
-                let record = PartialRecord {
-                    volume_usd: w.totals.volume_usd,
-                    swaps: w.totals.swaps,
-                    buys: w.totals.buys,
-                    first_seen_ns: w.totals.first_seen.and_then(|t| t.timestamp_nanos_opt()),
-                    last_price: w.totals.last.map(|p| p.price),
-                    last_at: w.totals.last.map(|p| hex::encode(encode_order(&p.at))),
-                    pending: w.pending,
-                };
-                pipe.hset(&partials_key, w.tp.to_string(), serde_json::to_string(&record)?).ignore();
-                for (interval, c) in &w.candles {
-                    let period = period_secs(*interval);
-                    let period_start = c.t.div_euclid(period) * period;
-                    let hash = self.key(key, &format!("c:{interval}:{period_start}"));
-                    let record = CandleRecord {
-                        open: c.open.price,
-                        open_at: hex::encode(encode_order(&c.open.at)),
-                        close: c.close.price,
-                        close_at: hex::encode(encode_order(&c.close.at)),
-                        high: c.high,
-                        low: c.low,
-                        volume_usd: c.volume_usd,
-                        swaps: c.swaps,
-                        buys: c.buys,
-                    };
-                    pipe.hset(&hash, format!("{}/{}", c.t, w.tp), serde_json::to_string(&record)?).ignore();
-                    expiring.insert(hash, period_start + period + memory_retention_secs(*interval));
-                }
-                for (score, json) in &w.new_recent {
-                    pipe.zadd(&recent_key, &**json, *score).ignore();
-                    any_recent = true;
-                }
-            }
-            for (hash, expire_at) in expiring {
-                pipe.cmd("EXPIREAT").arg(hash).arg(expire_at).ignore();
-            }
-            if any_recent {
-                pipe.zremrangebyrank(&recent_key, 0, -(self.recent_cap as isize) - 1).ignore();
-            }
-            pipe.query_async::<()>(&mut conn).await.with_context(|| format!("writing {key} to Redis"))?;
+        for (key, pipe) in pipes {
+            let mut conn = self.conn.clone();
+            sent.push(Box::pin(async move {
+                pipe.query_async::<()>(&mut conn).await.with_context(|| format!("writing {key} to Redis"))
+            }));
         }
-        Ok(())
+        futures::future::join_all(sent).await.into_iter().collect()
     }
 
-    /// Publishes `{"key": "token:ETH", "swaps": [wire swaps with status]}`
-    /// for `key`; the swaps are already serialized (each swap is serialized once per checkpoint, whatever the
-    /// number of keys it counts for).
-    pub async fn publish(&self, key: &AggKey, swaps: &[Arc<str>]) -> anyhow::Result<()> {
-        let mut payload = String::with_capacity(32 + swaps.iter().map(|s| s.len() + 1).sum::<usize>());
-        payload.push_str("{\"key\":\"");
-        payload.push_str(&key.to_string());
-        payload.push_str("\",\"swaps\":[");
-        for (i, swap) in swaps.iter().enumerate() {
-            if i > 0 {
-                payload.push(',');
+    fn add_writes(&self, pipe: &mut Pipeline, key: &AggKey, writes: &[&PartialWrite]) -> anyhow::Result<()> {
+        let partials_key = self.key(key, "partials");
+        let recent_key = self.key(key, "recent");
+        let mut expiring: BTreeMap<String, i64> = BTreeMap::new();
+        let mut any_recent = false;
+        for w in writes {
+            let record = PartialRecord {
+                volume_usd: w.totals.volume_usd,
+                swaps: w.totals.swaps,
+                buys: w.totals.buys,
+                first_seen_ns: w.totals.first_seen.and_then(|t| t.timestamp_nanos_opt()),
+                last_price: w.totals.last.map(|p| p.price),
+                last_at: w.totals.last.map(|p| hex::encode(encode_order(&p.at))),
+                pending: w.pending,
+            };
+            pipe.hset(&partials_key, w.tp.to_string(), serde_json::to_string(&record)?).ignore();
+            for (interval, c) in &w.candles {
+                let period = period_secs(*interval);
+                let period_start = c.t.div_euclid(period) * period;
+                let hash = self.key(key, &format!("c:{interval}:{period_start}"));
+                let record = CandleRecord {
+                    open: c.open.price,
+                    open_at: hex::encode(encode_order(&c.open.at)),
+                    close: c.close.price,
+                    close_at: hex::encode(encode_order(&c.close.at)),
+                    high: c.high,
+                    low: c.low,
+                    volume_usd: c.volume_usd,
+                    swaps: c.swaps,
+                    buys: c.buys,
+                };
+                pipe.hset(&hash, format!("{}/{}", c.t, w.tp), serde_json::to_string(&record)?).ignore();
+                expiring.insert(hash, period_start + period + memory_retention_secs(*interval));
             }
-            payload.push_str(swap);
+            for (score, json) in &w.new_recent {
+                pipe.zadd(&recent_key, &**json, *score).ignore();
+                any_recent = true;
+            }
         }
-        payload.push_str("]}");
-        let mut conn = self.conn.clone();
-        redis::cmd("PUBLISH").arg(self.updates_channel(key)).arg(payload).query_async::<()>(&mut conn).await?;
+        for (hash, expire_at) in expiring {
+            pipe.cmd("EXPIREAT").arg(hash).arg(expire_at).ignore();
+        }
+        if any_recent {
+            pipe.zremrangebyrank(&recent_key, 0, -(self.recent_cap as isize) - 1).ignore();
+        }
         Ok(())
     }
 
@@ -433,6 +434,24 @@ fn wire_order(swap: &serde_json::Value) -> (i64, u64, u64, String) {
     let time =
         DateTime::parse_from_rfc3339(&text("timestamp")).ok().and_then(|t| t.timestamp_nanos_opt()).unwrap_or(i64::MIN);
     (time, number("block_number"), number("log_index"), text("tx_hash"))
+}
+
+/// `{"key": "token:ETH", "swaps": [wire swaps with status]}`, from swaps
+/// already serialized (each once per checkpoint, whatever the number of
+/// keys it counts for).
+fn update_payload(key: &AggKey, swaps: &[Arc<str>]) -> String {
+    let mut payload = String::with_capacity(32 + swaps.iter().map(|s| s.len() + 1).sum::<usize>());
+    payload.push_str("{\"key\":\"");
+    payload.push_str(&key.to_string());
+    payload.push_str("\",\"swaps\":[");
+    for (i, swap) in swaps.iter().enumerate() {
+        if i > 0 {
+            payload.push(',');
+        }
+        payload.push_str(swap);
+    }
+    payload.push_str("]}");
+    payload
 }
 
 fn period_secs(interval: Interval) -> i64 {

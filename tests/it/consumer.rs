@@ -223,6 +223,9 @@ async fn kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice() {
     let mut consumer = Child::spawn(&names.schema, &["consumer"], &vars);
     wait_checkpointed(&names, delivered(&truth), Duration::from_secs(120)).await;
     assert_matches(&names, &truth).await;
+    // The last kill may have come after everything was stored: wait for the
+    // new process to be up before asking it to stop.
+    helpers::logged_port(&consumer).await;
     let status = consumer.terminate(Duration::from_secs(25)).await;
     assert!(status.success(), "{}", consumer.log_text());
 }

@@ -133,18 +133,21 @@ pub async fn produce(brokers: &str, names: &Names, count: u32, extra: &[(&str, S
 pub struct Child {
     pub child: tokio::process::Child,
     pub log: PathBuf,
+    /// Where this process's part of the (shared, appended) log begins.
+    log_start: usize,
 }
 
 impl Child {
     pub fn spawn(name: &str, args: &[&str], vars: &[(&str, String)]) -> Child {
         let log = artifacts().join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+        let log_start = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
         let child = command(args, vars)
             .stdout(Stdio::from(file.try_clone().expect("log file")))
             .stderr(Stdio::from(file))
             .spawn()
             .expect("spawning swapstream");
-        Child { child, log }
+        Child { child, log, log_start }
     }
 
     pub fn pid(&self) -> i32 {
@@ -166,8 +169,10 @@ impl Child {
             .expect("waiting")
     }
 
+    /// What this process logged (earlier processes may share the file).
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let bytes = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(bytes.get(self.log_start..).unwrap_or_default()).into_owned()
     }
 }
 

@@ -15,7 +15,7 @@ use slog::{error, warn, Logger};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::live::{LivePartial, LiveWriter};
-use super::poll::ReaderContext;
+use super::poll::{BatchTicket, ReaderContext};
 use super::KeyUpdate;
 use crate::domain::partial::AggKey;
 use crate::domain::SwapEvent;
@@ -27,6 +27,8 @@ enum Job {
         checkpoint: Checkpoint,
         changes: HashMap<AggKey, Vec<Arc<SwapEvent>>>,
         events: usize,
+        /// Released once the checkpoint is stored and its updates handed on.
+        ticket: BatchTicket,
     },
     /// Live values to write in full (after an assign or a Redis flush).
     Live(Vec<LivePartial>),
@@ -57,7 +59,7 @@ impl Committer {
         arbiter.spawn(async move {
             while let Some(job) = rx.recv().await {
                 match job {
-                    Job::Checkpoint { checkpoint, changes, events } => {
+                    Job::Checkpoint { checkpoint, changes, events, ticket } => {
                         let started = Instant::now();
                         if store(&parts.pg, &checkpoint, &parts.log).await {
                             METRICS.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
@@ -65,6 +67,7 @@ impl Committer {
                             commit_offsets(&parts.consumer, &checkpoint, &parts.log);
                             publish(&parts.live, &parts.updates, checkpoint, changes).await;
                         }
+                        drop(ticket);
                     }
                     Job::Live(partials) => parts.live.send(partials, Vec::new()).await,
                     Job::Barrier(done) => {
@@ -77,8 +80,14 @@ impl Committer {
     }
 
     /// Queues a checkpoint; waits while the previous one is still queued.
-    pub async fn submit(&self, checkpoint: Checkpoint, changes: HashMap<AggKey, Vec<Arc<SwapEvent>>>, events: usize) {
-        let _ = self.tx.send(Job::Checkpoint { checkpoint, changes, events }).await;
+    pub async fn submit(
+        &self,
+        checkpoint: Checkpoint,
+        changes: HashMap<AggKey, Vec<Arc<SwapEvent>>>,
+        events: usize,
+        ticket: BatchTicket,
+    ) {
+        let _ = self.tx.send(Job::Checkpoint { checkpoint, changes, events, ticket }).await;
     }
 
     pub async fn write_live(&self, partials: Vec<LivePartial>) {

@@ -88,18 +88,13 @@ async fn write(redis: &RedisStore, work: Work, failed: &AtomicBool, log: &Logger
             candles: p.candles,
         })
         .collect();
+    let updates: Vec<(AggKey, Vec<Arc<str>>)> =
+        work.messages.iter().map(|(key, swaps)| (key.clone(), swaps.iter().map(&mut serialized).collect())).collect();
     let started = std::time::Instant::now();
-    if let Err(e) = redis.write(&writes).await {
+    if let Err(e) = redis.write(&writes, &updates).await {
         METRICS.redis_errors.inc();
         failed.store(true, Ordering::SeqCst);
         warn!(log, "cannot write live state to Redis; it will be rebuilt"; "error" => format!("{e:#}"));
-    }
-    for (key, swaps) in &work.messages {
-        let swaps: Vec<Arc<str>> = swaps.iter().map(&mut serialized).collect();
-        if let Err(e) = redis.publish(key, &swaps).await {
-            METRICS.redis_errors.inc();
-            warn!(log, "cannot publish an update"; "key" => %key, "error" => %e);
-        }
     }
     METRICS.live_write_seconds.observe(started.elapsed().as_secs_f64());
 }

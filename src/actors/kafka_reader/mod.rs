@@ -89,14 +89,12 @@ pub struct CoreParts {
 
 pub struct KafkaReader {
     core: Option<Core>,
-    control: std_mpsc::Sender<Control>,
     input: Option<tokio::sync::mpsc::Receiver<Input>>,
     stopped: Option<oneshot::Sender<()>>,
 }
 
 impl KafkaReader {
     pub fn new(parts: CoreParts, input: tokio::sync::mpsc::Receiver<Input>, stopped: oneshot::Sender<()>) -> Self {
-        let control = parts.control.clone();
         let committer = committer::Committer::start(committer::CommitterParts {
             pg: parts.pg.clone(),
             consumer: parts.consumer.clone(),
@@ -120,7 +118,7 @@ impl KafkaReader {
             redis_checked: None,
             last_prune: Instant::now(),
         };
-        KafkaReader { core: Some(core), control, input: Some(input), stopped: Some(stopped) }
+        KafkaReader { core: Some(core), input: Some(input), stopped: Some(stopped) }
     }
 }
 
@@ -189,18 +187,6 @@ impl Handler<Tick> for KafkaReader {
     }
 }
 
-/// Stop reading: finish and checkpoint the batch in flight, leave the group.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Stop;
-
-impl Handler<Stop> for KafkaReader {
-    type Result = ();
-    fn handle(&mut self, _: Stop, _: &mut Self::Context) {
-        let _ = self.control.send(Control::Stop);
-    }
-}
-
 /// The batch item of `key` in partition `tp`, created empty if new.
 fn batch_item<'a>(items: &'a mut HashMap<AggKey, BTreeMap<Tp, BatchItem>>, key: AggKey, tp: &Tp) -> &'a mut BatchItem {
     items.entry(key).or_default().entry(tp.clone()).or_insert_with(|| BatchItem {
@@ -240,11 +226,11 @@ impl Core {
                 self.aggregators.set_owned(partitions);
                 self.write_full(&writes).await;
             }
-            Input::Batch { generation, records } => {
+            Input::Batch { generation, records, ticket } => {
                 if generation != self.generation || self.rewinding {
                     return;
                 }
-                self.process(records).await;
+                self.process(records, ticket).await;
             }
             Input::Revoked { tps, done } => {
                 // What was read from these partitions is stored before they go.
@@ -281,7 +267,7 @@ impl Core {
         let _ = self.control.send(Control::Rewind);
     }
 
-    async fn process(&mut self, records: Vec<poll::Record>) {
+    async fn process(&mut self, records: Vec<poll::Record>, ticket: poll::BatchTicket) {
         let now = Utc::now();
         let started = Instant::now();
         let mut items: HashMap<AggKey, BTreeMap<Tp, BatchItem>> = HashMap::new();
@@ -431,7 +417,7 @@ impl Core {
             })
             .collect();
         let aggregated = started.elapsed();
-        self.committer.submit(Checkpoint { progress, partials }, changes, count).await;
+        self.committer.submit(Checkpoint { progress, partials }, changes, count, ticket).await;
         slog::debug!(self.log, "batch"; "events" => count, "route_ms" => routed.as_millis(),
             "aggregate_ms" => (aggregated - routed).as_millis(),
             "wait_for_previous_checkpoint_ms" => (started.elapsed() - aggregated).as_millis());

@@ -8,7 +8,7 @@
 //! reader and waits until the reader has checkpointed it and dropped the
 //! partitions' state.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,7 @@ pub enum Input {
     Batch {
         generation: u64,
         records: Vec<Record>,
+        ticket: BatchTicket,
     },
     /// These partitions go away; reply once their work is checkpointed.
     Revoked {
@@ -44,6 +45,25 @@ pub enum Input {
     },
     /// The thread has stopped polling and left the group.
     Stopped,
+}
+
+/// Held from the moment a batch leaves the polling thread until its
+/// checkpoint is stored (or the batch is dropped); while none is held the
+/// pipeline is idle, and the polling thread sends what it has at once
+/// instead of waiting for the batch to fill.
+pub struct BatchTicket(Arc<AtomicUsize>);
+
+impl BatchTicket {
+    fn issue(in_flight: &Arc<AtomicUsize>) -> BatchTicket {
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        BatchTicket(in_flight.clone())
+    }
+}
+
+impl Drop for BatchTicket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One Kafka message, decoded or not.
@@ -89,6 +109,11 @@ pub struct ReaderContext {
     settings: PollSettings,
     generation: AtomicU64,
     buffer: Mutex<Vec<Record>>,
+    /// Batches sent and not yet checkpointed (see [`BatchTicket`]).
+    in_flight: Arc<AtomicUsize>,
+    /// Once stopping: when the polling thread must be done waiting for the
+    /// reader, so that it still leaves the group before the process exits.
+    stop_by: Mutex<Option<Instant>>,
 }
 
 impl ReaderContext {
@@ -107,6 +132,8 @@ impl ReaderContext {
             settings,
             generation: AtomicU64::new(0),
             buffer: Mutex::new(Vec::new()),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            stop_by: Mutex::new(None),
         }
     }
 
@@ -114,12 +141,56 @@ impl ReaderContext {
         &self.log.log
     }
 
-    /// Sends the records collected so far as one batch.
-    fn flush(&self) {
-        let records = std::mem::take(&mut *self.buffer.lock().expect("buffer lock"));
-        if !records.is_empty() {
-            let generation = self.generation.load(Ordering::SeqCst);
-            let _ = self.tx.blocking_send(Input::Batch { generation, records });
+    /// Sends the records collected so far as one batch, if the reader's
+    /// queue has room; otherwise they stay collected. Never blocks, so a
+    /// reader stuck on its checkpoint cannot keep this thread from seeing a
+    /// stop request.
+    fn try_flush(&self) -> bool {
+        let mut buffer = self.buffer.lock().expect("buffer lock");
+        if buffer.is_empty() {
+            return true;
+        }
+        match self.tx.try_reserve() {
+            Ok(permit) => {
+                let generation = self.generation.load(Ordering::SeqCst);
+                let ticket = BatchTicket::issue(&self.in_flight);
+                permit.send(Input::Batch { generation, records: std::mem::take(&mut *buffer), ticket });
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(())) => false,
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                buffer.clear();
+                true
+            }
+        }
+    }
+
+    /// [`Self::try_flush`] until it succeeds or `deadline` passes; what is
+    /// not sent by then is dropped, never checkpointed, so read again by
+    /// whoever owns its partitions next.
+    fn flush_by(&self, deadline: Instant) -> bool {
+        while !self.try_flush() {
+            if Instant::now() >= deadline {
+                self.buffer.lock().expect("buffer lock").clear();
+                return false;
+            }
+            std::thread::sleep(BUSY_POLL);
+        }
+        true
+    }
+
+    /// Sends `input` unless the reader's queue stays full until `deadline`.
+    fn send_by(&self, mut input: Input, deadline: Instant) -> bool {
+        loop {
+            match self.tx.try_send(input) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                Err(mpsc::error::TrySendError::Full(back)) if Instant::now() < deadline => {
+                    input = back;
+                    std::thread::sleep(BUSY_POLL);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => return false,
+            }
         }
     }
 
@@ -159,11 +230,13 @@ impl ReaderContext {
     fn revoke(&self, tpl: &TopicPartitionList) {
         let tps: Vec<Tp> = tpl.elements().iter().map(|e| Tp::new(e.topic(), e.partition())).collect();
         info!(self.log(), "partitions revoked"; "count" => tps.len());
-        self.flush();
+        let mut deadline = Instant::now() + self.settings.timeout;
+        if let Some(stop_by) = *self.stop_by.lock().expect("stop lock") {
+            deadline = deadline.min(stop_by);
+        }
         let (done, wait) = std_mpsc::sync_channel(1);
-        if self.tx.blocking_send(Input::Revoked { tps, done }).is_ok()
-            && wait.recv_timeout(self.settings.timeout).is_err()
-        {
+        let handed_over = self.flush_by(deadline) && self.send_by(Input::Revoked { tps, done }, deadline);
+        if !handed_over || wait.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_err() {
             warn!(self.log(), "the reader did not finish the revoked partitions in time");
         }
     }
@@ -252,10 +325,20 @@ fn record(message: &BorrowedMessage<'_>) -> Record {
 /// Longest wait for a message when no batch is open (bounds how late a
 /// stop or rewind request is seen).
 const IDLE_POLL: Duration = Duration::from_millis(20);
+/// Longest wait while a batch is open and the pipeline busy: how late the
+/// polling thread notices that the pipeline has become idle.
+const BUSY_POLL: Duration = Duration::from_millis(1);
 
 /// Polls until told to stop; then leaves the group within the timeout.
+///
+/// Batching adapts to the load: while no batch is between here and its
+/// checkpoint, whatever has arrived goes out at once (no waiting at low
+/// rates); while one is, the next one collects events until that
+/// checkpoint is stored, `batch_max_events` is reached, or it is
+/// `batch_max_time` old.
 pub fn run(consumer: Arc<BaseConsumer<ReaderContext>>, control: std_mpsc::Receiver<Control>) {
     let context = consumer.context();
+    let idle = || context.in_flight.load(Ordering::Acquire) == 0;
     let mut batch_started: Option<Instant> = None;
     loop {
         match control.try_recv() {
@@ -275,39 +358,51 @@ pub fn run(consumer: Arc<BaseConsumer<ReaderContext>>, control: std_mpsc::Receiv
             }
             Err(std_mpsc::TryRecvError::Empty) => {}
         }
-        // An open batch is flushed on time even when nothing more arrives.
+        if context.buffer.lock().expect("buffer lock").len() >= context.settings.batch_max_events {
+            // Full, and the reader's queue too: wait for it, reading nothing.
+            if !context.try_flush() {
+                std::thread::sleep(BUSY_POLL);
+                continue;
+            }
+            batch_started = None;
+        }
         let wait = match batch_started {
-            Some(started) => context.settings.batch_max_time.saturating_sub(started.elapsed()).min(IDLE_POLL),
+            // Take what has already arrived, then send it.
+            Some(_) if idle() => Duration::ZERO,
+            Some(started) => context.settings.batch_max_time.saturating_sub(started.elapsed()).min(BUSY_POLL),
             None => IDLE_POLL,
         };
-        match consumer.poll(wait) {
+        let arrived = match consumer.poll(wait) {
             Some(Ok(message)) => {
-                let mut buffer = context.buffer.lock().expect("buffer lock");
-                buffer.push(record(&message));
+                context.buffer.lock().expect("buffer lock").push(record(&message));
                 batch_started.get_or_insert_with(Instant::now);
-                let full = buffer.len() >= context.settings.batch_max_events;
-                drop(buffer);
-                if full {
-                    context.flush();
-                    batch_started = None;
-                }
+                true
             }
-            Some(Err(e)) => warn!(context.log(), "kafka poll error"; "error" => %e),
-            None => {}
-        }
-        if batch_started.is_some_and(|t| t.elapsed() >= context.settings.batch_max_time) {
-            context.flush();
+            Some(Err(e)) => {
+                warn!(context.log(), "kafka poll error"; "error" => %e);
+                false
+            }
+            None => false,
+        };
+        let full = context.buffer.lock().expect("buffer lock").len() >= context.settings.batch_max_events;
+        let due = batch_started.is_some_and(|t| t.elapsed() >= context.settings.batch_max_time);
+        if (full || due || (batch_started.is_some() && !arrived && idle())) && context.try_flush() {
             batch_started = None;
         }
     }
-    context.flush();
+    // Half the time to hand the last batch over and finish the revoke, half
+    // to leave the group: all of it within the process' own stop timeout.
+    let half = context.settings.timeout / 2;
+    let hand_over_by = Instant::now() + half;
+    *context.stop_by.lock().expect("stop lock") = Some(hand_over_by);
+    context.flush_by(hand_over_by);
     info!(context.log(), "leaving the consumer group");
-    let deadline = Instant::now() + context.settings.timeout;
     if consumer.close_queue().is_ok() {
-        while !consumer.closed() && Instant::now() < deadline {
+        let leave_by = Instant::now().max(hand_over_by) + half;
+        while !consumer.closed() && Instant::now() < leave_by {
             consumer.poll(Duration::from_millis(100));
         }
     }
     drop(context.runtime.lock().expect("runtime lock").take());
-    let _ = context.tx.blocking_send(Input::Stopped);
+    context.send_by(Input::Stopped, Instant::now() + half);
 }
