@@ -277,10 +277,16 @@ fn main() {
         return;
     }
     let limit = raise_fd_limit();
-    let mut counts: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    // Client counts are the numbers that are not the value of an option.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut counts: Vec<usize> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || !matches!(args[i - 1].as_str(), "--rate" | "--secs"))
+        .filter_map(|(_, a)| a.parse().ok())
+        .collect();
     let rate: u64 = arg_after("--rate").and_then(|r| r.parse().ok()).unwrap_or(1000);
     let secs: u64 = arg_after("--secs").and_then(|r| r.parse().ok()).unwrap_or(20);
-    counts.retain(|c| Some(c.to_string()) != arg_after("--rate") && Some(c.to_string()) != arg_after("--secs"));
     if counts.is_empty() {
         counts = vec![1000, 10_000];
     }

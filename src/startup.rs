@@ -82,12 +82,12 @@ fn start_registry(
             (settings.ws.clone(), settings.instance_id.clone(), redis.clone(), log.clone());
         SessionRegistry::start_in_arbiter(&arbiter.handle(), move |_| SessionRegistry::new(ws, instance, redis, log))
     };
-    let state = crate::http::ws::WsState {
+    let common = crate::actors::ws_session::SessionCommon {
         registry: registry.clone(),
         settings: settings.ws.clone(),
         redis: redis.clone(),
-        limiter: Default::default(),
     };
+    let state = crate::http::ws::WsState { common: Arc::new(common), limiter: Default::default() };
     (registry, arbiter, state)
 }
 

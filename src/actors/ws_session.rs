@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_web_actors::ws;
 use chrono::Utc;
+use prometheus::IntCounter;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -207,11 +208,17 @@ struct Request {
     channels: Option<Vec<serde_json::Value>>,
 }
 
+/// What every session of a process shares (one allocation, not one per
+/// connection).
+pub struct SessionCommon {
+    pub registry: Addr<SessionRegistry>,
+    pub redis: RedisStore,
+    pub settings: WsSettings,
+}
+
 pub struct WsSession {
     id: u64,
-    registry: Addr<SessionRegistry>,
-    redis: RedisStore,
-    settings: WsSettings,
+    common: Arc<SessionCommon>,
     conn: Arc<ConnShared>,
     channels: HashMap<AggKey, ChannelState>,
     generation: u64,
@@ -223,18 +230,10 @@ pub struct WsSession {
 }
 
 impl WsSession {
-    pub fn new(
-        registry: Addr<SessionRegistry>,
-        redis: RedisStore,
-        settings: WsSettings,
-        conn: Arc<ConnShared>,
-        slot: IpSlot,
-    ) -> WsSession {
+    pub fn new(common: Arc<SessionCommon>, conn: Arc<ConnShared>, slot: IpSlot) -> WsSession {
         WsSession {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            registry,
-            redis,
-            settings,
+            common,
             conn,
             channels: HashMap::new(),
             generation: 0,
@@ -264,8 +263,9 @@ impl WsSession {
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
-        if text.len() > self.settings.max_frame_bytes {
-            let message = format!("{} bytes; at most {} are accepted", text.len(), self.settings.max_frame_bytes);
+        if text.len() > self.common.settings.max_frame_bytes {
+            let message =
+                format!("{} bytes; at most {} are accepted", text.len(), self.common.settings.max_frame_bytes);
             return self.error(ctx, "frame_too_large", message);
         }
         let request: Request = match serde_json::from_str(text) {
@@ -278,9 +278,12 @@ impl WsSession {
                 let Some(names) = request.channels.filter(|c| !c.is_empty()) else {
                     return self.error(ctx, "bad_request", "`channels`: expected a non-empty list".into());
                 };
-                if names.len() > self.settings.max_channels {
-                    let message =
-                        format!("{} channels in one request; at most {}", names.len(), self.settings.max_channels);
+                if names.len() > self.common.settings.max_channels {
+                    let message = format!(
+                        "{} channels in one request; at most {}",
+                        names.len(),
+                        self.common.settings.max_channels
+                    );
                     return self.error(ctx, "too_many_channels", message);
                 }
                 let mut keys = Vec::with_capacity(names.len());
@@ -314,8 +317,8 @@ impl WsSession {
             if self.channels.contains_key(&key) {
                 continue;
             }
-            if self.channels.len() >= self.settings.max_channels {
-                let message = format!("{key}: at most {} channels per connection", self.settings.max_channels);
+            if self.channels.len() >= self.common.settings.max_channels {
+                let message = format!("{key}: at most {} channels per connection", self.common.settings.max_channels);
                 self.error(ctx, "too_many_channels", message);
                 continue;
             }
@@ -323,7 +326,7 @@ impl WsSession {
             let generation = self.generation;
             self.channels.insert(key.clone(), ChannelState::Waiting { generation, held: Vec::new() });
             added.push(key.clone());
-            let redis = self.redis.clone();
+            let redis = self.common.redis.clone();
             let fetch = async move {
                 tokio::time::timeout(Duration::from_secs(5), snapshot(&redis, &key))
                     .await
@@ -335,7 +338,7 @@ impl WsSession {
             );
         }
         if !added.is_empty() {
-            self.registry.do_send(Subscribe { id: self.id, channels: added });
+            self.common.registry.do_send(Subscribe { id: self.id, channels: added });
         }
     }
 
@@ -368,7 +371,7 @@ impl WsSession {
             }
             Err(e) => {
                 self.channels.remove(&key);
-                self.registry.do_send(Unsubscribe { id: self.id, channels: vec![key.clone()] });
+                self.common.registry.do_send(Unsubscribe { id: self.id, channels: vec![key.clone()] });
                 let text = json!({"type": "error", "code": "unavailable", "channel": &*name,
                     "message": format!("no snapshot for {name}, not subscribed: {e:#}")})
                 .to_string();
@@ -386,24 +389,34 @@ impl WsSession {
             self.emit(ctx, json!({"type": "unsubscribed", "channel": key.to_string()}).to_string());
         }
         if !removed.is_empty() {
-            self.registry.do_send(Unsubscribe { id: self.id, channels: removed });
+            self.common.registry.do_send(Unsubscribe { id: self.id, channels: removed });
         }
     }
 
     fn write_frames(&mut self, key: &AggKey, frames: &[FrameBody], ctx: &mut ws::WebsocketContext<Self>) {
         let Some(ChannelState::Live { name, next_seq }) = self.channels.get_mut(key) else { return };
-        let name = name.clone();
-        let mut texts = Vec::with_capacity(frames.len());
-        for frame in frames {
-            texts.push((frame.kind, channel_frame(frame.kind, &name, *next_seq, &frame.json)));
-            *next_seq += 1;
+        let (name, first_seq) = (name.clone(), *next_seq);
+        *next_seq += frames.len() as u64;
+        let mut swaps = 0;
+        for (seq, frame) in (first_seq..).zip(frames) {
+            swaps += u64::from(frame.kind == FrameKind::Swap);
+            self.emit(ctx, channel_frame(frame.kind, &name, seq, &frame.json));
         }
-        for (kind, text) in texts {
-            METRICS.ws_frames_sent.with_label_values(&[kind.name()]).inc();
-            self.emit(ctx, text);
-        }
+        FRAMES_SENT.swap.inc_by(swaps);
+        FRAMES_SENT.stats.inc_by(frames.len() as u64 - swaps);
     }
 }
+
+/// The frame counters, resolved once rather than per frame.
+struct FramesSent {
+    swap: IntCounter,
+    stats: IntCounter,
+}
+
+static FRAMES_SENT: LazyLock<FramesSent> = LazyLock::new(|| FramesSent {
+    swap: METRICS.ws_frames_sent.with_label_values(&["swap"]),
+    stats: METRICS.ws_frames_sent.with_label_values(&["stats"]),
+});
 
 /// `token:eth`, `TOKEN:ETH`, `pair:usdc-eth` -> the canonical key.
 pub fn parse_channel(name: &str) -> Option<AggKey> {
@@ -422,12 +435,16 @@ impl Actor for WsSession {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(self.settings.queue_messages);
+        ctx.set_mailbox_capacity(self.common.settings.queue_messages);
         METRICS.ws_sessions.inc();
-        self.registry.do_send(Connect { id: self.id, outbound: ctx.address().recipient(), conn: self.conn.clone() });
+        self.common.registry.do_send(Connect {
+            id: self.id,
+            outbound: ctx.address().recipient(),
+            conn: self.conn.clone(),
+        });
         // Only the pings: whether the peer answered is the registry's
         // decision (from `last_inbound_ms`), as this timer freezes with us.
-        ctx.run_interval(self.settings.ping_interval, |act, ctx| {
+        ctx.run_interval(self.common.settings.ping_interval, |act, ctx| {
             act.conn.handed.fetch_add(frame_len(0), Ordering::AcqRel);
             ctx.ping(b"");
         });
@@ -435,7 +452,7 @@ impl Actor for WsSession {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         METRICS.ws_sessions.dec();
-        self.registry.do_send(Disconnect { id: self.id });
+        self.common.registry.do_send(Disconnect { id: self.id });
     }
 }
 
@@ -471,7 +488,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
         self.on_message(message, ctx);
         if std::mem::take(&mut self.frame_was_bad) {
             self.bad_frames += 1;
-            if self.bad_frames >= self.settings.max_bad_frames {
+            if self.bad_frames >= self.common.settings.max_bad_frames {
                 self.close(ctx, 1008, "too many bad frames");
             }
         }

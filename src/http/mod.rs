@@ -93,7 +93,7 @@ impl Servers {
         let health = health_routes(parts.readiness.clone());
         let api = api_routes(parts.live.clone());
         let ws = web::Data::new(parts.ws.clone());
-        let send_buffer = parts.ws.settings.send_buffer_bytes;
+        let send_buffer = parts.ws.common.settings.send_buffer_bytes;
         let compression = settings.compression;
         let app_policy = policy.clone();
         let server = HttpServer::new(move || {

@@ -26,7 +26,6 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use actix::Addr;
 use actix_web::dev::Extensions;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
@@ -34,19 +33,14 @@ use futures::StreamExt;
 use serde_json::json;
 
 use super::error::ApiError;
-use crate::actors::session_registry::SessionRegistry;
-use crate::actors::ws_session::{ConnShared, IpLimiter, WsSession};
-use crate::config::WsSettings;
+use crate::actors::ws_session::{ConnShared, IpLimiter, SessionCommon, WsSession};
 use crate::metrics::METRICS;
 use crate::storage::presence::Presence;
-use crate::storage::redis::RedisStore;
 
 /// What the WebSocket routes need.
 #[derive(Clone)]
 pub struct WsState {
-    pub registry: Addr<SessionRegistry>,
-    pub settings: WsSettings,
-    pub redis: RedisStore,
+    pub common: Arc<SessionCommon>,
     pub limiter: IpLimiter,
 }
 
@@ -81,20 +75,20 @@ async fn upgrade(
     let Some(ip) = request.peer_addr().map(|a| a.ip()) else {
         return Ok(HttpResponse::BadRequest().finish());
     };
-    let Some(slot) = state.limiter.acquire(ip, state.settings.max_conns_per_ip) else {
+    let Some(slot) = state.limiter.acquire(ip, state.common.settings.max_conns_per_ip) else {
         METRICS.ws_refused.with_label_values(&["per_ip_limit"]).inc();
-        let message = format!("at most {} WebSocket connections per IP address", state.settings.max_conns_per_ip);
+        let message =
+            format!("at most {} WebSocket connections per IP address", state.common.settings.max_conns_per_ip);
         return Ok(HttpResponse::TooManyRequests()
             .json(json!({"error": {"code": "too_many_connections", "message": message}})));
     };
     let mut response = ws::handshake(&request)?;
     let socket = request.conn_data::<ConnSocket>().map(|s| s.0.clone());
     let conn = Arc::new(ConnShared::new(socket));
-    let session =
-        WsSession::new(state.registry.clone(), state.redis.clone(), state.settings.clone(), conn.clone(), slot);
+    let session = WsSession::new(state.common.clone(), conn.clone(), slot);
     // Frames up to 4x the limit are read and answered with an error frame;
     // larger ones end the connection (1009) rather than being buffered.
-    let codec = actix_http::ws::Codec::new().max_size(state.settings.max_frame_bytes.saturating_mul(4));
+    let codec = actix_http::ws::Codec::new().max_size(state.common.settings.max_frame_bytes.saturating_mul(4));
     let body = ws::WebsocketContext::with_codec(session, payload, codec).map(move |chunk| {
         if let Ok(bytes) = &chunk {
             conn.pulled.fetch_add(bytes.len() as i64, std::sync::atomic::Ordering::AcqRel);
@@ -106,6 +100,6 @@ async fn upgrade(
 
 /// Sessions and subscribers of every live instance, from Redis.
 async fn stats(state: web::Data<WsState>) -> Result<HttpResponse, ApiError> {
-    let counts = Presence::new(&state.redis).counts().await.map_err(ApiError::redis)?;
+    let counts = Presence::new(&state.common.redis).counts().await.map_err(ApiError::redis)?;
     Ok(HttpResponse::Ok().json(counts))
 }
