@@ -70,7 +70,7 @@ variables! {
     "SWAPSTREAM_REDIS_PASSWORD", "(empty)", "Redis password, if not in the URL. Secret.";
     "SWAPSTREAM_REDIS_KEY_PREFIX", "swapstream", "Prefix of every Redis key and channel, so deployments can share a Redis.";
     "SWAPSTREAM_BATCH_MAX_EVENTS", "5000", "Largest batch of events per checkpoint (1 to 1000000).";
-    "SWAPSTREAM_BATCH_MAX_MS", "200", "Longest time a batch collects events before its checkpoint (1 to 60000).";
+    "SWAPSTREAM_BATCH_MAX_MS", "200", "Longest time a batch collects events while the previous one is still being checkpointed; with none in flight, what has arrived goes out at once (1 to 60000).";
     "SWAPSTREAM_LATENESS_SECS", "3600", "How far behind a partition's newest event time an event may be and still count; older ones go to the dead-letter topic as `too_late`.";
     "SWAPSTREAM_MAX_FUTURE_SECS", "300", "How far ahead of the clock an event time may be; later ones go to the dead-letter topic as `future_timestamp`.";
     "SWAPSTREAM_SHUTDOWN_TIMEOUT_SECS", "20", "Longest graceful shutdown: finish and checkpoint the batch in flight, commit, leave the group.";
