@@ -519,8 +519,7 @@ impl PgStore {
         };
 
         let mut c = CandleColumns::default();
-        for ((key, tp, delta), key_text) in partials.iter().zip(&keys) {
-            let _ = key;
+        for ((_, tp, delta), key_text) in partials.iter().zip(&keys) {
             for (interval, candle) in &delta.candles {
                 c.push(key_text, tp, *interval, candle);
             }

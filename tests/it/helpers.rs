@@ -399,3 +399,21 @@ pub fn stream_vars(tokens: &str, rate: &str, reorder_max_ms: u32) -> Vec<(&'stat
         ("SWAPSTREAM_KAFKA_PARTITIONS", "4".into()),
     ]
 }
+
+/// Variables of an `api` process on a random port over `names`' state.
+pub fn api_vars(names: &Names, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut vars = vec![
+        ("SWAPSTREAM_POSTGRES_SCHEMA", names.schema.clone()),
+        ("SWAPSTREAM_REDIS_KEY_PREFIX", names.redis_prefix.clone()),
+        ("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+        ("SWAPSTREAM_HTTP_CACHE_MS", "0".to_owned()),
+        ("SWAPSTREAM_LOG_FORMAT", "json".to_owned()),
+        ("SWAPSTREAM_RECENT_SWAPS", "1000".to_owned()),
+        ("SWAPSTREAM_RATE_LIMIT_PER_SEC", "0".to_owned()),
+    ];
+    for (name, value) in extra {
+        vars.retain(|(n, _)| n != name);
+        vars.push((name, (*value).to_owned()));
+    }
+    vars
+}

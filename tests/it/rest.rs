@@ -11,31 +11,13 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    self, delivered, eventually, http, logged_number, logged_port, require_broker, wait_checkpointed, Answer, Child,
-    Names,
+    self, api_vars, delivered, eventually, http, logged_number, logged_port, require_broker, wait_checkpointed, Answer,
+    Child, Names,
 };
 
 const TOKENS: &str = "ETH,BTC,USDC";
 const KEY_A: &str = "key-aaaaaaaaaaaaaaaa";
 const KEY_B: &str = "key-bbbbbbbbbbbbbbbb";
-
-/// Variables of an `api` process on a random port over `names`' state.
-fn api_vars(names: &Names, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    let mut vars = vec![
-        ("SWAPSTREAM_POSTGRES_SCHEMA", names.schema.clone()),
-        ("SWAPSTREAM_REDIS_KEY_PREFIX", names.redis_prefix.clone()),
-        ("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0".to_owned()),
-        ("SWAPSTREAM_HTTP_CACHE_MS", "0".to_owned()),
-        ("SWAPSTREAM_LOG_FORMAT", "json".to_owned()),
-        ("SWAPSTREAM_RECENT_SWAPS", "1000".to_owned()),
-        ("SWAPSTREAM_RATE_LIMIT_PER_SEC", "0".to_owned()),
-    ];
-    for (name, value) in extra {
-        vars.retain(|(n, _)| n != name);
-        vars.push((name, (*value).to_owned()));
-    }
-    vars
-}
 
 async fn start_api(name: &str, vars: &[(&'static str, String)]) -> (Child, u16) {
     let api = Child::spawn(name, &["api"], vars);

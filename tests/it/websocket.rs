@@ -778,14 +778,10 @@ async fn a_lost_pubsub_connection_shows_clients_a_seq_gap() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_peer_that_never_answers_pings_is_closed_with_4000() {
     let names = Names::new("it-ws-ping");
-    let vars = vec![
-        ("SWAPSTREAM_POSTGRES_SCHEMA", names.schema.clone()),
-        ("SWAPSTREAM_REDIS_KEY_PREFIX", names.redis_prefix.clone()),
-        ("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0".to_owned()),
-        ("SWAPSTREAM_LOG_FORMAT", "json".to_owned()),
-        ("SWAPSTREAM_WS_PING_INTERVAL_MS", "200".to_owned()),
-        ("SWAPSTREAM_WS_PING_TIMEOUT_MS", "1000".to_owned()),
-    ];
+    let vars = helpers::api_vars(
+        &names,
+        &[("SWAPSTREAM_WS_PING_INTERVAL_MS", "200"), ("SWAPSTREAM_WS_PING_TIMEOUT_MS", "1000")],
+    );
     let mut api = Child::spawn(&format!("{}api", names.topic_prefix), &["api"], &vars);
     let port = helpers::logged_port(&api).await;
     // A client library answers pings while it reads: it stays.
