@@ -27,7 +27,11 @@ use crate::stream::{SeenChange, Tp};
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "initial", include_str!("migrations/0001_initial.sql")),
     (2, "candles", include_str!("migrations/0002_candles.sql")),
+    (3, "dedup_expiry", include_str!("migrations/0003_dedup_expiry.sql")),
 ];
+
+/// Most dedup rows one checkpoint deletes per partition.
+const EXPIRE_AT_ONCE: usize = 1_000;
 
 /// Another instance took the partition over: this checkpoint must not land.
 #[derive(Debug, thiserror::Error)]
@@ -431,10 +435,7 @@ impl PgStore {
             let params: [&(dyn ToSql + Sync); 5] = [&dedup.0, &dedup.1, &dedup.2, &dedup.3, &dedup.4];
             pipelined(&tx, &dedup_sql, &params, "storing dedup ids").await
         };
-        let expire_sql = self.sql(
-            "DELETE FROM {schema}.dedup d USING unnest($1::text[], $2::int[], $3::bigint[]) AS u(t, p, h)
-             WHERE d.topic = u.t AND d.partition = u.p AND d.max_event_ns < u.h",
-        );
+        let expire_sql = self.expire_dedup_sql();
         let expire_dedup = async {
             if expire.0.is_empty() {
                 return Ok(0);
@@ -456,6 +457,23 @@ impl PgStore {
         }
         tx.commit().await.context("committing the checkpoint")?;
         Ok(())
+    }
+
+    /// Deletes a partition's dedup rows older than its horizon. Found
+    /// through the `dedup_expiry` index and deleted by row address, a plan
+    /// that stays cheap whatever the table's statistics say (a join delete's
+    /// generic plan read the whole table). At most `EXPIRE_AT_ONCE` rows per
+    /// partition: a checkpoint adds one row per partition, so a backlog (a
+    /// horizon that jumped) drains over the next checkpoints while each
+    /// stays short.
+    fn expire_dedup_sql(&self) -> String {
+        self.sql(&format!(
+            "DELETE FROM {{schema}}.dedup WHERE ctid = ANY(ARRAY(
+                SELECT x.ctid FROM unnest($1::text[], $2::int[], $3::bigint[]) AS u(t, p, h)
+                CROSS JOIN LATERAL (SELECT ctid FROM {{schema}}.dedup x
+                                    WHERE x.topic = u.t AND x.partition = u.p AND x.max_event_ns < u.h
+                                    ORDER BY x.max_event_ns LIMIT {EXPIRE_AT_ONCE}) x))",
+        ))
     }
 
     async fn store_partials(
@@ -562,18 +580,23 @@ impl PgStore {
         Ok(())
     }
 
-    /// Deletes recent swaps beyond the configured count per key and partition.
+    /// Deletes recent swaps beyond the configured count per key and
+    /// partition. Each (key, partition) has a row in `partials`; its cut-off
+    /// is found by walking the newest entries of the primary key, so a run
+    /// reads what it keeps and what it deletes, never a sort of the table.
     pub async fn prune_recent(&self) -> anyhow::Result<u64> {
         let client = self.client().await?;
         let deleted = client
             .execute(
                 &self.sql(
                     "DELETE FROM {schema}.recent_swaps r USING (
-                        SELECT agg_key, topic, partition, at, row_number() OVER (
-                            PARTITION BY agg_key, topic, partition ORDER BY at DESC) AS n
-                        FROM {schema}.recent_swaps) old
-                     WHERE old.n > $1 AND r.agg_key = old.agg_key AND r.topic = old.topic
-                       AND r.partition = old.partition AND r.at = old.at",
+                        SELECT k.agg_key, k.topic, k.partition, cut.at
+                        FROM {schema}.partials k CROSS JOIN LATERAL (
+                            SELECT x.at FROM {schema}.recent_swaps x
+                            WHERE x.agg_key = k.agg_key AND x.topic = k.topic AND x.partition = k.partition
+                            ORDER BY x.at DESC OFFSET $1 LIMIT 1) cut) old
+                     WHERE r.agg_key = old.agg_key AND r.topic = old.topic
+                       AND r.partition = old.partition AND r.at <= old.at",
                 ),
                 &[&(self.recent_cap as i64)],
             )
@@ -772,4 +795,143 @@ async fn pipelined(
 ) -> anyhow::Result<u64> {
     let statement = tx.prepare_cached(sql).await.context(what)?;
     tx.execute(&statement, params).await.context(what)
+}
+
+/// Against the PostgreSQL of `scripts/services up`, each test in a schema
+/// of its own: the plans and deletes of the two statements whose cost grows
+/// with the stored state.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::domain::swap::{Status, SwapId};
+    use crate::domain::token::TokenSymbol;
+
+    async fn store(recent_cap: usize) -> (PgStore, String) {
+        let schema = format!("unit_{:08x}", rand::random::<u32>());
+        let settings = Settings::from_vars([("SWAPSTREAM_POSTGRES_SCHEMA".to_string(), schema.clone())]).unwrap();
+        let store = PgStore::connect(&settings.postgres, recent_cap, &crate::telemetry::discard()).await.unwrap();
+        (store, schema)
+    }
+
+    fn event_ns(seq: i64) -> i64 {
+        (1_764_547_200_000 + seq) * 1_000_000
+    }
+
+    /// The plan PostgreSQL keeps for the prepared statement after its first
+    /// executions (the generic one), as JSON text.
+    async fn generic_plan(store: &PgStore, horizon: i64) -> String {
+        let client = store.client().await.unwrap();
+        let sql = store.expire_dedup_sql();
+        client
+            .batch_execute(&format!("SET plan_cache_mode = force_generic_plan; PREPARE expire AS {sql}"))
+            .await
+            .unwrap();
+        let explain =
+            format!("EXPLAIN (FORMAT JSON) EXECUTE expire(ARRAY['swaps.ETH'], ARRAY[0], ARRAY[{horizon}::bigint])");
+        let plan = client.simple_query(&explain).await.unwrap().into_iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        });
+        client.batch_execute("DEALLOCATE expire; RESET plan_cache_mode").await.unwrap();
+        plan.expect("a plan")
+    }
+
+    #[tokio::test]
+    async fn expired_dedup_rows_are_found_through_the_index_whatever_the_statistics_say() {
+        let (store, schema) = store(100).await;
+        let tp = Tp::new("swaps.ETH", 0);
+        let epoch = store.claim(std::slice::from_ref(&tp), "unit", Utc::now()).await.unwrap()[0].epoch;
+        let client = store.client().await.unwrap();
+        client
+            .batch_execute(&format!(
+                "INSERT INTO {schema}.dedup (topic, partition, seq, max_event_ns, changes)
+                 SELECT 'swaps.ETH', 0, s, (1764547200000 + s) * 1000000, '\\x00'::bytea FROM generate_series(1, 20000) s"
+            ))
+            .await
+            .unwrap();
+
+        // Fresh rows without statistics, then analyzed: never a table scan.
+        for analyzed in [false, true] {
+            if analyzed {
+                client.batch_execute(&format!("ANALYZE {schema}.dedup")).await.unwrap();
+            }
+            let plan = generic_plan(&store, event_ns(11)).await;
+            assert!(!plan.contains("Seq Scan"), "analyzed: {analyzed}; plan reads the table: {plan}");
+            assert!(plan.contains("dedup_expiry"), "analyzed: {analyzed}; plan skips the index: {plan}");
+        }
+
+        // The checkpoint deletes exactly the rows behind the horizon.
+        let change = SeenChange {
+            id: SwapId { tx_hash: TxHash([7; 32]), log_index: 0 },
+            status: Status::Confirmed,
+            event_time: DateTime::from_timestamp_nanos(event_ns(20_001)),
+            token_from: TokenSymbol::parse("ETH").unwrap(),
+            token_to: TokenSymbol::parse("USDC").unwrap(),
+        };
+        let progress = Progress {
+            tp: tp.clone(),
+            next_offset: 20_001,
+            watermark: Some(change.event_time),
+            epoch,
+            seen: vec![change],
+            horizon: Some(DateTime::from_timestamp_nanos(event_ns(11))),
+        };
+        store.checkpoint(&Checkpoint { progress: vec![progress], partials: Vec::new() }).await.unwrap();
+        let count = |range: &'static str| {
+            let (client, schema) = (&client, &schema);
+            async move {
+                let row =
+                    client.query_one(&format!("SELECT count(*) FROM {schema}.dedup WHERE {range}"), &[]).await.unwrap();
+                row.get::<_, i64>(0)
+            }
+        };
+        assert_eq!(count("seq <= 10").await, 0, "rows behind the horizon stay");
+        assert_eq!(count("seq BETWEEN 11 AND 20001").await, 19_991, "rows within the horizon were deleted");
+        store.drop_schema().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn pruning_keeps_the_newest_recent_swaps_of_each_key_and_partition() {
+        let (store, schema) = store(100).await;
+        let client = store.client().await.unwrap();
+        // token:A has 150 swaps in partitions 0 and 1, token:B 40 in partition 0.
+        client
+            .batch_execute(&format!(
+                "INSERT INTO {schema}.partials (agg_key, topic, partition, volume_usd, swaps, buys, pending)
+                 VALUES ('token:A', 'swaps.A', 0, 0, 0, 0, 0), ('token:A', 'swaps.A', 1, 0, 0, 0, 0),
+                        ('token:B', 'swaps.B', 0, 0, 0, 0, 0);
+                 INSERT INTO {schema}.recent_swaps (agg_key, topic, partition, at, swap)
+                 SELECT 'token:A', 'swaps.A', p, int8send(s), '\\x00'::bytea
+                 FROM generate_series(0, 1) p, generate_series(1, 150) s;
+                 INSERT INTO {schema}.recent_swaps (agg_key, topic, partition, at, swap)
+                 SELECT 'token:B', 'swaps.B', 0, int8send(s), '\\x00'::bytea FROM generate_series(1, 40) s;"
+            ))
+            .await
+            .unwrap();
+
+        assert_eq!(store.prune_recent().await.unwrap(), 100);
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT agg_key, partition, count(*), (array_agg(at ORDER BY at))[1] FROM {schema}.recent_swaps
+                     GROUP BY agg_key, partition ORDER BY agg_key, partition"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        let kept: Vec<(String, i32, i64, Vec<u8>)> =
+            rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+        assert_eq!(
+            kept,
+            vec![
+                ("token:A".to_string(), 0, 100, 51i64.to_be_bytes().to_vec()),
+                ("token:A".to_string(), 1, 100, 51i64.to_be_bytes().to_vec()),
+                ("token:B".to_string(), 0, 40, 1i64.to_be_bytes().to_vec()),
+            ]
+        );
+        assert_eq!(store.prune_recent().await.unwrap(), 0, "a second prune finds nothing");
+        store.drop_schema().await.unwrap();
+    }
 }

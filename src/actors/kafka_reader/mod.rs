@@ -73,6 +73,8 @@ pub struct Core {
     redis_generation: Option<String>,
     redis_checked: Option<Instant>,
     last_prune: Instant,
+    /// The PostgreSQL prune of recent swaps, while it runs.
+    pruning: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub struct CoreParts {
@@ -117,6 +119,7 @@ impl KafkaReader {
             redis_generation: None,
             redis_checked: None,
             last_prune: Instant::now(),
+            pruning: None,
         };
         KafkaReader { core: Some(core), input: Some(input), stopped: Some(stopped) }
     }
@@ -171,6 +174,10 @@ impl KafkaReader {
         ctx.wait(work(core).into_actor(self).map(|core, act, _| act.core = Some(core)));
     }
 }
+
+/// How often expired candles leave the actors and recent swaps beyond the
+/// kept count leave PostgreSQL: often enough that each prune is small.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Periodic housekeeping: Redis readiness, candle pruning, lag.
 #[derive(Message)]
@@ -440,12 +447,18 @@ impl Core {
     }
 
     async fn housekeeping(&mut self) {
-        if self.last_prune.elapsed() > Duration::from_secs(600) {
+        if self.last_prune.elapsed() > PRUNE_EVERY {
             self.last_prune = Instant::now();
             let now = Utc::now();
             join_all(self.aggregators.all().into_iter().map(|(_, a)| a.send(Prune(now)))).await;
-            if let Err(e) = self.pg.prune_recent().await {
-                warn!(self.log, "cannot prune recent swaps"; "error" => format!("{e:#}"));
+            // On a task of its own: batches go on while PostgreSQL deletes.
+            if self.pruning.as_ref().is_none_or(|p| p.is_finished()) {
+                let (pg, log) = (self.pg.clone(), self.log.clone());
+                self.pruning = Some(actix::spawn(async move {
+                    if let Err(e) = pg.prune_recent().await {
+                        warn!(log, "cannot prune recent swaps"; "error" => format!("{e:#}"));
+                    }
+                }));
             }
             // Months roll over while the service runs: keep partitions ahead.
             if let Err(e) = self.pg.ensure_candle_partitions(now, &self.log).await {
