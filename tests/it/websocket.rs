@@ -17,6 +17,9 @@ use crate::helpers::{self, delivered, eventually, require_broker, wait_checkpoin
 
 const TOKENS: &str = "ETH,BTC,USDC,SOL";
 
+/// How often a channel may get a `stats` frame in these tests.
+const STATS_INTERVAL: Duration = Duration::from_millis(200);
+
 /// A channel without a frame for this long has delivered what it had.
 const QUIET: Duration = Duration::from_secs(2);
 
@@ -155,16 +158,29 @@ fn expected_states(truth: &GroundTruthFile, token: &str) -> BTreeSet<(String, u6
 /// What a client received on one channel, checked as it arrives: `seq`
 /// goes up by exactly one, no swap state twice, every swap involves the
 /// channel's token.
-#[derive(Default)]
 struct Received {
     next_seq: u64,
     states: BTreeSet<(String, u64, String)>,
     last_stats: Option<Value>,
+    stats_frames: u32,
+    since: Instant,
 }
 
 impl Received {
     fn new() -> Received {
-        Received { next_seq: 1, ..Default::default() }
+        Received { next_seq: 1, states: BTreeSet::new(), last_stats: None, stats_frames: 0, since: Instant::now() }
+    }
+
+    /// `stats` frames are coalesced: at most one per `interval` since this
+    /// record began, and one more for a frame already under way.
+    fn assert_stats_coalesced(&self, interval: Duration) {
+        let allowed = (self.since.elapsed().as_secs_f64() / interval.as_secs_f64()).floor() as u32 + 1;
+        assert!(
+            (1..=allowed).contains(&self.stats_frames),
+            "{} stats frames in {:?}; at most one per {interval:?} allowed ({allowed})",
+            self.stats_frames,
+            self.since.elapsed()
+        );
     }
 
     fn take(&mut self, frame: &Value, channel: &str, token: &str) {
@@ -181,7 +197,10 @@ impl Received {
                     (swap["tx_hash"].as_str().unwrap().to_owned(), swap["log_index"].as_u64().unwrap_or(0), status);
                 assert!(self.states.insert(state.clone()), "swap state received twice: {state:?}");
             }
-            Some("stats") => self.last_stats = Some(frame["stats"].clone()),
+            Some("stats") => {
+                self.last_stats = Some(frame["stats"].clone());
+                self.stats_frames += 1;
+            }
             _ => panic!("unexpected frame on {channel}: {frame}"),
         }
     }
@@ -215,7 +234,7 @@ fn consumer_vars(names: &Names, brokers: &str, instance: &str) -> Vec<(&'static 
         ("SWAPSTREAM_BATCH_MAX_MS", "50".into()),
         ("SWAPSTREAM_INSTANCE_ID", format!("{}-{instance}", names.schema)),
         ("SWAPSTREAM_KAFKA_OPTIONS", "session.timeout.ms=6000".into()),
-        ("SWAPSTREAM_WS_STATS_INTERVAL_MS", "200".into()),
+        ("SWAPSTREAM_WS_STATS_INTERVAL_MS", STATS_INTERVAL.as_millis().to_string()),
         ("SWAPSTREAM_WS_PRESENCE_HEARTBEAT_SECS", "1".into()),
         ("SWAPSTREAM_WS_PRESENCE_TTL_SECS", "3".into()),
     ]);
@@ -256,6 +275,8 @@ async fn a_token_channel_gets_exactly_its_swaps_in_order_and_unsubscribe_stops_t
     assert_eq!(subscribed[0]["channel"], "token:ETH", "channel names are canonical");
     assert_eq!(subscribed[0]["snapshot"]["token"], "ETH");
     assert_eq!(subscribed[0]["snapshot"]["totals"]["swaps"], 0, "nothing produced yet");
+    // Counts from here, so that frames waiting in the socket are inside its time.
+    let mut received = Received::new();
     let mut pair_client = Client::connect(port).await;
     let subscribed = pair_client.subscribe(&["pair:usdc-eth"]).await;
     assert_eq!(subscribed[0]["channel"], "pair:ETH-USDC");
@@ -291,11 +312,13 @@ async fn a_token_channel_gets_exactly_its_swaps_in_order_and_unsubscribe_stops_t
     }
 
     let truth = producing.await.unwrap();
-    let mut received = Received::new();
     received.until_final(&mut client, &truth, "token:ETH", "ETH").await;
     let expected = expected_states(&truth, "ETH");
     assert!(expected.iter().any(|s| s.2 == "pending") && expected.iter().any(|s| s.2 == "confirmed"));
     assert_eq!(received.states, expected, "the ETH swap states differ from the ground truth");
+    // Hundreds of updates changed the channel, a few frames per second told it.
+    assert!(expected.len() > 100);
+    received.assert_stats_coalesced(STATS_INTERVAL);
 
     let mut pair = Received::new();
     let pair_totals = &truth.expected["pairs"]["ETH-USDC"]["totals"];
@@ -359,6 +382,28 @@ async fn clients_on_two_instances_each_get_every_swap_of_their_channel() {
     assert_eq!(got_b.states, expected, "client on instance b");
     a.kill9().await;
     b.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_gets_every_swap_of_its_channel_over_redis_cluster() {
+    let nodes = "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003";
+    if std::net::TcpStream::connect("127.0.0.1:7001").is_err() {
+        panic!("no Redis Cluster on 127.0.0.1:7001-7003: run `scripts/redis-cluster up` (scripts/test does)");
+    }
+    let brokers = require_broker();
+    let names = Names::new("it-ws-cluster");
+    let mut vars = consumer_vars(&names, &brokers, "a");
+    vars.push(("SWAPSTREAM_REDIS_MODE", "cluster".into()));
+    vars.push(("SWAPSTREAM_REDIS_URL", nodes.into()));
+    let (mut consumer, port) = start_consumer(&names, &vars, "a").await;
+    let mut client = Client::connect(port).await;
+    client.subscribe(&["token:SOL"]).await;
+
+    let truth = helpers::produce(&brokers, &names, 200, &stream_vars("max")).await;
+    let mut received = Received::new();
+    received.until_final(&mut client, &truth, "token:SOL", "SOL").await;
+    assert_eq!(received.states, expected_states(&truth, "SOL"), "SOL swap states over Redis Cluster");
+    consumer.kill9().await;
 }
 
 /// Resident memory of a process, in KiB.
