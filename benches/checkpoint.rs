@@ -1,9 +1,11 @@
 //! Checkpoint cost as the stored state ages: a checkpoint's time with an
 //! empty dedup table and with one holding an hour of checkpoints, and the
-//! time to prune the recent-swaps table after ten minutes of swaps.
+//! time to prune the recent-swaps table after a minute of swaps.
 //!
 //! `cargo bench --bench checkpoint -- [DEDUP_ROWS] [RECENT_ROWS]` (defaults
-//! 1,000,000 and 1,800,000) with PostgreSQL up (`scripts/services up`). Each
+//! 1,000,000, and 192,600: 100 kept rows for each of 21 keys in 6
+//! partitions plus a minute at 1000 swaps/s, three keys per swap) with
+//! PostgreSQL up (`scripts/services up`). Each
 //! checkpoint stores offsets and three dedup ids for each of 6 partitions
 //! and expires the partition's oldest dedup row, as the reader does once the
 //! lateness horizon moves. Works in a schema of its own, dropped at the end.
@@ -34,7 +36,7 @@ fn main() {
     }
     let counts: Vec<i64> = std::env::args().skip(1).filter_map(|a| a.replace('_', "").parse().ok()).collect();
     let dedup_rows = counts.first().copied().unwrap_or(1_000_000);
-    let recent_rows = counts.get(1).copied().unwrap_or(1_800_000);
+    let recent_rows = counts.get(1).copied().unwrap_or(192_600);
     let schema = format!("bench_{:08x}", rand::random::<u32>());
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(run(&schema, dedup_rows, recent_rows));
@@ -65,7 +67,7 @@ async fn run(schema: &str, dedup_rows: i64, recent_rows: i64) {
 
     fill_recent(&sql, schema, recent_rows).await;
     let started = Instant::now();
-    let deleted = store.prune_recent().await.expect("prune");
+    let deleted = store.prune_recent(&tps).await.expect("prune");
     println!();
     println!("| recent rows | deleted | prune time |");
     println!("|---|---|---|");

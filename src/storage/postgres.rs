@@ -580,25 +580,30 @@ impl PgStore {
         Ok(())
     }
 
-    /// Deletes recent swaps beyond the configured count per key and
-    /// partition. Each (key, partition) has a row in `partials`; its cut-off
-    /// is found by walking the newest entries of the primary key, so a run
-    /// reads what it keeps and what it deletes, never a sort of the table.
-    pub async fn prune_recent(&self) -> anyhow::Result<u64> {
+    /// Deletes recent swaps of the partitions `tps` beyond the configured
+    /// count per key and partition. Each (key, partition) has a row in
+    /// `partials`; its cut-off is found by walking the newest entries of the
+    /// primary key, so a run reads what it keeps and what it deletes, never a
+    /// sort of the table.
+    pub async fn prune_recent(&self, tps: &[Tp]) -> anyhow::Result<u64> {
+        let topics: Vec<&str> = tps.iter().map(|tp| &*tp.topic).collect();
+        let partitions: Vec<i32> = tps.iter().map(|tp| tp.partition).collect();
         let client = self.client().await?;
         let deleted = client
             .execute(
                 &self.sql(
                     "DELETE FROM {schema}.recent_swaps r USING (
                         SELECT k.agg_key, k.topic, k.partition, cut.at
-                        FROM {schema}.partials k CROSS JOIN LATERAL (
+                        FROM {schema}.partials k
+                        JOIN unnest($2::text[], $3::int[]) AS u(t, p) ON k.topic = u.t AND k.partition = u.p
+                        CROSS JOIN LATERAL (
                             SELECT x.at FROM {schema}.recent_swaps x
                             WHERE x.agg_key = k.agg_key AND x.topic = k.topic AND x.partition = k.partition
                             ORDER BY x.at DESC OFFSET $1 LIMIT 1) cut) old
                      WHERE r.agg_key = old.agg_key AND r.topic = old.topic
                        AND r.partition = old.partition AND r.at <= old.at",
                 ),
-                &[&(self.recent_cap as i64)],
+                &[&(self.recent_cap as i64), &topics, &partitions],
             )
             .await?;
         Ok(deleted)
@@ -910,7 +915,10 @@ mod tests {
             .await
             .unwrap();
 
-        assert_eq!(store.prune_recent().await.unwrap(), 100);
+        let a1 = [Tp::new("swaps.A", 1)];
+        assert_eq!(store.prune_recent(&a1).await.unwrap(), 50, "only the partitions asked for");
+        let all = [Tp::new("swaps.A", 0), Tp::new("swaps.A", 1), Tp::new("swaps.B", 0)];
+        assert_eq!(store.prune_recent(&all).await.unwrap(), 50);
         let rows = client
             .query(
                 &format!(
@@ -931,7 +939,7 @@ mod tests {
                 ("token:B".to_string(), 0, 40, 1i64.to_be_bytes().to_vec()),
             ]
         );
-        assert_eq!(store.prune_recent().await.unwrap(), 0, "a second prune finds nothing");
+        assert_eq!(store.prune_recent(&all).await.unwrap(), 0, "a second prune finds nothing");
         store.drop_schema().await.unwrap();
     }
 }

@@ -452,10 +452,13 @@ impl Core {
             let now = Utc::now();
             join_all(self.aggregators.all().into_iter().map(|(_, a)| a.send(Prune(now)))).await;
             // On a task of its own: batches go on while PostgreSQL deletes.
-            if self.pruning.as_ref().is_none_or(|p| p.is_finished()) {
+            // Each instance prunes the partitions it owns, so together they
+            // prune every partition once without a lock.
+            if self.pruning.as_ref().is_none_or(|p| p.is_finished()) && !self.slots.is_empty() {
                 let (pg, log) = (self.pg.clone(), self.log.clone());
+                let owned: Vec<Tp> = self.slots.keys().cloned().collect();
                 self.pruning = Some(actix::spawn(async move {
-                    if let Err(e) = pg.prune_recent().await {
+                    if let Err(e) = pg.prune_recent(&owned).await {
                         warn!(log, "cannot prune recent swaps"; "error" => format!("{e:#}"));
                     }
                 }));
