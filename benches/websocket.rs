@@ -72,6 +72,40 @@ fn event_time(frame: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(&frame[at..end]).ok().map(|t| t.with_timezone(&Utc))
 }
 
+/// Latency above this counts towards a stall.
+const STALL_MS: u32 = 25;
+
+/// Whether the frames over `STALL_MS` are spread over the run or come in a
+/// few stalls: frames of swaps whose event times lie within 100 ms of each
+/// other form one stall. Prints the count and the three largest.
+fn stalls(latencies: &[(u32, i64)]) -> String {
+    let mut slow: Vec<(i64, u32)> =
+        latencies.iter().map(|(l, at)| (*at, (l & (u32::MAX >> 1)) / 1000)).filter(|(_, ms)| *ms > STALL_MS).collect();
+    slow.sort_unstable();
+    // (first event ms, last event ms, frames, worst ms)
+    let mut groups: Vec<(i64, i64, usize, u32)> = Vec::new();
+    for (at, ms) in slow {
+        match groups.last_mut() {
+            Some(g) if at - g.1 <= 100 => *g = (g.0, at, g.2 + 1, g.3.max(ms)),
+            _ => groups.push((at, at, 1, ms)),
+        }
+    }
+    let total = latencies.len().max(1);
+    let slow_frames: usize = groups.iter().map(|g| g.2).sum();
+    groups.sort_by_key(|g| std::cmp::Reverse(g.2));
+    let largest: Vec<String> = groups
+        .iter()
+        .take(3)
+        .map(|g| format!("{} frames over {} ms of events, worst {} ms", g.2, g.1 - g.0, g.3))
+        .collect();
+    format!(
+        "frames over {STALL_MS} ms: {slow_frames} of {total} ({:.2} %) in {} stalls; largest: {}",
+        slow_frames as f64 * 100.0 / total as f64,
+        groups.len(),
+        largest.join("; ")
+    )
+}
+
 struct Run {
     clients: usize,
     served: usize,
@@ -175,6 +209,8 @@ fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool, noida: bo
             .spawn()
             .expect("producer");
         tokio::time::sleep(Duration::from_secs(3)).await; // warm-up
+                                                          // The same swaps as the consumer publishes them, before the fan-out.
+        let published = tokio::spawn(read_published(id.clone(), measuring.clone()));
         measuring.store(true, Ordering::Relaxed);
         let started = Instant::now();
         let mut rss_busy = 0;
@@ -205,14 +241,26 @@ fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool, noida: bo
             }
         }
         let split = |pending: bool| {
-            let mut part: Vec<u32> =
-                latencies.iter().filter(|l| (**l >> 31 == 1) == pending).map(|l| l & (u32::MAX >> 1)).collect();
+            let mut part: Vec<u32> = latencies
+                .iter()
+                .filter(|(l, _)| (*l >> 31 == 1) == pending)
+                .map(|(l, _)| l & (u32::MAX >> 1))
+                .collect();
             part.sort_unstable();
             let at = |q: f64| part.get(((part.len() as f64 * q) as usize).min(part.len().saturating_sub(1))).copied();
             format!("p50 {:.1} ms, p99 {:.1} ms", at(0.5).unwrap_or(0) as f64 / 1e3, at(0.99).unwrap_or(0) as f64 / 1e3)
         };
         eprintln!("pending swaps: {}; confirmed swaps: {}", split(true), split(false));
-        let mut latencies: Vec<u32> = latencies.iter().map(|l| l & (u32::MAX >> 1)).collect();
+        eprintln!("at the client: {}", stalls(&latencies));
+        if let Ok(Ok(at_redis)) = published.await {
+            let mut sorted: Vec<u32> = at_redis.iter().map(|(l, _)| *l).collect();
+            sorted.sort_unstable();
+            let at = |q: f64| sorted.get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)));
+            let ms = |v: Option<&u32>| v.copied().unwrap_or(0) as f64 / 1e3;
+            eprintln!("at Redis pub/sub: p50 {:.1} ms, p99 {:.1} ms", ms(at(0.5)), ms(at(0.99)));
+            eprintln!("at Redis pub/sub: {}", stalls(&at_redis));
+        }
+        let mut latencies: Vec<u32> = latencies.iter().map(|(l, _)| l & (u32::MAX >> 1)).collect();
         latencies.sort_unstable();
         let pick = |q: f64| {
             latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied()
@@ -236,17 +284,58 @@ fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool, noida: bo
     result
 }
 
+/// Subscribes to every update channel of the consumer's key prefix and
+/// times each published swap as `read_frames` does, until measuring ends:
+/// the pipeline up to the fan-out.
+async fn read_published(
+    prefix: String,
+    measuring: Arc<std::sync::atomic::AtomicBool>,
+) -> redis::RedisResult<Vec<(u32, i64)>> {
+    let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.psubscribe(format!("{prefix}:updates:*")).await?;
+    let mut stream = pubsub.into_on_message();
+    let mut latencies = Vec::new();
+    let mut started = false;
+    loop {
+        let message = match tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(_) if started && !measuring.load(Ordering::Relaxed) => break,
+            Err(_) => continue,
+        };
+        if !measuring.load(Ordering::Relaxed) {
+            if started {
+                break;
+            }
+            continue;
+        }
+        started = true;
+        let now = Utc::now();
+        let payload: String = message.get_payload().unwrap_or_default();
+        let mut rest = payload.as_str();
+        while let Some(at) = event_time(rest) {
+            let micros = (now - at).num_microseconds().unwrap_or(0).clamp(0, i64::from(u32::MAX >> 1)) as u32;
+            latencies.push((micros, at.timestamp_millis()));
+            let Some(next) = rest.find("\"timestamp\":\"") else { break };
+            rest = &rest[next + 13..];
+        }
+    }
+    Ok(latencies)
+}
+
 /// Reads a client's frames until the connection ends: how many arrived
-/// while measuring, and the latency of each swap frame in microseconds.
+/// while measuring, and of each swap frame its latency in microseconds and
+/// its event time in unix milliseconds.
 async fn read_frames<S>(
     mut socket: S,
     frames: Arc<AtomicU64>,
     measuring: Arc<std::sync::atomic::AtomicBool>,
-) -> (u64, Vec<u32>)
+) -> (u64, Vec<(u32, i64)>)
 where
     S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
-    let mut latencies: Vec<u32> = Vec::new();
+    let mut latencies: Vec<(u32, i64)> = Vec::new();
     let mut got = 0u64;
     while let Some(Ok(message)) = socket.next().await {
         if let Message::Text(text) = message {
@@ -261,7 +350,7 @@ where
                     let micros = micros.min(i64::from(u32::MAX >> 1)) as u32;
                     // The top bit marks a pending swap, to report both kinds.
                     let pending = text.contains("\"status\":\"pending\"");
-                    latencies.push(micros | (u32::from(pending) << 31));
+                    latencies.push((micros | (u32::from(pending) << 31), at.timestamp_millis()));
                 }
             }
         }

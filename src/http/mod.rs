@@ -115,6 +115,9 @@ impl Servers {
                 .wrap(from_fn(middleware::observe))
         })
         .on_connect(ws::on_connect(send_buffer))
+        // WebSocket frames are small and must leave at once: with Nagle's
+        // algorithm on, a frame waits for the client's delayed ACK (40 ms).
+        .tcp_nodelay(true)
         .workers(settings.workers)
         .disable_signals()
         .shutdown_timeout(5);
