@@ -65,11 +65,34 @@ fn channels(one: bool) -> Vec<String> {
     all
 }
 
-/// The event timestamp in a swap frame, without parsing the whole frame.
-fn event_time(frame: &str) -> Option<DateTime<Utc>> {
-    let at = frame.find("\"timestamp\":\"")? + 13;
-    let end = at + frame[at..].find('"')?;
-    DateTime::parse_from_rfc3339(&frame[at..end]).ok().map(|t| t.with_timezone(&Utc))
+/// The event timestamps in a frame or update message, in order, without
+/// parsing the whole text.
+fn event_times(text: &str) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+    text.split("\"timestamp\":\"").skip(1).filter_map(|rest| {
+        let end = rest.find('"')?;
+        DateTime::parse_from_rfc3339(&rest[..end]).ok().map(|t| t.with_timezone(&Utc))
+    })
+}
+
+/// The top bit of a recorded latency marks a pending swap.
+const PENDING: u32 = 1 << 31;
+
+/// A latency in microseconds since `at`, below the pending bit.
+fn micros_since(at: DateTime<Utc>, now: DateTime<Utc>) -> u32 {
+    (now - at).num_microseconds().unwrap_or(0).clamp(0, i64::from(PENDING - 1)) as u32
+}
+
+/// The `q` quantile of sorted microseconds, in milliseconds (0 when empty).
+fn quantile_ms(sorted: &[u32], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).copied().unwrap_or(0) as f64 / 1e3
+}
+
+/// Latencies without the pending bit, sorted.
+fn sorted_micros<'a>(latencies: impl Iterator<Item = &'a (u32, i64)>) -> Vec<u32> {
+    let mut sorted: Vec<u32> = latencies.map(|(l, _)| l & !PENDING).collect();
+    sorted.sort_unstable();
+    sorted
 }
 
 /// Latency above this counts towards a stall.
@@ -80,7 +103,7 @@ const STALL_MS: u32 = 25;
 /// other form one stall. Prints the count and the three largest.
 fn stalls(latencies: &[(u32, i64)]) -> String {
     let mut slow: Vec<(i64, u32)> =
-        latencies.iter().map(|(l, at)| (*at, (l & (u32::MAX >> 1)) / 1000)).filter(|(_, ms)| *ms > STALL_MS).collect();
+        latencies.iter().map(|(l, at)| (*at, (l & !PENDING) / 1000)).filter(|(_, ms)| *ms > STALL_MS).collect();
     slow.sort_unstable();
     // (first event ms, last event ms, frames, worst ms)
     let mut groups: Vec<(i64, i64, usize, u32)> = Vec::new();
@@ -241,37 +264,28 @@ fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool, noida: bo
             }
         }
         let split = |pending: bool| {
-            let mut part: Vec<u32> = latencies
-                .iter()
-                .filter(|(l, _)| (*l >> 31 == 1) == pending)
-                .map(|(l, _)| l & (u32::MAX >> 1))
-                .collect();
-            part.sort_unstable();
-            let at = |q: f64| part.get(((part.len() as f64 * q) as usize).min(part.len().saturating_sub(1))).copied();
-            format!("p50 {:.1} ms, p99 {:.1} ms", at(0.5).unwrap_or(0) as f64 / 1e3, at(0.99).unwrap_or(0) as f64 / 1e3)
+            let part = sorted_micros(latencies.iter().filter(|(l, _)| (l & PENDING != 0) == pending));
+            format!("p50 {:.1} ms, p99 {:.1} ms", quantile_ms(&part, 0.5), quantile_ms(&part, 0.99))
         };
         eprintln!("pending swaps: {}; confirmed swaps: {}", split(true), split(false));
         eprintln!("at the client: {}", stalls(&latencies));
         if let Ok(Ok(at_redis)) = published.await {
-            let mut sorted: Vec<u32> = at_redis.iter().map(|(l, _)| *l).collect();
-            sorted.sort_unstable();
-            let at = |q: f64| sorted.get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)));
-            let ms = |v: Option<&u32>| v.copied().unwrap_or(0) as f64 / 1e3;
-            eprintln!("at Redis pub/sub: p50 {:.1} ms, p99 {:.1} ms", ms(at(0.5)), ms(at(0.99)));
+            let sorted = sorted_micros(at_redis.iter());
+            eprintln!(
+                "at Redis pub/sub: p50 {:.1} ms, p99 {:.1} ms",
+                quantile_ms(&sorted, 0.5),
+                quantile_ms(&sorted, 0.99)
+            );
             eprintln!("at Redis pub/sub: {}", stalls(&at_redis));
         }
-        let mut latencies: Vec<u32> = latencies.iter().map(|(l, _)| l & (u32::MAX >> 1)).collect();
-        latencies.sort_unstable();
-        let pick = |q: f64| {
-            latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied()
-        };
+        let latencies = sorted_micros(latencies.iter());
         Run {
             clients,
             served,
             frames: delivered,
             secs: measured,
-            p50_ms: pick(0.50).unwrap_or(0) as f64 / 1000.0,
-            p99_ms: pick(0.99).unwrap_or(0) as f64 / 1000.0,
+            p50_ms: quantile_ms(&latencies, 0.5),
+            p99_ms: quantile_ms(&latencies, 0.99),
             rss_per_conn_kib: (rss_idle as f64 - rss_base as f64) / clients as f64,
             rss_idle_mib: rss_idle as f64 / 1024.0,
             rss_busy_mib: rss_busy as f64 / 1024.0,
@@ -296,30 +310,24 @@ async fn read_published(
     pubsub.psubscribe(format!("{prefix}:updates:*")).await?;
     let mut stream = pubsub.into_on_message();
     let mut latencies = Vec::new();
-    let mut started = false;
+    let mut measured = false;
     loop {
-        let message = match tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
-            Ok(Some(message)) => message,
-            Ok(None) => break,
-            Err(_) if started && !measuring.load(Ordering::Relaxed) => break,
-            Err(_) => continue,
-        };
+        let next = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
         if !measuring.load(Ordering::Relaxed) {
-            if started {
+            if measured {
                 break;
             }
             continue;
         }
-        started = true;
+        measured = true;
+        let message = match next {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(_) => continue,
+        };
         let now = Utc::now();
         let payload: String = message.get_payload().unwrap_or_default();
-        let mut rest = payload.as_str();
-        while let Some(at) = event_time(rest) {
-            let micros = (now - at).num_microseconds().unwrap_or(0).clamp(0, i64::from(u32::MAX >> 1)) as u32;
-            latencies.push((micros, at.timestamp_millis()));
-            let Some(next) = rest.find("\"timestamp\":\"") else { break };
-            rest = &rest[next + 13..];
-        }
+        latencies.extend(event_times(&payload).map(|at| (micros_since(at, now), at.timestamp_millis())));
     }
     Ok(latencies)
 }
@@ -345,12 +353,9 @@ where
             got += 1;
             frames.fetch_add(1, Ordering::Relaxed);
             if text.starts_with("{\"type\":\"swap\"") {
-                if let Some(at) = event_time(&text) {
-                    let micros = (Utc::now() - at).num_microseconds().unwrap_or(0).max(0);
-                    let micros = micros.min(i64::from(u32::MAX >> 1)) as u32;
-                    // The top bit marks a pending swap, to report both kinds.
-                    let pending = text.contains("\"status\":\"pending\"");
-                    latencies.push((micros | (u32::from(pending) << 31), at.timestamp_millis()));
+                if let Some(at) = event_times(&text).next() {
+                    let pending = if text.contains("\"status\":\"pending\"") { PENDING } else { 0 };
+                    latencies.push((micros_since(at, Utc::now()) | pending, at.timestamp_millis()));
                 }
             }
         }

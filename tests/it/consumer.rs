@@ -271,10 +271,7 @@ async fn a_survivor_takes_over_a_killed_members_partitions() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_cluster_holds_the_live_state() {
-    let nodes = "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003";
-    if std::net::TcpStream::connect("127.0.0.1:7001").is_err() {
-        panic!("no Redis Cluster on 127.0.0.1:7001-7003: run `scripts/redis-cluster up` (scripts/test does)");
-    }
+    let nodes = helpers::require_redis_cluster();
     let brokers = require_broker();
     let names = Names::new("it-cluster");
     let truth = helpers::produce(&brokers, &names, 200, &stream_vars("max")).await;

@@ -30,6 +30,15 @@ pub fn require_broker() -> String {
     brokers
 }
 
+/// The nodes of the Redis Cluster started by `scripts/redis-cluster up`;
+/// fails fast, with the fix, when it is not running.
+pub fn require_redis_cluster() -> &'static str {
+    if std::net::TcpStream::connect("127.0.0.1:7001").is_err() {
+        panic!("no Redis Cluster on 127.0.0.1:7001-7003: run `scripts/redis-cluster up` (scripts/test does)");
+    }
+    "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003"
+}
+
 /// A name no other test run uses: `<base>-<random hex>`.
 pub fn unique(base: &str) -> String {
     format!("{base}-{:08x}", rand::thread_rng().gen::<u32>())

@@ -386,10 +386,7 @@ async fn clients_on_two_instances_each_get_every_swap_of_their_channel() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_gets_every_swap_of_its_channel_over_redis_cluster() {
-    let nodes = "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003";
-    if std::net::TcpStream::connect("127.0.0.1:7001").is_err() {
-        panic!("no Redis Cluster on 127.0.0.1:7001-7003: run `scripts/redis-cluster up` (scripts/test does)");
-    }
+    let nodes = helpers::require_redis_cluster();
     let brokers = require_broker();
     let names = Names::new("it-ws-cluster");
     let mut vars = consumer_vars(&names, &brokers, "a");
