@@ -3,7 +3,7 @@
 //! from each swap's event timestamp to its receipt by a client (p50, p99),
 //! and the server's resident memory per idle connection.
 //!
-//! `cargo bench --bench websocket -- [CLIENTS...] [--rate SWAPS_PER_S] [--secs S] [--one-channel] [--noida]`
+//! `cargo bench --bench websocket -- [CLIENTS...] [--rate SWAPS_PER_S] [--secs S] [--one-channel] [--noida] [--debug-log]`
 //! (defaults: 1000 and 10000 clients, 1000 swaps/s, i.e. 2000 events/s as
 //! each swap is a pending and a terminal event, 20 s per run) with
 //! PostgreSQL and Redis up (`scripts/services up`). The broker is
@@ -11,8 +11,9 @@
 //! ([`common::MockBroker`]), or with `--noida` the one at
 //! `SWAPSTREAM_TEST_BROKERS` (noida-db by default). Clients subscribe
 //! round-robin to every token and pair channel, or all to `token:ETH` with
-//! `--one-channel`. Prints a Markdown table row per run for
-//! docs/BENCHMARKS.md.
+//! `--one-channel`. `--debug-log` runs the consumer at log level `debug`
+//! (a line per batch and per checkpoint); the consumer's log path is
+//! printed. Prints a Markdown table row per run for docs/BENCHMARKS.md.
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +39,82 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU time (user and system) a process has used so far, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    // SAFETY: sysconf only reads a constant of the system.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// The processes whose command name is `name`.
+fn pids_named(name: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name))
+        .collect()
+}
+
+/// The machine's CPU time so far, in clock ticks: (busy, idle, stolen by
+/// the hypervisor), from the first line of `/proc/stat`.
+fn machine_ticks() -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6);
+    (busy, field(3) + field(4), field(7))
+}
+
+/// What each process of the pipeline used of the CPU over the measurement,
+/// and what the machine as a whole did (busy, idle, stolen), so that a run
+/// shows how busy the shared cores were.
+struct CpuShares {
+    parts: Vec<(&'static str, Vec<u32>, f64)>,
+    machine: (u64, u64, u64),
+    started: Instant,
+}
+
+impl CpuShares {
+    fn start(parts: Vec<(&'static str, Vec<u32>)>) -> CpuShares {
+        let parts = parts
+            .into_iter()
+            .map(|(name, pids)| {
+                let used = pids.iter().map(|&p| cpu_secs(p)).sum();
+                (name, pids, used)
+            })
+            .collect();
+        CpuShares { parts, machine: machine_ticks(), started: Instant::now() }
+    }
+
+    /// Each part's share of one core since `start`, in percent.
+    fn finish(&self) -> String {
+        let wall = self.started.elapsed().as_secs_f64();
+        let shares: Vec<String> = self
+            .parts
+            .iter()
+            .map(|(name, pids, before)| {
+                let used: f64 = pids.iter().map(|&p| cpu_secs(p)).sum();
+                format!("{name} {:.0} %", (used - before) * 100.0 / wall)
+            })
+            .collect();
+        let (busy, idle, steal) = machine_ticks();
+        let (busy, idle, steal) = (busy - self.machine.0, idle - self.machine.1, steal - self.machine.2);
+        let all = (busy + idle + steal).max(1) as f64;
+        format!(
+            "CPU over the measurement (100 % = one core): {}; the machine: busy {:.0} %, idle {:.0} %, stolen by the host {:.0} % (of all cores)",
+            shares.join(", "),
+            busy as f64 * 100.0 / all,
+            idle as f64 * 100.0 / all,
+            steal as f64 * 100.0 / all
+        )
+    }
 }
 
 fn raise_fd_limit() -> u64 {
@@ -100,7 +177,8 @@ const STALL_MS: u32 = 25;
 
 /// Whether the frames over `STALL_MS` are spread over the run or come in a
 /// few stalls: frames of swaps whose event times lie within 100 ms of each
-/// other form one stall. Prints the count and the three largest.
+/// other form one stall. Prints the count and the three largest, each with
+/// its first event time (UTC), to match against the servers' logs.
 fn stalls(latencies: &[(u32, i64)]) -> String {
     let mut slow: Vec<(i64, u32)> =
         latencies.iter().map(|(l, at)| (*at, (l & !PENDING) / 1000)).filter(|(_, ms)| *ms > STALL_MS).collect();
@@ -119,7 +197,10 @@ fn stalls(latencies: &[(u32, i64)]) -> String {
     let largest: Vec<String> = groups
         .iter()
         .take(3)
-        .map(|g| format!("{} frames over {} ms of events, worst {} ms", g.2, g.1 - g.0, g.3))
+        .map(|g| {
+            let at = DateTime::from_timestamp_millis(g.0).unwrap_or_default().format("%H:%M:%S%.3f");
+            format!("{} frames over {} ms of events from {at}, worst {} ms", g.2, g.1 - g.0, g.3)
+        })
         .collect();
     format!(
         "frames over {STALL_MS} ms: {slow_frames} of {total} ({:.2} %) in {} stalls; largest: {}",
@@ -127,6 +208,16 @@ fn stalls(latencies: &[(u32, i64)]) -> String {
         groups.len(),
         largest.join("; ")
     )
+}
+
+/// What every run of one invocation shares.
+#[derive(Clone, Copy)]
+struct Options {
+    swaps_per_s: u64,
+    secs: u64,
+    one_channel: bool,
+    noida: bool,
+    debug_log: bool,
 }
 
 struct Run {
@@ -143,7 +234,8 @@ struct Run {
 
 // Connecting yields each client's reader task, joined after the measurement.
 #[allow(clippy::async_yields_async)]
-fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool, noida: bool) -> Run {
+fn run(clients: usize, options: &Options) -> Run {
+    let Options { swaps_per_s, secs, one_channel, noida, debug_log } = *options;
     let id = format!("wsbench_{:08x}", rand::random::<u32>());
     let mut topics: Vec<String> = TOKENS.split(',').map(|t| format!("{id}.{t}")).collect();
     topics.push(format!("{id}-dlq"));
@@ -180,11 +272,13 @@ fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool, noida: bo
         .env("SWAPSTREAM_HTTP_ACCESS_LOG", "false")
         .env("SWAPSTREAM_WS_PING_INTERVAL_MS", "30000")
         .env("SWAPSTREAM_WS_PING_TIMEOUT_MS", "120000")
+        .env("SWAPSTREAM_LOG_LEVEL", if debug_log { "debug" } else { "info" })
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
         .spawn()
         .expect("consumer");
     let pid = child.id();
     let port = common::wait_for_port(std::path::Path::new(&log), Duration::from_secs(30));
+    eprintln!("consumer log: {log}");
     std::thread::sleep(Duration::from_secs(3)); // group join; not measured
     let rss_base = rss_kib(pid);
 
@@ -232,8 +326,21 @@ fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool, noida: bo
             .spawn()
             .expect("producer");
         tokio::time::sleep(Duration::from_secs(3)).await; // warm-up
-                                                          // The same swaps as the consumer publishes them, before the fan-out.
+
+        // The same swaps as the consumer publishes them, before the fan-out.
         let published = tokio::spawn(read_published(id.clone(), measuring.clone()));
+        let broker = match &mock {
+            Some(mock) => vec![mock.pid()],
+            None => pids_named("noida-db"),
+        };
+        let cpu = CpuShares::start(vec![
+            ("consumer", vec![pid]),
+            ("PostgreSQL", pids_named("postgres")),
+            ("broker", broker),
+            ("producer", vec![producer.id()]),
+            ("Redis", pids_named("redis-server")),
+            ("bench clients", vec![std::process::id()]),
+        ]);
         measuring.store(true, Ordering::Relaxed);
         let started = Instant::now();
         let mut rss_busy = 0;
@@ -243,6 +350,7 @@ fn run(clients: usize, swaps_per_s: u64, secs: u64, one_channel: bool, noida: bo
         }
         measuring.store(false, Ordering::Relaxed);
         let measured = started.elapsed().as_secs_f64();
+        eprintln!("{}", cpu.finish());
         // Where the time went, from the consumer's own histograms.
         let metrics = common::http_get(port, "/metrics");
         for name in
@@ -379,24 +487,28 @@ fn main() {
         .filter(|(i, _)| *i == 0 || !matches!(args[i - 1].as_str(), "--rate" | "--secs"))
         .filter_map(|(_, a)| a.parse().ok())
         .collect();
-    let rate: u64 = arg_after("--rate").and_then(|r| r.parse().ok()).unwrap_or(1000);
-    let secs: u64 = arg_after("--secs").and_then(|r| r.parse().ok()).unwrap_or(20);
     if counts.is_empty() {
         counts = vec![1000, 10_000];
     }
-    let one_channel = std::env::args().any(|a| a == "--one-channel");
-    let noida = std::env::args().any(|a| a == "--noida");
+    let flag = |name: &str| std::env::args().any(|a| a == name);
+    let options = Options {
+        swaps_per_s: arg_after("--rate").and_then(|r| r.parse().ok()).unwrap_or(1000),
+        secs: arg_after("--secs").and_then(|r| r.parse().ok()).unwrap_or(20),
+        one_channel: flag("--one-channel"),
+        noida: flag("--noida"),
+        debug_log: flag("--debug-log"),
+    };
     eprintln!("file descriptor limit {limit}");
     println!(
         "| clients | channels | served | frames/s delivered | p50 | p99 | RSS idle (per connection) | RSS under load |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for clients in counts {
-        let r = run(clients, rate, secs, one_channel, noida);
+        let r = run(clients, &options);
         println!(
             "| {} | {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.0} MiB ({:.1} KiB) | {:.0} MiB |",
             r.clients,
-            if one_channel { "token:ETH" } else { "21, round-robin" },
+            if options.one_channel { "token:ETH" } else { "21, round-robin" },
             r.served,
             r.frames as f64 / r.secs,
             r.p50_ms,

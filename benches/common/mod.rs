@@ -79,6 +79,11 @@ impl MockBroker {
         assert!(!line.trim().is_empty(), "the mock broker process printed no address");
         MockBroker { child, bootstrap: line.trim().to_owned() }
     }
+
+    /// The process serving the broker.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for MockBroker {

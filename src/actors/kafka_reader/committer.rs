@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use actix::Arbiter;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use slog::{error, warn, Logger};
+use slog::{debug, error, warn, Logger};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::live::{LivePartial, LiveWriter};
@@ -62,10 +62,13 @@ impl Committer {
                     Job::Checkpoint { checkpoint, changes, events, ticket } => {
                         let started = Instant::now();
                         if store(&parts.pg, &checkpoint, &parts.log).await {
-                            METRICS.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
+                            let stored = started.elapsed();
+                            METRICS.checkpoint_seconds.observe(stored.as_secs_f64());
                             METRICS.checkpoint_events.observe(events as f64);
                             commit_offsets(&parts.consumer, &checkpoint, &parts.log);
                             publish(&parts.live, &parts.updates, checkpoint, changes).await;
+                            debug!(parts.log, "checkpoint"; "events" => events, "store_ms" => stored.as_millis(),
+                                "publish_ms" => (started.elapsed() - stored).as_millis());
                         }
                         drop(ticket);
                     }
