@@ -22,6 +22,9 @@ export class CandleChart {
     this.interval = '1m';
     this.layout = null;
     this.hoverX = null;
+    // When the newest candle's close was set (ms): an older price that
+    // answers later (a REST poll behind a live frame) leaves it alone.
+    this.closeAt = -Infinity;
     new ResizeObserver(() => this.draw()).observe(canvas);
     canvas.addEventListener('mousemove', (e) => {
       this.hoverX = e.offsetX;
@@ -47,6 +50,7 @@ export class CandleChart {
       t: c.t, open: num(c.open), high: num(c.high), low: num(c.low), close: num(c.close),
       volume: num(c.volume_usd), swaps: c.swaps,
     }));
+    this.closeAt = -Infinity;
     this.draw();
   }
 
@@ -59,11 +63,16 @@ export class CandleChart {
     if (t === last.t) {
       last.high = Math.max(last.high, swapPrice);
       last.low = Math.min(last.low, swapPrice);
-      last.close = swapPrice;
       last.volume += swapUsd;
       last.swaps += 1;
+      // The close is the last price by event time, not by arrival.
+      if (timeMs >= this.closeAt) {
+        last.close = swapPrice;
+        this.closeAt = timeMs;
+      }
     } else if (t > last.t) {
       this.candles.push({ t, open: swapPrice, high: swapPrice, low: swapPrice, close: swapPrice, volume: swapUsd, swaps: 1 });
+      this.closeAt = timeMs;
     } else {
       return; // Late for the shown candles: the next REST refresh places it.
     }
@@ -75,7 +84,8 @@ export class CandleChart {
     if (!this.candles.length || !Number.isFinite(lastPrice)) return;
     const step = intervalSeconds(this.interval);
     const last = this.candles[this.candles.length - 1];
-    if (Math.floor(timeMs / 1000 / step) * step !== last.t) return;
+    if (Math.floor(timeMs / 1000 / step) * step !== last.t || timeMs < this.closeAt) return;
+    this.closeAt = timeMs;
     last.close = lastPrice;
     last.high = Math.max(last.high, lastPrice);
     last.low = Math.min(last.low, lastPrice);

@@ -69,9 +69,15 @@ async function stack(page, requests) {
   step('live value', { before: report.swaps_before, after: report.swaps_after });
 
   // Sorting: by symbol (ascending first), then by 24h swaps (descending first).
+  const sortState = () =>
+    page.$$eval('#token-table th[aria-sort]:not([aria-sort="none"])', (ths) =>
+      ths.map((th) => `${th.dataset.sort} ${th.getAttribute('aria-sort')}`),
+    );
   await page.click('#token-table th[data-sort="token"]');
+  report.sort_after_token_click = await sortState();
   report.sorted_by_token = await tableTokens(page);
   await page.click('#token-table th[data-sort="swaps"]');
+  report.sort_after_swaps_click = await sortState();
   report.sorted_by_swaps = await page.$$eval('#token-table tbody tr', (rows) =>
     rows.map((r) => Number(r.querySelector('td[data-col="swaps"]').dataset.value)),
   );
@@ -194,6 +200,19 @@ async function live(page, requests) {
     const c = await chartData(page);
     return c.token === token && c.status === 'ready';
   });
+  // The stand-in's swaps exist only in its frames, not in the server's
+  // candles: a periodic REST reload of the chart would undo them. Candle
+  // answers wait while the frames' effect on the chart is checked.
+  const heldCandles = [];
+  let holdCandles = true;
+  await page.route(
+    (url) => url.pathname.endsWith('/candles'),
+    (route) => (holdCandles ? heldCandles.push(route) : route.fallback()),
+  );
+  const releaseCandles = async () => {
+    holdCandles = false;
+    await Promise.all(heldCandles.splice(0).map((route) => route.fallback()));
+  };
 
   // Swap frames: one swap pending then confirmed, another pending then failed.
   const swap = (id, status, usd, amount) => ({
@@ -233,6 +252,7 @@ async function live(page, requests) {
     const c = await chartData(page);
     return Math.abs(Number(c.lastClose) - 123456.7) < 1e-6 ? c.lastClose : null;
   });
+  await releaseCandles();
   await page.screenshot({ path: opts.screenshot, fullPage: true });
   step('stats', { price: report.price_after_stats });
 

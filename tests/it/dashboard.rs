@@ -145,6 +145,8 @@ async fn the_dashboard_shows_live_tokens_candles_and_swaps_without_console_error
         report["swaps_after"].as_u64() > report["swaps_before"].as_u64(),
         "the swap counts must grow as swaps arrive: {report:#}"
     );
+    assert_eq!(report["sort_after_token_click"], serde_json::json!(["token ascending"]), "{report:#}");
+    assert_eq!(report["sort_after_swaps_click"], serde_json::json!(["swaps descending"]), "{report:#}");
     let mut alphabetical = shown.clone();
     alphabetical.sort_unstable();
     assert_eq!(report["sorted_by_token"], serde_json::json!(alphabetical), "sorted by symbol");
