@@ -5,7 +5,8 @@
 //! keys by `tx_hash`), so this state is complete per partition and moves
 //! with it on a rebalance.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -58,6 +59,10 @@ pub struct PartitionState {
     /// Highest event time accepted so far.
     watermark: Option<DateTime<Utc>>,
     seen: HashMap<SwapId, Seen>,
+    /// Every entry of `seen` by event time, oldest on top, so expiry looks
+    /// only at what expires. A swap whose state changed has an older entry
+    /// too; it is skipped when its time no longer matches.
+    by_time: BinaryHeap<Reverse<(DateTime<Utc>, SwapId)>>,
     /// Changes since the last checkpoint.
     changes: Vec<SeenChange>,
 }
@@ -69,8 +74,14 @@ impl PartitionState {
             max_future: chrono::Duration::from_std(max_future).unwrap_or(chrono::Duration::MAX),
             watermark: None,
             seen: HashMap::new(),
+            by_time: BinaryHeap::new(),
             changes: Vec::new(),
         }
+    }
+
+    fn remember(&mut self, change: &SeenChange) {
+        self.seen.insert(change.id, Seen::from(change));
+        self.by_time.push(Reverse((change.event_time, change.id)));
     }
 
     /// Restores the state checkpointed with `watermark` from its changes,
@@ -79,7 +90,7 @@ impl PartitionState {
     pub fn restore(&mut self, watermark: Option<DateTime<Utc>>, changes: impl IntoIterator<Item = SeenChange>) {
         self.watermark = watermark;
         for change in changes {
-            self.seen.insert(change.id, Seen::from(&change));
+            self.remember(&change);
         }
         self.expire();
     }
@@ -122,7 +133,7 @@ impl PartitionState {
                 token_from: event.token_from.clone(),
                 token_to: event.token_to.clone(),
             };
-            self.seen.insert(event.id, Seen::from(&change));
+            self.remember(&change);
             self.changes.push(change);
             self.watermark = Some(self.watermark.map_or(event.timestamp, |w| w.max(event.timestamp)));
         }
@@ -136,13 +147,19 @@ impl PartitionState {
         let Some(watermark) = self.watermark else { return Vec::new() };
         let horizon = watermark - self.lateness;
         let mut expired_pending = Vec::new();
-        self.seen.retain(|_, seen| {
-            let keep = seen.event_time >= horizon;
-            if !keep && seen.status == Status::Pending {
-                expired_pending.push((seen.token_from.clone(), seen.token_to.clone()));
+        while let Some(Reverse((event_time, id))) = self.by_time.peek().copied() {
+            if event_time >= horizon {
+                break;
             }
-            keep
-        });
+            self.by_time.pop();
+            // Only the entry of the swap's current state removes it.
+            if self.seen.get(&id).is_some_and(|seen| seen.event_time == event_time) {
+                let seen = self.seen.remove(&id).expect("just found");
+                if seen.status == Status::Pending {
+                    expired_pending.push((seen.token_from, seen.token_to));
+                }
+            }
+        }
         expired_pending
     }
 
@@ -310,6 +327,48 @@ mod tests {
         let expired = s.expire();
         assert_eq!(expired.len(), 1);
         assert_eq!(s.tracked(), 1);
+    }
+
+    #[test]
+    fn a_swap_expires_by_the_time_of_its_current_state() {
+        let mut s = state();
+        // Pending at 0 s, confirmed at 3,000 s: the state at 3,000 s counts.
+        s.observe(&event(1, 0, Status::Pending), now());
+        s.observe(&event(1, 3_000, Status::Confirmed), now());
+        s.observe(&event(2, 3_700, Status::Confirmed), now());
+        assert!(s.expire().is_empty(), "the confirmed swap is not an expired pending one");
+        assert_eq!(s.tracked(), 2, "still within the bound by its confirmation");
+        assert_eq!(s.observe(&event(1, 3_000, Status::Confirmed), now()), Outcome::Duplicate);
+        s.observe(&event(3, 6_601, Status::Confirmed), now());
+        assert!(s.expire().is_empty());
+        assert_eq!(s.tracked(), 2, "swap 1 expired, 2 and 3 remain");
+        assert_eq!(s.by_time.len(), 2, "no stale entries left behind the horizon");
+    }
+
+    #[test]
+    fn expiry_matches_a_full_scan_whatever_the_order() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let mut s = state();
+        for round in 0..50 {
+            for i in 0..40u32 {
+                let hash = rng.gen_range(0..=255u8);
+                let seconds = round * 200 + rng.gen_range(0..3_000) + i64::from(i);
+                let status = [Status::Pending, Status::Confirmed, Status::Failed][rng.gen_range(0..3)];
+                s.observe(&event(hash, seconds, status), now());
+            }
+            let horizon = s.horizon().unwrap();
+            let mut expected: Vec<SwapId> =
+                s.seen.iter().filter(|(_, seen)| seen.event_time < horizon).map(|(id, _)| *id).collect();
+            let pending = s.seen.values().filter(|seen| seen.event_time < horizon && seen.status == Status::Pending);
+            let expected_pending = pending.count();
+            expected.sort();
+            let before: Vec<SwapId> = s.seen.keys().copied().collect();
+            assert_eq!(s.expire().len(), expected_pending, "round {round}");
+            let mut gone: Vec<SwapId> = before.into_iter().filter(|id| !s.seen.contains_key(id)).collect();
+            gone.sort();
+            assert_eq!(gone, expected, "round {round}");
+        }
     }
 
     #[test]
