@@ -35,15 +35,13 @@ impl Aggregator {
 }
 
 impl Aggregator {
-    /// The event order of the `recent_cap`-th newest swap over all
-    /// partials, when there are that many.
-    fn recent_threshold(&self) -> Option<crate::domain::swap::EventOrder> {
-        let mut orders: Vec<_> = self.partials.values().flat_map(|p| p.recent.iter().map(|s| s.order_key())).collect();
-        if orders.len() < self.recent_cap || self.recent_cap == 0 {
-            return None;
-        }
-        let (_, nth, _) = orders.select_nth_unstable_by(self.recent_cap - 1, |a, b| b.cmp(a));
-        Some(*nth)
+    /// Whether `swap` is among the `recent_cap` newest of all this key's
+    /// partials: fewer than `recent_cap` of them are newer. Each partial's
+    /// list is sorted newest first, so that is a binary search per partial.
+    fn among_newest(&self, swap: &SwapEvent) -> bool {
+        let order = swap.order_key();
+        let newer: usize = self.partials.values().map(|p| p.recent.partition_point(|r| r.order_key() > order)).sum();
+        newer < self.recent_cap
     }
 }
 
@@ -98,10 +96,8 @@ impl Handler<ApplyBatch> for Aggregator {
             }
             // Only swaps among the newest `recent_cap` of all this key's
             // partials need storing: newer swaps only ever push others out.
-            if let Some(threshold) = self.recent_threshold() {
-                for (_, delta) in &mut deltas {
-                    delta.new_recent.retain(|s| s.order_key() >= threshold);
-                }
+            for (_, delta) in &mut deltas {
+                delta.new_recent.retain(|s| self.among_newest(s));
             }
             deltas
         }));
@@ -281,5 +277,46 @@ impl Aggregators {
 
     pub fn all(&self) -> Vec<(AggKey, Addr<Aggregator>)> {
         self.inner.read().expect("aggregators lock").iter().map(|(k, a)| (k.clone(), a.clone())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{RawSwap, RawTime};
+
+    fn swap(seed: u32, seconds: i64) -> Arc<SwapEvent> {
+        let raw = RawSwap {
+            tx_hash: Some(format!("0x{seed:064x}")),
+            timestamp: Some(RawTime::Unix { seconds: 1_764_057_600 + seconds, nanos: 0 }),
+            token_from: Some("ETH".into()),
+            token_to: Some("USDC".into()),
+            amount_from: Some("1".into()),
+            amount_to: Some("4000".into()),
+            usd_value: Some("4000".into()),
+            ..RawSwap::default()
+        };
+        Arc::new(raw.validate().unwrap())
+    }
+
+    #[test]
+    fn a_swap_is_among_the_newest_when_fewer_than_the_cap_are_newer_over_all_partials() {
+        let key = AggKey::Token(crate::domain::TokenSymbol::parse("ETH").unwrap());
+        let mut aggregator = Aggregator::new(key.clone(), 4);
+        // Event times 0..12 s spread over three partitions.
+        let swaps: Vec<Arc<SwapEvent>> = (0..12).map(|i| swap(i, i64::from(i * 7 % 12))).collect();
+        for (i, s) in swaps.iter().enumerate() {
+            let tp = Tp::new("swaps.ETH", (i % 3) as i32);
+            aggregator.partials.entry(tp).or_default().apply(&key, s, 4);
+        }
+        // The four newest over all partitions are at 8..11 s.
+        for s in &swaps {
+            let seconds = s.timestamp.timestamp() - 1_764_057_600;
+            assert_eq!(aggregator.among_newest(s), seconds >= 8, "swap at {seconds} s");
+        }
+        // With fewer swaps than the cap, every one is.
+        let mut few = Aggregator::new(key.clone(), 100);
+        few.partials.entry(Tp::new("swaps.ETH", 0)).or_default().apply(&key, &swaps[0], 100);
+        assert!(few.among_newest(&swaps[0]));
     }
 }
