@@ -70,7 +70,8 @@ variables! {
     "SWAPSTREAM_REDIS_PASSWORD", "(empty)", "Redis password, if not in the URL. Secret.";
     "SWAPSTREAM_REDIS_KEY_PREFIX", "swapstream", "Prefix of every Redis key and channel, so deployments can share a Redis.";
     "SWAPSTREAM_BATCH_MAX_EVENTS", "5000", "Largest batch of events per checkpoint (1 to 1000000).";
-    "SWAPSTREAM_BATCH_MAX_MS", "200", "Longest time a batch collects events while the previous one is still being checkpointed; with none in flight, what has arrived goes out at once (1 to 60000).";
+    "SWAPSTREAM_BATCH_MAX_MS", "200", "Longest time a batch collects events while the reader is busy with the previous one; with the reader idle, what has arrived goes out at once (1 to 60000).";
+    "SWAPSTREAM_CHECKPOINT_INTERVAL_MS", "100", "Shortest time between two checkpoints (one PostgreSQL transaction each) while less than a full batch waits; what arrives meanwhile joins the next. Swap frames do not wait for it; stats and REST from Redis follow it (0 to 60000).";
     "SWAPSTREAM_LATENESS_SECS", "3600", "How far behind a partition's newest event time an event may be and still count; older ones go to the dead-letter topic as `too_late`.";
     "SWAPSTREAM_MAX_FUTURE_SECS", "300", "How far ahead of the clock an event time may be; later ones go to the dead-letter topic as `future_timestamp`.";
     "SWAPSTREAM_SHUTDOWN_TIMEOUT_SECS", "20", "Longest graceful shutdown: finish and checkpoint the batch in flight, commit, leave the group.";
@@ -209,6 +210,7 @@ pub struct RedisSettings {
 pub struct ConsumerSettings {
     pub batch_max_events: usize,
     pub batch_max_time: Duration,
+    pub checkpoint_interval: Duration,
     pub lateness: Duration,
     pub max_future: Duration,
     pub shutdown_timeout: Duration,
@@ -457,6 +459,7 @@ impl Settings {
         let consumer = ConsumerSettings {
             batch_max_events: env.number("SWAPSTREAM_BATCH_MAX_EVENTS", 1, 1_000_000),
             batch_max_time: Duration::from_millis(env.number("SWAPSTREAM_BATCH_MAX_MS", 1, 60_000)),
+            checkpoint_interval: Duration::from_millis(env.number("SWAPSTREAM_CHECKPOINT_INTERVAL_MS", 0, 60_000)),
             lateness: Duration::from_secs(env.number("SWAPSTREAM_LATENESS_SECS", 0, 30 * 86_400)),
             max_future: Duration::from_secs(env.number("SWAPSTREAM_MAX_FUTURE_SECS", 0, 86_400)),
             shutdown_timeout: Duration::from_secs(env.number("SWAPSTREAM_SHUTDOWN_TIMEOUT_SECS", 1, 3_600)),

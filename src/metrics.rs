@@ -36,6 +36,7 @@ pub struct Metrics {
     pub ws_bad_frames: IntCounterVec,
     pub ws_refused: IntCounterVec,
     pub ws_pubsub_resumed: IntCounter,
+    pub swap_feed_dropped: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -191,6 +192,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ws_pubsub_resumed: register_int_counter_with_registry!(
             "ws_pubsub_resumed_total",
             "Redis pub/sub connections re-established after a loss (clients are shown a seq gap)",
+            r
+        )
+        .expect("metric"),
+        swap_feed_dropped: register_int_counter_with_registry!(
+            "swap_feed_dropped_total",
+            "Batches of swap states not published because Redis could not keep up (clients miss those swap frames)",
             r
         )
         .expect("metric"),

@@ -7,11 +7,11 @@ use actix::prelude::*;
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use slog::{info, warn, Logger};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 use crate::actors::aggregator::Aggregators;
 use crate::actors::kafka_reader::poll::{self, PollSettings, ReaderContext};
-use crate::actors::kafka_reader::{Control, CoreParts, Dlq, KafkaReader, KeyUpdate};
+use crate::actors::kafka_reader::{Control, CoreParts, Dlq, KafkaReader};
 use crate::actors::session_registry::{SessionRegistry, Shutdown};
 use crate::config::Settings;
 use crate::http::{HttpParts, Live, Probe, Readiness, Servers};
@@ -145,7 +145,6 @@ pub async fn run_all(settings: &Settings, log: &slog::Logger) -> anyhow::Result<
 pub struct Consumer {
     pub http_port: u16,
     pub aggregators: Aggregators,
-    pub updates: broadcast::Sender<Arc<KeyUpdate>>,
     /// Held so the reader lives as long as the consumer.
     _reader: Addr<KafkaReader>,
     /// To the polling thread directly: the reader may be busy (its mailbox
@@ -181,7 +180,6 @@ impl Consumer {
         let threads = settings.consumer.aggregator_threads;
         let arbiters = (0..threads).map(|_| Arbiter::new().handle()).collect();
         let aggregators = Aggregators::new(arbiters, settings.consumer.recent_swaps);
-        let (updates, _) = broadcast::channel(1024);
 
         // The polling thread owns its own runtime for the PostgreSQL calls
         // its rebalance callbacks make.
@@ -250,7 +248,6 @@ impl Consumer {
             redis: redis.clone(),
             aggregators: aggregators.clone(),
             control: control_tx.clone(),
-            updates: updates.clone(),
         };
         let reader = KafkaReader::new(parts, input_rx, stopped_tx).start();
 
@@ -264,7 +261,6 @@ impl Consumer {
         Ok(Consumer {
             http_port: servers.port,
             aggregators,
-            updates,
             _reader: reader,
             control: control_tx,
             reader_stopped: stopped_rx,

@@ -226,6 +226,23 @@ pub struct PartialDelta {
     pub new_recent: Vec<Arc<SwapEvent>>,
 }
 
+impl PartialDelta {
+    /// Folds the next delta of the same partial into this one, as if both
+    /// had been taken at once: the later absolute values win, candles by
+    /// their bucket, and the recent swaps of both are kept.
+    pub fn absorb(&mut self, later: PartialDelta) {
+        self.totals = later.totals;
+        self.pending = later.pending;
+        for (interval, candle) in later.candles {
+            match self.candles.iter_mut().find(|(i, c)| *i == interval && c.t == candle.t) {
+                Some(slot) => slot.1 = candle,
+                None => self.candles.push((interval, candle)),
+            }
+        }
+        self.new_recent.extend(later.new_recent);
+    }
+}
+
 impl Partial {
     /// Counts a confirmed swap for `key`; `recent_cap` bounds the recent list.
     pub fn apply(&mut self, key: &AggKey, swap: &Arc<SwapEvent>, recent_cap: usize) {
@@ -531,6 +548,49 @@ mod tests {
         }
         let times: Vec<i64> = partial.recent.iter().map(|s| s.timestamp.timestamp() - 1_764_057_600).collect();
         assert_eq!(times, [9, 5, 3]);
+    }
+
+    proptest! {
+        #[test]
+        fn deltas_absorbed_one_after_another_equal_one_delta_of_all(
+            events in swaps(),
+            cuts in proptest::collection::vec(any::<bool>(), 1..120),
+        ) {
+            let eth = AggKey::Token(TokenSymbol::parse("ETH").unwrap());
+            let (mut stepwise, mut at_once) = (Partial::default(), Partial::default());
+            let mut absorbed: Option<PartialDelta> = None;
+            for (event, cut) in events.iter().filter(|e| e.status == Status::Confirmed).zip(cuts.iter().cycle()) {
+                let event = Arc::new(event.clone());
+                stepwise.apply(&eth, &event, 3);
+                at_once.apply(&eth, &event, 3);
+                if *cut {
+                    if let Some(delta) = stepwise.take_delta() {
+                        match &mut absorbed {
+                            Some(earlier) => earlier.absorb(delta),
+                            None => absorbed = Some(delta),
+                        }
+                    }
+                }
+            }
+            if let Some(delta) = stepwise.take_delta() {
+                match &mut absorbed {
+                    Some(earlier) => earlier.absorb(delta),
+                    None => absorbed = Some(delta),
+                }
+            }
+            let whole = at_once.take_delta();
+            prop_assert_eq!(absorbed.is_some(), whole.is_some());
+            let (Some(absorbed), Some(whole)) = (absorbed, whole) else { return Ok(()) };
+            prop_assert_eq!(&absorbed.totals, &whole.totals);
+            prop_assert_eq!(absorbed.pending, whole.pending);
+            let buckets = |d: &PartialDelta| d.candles.iter().map(|(i, c)| ((*i, c.t), *c)).collect::<BTreeMap<_, _>>();
+            prop_assert_eq!(buckets(&absorbed), buckets(&whole));
+            prop_assert_eq!(absorbed.candles.len(), buckets(&absorbed).len(), "one entry per bucket");
+            // Every swap still recent at the end is among those to store.
+            for swap in &whole.new_recent {
+                prop_assert!(absorbed.new_recent.iter().any(|s| Arc::ptr_eq(s, swap)));
+            }
+        }
     }
 
     #[test]

@@ -69,6 +69,35 @@ pub struct Checkpoint {
     pub partials: Vec<(AggKey, Tp, PartialDelta)>,
 }
 
+impl Checkpoint {
+    /// Folds the next checkpoint into this one, so that storing the result
+    /// stores what storing both, in order, would: per partition the later
+    /// position and the dedup changes of both; per partial the later values.
+    pub fn absorb(&mut self, later: Checkpoint) {
+        for next in later.progress {
+            match self.progress.iter_mut().find(|p| p.tp == next.tp) {
+                Some(progress) => {
+                    let mut seen = std::mem::take(&mut progress.seen);
+                    seen.extend(next.seen);
+                    *progress = Progress { seen, ..next };
+                }
+                None => self.progress.push(next),
+            }
+        }
+        let mut index: HashMap<(AggKey, Tp), usize> =
+            self.partials.iter().enumerate().map(|(i, (key, tp, _))| ((key.clone(), tp.clone()), i)).collect();
+        for (key, tp, delta) in later.partials {
+            match index.get(&(key.clone(), tp.clone())) {
+                Some(&i) => self.partials[i].2.absorb(delta),
+                None => {
+                    index.insert((key.clone(), tp.clone()), self.partials.len());
+                    self.partials.push((key, tp, delta));
+                }
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
@@ -916,6 +945,103 @@ mod tests {
         assert_eq!(count("seq BETWEEN 21 AND 20002").await, 19_982, "rows within the horizon were deleted");
         drop(client);
         migrated.drop_schema().await.unwrap();
+    }
+
+    /// Checkpoints of 24 swaps (ETH/USDC and ETH/SOL over two partitions),
+    /// one after every `per` swaps, as the reader would build them.
+    fn checkpoints(epoch: i64, per: usize) -> Vec<Checkpoint> {
+        let tps = [Tp::new("swaps.ETH", 0), Tp::new("swaps.ETH", 1)];
+        let mut partials: BTreeMap<(AggKey, Tp), Partial> = BTreeMap::new();
+        let mut out = Vec::new();
+        let mut progress: BTreeMap<Tp, Progress> = BTreeMap::new();
+        for i in 0..24u32 {
+            let time = DateTime::from_timestamp(1_764_547_200 + i64::from(i) * 37, 0).unwrap();
+            let swap = crate::domain::RawSwap {
+                tx_hash: Some(format!("0x{i:064x}")),
+                timestamp: Some(crate::domain::RawTime::Unix { seconds: time.timestamp(), nanos: 0 }),
+                token_from: Some("ETH".into()),
+                token_to: Some(if i % 3 == 0 { "SOL" } else { "USDC" }.into()),
+                amount_from: Some(format!("1.{i}")),
+                amount_to: Some(format!("{}.25", 4000 + i)),
+                usd_value: Some(format!("{}.5", 4000 + i)),
+                ..Default::default()
+            }
+            .validate()
+            .unwrap();
+            let swap = Arc::new(swap);
+            let tp = tps[i as usize % 2].clone();
+            for key in AggKey::of_swap(&swap) {
+                partials.entry((key.clone(), tp.clone())).or_default().apply(&key, &swap, 5);
+            }
+            let change = SeenChange {
+                id: swap.id,
+                status: Status::Confirmed,
+                event_time: swap.timestamp,
+                token_from: swap.token_from.clone(),
+                token_to: swap.token_to.clone(),
+            };
+            let entry = progress.entry(tp.clone()).or_insert_with(|| Progress {
+                tp: tp.clone(),
+                next_offset: 0,
+                watermark: None,
+                epoch,
+                seen: Vec::new(),
+                horizon: None,
+            });
+            entry.next_offset = i64::from(i) / 2 + 1;
+            entry.watermark = Some(swap.timestamp);
+            entry.seen.push(change);
+            if (i as usize + 1) % per == 0 || i == 23 {
+                let partials = partials
+                    .iter_mut()
+                    .filter_map(|((key, tp), partial)| Some((key.clone(), tp.clone(), partial.take_delta()?)))
+                    .collect();
+                out.push(Checkpoint { progress: std::mem::take(&mut progress).into_values().collect(), partials });
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_that_absorbed_the_next_ones_stores_what_they_store_in_turn() {
+        let tps = [Tp::new("swaps.ETH", 0), Tp::new("swaps.ETH", 1)];
+        let (in_turn, _) = store(5).await;
+        let (absorbed, _) = store(5).await;
+        let epoch = in_turn.claim(&tps, "unit", Utc::now()).await.unwrap()[0].epoch;
+        assert_eq!(absorbed.claim(&tps, "unit", Utc::now()).await.unwrap()[0].epoch, epoch);
+
+        for checkpoint in checkpoints(epoch, 5) {
+            in_turn.checkpoint(&checkpoint).await.unwrap();
+        }
+        let mut all = checkpoints(epoch, 5).into_iter();
+        let mut merged = all.next().unwrap();
+        for later in all {
+            merged.absorb(later);
+        }
+        assert_eq!(merged.progress.len(), 2, "one position per partition");
+        absorbed.checkpoint(&merged).await.unwrap();
+
+        // Claimed again: the same offsets, watermarks, dedup ids and partials.
+        let describe = |claimed: Vec<Claimed>| {
+            claimed
+                .into_iter()
+                .map(|c| {
+                    let partials: BTreeMap<String, String> =
+                        c.partials.iter().map(|(k, p)| (k.to_string(), format!("{p:?}"))).collect();
+                    let mut seen: Vec<String> = c.seen.iter().map(|s| format!("{s:?}")).collect();
+                    seen.sort();
+                    (c.tp, c.next_offset, c.watermark, seen, partials)
+                })
+                .collect::<Vec<_>>()
+        };
+        let expected = describe(in_turn.claim(&tps, "unit", Utc::now()).await.unwrap());
+        let got = describe(absorbed.claim(&tps, "unit", Utc::now()).await.unwrap());
+        assert_eq!(expected[0].1, Some(12));
+        assert_eq!(expected[0].3.len(), 12, "every swap's dedup id");
+        assert_eq!(expected[0].4.len(), 5, "three tokens and two pairs: {:?}", expected[0].4.keys());
+        assert_eq!(got, expected);
+        in_turn.drop_schema().await.unwrap();
+        absorbed.drop_schema().await.unwrap();
     }
 
     #[tokio::test]

@@ -32,7 +32,7 @@ use crate::domain::aggregate::Interval;
 use crate::domain::partial::{
     memory_retention_secs, AggKey, CandlePartial, Merged, Partial, PricePoint, TotalsPartial,
 };
-use crate::domain::{Amount, Price};
+use crate::domain::{Amount, Price, SwapEvent};
 use crate::storage::postgres::{decode_order, encode_order};
 use crate::stream::Tp;
 
@@ -115,6 +115,20 @@ pub struct PartialWrite {
     pub candles: Vec<(Interval, CandlePartial)>,
     /// Recent confirmed swaps to add: (event time in ms, wire JSON).
     pub new_recent: Vec<(i64, Arc<str>)>,
+}
+
+/// Swaps in the wire form (JSON), each serialized once however many keys
+/// or lists it goes to (by the address of its `Arc`).
+#[derive(Default)]
+pub struct WireJson(std::collections::HashMap<usize, Arc<str>>);
+
+impl WireJson {
+    pub fn of(&mut self, swap: &Arc<SwapEvent>) -> Arc<str> {
+        self.0
+            .entry(Arc::as_ptr(swap) as usize)
+            .or_insert_with(|| serde_json::to_string(&swap.to_wire()).unwrap_or_default().into())
+            .clone()
+    }
 }
 
 impl RedisStore {

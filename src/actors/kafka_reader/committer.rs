@@ -1,10 +1,16 @@
 //! Stores checkpoints on a thread of its own, in order, one at a time, while
-//! the reader already routes and aggregates the next batch. Offsets still
-//! move only after their checkpoint commits: the checkpoint holds them.
-//! After each commit it moves Kafka's committed offsets (lag monitoring) and
-//! hands the live values to the Redis writer.
+//! the reader goes on with the next batches. Offsets still move only after
+//! their checkpoint commits: the checkpoint holds them.
+//!
+//! Checkpoints that queue while one is being stored, or within the
+//! checkpoint interval of the last store, are merged into one
+//! ([`Checkpoint::absorb`]), so PostgreSQL sees at most one transaction per
+//! interval (or per full batch) however small the reader's batches are, and
+//! the reader never waits for PostgreSQL while fewer than `max_queued`
+//! events wait here. After each commit it moves Kafka's committed offsets
+//! (lag monitoring) and hands the live values to the Redis writer.
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,24 +18,34 @@ use actix::Arbiter;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use slog::{debug, error, warn, Logger};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::live::{LivePartial, LiveWriter};
-use super::poll::{BatchTicket, ReaderContext};
-use super::KeyUpdate;
+use super::poll::ReaderContext;
 use crate::domain::partial::AggKey;
-use crate::domain::SwapEvent;
 use crate::metrics::METRICS;
 use crate::storage::postgres::{Checkpoint, Fenced, PgStore};
 
+/// One or more batches' checkpoint, merged in order.
+struct Pending {
+    checkpoint: Checkpoint,
+    events: usize,
+    batches: usize,
+    /// The queue room these events take, given back once they are stored.
+    _room: Vec<OwnedSemaphorePermit>,
+}
+
+impl Pending {
+    fn absorb(&mut self, later: Pending) {
+        self.checkpoint.absorb(later.checkpoint);
+        self.events += later.events;
+        self.batches += later.batches;
+        self._room.extend(later._room);
+    }
+}
+
 enum Job {
-    Checkpoint {
-        checkpoint: Checkpoint,
-        changes: HashMap<AggKey, Vec<Arc<SwapEvent>>>,
-        events: usize,
-        /// Released once the checkpoint is stored and its updates handed on.
-        ticket: BatchTicket,
-    },
+    Checkpoint(Pending),
     /// Live values to write in full (after an assign or a Redis flush).
     Live(Vec<LivePartial>),
     /// Answered once everything queued before it is done.
@@ -37,7 +53,10 @@ enum Job {
 }
 
 pub struct Committer {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::UnboundedSender<Job>,
+    /// Events queued and not yet stored, at most `max_queued`.
+    room: Arc<Semaphore>,
+    max_queued: usize,
     live_failed: Arc<std::sync::atomic::AtomicBool>,
     _arbiter: Arbiter,
 }
@@ -46,31 +65,58 @@ pub struct CommitterParts {
     pub pg: PgStore,
     pub consumer: Arc<BaseConsumer<ReaderContext>>,
     pub live: LiveWriter,
-    pub updates: broadcast::Sender<Arc<KeyUpdate>>,
     pub log: Logger,
+    /// Events that may wait for their checkpoint before the reader waits.
+    pub max_queued: usize,
+    /// Shortest time from one store to the next while fewer than
+    /// `full_batch` events wait.
+    pub interval: Duration,
+    pub full_batch: usize,
 }
 
 impl Committer {
     pub fn start(parts: CommitterParts) -> Committer {
-        // One checkpoint waits here while the next batch is aggregated.
-        let (tx, mut rx) = mpsc::channel::<Job>(1);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         let live_failed = parts.live.failure_flag();
+        let max_queued = parts.max_queued.max(1);
         let arbiter = Arbiter::new();
         arbiter.spawn(async move {
-            while let Some(job) = rx.recv().await {
+            let mut next: Option<Job> = None;
+            let mut last_store = Instant::now();
+            loop {
+                let job = match next.take() {
+                    Some(job) => job,
+                    None => match rx.recv().await {
+                        Some(job) => job,
+                        None => break,
+                    },
+                };
                 match job {
-                    Job::Checkpoint { checkpoint, changes, events, ticket } => {
-                        let started = Instant::now();
-                        if store(&parts.pg, &checkpoint, &parts.log).await {
-                            let stored = started.elapsed();
-                            METRICS.checkpoint_seconds.observe(stored.as_secs_f64());
-                            METRICS.checkpoint_events.observe(events as f64);
-                            commit_offsets(&parts.consumer, &checkpoint, &parts.log);
-                            publish(&parts.live, &parts.updates, checkpoint, changes).await;
-                            debug!(parts.log, "checkpoint"; "events" => events, "store_ms" => stored.as_millis(),
-                                "publish_ms" => (started.elapsed() - stored).as_millis());
+                    Job::Checkpoint(mut pending) => {
+                        // Later checkpoints join this one until it is due: the
+                        // interval since the last store passed, a full batch
+                        // waits, or something else is asked for (a barrier).
+                        let due = tokio::time::Instant::from_std(last_store + parts.interval);
+                        while pending.events < parts.full_batch && next.is_none() {
+                            tokio::select! {
+                                _ = tokio::time::sleep_until(due) => break,
+                                job = rx.recv() => match job {
+                                    Some(Job::Checkpoint(later)) => pending.absorb(later),
+                                    Some(other) => next = Some(other),
+                                    None => break,
+                                },
+                            }
                         }
-                        drop(ticket);
+                        // And whatever queued behind it meanwhile.
+                        while next.is_none() {
+                            match rx.try_recv() {
+                                Ok(Job::Checkpoint(later)) => pending.absorb(later),
+                                Ok(other) => next = Some(other),
+                                Err(_) => break,
+                            }
+                        }
+                        last_store = Instant::now();
+                        checkpoint(&parts, pending).await;
                     }
                     Job::Live(partials) => parts.live.send(partials, Vec::new()).await,
                     Job::Barrier(done) => {
@@ -79,28 +125,26 @@ impl Committer {
                 }
             }
         });
-        Committer { tx, live_failed, _arbiter: arbiter }
+        Committer { tx, room: Arc::new(Semaphore::new(max_queued)), max_queued, live_failed, _arbiter: arbiter }
     }
 
-    /// Queues a checkpoint; waits while the previous one is still queued.
-    pub async fn submit(
-        &self,
-        checkpoint: Checkpoint,
-        changes: HashMap<AggKey, Vec<Arc<SwapEvent>>>,
-        events: usize,
-        ticket: BatchTicket,
-    ) {
-        let _ = self.tx.send(Job::Checkpoint { checkpoint, changes, events, ticket }).await;
+    /// Queues a batch's checkpoint; waits only while `max_queued` events
+    /// already wait for theirs.
+    pub async fn submit(&self, checkpoint: Checkpoint, events: usize) {
+        let wanted = events.clamp(1, self.max_queued) as u32;
+        let Ok(room) = self.room.clone().acquire_many_owned(wanted).await else { return };
+        let pending = Pending { checkpoint, events, batches: 1, _room: vec![room] };
+        let _ = self.tx.send(Job::Checkpoint(pending));
     }
 
-    pub async fn write_live(&self, partials: Vec<LivePartial>) {
-        let _ = self.tx.send(Job::Live(partials)).await;
+    pub fn write_live(&self, partials: Vec<LivePartial>) {
+        let _ = self.tx.send(Job::Live(partials));
     }
 
     /// Waits until every checkpoint queued so far is stored (or fenced).
     pub async fn barrier(&self) {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Job::Barrier(done)).await.is_ok() {
+        if self.tx.send(Job::Barrier(done)).is_ok() {
             let _ = wait.await;
         }
     }
@@ -109,6 +153,21 @@ impl Committer {
     pub fn take_live_failure(&self) -> bool {
         self.live_failed.swap(false, std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// Stores one (merged) checkpoint; then Kafka's offsets and the live state.
+async fn checkpoint(parts: &CommitterParts, pending: Pending) {
+    let started = Instant::now();
+    if !store(&parts.pg, &pending.checkpoint, &parts.log).await {
+        return;
+    }
+    let stored = started.elapsed();
+    METRICS.checkpoint_seconds.observe(stored.as_secs_f64());
+    METRICS.checkpoint_events.observe(pending.events as f64);
+    commit_offsets(&parts.consumer, &pending.checkpoint, &parts.log);
+    publish(&parts.live, pending.checkpoint).await;
+    debug!(parts.log, "checkpoint"; "events" => pending.events, "batches" => pending.batches,
+        "store_ms" => stored.as_millis(), "publish_ms" => (started.elapsed() - stored).as_millis());
 }
 
 /// Stores the checkpoint, retrying while PostgreSQL fails; false when the
@@ -145,18 +204,16 @@ fn commit_offsets(consumer: &BaseConsumer<ReaderContext>, checkpoint: &Checkpoin
     }
 }
 
-/// After the commit: live state to Redis, updates to local subscribers.
-async fn publish(
-    live: &LiveWriter,
-    updates: &broadcast::Sender<Arc<KeyUpdate>>,
-    checkpoint: Checkpoint,
-    changes: HashMap<AggKey, Vec<Arc<SwapEvent>>>,
-) {
+/// After the commit: live state to Redis, and every changed key announced
+/// (its swaps went out before the checkpoint, see `feed`).
+async fn publish(live: &LiveWriter, checkpoint: Checkpoint) {
+    let mut changed: BTreeSet<AggKey> = BTreeSet::new();
     let partials: Vec<LivePartial> = checkpoint
         .partials
         .into_iter()
         .map(|(key, tp, delta)| {
             METRICS.pending.with_label_values(&[&key.to_string()]).set(delta.pending);
+            changed.insert(key.clone());
             LivePartial {
                 key,
                 tp,
@@ -167,10 +224,5 @@ async fn publish(
             }
         })
         .collect();
-    let messages: Vec<(AggKey, Vec<Arc<SwapEvent>>)> =
-        changes.iter().map(|(key, swaps)| (key.clone(), swaps.clone())).collect();
-    live.send(partials, messages).await;
-    for (key, swaps) in changes {
-        let _ = updates.send(Arc::new(KeyUpdate { key, swaps }));
-    }
+    live.send(partials, changed.into_iter().collect()).await;
 }

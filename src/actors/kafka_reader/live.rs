@@ -3,7 +3,6 @@
 //! shares a core with JSON serialization. Bounded: when Redis is slower
 //! than the stream, the reader waits here rather than queueing without end.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -15,7 +14,7 @@ use crate::domain::aggregate::Interval;
 use crate::domain::partial::{AggKey, CandlePartial, TotalsPartial};
 use crate::domain::SwapEvent;
 use crate::metrics::METRICS;
-use crate::storage::redis::{PartialWrite, RedisStore};
+use crate::storage::redis::{PartialWrite, RedisStore, WireJson};
 use crate::stream::Tp;
 
 /// Checkpoints queued for Redis at most.
@@ -33,8 +32,9 @@ pub struct LivePartial {
 
 struct Work {
     partials: Vec<LivePartial>,
-    /// Per key, the swaps that became pending or confirmed.
-    messages: Vec<(AggKey, Vec<Arc<SwapEvent>>)>,
+    /// Keys whose stats changed: each gets an update without swaps (those
+    /// went out before the checkpoint, see `feed`) after its writes.
+    changed: Vec<AggKey>,
 }
 
 pub struct LiveWriter {
@@ -57,9 +57,9 @@ impl LiveWriter {
         LiveWriter { tx, failed, _arbiter: arbiter }
     }
 
-    /// Queues one checkpoint's live values and update messages.
-    pub async fn send(&self, partials: Vec<LivePartial>, messages: Vec<(AggKey, Vec<Arc<SwapEvent>>)>) {
-        let _ = self.tx.send(Work { partials, messages }).await;
+    /// Queues one checkpoint's live values and the keys to announce as changed.
+    pub async fn send(&self, partials: Vec<LivePartial>, changed: Vec<AggKey>) {
+        let _ = self.tx.send(Work { partials, changed }).await;
     }
 
     /// Set when a write fails (the state must then be rebuilt).
@@ -69,18 +69,12 @@ impl LiveWriter {
 }
 
 async fn write(redis: &RedisStore, work: Work, failed: &AtomicBool, log: &Logger) {
-    // Each swap is serialized once, however many keys it counts for.
-    let mut json: HashMap<usize, Arc<str>> = HashMap::new();
-    let mut serialized = |swap: &Arc<SwapEvent>| -> Arc<str> {
-        json.entry(Arc::as_ptr(swap) as usize)
-            .or_insert_with(|| serde_json::to_string(&swap.to_wire()).unwrap_or_default().into())
-            .clone()
-    };
+    let mut json = WireJson::default();
     let writes: Vec<PartialWrite> = work
         .partials
         .into_iter()
         .map(|p| PartialWrite {
-            new_recent: p.new_recent.iter().map(|s| (s.timestamp.timestamp_millis(), serialized(s))).collect(),
+            new_recent: p.new_recent.iter().map(|s| (s.timestamp.timestamp_millis(), json.of(s))).collect(),
             key: p.key,
             tp: p.tp,
             totals: p.totals,
@@ -88,8 +82,7 @@ async fn write(redis: &RedisStore, work: Work, failed: &AtomicBool, log: &Logger
             candles: p.candles,
         })
         .collect();
-    let updates: Vec<(AggKey, Vec<Arc<str>>)> =
-        work.messages.iter().map(|(key, swaps)| (key.clone(), swaps.iter().map(&mut serialized).collect())).collect();
+    let updates: Vec<(AggKey, Vec<Arc<str>>)> = work.changed.into_iter().map(|key| (key, Vec::new())).collect();
     let started = std::time::Instant::now();
     if let Err(e) = redis.write(&writes, &updates).await {
         METRICS.redis_errors.inc();

@@ -2,16 +2,19 @@
 //! changes with exactly-once effect.
 //!
 //! Per batch: decide what each event means (per-partition dedup, lifecycle,
-//! lateness), route confirmed swaps and pending-gauge changes to the
-//! aggregator actors (one message per key per batch, awaited: bounded
-//! in-flight), make the dead letters durable, then store partials, dedup ids
-//! and offsets in one PostgreSQL transaction. Only then: live state to Redis,
-//! updates published, Kafka's committed offset moved (for lag monitoring).
-//! A crash anywhere before the commit replays the batch from the checkpoint;
+//! lateness), hand the new swap states to the swap feed (WebSocket `swap`
+//! frames, see `feed`), route confirmed swaps and pending-gauge changes to
+//! the aggregator actors (one message per key per batch, awaited: bounded
+//! in-flight), make the dead letters durable, then queue partials, dedup
+//! ids and offsets for one PostgreSQL transaction (see `committer`). Only
+//! after it commits: live state to Redis, changed keys announced, Kafka's
+//! committed offset moved (for lag monitoring). A crash anywhere before the
+//! commit replays the batch from the checkpoint, decided the same way again;
 //! after it, nothing is replayed.
 
 mod committer;
 mod dlq;
+mod feed;
 mod live;
 
 use live::LivePartial;
@@ -26,7 +29,7 @@ use chrono::Utc;
 use futures::future::join_all;
 use rdkafka::consumer::BaseConsumer;
 use slog::{error, info, warn, Logger};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 pub use dlq::{DeadLetter, Dlq};
 pub use poll::{Control, Input, ReaderContext};
@@ -40,14 +43,6 @@ use crate::metrics::METRICS;
 use crate::storage::postgres::{Checkpoint, PgStore, Progress};
 use crate::storage::redis::RedisStore;
 use crate::stream::{Outcome, PartitionState, Tp};
-
-/// What changed for one token or pair in one checkpoint, for live fan-out.
-#[derive(Debug, Clone)]
-pub struct KeyUpdate {
-    pub key: AggKey,
-    /// Swaps that became pending or confirmed (each state once).
-    pub swaps: Vec<Arc<SwapEvent>>,
-}
 
 struct Slot {
     state: PartitionState,
@@ -66,6 +61,7 @@ pub struct Core {
     aggregators: Aggregators,
     control: std_mpsc::Sender<Control>,
     committer: committer::Committer,
+    feed: feed::SwapFeed,
     generation: u64,
     rewinding: bool,
     slots: BTreeMap<Tp, Slot>,
@@ -86,7 +82,6 @@ pub struct CoreParts {
     pub redis: RedisStore,
     pub aggregators: Aggregators,
     pub control: std_mpsc::Sender<Control>,
-    pub updates: broadcast::Sender<Arc<KeyUpdate>>,
 }
 
 pub struct KafkaReader {
@@ -101,9 +96,13 @@ impl KafkaReader {
             pg: parts.pg.clone(),
             consumer: parts.consumer.clone(),
             live: live::LiveWriter::start(parts.redis.clone(), parts.log.clone()),
-            updates: parts.updates.clone(),
             log: parts.log.clone(),
+            // As many as two full batches, one stored and one waiting.
+            max_queued: parts.settings.batch_max_events.saturating_mul(2),
+            interval: parts.settings.checkpoint_interval,
+            full_batch: parts.settings.batch_max_events,
         });
+        let feed = feed::SwapFeed::start(parts.redis.clone(), parts.log.clone());
         let core = Core {
             log: parts.log,
             settings: parts.settings,
@@ -113,6 +112,7 @@ impl KafkaReader {
             aggregators: parts.aggregators,
             control: parts.control,
             committer,
+            feed,
             generation: 0,
             rewinding: false,
             slots: BTreeMap::new(),
@@ -382,6 +382,8 @@ impl Core {
             }
         }
 
+        // The swap states go out now, ahead of their checkpoint.
+        self.feed.announce(changes.into_iter().collect());
         let routed = started.elapsed();
         // Aggregate: one message per key, all awaited.
         let keys: Vec<AggKey> = items.keys().cloned().collect();
@@ -424,10 +426,12 @@ impl Core {
             })
             .collect();
         let aggregated = started.elapsed();
-        self.committer.submit(Checkpoint { progress, partials }, changes, count, ticket).await;
+        self.committer.submit(Checkpoint { progress, partials }, count).await;
+        // The reader is free for the next batch: the polling thread may send it at once.
+        drop(ticket);
         slog::debug!(self.log, "batch"; "events" => count, "route_ms" => routed.as_millis(),
             "aggregate_ms" => (aggregated - routed).as_millis(),
-            "wait_for_previous_checkpoint_ms" => (started.elapsed() - aggregated).as_millis());
+            "wait_for_checkpoint_room_ms" => (started.elapsed() - aggregated).as_millis());
     }
 
     /// Writes partials in full (after assign or for a rebuild).
@@ -443,7 +447,7 @@ impl Core {
                 new_recent: partial.recent.clone(),
             })
             .collect();
-        self.committer.write_live(partials).await;
+        self.committer.write_live(partials);
     }
 
     async fn housekeeping(&mut self) {

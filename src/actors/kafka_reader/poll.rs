@@ -47,10 +47,10 @@ pub enum Input {
     Stopped,
 }
 
-/// Held from the moment a batch leaves the polling thread until its
-/// checkpoint is stored (or the batch is dropped); while none is held the
-/// pipeline is idle, and the polling thread sends what it has at once
-/// instead of waiting for the batch to fill.
+/// Held from the moment a batch leaves the polling thread until the reader
+/// has decided it and queued its checkpoint (or dropped it); while none is
+/// held the reader is idle, and the polling thread sends what it has at
+/// once instead of waiting for the batch to fill.
 pub struct BatchTicket(Arc<AtomicUsize>);
 
 impl BatchTicket {
@@ -109,7 +109,7 @@ pub struct ReaderContext {
     settings: PollSettings,
     generation: AtomicU64,
     buffer: Mutex<Vec<Record>>,
-    /// Batches sent and not yet checkpointed (see [`BatchTicket`]).
+    /// Batches sent and not yet through the reader (see [`BatchTicket`]).
     in_flight: Arc<AtomicUsize>,
     /// Once stopping: when the polling thread must be done waiting for the
     /// reader, so that it still leaves the group before the process exits.
@@ -331,11 +331,12 @@ const BUSY_POLL: Duration = Duration::from_millis(1);
 
 /// Polls until told to stop; then leaves the group within the timeout.
 ///
-/// Batching adapts to the load: while no batch is between here and its
-/// checkpoint, whatever has arrived goes out at once (no waiting at low
-/// rates); while one is, the next one collects events until that
-/// checkpoint is stored, `batch_max_events` is reached, or it is
-/// `batch_max_time` old.
+/// Batching adapts to the load: while the reader has no batch in hand,
+/// whatever has arrived goes out at once (no waiting at low rates); while
+/// it has, the next one collects events until the reader is free,
+/// `batch_max_events` is reached, or it is `batch_max_time` old. The reader
+/// waits for PostgreSQL only when two batches' worth of events wait for
+/// their checkpoint (see `committer`).
 pub fn run(consumer: Arc<BaseConsumer<ReaderContext>>, control: std_mpsc::Receiver<Control>) {
     let context = consumer.context();
     let idle = || context.in_flight.load(Ordering::Acquire) == 0;
