@@ -852,3 +852,61 @@ async fn a_peer_that_never_answers_pings_is_closed_with_4000() {
     assert_eq!(polite.frame(Duration::from_secs(10)).await, json!({"type": "pong"}), "the answering client stays");
     assert!(api.terminate(Duration::from_secs(10)).await.success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swap_frames_do_not_wait_for_postgres_and_stats_follow_the_commit() {
+    let brokers = require_broker();
+    let names = Names::new("it-ws-early");
+    let (mut consumer, port) = start_consumer(&names, &consumer_vars(&names, &brokers, "a"), "a").await;
+    let first = helpers::produce(&brokers, &names, 30, &stream_vars("max")).await;
+    wait_checkpointed(&names, delivered(&first), Duration::from_secs(90)).await;
+    let mut client = Client::connect(port).await;
+    let snapshot = client.subscribe(&["token:ETH"]).await.remove(0);
+    let before = json!(first.expected["tokens"]["ETH"]["totals"]["swaps"].as_u64().unwrap());
+    // Redis is written just after the commit: the stats may still follow.
+    let mut received = Received::new();
+    let mut shown = snapshot["snapshot"]["totals"]["swaps"].clone();
+    while shown != before {
+        let frame = client.frame(Duration::from_secs(30)).await;
+        received.take(&frame, "token:ETH", "ETH");
+        shown = received.last_stats.as_ref().map_or(json!(null), |s| s["totals"]["swaps"].clone());
+    }
+    assert!(received.states.is_empty(), "the first swaps' frames went out before their commit");
+
+    // Another session holds the offsets table: no checkpoint can commit.
+    let mut holder = helpers::pg().await;
+    let lock = holder.transaction().await.unwrap();
+    lock.batch_execute(&format!("LOCK TABLE {}.offsets IN EXCLUSIVE MODE", names.schema)).await.unwrap();
+    let second = helpers::produce(&brokers, &names, 100, &stream_vars("max")).await;
+
+    // Act: every new ETH swap state arrives meanwhile; the stats do not move.
+    let expected = expected_states(&second, "ETH");
+    while received.states.len() < expected.len() {
+        let frame = client.frame(Duration::from_secs(30)).await;
+        received.take(&frame, "token:ETH", "ETH");
+        if let Some(stats) = &received.last_stats {
+            assert_eq!(stats["totals"]["swaps"], before, "stats before the commit: {stats}");
+        }
+    }
+    assert_eq!(received.states, expected);
+    let watcher = helpers::pg().await;
+    let waiting =
+        "SELECT count(*)::bigint FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%offsets%'";
+    let blocked: i64 = watcher.query_one(waiting, &[]).await.unwrap().get(0);
+    assert!(blocked > 0, "the frames came while a checkpoint waited for the lock");
+    assert!(helpers::checkpointed(&watcher, &names).await < delivered(&first) + delivered(&second));
+
+    // Assert: once PostgreSQL lets go, the stats show every swap, once.
+    lock.rollback().await.unwrap();
+    let after = before.as_u64().unwrap() + second.expected["tokens"]["ETH"]["totals"]["swaps"].as_u64().unwrap();
+    while received.last_stats.as_ref().map(|s| &s["totals"]["swaps"]) != Some(&json!(after)) {
+        let frame = client.frame(Duration::from_secs(30)).await;
+        received.take(&frame, "token:ETH", "ETH");
+    }
+    wait_checkpointed(&names, delivered(&first) + delivered(&second), Duration::from_secs(30)).await;
+    while let Got::Frame(frame) = client.read(QUIET).await {
+        received.take(&frame, "token:ETH", "ETH");
+    }
+    assert_eq!(received.states, expected, "no swap state twice, none after the commit");
+    consumer.kill9().await;
+}
