@@ -37,6 +37,7 @@ pub struct Metrics {
     pub ws_refused: IntCounterVec,
     pub ws_pubsub_resumed: IntCounter,
     pub swap_feed_dropped: IntCounter,
+    pub ws_gaps: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -198,6 +199,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         swap_feed_dropped: register_int_counter_with_registry!(
             "swap_feed_dropped_total",
             "Batches of swap states not published because Redis could not keep up (clients miss those swap frames)",
+            r
+        )
+        .expect("metric"),
+        ws_gaps: register_int_counter_with_registry!(
+            "ws_gaps_total",
+            "Updates that told of lost swap states (each subscribed client of the channel skips a seq)",
             r
         )
         .expect("metric"),

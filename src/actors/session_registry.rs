@@ -140,6 +140,9 @@ struct Update<'a> {
     key: Cow<'a, str>,
     #[serde(borrow)]
     swaps: Vec<&'a RawValue>,
+    /// States of this key were lost before this update.
+    #[serde(default)]
+    gap: bool,
 }
 
 #[derive(Deserialize)]
@@ -268,6 +271,15 @@ impl SessionRegistry {
         let Some(key) = AggKey::parse(&update.key) else { return };
         let Some(channel) = self.channels.get_mut(&key) else { return };
         channel.dirty = true;
+        if update.gap {
+            METRICS.ws_gaps.inc();
+            for id in &channel.subscribers {
+                if let Some(session) = self.sessions.get(id) {
+                    // A full queue means a slow client, evicted by the sweep anyway.
+                    let _ = session.outbound.try_send(Outbound::Gap(Some(key.clone())));
+                }
+            }
+        }
         let mut frames = Vec::with_capacity(update.swaps.len());
         for raw in update.swaps {
             let Ok(state) = serde_json::from_str::<SwapState>(raw.get()) else { continue };
@@ -448,7 +460,7 @@ impl Handler<PubSubResumed> for SessionRegistry {
         METRICS.ws_pubsub_resumed.inc();
         for session in self.sessions.values() {
             // A full queue means a slow client, evicted by the sweep anyway.
-            let _ = session.outbound.try_send(Outbound::Gap);
+            let _ = session.outbound.try_send(Outbound::Gap(None));
         }
     }
 }

@@ -142,10 +142,10 @@ fn channel_frame_len(kind: FrameKind, channel: &str, json: usize) -> usize {
 pub enum Outbound {
     /// New frames of one channel (one update), in order.
     Frames { channel: AggKey, frames: Arc<[FrameBody]>, estimate: i64 },
-    /// Updates may have been missed (the pub/sub connection was lost):
-    /// every live channel skips one `seq`, so the client sees a gap and
-    /// re-reads the REST stats.
-    Gap,
+    /// Updates may have been missed, of one channel (the swap feed dropped
+    /// some) or of all (the pub/sub connection was lost): each such channel
+    /// skips one `seq`, so the client sees a gap and re-reads the REST stats.
+    Gap(Option<AggKey>),
     /// Close with this code and reason, then stop.
     Close { code: u16, reason: &'static str },
 }
@@ -193,6 +193,8 @@ enum ChannelState {
     Waiting {
         generation: u64,
         held: Vec<Arc<[FrameBody]>>,
+        /// Frames were lost meanwhile: the first one after the snapshot skips a seq.
+        gap: bool,
     },
     Live {
         name: Arc<str>,
@@ -324,7 +326,7 @@ impl WsSession {
             }
             self.generation += 1;
             let generation = self.generation;
-            self.channels.insert(key.clone(), ChannelState::Waiting { generation, held: Vec::new() });
+            self.channels.insert(key.clone(), ChannelState::Waiting { generation, held: Vec::new(), gap: false });
             added.push(key.clone());
             let redis = self.common.redis.clone();
             let fetch = async move {
@@ -360,8 +362,9 @@ impl WsSession {
                 let text = json!({"type": "subscribed", "channel": &*name, "seq": 0, "snapshot": snapshot}).to_string();
                 self.emit(ctx, text);
                 METRICS.ws_frames_sent.with_label_values(&["subscribed"]).inc();
+                let gap = matches!(self.channels.get(&key), Some(ChannelState::Waiting { gap: true, .. }));
                 let Some(ChannelState::Waiting { held, .. }) =
-                    self.channels.insert(key.clone(), ChannelState::Live { name, next_seq: 1 })
+                    self.channels.insert(key.clone(), ChannelState::Live { name, next_seq: 1 + u64::from(gap) })
                 else {
                     return;
                 };
@@ -469,10 +472,14 @@ impl Handler<Outbound> for WsSession {
                     None => {}
                 }
             }
-            Outbound::Gap => {
-                for state in self.channels.values_mut() {
-                    if let ChannelState::Live { next_seq, .. } = state {
-                        *next_seq += 1;
+            Outbound::Gap(only) => {
+                for (key, state) in &mut self.channels {
+                    if only.as_ref().is_some_and(|only| only != key) {
+                        continue;
+                    }
+                    match state {
+                        ChannelState::Live { next_seq, .. } => *next_seq += 1,
+                        ChannelState::Waiting { gap, .. } => *gap = true,
                     }
                 }
             }

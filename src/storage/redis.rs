@@ -13,8 +13,11 @@
 //! - `<prefix>:keys`: set of every token and pair seen;
 //! - `<prefix>:ready`: present once the live state is complete; its absence
 //!   (after a flush) makes consumers rebuild what they own;
-//! - channel `<prefix>:updates:{k}`: one message per checkpoint that changed
-//!   `k`: `{"key": "token:ETH", "swaps": [...]}`, each swap in the wire form.
+//! - channel `<prefix>:updates:{k}`: `{"key": "token:ETH", "swaps": [...]}`
+//!   with each swap in the wire form: the swap feed's new swap states of a
+//!   batch, before its checkpoint, and after each checkpoint one without
+//!   swaps for every changed key; `"gap": true` when states of the key were
+//!   lost before it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
@@ -117,6 +120,15 @@ pub struct PartialWrite {
     pub new_recent: Vec<(i64, Arc<str>)>,
 }
 
+/// One update message: a key's new swap states (wire JSON), and whether
+/// some of its states were lost before it (subscribers skip a `seq`).
+#[derive(Debug)]
+pub struct Update {
+    pub key: AggKey,
+    pub swaps: Vec<Arc<str>>,
+    pub gap: bool,
+}
+
 /// Swaps in the wire form (JSON), each serialized once however many keys
 /// or lists it goes to (by the address of its `Arc`).
 #[derive(Default)]
@@ -209,7 +221,7 @@ impl RedisStore {
     /// that reads on an update sees the written state. The pipelines go out
     /// together on the multiplexed connection: one round trip, not one per
     /// key. `updates` holds each key's swaps, already serialized.
-    pub async fn write(&self, writes: &[PartialWrite], updates: &[(AggKey, Vec<Arc<str>>)]) -> anyhow::Result<()> {
+    pub async fn write(&self, writes: &[PartialWrite], updates: &[Update]) -> anyhow::Result<()> {
         let mut pipes: BTreeMap<&AggKey, Pipeline> = BTreeMap::new();
         let mut by_key: BTreeMap<&AggKey, Vec<&PartialWrite>> = BTreeMap::new();
         for w in writes {
@@ -222,9 +234,9 @@ impl RedisStore {
             let pipe = pipes.entry(key).or_insert_with(redis::pipe);
             self.add_writes(pipe, key, writes)?;
         }
-        for (key, swaps) in updates {
-            let pipe = pipes.entry(key).or_insert_with(redis::pipe);
-            pipe.cmd("PUBLISH").arg(self.updates_channel(key)).arg(update_payload(key, swaps)).ignore();
+        for update in updates {
+            let pipe = pipes.entry(&update.key).or_insert_with(redis::pipe);
+            pipe.cmd("PUBLISH").arg(self.updates_channel(&update.key)).arg(update_payload(update)).ignore();
         }
         let mut sent = Vec::with_capacity(pipes.len() + 1);
         if !by_key.is_empty() {
@@ -241,6 +253,11 @@ impl RedisStore {
             }));
         }
         futures::future::join_all(sent).await.into_iter().collect()
+    }
+
+    /// Publishes update messages only (the swap feed).
+    pub async fn publish(&self, updates: &[Update]) -> anyhow::Result<()> {
+        self.write(&[], updates).await
     }
 
     fn add_writes(&self, pipe: &mut Pipeline, key: &AggKey, writes: &[&PartialWrite]) -> anyhow::Result<()> {
@@ -453,12 +470,17 @@ fn wire_order(swap: &serde_json::Value) -> (i64, u64, u64, String) {
 /// `{"key": "token:ETH", "swaps": [wire swaps with status]}`, from swaps
 /// already serialized (each once per checkpoint, whatever the number of
 /// keys it counts for).
-fn update_payload(key: &AggKey, swaps: &[Arc<str>]) -> String {
-    let mut payload = String::with_capacity(32 + swaps.iter().map(|s| s.len() + 1).sum::<usize>());
+fn update_payload(update: &Update) -> String {
+    let mut payload = String::with_capacity(48 + update.swaps.iter().map(|s| s.len() + 1).sum::<usize>());
     payload.push_str("{\"key\":\"");
-    payload.push_str(&key.to_string());
-    payload.push_str("\",\"swaps\":[");
-    for (i, swap) in swaps.iter().enumerate() {
+    payload.push_str(&update.key.to_string());
+    if update.gap {
+        payload.push_str("\",\"gap\":true");
+    } else {
+        payload.push('"');
+    }
+    payload.push_str(",\"swaps\":[");
+    for (i, swap) in update.swaps.iter().enumerate() {
         if i > 0 {
             payload.push(',');
         }

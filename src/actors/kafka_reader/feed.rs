@@ -14,12 +14,13 @@
 //!
 //! Publishing never holds up the reader: batches queue here (bounded), the
 //! ones queued while a publish was on its way go out together, and when
-//! Redis cannot keep up or is down, batches are dropped and counted. The
-//! registries' pub/sub connections drop with such an outage and show every
-//! client a `seq` gap when they come back.
+//! Redis cannot keep up or is down, batches are dropped and counted. A
+//! dropped or failed batch's keys carry `"gap": true` on their next update,
+//! so every subscribed client sees its channel skip a `seq` and re-reads
+//! REST.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use actix::Arbiter;
 use slog::{info, warn, Logger};
@@ -28,7 +29,7 @@ use tokio::sync::mpsc;
 use crate::domain::partial::AggKey;
 use crate::domain::SwapEvent;
 use crate::metrics::METRICS;
-use crate::storage::redis::{RedisStore, WireJson};
+use crate::storage::redis::{RedisStore, Update, WireJson};
 
 /// Batches waiting for Redis at most.
 const QUEUE: usize = 1024;
@@ -36,17 +37,22 @@ const QUEUE: usize = 1024;
 /// One batch's new swap states, per key, in the batch's order.
 pub type Changes = Vec<(AggKey, Vec<Arc<SwapEvent>>)>;
 
+/// Keys whose swap states were lost since their last update.
+type Lost = Arc<Mutex<BTreeSet<AggKey>>>;
+
 pub struct SwapFeed {
     tx: mpsc::Sender<Changes>,
+    lost: Lost,
     _arbiter: Arbiter,
 }
 
 impl SwapFeed {
     pub fn start(redis: RedisStore, log: Logger) -> SwapFeed {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let lost = Lost::default();
         let arbiter = Arbiter::new();
-        arbiter.spawn(run(redis, rx, log));
-        SwapFeed { tx, _arbiter: arbiter }
+        arbiter.spawn(run(redis, rx, lost.clone(), log));
+        SwapFeed { tx, lost, _arbiter: arbiter }
     }
 
     /// Queues a batch's swap states; never waits.
@@ -54,39 +60,71 @@ impl SwapFeed {
         if changes.is_empty() {
             return;
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(changes) {
+        if let Err(mpsc::error::TrySendError::Full(changes)) = self.tx.try_send(changes) {
             METRICS.swap_feed_dropped.inc();
+            lose(&self.lost, changes.into_iter().map(|(key, _)| key));
         }
     }
 }
 
-async fn run(redis: RedisStore, mut rx: mpsc::Receiver<Changes>, log: Logger) {
+fn lose(lost: &Lost, keys: impl IntoIterator<Item = AggKey>) {
+    lost.lock().unwrap_or_else(|e| e.into_inner()).extend(keys);
+}
+
+/// What goes out in one publish: every key's swaps in batch order, and
+/// the lost keys marked.
+#[derive(Default)]
+struct Outgoing {
+    keys: Vec<AggKey>,
+    swaps: HashMap<AggKey, Vec<Arc<SwapEvent>>>,
+}
+
+impl Outgoing {
+    fn add(&mut self, changes: Changes) {
+        for (key, states) in changes {
+            let Outgoing { keys, swaps } = self;
+            swaps
+                .entry(key)
+                .or_insert_with_key(|key| {
+                    keys.push(key.clone());
+                    Vec::new()
+                })
+                .extend(states);
+        }
+    }
+
+    /// The update messages, each swap serialized once; a lost key gets one
+    /// even without new swaps.
+    fn updates(mut self, lost: BTreeSet<AggKey>) -> Vec<Update> {
+        for key in &lost {
+            if !self.swaps.contains_key(key) {
+                self.keys.push(key.clone());
+            }
+        }
+        let mut json = WireJson::default();
+        self.keys
+            .into_iter()
+            .map(|key| {
+                let states = self.swaps.remove(&key).unwrap_or_default();
+                let swaps = states.iter().map(|swap| json.of(swap)).collect();
+                Update { gap: lost.contains(&key), key, swaps }
+            })
+            .collect()
+    }
+}
+
+async fn run(redis: RedisStore, mut rx: mpsc::Receiver<Changes>, lost: Lost, log: Logger) {
     let mut failing = false;
     while let Some(first) = rx.recv().await {
-        // Whatever queued during the last publish goes out with this one,
-        // each key's swaps still in batch order.
-        let mut keys: Vec<AggKey> = Vec::new();
-        let mut swaps: HashMap<AggKey, Vec<Arc<SwapEvent>>> = HashMap::new();
-        let mut add = |changes: Changes| {
-            for (key, states) in changes {
-                swaps
-                    .entry(key)
-                    .or_insert_with_key(|key| {
-                        keys.push(key.clone());
-                        Vec::new()
-                    })
-                    .extend(states);
-            }
-        };
-        add(first);
+        // Whatever queued during the last publish goes out with this one.
+        let mut outgoing = Outgoing::default();
+        outgoing.add(first);
         while let Ok(more) = rx.try_recv() {
-            add(more);
+            outgoing.add(more);
         }
-        let updates = serialize(keys.into_iter().map(|key| {
-            let states = swaps.remove(&key).unwrap_or_default();
-            (key, states)
-        }));
-        match redis.write(&[], &updates).await {
+        let gaps = std::mem::take(&mut *lost.lock().unwrap_or_else(|e| e.into_inner()));
+        let updates = outgoing.updates(gaps);
+        match redis.publish(&updates).await {
             Ok(()) if failing => {
                 failing = false;
                 info!(log, "swap feed publishes again");
@@ -94,6 +132,7 @@ async fn run(redis: RedisStore, mut rx: mpsc::Receiver<Changes>, log: Logger) {
             Ok(()) => {}
             Err(e) => {
                 METRICS.redis_errors.inc();
+                lose(&lost, updates.into_iter().map(|u| u.key));
                 if !failing {
                     failing = true;
                     warn!(log, "cannot publish swap states; dropping them until Redis answers"; "error" => format!("{e:#}"));
@@ -103,8 +142,51 @@ async fn run(redis: RedisStore, mut rx: mpsc::Receiver<Changes>, log: Logger) {
     }
 }
 
-/// Each key's swaps in the wire form.
-fn serialize(changes: impl Iterator<Item = (AggKey, Vec<Arc<SwapEvent>>)>) -> Vec<(AggKey, Vec<Arc<str>>)> {
-    let mut json = WireJson::default();
-    changes.map(|(key, states)| (key, states.iter().map(|swap| json.of(swap)).collect())).collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{RawSwap, RawTime};
+
+    fn swap(seed: u32, to: &str) -> Arc<SwapEvent> {
+        let raw = RawSwap {
+            tx_hash: Some(format!("0x{seed:064x}")),
+            timestamp: Some(RawTime::Unix { seconds: 1_764_057_600, nanos: 0 }),
+            token_from: Some("ETH".into()),
+            token_to: Some(to.into()),
+            amount_from: Some("1".into()),
+            amount_to: Some("4000".into()),
+            usd_value: Some("4000".into()),
+            ..RawSwap::default()
+        };
+        Arc::new(raw.validate().unwrap())
+    }
+
+    fn key(name: &str) -> AggKey {
+        AggKey::parse(name).unwrap()
+    }
+
+    #[test]
+    fn batches_merge_per_key_in_order_and_lost_keys_are_marked() {
+        let (a, b, c) = (swap(1, "USDC"), swap(2, "USDC"), swap(3, "SOL"));
+        let mut outgoing = Outgoing::default();
+        outgoing.add(vec![(key("token:ETH"), vec![a.clone()]), (key("token:USDC"), vec![a.clone()])]);
+        outgoing.add(vec![(key("token:ETH"), vec![b.clone(), c.clone()])]);
+        let lost = BTreeSet::from([key("token:USDC"), key("token:BTC")]);
+        let updates = outgoing.updates(lost);
+
+        let shown: Vec<(String, usize, bool)> =
+            updates.iter().map(|u| (u.key.to_string(), u.swaps.len(), u.gap)).collect();
+        assert_eq!(
+            shown,
+            [("token:ETH".into(), 3, false), ("token:USDC".into(), 1, true), ("token:BTC".into(), 0, true)]
+        );
+        let hashes: Vec<bool> = updates[0]
+            .swaps
+            .iter()
+            .zip([&a, &b, &c])
+            .map(|(json, swap)| json.contains(&swap.id.tx_hash.to_string()))
+            .collect();
+        assert_eq!(hashes, [true, true, true], "in batch order: {:?}", updates[0].swaps);
+        assert!(Arc::ptr_eq(&updates[0].swaps[0], &updates[1].swaps[0]), "serialized once");
+    }
 }

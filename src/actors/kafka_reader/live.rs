@@ -14,7 +14,7 @@ use crate::domain::aggregate::Interval;
 use crate::domain::partial::{AggKey, CandlePartial, TotalsPartial};
 use crate::domain::SwapEvent;
 use crate::metrics::METRICS;
-use crate::storage::redis::{PartialWrite, RedisStore, WireJson};
+use crate::storage::redis::{PartialWrite, RedisStore, Update, WireJson};
 use crate::stream::Tp;
 
 /// Checkpoints queued for Redis at most.
@@ -82,7 +82,8 @@ async fn write(redis: &RedisStore, work: Work, failed: &AtomicBool, log: &Logger
             candles: p.candles,
         })
         .collect();
-    let updates: Vec<(AggKey, Vec<Arc<str>>)> = work.changed.into_iter().map(|key| (key, Vec::new())).collect();
+    let updates: Vec<Update> =
+        work.changed.into_iter().map(|key| Update { key, swaps: Vec::new(), gap: false }).collect();
     let started = std::time::Instant::now();
     if let Err(e) = redis.write(&writes, &updates).await {
         METRICS.redis_errors.inc();
