@@ -97,6 +97,8 @@ variables! {
     "SWAPSTREAM_WS_WRITE_DEADLINE_MS", "3000", "Longest time a WebSocket session's outbound bytes may wait unwritten before the client is disconnected as a slow consumer (100 to 60000).";
     "SWAPSTREAM_WS_SEND_BUFFER_BYTES", "65536", "Kernel send buffer of each accepted HTTP connection (`SO_SNDBUF`), so a client that stops reading is noticed after this much rather than the kernel's autotuned megabytes; 0 keeps the kernel's default.";
     "SWAPSTREAM_WS_STATS_INTERVAL_MS", "1000", "Shortest interval between two `stats` frames of one channel (50 to 600000).";
+    "SWAPSTREAM_WS_HANDOFFS_PER_SEC", "40000", "Handoffs of new frames to sessions per second the registry aims at: with few subscriptions frames go out at once, with many they gather for subscriptions / this rate, at most `SWAPSTREAM_WS_COALESCE_MAX_MS` (1 to 100000000).";
+    "SWAPSTREAM_WS_COALESCE_MAX_MS", "25", "Longest time new frames gather before they go out to the sessions; 0 sends every update at once (0 to 1000).";
     "SWAPSTREAM_WS_PING_INTERVAL_MS", "10000", "Interval of the server's WebSocket pings (100 to 600000).";
     "SWAPSTREAM_WS_PING_TIMEOUT_MS", "30000", "A WebSocket peer that sends nothing (no pong, no message) for this long is disconnected; more than the ping interval (200 to 3600000).";
     "SWAPSTREAM_WS_MAX_CHANNELS", "50", "Most channels one WebSocket connection may subscribe to (1 to 10000).";
@@ -263,6 +265,8 @@ pub struct WsSettings {
     pub write_deadline: Duration,
     pub send_buffer_bytes: usize,
     pub stats_interval: Duration,
+    pub handoffs_per_sec: u64,
+    pub coalesce_max: Duration,
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
     pub max_channels: usize,
@@ -479,6 +483,8 @@ impl Settings {
             write_deadline: Duration::from_millis(env.number("SWAPSTREAM_WS_WRITE_DEADLINE_MS", 100, 60_000)),
             send_buffer_bytes: env.number("SWAPSTREAM_WS_SEND_BUFFER_BYTES", 0, 1 << 30),
             stats_interval: Duration::from_millis(env.number("SWAPSTREAM_WS_STATS_INTERVAL_MS", 50, 600_000)),
+            handoffs_per_sec: env.number("SWAPSTREAM_WS_HANDOFFS_PER_SEC", 1, 100_000_000),
+            coalesce_max: Duration::from_millis(env.number("SWAPSTREAM_WS_COALESCE_MAX_MS", 0, 1_000)),
             ping_interval: Duration::from_millis(env.number("SWAPSTREAM_WS_PING_INTERVAL_MS", 100, 600_000)),
             ping_timeout: Duration::from_millis(env.number("SWAPSTREAM_WS_PING_TIMEOUT_MS", 200, 3_600_000)),
             max_channels: env.number("SWAPSTREAM_WS_MAX_CHANNELS", 1, 10_000),

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub ws_pubsub_resumed: IntCounter,
     pub swap_feed_dropped: IntCounter,
     pub ws_gaps: IntCounter,
+    pub ws_handoffs: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -205,6 +206,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ws_gaps: register_int_counter_with_registry!(
             "ws_gaps_total",
             "Updates that told of lost swap states (each subscribed client of the channel skips a seq)",
+            r
+        )
+        .expect("metric"),
+        ws_handoffs: register_int_counter_with_registry!(
+            "ws_handoffs_total",
+            "Handoffs of new frames from the session registry to a session (each carries one or more frames)",
             r
         )
         .expect("metric"),

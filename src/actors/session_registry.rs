@@ -8,6 +8,12 @@
 //! whichever instance owns the partitions. A window of recent swap states
 //! per channel drops repeats (same id and status).
 //!
+//! New frames are handed to the sessions at once while subscriptions are
+//! few; with many they gather per channel for up to
+//! `SWAPSTREAM_WS_COALESCE_MAX_MS`, so that a handoff (a wake-up and a
+//! socket write per subscriber) carries many frames and the fan-out costs
+//! about `SWAPSTREAM_WS_HANDOFFS_PER_SEC` handoffs whatever the update rate.
+//!
 //! The registry never waits for a client. It hands each session its frames
 //! with `try_send` into a capped mailbox and counts the bytes; the session's
 //! response body counts what the HTTP layer pulled. A full mailbox, more
@@ -75,12 +81,31 @@ pub struct Unsubscribe {
     pub channels: Vec<AggKey>,
 }
 
-/// A message from Redis pub/sub: `{"key": "token:ETH", "swaps": [...]}`.
+/// Messages from Redis pub/sub (`{"key": "token:ETH", "swaps": [...]}`)
+/// wait here, in the order they came, until the registry takes them all at
+/// once: under load each session then gets one handoff per channel for many
+/// updates instead of one per update, and at low load nothing waits.
+type Inbox = Arc<std::sync::Mutex<Vec<Incoming>>>;
+
+enum Incoming {
+    Update(Vec<u8>),
+    /// The pub/sub connection is back after a loss.
+    Resumed,
+}
+
+/// Queues `incoming` and wakes the registry if the inbox was empty.
+fn deliver_to(inbox: &Inbox, registry: &Addr<SessionRegistry>, incoming: Incoming) {
+    let mut waiting = inbox.lock().unwrap_or_else(|e| e.into_inner());
+    waiting.push(incoming);
+    if waiting.len() == 1 {
+        registry.do_send(Published);
+    }
+}
+
+/// Something arrived in the inbox (sent when it was empty).
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Published {
-    payload: Vec<u8>,
-}
+struct Published;
 
 /// Graceful stop: every client gets close 1001 "going away"; resolves when
 /// all sessions ended or `timeout` passed (the rest are reset).
@@ -105,6 +130,8 @@ struct Channel {
     recent: DedupWindow,
     /// Changed since its last `stats` frame.
     dirty: bool,
+    /// New swap frames waiting for the next handoff, in order.
+    buffered: Vec<FrameBody>,
 }
 
 /// The last `cap` swap states (hashes of id and status) of a channel.
@@ -169,6 +196,13 @@ pub struct SessionRegistry {
     sessions: HashMap<u64, Session>,
     channels: HashMap<AggKey, Channel>,
     pubsub: Option<mpsc::UnboundedSender<PubSubCommand>>,
+    inbox: Inbox,
+    /// Subscriptions over all channels.
+    subscriptions: usize,
+    /// Channels with buffered frames, and when frames last went out.
+    to_flush: Vec<AggKey>,
+    flush_scheduled: bool,
+    last_flush: std::time::Instant,
     stats_in_flight: bool,
     closing: bool,
     closed: Vec<oneshot::Sender<()>>,
@@ -185,6 +219,11 @@ impl SessionRegistry {
             sessions: HashMap::new(),
             channels: HashMap::new(),
             pubsub: None,
+            inbox: Inbox::default(),
+            subscriptions: 0,
+            to_flush: Vec::new(),
+            flush_scheduled: false,
+            last_flush: std::time::Instant::now(),
             stats_in_flight: false,
             closing: false,
             closed: Vec::new(),
@@ -206,7 +245,9 @@ impl SessionRegistry {
 
     fn leave(&mut self, key: &AggKey, id: u64) {
         let Some(channel) = self.channels.get_mut(key) else { return };
-        channel.subscribers.remove(&id);
+        if channel.subscribers.remove(&id) {
+            self.subscriptions -= 1;
+        }
         if channel.subscribers.is_empty() {
             self.channels.remove(key);
             if let Some(pubsub) = &self.pubsub {
@@ -246,7 +287,7 @@ impl SessionRegistry {
             session.conn.handed.fetch_add(bytes, Ordering::AcqRel);
             let message = Outbound::Frames { channel: key.clone(), frames: frames.clone(), estimate: bytes };
             match session.outbound.try_send(message) {
-                Ok(()) => {}
+                Ok(()) => METRICS.ws_handoffs.inc(),
                 Err(SendError::Full(_)) => {
                     session.conn.handed.fetch_sub(bytes, Ordering::AcqRel);
                     evicted.push((*id, "queue_full"));
@@ -263,37 +304,99 @@ impl SessionRegistry {
         }
     }
 
-    fn on_published(&mut self, payload: &[u8], ctx: &mut Context<Self>) {
-        let update: Update = match serde_json::from_slice(payload) {
-            Ok(update) => update,
-            Err(e) => return warn!(self.log, "unreadable update message"; "error" => %e),
-        };
-        let Some(key) = AggKey::parse(&update.key) else { return };
-        let Some(channel) = self.channels.get_mut(&key) else { return };
-        channel.dirty = true;
-        if update.gap {
-            METRICS.ws_gaps.inc();
-            for id in &channel.subscribers {
-                if let Some(session) = self.sessions.get(id) {
-                    // A full queue means a slow client, evicted by the sweep anyway.
-                    let _ = session.outbound.try_send(Outbound::Gap(Some(key.clone())));
+    /// New swap frames go to their channels' buffers, each swap state once;
+    /// then to the sessions, at once or at the next handoff (see
+    /// [`Self::coalescing`]).
+    fn on_published(&mut self, payloads: &[Vec<u8>], ctx: &mut Context<Self>) {
+        for payload in payloads {
+            let update: Update = match serde_json::from_slice(payload) {
+                Ok(update) => update,
+                Err(e) => {
+                    warn!(self.log, "unreadable update message"; "error" => %e);
+                    continue;
                 }
-            }
-        }
-        let mut frames = Vec::with_capacity(update.swaps.len());
-        for raw in update.swaps {
-            let Ok(state) = serde_json::from_str::<SwapState>(raw.get()) else { continue };
-            if state.status != "pending" && state.status != "confirmed" {
+            };
+            let Some(key) = AggKey::parse(&update.key) else { continue };
+            if !self.channels.contains_key(&key) {
                 continue;
             }
-            let mut hasher = DefaultHasher::new();
-            (&*state.tx_hash, state.log_index, &*state.status).hash(&mut hasher);
-            if channel.recent.insert(hasher.finish()) {
-                frames.push(FrameBody { kind: FrameKind::Swap, json: raw.get().into() });
+            if update.gap {
+                // The gap comes after the frames before it.
+                self.flush_channel(&key, ctx);
+                self.tell_gap(&key);
+            }
+            let Some(channel) = self.channels.get_mut(&key) else { continue };
+            channel.dirty = true;
+            let was_empty = channel.buffered.is_empty();
+            for raw in update.swaps {
+                let Ok(state) = serde_json::from_str::<SwapState>(raw.get()) else { continue };
+                if state.status != "pending" && state.status != "confirmed" {
+                    continue;
+                }
+                let mut hasher = DefaultHasher::new();
+                (&*state.tx_hash, state.log_index, &*state.status).hash(&mut hasher);
+                if channel.recent.insert(hasher.finish()) {
+                    channel.buffered.push(FrameBody { kind: FrameKind::Swap, json: raw.get().into() });
+                }
+            }
+            if was_empty && !channel.buffered.is_empty() {
+                self.to_flush.push(key);
             }
         }
+        self.schedule_flush(ctx);
+    }
+
+    /// How long new frames gather before a handoff: each handoff costs every
+    /// subscriber a wake-up and a write, so with many subscriptions frames
+    /// are handed on together, about `handoffs_per_sec` in all; with few,
+    /// at once.
+    fn coalescing(&self) -> Duration {
+        let wanted = Duration::from_secs_f64(self.subscriptions as f64 / self.settings.handoffs_per_sec as f64);
+        wanted.min(self.settings.coalesce_max)
+    }
+
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.to_flush.is_empty() || self.flush_scheduled {
+            return;
+        }
+        let due = self.last_flush + self.coalescing();
+        let now = std::time::Instant::now();
+        if due <= now {
+            self.flush(ctx);
+        } else {
+            self.flush_scheduled = true;
+            ctx.run_later(due - now, |act, ctx| {
+                act.flush_scheduled = false;
+                act.flush(ctx);
+            });
+        }
+    }
+
+    /// Hands every channel's buffered frames to its subscribers.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        self.last_flush = std::time::Instant::now();
+        for key in std::mem::take(&mut self.to_flush) {
+            self.flush_channel(&key, ctx);
+        }
+    }
+
+    fn flush_channel(&mut self, key: &AggKey, ctx: &mut Context<Self>) {
+        let Some(channel) = self.channels.get_mut(key) else { return };
+        let frames = std::mem::take(&mut channel.buffered);
         if !frames.is_empty() {
-            self.deliver(&key, frames.into(), ctx);
+            self.deliver(key, frames.into(), ctx);
+        }
+    }
+
+    /// States of `key` were lost: each of its subscribers skips a `seq`.
+    fn tell_gap(&self, key: &AggKey) {
+        METRICS.ws_gaps.inc();
+        let Some(channel) = self.channels.get(key) else { return };
+        for id in &channel.subscribers {
+            if let Some(session) = self.sessions.get(id) {
+                // A full queue means a slow client, evicted by the sweep anyway.
+                let _ = session.outbound.try_send(Outbound::Gap(Some(key.clone())));
+            }
         }
     }
 
@@ -395,6 +498,7 @@ async fn pubsub_loop(
     client: redis::Client,
     mut commands: mpsc::UnboundedReceiver<PubSubCommand>,
     registry: Addr<SessionRegistry>,
+    inbox: Inbox,
     log: Logger,
 ) {
     let mut wanted: HashSet<String> = HashSet::new();
@@ -415,7 +519,7 @@ async fn pubsub_loop(
         }
         if reconnecting {
             // What was published while disconnected is lost: say so.
-            registry.do_send(PubSubResumed);
+            deliver_to(&inbox, &registry, Incoming::Resumed);
         }
         reconnecting = true;
         loop {
@@ -436,7 +540,7 @@ async fn pubsub_loop(
                     }
                 }
                 message = stream.next() => match message {
-                    Some(message) => registry.do_send(Published { payload: message.get_payload_bytes().to_vec() }),
+                    Some(message) => deliver_to(&inbox, &registry, Incoming::Update(message.get_payload_bytes().to_vec())),
                     None => {
                         warn!(log, "Redis pub/sub connection lost; reconnecting");
                         break;
@@ -448,30 +552,14 @@ async fn pubsub_loop(
     }
 }
 
-/// The pub/sub connection is back after a loss.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct PubSubResumed;
-
-impl Handler<PubSubResumed> for SessionRegistry {
-    type Result = ();
-
-    fn handle(&mut self, _: PubSubResumed, _ctx: &mut Context<Self>) {
-        METRICS.ws_pubsub_resumed.inc();
-        for session in self.sessions.values() {
-            // A full queue means a slow client, evicted by the sweep anyway.
-            let _ = session.outbound.try_send(Outbound::Gap(None));
-        }
-    }
-}
-
 impl Actor for SessionRegistry {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let (tx, rx) = mpsc::unbounded_channel();
         self.pubsub = Some(tx);
-        actix::spawn(pubsub_loop(self.redis.pubsub_client().clone(), rx, ctx.address(), self.log.clone()));
+        let client = self.redis.pubsub_client().clone();
+        actix::spawn(pubsub_loop(client, rx, ctx.address(), self.inbox.clone(), self.log.clone()));
         let sweep = (self.settings.write_deadline / 4).min(Duration::from_millis(250));
         ctx.run_interval(sweep, |act, ctx| act.sweep(ctx));
         ctx.run_interval(self.settings.stats_interval, |act, ctx| act.send_stats(ctx));
@@ -522,9 +610,12 @@ impl Handler<Subscribe> for SessionRegistry {
                     subscribers: HashSet::new(),
                     recent: DedupWindow::new(self.settings.dedup_window),
                     dirty: false,
+                    buffered: Vec::new(),
                 }
             });
-            channel.subscribers.insert(message.id);
+            if channel.subscribers.insert(message.id) {
+                self.subscriptions += 1;
+            }
         }
     }
 }
@@ -546,8 +637,23 @@ impl Handler<Unsubscribe> for SessionRegistry {
 impl Handler<Published> for SessionRegistry {
     type Result = ();
 
-    fn handle(&mut self, message: Published, ctx: &mut Context<Self>) {
-        self.on_published(&message.payload, ctx);
+    fn handle(&mut self, _: Published, ctx: &mut Context<Self>) {
+        let incoming = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut updates = Vec::new();
+        for item in incoming {
+            match item {
+                Incoming::Update(payload) => updates.push(payload),
+                Incoming::Resumed => {
+                    self.on_published(&std::mem::take(&mut updates), ctx);
+                    METRICS.ws_pubsub_resumed.inc();
+                    for session in self.sessions.values() {
+                        // A full queue means a slow client, evicted by the sweep anyway.
+                        let _ = session.outbound.try_send(Outbound::Gap(None));
+                    }
+                }
+            }
+        }
+        self.on_published(&updates, ctx);
     }
 }
 

@@ -922,3 +922,63 @@ async fn swap_frames_do_not_wait_for_postgres_and_stats_follow_the_commit() {
     assert_eq!(received.states, expected, "no swap state twice, none after the commit");
     consumer.kill9().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_many_subscriptions_frames_gather_into_fewer_handoffs_and_none_is_lost() {
+    let brokers = require_broker();
+    let names = Names::new("it-ws-coalesce");
+    // Ten subscriptions at 10 handoffs/s: frames gather for a second.
+    // Stats frames, handed on apart from swaps, come every 5 s at most.
+    let mut vars: Vec<_> = consumer_vars(&names, &brokers, "a")
+        .into_iter()
+        .filter(|(name, _)| *name != "SWAPSTREAM_WS_STATS_INTERVAL_MS")
+        .collect();
+    vars.extend([
+        ("SWAPSTREAM_WS_HANDOFFS_PER_SEC", "10".into()),
+        ("SWAPSTREAM_WS_COALESCE_MAX_MS", "1000".into()),
+        ("SWAPSTREAM_WS_STATS_INTERVAL_MS", "5000".into()),
+    ]);
+    let (mut consumer, port) = start_consumer(&names, &vars, "a").await;
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let mut client = Client::connect(port).await;
+        client.subscribe(&["token:ETH"]).await;
+        clients.push(client.drain());
+    }
+    let started = Instant::now();
+
+    // Act
+    let truth = helpers::produce(&brokers, &names, 300, &stream_vars("3000")).await;
+    // The last frames are under way for at most a handoff and a checkpoint.
+    let elapsed = started.elapsed() + Duration::from_secs(1);
+    let totals = &truth.expected["tokens"]["ETH"]["totals"];
+    let mut received = Vec::new();
+    for client in &mut clients {
+        let mut got = Received::new();
+        while got.last_stats.as_ref().map(|s| &s["totals"]) != Some(totals) {
+            let frame = tokio::time::timeout(Duration::from_secs(30), client.frame()).await.expect("final stats");
+            got.take(&frame, "token:ETH", "ETH");
+        }
+        while let Ok(Some(Got::Frame(frame))) = tokio::time::timeout(QUIET, client.0.recv()).await {
+            got.take(&frame, "token:ETH", "ETH");
+        }
+        received.push(got);
+    }
+
+    // Assert: every client got every state, in far fewer handoffs than frames.
+    let expected = expected_states(&truth, "ETH");
+    for got in &received {
+        assert_eq!(got.states, expected);
+    }
+    let handoffs = metric(port, "swapstream_ws_handoffs_total ").await;
+    let frames: f64 = received.iter().map(|r| (r.next_seq - 1) as f64).sum();
+    let gathered = elapsed.as_secs_f64().ceil() + 1.0;
+    // Stats frames go out on their own, and the final ones after production.
+    let stats = (elapsed.as_secs_f64() / 5.0).ceil() + 3.0;
+    assert!(
+        handoffs <= 10.0 * (gathered + stats),
+        "{handoffs} handoffs in {elapsed:?} for 10 clients: at most one a second and one per stats frame"
+    );
+    assert!(frames > 2.0 * handoffs, "{frames} frames in {handoffs} handoffs");
+    consumer.kill9().await;
+}
