@@ -87,7 +87,10 @@ fn start_registry(
         settings: settings.ws.clone(),
         redis: redis.clone(),
     };
-    let state = crate::http::ws::WsState { common: Arc::new(common), limiter: Default::default() };
+    let (capacity, fd_limit) = crate::actors::ws_session::session_capacity();
+    info!(log, "WebSocket capacity"; "sessions" => capacity, "open_file_limit" => fd_limit);
+    let limiter = crate::actors::ws_session::IpLimiter::new(capacity);
+    let state = crate::http::ws::WsState { common: Arc::new(common), limiter };
     (registry, arbiter, state)
 }
 

@@ -150,11 +150,19 @@ pub enum Outbound {
     Close { code: u16, reason: &'static str },
 }
 
-/// Connections per IP address, counted when the upgrade is accepted and
-/// released when the session's actor is dropped.
-#[derive(Clone, Default)]
+/// Connections per IP address and in all, counted when the upgrade is
+/// accepted and released when the session's actor is dropped.
+#[derive(Clone)]
 pub struct IpLimiter {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    counts: Arc<Mutex<Counts>>,
+    /// Most sessions this process can hold (see [`session_capacity`]).
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct Counts {
+    per_ip: HashMap<IpAddr, usize>,
+    total: usize,
 }
 
 pub struct IpSlot {
@@ -162,28 +170,62 @@ pub struct IpSlot {
     ip: IpAddr,
 }
 
+/// Why an upgrade was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    PerIp,
+    AtCapacity,
+}
+
 impl IpLimiter {
-    pub fn acquire(&self, ip: IpAddr, max: usize) -> Option<IpSlot> {
+    pub fn new(capacity: usize) -> IpLimiter {
+        IpLimiter { counts: Arc::default(), capacity }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn acquire(&self, ip: IpAddr, max_per_ip: usize) -> Result<IpSlot, Refused> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(ip).or_default();
-        if *count >= max {
-            return None;
+        if counts.total >= self.capacity {
+            return Err(Refused::AtCapacity);
+        }
+        let count = counts.per_ip.entry(ip).or_default();
+        if *count >= max_per_ip {
+            return Err(Refused::PerIp);
         }
         *count += 1;
-        Some(IpSlot { limiter: self.clone(), ip })
+        counts.total += 1;
+        Ok(IpSlot { limiter: self.clone(), ip })
     }
 }
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
         let mut counts = self.limiter.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.ip) {
+        counts.total -= 1;
+        if let Some(count) = counts.per_ip.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
-                counts.remove(&self.ip);
+                counts.per_ip.remove(&self.ip);
             }
         }
     }
+}
+
+/// Descriptors kept for everything but WebSocket sessions: HTTP clients,
+/// Kafka, PostgreSQL and Redis connections, files.
+const FD_RESERVE: u64 = 1024;
+
+/// How many WebSocket sessions fit in the process' descriptor limit: each
+/// takes two (its socket and the duplicate the registry closes it with, see
+/// `http::ws`), and a reserve stays free so that health checks, REST and
+/// the stores still get theirs. Raises the soft limit to the hard one first.
+pub fn session_capacity() -> (usize, u64) {
+    let limit = rlimit::increase_nofile_limit(u64::MAX)
+        .unwrap_or_else(|_| rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft));
+    (usize::try_from(limit.saturating_sub(FD_RESERVE) / 2).unwrap_or(usize::MAX), limit)
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);

@@ -33,7 +33,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use super::error::ApiError;
-use crate::actors::ws_session::{ConnShared, IpLimiter, SessionCommon, WsSession};
+use crate::actors::ws_session::{ConnShared, IpLimiter, Refused, SessionCommon, WsSession};
 use crate::metrics::METRICS;
 use crate::storage::presence::Presence;
 
@@ -75,12 +75,25 @@ async fn upgrade(
     let Some(ip) = request.peer_addr().map(|a| a.ip()) else {
         return Ok(HttpResponse::BadRequest().finish());
     };
-    let Some(slot) = state.limiter.acquire(ip, state.common.settings.max_conns_per_ip) else {
-        METRICS.ws_refused.with_label_values(&["per_ip_limit"]).inc();
-        let message =
-            format!("at most {} WebSocket connections per IP address", state.common.settings.max_conns_per_ip);
-        return Ok(HttpResponse::TooManyRequests()
-            .json(json!({"error": {"code": "too_many_connections", "message": message}})));
+    let slot = match state.limiter.acquire(ip, state.common.settings.max_conns_per_ip) {
+        Ok(slot) => slot,
+        Err(Refused::PerIp) => {
+            METRICS.ws_refused.with_label_values(&["per_ip_limit"]).inc();
+            let message =
+                format!("at most {} WebSocket connections per IP address", state.common.settings.max_conns_per_ip);
+            return Ok(HttpResponse::TooManyRequests()
+                .json(json!({"error": {"code": "too_many_connections", "message": message}})));
+        }
+        Err(Refused::AtCapacity) => {
+            METRICS.ws_refused.with_label_values(&["at_capacity"]).inc();
+            let message = format!(
+                "this instance holds its most WebSocket connections ({}); try another",
+                state.limiter.capacity()
+            );
+            return Ok(HttpResponse::ServiceUnavailable()
+                .insert_header(("Retry-After", "5"))
+                .json(json!({"error": {"code": "at_capacity", "message": message}})));
+        }
     };
     let mut response = ws::handshake(&request)?;
     let socket = request.conn_data::<ConnSocket>().map(|s| s.0.clone());

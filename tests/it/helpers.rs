@@ -148,10 +148,31 @@ pub struct Child {
 
 impl Child {
     pub fn spawn(name: &str, args: &[&str], vars: &[(&str, String)]) -> Child {
+        Child::spawn_command(name, command(args, vars))
+    }
+
+    /// [`Child::spawn`] with the open-file limit (soft and hard) at `files`.
+    pub fn spawn_with_file_limit(name: &str, args: &[&str], vars: &[(&str, String)], files: u64) -> Child {
+        let mut command = command(args, vars);
+        // SAFETY: only setrlimit between fork and exec, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit { rlim_cur: files, rlim_max: files };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        Child::spawn_command(name, command)
+    }
+
+    fn spawn_command(name: &str, mut command: tokio::process::Command) -> Child {
         let log = artifacts().join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let log_start = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
-        let child = command(args, vars)
+        let child = command
             .stdout(Stdio::from(file.try_clone().expect("log file")))
             .stderr(Stdio::from(file))
             .spawn()

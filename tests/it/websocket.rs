@@ -982,3 +982,40 @@ async fn with_many_subscriptions_frames_gather_into_fewer_handoffs_and_none_is_l
     assert!(frames > 2.0 * handoffs, "{frames} frames in {handoffs} handoffs");
     consumer.kill9().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_its_descriptor_capacity_an_instance_refuses_upgrades_and_stays_healthy() {
+    let names = Names::new("it-ws-capacity");
+    let vars = helpers::api_vars(&names, &[]);
+    // 1100 descriptors: 1024 kept in reserve, two per session: 38 sessions.
+    let mut api = Child::spawn_with_file_limit(&format!("{}api", names.topic_prefix), &["api"], &vars, 1100);
+    let port = helpers::logged_port(&api).await;
+    assert!(api.log_text().contains("\"sessions\":38"), "{}", api.log_text());
+    let mut clients = Vec::new();
+    for _ in 0..38 {
+        clients.push(Client::connect(port).await);
+    }
+
+    // Act
+    let refused = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/v1/ws")).await;
+
+    // Assert: a clear refusal, and the instance still answers.
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned();
+            assert!(body.contains("\"at_capacity\""), "{body}");
+        }
+        other => panic!("expected a 503 refusal, got {:?}", other.map(|_| "a session")),
+    }
+    let (status, _) = helpers::http_get(port, "/healthz").await;
+    assert_eq!(status, 200);
+    assert_eq!(metric(port, "swapstream_ws_connections_refused_total{reason=\"at_capacity\"} ").await, 1.0);
+    // A session that ends makes room for the next.
+    drop(clients.pop());
+    eventually("a freed slot takes a new client", Duration::from_secs(10), || async move {
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/v1/ws")).await.is_ok()
+    })
+    .await;
+    assert!(api.terminate(Duration::from_secs(10)).await.success());
+}
