@@ -283,18 +283,14 @@ impl Aggregators {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::swap::tests::minimal_raw;
     use crate::domain::{RawSwap, RawTime};
 
     fn swap(seed: u32, seconds: i64) -> Arc<SwapEvent> {
         let raw = RawSwap {
             tx_hash: Some(format!("0x{seed:064x}")),
             timestamp: Some(RawTime::Unix { seconds: 1_764_057_600 + seconds, nanos: 0 }),
-            token_from: Some("ETH".into()),
-            token_to: Some("USDC".into()),
-            amount_from: Some("1".into()),
-            amount_to: Some("4000".into()),
-            usd_value: Some("4000".into()),
-            ..RawSwap::default()
+            ..minimal_raw()
         };
         Arc::new(raw.validate().unwrap())
     }

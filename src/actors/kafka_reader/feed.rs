@@ -145,19 +145,11 @@ async fn run(redis: RedisStore, mut rx: mpsc::Receiver<Changes>, lost: Lost, log
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{RawSwap, RawTime};
+    use crate::domain::swap::tests::minimal_raw;
+    use crate::domain::RawSwap;
 
     fn swap(seed: u32, to: &str) -> Arc<SwapEvent> {
-        let raw = RawSwap {
-            tx_hash: Some(format!("0x{seed:064x}")),
-            timestamp: Some(RawTime::Unix { seconds: 1_764_057_600, nanos: 0 }),
-            token_from: Some("ETH".into()),
-            token_to: Some(to.into()),
-            amount_from: Some("1".into()),
-            amount_to: Some("4000".into()),
-            usd_value: Some("4000".into()),
-            ..RawSwap::default()
-        };
+        let raw = RawSwap { tx_hash: Some(format!("0x{seed:064x}")), token_to: Some(to.into()), ..minimal_raw() };
         Arc::new(raw.validate().unwrap())
     }
 
