@@ -11,11 +11,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix_rt::{Arbiter, ArbiterHandle};
 use actix_web_actors::ws;
 use chrono::Utc;
 use prometheus::IntCounter;
@@ -43,9 +45,9 @@ pub fn now_ms() -> u64 {
 /// What the session, the registry and the body stream share about one
 /// connection.
 pub struct ConnShared {
-    /// A duplicate of the connection's TCP socket, so the registry can close
-    /// it while the session is frozen (see `http::ws`).
-    pub socket: Option<Arc<socket2::Socket>>,
+    /// The connection's TCP socket, so the registry can close it while the
+    /// session is frozen (see `http::ws`).
+    socket: Option<ConnSocket>,
     /// Bytes handed to the session: the registry adds an estimate when its
     /// `try_send` succeeds, the session corrects it to the exact encoded
     /// size when it writes, and adds its own frames.
@@ -56,8 +58,27 @@ pub struct ConnShared {
     pub last_inbound_ms: AtomicU64,
 }
 
+/// A connection's socket as the registry reaches it: the descriptor actix
+/// owns (no duplicate, so a session costs one descriptor, not two) and the
+/// worker whose thread owns the connection.
+pub struct ConnSocket {
+    /// The descriptor, or -1 once the session is gone. Only the worker's
+    /// thread writes or reads it: the session is dropped on that thread
+    /// together with the connection, so seen from there a descriptor that
+    /// is not -1 is still this connection's, never a reused number.
+    fd: AtomicI32,
+    worker: ArbiterHandle,
+}
+
+impl ConnSocket {
+    /// `fd` of a connection accepted by the worker this is called on.
+    pub fn on_current_worker(fd: RawFd) -> ConnSocket {
+        ConnSocket { fd: AtomicI32::new(fd), worker: Arbiter::current() }
+    }
+}
+
 impl ConnShared {
-    pub fn new(socket: Option<Arc<socket2::Socket>>) -> ConnShared {
+    pub fn new(socket: Option<ConnSocket>) -> ConnShared {
         ConnShared {
             socket,
             handed: AtomicI64::new(0),
@@ -71,13 +92,37 @@ impl ConnShared {
         self.handed.load(Ordering::Acquire) - self.pulled.load(Ordering::Acquire)
     }
 
-    /// Resets the connection at once (`SO_LINGER` 0 makes the last close
-    /// send RST and drop unsent data) and wakes the HTTP layer, whose next
-    /// read or write fails, so it drops the connection and the session.
-    pub fn kill(&self) {
+    /// Resets the connection (`SO_LINGER` 0 makes the last close send RST
+    /// and drop unsent data) and wakes the HTTP layer, whose next read or
+    /// write fails, so it drops the connection and the session. Done on the
+    /// connection's worker, soon; nothing if the session is gone by then.
+    pub fn kill(self: &Arc<Self>) {
+        let Some(socket) = &self.socket else { return };
+        let conn = self.clone();
+        socket.worker.spawn_fn(move || conn.reset_on_worker());
+    }
+
+    fn reset_on_worker(&self) {
+        let Some(socket) = &self.socket else { return };
+        let fd = socket.fd.load(Ordering::Acquire);
+        if fd < 0 {
+            return;
+        }
+        // SAFETY: we are on the thread that owns the connection, and the
+        // session has not been dropped (`fd` is not -1), so neither has the
+        // connection, which is dropped with it on this thread: `fd` is
+        // still open and still this connection's socket, and stays so while
+        // this function runs.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let socket = socket2::SockRef::from(&fd);
+        let _ = socket.set_linger(Some(Duration::ZERO));
+        let _ = socket.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Called as the session is dropped, on the connection's worker.
+    fn forget_socket(&self) {
         if let Some(socket) = &self.socket {
-            let _ = socket.set_linger(Some(Duration::ZERO));
-            let _ = socket.shutdown(std::net::Shutdown::Both);
+            socket.fd.store(-1, Ordering::Release);
         }
     }
 }
@@ -219,13 +264,12 @@ impl Drop for IpSlot {
 const FD_RESERVE: u64 = 1024;
 
 /// How many WebSocket sessions fit in the process' descriptor limit: each
-/// takes two (its socket and the duplicate the registry closes it with, see
-/// `http::ws`), and a reserve stays free so that health checks, REST and
-/// the stores still get theirs. Raises the soft limit to the hard one first.
+/// takes one, and a reserve stays free so that health checks, REST and the
+/// stores still get theirs. Raises the soft limit to the hard one first.
 pub fn session_capacity() -> (usize, u64) {
     let limit = rlimit::increase_nofile_limit(u64::MAX)
         .unwrap_or_else(|_| rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft));
-    (usize::try_from(limit.saturating_sub(FD_RESERVE) / 2).unwrap_or(usize::MAX), limit)
+    (usize::try_from(limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX), limit)
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -498,6 +542,12 @@ impl Actor for WsSession {
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         METRICS.ws_sessions.dec();
         self.common.registry.do_send(Disconnect { id: self.id });
+    }
+}
+
+impl Drop for WsSession {
+    fn drop(&mut self) {
+        self.conn.forget_socket();
     }
 }
 

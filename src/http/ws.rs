@@ -5,9 +5,10 @@
 //! stops reading, the kernel buffers fill, actix stops polling, and the
 //! actor is frozen with its timers. So the decision and the close are the
 //! registry's:
-//! - `on_connect` keeps a duplicate of every accepted TCP socket
-//!   (`SockRef::try_clone`, a `dup` of the descriptor) in the connection's
-//!   extensions, and sets a modest kernel send buffer
+//! - `on_connect` keeps the descriptor number of every accepted TCP socket
+//!   in the connection's extensions (the session keeps it with its worker,
+//!   see `ConnSocket` for why the number stays valid), and sets a modest
+//!   kernel send buffer
 //!   (`SWAPSTREAM_WS_SEND_BUFFER_BYTES`) so a stalled client is noticed
 //!   after kilobytes, not the megabytes the kernel would otherwise buffer;
 //! - the registry adds the size of every frame it hands the session
@@ -17,15 +18,21 @@
 //! - a full mailbox, a difference above `SWAPSTREAM_WS_QUEUE_BYTES`, or a
 //!   difference that does not shrink for `SWAPSTREAM_WS_WRITE_DEADLINE_MS`
 //!   evicts the client: the registry forgets it (its frames are dropped with
-//!   the mailbox), offers close 4008 "slow consumer", and shortly after sets
-//!   `SO_LINGER` 0 and shuts the duplicated socket down. actix's next read or
+//!   the mailbox), offers close 4008 "slow consumer", and shortly after has
+//!   the connection's worker set `SO_LINGER` 0 and shut the socket down
+//!   (on that thread, so the descriptor cannot have been closed and its
+//!   number reused meanwhile; a `dup` would do without the hop but costs a
+//!   second descriptor per session). actix's next read or
 //!   write on the connection fails, it drops the connection and with it the
 //!   session, and the last close sends RST: the connection is really gone
 //!   even though the client never reads again.
 
 use std::any::Any;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
+use actix_rt::net::TcpStream;
+use actix_tls::accept::rustls_0_23::TlsStream;
 use actix_web::dev::Extensions;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
@@ -33,7 +40,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use super::error::ApiError;
-use crate::actors::ws_session::{ConnShared, IpLimiter, Refused, SessionCommon, WsSession};
+use crate::actors::ws_session::{ConnShared, ConnSocket, IpLimiter, Refused, SessionCommon, WsSession};
 use crate::metrics::METRICS;
 use crate::storage::presence::Presence;
 
@@ -44,22 +51,26 @@ pub struct WsState {
     pub limiter: IpLimiter,
 }
 
-/// The duplicated socket of a connection, in its extensions.
-#[derive(Clone)]
-struct ConnSocket(Arc<socket2::Socket>);
+/// The descriptor of a connection's socket, in its extensions.
+#[derive(Clone, Copy)]
+struct SocketFd(RawFd);
 
-/// For `HttpServer::on_connect`: keeps a duplicate of the TCP socket and
-/// sets its send buffer (`send_buffer` bytes; 0 leaves the kernel's).
+/// For `HttpServer::on_connect`: keeps the TCP socket's descriptor and sets
+/// its send buffer (`send_buffer` bytes; 0 leaves the kernel's).
 pub fn on_connect(send_buffer: usize) -> impl Fn(&dyn Any, &mut Extensions) + Send + Sync + Clone + 'static {
     move |connection: &dyn Any, extensions: &mut Extensions| {
-        let Some(stream) = connection.downcast_ref::<actix_rt::net::TcpStream>() else { return };
+        let stream = if let Some(plain) = connection.downcast_ref::<TcpStream>() {
+            plain
+        } else if let Some(tls) = connection.downcast_ref::<TlsStream<TcpStream>>() {
+            tls.get_ref().0
+        } else {
+            return;
+        };
         let socket = socket2::SockRef::from(stream);
         if send_buffer > 0 {
             let _ = socket.set_send_buffer_size(send_buffer);
         }
-        if let Ok(duplicate) = socket.try_clone() {
-            extensions.insert(ConnSocket(Arc::new(duplicate)));
-        }
+        extensions.insert(SocketFd(stream.as_raw_fd()));
     }
 }
 
@@ -96,7 +107,7 @@ async fn upgrade(
         }
     };
     let mut response = ws::handshake(&request)?;
-    let socket = request.conn_data::<ConnSocket>().map(|s| s.0.clone());
+    let socket = request.conn_data::<SocketFd>().map(|fd| ConnSocket::on_current_worker(fd.0));
     let conn = Arc::new(ConnShared::new(socket));
     let session = WsSession::new(state.common.clone(), conn.clone(), slot);
     // Frames up to 4x the limit are read and answered with an error frame;

@@ -447,3 +447,46 @@ pub fn api_vars(names: &Names, extra: &[(&'static str, &str)]) -> Vec<(&'static 
     }
     vars
 }
+
+/// A self-signed certificate for `localhost`, written as PEM files, and a
+/// client configuration that trusts it and nothing else.
+pub struct SelfSigned {
+    pub cert_path: String,
+    pub key_path: String,
+    pub client: std::sync::Arc<rustls::ClientConfig>,
+    _dir: tempfile::TempDir,
+}
+
+impl SelfSigned {
+    pub fn localhost() -> SelfSigned {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+        std::fs::write(&key_path, certified.key_pair.serialize_pem()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certified.cert.der().clone()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        SelfSigned {
+            cert_path: cert_path.display().to_string(),
+            key_path: key_path.display().to_string(),
+            client: std::sync::Arc::new(client),
+            _dir: dir,
+        }
+    }
+
+    /// The server's variables: TLS on the API port, probes and metrics on
+    /// a plain port of their own (logged as `health_port`).
+    pub fn server_vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SWAPSTREAM_HTTP_TLS_CERT", self.cert_path.clone()),
+            ("SWAPSTREAM_HTTP_TLS_KEY", self.key_path.clone()),
+            ("SWAPSTREAM_HTTP_HEALTH_ADDR", "127.0.0.1:0".into()),
+        ]
+    }
+}

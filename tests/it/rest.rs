@@ -421,36 +421,23 @@ async fn two_replicas_share_one_rate_limit_through_redis() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_serves_the_api_and_probes_stay_on_plain_http() {
-    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let names = Names::new("it-rest-tls");
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
-    std::fs::write(&key_path, certified.key_pair.serialize_pem()).unwrap();
-    let (cert, key) = (cert_path.display().to_string(), key_path.display().to_string());
+    let tls = helpers::SelfSigned::localhost();
+    let (cert, key) = (tls.cert_path.as_str(), tls.key_path.as_str());
     let vars = api_vars(
         &names,
         &[
-            ("SWAPSTREAM_HTTP_TLS_CERT", &cert),
-            ("SWAPSTREAM_HTTP_TLS_KEY", &key),
+            ("SWAPSTREAM_HTTP_TLS_CERT", cert),
+            ("SWAPSTREAM_HTTP_TLS_KEY", key),
             ("SWAPSTREAM_HTTP_HEALTH_ADDR", "127.0.0.1:0"),
         ],
     );
     let (mut api, port) = start_api(&format!("{}api", names.topic_prefix), &vars).await;
     let health_port = logged_number(&api, "health_port").await;
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(certified.cert.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await.expect("TLS handshake with the generated certificate");

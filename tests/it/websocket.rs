@@ -416,11 +416,24 @@ fn rss_kib(pid: i32) -> u64 {
 /// A client that completes the handshake, subscribes, and never reads
 /// again; its receive buffer is small, so the server's side fills quickly.
 fn stalled_client(port: u16, channel: &str) -> std::net::TcpStream {
+    let mut stream = small_window_socket(port);
+    upgrade_and_subscribe(&mut stream, port, channel);
+    stream
+}
+
+/// A TCP connection whose receive window is small, so a client that stops
+/// reading stalls the server's writes after a few kilobytes.
+fn small_window_socket(port: u16) -> std::net::TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     socket.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into()).unwrap();
-    let mut stream: std::net::TcpStream = socket.into();
+    let stream: std::net::TcpStream = socket.into();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+}
+
+/// The WebSocket handshake and one subscribe request, by hand.
+fn upgrade_and_subscribe(stream: &mut (impl Read + Write), port: u16, channel: &str) {
     let request = format!(
         "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -434,7 +447,31 @@ fn stalled_client(port: u16, channel: &str) -> std::net::TcpStream {
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
     stream.write_all(&masked_text(&json!({"op": "subscribe", "channels": [channel]}).to_string())).unwrap();
-    stream
+    stream.flush().unwrap();
+}
+
+/// Reads an evicted client's connection: what was buffered, then its end
+/// (EOF or an error). False if it is still open: reads time out, or more
+/// keeps coming than any buffer could hold.
+async fn reads_to_its_end(mut stream: impl Read + Send + 'static) -> (bool, usize) {
+    let reading = tokio::task::spawn_blocking(move || {
+        let mut buffered = 0usize;
+        let mut chunk = [0u8; 65536];
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => return (true, buffered),
+                Ok(n) => buffered += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                    return (false, buffered)
+                }
+                Err(_) => return (true, buffered),
+            }
+            if buffered > 4 << 20 {
+                return (false, buffered);
+            }
+        }
+    });
+    reading.await.unwrap()
 }
 
 /// A client-to-server text frame (masked, as the protocol requires).
@@ -487,7 +524,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_others_get_everythi
     }
     let rss_before = rss_kib(pid);
     let stalled_at = Instant::now();
-    let mut stalled = stalled_client(port, "token:ETH");
+    let stalled = stalled_client(port, "token:ETH");
 
     let took = loop {
         let evictions = metric(port, "swapstream_ws_evictions_total{reason=\"write_deadline\"}").await
@@ -504,26 +541,15 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_others_get_everythi
     };
     println!("stalled client disconnected {took:?} after it stopped reading (deadline {deadline:?})");
 
-    // Its TCP connection is really closed: reading drains what was
-    // buffered, then ends (EOF or reset) instead of waiting for more.
-    let reading = tokio::task::spawn_blocking(move || {
-        let mut buffered = 0usize;
-        let mut chunk = [0u8; 65536];
-        loop {
-            match stalled.read(&mut chunk) {
-                Ok(0) => return (true, buffered),
-                Ok(n) => buffered += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
-                    return (false, buffered)
-                }
-                Err(_) => return (true, buffered),
-            }
-            if buffered > 4 << 20 {
-                return (false, buffered);
-            }
-        }
-    });
-    let (closed, buffered) = reading.await.unwrap();
+    // Its TCP connection is really closed: the server drops it while the
+    // client still does not read (a close frame alone would wait for it
+    // forever), and reading drains what was buffered, then ends (EOF or
+    // reset) instead of waiting for more.
+    eventually("the server drops the stalled connection", Duration::from_secs(10), || async move {
+        metric(port, "swapstream_ws_sessions").await == 1.0
+    })
+    .await;
+    let (closed, buffered) = reads_to_its_end(stalled).await;
     assert!(closed, "the evicted client's connection is still open after {buffered} bytes");
 
     let truth = producing.await.unwrap();
@@ -542,6 +568,49 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_others_get_everythi
     assert!(rss_after < 400 * 1024, "RSS {rss_after} KiB");
     assert!(rss_after < rss_before + 100 * 1024, "RSS grew from {rss_before} to {rss_after} KiB");
     assert_eq!(metric(port, "swapstream_ws_sessions").await, 1.0, "only the healthy session is left");
+    consumer.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_tls_a_client_that_stops_reading_is_disconnected_too() {
+    let brokers = require_broker();
+    let names = Names::new("it-ws-slow-tls");
+    let tls = helpers::SelfSigned::localhost();
+    let mut vars = consumer_vars(&names, &brokers, "a");
+    vars.push(("SWAPSTREAM_WS_WRITE_DEADLINE_MS", "1000".into()));
+    vars.push(("SWAPSTREAM_WS_SEND_BUFFER_BYTES", "16384".into()));
+    vars.extend(tls.server_vars());
+    let (mut consumer, port) = start_consumer(&names, &vars, "a").await;
+    let plain = helpers::logged_number(&consumer, "health_port").await;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connection = rustls::ClientConnection::new(tls.client.clone(), name).unwrap();
+    let mut stalled = rustls::StreamOwned::new(connection, small_window_socket(port));
+    upgrade_and_subscribe(&mut stalled, port, "token:ETH");
+    assert_eq!(metric(plain, "swapstream_ws_sessions").await, 1.0);
+
+    // Act: the channel gets busy; the client never reads.
+    let producing = tokio::spawn({
+        let (brokers, names) = (brokers.clone(), names.clone());
+        async move { helpers::produce(&brokers, &names, 3000, &stream_vars("120000")).await }
+    });
+
+    // Assert: evicted, and the TLS connection really closed under it.
+    eventually("the stalled TLS client is evicted", Duration::from_secs(60), || async move {
+        metric(plain, "swapstream_ws_evictions_total{reason=\"write_deadline\"}").await
+            + metric(plain, "swapstream_ws_evictions_total{reason=\"queue_full\"}").await
+            + metric(plain, "swapstream_ws_evictions_total{reason=\"queue_bytes\"}").await
+            >= 1.0
+    })
+    .await;
+    // The server lets go while the client still does not read (a close
+    // frame alone would wait for it forever), then the client sees the end.
+    eventually("the server drops the stalled connection", Duration::from_secs(10), || async move {
+        metric(plain, "swapstream_ws_sessions").await == 0.0
+    })
+    .await;
+    let (closed, buffered) = reads_to_its_end(stalled).await;
+    assert!(closed, "the evicted TLS client's connection is still open after {buffered} bytes");
+    producing.await.unwrap();
     consumer.kill9().await;
 }
 
@@ -987,12 +1056,12 @@ async fn with_many_subscriptions_frames_gather_into_fewer_handoffs_and_none_is_l
 async fn past_its_descriptor_capacity_an_instance_refuses_upgrades_and_stays_healthy() {
     let names = Names::new("it-ws-capacity");
     let vars = helpers::api_vars(&names, &[]);
-    // 1100 descriptors: 1024 kept in reserve, two per session: 38 sessions.
-    let mut api = Child::spawn_with_file_limit(&format!("{}api", names.topic_prefix), &["api"], &vars, 1100);
+    // 1064 descriptors: 1024 kept in reserve, one per session: 40 sessions.
+    let mut api = Child::spawn_with_file_limit(&format!("{}api", names.topic_prefix), &["api"], &vars, 1064);
     let port = helpers::logged_port(&api).await;
-    assert!(api.log_text().contains("\"sessions\":38"), "{}", api.log_text());
+    assert!(api.log_text().contains("\"sessions\":40"), "{}", api.log_text());
     let mut clients = Vec::new();
-    for _ in 0..38 {
+    for _ in 0..40 {
         clients.push(Client::connect(port).await);
     }
 
