@@ -4,26 +4,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::Utc;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message};
 
-use crate::helpers::{from_postgres, http_get, logged_port, require_broker, unique, wait_checkpointed, Child, Names};
-
-fn swap_json(hash: u8, seconds_from_now: i64, status: &str, amount_from: &str, token_from: &str) -> Vec<u8> {
-    let time = Utc::now() + chrono::Duration::seconds(seconds_from_now);
-    serde_json::json!({
-        "tx_hash": format!("0x{}", format!("{hash:02x}").repeat(32)),
-        "timestamp": swapstream::domain::swap::format_time(time),
-        "status": status,
-        "token_from": token_from, "token_to": "USDC",
-        "amount_from": amount_from, "amount_to": "4000.5", "usd_value": "4000.5",
-    })
-    .to_string()
-    .into_bytes()
-}
+use crate::helpers::{
+    from_postgres, http_get, logged_port, require_broker, swap_json, unique, wait_checkpointed, Child, Names,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_dead_lettered_with_its_reason_and_good_input_counts() {

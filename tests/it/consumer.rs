@@ -112,6 +112,48 @@ async fn a_checkpoint_stuck_in_postgres_does_not_hold_up_sigterm_and_is_read_aga
     consumer.kill9().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn pending_swaps_are_counted_over_all_of_a_keys_partitions() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let brokers = require_broker();
+    let names = Names::new("it-pending-gauge");
+    let topic = format!("{}ETH", names.topic_prefix);
+    let settings = names.settings(&[("SWAPSTREAM_KAFKA_PARTITIONS", "4"), ("SWAPSTREAM_KAFKA_DLQ_TOPIC", &names.dlq)]);
+    swapstream::kafka::create_topics(
+        &settings.kafka,
+        &brokers,
+        std::slice::from_ref(&topic),
+        &swapstream::telemetry::discard(),
+    )
+    .await
+    .expect("creating the topic");
+    let producer: FutureProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    // Five swaps left pending, over the four partitions of ETH's topic.
+    for (hash, partition) in [(1u8, 0), (2, 0), (3, 1), (4, 2), (5, 3)] {
+        let payload = helpers::swap_json(hash, -5, "pending", "1", "ETH");
+        let record = FutureRecord::to(&topic).partition(partition).key("k").payload(&payload);
+        producer.send(record, Duration::from_secs(10)).await.unwrap();
+    }
+
+    let mut consumer = Child::spawn(&names.schema, &["consumer"], &consumer_vars(&names, &brokers));
+    wait_checkpointed(&names, 5, Duration::from_secs(60)).await;
+
+    let port = helpers::logged_port(&consumer).await;
+    for key in ["token:ETH", "pair:ETH-USDC"] {
+        let line = format!("swapstream_pending_swaps{{key=\"{key}\"}} 5");
+        eventually(&format!("{line} in the metrics"), Duration::from_secs(10), || {
+            let line = line.clone();
+            async move { helpers::http_get(port, "/metrics").await.1.lines().any(|l| l == line) }
+        })
+        .await;
+    }
+    let (status, body) = helpers::http_get(port, "/v1/tokens/ETH/stats").await;
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["pending"], 5, "{body}");
+    consumer.kill9().await;
+}
+
 /// The `/v1` endpoints answer with the ground truth's values.
 async fn check_rest(consumer: &Child, truth: &swapstream::producer::ground_truth::GroundTruthFile) {
     let port = helpers::logged_port(consumer).await;

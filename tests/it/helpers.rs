@@ -490,3 +490,18 @@ impl SelfSigned {
         ]
     }
 }
+
+/// A swap event as JSON: `0x` and `hash` 32 times as its hash, its
+/// timestamp `seconds_from_now`, `token_from` to USDC.
+pub fn swap_json(hash: u8, seconds_from_now: i64, status: &str, amount_from: &str, token_from: &str) -> Vec<u8> {
+    let time = Utc::now() + chrono::Duration::seconds(seconds_from_now);
+    serde_json::json!({
+        "tx_hash": format!("0x{}", format!("{hash:02x}").repeat(32)),
+        "timestamp": swapstream::domain::swap::format_time(time),
+        "status": status,
+        "token_from": token_from, "token_to": "USDC",
+        "amount_from": amount_from, "amount_to": "4000.5", "usd_value": "4000.5",
+    })
+    .to_string()
+    .into_bytes()
+}

@@ -10,7 +10,7 @@
 //! events wait here. After each commit it moves Kafka's committed offsets
 //! (lag monitoring) and hands the live values to the Redis writer.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use super::poll::ReaderContext;
 use crate::domain::partial::AggKey;
 use crate::metrics::METRICS;
 use crate::storage::postgres::{Checkpoint, Fenced, PgStore};
+use crate::stream::Tp;
 
 /// One or more batches' checkpoint, merged in order.
 struct Pending {
@@ -48,6 +49,8 @@ enum Job {
     Checkpoint(Pending),
     /// Live values to write in full (after an assign or a Redis flush).
     Live(Vec<LivePartial>),
+    /// These partitions left this instance.
+    Forget(Vec<Tp>),
     /// Answered once everything queued before it is done.
     Barrier(oneshot::Sender<()>),
 }
@@ -83,6 +86,7 @@ impl Committer {
         arbiter.spawn(async move {
             let mut next: Option<Job> = None;
             let mut last_store = Instant::now();
+            let mut pending_gauge = PendingGauge::default();
             loop {
                 let job = match next.take() {
                     Some(job) => job,
@@ -116,9 +120,15 @@ impl Committer {
                             }
                         }
                         last_store = Instant::now();
-                        checkpoint(&parts, pending).await;
+                        checkpoint(&parts, pending, &mut pending_gauge).await;
                     }
-                    Job::Live(partials) => parts.live.send(partials, Vec::new()).await,
+                    Job::Live(partials) => {
+                        for p in &partials {
+                            pending_gauge.record(&p.key, &p.tp, p.pending);
+                        }
+                        parts.live.send(partials, Vec::new()).await
+                    }
+                    Job::Forget(tps) => pending_gauge.forget(&tps),
                     Job::Barrier(done) => {
                         let _ = done.send(());
                     }
@@ -141,6 +151,12 @@ impl Committer {
         let _ = self.tx.send(Job::Live(partials));
     }
 
+    /// After the checkpoints queued so far: `tps` are no longer this
+    /// instance's.
+    pub fn forget(&self, tps: Vec<Tp>) {
+        let _ = self.tx.send(Job::Forget(tps));
+    }
+
     /// Waits until every checkpoint queued so far is stored (or fenced).
     pub async fn barrier(&self) {
         let (done, wait) = oneshot::channel();
@@ -156,7 +172,7 @@ impl Committer {
 }
 
 /// Stores one (merged) checkpoint; then Kafka's offsets and the live state.
-async fn checkpoint(parts: &CommitterParts, pending: Pending) {
+async fn checkpoint(parts: &CommitterParts, pending: Pending, gauge: &mut PendingGauge) {
     let started = Instant::now();
     if !store(&parts.pg, &pending.checkpoint, &parts.log).await {
         return;
@@ -165,7 +181,7 @@ async fn checkpoint(parts: &CommitterParts, pending: Pending) {
     METRICS.checkpoint_seconds.observe(stored.as_secs_f64());
     METRICS.checkpoint_events.observe(pending.events as f64);
     commit_offsets(&parts.consumer, &pending.checkpoint, &parts.log);
-    publish(&parts.live, pending.checkpoint).await;
+    publish(&parts.live, pending.checkpoint, gauge).await;
     debug!(parts.log, "checkpoint"; "events" => pending.events, "batches" => pending.batches,
         "store_ms" => stored.as_millis(), "publish_ms" => (started.elapsed() - stored).as_millis());
 }
@@ -206,13 +222,13 @@ fn commit_offsets(consumer: &BaseConsumer<ReaderContext>, checkpoint: &Checkpoin
 
 /// After the commit: live state to Redis, and every changed key announced
 /// (its swaps went out before the checkpoint, see `feed`).
-async fn publish(live: &LiveWriter, checkpoint: Checkpoint) {
+async fn publish(live: &LiveWriter, checkpoint: Checkpoint, gauge: &mut PendingGauge) {
     let mut changed: BTreeSet<AggKey> = BTreeSet::new();
     let partials: Vec<LivePartial> = checkpoint
         .partials
         .into_iter()
         .map(|(key, tp, delta)| {
-            METRICS.pending.with_label_values(&[&key.to_string()]).set(delta.pending);
+            gauge.record(&key, &tp, delta.pending);
             changed.insert(key.clone());
             LivePartial {
                 key,
@@ -225,4 +241,62 @@ async fn publish(live: &LiveWriter, checkpoint: Checkpoint) {
         })
         .collect();
     live.send(partials, changed.into_iter().collect()).await;
+}
+
+/// `swapstream_pending_swaps` per key: the sum over this instance's
+/// partitions, each of which holds its own pending count of the key (a
+/// pair's swaps come from both tokens' topics, a token's from every
+/// partition of its topic).
+#[derive(Default)]
+struct PendingGauge {
+    by_key: HashMap<AggKey, HashMap<Tp, i64>>,
+}
+
+impl PendingGauge {
+    fn record(&mut self, key: &AggKey, tp: &Tp, pending: i64) {
+        let parts = self.by_key.entry(key.clone()).or_default();
+        parts.insert(tp.clone(), pending);
+        Self::show(key, parts);
+    }
+
+    fn forget(&mut self, tps: &[Tp]) {
+        self.by_key.retain(|key, parts| {
+            let before = parts.len();
+            parts.retain(|tp, _| !tps.contains(tp));
+            if parts.len() != before {
+                Self::show(key, parts);
+            }
+            !parts.is_empty()
+        });
+    }
+
+    fn show(key: &AggKey, parts: &HashMap<Tp, i64>) {
+        METRICS.pending.with_label_values(&[&key.to_string()]).set(parts.values().sum());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(partition: i32) -> Tp {
+        Tp { topic: "swaps.ETH".into(), partition }
+    }
+
+    #[test]
+    fn the_pending_gauge_sums_partitions_and_drops_the_ones_that_leave() {
+        let mut gauge = PendingGauge::default();
+        let key = AggKey::parse("token:GAUGETEST").unwrap();
+        let shown = || METRICS.pending.with_label_values(&[&key.to_string()]).get();
+        gauge.record(&key, &tp(0), 3);
+        gauge.record(&key, &tp(1), 4);
+        assert_eq!(shown(), 7);
+        gauge.record(&key, &tp(0), 1);
+        assert_eq!(shown(), 5);
+        gauge.forget(&[tp(1)]);
+        assert_eq!(shown(), 1);
+        gauge.forget(&[tp(0)]);
+        assert_eq!(shown(), 0);
+        assert!(gauge.by_key.is_empty());
+    }
 }

@@ -263,6 +263,7 @@ impl Core {
         self.aggregators.remove_owned(&tps);
         let sends = self.aggregators.all().into_iter().map(|(_, addr)| addr.send(Forget(tps.clone())));
         join_all(sends).await;
+        self.committer.forget(tps);
     }
 
     fn rewind(&mut self, why: &str) {
