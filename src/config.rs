@@ -94,6 +94,7 @@ variables! {
     "SWAPSTREAM_RATE_LIMIT_STORE", "local", "`local`: each process keeps its own buckets; `redis`: buckets live in Redis, so every replica shares one limit per client.";
     "SWAPSTREAM_WS_QUEUE_MESSAGES", "64", "Outbound queue of one WebSocket session, in messages (a message holds the frames of one update); a client whose queue is full is disconnected as a slow consumer (1 to 100000).";
     "SWAPSTREAM_WS_QUEUE_BYTES", "1048576", "Outbound bytes of one WebSocket session not yet taken by the HTTP layer; past this the client is disconnected as a slow consumer (4096 to 1073741824).";
+    "SWAPSTREAM_WS_QUEUE_TOTAL_BYTES", "268435456", "Outbound bytes of all WebSocket sessions of a process not yet taken by the HTTP layer; past this the clients with the most waiting are disconnected as slow consumers until the rest fits, so clients that read, but too slowly, cannot take the process' memory (65536 to 1099511627776).";
     "SWAPSTREAM_WS_WRITE_DEADLINE_MS", "3000", "Longest time a WebSocket session's outbound bytes may wait unwritten before the client is disconnected as a slow consumer (100 to 60000).";
     "SWAPSTREAM_WS_SEND_BUFFER_BYTES", "65536", "Kernel send buffer of each accepted HTTP connection (`SO_SNDBUF`), so a client that stops reading is noticed after this much rather than the kernel's autotuned megabytes; 0 keeps the kernel's default.";
     "SWAPSTREAM_WS_STATS_INTERVAL_MS", "1000", "Shortest interval between two `stats` frames of one channel (50 to 600000).";
@@ -262,6 +263,7 @@ pub struct RateLimit {
 pub struct WsSettings {
     pub queue_messages: usize,
     pub queue_bytes: usize,
+    pub queue_total_bytes: u64,
     pub write_deadline: Duration,
     pub send_buffer_bytes: usize,
     pub stats_interval: Duration,
@@ -480,6 +482,7 @@ impl Settings {
         let ws = WsSettings {
             queue_messages: env.number("SWAPSTREAM_WS_QUEUE_MESSAGES", 1, 100_000),
             queue_bytes: env.number("SWAPSTREAM_WS_QUEUE_BYTES", 4096, 1 << 30),
+            queue_total_bytes: env.number("SWAPSTREAM_WS_QUEUE_TOTAL_BYTES", 65_536, 1 << 40),
             write_deadline: Duration::from_millis(env.number("SWAPSTREAM_WS_WRITE_DEADLINE_MS", 100, 60_000)),
             send_buffer_bytes: env.number("SWAPSTREAM_WS_SEND_BUFFER_BYTES", 0, 1 << 30),
             stats_interval: Duration::from_millis(env.number("SWAPSTREAM_WS_STATS_INTERVAL_MS", 50, 600_000)),

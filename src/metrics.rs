@@ -172,7 +172,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         .expect("metric"),
         ws_evictions: register_int_counter_vec_with_registry!(
             "ws_evictions_total",
-            "WebSocket clients disconnected by the server, by reason (queue_full, queue_bytes, write_deadline, ping_timeout)",
+            "WebSocket clients disconnected by the server, by reason (queue_full, queue_bytes, total_bytes, write_deadline, ping_timeout)",
             &["reason"],
             r
         )

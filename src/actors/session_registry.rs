@@ -18,7 +18,9 @@
 //! with `try_send` into a capped mailbox and counts the bytes; the session's
 //! response body counts what the HTTP layer pulled. A full mailbox, more
 //! outstanding bytes than the cap, or outstanding bytes without progress for
-//! the write deadline mean a stalled client: the registry evicts it here,
+//! the write deadline mean a stalled client, and when all sessions together
+//! hold more than their total budget, the clients with the most waiting are
+//! the slow ones: the registry evicts them here,
 //! with close code 4008 when the session can still send it, and resets its
 //! TCP connection itself (see `http::ws` for why that cannot be left to the
 //! session). The same sweep drops peers silent for longer than the ping
@@ -419,6 +421,13 @@ impl SessionRegistry {
                 evicted.push((*id, "ping_timeout"));
             }
         }
+        let budget = i64::try_from(self.settings.queue_total_bytes).unwrap_or(i64::MAX);
+        let waiting = self
+            .sessions
+            .iter()
+            .filter(|(id, _)| !evicted.iter().any(|(e, _)| e == *id))
+            .map(|(id, session)| (*id, session.conn.outstanding()));
+        evicted.extend(most_waiting_over(waiting, budget).into_iter().map(|id| (id, "total_bytes")));
         for (id, reason) in evicted {
             self.evict(id, reason, ctx);
         }
@@ -688,5 +697,41 @@ impl Handler<Shutdown> for SessionRegistry {
                 }
             }),
         )
+    }
+}
+
+/// The sessions to drop so that the bytes waiting for the rest fit in
+/// `budget`: the ones with the most waiting first.
+fn most_waiting_over(waiting: impl Iterator<Item = (u64, i64)>, budget: i64) -> Vec<u64> {
+    let mut waiting: Vec<(u64, i64)> = waiting.filter(|(_, bytes)| *bytes > 0).collect();
+    let mut total: i64 = waiting.iter().map(|(_, bytes)| bytes).sum();
+    if total <= budget {
+        return Vec::new();
+    }
+    waiting.sort_unstable_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+    let mut dropped = Vec::new();
+    for (id, bytes) in waiting {
+        if total <= budget {
+            break;
+        }
+        total -= bytes;
+        dropped.push(id);
+    }
+    dropped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn over_the_total_budget_the_sessions_with_most_waiting_go_first() {
+        let waiting = || [(1, 100), (2, 5000), (3, 0), (4, 3000), (5, -20)].into_iter();
+        assert_eq!(most_waiting_over(waiting(), 10_000), Vec::<u64>::new());
+        assert_eq!(most_waiting_over(waiting(), 8100), Vec::<u64>::new());
+        assert_eq!(most_waiting_over(waiting(), 8099), vec![2]);
+        assert_eq!(most_waiting_over(waiting(), 3100), vec![2]);
+        assert_eq!(most_waiting_over(waiting(), 2999), vec![2, 4]);
+        assert_eq!(most_waiting_over(waiting(), 0), vec![2, 4, 1]);
     }
 }

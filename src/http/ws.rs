@@ -15,9 +15,10 @@
 //!   (`try_send` into a mailbox capped at `SWAPSTREAM_WS_QUEUE_MESSAGES`),
 //!   and the session's body stream, wrapped here, adds every byte actix
 //!   pulls from it; the difference is what waits for this client;
-//! - a full mailbox, a difference above `SWAPSTREAM_WS_QUEUE_BYTES`, or a
-//!   difference that does not shrink for `SWAPSTREAM_WS_WRITE_DEADLINE_MS`
-//!   evicts the client: the registry forgets it (its frames are dropped with
+//! - a full mailbox, a difference above `SWAPSTREAM_WS_QUEUE_BYTES`, a
+//!   difference that does not shrink for `SWAPSTREAM_WS_WRITE_DEADLINE_MS`,
+//!   or one of the largest while all sessions' differences together exceed
+//!   `SWAPSTREAM_WS_QUEUE_TOTAL_BYTES` evicts the client: the registry forgets it (its frames are dropped with
 //!   the mailbox), offers close 4008 "slow consumer", and shortly after has
 //!   the connection's worker set `SO_LINGER` 0 and shut the socket down
 //!   (on that thread, so the descriptor cannot have been closed and its

@@ -572,6 +572,53 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_others_get_everythi
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn past_the_total_queue_budget_the_clients_with_most_waiting_go_and_the_others_get_everything() {
+    let brokers = require_broker();
+    let names = Names::new("it-ws-budget");
+    let mut vars = consumer_vars(&names, &brokers, "a");
+    vars.extend([
+        // Neither the per-session limits nor the deadline may act first.
+        ("SWAPSTREAM_WS_WRITE_DEADLINE_MS", "60000".into()),
+        ("SWAPSTREAM_WS_QUEUE_MESSAGES", "100000".into()),
+        ("SWAPSTREAM_WS_QUEUE_TOTAL_BYTES", "65536".into()),
+        ("SWAPSTREAM_WS_SEND_BUFFER_BYTES", "16384".into()),
+    ]);
+    let (mut consumer, port) = start_consumer(&names, &vars, "a").await;
+    let mut healthy = Client::connect(port).await;
+    healthy.subscribe(&["token:ETH"]).await;
+    let mut healthy = healthy.drain();
+    let stalled = [stalled_client(port, "token:ETH"), stalled_client(port, "token:ETH")];
+    assert_eq!(metric(port, "swapstream_ws_sessions").await, 3.0);
+
+    // Act
+    let truth = helpers::produce(&brokers, &names, 3000, &stream_vars("120000")).await;
+
+    // Assert: both stalled clients are dropped for the budget, while they
+    // still do not read; the healthy one gets every state.
+    eventually("both stalled clients are evicted for the total budget", Duration::from_secs(30), || async move {
+        metric(port, "swapstream_ws_evictions_total{reason=\"total_bytes\"}").await == 2.0
+            && metric(port, "swapstream_ws_sessions").await == 1.0
+    })
+    .await;
+    for other in ["queue_full", "queue_bytes", "write_deadline"] {
+        let line = format!("swapstream_ws_evictions_total{{reason=\"{other}\"}}");
+        assert_eq!(metric(port, &line).await, 0.0, "{other}");
+    }
+    let mut received = Received::new();
+    let totals = &truth.expected["tokens"]["ETH"]["totals"];
+    while received.last_stats.as_ref().map(|s| &s["totals"]) != Some(totals) {
+        let frame = healthy.frame().await;
+        received.take(&frame, "token:ETH", "ETH");
+    }
+    while let Ok(frame) = tokio::time::timeout(QUIET, healthy.frame()).await {
+        received.take(&frame, "token:ETH", "ETH");
+    }
+    assert_eq!(received.states, expected_states(&truth, "ETH"), "the healthy client missed swaps");
+    drop(stalled);
+    consumer.kill9().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn over_tls_a_client_that_stops_reading_is_disconnected_too() {
     let brokers = require_broker();
     let names = Names::new("it-ws-slow-tls");
