@@ -221,6 +221,17 @@ impl Received {
             self.take(&frame, channel, token);
         }
     }
+    /// [`Self::until_final`] from a [`Drained`] client.
+    async fn until_final_drained(&mut self, client: &mut Drained, truth: &GroundTruthFile, channel: &str, token: &str) {
+        let totals = &truth.expected["tokens"][token]["totals"];
+        while self.last_stats.as_ref().map(|s| &s["totals"]) != Some(totals) {
+            let frame = client.frame().await;
+            self.take(&frame, channel, token);
+        }
+        while let Ok(frame) = tokio::time::timeout(QUIET, client.frame()).await {
+            self.take(&frame, channel, token);
+        }
+    }
 }
 
 fn stream_vars(rate: &str) -> Vec<(&'static str, String)> {
@@ -553,15 +564,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_others_get_everythi
     assert!(closed, "the evicted client's connection is still open after {buffered} bytes");
 
     let truth = producing.await.unwrap();
-    let totals = &truth.expected["tokens"]["ETH"]["totals"];
-    while received.last_stats.as_ref().map(|s| &s["totals"]) != Some(totals) {
-        let frame = healthy.frame().await;
-        received.take(&frame, "token:ETH", "ETH");
-    }
-    // The last swap frames may follow the final stats (see `until_final`).
-    while let Ok(frame) = tokio::time::timeout(QUIET, healthy.frame()).await {
-        received.take(&frame, "token:ETH", "ETH");
-    }
+    received.until_final_drained(&mut healthy, &truth, "token:ETH", "ETH").await;
     assert_eq!(received.states, expected_states(&truth, "ETH"), "the healthy client missed swaps");
     let rss_after = rss_kib(pid);
     println!("consumer RSS {rss_before} KiB before the stalled client, {rss_after} KiB at the end");
@@ -608,14 +611,7 @@ async fn past_the_total_queue_budget_the_client_with_most_waiting_goes_and_the_o
         assert_eq!(metric(port, &line).await, 0.0, "{other}");
     }
     let mut received = Received::new();
-    let totals = &truth.expected["tokens"]["ETH"]["totals"];
-    while received.last_stats.as_ref().map(|s| &s["totals"]) != Some(totals) {
-        let frame = healthy.frame().await;
-        received.take(&frame, "token:ETH", "ETH");
-    }
-    while let Ok(frame) = tokio::time::timeout(QUIET, healthy.frame()).await {
-        received.take(&frame, "token:ETH", "ETH");
-    }
+    received.until_final_drained(&mut healthy, &truth, "token:ETH", "ETH").await;
     assert_eq!(received.states, expected_states(&truth, "ETH"), "the healthy client missed swaps");
     drop(stalled);
     consumer.kill9().await;
