@@ -3,7 +3,7 @@
 //! from each swap's event timestamp to its receipt by a client (p50, p99),
 //! and the server's resident memory per idle connection.
 //!
-//! `cargo bench --bench websocket -- [CLIENTS...] [--rate SWAPS_PER_S] [--secs S] [--one-channel] [--noida] [--debug-log]`
+//! `cargo bench --bench websocket -- [CLIENTS...] [--rate SWAPS_PER_S] [--secs S] [--one-channel] [--noida] [--debug-log] [--set NAME=VALUE]...`
 //! (defaults: 1000 and 10000 clients, 1000 swaps/s, i.e. 2000 events/s as
 //! each swap is a pending and a terminal event, 20 s per run) with
 //! PostgreSQL and Redis up (`scripts/services up`). The broker is
@@ -13,7 +13,8 @@
 //! round-robin to every token and pair channel, or all to `token:ETH` with
 //! `--one-channel`. `--debug-log` runs the consumer at log level `debug`
 //! (a line per batch and per checkpoint); the consumer's log path is
-//! printed. Prints a Markdown table row per run for docs/BENCHMARKS.md.
+//! printed. `--set SWAPSTREAM_...=VALUE` (repeatable) passes a setting to
+//! the consumer. Prints a Markdown table row per run for docs/BENCHMARKS.md.
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
@@ -217,13 +219,14 @@ fn stalls(latencies: &[(u32, i64)]) -> String {
 }
 
 /// What every run of one invocation shares.
-#[derive(Clone, Copy)]
 struct Options {
     swaps_per_s: u64,
     secs: u64,
     one_channel: bool,
     noida: bool,
     debug_log: bool,
+    /// `--set NAME=VALUE`: settings of the consumer beyond the bench's own.
+    consumer_env: Vec<(String, String)>,
 }
 
 struct Run {
@@ -241,7 +244,7 @@ struct Run {
 // Connecting yields each client's reader task, joined after the measurement.
 #[allow(clippy::async_yields_async)]
 fn run(clients: usize, options: &Options) -> Run {
-    let Options { swaps_per_s, secs, one_channel, noida, debug_log } = *options;
+    let Options { swaps_per_s, secs, one_channel, noida, debug_log, ref consumer_env } = *options;
     let id = format!("wsbench_{:08x}", rand::random::<u32>());
     let mut topics: Vec<String> = TOKENS.split(',').map(|t| format!("{id}.{t}")).collect();
     topics.push(format!("{id}-dlq"));
@@ -279,6 +282,7 @@ fn run(clients: usize, options: &Options) -> Run {
         .env("SWAPSTREAM_WS_PING_INTERVAL_MS", "30000")
         .env("SWAPSTREAM_WS_PING_TIMEOUT_MS", "120000")
         .env("SWAPSTREAM_LOG_LEVEL", if debug_log { "debug" } else { "info" })
+        .envs(consumer_env.iter().cloned())
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
         .spawn()
         .expect("consumer");
@@ -301,9 +305,11 @@ fn run(clients: usize, options: &Options) -> Run {
                 let channel = channels[i % channels.len()].clone();
                 let (frames, measuring) = (frames.clone(), measuring.clone());
                 async move {
-                    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/v1/ws"))
-                        .await
-                        .expect("connect");
+                    let url = format!("ws://127.0.0.1:{port}/v1/ws");
+                    let (mut socket, _) =
+                        tokio_tungstenite::connect_async_with_config(url, Some(client_config()), true)
+                            .await
+                            .expect("connect");
                     let request = format!(r#"{{"op":"subscribe","channels":["{channel}"]}}"#);
                     socket.send(Message::text(request)).await.unwrap();
                     loop {
@@ -412,6 +418,14 @@ fn run(clients: usize, options: &Options) -> Run {
     result
 }
 
+/// The bench clients' WebSocket settings. tungstenite zero-fills its read
+/// buffer up to `read_buffer_size` past what it holds before every read: at
+/// its default of 128 KiB that memset was 41 % of the clients' CPU, taken
+/// from the two cores the server under test shares with them.
+fn client_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(8 * 1024)
+}
+
 /// Subscribes to every update channel of the consumer's key prefix and
 /// times each published swap as `read_frames` does, until measuring ends:
 /// the pipeline up to the fan-out.
@@ -490,7 +504,7 @@ fn main() {
     let mut counts: Vec<usize> = args
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i == 0 || !matches!(args[i - 1].as_str(), "--rate" | "--secs"))
+        .filter(|(i, _)| *i == 0 || !matches!(args[i - 1].as_str(), "--rate" | "--secs" | "--set"))
         .filter_map(|(_, a)| a.parse().ok())
         .collect();
     if counts.is_empty() {
@@ -503,6 +517,11 @@ fn main() {
         one_channel: flag("--one-channel"),
         noida: flag("--noida"),
         debug_log: flag("--debug-log"),
+        consumer_env: args
+            .windows(2)
+            .filter(|w| w[0] == "--set")
+            .filter_map(|w| w[1].split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect(),
     };
     eprintln!("file descriptor limit {limit}");
     println!(
