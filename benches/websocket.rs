@@ -340,7 +340,15 @@ fn run(clients: usize, options: &Options) -> Run {
         tokio::time::sleep(Duration::from_secs(3)).await; // warm-up
 
         // The same swaps as the consumer publishes them, before the fan-out.
-        let published = tokio::spawn(read_published(id.clone(), measuring.clone()));
+        // On a thread of its own: in the clients' runtime it would wait
+        // behind the clients' reads and time the fan-out's bursts too.
+        let published = {
+            let (id, measuring) = (id.clone(), measuring.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(read_published(id, measuring))
+            })
+        };
         let broker = match &mock {
             Some(mock) => vec![mock.pid()],
             None => pids_named("noida-db"),
@@ -389,7 +397,7 @@ fn run(clients: usize, options: &Options) -> Run {
         };
         eprintln!("pending swaps: {}; confirmed swaps: {}", split(true), split(false));
         eprintln!("at the client: {}", stalls(&latencies));
-        if let Ok(Ok(at_redis)) = published.await {
+        if let Ok(Ok(at_redis)) = published.join() {
             let sorted = sorted_micros(at_redis.iter());
             eprintln!(
                 "at Redis pub/sub: p50 {:.1} ms, p99 {:.1} ms",
