@@ -92,14 +92,14 @@ variables! {
     "SWAPSTREAM_RATE_LIMIT_PER_SEC", "100", "Requests per second per API key (per client IP when anonymous) on `/v1`; 0 turns rate limiting off.";
     "SWAPSTREAM_RATE_LIMIT_BURST", "200", "Requests a client may make at once before the rate applies (1 to 1000000).";
     "SWAPSTREAM_RATE_LIMIT_STORE", "local", "`local`: each process keeps its own buckets; `redis`: buckets live in Redis, so every replica shares one limit per client.";
-    "SWAPSTREAM_WS_QUEUE_MESSAGES", "64", "Outbound queue of one WebSocket session, in messages (a message holds the frames of one update); a client whose queue is full is disconnected as a slow consumer (1 to 100000).";
+    "SWAPSTREAM_WS_QUEUE_MESSAGES", "64", "Outbound queue of one WebSocket session, in messages (a message holds the frames of one channel handed on together); a client whose queue is full is disconnected as a slow consumer (1 to 100000).";
     "SWAPSTREAM_WS_QUEUE_BYTES", "1048576", "Outbound bytes of one WebSocket session not yet taken by the HTTP layer; past this the client is disconnected as a slow consumer (4096 to 1073741824).";
     "SWAPSTREAM_WS_QUEUE_TOTAL_BYTES", "268435456", "Outbound bytes of all WebSocket sessions of a process not yet taken by the HTTP layer; past this the clients with the most waiting are disconnected as slow consumers until the rest fits, so clients that read, but too slowly, cannot take the process' memory (65536 to 1099511627776).";
     "SWAPSTREAM_WS_WRITE_DEADLINE_MS", "3000", "Longest time a WebSocket session's outbound bytes may wait unwritten before the client is disconnected as a slow consumer (100 to 60000).";
     "SWAPSTREAM_WS_SEND_BUFFER_BYTES", "65536", "Kernel send buffer of each accepted HTTP connection (`SO_SNDBUF`), so a client that stops reading is noticed after this much rather than the kernel's autotuned megabytes; 0 keeps the kernel's default.";
     "SWAPSTREAM_WS_STATS_INTERVAL_MS", "1000", "Shortest interval between two `stats` frames of one channel (50 to 600000).";
-    "SWAPSTREAM_WS_HANDOFFS_PER_SEC", "40000", "Handoffs of new frames to sessions per second the registry aims at: with few subscriptions frames go out at once, with many they gather for subscriptions / this rate, at most `SWAPSTREAM_WS_COALESCE_MAX_MS` (1 to 100000000).";
-    "SWAPSTREAM_WS_COALESCE_MAX_MS", "25", "Longest time new frames gather before they go out to the sessions; 0 sends every update at once (0 to 1000).";
+    "SWAPSTREAM_WS_HANDOFFS_PER_SEC", "150000", "Handoffs of new frames to sessions (a wake-up and a socket write each) per second the fan-out spends before frames gather: below it every update goes out at once; past it a channel's new frames wait until the budget covers their handoffs, at most `SWAPSTREAM_WS_COALESCE_MAX_MS`, so that each handoff carries more frames (1 to 100000000).";
+    "SWAPSTREAM_WS_COALESCE_MAX_MS", "25", "Longest time new frames gather while the handoff budget is spent; 0 sends every update at once (0 to 1000).";
     "SWAPSTREAM_WS_PING_INTERVAL_MS", "10000", "Interval of the server's WebSocket pings (100 to 600000).";
     "SWAPSTREAM_WS_PING_TIMEOUT_MS", "30000", "A WebSocket peer that sends nothing (no pong, no message) for this long is disconnected; more than the ping interval (200 to 3600000).";
     "SWAPSTREAM_WS_MAX_CHANNELS", "50", "Most channels one WebSocket connection may subscribe to (1 to 10000).";

@@ -8,11 +8,12 @@
 //! whichever instance owns the partitions. A window of recent swap states
 //! per channel drops repeats (same id and status).
 //!
-//! New frames are handed to the sessions at once while subscriptions are
-//! few; with many they gather per channel for up to
-//! `SWAPSTREAM_WS_COALESCE_MAX_MS`, so that a handoff (a wake-up and a
-//! socket write per subscriber) carries many frames and the fan-out costs
-//! about `SWAPSTREAM_WS_HANDOFFS_PER_SEC` handoffs whatever the update rate.
+//! New frames are handed to the sessions at once while the handoffs (a
+//! wake-up and a socket write per subscriber) stay within
+//! `SWAPSTREAM_WS_HANDOFFS_PER_SEC`; past it they gather per channel until
+//! the budget covers them, for up to `SWAPSTREAM_WS_COALESCE_MAX_MS`, so that
+//! under load a handoff carries many frames instead of the wake-ups
+//! multiplying with the update rate ([`HandoffBudget`]).
 //!
 //! The registry never waits for a client. It hands each session its frames
 //! with `try_send` into a capped mailbox and counts the bytes; the session's
@@ -28,13 +29,16 @@
 
 use std::borrow::Cow;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+// Looked up for every frame and handoff, by our own ids and validated channel
+// names: foldhash (seeded per process) rather than SipHash.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -42,7 +46,7 @@ use slog::{info, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
 
 use super::ws_session::{
-    estimate, now_ms, snapshot, ConnShared, FrameBody, FrameKind, Outbound, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER,
+    now_ms, snapshot, ConnShared, FrameBody, FrameKind, Handoff, Outbound, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER,
 };
 use crate::config::WsSettings;
 use crate::domain::partial::AggKey;
@@ -199,12 +203,10 @@ pub struct SessionRegistry {
     channels: HashMap<AggKey, Channel>,
     pubsub: Option<mpsc::UnboundedSender<PubSubCommand>>,
     inbox: Inbox,
-    /// Subscriptions over all channels.
-    subscriptions: usize,
-    /// Channels with buffered frames, and when frames last went out.
+    /// Channels with buffered frames.
     to_flush: Vec<AggKey>,
     flush_scheduled: bool,
-    last_flush: std::time::Instant,
+    budget: HandoffBudget,
     stats_in_flight: bool,
     closing: bool,
     closed: Vec<oneshot::Sender<()>>,
@@ -213,6 +215,7 @@ pub struct SessionRegistry {
 impl SessionRegistry {
     pub fn new(settings: WsSettings, instance: String, redis: RedisStore, log: Logger) -> SessionRegistry {
         SessionRegistry {
+            budget: HandoffBudget::new(settings.handoffs_per_sec, settings.coalesce_max, Instant::now()),
             settings,
             instance,
             presence: Presence::new(&redis),
@@ -222,10 +225,8 @@ impl SessionRegistry {
             channels: HashMap::new(),
             pubsub: None,
             inbox: Inbox::default(),
-            subscriptions: 0,
             to_flush: Vec::new(),
             flush_scheduled: false,
-            last_flush: std::time::Instant::now(),
             stats_in_flight: false,
             closing: false,
             closed: Vec::new(),
@@ -247,9 +248,7 @@ impl SessionRegistry {
 
     fn leave(&mut self, key: &AggKey, id: u64) {
         let Some(channel) = self.channels.get_mut(key) else { return };
-        if channel.subscribers.remove(&id) {
-            self.subscriptions -= 1;
-        }
+        channel.subscribers.remove(&id);
         if channel.subscribers.is_empty() {
             self.channels.remove(key);
             if let Some(pubsub) = &self.pubsub {
@@ -274,11 +273,13 @@ impl SessionRegistry {
     }
 
     /// Hands `frames` of `key` to every subscriber, never waiting.
-    fn deliver(&mut self, key: &AggKey, frames: Arc<[FrameBody]>, ctx: &mut Context<Self>) {
+    fn deliver(&mut self, key: &AggKey, frames: Vec<FrameBody>, ctx: &mut Context<Self>) {
         let Some(channel) = self.channels.get(key) else { return };
-        let bytes = estimate(&channel.name, &frames);
+        let handoff = Arc::new(Handoff::new(key.clone(), &channel.name, frames));
+        let bytes = handoff.estimate;
         let cap = self.settings.queue_bytes as i64;
         let mut evicted = Vec::new();
+        let mut handed = 0;
         for id in &channel.subscribers {
             let Some(session) = self.sessions.get(id) else { continue };
             if session.conn.outstanding() + bytes > cap {
@@ -287,9 +288,8 @@ impl SessionRegistry {
             }
             // Counted before the send, so the session's correction never comes first.
             session.conn.handed.fetch_add(bytes, Ordering::AcqRel);
-            let message = Outbound::Frames { channel: key.clone(), frames: frames.clone(), estimate: bytes };
-            match session.outbound.try_send(message) {
-                Ok(()) => METRICS.ws_handoffs.inc(),
+            match session.outbound.try_send(Outbound::Frames(handoff.clone())) {
+                Ok(()) => handed += 1,
                 Err(SendError::Full(_)) => {
                     session.conn.handed.fetch_sub(bytes, Ordering::AcqRel);
                     evicted.push((*id, "queue_full"));
@@ -297,6 +297,8 @@ impl SessionRegistry {
                 Err(SendError::Closed(_)) => evicted.push((*id, "")),
             }
         }
+        METRICS.ws_handoffs.inc_by(handed);
+        self.budget.spend(handed, Instant::now());
         for (id, reason) in evicted {
             if reason.is_empty() {
                 self.remove_session(id);
@@ -348,26 +350,19 @@ impl SessionRegistry {
         self.schedule_flush(ctx);
     }
 
-    /// How long new frames gather before a handoff: each handoff costs every
-    /// subscriber a wake-up and a write, so with many subscriptions frames
-    /// are handed on together, about `handoffs_per_sec` in all; with few,
-    /// at once.
-    fn coalescing(&self) -> Duration {
-        let wanted = Duration::from_secs_f64(self.subscriptions as f64 / self.settings.handoffs_per_sec as f64);
-        wanted.min(self.settings.coalesce_max)
-    }
-
+    /// Hands the buffered frames on now if the handoff budget allows it,
+    /// else once it does, and at the latest `coalesce_max` after they came.
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
         if self.to_flush.is_empty() || self.flush_scheduled {
             return;
         }
-        let due = self.last_flush + self.coalescing();
-        let now = std::time::Instant::now();
-        if due <= now {
+        let handoffs = self.to_flush.iter().filter_map(|key| self.channels.get(key)).map(|c| c.subscribers.len()).sum();
+        let wait = self.budget.wait(handoffs, Instant::now()).min(self.settings.coalesce_max);
+        if wait.is_zero() {
             self.flush(ctx);
         } else {
             self.flush_scheduled = true;
-            ctx.run_later(due - now, |act, ctx| {
+            ctx.run_later(wait, |act, ctx| {
                 act.flush_scheduled = false;
                 act.flush(ctx);
             });
@@ -376,7 +371,6 @@ impl SessionRegistry {
 
     /// Hands every channel's buffered frames to its subscribers.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        self.last_flush = std::time::Instant::now();
         for key in std::mem::take(&mut self.to_flush) {
             self.flush_channel(&key, ctx);
         }
@@ -386,7 +380,7 @@ impl SessionRegistry {
         let Some(channel) = self.channels.get_mut(key) else { return };
         let frames = std::mem::take(&mut channel.buffered);
         if !frames.is_empty() {
-            self.deliver(key, frames.into(), ctx);
+            self.deliver(key, frames, ctx);
         }
     }
 
@@ -458,7 +452,7 @@ impl SessionRegistry {
         ctx.spawn(fetch.into_actor(self).map(|stats, act, ctx| {
             act.stats_in_flight = false;
             for (key, json) in stats {
-                act.deliver(&key, Arc::new([FrameBody { kind: FrameKind::Stats, json }]), ctx);
+                act.deliver(&key, vec![FrameBody { kind: FrameKind::Stats, json }], ctx);
             }
         }));
     }
@@ -622,9 +616,7 @@ impl Handler<Subscribe> for SessionRegistry {
                     buffered: Vec::new(),
                 }
             });
-            if channel.subscribers.insert(message.id) {
-                self.subscriptions += 1;
-            }
+            channel.subscribers.insert(message.id);
         }
     }
 }
@@ -700,6 +692,47 @@ impl Handler<Shutdown> for SessionRegistry {
     }
 }
 
+/// What the fan-out may spend on handoffs (each a wake-up of a session and
+/// a socket write): a token bucket refilled at `SWAPSTREAM_WS_HANDOFFS_PER_SEC`
+/// and holding at most `SWAPSTREAM_WS_COALESCE_MAX_MS` worth of it. While a
+/// flush's handoffs are covered, frames go out at once; past the budget they
+/// gather until it covers them (at most `coalesce_max`), so that under load
+/// each handoff carries more frames instead of the wake-ups multiplying.
+struct HandoffBudget {
+    per_sec: f64,
+    /// Most tokens held, and the deepest debt.
+    burst: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl HandoffBudget {
+    fn new(per_sec: u64, coalesce_max: Duration, now: Instant) -> HandoffBudget {
+        let per_sec = per_sec.max(1) as f64;
+        let burst = per_sec * coalesce_max.as_secs_f64();
+        HandoffBudget { per_sec, burst, tokens: burst, refilled: now }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let earned = now.saturating_duration_since(self.refilled).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.refilled = now;
+    }
+
+    /// How long a flush of `handoffs` must wait for the budget to cover it
+    /// (a flush larger than the bucket waits for a full one).
+    fn wait(&mut self, handoffs: usize, now: Instant) -> Duration {
+        self.refill(now);
+        let needed = (handoffs as f64).min(self.burst);
+        Duration::from_secs_f64(((needed - self.tokens) / self.per_sec).max(0.0))
+    }
+
+    fn spend(&mut self, handoffs: u64, now: Instant) {
+        self.refill(now);
+        self.tokens = (self.tokens - handoffs as f64).max(-self.burst);
+    }
+}
+
 /// The sessions to drop so that the bytes waiting for the rest fit in
 /// `budget`: the ones with the most waiting first.
 fn most_waiting_over(waiting: impl Iterator<Item = (u64, i64)>, budget: i64) -> Vec<u64> {
@@ -723,6 +756,36 @@ fn most_waiting_over(waiting: impl Iterator<Item = (u64, i64)>, budget: i64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_handoff_budget_delays_only_what_it_cannot_cover() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        // To the microsecond: the bucket counts in floating point.
+        let micros = |wait: Duration| wait.as_micros();
+        // 1000 handoffs a second, 100 ms of it in the bucket.
+        let mut budget = HandoffBudget::new(1000, Duration::from_millis(100), start);
+        assert_eq!(micros(budget.wait(100, at(0))), 0, "a full bucket covers a flush of its size");
+        budget.spend(100, at(0));
+        assert_eq!(micros(budget.wait(1, at(0))), 1000, "empty, one handoff takes a millisecond to earn");
+        assert_eq!(micros(budget.wait(50, at(20))), 30_000);
+        assert_eq!(micros(budget.wait(500, at(20))), 80_000, "a flush larger than the bucket waits for a full one");
+        // Spending past the bucket leaves a debt of at most one bucket.
+        budget.spend(1000, at(20));
+        assert_eq!(micros(budget.wait(10, at(20))), 110_000);
+        // Refilled after a quiet second, but never past the bucket.
+        assert_eq!(micros(budget.wait(101, at(2000))), 0);
+        budget.spend(100, at(2000));
+        assert_eq!(micros(budget.wait(1, at(2000))), 1000);
+    }
+
+    #[test]
+    fn without_a_coalescing_time_every_flush_goes_at_once() {
+        let start = Instant::now();
+        let mut budget = HandoffBudget::new(10, Duration::ZERO, start);
+        budget.spend(1_000_000, start);
+        assert_eq!(budget.wait(1_000_000, start), Duration::ZERO);
+    }
 
     #[test]
     fn over_the_total_budget_the_sessions_with_most_waiting_go_first() {

@@ -161,32 +161,50 @@ pub struct FrameBody {
     pub json: Arc<str>,
 }
 
-/// Writes `{"type":..,"channel":..,"seq":..,"swap"|"stats":..}`.
+/// Writes `{"type":..,"channel":..,"seq":..,"swap"|"stats":..}`: once per
+/// frame and subscriber, so by plain copies rather than `format!`.
 pub fn channel_frame(kind: FrameKind, channel: &str, seq: u64, json: &str) -> String {
-    use std::fmt::Write as _;
-    let mut text = String::with_capacity(48 + channel.len() + json.len());
-    let _ = write!(text, r#"{{"type":"{}","channel":"{channel}","seq":{seq},"{}":"#, kind.name(), kind.name());
-    text.push_str(json);
-    text.push('}');
+    let mut digits = itoa::Buffer::new();
+    let seq = digits.format(seq);
+    let name = kind.name();
+    let mut text = String::with_capacity(channel_frame_len(kind, channel, json.len()) + seq.len());
+    for part in
+        [r#"{"type":""#, name, r#"","channel":""#, channel, r#"","seq":"#, seq, r#",""#, name, r#"":"#, json, "}"]
+    {
+        text.push_str(part);
+    }
     text
 }
 
-/// The registry's estimate of the bytes `frames` take on `channel`.
-pub fn estimate(channel: &str, frames: &[FrameBody]) -> i64 {
-    frames.iter().map(|f| frame_len(channel_frame_len(f.kind, channel, f.json.len()))).sum()
+/// New frames of one channel, in order, as the registry hands them to every
+/// subscriber (one allocation shared by all).
+#[derive(Debug)]
+pub struct Handoff {
+    pub key: AggKey,
+    pub frames: Vec<FrameBody>,
+    /// The bytes the frames take on the wire, with a one-digit `seq`.
+    pub estimate: i64,
 }
 
+impl Handoff {
+    pub fn new(key: AggKey, channel: &str, frames: Vec<FrameBody>) -> Handoff {
+        let estimate = frames.iter().map(|f| frame_len(channel_frame_len(f.kind, channel, f.json.len()) + 1)).sum();
+        Handoff { key, frames, estimate }
+    }
+}
+
+/// A frame's length without its `seq` digits.
 fn channel_frame_len(kind: FrameKind, channel: &str, json: usize) -> usize {
-    // `{"type":"","channel":"","seq":0,"":}` is 35 bytes with a one-digit seq.
-    35 + 2 * kind.name().len() + channel.len() + json
+    // `{"type":"","channel":"","seq":,"":}` is 34 bytes.
+    34 + 2 * kind.name().len() + channel.len() + json
 }
 
 /// Registry -> session.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum Outbound {
-    /// New frames of one channel (one update), in order.
-    Frames { channel: AggKey, frames: Arc<[FrameBody]>, estimate: i64 },
+    /// New frames of one channel, in order.
+    Frames(Arc<Handoff>),
     /// Updates may have been missed, of one channel (the swap feed dropped
     /// some) or of all (the pub/sub connection was lost): each such channel
     /// skips one `seq`, so the client sees a gap and re-reads the REST stats.
@@ -278,7 +296,7 @@ enum ChannelState {
     /// Subscribed; frames wait here until the snapshot went out as seq 0.
     Waiting {
         generation: u64,
-        held: Vec<Arc<[FrameBody]>>,
+        held: Vec<Arc<Handoff>>,
         /// Frames were lost meanwhile: the first one after the snapshot skips a seq.
         gap: bool,
     },
@@ -308,7 +326,8 @@ pub struct WsSession {
     id: u64,
     common: Arc<SessionCommon>,
     conn: Arc<ConnShared>,
-    channels: HashMap<AggKey, ChannelState>,
+    /// Looked up for every handoff: hashed with foldhash, not SipHash.
+    channels: foldhash::HashMap<AggKey, ChannelState>,
     generation: u64,
     bad_frames: u32,
     /// Whether the frame being handled was answered with an error; a frame
@@ -323,7 +342,7 @@ impl WsSession {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             common,
             conn,
-            channels: HashMap::new(),
+            channels: foldhash::HashMap::default(),
             generation: 0,
             bad_frames: 0,
             frame_was_bad: false,
@@ -454,8 +473,8 @@ impl WsSession {
                 else {
                     return;
                 };
-                for frames in held {
-                    self.write_frames(&key, &frames, ctx);
+                for handoff in held {
+                    self.write_frames(&handoff, ctx);
                 }
             }
             Err(e) => {
@@ -482,17 +501,17 @@ impl WsSession {
         }
     }
 
-    fn write_frames(&mut self, key: &AggKey, frames: &[FrameBody], ctx: &mut ws::WebsocketContext<Self>) {
-        let Some(ChannelState::Live { name, next_seq }) = self.channels.get_mut(key) else { return };
+    fn write_frames(&mut self, handoff: &Handoff, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(ChannelState::Live { name, next_seq }) = self.channels.get_mut(&handoff.key) else { return };
         let (name, first_seq) = (name.clone(), *next_seq);
-        *next_seq += frames.len() as u64;
+        *next_seq += handoff.frames.len() as u64;
         let mut swaps = 0;
-        for (seq, frame) in (first_seq..).zip(frames) {
+        for (seq, frame) in (first_seq..).zip(&handoff.frames) {
             swaps += u64::from(frame.kind == FrameKind::Swap);
             self.emit(ctx, channel_frame(frame.kind, &name, seq, &frame.json));
         }
         FRAMES_SENT.swap.inc_by(swaps);
-        FRAMES_SENT.stats.inc_by(frames.len() as u64 - swaps);
+        FRAMES_SENT.stats.inc_by(handoff.frames.len() as u64 - swaps);
     }
 }
 
@@ -556,11 +575,11 @@ impl Handler<Outbound> for WsSession {
 
     fn handle(&mut self, message: Outbound, ctx: &mut Self::Context) {
         match message {
-            Outbound::Frames { channel, frames, estimate } => {
-                self.conn.handed.fetch_sub(estimate, Ordering::AcqRel);
-                match self.channels.get_mut(&channel) {
-                    Some(ChannelState::Waiting { held, .. }) => held.push(frames),
-                    Some(ChannelState::Live { .. }) => self.write_frames(&channel, &frames, ctx),
+            Outbound::Frames(handoff) => {
+                self.conn.handed.fetch_sub(handoff.estimate, Ordering::AcqRel);
+                match self.channels.get_mut(&handoff.key) {
+                    Some(ChannelState::Waiting { held, .. }) => held.push(handoff),
+                    Some(ChannelState::Live { .. }) => self.write_frames(&handoff, ctx),
                     None => {}
                 }
             }
