@@ -155,7 +155,7 @@ impl FrameKind {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FrameBody {
     pub kind: FrameKind,
     pub json: Arc<str>,
@@ -195,8 +195,8 @@ impl Handoff {
 
 /// A frame's length without its `seq` digits.
 fn channel_frame_len(kind: FrameKind, channel: &str, json: usize) -> usize {
-    // `{"type":"","channel":"","seq":,"":}` is 34 bytes.
-    34 + 2 * kind.name().len() + channel.len() + json
+    // `{"type":"","channel":"","seq":,"":}` is 35 bytes.
+    35 + 2 * kind.name().len() + channel.len() + json
 }
 
 /// Registry -> session.
@@ -644,5 +644,28 @@ impl WsSession {
                 self.close(ctx, 1002, &format!("protocol error: {e}"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_frame_is_the_protocol_object_and_the_estimate_its_size() {
+        let swap = r#"{"tx_hash":"0xab","status":"pending"}"#;
+        let text = channel_frame(FrameKind::Swap, "token:ETH", 7, swap);
+        assert_eq!(
+            text,
+            r#"{"type":"swap","channel":"token:ETH","seq":7,"swap":{"tx_hash":"0xab","status":"pending"}}"#
+        );
+        let stats = channel_frame(FrameKind::Stats, "pair:ETH-USDC", 1_234_567, "{}");
+        assert_eq!(stats, r#"{"type":"stats","channel":"pair:ETH-USDC","seq":1234567,"stats":{}}"#);
+
+        // Exact for a one-digit seq, which the session corrects when it writes.
+        let key = AggKey::parse("token:ETH").expect("a channel");
+        let frames = vec![FrameBody { kind: FrameKind::Swap, json: swap.into() }; 2];
+        let handoff = Handoff::new(key, "token:ETH", frames);
+        assert_eq!(handoff.estimate, 2 * frame_len(text.len()));
     }
 }
