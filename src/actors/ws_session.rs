@@ -155,7 +155,7 @@ impl FrameKind {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct FrameBody {
     pub kind: FrameKind,
     pub json: Arc<str>,
@@ -664,7 +664,7 @@ mod tests {
 
         // Exact for a one-digit seq, which the session corrects when it writes.
         let key = AggKey::parse("token:ETH").expect("a channel");
-        let frames = vec![FrameBody { kind: FrameKind::Swap, json: swap.into() }; 2];
+        let frames = (0..2).map(|_| FrameBody { kind: FrameKind::Swap, json: swap.into() }).collect();
         let handoff = Handoff::new(key, "token:ETH", frames);
         assert_eq!(handoff.estimate, 2 * frame_len(text.len()));
     }
