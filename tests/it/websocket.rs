@@ -584,9 +584,10 @@ async fn past_the_total_queue_budget_the_client_with_most_waiting_goes_and_the_o
         ("SWAPSTREAM_WS_WRITE_DEADLINE_MS", "60000".into()),
         ("SWAPSTREAM_WS_QUEUE_MESSAGES", "100000".into()),
         ("SWAPSTREAM_WS_QUEUE_BYTES", "1073741824".into()),
-        // Well above what a healthy client of a loaded test machine lags
-        // (145 KB seen), well below what a stalled one gathers.
-        ("SWAPSTREAM_WS_QUEUE_TOTAL_BYTES", "524288".into()),
+        // Well above what a healthy client lags while the whole WebSocket
+        // group runs on two cores (1.2 MB seen), well below what the stalled
+        // one gathers from the 12,000 swaps below (about 3.8 MB).
+        ("SWAPSTREAM_WS_QUEUE_TOTAL_BYTES", "2097152".into()),
         ("SWAPSTREAM_WS_SEND_BUFFER_BYTES", "16384".into()),
     ]);
     let (mut consumer, port) = start_consumer(&names, &vars, "a").await;
@@ -597,7 +598,7 @@ async fn past_the_total_queue_budget_the_client_with_most_waiting_goes_and_the_o
     assert_eq!(metric(port, "swapstream_ws_sessions").await, 2.0);
 
     // Act
-    let truth = helpers::produce(&brokers, &names, 6000, &stream_vars("120000")).await;
+    let truth = helpers::produce(&brokers, &names, 12_000, &stream_vars("120000")).await;
 
     // Assert: the stalled client is dropped for the budget while it still
     // does not read; the healthy one stays and gets every state.
