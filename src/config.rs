@@ -59,6 +59,8 @@ variables! {
     "SWAPSTREAM_KAFKA_PARTITIONS", "4", "Partitions of topics the service creates (1 to 10000).";
     "SWAPSTREAM_KAFKA_REPLICATION", "1", "Replication factor of topics the service creates (1 to 32).";
     "SWAPSTREAM_KAFKA_GROUP_ID", "swapstream", "Consumer group of the `consumer` role.";
+    "SWAPSTREAM_KAFKA_STATIC_MEMBERSHIP", "auto", "Static group membership (KIP-345, `group.instance.id` = `SWAPSTREAM_INSTANCE_ID`): a restarted instance gets its partitions back at once, with no rebalance of the others; an instance that is gone for good gives them up after `SWAPSTREAM_KAFKA_SESSION_TIMEOUT_MS`, even on a graceful stop. `auto`: on when `SWAPSTREAM_INSTANCE_ID` is set (each live instance must have its own), `true`, or `false`.";
+    "SWAPSTREAM_KAFKA_SESSION_TIMEOUT_MS", "10000", "How long the group waits for a consumer that stopped heartbeating (killed, paused, cut off) before its partitions go to the others; the broker's `group.min.session.timeout.ms`/`group.max.session.timeout.ms` bound it (6000 to 1800000 by default) (1000 to 3600000).";
     "SWAPSTREAM_KAFKA_DLQ_TOPIC", "swapstream.dlq", "Dead-letter topic for bad input.";
     "SWAPSTREAM_KAFKA_OPTIONS", "(empty)", "Extra librdkafka properties, `key=value[,key=value...]` (e.g. `security.protocol=ssl`). Treated as secret.";
     "SWAPSTREAM_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres", "PostgreSQL connection URL. A password in it is redacted in logs.";
@@ -183,6 +185,9 @@ pub struct KafkaSettings {
     pub partitions: i32,
     pub replication: i32,
     pub group_id: String,
+    /// `group.instance.id` of the consumer: static membership when set.
+    pub group_instance_id: Option<String>,
+    pub session_timeout: Duration,
     pub dlq_topic: String,
     pub options: Secret<Vec<(String, String)>>,
 }
@@ -362,8 +367,16 @@ impl Settings {
                     _ => None,
                 }),
             };
-        let instance_id = env.text("SWAPSTREAM_INSTANCE_ID").unwrap_or_else(default_instance_id);
+        let explicit_instance_id = env.text("SWAPSTREAM_INSTANCE_ID");
+        let instance_id = explicit_instance_id.clone().unwrap_or_else(default_instance_id);
         env.effective.insert("SWAPSTREAM_INSTANCE_ID", instance_id.clone());
+        let static_membership =
+            env.parse("SWAPSTREAM_KAFKA_STATIC_MEMBERSHIP", "one of auto, true, false", |v| match v {
+                "auto" => Some(explicit_instance_id.is_some()),
+                "true" => Some(true),
+                "false" => Some(false),
+                _ => None,
+            });
 
         let brokers = env.text("SWAPSTREAM_KAFKA_BROKERS");
         if let Some(list) = &brokers {
@@ -394,6 +407,8 @@ impl Settings {
             group_id: env.parse("SWAPSTREAM_KAFKA_GROUP_ID", "a non-empty group id", |v| {
                 (!v.trim().is_empty()).then(|| v.to_owned())
             }),
+            group_instance_id: static_membership.then(|| instance_id.clone()),
+            session_timeout: Duration::from_millis(env.number("SWAPSTREAM_KAFKA_SESSION_TIMEOUT_MS", 1000, 3_600_000)),
             dlq_topic: env.parse("SWAPSTREAM_KAFKA_DLQ_TOPIC", "a topic name of [A-Za-z0-9._-]", |v| {
                 valid_topic(v).then(|| v.to_owned())
             }),

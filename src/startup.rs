@@ -199,16 +199,23 @@ impl Consumer {
             let mut config = client_config(&settings.kafka, brokers);
             config.set("group.id", &settings.kafka.group_id);
             config.set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
+            if let Some(member) = &settings.kafka.group_instance_id {
+                // Static membership (KIP-345): the same instance coming back
+                // within the session timeout gets its partitions at once.
+                config.set("group.instance.id", member);
+            }
+            let session_ms = settings.kafka.session_timeout.as_millis();
+            let heartbeat_ms = (session_ms / 3).clamp(100, 1000);
             for (key, value) in [
-                ("auto.offset.reset", "earliest"),
-                ("session.timeout.ms", "10000"),
-                ("heartbeat.interval.ms", "1000"),
-                ("topic.metadata.refresh.interval.ms", "5000"),
-                ("statistics.interval.ms", "5000"),
-                ("fetch.max.bytes", "8388608"),
-                ("receive.message.max.bytes", "134217728"),
+                ("auto.offset.reset", "earliest".to_owned()),
+                ("session.timeout.ms", session_ms.to_string()),
+                ("heartbeat.interval.ms", heartbeat_ms.to_string()),
+                ("topic.metadata.refresh.interval.ms", "5000".to_owned()),
+                ("statistics.interval.ms", "5000".to_owned()),
+                ("fetch.max.bytes", "8388608".to_owned()),
+                ("receive.message.max.bytes", "134217728".to_owned()),
             ] {
-                set_default(&mut config, key, value);
+                set_default(&mut config, key, &value);
             }
             config
         };
@@ -260,7 +267,9 @@ impl Consumer {
         let parts = HttpParts { readiness, live, ws };
         let servers = Servers::start(&settings.http, parts, log)?;
         info!(log, "consumer started"; "http_port" => servers.port, "subscription" => settings.kafka.topics.subscription(),
-            "group" => &settings.kafka.group_id);
+            "group" => &settings.kafka.group_id,
+            "group_instance_id" => settings.kafka.group_instance_id.as_deref().unwrap_or("(dynamic membership)"),
+            "session_timeout_ms" => settings.kafka.session_timeout.as_millis());
         Ok(Consumer {
             http_port: servers.port,
             aggregators,

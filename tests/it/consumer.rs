@@ -5,8 +5,6 @@
 use std::time::Duration;
 
 use rand::Rng;
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
 use serde_json::json;
 use swapstream::domain::aggregate::Interval;
 use swapstream::domain::partial::{Merged, WINDOWS};
@@ -231,14 +229,12 @@ async fn flushed_redis_is_rebuilt_from_postgres() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice() {
-    let cluster: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+    let brokers = require_broker();
     let names = Names::new("it-crash");
-    for token in TOKENS.split(',') {
-        cluster.create_topic(&format!("{}{token}", names.topic_prefix), 4, 1).unwrap();
-    }
+    // Dynamic membership: every restart is a new member, and the killed
+    // one's partitions wait for its session to time out.
     let mut vars = consumer_vars(&names, &brokers);
-    vars.push(("SWAPSTREAM_KAFKA_OPTIONS", "session.timeout.ms=6000".into()));
+    vars.push(("SWAPSTREAM_KAFKA_SESSION_TIMEOUT_MS", "6000".into()));
 
     let producing = tokio::spawn({
         let (brokers, names) = (brokers.clone(), names.clone());
@@ -274,19 +270,15 @@ async fn kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_survivor_takes_over_a_killed_members_partitions() {
-    let cluster: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+    let brokers = require_broker();
     let names = Names::new("it-rebalance");
-    for token in TOKENS.split(',') {
-        cluster.create_topic(&format!("{}{token}", names.topic_prefix), 4, 1).unwrap();
-    }
     let producing = tokio::spawn({
         let (brokers, names) = (brokers.clone(), names.clone());
         async move { helpers::produce(&brokers, &names, 800, &stream_vars("3000")).await }
     });
     let member = |id: &str| {
         let mut vars = consumer_vars(&names, &brokers);
-        vars.push(("SWAPSTREAM_KAFKA_OPTIONS", "session.timeout.ms=6000".into()));
+        vars.push(("SWAPSTREAM_KAFKA_SESSION_TIMEOUT_MS", "6000".into()));
         vars.push(("SWAPSTREAM_INSTANCE_ID", format!("{}-{id}", names.schema)));
         Child::spawn(&format!("{}-{id}", names.schema), &["consumer"], &vars)
     };

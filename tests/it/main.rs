@@ -1,4 +1,4 @@
-//! Integration tests against the real stack: a Kafka-protocol broker,
+//! Integration tests against the real stack: Apache Kafka,
 //! PostgreSQL and Redis on loopback, started by `scripts/services up`
 //! (`scripts/test` does that first).
 
@@ -9,5 +9,6 @@ mod dashboard;
 mod helpers;
 mod producer;
 mod rest;
+mod static_membership;
 mod supervision;
 mod websocket;

@@ -380,6 +380,14 @@ pub fn run(consumer: Arc<BaseConsumer<ReaderContext>>, control: std_mpsc::Receiv
                 true
             }
             Some(Err(e)) => {
+                if let Some((code, reason)) = consumer.client().fatal_error() {
+                    // Unusable for good (e.g. FENCED_INSTANCE_ID: another live
+                    // consumer joined with this SWAPSTREAM_INSTANCE_ID).
+                    error!(context.log(), "fatal Kafka consumer error; stopping the reader";
+                        "code" => ?code, "reason" => reason,
+                        "hint" => "each live instance needs its own SWAPSTREAM_INSTANCE_ID under static membership");
+                    break;
+                }
                 warn!(context.log(), "kafka poll error"; "error" => %e);
                 false
             }
