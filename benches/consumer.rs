@@ -1,14 +1,14 @@
 //! Consumer throughput: pre-loads N swaps into the broker, then measures in
-//! the same run (1) a plain rdkafka consumer that only reads the topics and
-//! (2) the `consumer` role processing them with checkpointing on, until
+//! the same run (1) a plain rdkafka consumer that only reads the topics,
+//! (2) Apache Kafka's own `kafka-consumer-perf-test` reading them, and
+//! (3) the `consumer` role processing them with checkpointing on, until
 //! PostgreSQL's checkpoint covers every message.
 //!
-//! `cargo bench --bench consumer -- [SWAPS] [--external]` (default
-//! 1,000,000 swaps) with PostgreSQL and Redis up (`scripts/services up`).
-//! The broker is librdkafka's mock cluster hosted by this process, or with
-//! `--external` the one at `SWAPSTREAM_TEST_BROKERS` (noida-db by default;
-//! it is unreliable with multi-million-message topics, see docs/BROKERS.md).
-//! Prints a Markdown table row for docs/BENCHMARKS.md.
+//! `cargo bench --bench consumer -- [SWAPS] [--mock]` (default 1,000,000
+//! swaps) with the services up (`scripts/services up`). The broker is Apache
+//! Kafka at `SWAPSTREAM_TEST_BROKERS` (127.0.0.1:9092 by default), or with
+//! `--mock` librdkafka's mock cluster hosted by this process (no Kafka tool
+//! reference then). Prints a Markdown table row for docs/BENCHMARKS.md.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -29,10 +29,10 @@ fn main() {
         return;
     }
     let swaps: u64 = std::env::args().skip(1).find_map(|a| a.replace('_', "").parse().ok()).unwrap_or(1_000_000);
-    let external = std::env::args().any(|a| a == "--external");
+    let mock = std::env::args().any(|a| a == "--mock");
     let id = format!("bench_{:08x}", rand::random::<u32>());
     let prefix = format!("{id}.");
-    let cluster = (!external).then(|| {
+    let cluster = mock.then(|| {
         let cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> =
             rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
         for token in TOKENS.split(',') {
@@ -44,7 +44,7 @@ fn main() {
         Some(cluster) => cluster.bootstrap_servers(),
         None => std::env::var("SWAPSTREAM_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
     };
-    let broker_name = if external { "external broker" } else { "mock cluster" };
+    let broker_name = if mock { "mock cluster" } else { "Apache Kafka" };
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let binary = env!("CARGO_BIN_EXE_swapstream");
     let base_vars = |command: &mut std::process::Command| {
@@ -110,7 +110,13 @@ fn main() {
     eprintln!("plain read: {read} messages in {plain_secs:.2}s = {plain_rate:.0}/s");
     drop(plain);
 
-    // 3. The consumer role, checkpointing to PostgreSQL.
+    // 3. Kafka's own consumer, reading the same messages.
+    let tool_rate = (!mock).then(|| kafka_perf_test(&brokers, &prefix, total, &id));
+    if let Some(rate) = tool_rate {
+        eprintln!("kafka-consumer-perf-test: {rate:.0}/s (fetch time, group join excluded)");
+    }
+
+    // 4. The consumer role, checkpointing to PostgreSQL.
     let mut consumer = std::process::Command::new(binary);
     base_vars(&mut consumer);
     let log = std::fs::File::create(format!("/tmp/{id}-consumer.log")).expect("log");
@@ -150,9 +156,32 @@ fn main() {
     let consumer_rate = covered as f64 / consumer_secs;
     eprintln!("consumer: {covered} messages in {consumer_secs:.2}s = {consumer_rate:.0}/s");
     drop(cluster);
+    let tool = tool_rate.map_or("-".to_owned(), |rate| format!("{rate:.0} msg/s"));
+    let reference = tool_rate.unwrap_or(plain_rate).max(plain_rate);
     println!(
-        "| {broker_name} | {swaps} swaps, {total} messages | {plain_rate:.0} msg/s | {consumer_rate:.0} msg/s ({:.0} swaps/s) | {:.2} |",
+        "| {broker_name} | {swaps} swaps, {total} messages | {plain_rate:.0} msg/s | {tool} | {consumer_rate:.0} msg/s ({:.0} swaps/s) | {:.2} |",
         consumer_rate / 2.0,
-        consumer_rate / plain_rate
+        consumer_rate / reference
     );
+}
+
+/// `kafka-consumer-perf-test` (through `scripts/services kafka-tool`) over
+/// the topics `<prefix>*`: messages per second of fetch time.
+fn kafka_perf_test(brokers: &str, prefix: &str, total: i64, id: &str) -> f64 {
+    let services = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services");
+    let output = std::process::Command::new(services)
+        .args(["kafka-tool", "consumer-perf-test", "--bootstrap-server", brokers])
+        .args(["--include", &format!("{}.*", prefix.replace('.', "\\."))])
+        .args(["--num-records", &total.to_string(), "--group", &format!("{id}-perf"), "--hide-header"])
+        .args(["--timeout", "30000"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("scripts/services kafka-tool consumer-perf-test");
+    assert!(output.status.success(), "kafka-consumer-perf-test failed");
+    let text = String::from_utf8_lossy(&output.stdout);
+    // start.time, end.time, MB, MB/s, records, records/s, rebalance ms, fetch ms, fetch MB/s, fetch records/s
+    let fields: Vec<&str> = text.lines().last().unwrap_or_default().split(',').map(str::trim).collect();
+    let records: i64 = fields.get(4).and_then(|f| f.parse().ok()).unwrap_or(0);
+    assert!(records >= total, "kafka-consumer-perf-test read {records} of {total}: {text}");
+    fields.get(9).and_then(|f| f.parse().ok()).expect("fetch.nMsg.sec in the perf test's output")
 }

@@ -3,13 +3,13 @@
 //! from each swap's event timestamp to its receipt by a client (p50, p99),
 //! and the server's resident memory per idle connection.
 //!
-//! `cargo bench --bench websocket -- [CLIENTS...] [--rate SWAPS_PER_S] [--secs S] [--one-channel] [--noida] [--debug-log] [--set NAME=VALUE]...`
+//! `cargo bench --bench websocket -- [CLIENTS...] [--rate SWAPS_PER_S] [--secs S] [--one-channel] [--mock] [--debug-log] [--set NAME=VALUE]...`
 //! (defaults: 1000 and 10000 clients, 1000 swaps/s, i.e. 2000 events/s as
 //! each swap is a pending and a terminal event, 20 s per run) with
-//! PostgreSQL and Redis up (`scripts/services up`). The broker is
+//! the services up (`scripts/services up`). The broker is Apache Kafka at
+//! `SWAPSTREAM_TEST_BROKERS` (127.0.0.1:9092 by default), or with `--mock`
 //! librdkafka's mock cluster in a process of its own
-//! ([`common::MockBroker`]), or with `--noida` the one at
-//! `SWAPSTREAM_TEST_BROKERS` (noida-db by default). Clients subscribe
+//! ([`common::MockBroker`]). Clients subscribe
 //! round-robin to every token and pair channel, or all to `token:ETH` with
 //! `--one-channel`. `--debug-log` runs the consumer at log level `debug`
 //! (a line per batch and per checkpoint); the consumer's log path is
@@ -55,6 +55,17 @@ fn cpu_secs(pid: u32) -> f64 {
 }
 
 /// The processes whose command name is `name`.
+/// Processes whose command line has `word` (the JVM's `comm` is `java`).
+fn pids_running(word: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == word.as_bytes()))
+        })
+        .collect()
+}
+
 fn pids_named(name: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
@@ -223,7 +234,7 @@ struct Options {
     swaps_per_s: u64,
     secs: u64,
     one_channel: bool,
-    noida: bool,
+    mock: bool,
     debug_log: bool,
     /// `--set NAME=VALUE`: settings of the consumer beyond the bench's own.
     consumer_env: Vec<(String, String)>,
@@ -244,11 +255,11 @@ struct Run {
 // Connecting yields each client's reader task, joined after the measurement.
 #[allow(clippy::async_yields_async)]
 fn run(clients: usize, options: &Options) -> Run {
-    let Options { swaps_per_s, secs, one_channel, noida, debug_log, ref consumer_env } = *options;
+    let Options { swaps_per_s, secs, one_channel, mock, debug_log, ref consumer_env } = *options;
     let id = format!("wsbench_{:08x}", rand::random::<u32>());
     let mut topics: Vec<String> = TOKENS.split(',').map(|t| format!("{id}.{t}")).collect();
     topics.push(format!("{id}-dlq"));
-    let mock = (!noida).then(|| common::MockBroker::start(&topics, 4));
+    let mock = mock.then(|| common::MockBroker::start(&topics, 4));
     let brokers = match &mock {
         Some(mock) => mock.bootstrap.clone(),
         None => std::env::var("SWAPSTREAM_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
@@ -351,7 +362,7 @@ fn run(clients: usize, options: &Options) -> Run {
         };
         let broker = match &mock {
             Some(mock) => vec![mock.pid()],
-            None => pids_named("noida-db"),
+            None => pids_running("kafka.Kafka"),
         };
         let cpu = CpuShares::start(vec![
             ("consumer", vec![pid]),
@@ -523,7 +534,7 @@ fn main() {
         swaps_per_s: arg_after("--rate").and_then(|r| r.parse().ok()).unwrap_or(1000),
         secs: arg_after("--secs").and_then(|r| r.parse().ok()).unwrap_or(20),
         one_channel: flag("--one-channel"),
-        noida: flag("--noida"),
+        mock: flag("--mock"),
         debug_log: flag("--debug-log"),
         consumer_env: args
             .windows(2)

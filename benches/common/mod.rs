@@ -55,10 +55,8 @@ pub fn wait_for_port(log: &Path, timeout: Duration) -> u16 {
 const MOCK_BROKER_VAR: &str = "SWAPSTREAM_BENCH_MOCK_BROKER";
 
 /// librdkafka's mock cluster in a process of its own, as the benchmark's
-/// broker. noida-db answers an empty fetch at once instead of waiting
-/// `fetch.wait.max.ms`, so every idle consumer and the broker spin (about
-/// half a core each here), which on two cores distorts latency; the mock
-/// cluster waits as Kafka does. Ends when the benchmark drops it.
+/// broker when asked for (`--mock`): it needs nothing installed. Ends when
+/// the benchmark drops it.
 pub struct MockBroker {
     child: std::process::Child,
     pub bootstrap: String,

@@ -47,7 +47,8 @@ FALLBACK_ENV_CONTRACT = frozenset({
     "SWAPSTREAM_LOG_LEVEL", "SWAPSTREAM_LOG_FORMAT", "SWAPSTREAM_INSTANCE_ID",
     "SWAPSTREAM_KAFKA_BROKERS", "SWAPSTREAM_KAFKA_TOPIC_MODE", "SWAPSTREAM_KAFKA_TOPIC_PREFIX",
     "SWAPSTREAM_KAFKA_TOPIC", "SWAPSTREAM_KAFKA_PARTITIONS", "SWAPSTREAM_KAFKA_REPLICATION",
-    "SWAPSTREAM_KAFKA_GROUP_ID", "SWAPSTREAM_KAFKA_DLQ_TOPIC", "SWAPSTREAM_KAFKA_OPTIONS",
+    "SWAPSTREAM_KAFKA_GROUP_ID", "SWAPSTREAM_KAFKA_STATIC_MEMBERSHIP",
+    "SWAPSTREAM_KAFKA_SESSION_TIMEOUT_MS", "SWAPSTREAM_KAFKA_DLQ_TOPIC", "SWAPSTREAM_KAFKA_OPTIONS",
     "SWAPSTREAM_POSTGRES_URL", "SWAPSTREAM_POSTGRES_PASSWORD", "SWAPSTREAM_POSTGRES_SCHEMA",
     "SWAPSTREAM_POSTGRES_POOL_SIZE", "SWAPSTREAM_REDIS_URL", "SWAPSTREAM_REDIS_MODE",
     "SWAPSTREAM_REDIS_PASSWORD", "SWAPSTREAM_REDIS_KEY_PREFIX", "SWAPSTREAM_BATCH_MAX_EVENTS",
@@ -178,7 +179,13 @@ def check_compose(root: Path, rep: Report, contract: frozenset[str]) -> None:
     expected = {"kafka", "postgres", "redis", "producer", "consumer", "api", "kafka-ui"}
     rep.check(expected <= set(services), f"services present: {sorted(expected)}")
 
-    rep.check("apache/kafka" in services.get("kafka", {}).get("image", ""), "kafka uses the official apache/kafka image")
+    kafka_image = services.get("kafka", {}).get("image", "")
+    rep.check("apache/kafka" in kafka_image, "kafka uses the official apache/kafka image")
+    pom = root / "scripts" / "kafka" / "pom.xml"
+    local = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom.read_text()) if pom.exists() else None
+    rep.check(local is not None and kafka_image.endswith(":" + local.group(1)),
+              f"kafka image {kafka_image} is the version scripts/services runs locally "
+              f"({local.group(1) if local else 'scripts/kafka/pom.xml unreadable'})")
     rep.check(services.get("kafka", {}).get("environment", {}).get("KAFKA_PROCESS_ROLES") == "broker,controller",
               "kafka runs KRaft combined broker+controller")
     rep.check(services.get("postgres", {}).get("image", "").startswith("timescale/timescaledb:"),

@@ -9,6 +9,7 @@ mod dashboard;
 mod helpers;
 mod producer;
 mod rest;
+mod services_script;
 mod static_membership;
 mod supervision;
 mod websocket;
