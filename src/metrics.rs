@@ -39,6 +39,7 @@ pub struct Metrics {
     pub swap_feed_dropped: IntCounter,
     pub ws_gaps: IntCounter,
     pub ws_handoffs: IntCounter,
+    pub producer_recreated: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -212,6 +213,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ws_handoffs: register_int_counter_with_registry!(
             "ws_handoffs_total",
             "Handoffs of new frames from the session registry to a session (each carries one or more frames)",
+            r
+        )
+        .expect("metric"),
+        producer_recreated: register_int_counter_with_registry!(
+            "producer_recreated_total",
+            "Kafka producer clients replaced by a new one after a fatal error",
             r
         )
         .expect("metric"),

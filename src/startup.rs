@@ -128,10 +128,17 @@ pub async fn run_all(settings: &Settings, log: &slog::Logger) -> anyhow::Result<
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    // The roles are isolated one way: a producer that fails (it already
+    // replaces its client after a fatal Kafka error) leaves the consumer
+    // serving; a consumer that fails ends the process, and a restart by the
+    // supervisor resumes from the checkpoint.
     tokio::select! {
         result = crate::producer::run(&settings, &brokers, log, stopped(stop_rx.clone())) => {
-            result?;
-            info!(log, "producer finished; consumer runs until stopped");
+            match result {
+                Ok(_) => info!(log, "producer finished; consumer runs until stopped"),
+                Err(e) => slog::error!(log, "the producer stopped on an error; the consumer runs on until stopped";
+                    "error" => format!("{e:#}")),
+            }
             tokio::select! {
                 _ = stopped(stop_rx) => {}
                 _ = consumer.reader_stopped() => anyhow::bail!("the Kafka reader stopped unexpectedly"),

@@ -22,7 +22,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::Message as _;
-use slog::{info, warn, Logger};
+use slog::{error, info, warn, Logger};
 use tokio::time::Instant;
 
 pub use generator::{Generator, SwapPlan};
@@ -49,13 +49,18 @@ pub struct Summary {
     pub reordered: u64,
 }
 
-/// Counts deliveries on librdkafka's thread; records them for the ground
-/// truth when asked to.
-struct DeliveryContext {
-    log: LoggingContext,
+/// Deliveries counted on librdkafka's thread, and recorded for the ground
+/// truth when asked to; shared by every client a run creates.
+struct Deliveries {
     delivered: AtomicU64,
     errors: AtomicU64,
     record: Option<Mutex<Vec<(u64, Delivery)>>>,
+}
+
+/// One producer client's context: its log routing and the run's deliveries.
+struct DeliveryContext {
+    log: LoggingContext,
+    deliveries: Arc<Deliveries>,
 }
 
 impl ClientContext for DeliveryContext {
@@ -72,20 +77,21 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<u64>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, seq: Self::DeliveryOpaque) {
+        let deliveries = &self.deliveries;
         let delivery = match result {
             Ok(message) => {
-                self.delivered.fetch_add(1, Ordering::Relaxed);
+                deliveries.delivered.fetch_add(1, Ordering::Relaxed);
                 Delivery::Ok { partition: message.partition(), offset: message.offset() }
             }
             Err((error, _)) => {
-                let count = self.errors.fetch_add(1, Ordering::Relaxed);
+                let count = deliveries.errors.fetch_add(1, Ordering::Relaxed);
                 if count < 10 || count.is_power_of_two() {
                     warn!(self.log.log, "delivery failed"; "error" => %error, "errors" => count + 1);
                 }
                 Delivery::Failed { error: error.to_string() }
             }
         };
-        if let Some(record) = &self.record {
+        if let Some(record) = &deliveries.record {
             record.lock().expect("delivery record lock").push((*seq, delivery));
         }
     }
@@ -157,20 +163,12 @@ pub async fn run(
     let config = &settings.producer;
     create_topics(settings, brokers, log).await?;
 
-    let context = DeliveryContext {
-        log: LoggingContext { log: log.clone() },
+    let deliveries = Arc::new(Deliveries {
         delivered: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         record: config.ground_truth.as_ref().map(|_| Mutex::new(Vec::new())),
-    };
-    let producer: ThreadedProducer<DeliveryContext> = client_config(&settings.kafka, brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "1") // events are stamped when sent: keep their wait short
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "500000")
-        .create_with_context(context)
-        .context("creating the Kafka producer")?;
+    });
+    let mut client = Client::create(settings, brokers, log, &deliveries)?;
 
     let seed = config.seed.unwrap_or_else(rand::random);
     info!(log, "producer started"; "brokers" => brokers, "seed" => seed, "rate" => ?config.rate,
@@ -192,7 +190,7 @@ pub async fn run(
         while let Some(Reverse(next)) = queue.peek_mut().filter(|n| stopping || n.0.due <= now).map(PeekMut::pop) {
             let topic = settings.kafka.topics.topic_for(&next.event.token_from);
             let payload = codec::encode(&next.event, config.encoding);
-            send(&producer, &topic, &next, &payload, config.encoding).await?;
+            client.send(&topic, &next, &payload, config.encoding).await?;
             summary.events_sent += 1;
             summary.duplicates += u64::from(next.duplicate);
             if !next.duplicate && generator.chance(config.duplicate_share) {
@@ -215,7 +213,7 @@ pub async fn run(
                     event: next.event,
                 });
             }
-            if let Some(line) = progress.tick(&summary, producer.context()) {
+            if let Some(line) = progress.tick(&summary, &deliveries) {
                 info!(log, "progress"; line);
             }
         }
@@ -254,16 +252,14 @@ pub async fn run(
         }
     }
 
-    info!(log, "flushing"; "in_flight" => producer.in_flight_count());
-    producer.flush(FLUSH_TIMEOUT).context("flushing in-flight messages")?;
-    let context = producer.context();
-    summary.delivered = context.delivered.load(Ordering::Relaxed);
-    summary.delivery_errors = context.errors.load(Ordering::Relaxed);
+    client.flush().await?;
+    summary.delivered = deliveries.delivered.load(Ordering::Relaxed);
+    summary.delivery_errors = deliveries.errors.load(Ordering::Relaxed);
     info!(log, "producer stopped"; "swaps" => summary.swaps, "sent" => summary.events_sent,
         "delivered" => summary.delivered, "delivery_errors" => summary.delivery_errors,
         "duplicates" => summary.duplicates, "reordered" => summary.reordered);
 
-    if let (Some(path), Some(record)) = (&config.ground_truth, &context.record) {
+    if let (Some(path), Some(record)) = (&config.ground_truth, &deliveries.record) {
         let deliveries = std::mem::take(&mut *record.lock().expect("delivery record lock"));
         let truth = GroundTruth::build(seed, config.encoding, &summary, sent, deliveries);
         truth.write(path).with_context(|| format!("writing the ground truth to {}", path.display()))?;
@@ -272,27 +268,122 @@ pub async fn run(
     Ok(summary)
 }
 
-async fn send(
-    producer: &ThreadedProducer<DeliveryContext>,
-    topic: &str,
-    next: &Scheduled,
-    payload: &[u8],
-    encoding: codec::Encoding,
-) -> anyhow::Result<()> {
-    let key = next.event.id.tx_hash.to_string();
-    loop {
-        let headers =
-            OwnedHeaders::new().insert(Header { key: CONTENT_TYPE_HEADER, value: Some(encoding.content_type()) });
-        let record =
-            BaseRecord::with_opaque_to(topic, Box::new(next.seq)).key(key.as_bytes()).payload(payload).headers(headers);
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                // The local queue is full: wait for deliveries to drain it.
-                tokio::time::sleep(Duration::from_millis(5)).await;
+/// The Kafka producer client of a run. librdkafka's answer to a fatal error
+/// (e.g. an idempotence sequence the broker no longer knows after it lost its
+/// producer state) is a new producer instance: `send` makes one, after a
+/// backoff, and goes on. The messages the old instance still held fail
+/// their delivery (counted, and recorded as failed in the ground truth).
+struct Client {
+    producer: ThreadedProducer<DeliveryContext>,
+    make: Box<dyn Fn() -> anyhow::Result<ThreadedProducer<DeliveryContext>> + Send>,
+    log: Logger,
+    backoff: Backoff,
+}
+
+impl Client {
+    fn create(
+        settings: &Settings,
+        brokers: &str,
+        log: &Logger,
+        deliveries: &Arc<Deliveries>,
+    ) -> anyhow::Result<Client> {
+        let config = client_config(&settings.kafka, brokers);
+        let (log_for_context, deliveries) = (log.clone(), deliveries.clone());
+        let make = Box::new(move || {
+            let context = DeliveryContext {
+                log: LoggingContext { log: log_for_context.clone() },
+                deliveries: deliveries.clone(),
+            };
+            let mut config = config.clone();
+            config
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("linger.ms", "1") // events are stamped when sent: keep their wait short
+                .set("compression.type", "lz4")
+                .set("queue.buffering.max.messages", "500000");
+            config.create_with_context(context).context("creating the Kafka producer")
+        });
+        Ok(Client { producer: make()?, make, log: log.clone(), backoff: Backoff::new() })
+    }
+
+    async fn send(
+        &mut self,
+        topic: &str,
+        next: &Scheduled,
+        payload: &[u8],
+        encoding: codec::Encoding,
+    ) -> anyhow::Result<()> {
+        let key = next.event.id.tx_hash.to_string();
+        loop {
+            let headers =
+                OwnedHeaders::new().insert(Header { key: CONTENT_TYPE_HEADER, value: Some(encoding.content_type()) });
+            let record = BaseRecord::with_opaque_to(topic, Box::new(next.seq))
+                .key(key.as_bytes())
+                .payload(payload)
+                .headers(headers);
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.backoff.reset();
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    // The local queue is full: wait for deliveries to drain it.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((error, _)) => match self.producer.client().fatal_error() {
+                    Some((code, reason)) => self.recreate(code, &reason).await?,
+                    None => return Err(error).with_context(|| format!("sending to topic {topic}")),
+                },
             }
-            Err((error, _)) => return Err(error).with_context(|| format!("sending to topic {topic}")),
         }
+    }
+
+    /// A new client in place of one that hit a fatal error.
+    async fn recreate(&mut self, code: RDKafkaErrorCode, reason: &str) -> anyhow::Result<()> {
+        let wait = self.backoff.next();
+        crate::metrics::METRICS.producer_recreated.inc();
+        error!(self.log, "fatal Kafka producer error; recreating the producer"; "code" => ?code, "reason" => reason,
+            "in_flight" => self.producer.in_flight_count(), "after_ms" => wait.as_millis());
+        tokio::time::sleep(wait).await;
+        let fresh = (self.make)()?;
+        let old = std::mem::replace(&mut self.producer, fresh);
+        // Dropping purges and waits for the purged reports: not on this thread.
+        tokio::task::spawn_blocking(move || drop(old));
+        Ok(())
+    }
+
+    async fn flush(self) -> anyhow::Result<()> {
+        info!(self.log, "flushing"; "in_flight" => self.producer.in_flight_count());
+        let producer = self.producer;
+        tokio::task::spawn_blocking(move || producer.flush(FLUSH_TIMEOUT))
+            .await
+            .context("flushing in-flight messages")?
+            .context("flushing in-flight messages")
+    }
+}
+
+/// Waits between recreations of a failing client: 100 ms, doubling to 10 s;
+/// back to 100 ms after a send goes through.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(10);
+
+    fn new() -> Backoff {
+        Backoff { next: Backoff::FIRST }
+    }
+
+    fn next(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(Backoff::MAX);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.next = Backoff::FIRST;
     }
 }
 
@@ -315,7 +406,7 @@ impl Progress {
         Progress { every, last_at: Instant::now(), last_sent: 0 }
     }
 
-    fn tick(&mut self, summary: &Summary, context: &DeliveryContext) -> Option<slog::OwnedKV<impl slog::KV>> {
+    fn tick(&mut self, summary: &Summary, deliveries: &Deliveries) -> Option<slog::OwnedKV<impl slog::KV>> {
         let elapsed = self.last_at.elapsed();
         if elapsed < self.every {
             return None;
@@ -327,8 +418,22 @@ impl Progress {
             "swaps" => summary.swaps,
             "sent" => summary.events_sent,
             "events_per_sec" => format!("{rate:.1}"),
-            "delivered" => context.delivered.load(Ordering::Relaxed),
-            "errors" => context.errors.load(Ordering::Relaxed),
+            "delivered" => deliveries.delivered.load(Ordering::Relaxed),
+            "errors" => deliveries.errors.load(Ordering::Relaxed),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_starts_over_after_a_success() {
+        let mut backoff = Backoff::new();
+        let waits: Vec<u64> = (0..9).map(|_| backoff.next().as_millis() as u64).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Duration::from_millis(100));
     }
 }

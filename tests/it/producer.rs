@@ -157,3 +157,45 @@ async fn protobuf_stream_matches_its_ground_truth() {
 async fn json_stream_matches_its_ground_truth() {
     check_round_trip("json", codec::CONTENT_TYPE_JSON, &[("SWAPSTREAM_PRODUCER_ENCODING", "json".into())]).await;
 }
+
+/// A fatal error of the idempotent producer is answered with a new producer
+/// instance, and the run goes on. The error is an out-of-order sequence under
+/// the gapless guarantee, injected by librdkafka's mock cluster: a real
+/// broker cannot be made to answer so on demand.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fatal_producer_error_is_answered_with_a_new_producer() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext> = MockCluster::new(1).unwrap();
+    let names = Names::new("it-fatal");
+    for token in TOKENS.split(',') {
+        cluster.create_topic(&format!("{}{token}", names.topic_prefix), PARTITIONS, 1).unwrap();
+    }
+    cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER]);
+    let truth_path = helpers::artifacts().join(format!("{}truth.json", names.topic_prefix));
+    let mut vars = names.vars(&cluster.bootstrap_servers());
+    vars.extend([
+        ("SWAPSTREAM_PRODUCER_TOKENS", TOKENS.to_owned()),
+        ("SWAPSTREAM_PRODUCER_RATE", "6000".to_owned()),
+        ("SWAPSTREAM_PRODUCER_CONFIRM_DELAY_MS", "100".to_owned()),
+        ("SWAPSTREAM_KAFKA_OPTIONS", "enable.idempotence=true,enable.gapless.guarantee=true".to_owned()),
+    ]);
+    let truth_arg = truth_path.display().to_string();
+    let output = helpers::run_binary(
+        &["producer", "--count", "100", "--ground-truth", &truth_arg],
+        &vars,
+        Duration::from_secs(120),
+    )
+    .await;
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the producer ran to its end: {log}");
+    assert!(log.contains("fatal Kafka producer error; recreating the producer"), "a fatal error was met: {log}");
+
+    let truth = GroundTruthFile::read(&truth_path).unwrap();
+    assert_eq!(truth.events.len(), 200, "every swap's two events were sent");
+    let delivered = truth.events.iter().filter(|e| e.result == "ok").count();
+    let lost_with_the_old_client = truth.events.len() - delivered;
+    assert!(delivered >= 190, "the new producer delivered the rest: {delivered} of 200 ({log})");
+    assert!(lost_with_the_old_client < 10, "only what the failed client held is lost: {lost_with_the_old_client}");
+}

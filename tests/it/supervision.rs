@@ -80,3 +80,37 @@ fn a_panicking_aggregator_restarts_from_the_checkpoint_and_the_others_carry_on()
         consumer.stop(Duration::from_secs(20)).await;
     });
 }
+
+/// In `swapstream all` a producer that fails leaves the consumer serving
+/// (here it cannot write its ground truth after sending everything); the
+/// consumer still processes every event and stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_all_a_failing_producer_leaves_the_consumer_serving() {
+    let brokers = require_broker();
+    let names = Names::new("it-all-isolated");
+    let mut vars = names.vars(&brokers);
+    vars.extend(stream());
+    vars.extend([
+        ("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+        ("SWAPSTREAM_PRODUCER_COUNT", "60".to_owned()),
+        ("SWAPSTREAM_PRODUCER_GROUND_TRUTH", "/nonexistent-dir/truth.json".to_owned()),
+    ]);
+    let mut all = helpers::Child::spawn(&names.schema, &["all"], &vars);
+    let port = helpers::logged_port(&all).await;
+    helpers::eventually("the producer reports its failure", Duration::from_secs(60), || {
+        let text = all.log_text();
+        async move { text.contains("the producer stopped on an error") }
+    })
+    .await;
+    // 60 swaps of 2 events plus duplicates: every one delivered is checkpointed.
+    let client = helpers::pg().await;
+    helpers::eventually("the consumer checkpoints the whole stream", Duration::from_secs(60), || {
+        let (client, names) = (&client, &names);
+        async move { helpers::checkpointed(client, names).await >= 120 }
+    })
+    .await;
+    let (status, _) = helpers::http_get(port, "/healthz").await;
+    assert_eq!(status, 200, "still serving after the producer failed");
+    let status = all.terminate(Duration::from_secs(25)).await;
+    assert!(status.success(), "a clean stop: {}", all.log_text());
+}
