@@ -73,15 +73,14 @@ fn up_kafka(state: &Path, path: Option<&Path>, extra: &[(&str, String)]) -> Outc
     Outcome { success: output.status.success(), stderr: String::from_utf8_lossy(&output.stderr).into_owned() }
 }
 
-/// The Kafka jars `scripts/services up` installed for the other tests.
+/// The project's Apache Kafka jars (installed now if a broker of someone
+/// else's was reused and nothing was installed).
 fn installed_kafka() -> PathBuf {
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/kafka");
-    std::fs::read_dir(&local)
-        .unwrap_or_else(|_| panic!("no {}: run `scripts/services up` first", local.display()))
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.join("installed.ok").exists())
-        .expect("an installed Apache Kafka under .local/kafka (scripts/services up)")
+    let output = Command::new(script()).args(["install", "kafka"]).output().expect("scripts/services install kafka");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let line = String::from_utf8_lossy(&output.stdout).into_owned();
+    let home = line.split(" installed in ").nth(1).and_then(|rest| rest.split(" (").next()).expect("the install line");
+    PathBuf::from(home)
 }
 
 #[test]
