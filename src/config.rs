@@ -79,7 +79,7 @@ variables! {
     "SWAPSTREAM_SHUTDOWN_TIMEOUT_SECS", "20", "Longest graceful shutdown: finish and checkpoint the batch in flight, commit, leave the group.";
     "SWAPSTREAM_RECENT_SWAPS", "100", "Recent confirmed swaps kept per token and pair (1 to 1000).";
     "SWAPSTREAM_AGGREGATOR_THREADS", "(cores)", "Threads the aggregator actors run on.";
-    "SWAPSTREAM_HTTP_ADDR", "0.0.0.0:8080", "Address the HTTP server (REST, WebSocket, metrics) listens on.";
+    "SWAPSTREAM_HTTP_ADDR", "0.0.0.0:8080", "Address the HTTP server listens on: REST, WebSocket, health and metrics; the `producer` serves only `/healthz`, `/readyz` and `/metrics` there.";
     "SWAPSTREAM_HTTP_WORKERS", "(cores)", "HTTP worker threads.";
     "SWAPSTREAM_HTTP_HEALTH_ADDR", "(empty)", "A second, plain-HTTP address serving only `/healthz`, `/readyz` and `/metrics` (for probes when the main address speaks TLS); empty: none.";
     "SWAPSTREAM_HTTP_TLS_CERT", "(empty)", "PEM certificate chain; with `SWAPSTREAM_HTTP_TLS_KEY` the main address speaks HTTPS only (rustls, TLS 1.2 and 1.3).";
