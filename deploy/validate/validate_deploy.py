@@ -702,7 +702,8 @@ def validate(root: Path, only: set[str] | None, quiet: bool = False) -> Report:
 
 
 # README.md carries the env contract (its configuration table).
-ARTIFACTS = ["docker-compose.yml", "Dockerfile", ".dockerignore", "Tiltfile", "deploy", "README.md"]
+ARTIFACTS = ["docker-compose.yml", "Dockerfile", ".dockerignore", "Tiltfile", "deploy", "README.md",
+             "scripts/kafka/pom.xml"]
 
 
 def self_test(root: Path) -> int:
@@ -768,11 +769,15 @@ def self_test(root: Path) -> int:
         p.write_text(p.read_text().replace('        deps = SOURCE_DEPS,\n',
                                            '        deps = SOURCE_DEPS,\n        env = {"SWAPSTREAM_API_TOKEN": "dev"},\n', 1))
 
+    def compose_kafka_version_drift(d: Path):
+        p = d / "docker-compose.yml"
+        p.write_text(re.sub(r"apache/kafka:[0-9.]+", "apache/kafka:3.9.0", p.read_text()))
+
     cases = [("k8s", k8s_unknown_field), ("k8s", k8s_wrong_type), ("k8s", k8s_missing_secret_key),
              ("k8s", k8s_unknown_env),
              ("compose", compose_bad_key), ("compose", compose_fixed_consumer_port),
              ("compose", compose_unknown_env), ("compose", compose_unknown_env_no_readme_table),
-             ("compose", compose_env_dropped_from_readme),
+             ("compose", compose_env_dropped_from_readme), ("compose", compose_kafka_version_drift),
              ("dockerfile", dockerfile_root_user), ("tiltfile", tiltfile_syntax), ("tiltfile", tiltfile_unknown_service),
              ("tiltfile", tiltfile_unknown_env)]
     def copy_artifacts(d: Path) -> None:
@@ -781,6 +786,7 @@ def self_test(root: Path) -> int:
             if src.is_dir():
                 shutil.copytree(src, d / a)
             elif src.exists():
+                (d / a).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, d / a)
 
     failures = 0
