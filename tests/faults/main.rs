@@ -5,7 +5,8 @@
 //! lost, none counted twice, to the cent.
 //!
 //! `cargo test --test faults` runs the fast versions (in CI, through
-//! `scripts/test`); `SWAPSTREAM_FAULTS_SWAPS=N` makes the streams longer
+//! `scripts/test`); `SWAPSTREAM_FAULTS_SWAPS=N` and
+//! `SWAPSTREAM_FAULTS_RATE=EVENTS_PER_MINUTE` make the streams longer
 //! (docs/RELIABILITY.md has the commands and the figures). Add
 //! `-- --nocapture` to see each scenario's `RELIABILITY |` line.
 
@@ -34,9 +35,10 @@ pub fn swaps(default: u32) -> u32 {
 }
 
 /// A stream with failures, duplicates and events held back up to 2 s, at
-/// `per_minute` events a minute.
+/// `per_minute` events a minute, or `SWAPSTREAM_FAULTS_RATE`.
 pub fn stream(per_minute: &str) -> Vec<(&'static str, String)> {
-    helpers::stream_vars(TOKENS, per_minute, 2000)
+    let rate = std::env::var("SWAPSTREAM_FAULTS_RATE").unwrap_or_else(|_| per_minute.to_owned());
+    helpers::stream_vars(TOKENS, &rate, 2000)
 }
 
 /// A consumer process of `names` on `stack` under the instance id `id`
