@@ -21,6 +21,8 @@ mod consumer_kills;
 mod malformed;
 mod postgres_outage;
 mod redis_outage;
+mod scaling;
+mod zombie;
 
 use std::time::Duration;
 
