@@ -1,5 +1,6 @@
 //! HTTP: the route table, the middleware stack and the servers.
 
+pub mod client_ip;
 pub mod dashboard;
 pub mod error;
 pub mod health;

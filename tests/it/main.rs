@@ -13,4 +13,5 @@ mod rest;
 mod services_script;
 mod static_membership;
 mod supervision;
+mod trusted_proxies;
 mod websocket;
