@@ -29,7 +29,7 @@ pub async fn run_producer(settings: &Settings, log: &Logger) -> anyhow::Result<(
     };
     let readiness = Readiness { probes: vec![("kafka", broker_probe(settings, &brokers, log)?)] };
     let servers = Servers::start_health(&settings.http, readiness, log)?;
-    let result = crate::producer::run(settings, &brokers, log, stop).await;
+    let result = crate::producer::run(settings, &brokers, log, stop, settings.consumer.shutdown_timeout).await;
     servers.stop().await;
     result.map(|_| ())
 }
@@ -89,8 +89,13 @@ pub async fn run_api(settings: &Settings, log: &Logger) -> anyhow::Result<()> {
     let servers = Servers::start(&settings.http, HttpParts { readiness, live, ws }, log)?;
     info!(log, "api started"; "http_port" => servers.port);
     stop.await;
-    let _ = registry.send(Shutdown { timeout: Duration::from_secs(2) }).await;
-    servers.stop().await;
+    let deadline = tokio::time::Instant::now() + settings.consumer.shutdown_timeout;
+    if tokio::time::timeout_at(deadline, registry.send(Shutdown { timeout: Duration::from_secs(2) })).await.is_err() {
+        warn!(log, "the WebSocket sessions were not all closed in time");
+    }
+    if tokio::time::timeout_at(deadline, servers.stop()).await.is_err() {
+        warn!(log, "HTTP requests in flight were not all finished in time");
+    }
     Ok(())
 }
 
@@ -125,6 +130,7 @@ fn start_registry(
 /// it keeps nothing, so this mode uses its own PostgreSQL schema and Redis
 /// prefix (suffix `_embedded`) and starts them afresh.
 pub async fn run_all(settings: &Settings, log: &slog::Logger) -> anyhow::Result<()> {
+    let signal = crate::shutdown::signal(log.clone());
     let mut settings = settings.clone();
     let mut embedded = None;
     let brokers = match settings.kafka.brokers.clone() {
@@ -145,8 +151,8 @@ pub async fn run_all(settings: &Settings, log: &slog::Logger) -> anyhow::Result<
         }
     };
     let mut consumer = Consumer::start(&settings, &brokers, log).await?;
+    let grace = settings.consumer.shutdown_timeout;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let signal = crate::shutdown::signal(log.clone());
     actix::spawn(async move {
         signal.await;
         let _ = stop_tx.send(true);
@@ -159,7 +165,9 @@ pub async fn run_all(settings: &Settings, log: &slog::Logger) -> anyhow::Result<
     // serving; a consumer that fails ends the process, and a restart by the
     // supervisor resumes from the checkpoint.
     tokio::select! {
-        result = crate::producer::run(&settings, &brokers, log, stopped(stop_rx.clone())) => {
+        // Half the grace period for the producer's flush, half for the
+        // consumer's stop: together within SWAPSTREAM_SHUTDOWN_TIMEOUT_SECS.
+        result = crate::producer::run(&settings, &brokers, log, stopped(stop_rx.clone()), grace / 2) => {
             match result {
                 Ok(_) => info!(log, "producer finished; consumer runs until stopped"),
                 Err(e) => slog::error!(log, "the producer stopped on an error; the consumer runs on until stopped";
@@ -172,7 +180,7 @@ pub async fn run_all(settings: &Settings, log: &slog::Logger) -> anyhow::Result<
         }
         _ = consumer.reader_stopped() => anyhow::bail!("the Kafka reader stopped unexpectedly"),
     }
-    consumer.stop(settings.consumer.shutdown_timeout).await;
+    consumer.stop(grace - grace / 2).await;
     drop(embedded);
     Ok(())
 }
@@ -317,19 +325,29 @@ impl Consumer {
         })
     }
 
-    /// Graceful stop: the batch in flight is checkpointed, the group left,
-    /// WebSocket clients closed with 1001, the HTTP server drained. The
-    /// reader and the polling thread get `timeout`; a checkpoint that cannot
-    /// be stored by then is not (its events are read again after restart),
-    /// and the process exits anyway.
+    /// Graceful stop within `timeout`, whatever is down: the batch in
+    /// flight is checkpointed and the group left (by 60 % of it), WebSocket
+    /// clients closed with 1001 and HTTP drained (by 80 %), the polling
+    /// thread joined (by the end). A checkpoint that cannot be stored by
+    /// then is not (its events are read again after a restart), and the
+    /// process exits anyway.
     pub async fn stop(self, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let started = tokio::time::Instant::now();
+        let (reader_by, drained_by, end) =
+            (started + timeout.mul_f64(0.6), started + timeout.mul_f64(0.8), started + timeout);
         let _ = self.control.send(Control::Stop);
-        if tokio::time::timeout_at(deadline, self.reader_stopped).await.is_err() {
+        if tokio::time::timeout_at(reader_by, self.reader_stopped).await.is_err() {
             warn!(self.log, "the reader did not stop in time");
         }
-        let _ = self.registry.send(Shutdown { timeout: Duration::from_secs(2) }).await;
-        self.servers.stop().await;
+        // Closing the sessions and draining HTTP touch Redis (presence):
+        // neither may outlast the grace period when Redis is down.
+        let closed = self.registry.send(Shutdown { timeout: timeout.mul_f64(0.1) });
+        if tokio::time::timeout_at(drained_by, closed).await.is_err() {
+            warn!(self.log, "the WebSocket sessions were not all closed in time");
+        }
+        if tokio::time::timeout_at(drained_by.max(tokio::time::Instant::now()), self.servers.stop()).await.is_err() {
+            warn!(self.log, "HTTP requests in flight were not all finished in time");
+        }
         // The polling thread leaves the group once the reader stopped.
         // Joined on a detached thread: a blocking task would hold up the
         // runtime's own shutdown for as long as the join takes.
@@ -339,10 +357,7 @@ impl Consumer {
             let _ = poll_thread.join();
             let _ = joined_tx.send(());
         });
-        if tokio::time::timeout_at(deadline.max(tokio::time::Instant::now() + Duration::from_secs(1)), joined)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(end, joined).await.is_err() {
             warn!(self.log, "the Kafka polling thread did not stop in time; exiting without it");
         }
     }

@@ -33,8 +33,6 @@ use crate::config::{Rate, Settings};
 use crate::domain::SwapEvent;
 use crate::kafka::{client_config, LoggingContext};
 
-/// Longest wait for in-flight messages on stop.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Duplicates follow their original within this delay.
 const DUPLICATE_MAX_DELAY: Duration = Duration::from_millis(500);
 
@@ -153,12 +151,15 @@ impl Pacer {
 }
 
 /// Runs the producer until `stop` resolves or the configured count of swaps
-/// is sent; returns what it did.
+/// is sent; returns what it did. In-flight messages get `flush_within` to
+/// be delivered at the end (a broker that is down cannot hold up a stop);
+/// those still waiting then are counted as delivery errors.
 pub async fn run(
     settings: &Settings,
     brokers: &str,
     log: &Logger,
     stop: impl Future<Output = ()>,
+    flush_within: Duration,
 ) -> anyhow::Result<Summary> {
     let config = &settings.producer;
     create_topics(settings, brokers, log).await?;
@@ -252,7 +253,7 @@ pub async fn run(
         }
     }
 
-    client.flush().await?;
+    client.flush(flush_within).await?;
     summary.delivered = deliveries.delivered.load(Ordering::Relaxed);
     summary.delivery_errors = deliveries.errors.load(Ordering::Relaxed);
     info!(log, "producer stopped"; "swaps" => summary.swaps, "sent" => summary.events_sent,
@@ -352,13 +353,21 @@ impl Client {
         Ok(())
     }
 
-    async fn flush(self) -> anyhow::Result<()> {
-        info!(self.log, "flushing"; "in_flight" => self.producer.in_flight_count());
-        let producer = self.producer;
-        tokio::task::spawn_blocking(move || producer.flush(FLUSH_TIMEOUT))
-            .await
-            .context("flushing in-flight messages")?
-            .context("flushing in-flight messages")
+    /// Waits up to `within` for in-flight messages; what is still waiting
+    /// then is purged, and its delivery reports say so.
+    async fn flush(self, within: Duration) -> anyhow::Result<()> {
+        info!(self.log, "flushing"; "in_flight" => self.producer.in_flight_count(), "within_ms" => within.as_millis());
+        let (producer, log) = (self.producer, self.log);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = producer.flush(within) {
+                warn!(log, "in-flight messages not delivered before the stop"; "in_flight" => producer.in_flight_count(),
+                    "error" => %e);
+            }
+            // Dropping purges what is left and waits for its reports.
+            drop(producer);
+        })
+        .await
+        .context("flushing in-flight messages")
     }
 }
 

@@ -22,6 +22,7 @@ mod malformed;
 mod postgres_outage;
 mod redis_outage;
 mod scaling;
+mod shutdown;
 mod zombie;
 
 use std::time::Duration;
