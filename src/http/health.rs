@@ -36,6 +36,7 @@ pub async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
         ready &= result == "ok";
         checks.insert((*name).to_owned(), result.into());
     }
+    crate::metrics::METRICS.ready.set(i64::from(ready));
     let body = json!({"status": if ready { "ready" } else { "not_ready" }, "checks": checks});
     if ready {
         HttpResponse::Ok().json(body)
