@@ -420,6 +420,126 @@ def k8s_rules(objs: list[dict], rep: Report, contract: frozenset[str]) -> None:
     rep.check(any(p.get("port") == 8080 for p in cons_svc.get("ports", [])), "Service/consumer: port 8080 (WebSocket + metrics)")
 
 
+# --------------------------------------------------------------------------- keda
+
+# The ScaledObject schema of this KEDA release, pinned (see deploy/validate/schemas/README.md).
+KEDA_SCHEMA = "deploy/validate/schemas/keda-scaledobject-v2.20.2.json"
+KEDA_VERSION = "2.20.2"
+METRIC_ROW = re.compile(r"^\|\s*`((?:swapstream|process)_[a-z0-9_]+)`\s*\|\s*(\w+)\s*\|", re.M)
+PROMQL_METRIC = re.compile(r"\b((?:swapstream|process)_[a-zA-Z0-9_]+)")
+
+
+def exported_metrics(root: Path) -> dict[str, str]:
+    """Name -> type of every metric the binary exports: the README's metric
+    table, which a unit test keeps equal to the binary's registry."""
+    readme = root / "README.md"
+    return dict(METRIC_ROW.findall(readme.read_text())) if readme.is_file() else {}
+
+
+def promql_metrics(expr: str, known: dict[str, str]) -> set[str]:
+    """Metric names a PromQL expression uses; a histogram's _bucket/_sum/_count
+    series count as the histogram."""
+    names = set()
+    for name in PROMQL_METRIC.findall(expr):
+        for suffix in ("_bucket", "_sum", "_count"):
+            base = name[: -len(suffix)]
+            if name.endswith(suffix) and known.get(base) in ("histogram", "summary"):
+                name = base
+        names.add(name)
+    return names
+
+
+def check_metric_names(rep: Report, what: str, expr: str, known: dict[str, str]) -> None:
+    if not known:
+        rep.skip(f"{what}: metric names not checked (README.md has no metric table)")
+        return
+    used = promql_metrics(expr, known)
+    unknown = sorted(n for n in used if n not in known)
+    rep.check(bool(used) and not unknown, f"{what}: metrics {sorted(used)} are exported by the binary"
+              + (f" (unknown: {unknown})" if unknown else ""))
+
+
+def check_keda(root: Path, rep: Report, contract: frozenset[str]) -> None:
+    rep.start("keda: deploy/overlays/keda")
+    odir = root / "deploy" / "overlays" / "keda"
+    if not rep.check((odir / "kustomization.yaml").is_file(), "deploy/overlays/keda/kustomization.yaml exists"):
+        return
+    res = run([tool("kubectl"), "kustomize", str(odir)])
+    if not rep.check(res.returncode == 0, "`kubectl kustomize deploy/overlays/keda` builds"):
+        rep.say(indent(res.stderr))
+        return
+    built = [d for d in yaml.safe_load_all(res.stdout) if d]
+    scaled = [o for o in built if o.get("kind") == "ScaledObject"]
+    others = [o for o in built if o.get("kind") != "ScaledObject"]
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as tmp:
+        yaml.safe_dump_all(others, tmp)
+    try:
+        for k in K8S_VERSIONS:
+            r2 = run([tool("kubernetes-validate"), "--strict", "--quiet", "-k", k, tmp.name])
+            if not rep.check(r2.returncode == 0, f"overlay's {len(others)} Kubernetes resources valid against {k} (strict)"):
+                rep.say(indent(r2.stdout + r2.stderr))
+    finally:
+        os.unlink(tmp.name)
+
+    import jsonschema  # installed with check-jsonschema
+
+    schema = json.loads((root / KEDA_SCHEMA).read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    for so in scaled:
+        name = so.get("metadata", {}).get("name")
+        rep.check(so.get("apiVersion") == "keda.sh/v1alpha1", f"ScaledObject/{name}: apiVersion keda.sh/v1alpha1")
+        errors = sorted(validator.iter_errors(so), key=lambda e: list(e.absolute_path))
+        if not rep.check(not errors, f"ScaledObject/{name}: valid against the KEDA {KEDA_VERSION} CRD schema (strict)"):
+            for e in errors[:10]:
+                rep.say(indent(f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"))
+
+    by = {(o.get("kind"), o.get("metadata", {}).get("name")): o for o in built}
+    deployments = {n for k, n in by if k == "Deployment"}
+    cm = by.get(("ConfigMap", "swapstream-config"), {}).get("data", {}) or {}
+    partitions = int(cm.get("SWAPSTREAM_KAFKA_PARTITIONS", "0") or 0)
+    known = exported_metrics(root)
+    rep.check(all(o.get("metadata", {}).get("namespace") == "swapstream" for o in built if o.get("kind") != "Namespace"),
+              "every namespaced object is in namespace swapstream")
+    targets = {}
+    for so in scaled:
+        name = so["metadata"].get("name")
+        spec = so.get("spec", {}) or {}
+        ref = spec.get("scaleTargetRef", {}) or {}
+        targets[ref.get("name")] = name
+        rep.check(ref.get("kind", "Deployment") == "Deployment" and ref.get("name") in deployments,
+                  f"ScaledObject/{name}: targets Deployment {ref.get('name')}")
+        lo, hi = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
+        rep.check(isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi,
+                  f"ScaledObject/{name}: 1 <= minReplicaCount {lo} <= maxReplicaCount {hi}")
+        triggers = spec.get("triggers", []) or []
+        for i, t in enumerate(triggers):
+            meta = t.get("metadata", {}) or {}
+            what = f"ScaledObject/{name} trigger {t.get('name') or i} ({t.get('type')})"
+            if t.get("type") == "kafka":
+                rep.check(meta.get("bootstrapServers") == cm.get("SWAPSTREAM_KAFKA_BROKERS"),
+                          f"{what}: bootstrapServers = SWAPSTREAM_KAFKA_BROKERS")
+                rep.check(meta.get("consumerGroup") == cm.get("SWAPSTREAM_KAFKA_GROUP_ID"),
+                          f"{what}: consumerGroup = SWAPSTREAM_KAFKA_GROUP_ID")
+                rep.check(str(meta.get("lagThreshold", "")).isdigit(), f"{what}: lagThreshold set")
+            if t.get("type") == "prometheus":
+                rep.check(all(meta.get(k) for k in ("serverAddress", "query", "threshold")),
+                          f"{what}: serverAddress, query and threshold set")
+                check_metric_names(rep, what, meta.get("query", ""), known)
+        if name == "consumer":
+            kinds = {t.get("type") for t in triggers}
+            rep.check({"kafka", "prometheus"} <= kinds, f"ScaledObject/consumer: kafka lag and prometheus triggers ({sorted(kinds)})")
+            rep.check(bool(partitions) and isinstance(hi, int) and hi <= partitions,
+                      f"ScaledObject/consumer: maxReplicaCount {hi} <= Kafka partitions {partitions}")
+    rep.check({"consumer", "api"} <= set(targets), f"ScaledObjects for consumer and api ({sorted(targets)})")
+    for (kind, name), o in sorted(by.items()):
+        if kind == "HorizontalPodAutoscaler":
+            target = (o.get("spec", {}).get("scaleTargetRef", {}) or {}).get("name")
+            rep.check(target not in targets,
+                      f"HPA/{name}: does not target {target}, which ScaledObject/{targets.get(target)} scales "
+                      "(KEDA creates its own HPA; two fight)")
+
+
 # --------------------------------------------------------------------------- dockerfile
 
 def check_dockerfile(root: Path, rep: Report, contract: frozenset[str]) -> None:
@@ -690,7 +810,8 @@ def validate(root: Path, only: set[str] | None, quiet: bool = False) -> Report:
         rep.notes.append(f"[env contract] README table and built-in fallback list differ "
                          f"(README only: {sorted(contract - FALLBACK_ENV_CONTRACT)}, "
                          f"fallback only: {sorted(FALLBACK_ENV_CONTRACT - contract)}); the README wins")
-    steps = [("compose", check_compose), ("k8s", check_k8s), ("dockerfile", check_dockerfile), ("tiltfile", check_tiltfile)]
+    steps = [("compose", check_compose), ("k8s", check_k8s), ("keda", check_keda), ("dockerfile", check_dockerfile),
+             ("tiltfile", check_tiltfile)]
     for name, fn in steps:
         if only and name not in only:
             continue
@@ -701,8 +822,10 @@ def validate(root: Path, only: set[str] | None, quiet: bool = False) -> Report:
     return rep
 
 
-# README.md carries the env contract (its configuration table).
-ARTIFACTS = ["docker-compose.yml", "Dockerfile", ".dockerignore", "Tiltfile", "deploy", "README.md"]
+# README.md carries the env contract (its configuration table) and the metric
+# table; scripts/kafka/pom.xml the Kafka version the compose image must match.
+ARTIFACTS = ["docker-compose.yml", "Dockerfile", ".dockerignore", "Tiltfile", "deploy", "README.md",
+             "scripts/kafka/pom.xml"]
 
 
 def self_test(root: Path) -> int:
@@ -768,16 +891,38 @@ def self_test(root: Path) -> int:
         p.write_text(p.read_text().replace('        deps = SOURCE_DEPS,\n',
                                            '        deps = SOURCE_DEPS,\n        env = {"SWAPSTREAM_API_TOKEN": "dev"},\n', 1))
 
+    def keda_unknown_field(d: Path):
+        # A ScaledObject field KEDA does not have (maxReplicas is the HPA's name).
+        p = d / "deploy/overlays/keda/scaledobjects.yaml"
+        p.write_text(p.read_text().replace("  maxReplicaCount: 4\n", "  maxReplicas: 4\n", 1))
+
+    def keda_trigger_metadata_not_a_string(d: Path):
+        p = d / "deploy/overlays/keda/scaledobjects.yaml"
+        p.write_text(p.read_text().replace('lagThreshold: "5000"', "lagThreshold: 5000", 1))
+
+    def keda_hpa_kept(d: Path):
+        # The base's CPU HPA left in place next to KEDA's.
+        p = d / "deploy/overlays/keda/kustomization.yaml"
+        text = p.read_text()
+        p.write_text(text[: text.index("patches:")])
+
+    def keda_unknown_metric(d: Path):
+        p = d / "deploy/overlays/keda/scaledobjects.yaml"
+        p.write_text(p.read_text().replace("sum(swapstream_ws_sessions{", "sum(swapstream_ws_connections{", 1))
+
     cases = [("k8s", k8s_unknown_field), ("k8s", k8s_wrong_type), ("k8s", k8s_missing_secret_key),
              ("k8s", k8s_unknown_env),
              ("compose", compose_bad_key), ("compose", compose_fixed_consumer_port),
              ("compose", compose_unknown_env), ("compose", compose_unknown_env_no_readme_table),
              ("compose", compose_env_dropped_from_readme),
              ("dockerfile", dockerfile_root_user), ("tiltfile", tiltfile_syntax), ("tiltfile", tiltfile_unknown_service),
-             ("tiltfile", tiltfile_unknown_env)]
+             ("tiltfile", tiltfile_unknown_env),
+             ("keda", keda_unknown_field), ("keda", keda_trigger_metadata_not_a_string), ("keda", keda_hpa_kept),
+             ("keda", keda_unknown_metric)]
     def copy_artifacts(d: Path) -> None:
         for a in ARTIFACTS:
             src = root / a
+            (d / a).parent.mkdir(parents=True, exist_ok=True)
             if src.is_dir():
                 shutil.copytree(src, d / a)
             elif src.exists():
@@ -828,7 +973,7 @@ def _snapshot(d: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=str(Path(__file__).resolve().parents[2]), help="repository root")
-    ap.add_argument("--only", action="append", choices=["compose", "k8s", "dockerfile", "tiltfile"],
+    ap.add_argument("--only", action="append", choices=["compose", "k8s", "keda", "dockerfile", "tiltfile"],
                     help="run only these sections (repeatable)")
     ap.add_argument("--self-test", action="store_true", help="prove that broken copies are rejected")
     a = ap.parse_args()
