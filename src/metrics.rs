@@ -320,6 +320,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         (&metrics.dead_lettered, DEAD_LETTER_REASONS),
         (&metrics.ws_evictions, EVICTION_REASONS),
         (&metrics.ws_frames_sent, FRAME_TYPES),
+        (&metrics.http_rejected, REJECT_REASONS),
     ] {
         for value in values {
             vec.with_label_values(&[value]);
@@ -345,6 +346,8 @@ const DEAD_LETTER_REASONS: &[&str] = &[
 ];
 /// Values of `swapstream_ws_evictions_total{reason}`.
 const EVICTION_REASONS: &[&str] = &["queue_full", "queue_bytes", "total_bytes", "write_deadline", "ping_timeout"];
+/// Values of `swapstream_http_rejected_total{reason}`.
+const REJECT_REASONS: &[&str] = &["unauthorized", "forbidden", "origin_not_allowed", "rate_limited", "too_large"];
 /// Values of `swapstream_ws_frames_sent_total{type}`.
 const FRAME_TYPES: &[&str] = &["subscribed", "swap", "stats"];
 

@@ -12,6 +12,7 @@ pub mod tokens;
 pub mod ws;
 
 use std::net::TcpListener;
+use std::time::Duration;
 
 use actix_cors::Cors;
 use actix_web::dev::ServerHandle;
@@ -67,6 +68,9 @@ fn cors(policy: &web::Data<Policy>) -> Cors {
         .max_age(600)
 }
 
+/// How often readiness is checked for `swapstream_ready` besides `/readyz`.
+const READINESS_REFRESH: Duration = Duration::from_secs(15);
+
 /// What the HTTP servers serve.
 pub struct HttpParts {
     pub readiness: Readiness,
@@ -91,6 +95,7 @@ impl Servers {
             .map(|limit| rate_limit::RateLimiter::new(limit, limit.shared.then(|| parts.live.redis().clone())));
         let policy = web::Data::new(Policy::new(settings, limiter, log.clone()));
         let health = health_routes(parts.readiness.clone());
+        actix::spawn(health::refresh_readiness(parts.readiness.clone(), READINESS_REFRESH));
         let api = api_routes(parts.live.clone());
         let ws = web::Data::new(parts.ws.clone());
         let send_buffer = parts.ws.common.settings.send_buffer_bytes;

@@ -7,6 +7,7 @@ mod cli;
 mod consumer;
 mod dashboard;
 mod helpers;
+mod monitoring;
 mod producer;
 mod rest;
 mod services_script;
