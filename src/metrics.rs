@@ -115,7 +115,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         )),
         ready: c.add(register_int_gauge_with_registry!(
             "ready",
-            "1 while the last readiness check (`/readyz`) found every dependency reachable, 0 after one that did not",
+            "1 while the last readiness check (every 15 s and on each `/readyz`) found every dependency reachable, else 0",
             r
         )),
         events_consumed: c.add(register_int_counter_vec_with_registry!(
@@ -123,191 +123,161 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Kafka messages read, by topic",
             &["topic"],
             r
-        )
-        ),
+        )),
         events_decoded: c.add(register_int_counter_with_registry!(
             "events_decoded_total",
             "Messages decoded into valid swap events",
             r
-        )
-        ),
+        )),
         outcomes: c.add(register_int_counter_vec_with_registry!(
             "events_outcome_total",
             "Valid events by what they meant: pending, confirmed, failed, duplicate, stale_pending, conflict",
             &["outcome"],
             r
-        )
-        ),
+        )),
         dead_lettered: c.add(register_int_counter_vec_with_registry!(
             "events_dead_lettered_total",
             "Messages sent to the dead-letter topic, by reason",
             &["reason"],
             r
-        )
-        ),
+        )),
         pending: c.add(register_int_gauge_vec_with_registry!(
             "pending_swaps",
             "Swaps seen pending and not yet confirmed or failed, in this instance's partitions, by token or pair",
             &["key"],
             r
-        )
-        ),
+        )),
         checkpoint_seconds: c.add(register_histogram_with_registry!(
             "checkpoint_duration_seconds",
             "Time of one checkpoint transaction",
             vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
             r
-        )
-        ),
+        )),
         checkpoint_events: c.add(register_histogram_with_registry!(
             "checkpoint_batch_events",
             "Messages covered by one checkpoint",
             vec![1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0, 50000.0],
             r
-        )
-        ),
+        )),
         checkpoint_failures: c.add(register_int_counter_with_registry!(
             "checkpoint_failures_total",
             "Checkpoints that failed and were retried",
             r
-        )
-        ),
+        )),
         consumer_lag: c.add(register_int_gauge_vec_with_registry!(
             "consumer_lag",
             "Messages between the checkpoint and the partition's high watermark",
             &["topic", "partition"],
             r
-        )
-        ),
+        )),
         aggregator_restarts: c.add(register_int_counter_with_registry!(
             "aggregator_restarts_total",
             "Aggregator actors restarted by their supervisor",
             r
-        )
-        ),
+        )),
         offset_regressions: c.add(register_int_counter_with_registry!(
             "offset_regressions_total",
             "Messages skipped because their offset is below the partition's checkpoint (e.g. a recreated topic)",
             r
-        )
-        ),
-        redis_errors: c.add(register_int_counter_with_registry!("redis_errors_total", "Failed Redis writes", r)
-            ),
+        )),
+        redis_errors: c.add(register_int_counter_with_registry!("redis_errors_total", "Failed Redis writes", r)),
         redis_rebuilds: c.add(register_int_counter_with_registry!(
             "redis_rebuilds_total",
             "Rebuilds of the live state in Redis from this instance's partitions",
             r
-        )
-        ),
+        )),
         http_requests: c.add(register_int_counter_vec_with_registry!(
             "http_requests_total",
             "HTTP requests by route and status",
             &["route", "status"],
             r
-        )
-        ),
+        )),
         http_seconds: c.add(register_histogram_vec_with_registry!(
             "http_request_duration_seconds",
             "HTTP request latency by route",
             &["route"],
             vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
             r
-        )
-        ),
+        )),
         http_rejected: c.add(register_int_counter_vec_with_registry!(
             "http_rejected_total",
             "Requests refused before a handler ran, by reason: unauthorized, forbidden, origin_not_allowed, rate_limited, too_large",
             &["reason"],
             r
-        )
-        ),
+        )),
         rate_limit_fallbacks: c.add(register_int_counter_with_registry!(
             "rate_limit_fallbacks_total",
             "Rate-limit checks decided by local buckets because Redis did not answer",
             r
-        )
-        ),
+        )),
         rest_reads: c.add(register_int_counter_vec_with_registry!(
             "rest_reads_total",
             "Reads behind REST answers, by source: actors, redis, postgres",
             &["source"],
             r
-        )
-        ),
-        ws_sessions: c.add(register_int_gauge_with_registry!("ws_sessions", "Open WebSocket sessions of this instance", r)
-            ),
+        )),
+        ws_sessions: c.add(register_int_gauge_with_registry!("ws_sessions", "Open WebSocket sessions of this instance", r)),
         ws_frames_sent: c.add(register_int_counter_vec_with_registry!(
             "ws_frames_sent_total",
             "WebSocket channel frames written, by type (subscribed, swap, stats)",
             &["type"],
             r
-        )
-        ),
+        )),
         ws_evictions: c.add(register_int_counter_vec_with_registry!(
             "ws_evictions_total",
             "WebSocket clients disconnected by the server, by reason (queue_full, queue_bytes, total_bytes, write_deadline, ping_timeout)",
             &["reason"],
             r
-        )
-        ),
+        )),
         ws_bad_frames: c.add(register_int_counter_vec_with_registry!(
             "ws_bad_frames_total",
             "Bad WebSocket frames from clients, by error code",
             &["code"],
             r
-        )
-        ),
+        )),
         ws_refused: c.add(register_int_counter_vec_with_registry!(
             "ws_connections_refused_total",
             "WebSocket upgrades refused, by reason",
             &["reason"],
             r
-        )
-        ),
+        )),
         ws_pubsub_resumed: c.add(register_int_counter_with_registry!(
             "ws_pubsub_resumed_total",
             "Redis pub/sub connections re-established after a loss (clients are shown a seq gap)",
             r
-        )
-        ),
+        )),
         swap_feed_dropped: c.add(register_int_counter_with_registry!(
             "swap_feed_dropped_total",
             "Batches of swap states not published because Redis could not keep up (clients miss those swap frames)",
             r
-        )
-        ),
+        )),
         ws_gaps: c.add(register_int_counter_with_registry!(
             "ws_gaps_total",
             "Updates that told of lost swap states (each subscribed client of the channel skips a seq)",
             r
-        )
-        ),
+        )),
         ws_handoffs: c.add(register_int_counter_with_registry!(
             "ws_handoffs_total",
             "Handoffs of new frames from the session registry to a session (each carries one or more frames)",
             r
-        )
-        ),
+        )),
         producer_recreated: c.add(register_int_counter_with_registry!(
             "producer_recreated_total",
             "Kafka producer clients replaced by a new one after a fatal error",
             r
-        )
-        ),
+        )),
         read_delay: c.add(register_histogram_with_registry!(
             "read_delay_seconds",
             "Time from a message's Kafka timestamp (set by its producer) to its read by the consumer",
             vec![0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0],
             r
-        )
-        ),
+        )),
         live_write_seconds: c.add(register_histogram_with_registry!(
             "live_write_seconds",
             "Time to write one checkpoint's live state to Redis and publish its updates",
             vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
             r
-        )
-        ),
+        )),
         registry,
         process: process_registry(),
         catalog: c.0,
