@@ -1,6 +1,6 @@
 //! The operations files (Grafana dashboard, Prometheus alert rules, KEDA
-//! ScaledObjects) name only metrics a real consumer exports, and its log
-//! lines carry what they are about.
+//! ScaledObjects) name only metrics a real consumer exports; its log lines
+//! carry what they are about and follow the per-module level filter.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -131,6 +131,8 @@ async fn the_dashboard_alerts_and_scaled_objects_use_only_exported_metrics_and_l
 
     let mut vars = names.vars(&brokers);
     vars.push(("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0".into()));
+    // Debug for the checkpoint writer's module only, not for its parent.
+    vars.push(("SWAPSTREAM_LOG_LEVEL", "info,swapstream::actors::kafka_reader::committer=debug".into()));
     let mut consumer = Child::spawn(&names.schema, &["consumer"], &vars);
     wait_checkpointed(&names, delivered(&truth) + 1, Duration::from_secs(90)).await;
     let port = logged_port(&consumer).await;
@@ -174,6 +176,10 @@ async fn the_dashboard_alerts_and_scaled_objects_use_only_exported_metrics_and_l
     assert_eq!(dead["offset"], delivery.offset, "{dead}");
     assert_eq!(dead["reason"], "malformed_json", "{dead}");
     assert_eq!(dead["level"], "WARN", "{dead}");
+    let checkpoint = lines.iter().find(|l| l["msg"] == "checkpoint").unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(checkpoint["level"], "DEBUG", "{checkpoint}");
+    let batch = lines.iter().find(|l| l["msg"] == "batch");
+    assert!(batch.is_none(), "swapstream::actors::kafka_reader is at info: {batch:?}");
     let request = lines.iter().find(|l| l["msg"] == "request" && l["path"] == "/v1/tokens").expect("access log line");
     assert_eq!(request["request_id"], "it-monitoring-1", "{request}");
     assert_eq!(request["level"], "INFO", "{request}");
