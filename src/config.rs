@@ -80,7 +80,7 @@ variables! {
     "SWAPSTREAM_SHUTDOWN_TIMEOUT_SECS", "20", "Longest graceful shutdown: finish and checkpoint the batch in flight, commit, leave the group.";
     "SWAPSTREAM_RECENT_SWAPS", "100", "Recent confirmed swaps kept per token and pair (1 to 1000).";
     "SWAPSTREAM_AGGREGATOR_THREADS", "(cores)", "Threads the aggregator actors run on.";
-    "SWAPSTREAM_HTTP_ADDR", "0.0.0.0:8080", "Address the HTTP server (REST, WebSocket, metrics) listens on.";
+    "SWAPSTREAM_HTTP_ADDR", "0.0.0.0:8080", "Address the HTTP server listens on: REST, WebSocket, health and metrics; the `producer` serves only `/healthz`, `/readyz` and `/metrics` there.";
     "SWAPSTREAM_HTTP_WORKERS", "(cores)", "HTTP worker threads.";
     "SWAPSTREAM_HTTP_HEALTH_ADDR", "(empty)", "A second, plain-HTTP address serving only `/healthz`, `/readyz` and `/metrics` (for probes when the main address speaks TLS); empty: none.";
     "SWAPSTREAM_HTTP_TLS_CERT", "(empty)", "PEM certificate chain; with `SWAPSTREAM_HTTP_TLS_KEY` the main address speaks HTTPS only (rustls, TLS 1.2 and 1.3).";
@@ -94,6 +94,7 @@ variables! {
     "SWAPSTREAM_CORS_ORIGINS", "(empty)", "Origins allowed to call the API from a browser, comma-separated (`https://app.example.com`), or `*` (refused while API keys are set). A request with any other `Origin` than these or its own gets 403.";
     "SWAPSTREAM_RATE_LIMIT_PER_SEC", "100", "Requests per second per API key (per client IP when anonymous) on `/v1`; 0 turns rate limiting off.";
     "SWAPSTREAM_RATE_LIMIT_BURST", "200", "Requests a client may make at once before the rate applies (1 to 1000000).";
+    "SWAPSTREAM_TRUSTED_PROXIES", "(empty)", "Networks of the proxies in front of the service (ingress, load balancer), comma-separated CIDR or addresses (`10.0.0.0/8,fd00::/8`). From a peer in them, the client's address is read from `Forwarded` or `X-Forwarded-For` (the nearest hop that is not a trusted proxy); from any other peer those headers are ignored. Per-IP limits (rate limit, WebSocket connections) and logs use that address.";
     "SWAPSTREAM_RATE_LIMIT_STORE", "local", "`local`: each process keeps its own buckets; `redis`: buckets live in Redis, so every replica shares one limit per client.";
     "SWAPSTREAM_WS_QUEUE_MESSAGES", "64", "Outbound queue of one WebSocket session, in messages (a message holds the frames of one channel handed on together); a client whose queue is full is disconnected as a slow consumer (1 to 100000).";
     "SWAPSTREAM_WS_QUEUE_BYTES", "1048576", "Outbound bytes of one WebSocket session not yet taken by the HTTP layer; past this the client is disconnected as a slow consumer (4096 to 1073741824).";
@@ -241,6 +242,8 @@ pub struct HttpSettings {
     pub api_keys: Secret<Vec<String>>,
     pub cors: CorsOrigins,
     pub rate_limit: Option<RateLimit>,
+    /// Peers whose `Forwarded`/`X-Forwarded-For` name the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -654,6 +657,16 @@ fn http_settings(env: &mut Env<'_>, cores: usize) -> HttpSettings {
         _ => None,
     });
     let rate_limit = (per_second > 0).then_some(RateLimit { per_second, burst, shared });
+    let trusted_proxies =
+        env.parse("SWAPSTREAM_TRUSTED_PROXIES", "networks like 10.0.0.0/8 or addresses, comma-separated", |v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(|n| {
+                    n.parse::<ipnet::IpNet>().or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from)).ok()
+                })
+                .collect::<Option<Vec<_>>>()
+        });
 
     HttpSettings {
         addr,
@@ -667,6 +680,7 @@ fn http_settings(env: &mut Env<'_>, cores: usize) -> HttpSettings {
         api_keys: Secret(keys),
         cors,
         rate_limit,
+        trusted_proxies,
     }
 }
 

@@ -100,6 +100,7 @@ pub struct Metrics {
     pub ws_gaps: IntCounter,
     pub ws_handoffs: IntCounter,
     pub producer_recreated: IntCounter,
+    pub live_writes_fenced: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -259,6 +260,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ws_handoffs: c.add(register_int_counter_with_registry!(
             "ws_handoffs_total",
             "Handoffs of new frames from the session registry to a session (each carries one or more frames)",
+            r
+        )),
+        live_writes_fenced: c.add(register_int_counter_with_registry!(
+            "live_writes_fenced_total",
+            "Partials not written to Redis because a later position of their partition was there (a paused instance's late write)",
             r
         )),
         producer_recreated: c.add(register_int_counter_with_registry!(

@@ -1,27 +1,34 @@
 //! Stop signals.
 
+use std::future::Future;
+
 use slog::{info, Logger};
 
-/// Resolves on the first Ctrl-C (SIGINT) or SIGTERM.
-pub async fn signal(log: Logger) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on the first Ctrl-C (SIGINT) or SIGTERM. The handlers are
+/// installed when this is called, not when the future is first polled, so
+/// a signal that comes while the role is still starting stops it gracefully
+/// instead of killing the process. Call it inside the runtime.
+pub fn signal(log: Logger) -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
+        use tokio::signal::unix::{signal, SignalKind};
+        let listeners = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
+        async move {
+            match listeners {
+                (Ok(mut interrupt), Ok(mut terminate)) => tokio::select! {
+                    _ = interrupt.recv() => info!(log, "stop requested"; "signal" => "SIGINT"),
+                    _ = terminate.recv() => info!(log, "stop requested"; "signal" => "SIGTERM"),
+                },
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    info!(log, "stop requested"; "signal" => "SIGINT");
+                }
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => info!(log, "stop requested"; "signal" => "SIGINT"),
-            _ = term.recv() => info!(log, "stop requested"; "signal" => "SIGTERM"),
         }
     }
     #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    async move {
+        let _ = tokio::signal::ctrl_c().await;
         info!(log, "stop requested"; "signal" => "Ctrl-C");
     }
 }

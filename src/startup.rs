@@ -19,12 +19,37 @@ use crate::kafka::{client_config, set_default, LoggingContext};
 use crate::storage::postgres::PgStore;
 use crate::storage::redis::RedisStore;
 
-/// The `producer` role: until stopped or its count is reached.
+/// The `producer` role: until stopped or its count is reached. It serves
+/// `/healthz`, `/readyz` (the broker answers) and `/metrics` on
+/// `SWAPSTREAM_HTTP_ADDR` for its probes and scrapes.
 pub async fn run_producer(settings: &Settings, log: &Logger) -> anyhow::Result<()> {
+    let stop = crate::shutdown::signal(log.clone());
     let Some(brokers) = settings.kafka.brokers.clone() else {
         anyhow::bail!("the producer needs SWAPSTREAM_KAFKA_BROKERS");
     };
-    crate::producer::run(settings, &brokers, log, crate::shutdown::signal(log.clone())).await.map(|_| ())
+    let readiness = Readiness { probes: vec![("kafka", broker_probe(settings, &brokers, log)?)] };
+    let servers = Servers::start_health(&settings.http, readiness, log)?;
+    let result = crate::producer::run(settings, &brokers, log, stop).await;
+    servers.stop().await;
+    result.map(|_| ())
+}
+
+/// A readiness probe that asks the brokers for metadata, on a client of its own.
+fn broker_probe(settings: &Settings, brokers: &str, log: &Logger) -> anyhow::Result<Probe> {
+    let client: rdkafka::admin::AdminClient<LoggingContext> = client_config(&settings.kafka, brokers)
+        .create_with_context(LoggingContext { log: log.clone() })
+        .context("creating the Kafka metadata client")?;
+    let client = Arc::new(client);
+    Ok(Arc::new(move || {
+        let client = client.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                client.inner().fetch_metadata(None, Duration::from_secs(2)).map(|_| ())
+            })
+            .await??;
+            Ok(())
+        })
+    }))
 }
 
 /// The `consumer` role: until SIGTERM/Ctrl-C, then a graceful stop.
@@ -55,6 +80,7 @@ pub async fn run_consumer(settings: &Settings, log: &Logger) -> anyhow::Result<(
 /// endpoint over Redis pub/sub, no Kafka; nothing kept but client sessions,
 /// so replicas scale behind a load balancer.
 pub async fn run_api(settings: &Settings, log: &Logger) -> anyhow::Result<()> {
+    let stop = crate::shutdown::signal(log.clone());
     let pg = PgStore::connect(&settings.postgres, settings.consumer.recent_swaps, log).await?;
     let redis = RedisStore::connect(&settings.redis, settings.consumer.recent_swaps).await?;
     let readiness = Readiness { probes: dependency_probes(&pg, &redis, None) };
@@ -62,7 +88,7 @@ pub async fn run_api(settings: &Settings, log: &Logger) -> anyhow::Result<()> {
     let live = Live::stores(redis, pg, settings.http.cache);
     let servers = Servers::start(&settings.http, HttpParts { readiness, live, ws }, log)?;
     info!(log, "api started"; "http_port" => servers.port);
-    crate::shutdown::signal(log.clone()).await;
+    stop.await;
     let _ = registry.send(Shutdown { timeout: Duration::from_secs(2) }).await;
     servers.stop().await;
     Ok(())
@@ -120,9 +146,9 @@ pub async fn run_all(settings: &Settings, log: &slog::Logger) -> anyhow::Result<
     };
     let mut consumer = Consumer::start(&settings, &brokers, log).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let signal_log = log.clone();
+    let signal = crate::shutdown::signal(log.clone());
     actix::spawn(async move {
-        crate::shutdown::signal(signal_log).await;
+        signal.await;
         let _ = stop_tx.send(true);
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

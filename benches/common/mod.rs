@@ -30,6 +30,7 @@ pub fn stream_env<'a>(command: &'a mut Command, brokers: &str, id: &str, partiti
         .env("SWAPSTREAM_REDIS_KEY_PREFIX", id)
         .env("SWAPSTREAM_PRODUCER_TOKENS", TOKENS)
         .env("SWAPSTREAM_LOG_FORMAT", "json")
+        .env("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0")
 }
 
 /// The HTTP port a process logged (JSON log at `log`), once it has.

@@ -1071,11 +1071,15 @@ def self_test(root: Path) -> int:
         p = d / "Tiltfile"
         p.write_text(p.read_text().replace('profiles = ["monitoring"] if MONITORING else []', "profiles = []", 1))
 
+    def compose_kafka_version_drift(d: Path):
+        p = d / "docker-compose.yml"
+        p.write_text(re.sub(r"apache/kafka:[0-9.]+", "apache/kafka:3.9.0", p.read_text()))
+
     cases = [("k8s", k8s_unknown_field), ("k8s", k8s_wrong_type), ("k8s", k8s_missing_secret_key),
              ("k8s", k8s_unknown_env),
              ("compose", compose_bad_key), ("compose", compose_fixed_consumer_port),
              ("compose", compose_unknown_env), ("compose", compose_unknown_env_no_readme_table),
-             ("compose", compose_env_dropped_from_readme),
+             ("compose", compose_env_dropped_from_readme), ("compose", compose_kafka_version_drift),
              ("dockerfile", dockerfile_root_user), ("tiltfile", tiltfile_syntax), ("tiltfile", tiltfile_unknown_service),
              ("tiltfile", tiltfile_unknown_env),
              ("keda", keda_unknown_field), ("keda", keda_trigger_metadata_not_a_string), ("keda", keda_hpa_kept),
@@ -1087,10 +1091,10 @@ def self_test(root: Path) -> int:
     def copy_artifacts(d: Path) -> None:
         for a in ARTIFACTS:
             src = root / a
-            (d / a).parent.mkdir(parents=True, exist_ok=True)
             if src.is_dir():
                 shutil.copytree(src, d / a)
             elif src.exists():
+                (d / a).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, d / a)
 
     failures = 0

@@ -9,10 +9,11 @@
 //! Each is off when its settings say so (no keys: no authentication; rate 0:
 //! no limit; empty origin list: only same-origin browser calls).
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{RequestHead, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, ResponseError};
@@ -20,6 +21,7 @@ use rand::Rng;
 use slog::{info, o, warn, Logger};
 use subtle::ConstantTimeEq;
 
+use super::client_ip::TrustedProxies;
 use super::error::ApiError;
 use super::rate_limit::{key_client, RateLimiter};
 use crate::config::{CorsOrigins, HttpSettings};
@@ -44,6 +46,7 @@ pub struct Policy {
     pub cors: CorsOrigins,
     limiter: Option<RateLimiter>,
     max_body_bytes: usize,
+    proxies: TrustedProxies,
 }
 
 impl Policy {
@@ -55,7 +58,14 @@ impl Policy {
             cors: settings.cors.clone(),
             limiter,
             max_body_bytes: settings.max_body_bytes,
+            proxies: TrustedProxies::new(settings.trusted_proxies.clone()),
         }
+    }
+
+    /// The client's address: the peer, or behind a trusted proxy the
+    /// address it forwarded.
+    pub fn client_ip(&self, head: &RequestHead) -> Option<IpAddr> {
+        head.peer_addr.map(|peer| self.proxies.client(peer.ip(), &head.headers))
     }
 
     pub fn auth_enabled(&self) -> bool {
@@ -91,7 +101,12 @@ pub async fn observe(
     let id = request_id(&request);
     let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let (method, path) = (request.method().to_string(), request.path().to_owned());
-    let peer = request.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    let peer = match &policy {
+        Some(policy) => policy.client_ip(request.head()),
+        None => request.peer_addr().map(|a| a.ip()),
+    }
+    .map(|ip| ip.to_string())
+    .unwrap_or_default();
     request.extensions_mut().insert(RequestId(id.clone()));
     let result = next.call(request).await;
     let (status, error) = match &result {
@@ -213,7 +228,7 @@ pub async fn guard(
         // A key counts only once it is known to be valid; otherwise the IP.
         let client = match key.filter(|_| policy.auth_enabled()) {
             Some(key) => key_client(&key),
-            None => format!("ip:{}", request.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default()),
+            None => format!("ip:{}", policy.client_ip(request.head()).map(|ip| ip.to_string()).unwrap_or_default()),
         };
         if let Err(wait) = limiter.check(&client).await {
             return Ok(refused(request, ApiError::RateLimited(wait), "rate_limited").map_into_right_body());

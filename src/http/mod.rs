@@ -1,5 +1,6 @@
 //! HTTP: the route table, the middleware stack and the servers.
 
+pub mod client_ip;
 pub mod dashboard;
 pub mod error;
 pub mod health;
@@ -156,6 +157,30 @@ impl Servers {
         info!(log, "serving HTTP"; "port" => port, "tls" => settings.tls.is_some(), "health_port" => health_port,
             "auth" => policy.auth_enabled(), "rate_limit" => format!("{:?}", settings.rate_limit));
         Ok(Servers { port, health_port, handles })
+    }
+
+    /// Only health, readiness and metrics, plain HTTP on `settings.addr`,
+    /// one worker: for the producer role, which serves no API.
+    pub fn start_health(settings: &HttpSettings, readiness: Readiness, log: &Logger) -> anyhow::Result<Servers> {
+        let listener = TcpListener::bind(settings.addr)
+            .with_context(|| format!("binding SWAPSTREAM_HTTP_ADDR {}", settings.addr))?;
+        let port = listener.local_addr()?.port();
+        actix::spawn(health::refresh_readiness(readiness.clone(), READINESS_REFRESH));
+        let health = health_routes(readiness);
+        let server = HttpServer::new(move || {
+            App::new().configure(health.clone()).default_service(web::to(|| async {
+                Err::<actix_web::HttpResponse, _>(error::ApiError::NotFound("no such route".into()))
+            }))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .listen(listener)?
+        .run();
+        let handles = vec![server.handle()];
+        actix::spawn(server);
+        info!(log, "serving health and metrics"; "http_port" => port);
+        Ok(Servers { port, health_port: None, handles })
     }
 
     /// Stops accepting, lets requests in flight finish (bounded), stops.

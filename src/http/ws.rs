@@ -41,6 +41,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use super::error::ApiError;
+use super::middleware::Policy;
 use super::middleware::RequestId;
 use crate::actors::ws_session::{ConnShared, ConnSocket, IpLimiter, Refused, SessionCommon, WsSession};
 use crate::metrics::METRICS;
@@ -85,7 +86,11 @@ async fn upgrade(
     payload: web::Payload,
     state: web::Data<WsState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let Some(ip) = request.peer_addr().map(|a| a.ip()) else {
+    let client = match request.app_data::<web::Data<Policy>>() {
+        Some(policy) => policy.client_ip(request.head()),
+        None => request.peer_addr().map(|a| a.ip()),
+    };
+    let Some(ip) = client else {
         return Ok(HttpResponse::BadRequest().finish());
     };
     let slot = match state.limiter.acquire(ip, state.common.settings.max_conns_per_ip) {

@@ -6,6 +6,8 @@
 //! Keys, with `{k}` the token or pair (`token:ETH`) as the Redis Cluster hash
 //! tag, so that one key's writes stay in one slot:
 //! - `<prefix>:{k}:partials`: hash, field `<topic>/<partition>` -> totals JSON;
+//! - `<prefix>:{k}:positions`: hash, field `<topic>/<partition>` ->
+//!   `<epoch>:<offset>` of the last write of that partial (see [`Position`]);
 //! - `<prefix>:{k}:c:<interval>:<period>`: hash, field `<t>/<topic>/<partition>`
 //!   -> candle JSON; one key per period, expiring after the memory retention;
 //! - `<prefix>:{k}:recent`: sorted set of recent confirmed swaps (wire JSON)
@@ -118,7 +120,53 @@ pub struct PartialWrite {
     pub candles: Vec<(Interval, CandlePartial)>,
     /// Recent confirmed swaps to add: (event time in ms, wire JSON).
     pub new_recent: Vec<(i64, Arc<str>)>,
+    pub position: Position,
 }
+
+/// Where in its partition a partial's values are: the ownership epoch of
+/// the instance that wrote them and the offset checkpointed with them.
+/// Redis keeps a partial's values only if no write of a later position is
+/// there, so an instance that lost its partitions while paused (a zombie)
+/// cannot put older values over the new owner's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub epoch: i64,
+    pub offset: i64,
+}
+
+impl Position {
+    /// Written without the check (and without recording a position).
+    pub const UNFENCED: Position = Position { epoch: -1, offset: -1 };
+}
+
+/// Writes one partial (totals and candle fields) unless its partition's
+/// recorded position is later; records the new position. Returns 1 when
+/// written, 0 when fenced.
+/// KEYS: positions hash, partials hash, then one candle hash per candle.
+/// ARGV: partition, epoch, offset, totals JSON, then per candle: field,
+/// JSON, expire-at.
+static FENCED_WRITE: &str = r"
+local epoch, offset = tonumber(ARGV[2]), tonumber(ARGV[3])
+if epoch >= 0 then
+  local stored = redis.call('HGET', KEYS[1], ARGV[1])
+  if stored then
+    local sep = string.find(stored, ':', 1, true)
+    local stored_epoch = tonumber(string.sub(stored, 1, sep - 1))
+    local stored_offset = tonumber(string.sub(stored, sep + 1))
+    if stored_epoch > epoch or (stored_epoch == epoch and stored_offset > offset) then
+      return 0
+    end
+  end
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. ARGV[3])
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+for i = 3, #KEYS do
+  local at = 5 + (i - 3) * 3
+  redis.call('HSET', KEYS[i], ARGV[at], ARGV[at + 1])
+  redis.call('EXPIREAT', KEYS[i], ARGV[at + 2])
+end
+return 1
+";
 
 /// One update message: a key's new swap states (wire JSON), and whether
 /// some of its states were lost before it (subscribers skip a `seq`).
@@ -249,7 +297,12 @@ impl RedisStore {
         for (key, pipe) in pipes {
             let mut conn = self.conn.clone();
             sent.push(Box::pin(async move {
-                pipe.query_async::<()>(&mut conn).await.with_context(|| format!("writing {key} to Redis"))
+                // One result per partial written: 1 written, 0 fenced.
+                let written: Vec<i64> =
+                    pipe.query_async(&mut conn).await.with_context(|| format!("writing {key} to Redis"))?;
+                let fenced = written.iter().filter(|&&w| w == 0).count();
+                crate::metrics::METRICS.live_writes_fenced.inc_by(fenced as u64);
+                Ok(())
             }));
         }
         futures::future::join_all(sent).await.into_iter().collect()
@@ -261,11 +314,13 @@ impl RedisStore {
     }
 
     fn add_writes(&self, pipe: &mut Pipeline, key: &AggKey, writes: &[&PartialWrite]) -> anyhow::Result<()> {
+        let positions_key = self.key(key, "positions");
         let partials_key = self.key(key, "partials");
         let recent_key = self.key(key, "recent");
-        let mut expiring: BTreeMap<String, i64> = BTreeMap::new();
         let mut any_recent = false;
         for w in writes {
+            let mut fenced = redis::cmd("EVAL");
+            let mut candles: Vec<(String, String, String, i64)> = Vec::with_capacity(w.candles.len());
             let record = PartialRecord {
                 volume_usd: w.totals.volume_usd,
                 swaps: w.totals.swaps,
@@ -275,7 +330,7 @@ impl RedisStore {
                 last_at: w.totals.last.map(|p| hex::encode(encode_order(&p.at))),
                 pending: w.pending,
             };
-            pipe.hset(&partials_key, w.tp.to_string(), serde_json::to_string(&record)?).ignore();
+            let totals = serde_json::to_string(&record)?;
             for (interval, c) in &w.candles {
                 let period = period_secs(*interval);
                 let period_start = c.t.div_euclid(period) * period;
@@ -291,16 +346,23 @@ impl RedisStore {
                     swaps: c.swaps,
                     buys: c.buys,
                 };
-                pipe.hset(&hash, format!("{}/{}", c.t, w.tp), serde_json::to_string(&record)?).ignore();
-                expiring.insert(hash, period_start + period + memory_retention_secs(*interval));
+                let expire_at = period_start + period + memory_retention_secs(*interval);
+                candles.push((hash, format!("{}/{}", c.t, w.tp), serde_json::to_string(&record)?, expire_at));
             }
+            let tp = w.tp.to_string();
+            fenced.arg(FENCED_WRITE).arg(2 + candles.len()).arg(&positions_key).arg(&partials_key);
+            for (hash, ..) in &candles {
+                fenced.arg(hash);
+            }
+            fenced.arg(&tp).arg(w.position.epoch).arg(w.position.offset).arg(totals);
+            for (_, field, json, expire_at) in &candles {
+                fenced.arg(field).arg(json).arg(expire_at);
+            }
+            pipe.add_command(fenced);
             for (score, json) in &w.new_recent {
                 pipe.zadd(&recent_key, &**json, *score).ignore();
                 any_recent = true;
             }
-        }
-        for (hash, expire_at) in expiring {
-            pipe.cmd("EXPIREAT").arg(hash).arg(expire_at).ignore();
         }
         if any_recent {
             pipe.zremrangebyrank(&recent_key, 0, -(self.recent_cap as isize) - 1).ignore();

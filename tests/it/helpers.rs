@@ -109,6 +109,8 @@ impl Names {
             ("SWAPSTREAM_POSTGRES_SCHEMA", self.schema.clone()),
             ("SWAPSTREAM_REDIS_KEY_PREFIX", self.redis_prefix.clone()),
             ("SWAPSTREAM_LOG_FORMAT", "json".to_owned()),
+            // Every role serves HTTP (the producer its health and metrics).
+            ("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0".to_owned()),
         ]
     }
 

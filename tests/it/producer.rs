@@ -199,3 +199,28 @@ async fn a_fatal_producer_error_is_answered_with_a_new_producer() {
     assert!(delivered >= 190, "the new producer delivered the rest: {delivered} of 200 ({log})");
     assert!(lost_with_the_old_client < 10, "only what the failed client held is lost: {lost_with_the_old_client}");
 }
+
+/// The producer serves what its probes and scrapes ask for: `/healthz`,
+/// `/readyz` (the broker answers) and `/metrics`; it stops on SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_producer_serves_health_readiness_and_metrics() {
+    let names = Names::new("it-producer-http");
+    let mut vars = names.vars(&require_broker());
+    vars.extend([("SWAPSTREAM_PRODUCER_TOKENS", TOKENS.to_owned()), ("SWAPSTREAM_PRODUCER_RATE", "600".to_owned())]);
+    let mut producer = helpers::Child::spawn(&names.schema, &["producer"], &vars);
+    let port = helpers::logged_port(&producer).await;
+
+    let (status, body) = helpers::http_get(port, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = helpers::http_get(port, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["checks"]["kafka"], "ok");
+    let (status, metrics) = helpers::http_get(port, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("swapstream_producer_recreated_total 0"), "{metrics}");
+    let (status, _) = helpers::http_get(port, "/v1/tokens").await;
+    assert_eq!(status, 404, "the producer serves no API");
+
+    let status = producer.terminate(Duration::from_secs(20)).await;
+    assert!(status.success(), "{}", producer.log_text());
+}

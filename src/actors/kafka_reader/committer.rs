@@ -25,6 +25,7 @@ use super::poll::ReaderContext;
 use crate::domain::partial::AggKey;
 use crate::metrics::METRICS;
 use crate::storage::postgres::{Checkpoint, Fenced, PgStore};
+use crate::storage::redis::Position;
 use crate::stream::Tp;
 
 /// One or more batches' checkpoint, merged in order.
@@ -224,12 +225,19 @@ fn commit_offsets(consumer: &BaseConsumer<ReaderContext>, checkpoint: &Checkpoin
 /// (its swaps went out before the checkpoint, see `feed`).
 async fn publish(live: &LiveWriter, checkpoint: Checkpoint, gauge: &mut PendingGauge) {
     let mut changed: BTreeSet<AggKey> = BTreeSet::new();
+    let positions: HashMap<Tp, Position> = checkpoint
+        .progress
+        .iter()
+        .map(|p| (p.tp.clone(), Position { epoch: p.epoch, offset: p.next_offset }))
+        .collect();
     let partials: Vec<LivePartial> = checkpoint
         .partials
         .into_iter()
         .map(|(key, tp, delta)| {
             gauge.record(&key, &tp, delta.pending);
             changed.insert(key.clone());
+            // Every partial of a checkpoint comes from one of its partitions.
+            let position = positions.get(&tp).copied().unwrap_or(Position::UNFENCED);
             LivePartial {
                 key,
                 tp,
@@ -237,6 +245,7 @@ async fn publish(live: &LiveWriter, checkpoint: Checkpoint, gauge: &mut PendingG
                 pending: delta.pending,
                 candles: delta.candles,
                 new_recent: delta.new_recent,
+                position,
             }
         })
         .collect();

@@ -14,7 +14,7 @@ use crate::domain::aggregate::Interval;
 use crate::domain::partial::{AggKey, CandlePartial, TotalsPartial};
 use crate::domain::SwapEvent;
 use crate::metrics::METRICS;
-use crate::storage::redis::{PartialWrite, RedisStore, Update, WireJson};
+use crate::storage::redis::{PartialWrite, Position, RedisStore, Update, WireJson};
 use crate::stream::Tp;
 
 /// Checkpoints queued for Redis at most.
@@ -28,6 +28,9 @@ pub struct LivePartial {
     pub pending: i64,
     pub candles: Vec<(Interval, CandlePartial)>,
     pub new_recent: Vec<Arc<SwapEvent>>,
+    /// The partition's ownership epoch and checkpointed offset these values
+    /// are at: Redis keeps a write only if no later one is there (fencing).
+    pub position: Position,
 }
 
 struct Work {
@@ -80,6 +83,7 @@ async fn write(redis: &RedisStore, work: Work, failed: &AtomicBool, log: &Logger
             totals: p.totals,
             pending: p.pending,
             candles: p.candles,
+            position: p.position,
         })
         .collect();
     let updates: Vec<Update> =

@@ -41,7 +41,7 @@ use crate::domain::partial::{AggKey, Partial, PartialDelta};
 use crate::domain::SwapEvent;
 use crate::metrics::METRICS;
 use crate::storage::postgres::{Checkpoint, PgStore, Progress};
-use crate::storage::redis::RedisStore;
+use crate::storage::redis::{Position, RedisStore};
 use crate::stream::{Outcome, PartitionState, Tp};
 
 struct Slot {
@@ -453,6 +453,10 @@ impl Core {
                 pending: partial.pending,
                 candles: partial.candles.iter().flat_map(|(i, c)| c.values().map(move |c| (*i, *c))).collect(),
                 new_recent: partial.recent.clone(),
+                position: self.slots.get(tp).map_or(Position::UNFENCED, |slot| Position {
+                    epoch: slot.epoch,
+                    offset: slot.next_offset.unwrap_or(0),
+                }),
             })
             .collect();
         self.committer.write_live(partials);
