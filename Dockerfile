@@ -49,6 +49,10 @@ FROM chef AS builder
 COPY --from=planner /app/recipe.json recipe.json
 # Dependencies only: this layer is reused until Cargo.toml/Cargo.lock change.
 RUN cargo chef cook --release --locked --bin swapstream --recipe-path recipe.json
+# The commit in swapstream_build_info{commit}: .git is not in the build
+# context, so build.rs takes it from here (default `unknown`):
+#   docker build --build-arg BUILD_COMMIT="$(git rev-parse --short HEAD)" .
+ARG BUILD_COMMIT=unknown
 COPY . .
 RUN cargo build --release --locked --bin swapstream \
  && install -D -m 0755 target/release/swapstream /out/swapstream

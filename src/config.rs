@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::codec::Encoding;
 use crate::domain::TokenSymbol;
+use crate::telemetry::LogFilter;
 
 /// A value that must never reach a log line.
 #[derive(Clone, PartialEq, Eq)]
@@ -49,7 +50,7 @@ macro_rules! variables {
 }
 
 variables! {
-    "SWAPSTREAM_LOG_LEVEL", "info", "Log level: `trace`, `debug`, `info`, `warning`, `error` or `critical`.";
+    "SWAPSTREAM_LOG_LEVEL", "info", "Log level, or levels by module like `RUST_LOG`: `LEVEL[,MODULE=LEVEL...]`, e.g. `info,swapstream::actors::kafka_reader=debug` (the longest matching module path wins). Levels: `trace` (not in release builds), `debug`, `info`, `warning` (or `warn`), `error`, `critical`, `off`.";
     "SWAPSTREAM_LOG_FORMAT", "auto", "`json` (one JSON object a line), `text` (human-readable) or `auto` (text when stderr is a terminal, JSON otherwise).";
     "SWAPSTREAM_INSTANCE_ID", "(host name)", "Name of this instance in logs, metrics and Redis.";
     "SWAPSTREAM_KAFKA_BROKERS", "(empty)", "Bootstrap brokers, `host:port[,host:port...]`. Required by `producer` and `consumer`; when empty, `all` runs an embedded in-memory broker.";
@@ -135,7 +136,7 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone)]
 pub struct LogSettings {
-    pub level: slog::Level,
+    pub filter: LogFilter,
     pub format: LogFormat,
 }
 
@@ -350,26 +351,15 @@ impl Settings {
         let vars: HashMap<String, String> = vars.into_iter().filter(|(k, _)| k.starts_with("SWAPSTREAM_")).collect();
         let mut env = Env { vars: &vars, problems: Vec::new(), effective: BTreeMap::new() };
 
-        let log =
-            LogSettings {
-                level: env.parse("SWAPSTREAM_LOG_LEVEL", "one of trace, debug, info, warning, error, critical", |v| {
-                    match v {
-                        "trace" => Some(slog::Level::Trace),
-                        "debug" => Some(slog::Level::Debug),
-                        "info" => Some(slog::Level::Info),
-                        "warning" | "warn" => Some(slog::Level::Warning),
-                        "error" => Some(slog::Level::Error),
-                        "critical" => Some(slog::Level::Critical),
-                        _ => None,
-                    }
-                }),
-                format: env.parse("SWAPSTREAM_LOG_FORMAT", "one of auto, json, text", |v| match v {
-                    "auto" => Some(LogFormat::Auto),
-                    "json" => Some(LogFormat::Json),
-                    "text" => Some(LogFormat::Text),
-                    _ => None,
-                }),
-            };
+        let log = LogSettings {
+            filter: env.parse_explained("SWAPSTREAM_LOG_LEVEL", "LEVEL[,MODULE=LEVEL...]", LogFilter::parse),
+            format: env.parse("SWAPSTREAM_LOG_FORMAT", "one of auto, json, text", |v| match v {
+                "auto" => Some(LogFormat::Auto),
+                "json" => Some(LogFormat::Json),
+                "text" => Some(LogFormat::Text),
+                _ => None,
+            }),
+        };
         let explicit_instance_id = env.text("SWAPSTREAM_INSTANCE_ID");
         let instance_id = explicit_instance_id.clone().unwrap_or_else(default_instance_id);
         env.effective.insert("SWAPSTREAM_INSTANCE_ID", instance_id.clone());
@@ -728,6 +718,26 @@ impl Env<'_> {
         value
     }
 
+    /// [`Env::parse`] for parsers that say what is wrong.
+    fn parse_explained<T>(
+        &mut self,
+        name: &'static str,
+        expected: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> T {
+        let default = default_of(name);
+        let text = self.text(name).unwrap_or_else(|| default.clone());
+        let value = match parse(&text) {
+            Ok(value) => value,
+            Err(why) => {
+                self.problem(name, &format!("{expected}: {why}"), &text);
+                parse(&default).unwrap_or_else(|_| panic!("default of {name} must parse"))
+            }
+        };
+        self.effective.insert(name, text);
+        value
+    }
+
     fn number<T>(&mut self, name: &'static str, min: T, max: T) -> T
     where
         T: FromStr + PartialOrd + fmt::Display + Copy,
@@ -891,7 +901,7 @@ mod tests {
                 "SWAPSTREAM_HTTP_ADDR: expected an address like 0.0.0.0:8080, got \"everywhere\"",
                 "SWAPSTREAM_KAFKA_BROKERS: expected host:port[,host:port...], got \"localhost\"",
                 "SWAPSTREAM_KAFKA_PARTITIONS: expected an integer from 1 to 10000, got \"0\"",
-                "SWAPSTREAM_LOG_LEVEL: expected one of trace, debug, info, warning, error, critical, got \"loud\"",
+                "SWAPSTREAM_LOG_LEVEL: expected LEVEL[,MODULE=LEVEL...]: unknown level \"loud\" (trace, debug, info, warning, error, critical, off), got \"loud\"",
                 "SWAPSTREAM_POSTGRES_SCHEMA: expected a lower-case SQL identifier ([a-z_][a-z0-9_]*, at most 63), got \"Robert'); DROP TABLE\"",
                 "SWAPSTREAM_PRODUCER_FAILED_SHARE: expected a share from 0 to 1, got \"1.5\"",
                 "SWAPSTREAM_PRODUCER_TOKENS: expected at least two distinct token symbols, comma-separated, got \"ETH\"",

@@ -15,6 +15,17 @@ Checks, without a Docker engine or a Kubernetes cluster:
               secret/configmap references, HPA/PDB/Service targets, ...)
   dockerfile  hadolint on Dockerfile and deploy/tilt/Dockerfile.prebuilt, plus
               project rules (non-root 10001, entrypoint, .dockerignore)
+  keda        deploy/overlays/keda: `kubectl kustomize`, strict Kubernetes schemas
+              for its plain objects, the ScaledObjects against KEDA's CRD
+              schema pinned in deploy/validate/schemas, and rules (targets,
+              no HPA left on a scaled Deployment, trigger settings equal to
+              the ConfigMap, max replicas <= partitions, metric names)
+  monitoring  deploy/monitoring: `promtool check rules|config`, alert rules
+              with severity, summary and runbook, the Grafana dashboard
+              (valid JSON, a query in every panel), and every metric name
+              in a query, rule or trigger among those the binary exports
+              (README.md's metric table, which a unit test keeps equal to
+              the binary's registry)
   tiltfile    executes the Tiltfile in a Starlark interpreter with stub Tilt
               builtins (both modes), then checks what it declared against the
               compose file
@@ -159,6 +170,7 @@ def check_compose(root: Path, rep: Report, contract: frozenset[str]) -> None:
     # `docker compose config` needs no engine. Run it with a clean environment so
     # the defaults in the file are what gets validated.
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+    env_clean = env
     binary = compose_binary()
     ver = run([binary, "version", "--short"], env=env)
     if ver.returncode != 0:
@@ -244,6 +256,43 @@ def check_compose(root: Path, rep: Report, contract: frozenset[str]) -> None:
     env = services.get("producer", {}).get("environment", {})
     for k in ("SWAPSTREAM_PRODUCER_RATE", "SWAPSTREAM_PRODUCER_TOKENS", "SWAPSTREAM_PRODUCER_ENCODING"):
         rep.check(k in env, f"producer sets {k}")
+    check_compose_monitoring(root, rep, path, binary, env_clean)
+
+
+def check_compose_monitoring(root: Path, rep: Report, path: Path, binary: str, env: dict) -> None:
+    """The optional profile `monitoring`: Prometheus and Grafana loading the
+    files of deploy/monitoring, off by default."""
+    raw = (yaml.safe_load(path.read_text()) or {}).get("services", {}) or {}
+    for name in ("prometheus", "grafana"):
+        rep.check((raw.get(name) or {}).get("profiles") == ["monitoring"], f"{name}: only in compose profile monitoring")
+    res = run([binary, "-f", str(path), "--project-directory", str(root), "--profile", "monitoring",
+               "config", "--format", "json"], env=env)
+    if not rep.check(res.returncode == 0, "`docker compose --profile monitoring config` accepts the file"):
+        rep.say(indent(res.stderr or res.stdout))
+        return
+    services = json.loads(res.stdout).get("services", {})
+
+    def mounts(name: str) -> dict[str, Path]:
+        return {v.get("target"): Path(v.get("source", "")) for v in services.get(name, {}).get("volumes", [])
+                if v.get("type") == "bind"}
+
+    prom = mounts("prometheus")
+    rep.check(prom.get("/etc/prometheus/prometheus.yml") == root / MONITORING / "prometheus.yml"
+              and prom.get("/etc/prometheus/alerts.yaml") == root / MONITORING / "alerts.yaml",
+              "prometheus: mounts deploy/monitoring/prometheus.yml and alerts.yaml (rule_files: alerts.yaml)")
+    graf = mounts("grafana")
+    provider = yaml.safe_load((root / MONITORING / "grafana/provisioning/dashboards/swapstream.yaml").read_text()) or {}
+    paths = {(p.get("options") or {}).get("path") for p in provider.get("providers", [])}
+    rep.check(graf.get("/etc/grafana/provisioning") == root / MONITORING / "grafana/provisioning"
+              and graf.get("/var/lib/grafana/dashboards") == root / MONITORING / "grafana/dashboards"
+              and "/var/lib/grafana/dashboards" in paths,
+              "grafana: provisioning and dashboards of deploy/monitoring mounted where the provider looks")
+    for name, binds in (("prometheus", prom), ("grafana", graf)):
+        absent = sorted(str(src) for src in binds.values() if not src.exists())
+        rep.check(not absent, f"{name}: every bind-mounted file exists" + (f" (missing {absent})" if absent else ""))
+    rep.check(services.get("grafana", {}).get("depends_on", {}).get("prometheus", {}).get("condition") == "service_healthy"
+              and bool(services.get("prometheus", {}).get("healthcheck", {}).get("test")),
+              "grafana waits for a healthy prometheus")
 
 
 def _secs(value) -> float:
@@ -420,6 +469,190 @@ def k8s_rules(objs: list[dict], rep: Report, contract: frozenset[str]) -> None:
     rep.check(any(p.get("port") == 8080 for p in cons_svc.get("ports", [])), "Service/consumer: port 8080 (WebSocket + metrics)")
 
 
+# --------------------------------------------------------------------------- keda
+
+# The ScaledObject schema of this KEDA release, pinned (see deploy/validate/schemas/README.md).
+KEDA_SCHEMA = "deploy/validate/schemas/keda-scaledobject-v2.20.2.json"
+KEDA_VERSION = "2.20.2"
+METRIC_ROW = re.compile(r"^\|\s*`((?:swapstream|process)_[a-z0-9_]+)`\s*\|\s*(\w+)\s*\|", re.M)
+PROMQL_METRIC = re.compile(r"\b((?:swapstream|process)_[a-zA-Z0-9_]+)")
+
+
+def exported_metrics(root: Path) -> dict[str, str]:
+    """Name -> type of every metric the binary exports: the README's metric
+    table, which a unit test keeps equal to the binary's registry."""
+    readme = root / "README.md"
+    return dict(METRIC_ROW.findall(readme.read_text())) if readme.is_file() else {}
+
+
+def promql_metrics(expr: str, known: dict[str, str]) -> set[str]:
+    """Metric names a PromQL expression uses; a histogram's _bucket/_sum/_count
+    series count as the histogram."""
+    names = set()
+    for name in PROMQL_METRIC.findall(expr):
+        for suffix in ("_bucket", "_sum", "_count"):
+            base = name[: -len(suffix)]
+            if name.endswith(suffix) and known.get(base) in ("histogram", "summary"):
+                name = base
+        names.add(name)
+    return names
+
+
+def check_metric_names(rep: Report, what: str, expr: str, known: dict[str, str]) -> None:
+    if not known:
+        rep.skip(f"{what}: metric names not checked (README.md has no metric table)")
+        return
+    used = promql_metrics(expr, known)
+    unknown = sorted(n for n in used if n not in known)
+    rep.check(bool(used) and not unknown, f"{what}: metrics {sorted(used)} are exported by the binary"
+              + (f" (unknown: {unknown})" if unknown else ""))
+
+
+def check_keda(root: Path, rep: Report, contract: frozenset[str]) -> None:
+    rep.start("keda: deploy/overlays/keda")
+    odir = root / "deploy" / "overlays" / "keda"
+    if not rep.check((odir / "kustomization.yaml").is_file(), "deploy/overlays/keda/kustomization.yaml exists"):
+        return
+    res = run([tool("kubectl"), "kustomize", str(odir)])
+    if not rep.check(res.returncode == 0, "`kubectl kustomize deploy/overlays/keda` builds"):
+        rep.say(indent(res.stderr))
+        return
+    built = [d for d in yaml.safe_load_all(res.stdout) if d]
+    scaled = [o for o in built if o.get("kind") == "ScaledObject"]
+    others = [o for o in built if o.get("kind") != "ScaledObject"]
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as tmp:
+        yaml.safe_dump_all(others, tmp)
+    try:
+        for k in K8S_VERSIONS:
+            r2 = run([tool("kubernetes-validate"), "--strict", "--quiet", "-k", k, tmp.name])
+            if not rep.check(r2.returncode == 0, f"overlay's {len(others)} Kubernetes resources valid against {k} (strict)"):
+                rep.say(indent(r2.stdout + r2.stderr))
+    finally:
+        os.unlink(tmp.name)
+
+    import jsonschema  # installed with check-jsonschema
+
+    schema = json.loads((root / KEDA_SCHEMA).read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    for so in scaled:
+        name = so.get("metadata", {}).get("name")
+        rep.check(so.get("apiVersion") == "keda.sh/v1alpha1", f"ScaledObject/{name}: apiVersion keda.sh/v1alpha1")
+        errors = sorted(validator.iter_errors(so), key=lambda e: list(e.absolute_path))
+        if not rep.check(not errors, f"ScaledObject/{name}: valid against the KEDA {KEDA_VERSION} CRD schema (strict)"):
+            for e in errors[:10]:
+                rep.say(indent(f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"))
+
+    by = {(o.get("kind"), o.get("metadata", {}).get("name")): o for o in built}
+    deployments = {n for k, n in by if k == "Deployment"}
+    cm = by.get(("ConfigMap", "swapstream-config"), {}).get("data", {}) or {}
+    partitions = int(cm.get("SWAPSTREAM_KAFKA_PARTITIONS", "0") or 0)
+    known = exported_metrics(root)
+    rep.check(all(o.get("metadata", {}).get("namespace") == "swapstream" for o in built if o.get("kind") != "Namespace"),
+              "every namespaced object is in namespace swapstream")
+    targets = {}
+    for so in scaled:
+        name = so["metadata"].get("name")
+        spec = so.get("spec", {}) or {}
+        ref = spec.get("scaleTargetRef", {}) or {}
+        targets[ref.get("name")] = name
+        rep.check(ref.get("kind", "Deployment") == "Deployment" and ref.get("name") in deployments,
+                  f"ScaledObject/{name}: targets Deployment {ref.get('name')}")
+        lo, hi = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
+        rep.check(isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi,
+                  f"ScaledObject/{name}: 1 <= minReplicaCount {lo} <= maxReplicaCount {hi}")
+        triggers = spec.get("triggers", []) or []
+        for i, t in enumerate(triggers):
+            meta = t.get("metadata", {}) or {}
+            what = f"ScaledObject/{name} trigger {t.get('name') or i} ({t.get('type')})"
+            if t.get("type") == "kafka":
+                rep.check(meta.get("bootstrapServers") == cm.get("SWAPSTREAM_KAFKA_BROKERS"),
+                          f"{what}: bootstrapServers = SWAPSTREAM_KAFKA_BROKERS")
+                rep.check(meta.get("consumerGroup") == cm.get("SWAPSTREAM_KAFKA_GROUP_ID"),
+                          f"{what}: consumerGroup = SWAPSTREAM_KAFKA_GROUP_ID")
+                rep.check(str(meta.get("lagThreshold", "")).isdigit(), f"{what}: lagThreshold set")
+            if t.get("type") == "prometheus":
+                rep.check(all(meta.get(k) for k in ("serverAddress", "query", "threshold")),
+                          f"{what}: serverAddress, query and threshold set")
+                check_metric_names(rep, what, meta.get("query", ""), known)
+        if name == "consumer":
+            kinds = {t.get("type") for t in triggers}
+            rep.check({"kafka", "prometheus"} <= kinds, f"ScaledObject/consumer: kafka lag and prometheus triggers ({sorted(kinds)})")
+            rep.check(bool(partitions) and isinstance(hi, int) and hi <= partitions,
+                      f"ScaledObject/consumer: maxReplicaCount {hi} <= Kafka partitions {partitions}")
+    rep.check({"consumer", "api"} <= set(targets), f"ScaledObjects for consumer and api ({sorted(targets)})")
+    for (kind, name), o in sorted(by.items()):
+        if kind == "HorizontalPodAutoscaler":
+            target = (o.get("spec", {}).get("scaleTargetRef", {}) or {}).get("name")
+            rep.check(target not in targets,
+                      f"HPA/{name}: does not target {target}, which ScaledObject/{targets.get(target)} scales "
+                      "(KEDA creates its own HPA; two fight)")
+
+
+# --------------------------------------------------------------------------- monitoring
+
+MONITORING = "deploy/monitoring"
+DASHBOARD = "deploy/monitoring/grafana/dashboards/swapstream.json"
+
+
+def check_monitoring(root: Path, rep: Report, contract: frozenset[str]) -> None:
+    rep.start("monitoring: deploy/monitoring")
+    mdir = root / MONITORING
+    files = ["alerts.yaml", "prometheus.yml", "podmonitor.yaml", "grafana/dashboards/swapstream.json",
+             "grafana/provisioning/datasources/prometheus.yaml", "grafana/provisioning/dashboards/swapstream.yaml"]
+    missing = [f for f in files if not (mdir / f).is_file()]
+    if not rep.check(not missing, f"{MONITORING}: {', '.join(files)} exist" + (f" (missing {missing})" if missing else "")):
+        return
+    known = exported_metrics(root)
+
+    promtool = shutil.which("promtool")
+    if rep.check(promtool is not None, "promtool found (Debian package prometheus; scripts/validate-deploy installs it)"):
+        res = run([promtool, "check", "rules", str(mdir / "alerts.yaml")])
+        if not rep.check(res.returncode == 0, "`promtool check rules alerts.yaml`"):
+            rep.say(indent(res.stdout + res.stderr))
+        res = run([promtool, "check", "config", str(mdir / "prometheus.yml")])
+        if not rep.check(res.returncode == 0, "`promtool check config prometheus.yml` (compose profile monitoring)"):
+            rep.say(indent(res.stdout + res.stderr))
+
+    rules = yaml.safe_load((mdir / "alerts.yaml").read_text()) or {}
+    alerts = [r for g in rules.get("groups", []) or [] for r in g.get("rules", []) or []]
+    rep.check(len(alerts) >= 5, f"alerts.yaml: {len(alerts)} alerting rules")
+    for r in alerts:
+        name = r.get("alert") or r.get("record") or "?"
+        ann = r.get("annotations", {}) or {}
+        rep.check(bool(r.get("alert")) and (r.get("labels", {}) or {}).get("severity") in ("warning", "critical"),
+                  f"rule {name}: an alert with severity warning or critical")
+        rep.check(bool(ann.get("summary")) and bool(str(ann.get("runbook", "")).strip()),
+                  f"rule {name}: summary and runbook annotations")
+        check_metric_names(rep, f"rule {name}", str(r.get("expr", "")), known)
+
+    try:
+        dashboard = json.loads((mdir / "grafana/dashboards/swapstream.json").read_text())
+    except json.JSONDecodeError as e:
+        rep.fail(f"dashboard: not valid JSON: {e}")
+        return
+    rep.ok("dashboard: valid JSON")
+    panels = [p for p in dashboard.get("panels", []) for p in [p, *p.get("panels", [])] if p.get("type") != "row"]
+    rep.check(len(panels) >= 10, f"dashboard: {len(panels)} panels")
+    ids = [p.get("id") for p in dashboard.get("panels", [])]
+    rep.check(len(ids) == len(set(ids)) and None not in ids, "dashboard: every panel has a unique id")
+    for p in panels:
+        title = p.get("title") or f"panel {p.get('id')}"
+        exprs = [t.get("expr", "") for t in p.get("targets", []) or []]
+        if rep.check(bool(exprs) and all(e.strip() for e in exprs), f"dashboard panel {title!r}: has a query"):
+            check_metric_names(rep, f"dashboard panel {title!r}", "\n".join(exprs), known)
+
+    pm = yaml.safe_load((mdir / "podmonitor.yaml").read_text()) or {}
+    labels = (pm.get("spec", {}).get("selector", {}) or {}).get("matchLabels", {})
+    rep.check(pm.get("kind") == "PodMonitor" and labels == {"app.kubernetes.io/name": "swapstream"}
+              and any(e.get("port") == "http" and e.get("path") == "/metrics"
+                      for e in pm.get("spec", {}).get("podMetricsEndpoints", [])),
+              "podmonitor.yaml: PodMonitor of the swapstream pods, port http, /metrics")
+    ds = yaml.safe_load((mdir / "grafana/provisioning/datasources/prometheus.yaml").read_text()) or {}
+    rep.check(any(d.get("type") == "prometheus" and d.get("url") == "http://prometheus:9090"
+                  for d in ds.get("datasources", [])), "grafana datasource: the compose prometheus service")
+
+
 # --------------------------------------------------------------------------- dockerfile
 
 def check_dockerfile(root: Path, rep: Report, contract: frozenset[str]) -> None:
@@ -514,7 +747,8 @@ class TiltStubs:
         s = self
 
         def docker_compose(configPaths, env_file=None, project_name="", profiles=None, wait=False):
-            return s._rec("docker_compose", configPaths=configPaths, env_file=env_file, wait=wait)
+            return s._rec("docker_compose", configPaths=configPaths, env_file=env_file, wait=wait,
+                          profiles=list(profiles or []))
 
         def docker_build(ref, context, build_args=None, dockerfile="Dockerfile", dockerfile_contents="",
                          live_update=None, match_in_env_vars=False, ignore=None, only=None, entrypoint=None,
@@ -627,8 +861,8 @@ def check_tiltfile(root: Path, rep: Report, contract: frozenset[str]) -> None:
     unknown_env = sorted(named - contract)
     rep.check(not unknown_env, "Tiltfile names only SWAPSTREAM_* contract variables"
               + (f" (unknown {unknown_env})" if unknown_env else ""))
-    for mode in ({"prebuilt": False}, {"prebuilt": True}):
-        label = "tilt up" + (" -- --prebuilt" if mode["prebuilt"] else "")
+    for mode in ({"prebuilt": False}, {"prebuilt": True}, {"monitoring": True}):
+        label = "tilt up" + "".join(f" -- --{k}" for k, v in mode.items() if v)
         try:
             stubs = run_tiltfile(root, mode)
         except Exception as e:  # StarlarkError carries the location
@@ -639,6 +873,13 @@ def check_tiltfile(root: Path, rep: Report, contract: frozenset[str]) -> None:
         dcs = [kw for fn, kw in calls if fn == "docker_compose"]
         rep.check(len(dcs) == 1 and dcs[0]["configPaths"] in ("docker-compose.yml", "./docker-compose.yml"),
                   f"{label}: docker_compose('docker-compose.yml')")
+        # The services Tilt gets from compose: those without a profile and
+        # those of a profile the Tiltfile activates.
+        profiles = set(dcs[0]["profiles"]) if dcs else set()
+        active = {n for n, svc in services.items() if not (svc or {}).get("profiles")
+                  or set((svc or {}).get("profiles")) & profiles}
+        if mode.get("monitoring"):
+            rep.check("monitoring" in profiles, f"{label}: compose profile monitoring activated")
         builds = [kw for fn, kw in calls if fn == "docker_build"]
         rep.check(len(builds) == 1, f"{label}: exactly one docker_build (one image, three roles)")
         for b in builds:
@@ -652,21 +893,26 @@ def check_tiltfile(root: Path, rep: Report, contract: frozenset[str]) -> None:
                     rep.check(lp == os.path.normpath(b["context"]) or lp.startswith(os.path.normpath(b["context"]) + os.sep),
                               f"{label}: live_update sync {step['local_path']} is inside the build context")
         locals_ = {kw["name"] for fn, kw in calls if fn == "local_resource"}
-        resources = set(services) | locals_
+        resources = active | locals_
         dc_names = [kw["name"] for fn, kw in calls if fn == "dc_resource"]
-        unknown = sorted(set(dc_names) - set(services))
-        rep.check(not unknown, f"{label}: dc_resource names are compose services" + (f" (unknown {unknown})" if unknown else ""))
-        rep.check(set(dc_names) == set(services), f"{label}: every compose service has a dc_resource")
+        unknown = sorted(set(dc_names) - active)
+        rep.check(not unknown, f"{label}: dc_resource names are compose services of the active profiles"
+                  + (f" (unknown {unknown})" if unknown else ""))
+        rep.check(set(dc_names) == active, f"{label}: every compose service of the active profiles has a dc_resource"
+                  + (f" (missing {sorted(active - set(dc_names))})" if active - set(dc_names) else ""))
         for fn, kw in calls:
             if fn in ("dc_resource", "local_resource"):
                 bad = sorted(set(kw["resource_deps"]) - resources)
                 rep.check(not bad, f"{label}: {kw['name']} resource_deps known" + (f" (unknown {bad})" if bad else ""))
             if fn == "dc_resource":
-                rep.check(bool(kw["labels"]) and set(kw["labels"]) <= {"infra", "pipeline", "ui"},
-                          f"{label}: {kw['name']} labelled infra/pipeline/ui")
+                rep.check(bool(kw["labels"]) and set(kw["labels"]) <= {"infra", "pipeline", "ui", "monitoring"},
+                          f"{label}: {kw['name']} labelled infra/pipeline/ui/monitoring")
         links = {(kw["url"]) for fn, kw in calls if fn == "link"}
         for url in ("http://localhost:8080/v1/tokens", "http://localhost:8080/", "http://localhost:8081"):
             rep.check(url in links, f"{label}: link {url}")
+        if mode.get("monitoring"):
+            for url in ("http://localhost:9090/alerts", "http://localhost:3000/d/swapstream"):
+                rep.check(url in links, f"{label}: link {url}")
 
 
 # --------------------------------------------------------------------------- main
@@ -690,7 +936,8 @@ def validate(root: Path, only: set[str] | None, quiet: bool = False) -> Report:
         rep.notes.append(f"[env contract] README table and built-in fallback list differ "
                          f"(README only: {sorted(contract - FALLBACK_ENV_CONTRACT)}, "
                          f"fallback only: {sorted(FALLBACK_ENV_CONTRACT - contract)}); the README wins")
-    steps = [("compose", check_compose), ("k8s", check_k8s), ("dockerfile", check_dockerfile), ("tiltfile", check_tiltfile)]
+    steps = [("compose", check_compose), ("k8s", check_k8s), ("keda", check_keda), ("monitoring", check_monitoring),
+             ("dockerfile", check_dockerfile), ("tiltfile", check_tiltfile)]
     for name, fn in steps:
         if only and name not in only:
             continue
@@ -701,7 +948,8 @@ def validate(root: Path, only: set[str] | None, quiet: bool = False) -> Report:
     return rep
 
 
-# README.md carries the env contract (its configuration table).
+# README.md carries the env contract (its configuration table) and the metric
+# table; scripts/kafka/pom.xml the Kafka version the compose image must match.
 ARTIFACTS = ["docker-compose.yml", "Dockerfile", ".dockerignore", "Tiltfile", "deploy", "README.md",
              "scripts/kafka/pom.xml"]
 
@@ -769,6 +1017,60 @@ def self_test(root: Path) -> int:
         p.write_text(p.read_text().replace('        deps = SOURCE_DEPS,\n',
                                            '        deps = SOURCE_DEPS,\n        env = {"SWAPSTREAM_API_TOKEN": "dev"},\n', 1))
 
+    def keda_unknown_field(d: Path):
+        # A ScaledObject field KEDA does not have (maxReplicas is the HPA's name).
+        p = d / "deploy/overlays/keda/scaledobjects.yaml"
+        p.write_text(p.read_text().replace("  maxReplicaCount: 4\n", "  maxReplicas: 4\n", 1))
+
+    def keda_trigger_metadata_not_a_string(d: Path):
+        p = d / "deploy/overlays/keda/scaledobjects.yaml"
+        p.write_text(p.read_text().replace('lagThreshold: "5000"', "lagThreshold: 5000", 1))
+
+    def keda_hpa_kept(d: Path):
+        # The base's CPU HPA left in place next to KEDA's.
+        p = d / "deploy/overlays/keda/kustomization.yaml"
+        text = p.read_text()
+        p.write_text(text[: text.index("patches:")])
+
+    def keda_unknown_metric(d: Path):
+        p = d / "deploy/overlays/keda/scaledobjects.yaml"
+        p.write_text(p.read_text().replace("sum(swapstream_ws_sessions{", "sum(swapstream_ws_connections{", 1))
+
+    def dashboard_renamed_metric(d: Path):
+        p = d / DASHBOARD
+        p.write_text(p.read_text().replace("swapstream_ws_sessions", "swapstream_ws_connections"))
+
+    def dashboard_panel_without_query(d: Path):
+        p = d / DASHBOARD
+        dashboard = json.loads(p.read_text())
+        next(q for q in dashboard["panels"] if q.get("type") != "row")["targets"] = []
+        p.write_text(json.dumps(dashboard))
+
+    def dashboard_not_json(d: Path):
+        p = d / DASHBOARD
+        p.write_text(p.read_text().rstrip().rstrip("}"))
+
+    def rules_renamed_metric(d: Path):
+        p = d / MONITORING / "alerts.yaml"
+        p.write_text(p.read_text().replace("swapstream_checkpoint_failures_total", "swapstream_checkpoint_failed_total"))
+
+    def rules_bad_promql(d: Path):
+        p = d / MONITORING / "alerts.yaml"
+        p.write_text(p.read_text().replace("expr: swapstream_ready == 0", "expr: swapstream_ready === 0", 1))
+
+    def rules_no_runbook(d: Path):
+        p = d / MONITORING / "alerts.yaml"
+        p.write_text(re.sub(r"\n +runbook: .*", "", p.read_text(), count=1))
+
+    def compose_monitoring_missing_file(d: Path):
+        p = d / "docker-compose.yml"
+        p.write_text(p.read_text().replace("./deploy/monitoring/alerts.yaml:", "./deploy/monitoring/alert.yaml:", 1))
+
+    def tiltfile_monitoring_without_profile(d: Path):
+        # dc_resource("prometheus") while compose runs without the profile.
+        p = d / "Tiltfile"
+        p.write_text(p.read_text().replace('profiles = ["monitoring"] if MONITORING else []', "profiles = []", 1))
+
     def compose_kafka_version_drift(d: Path):
         p = d / "docker-compose.yml"
         p.write_text(re.sub(r"apache/kafka:[0-9.]+", "apache/kafka:3.9.0", p.read_text()))
@@ -779,7 +1081,13 @@ def self_test(root: Path) -> int:
              ("compose", compose_unknown_env), ("compose", compose_unknown_env_no_readme_table),
              ("compose", compose_env_dropped_from_readme), ("compose", compose_kafka_version_drift),
              ("dockerfile", dockerfile_root_user), ("tiltfile", tiltfile_syntax), ("tiltfile", tiltfile_unknown_service),
-             ("tiltfile", tiltfile_unknown_env)]
+             ("tiltfile", tiltfile_unknown_env),
+             ("keda", keda_unknown_field), ("keda", keda_trigger_metadata_not_a_string), ("keda", keda_hpa_kept),
+             ("keda", keda_unknown_metric),
+             ("monitoring", dashboard_renamed_metric), ("monitoring", dashboard_panel_without_query),
+             ("monitoring", dashboard_not_json), ("monitoring", rules_renamed_metric),
+             ("monitoring", rules_bad_promql), ("monitoring", rules_no_runbook),
+             ("compose", compose_monitoring_missing_file), ("tiltfile", tiltfile_monitoring_without_profile)]
     def copy_artifacts(d: Path) -> None:
         for a in ARTIFACTS:
             src = root / a
@@ -834,7 +1142,8 @@ def _snapshot(d: Path) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=str(Path(__file__).resolve().parents[2]), help="repository root")
-    ap.add_argument("--only", action="append", choices=["compose", "k8s", "dockerfile", "tiltfile"],
+    ap.add_argument("--only", action="append",
+                    choices=["compose", "k8s", "keda", "monitoring", "dockerfile", "tiltfile"],
                     help="run only these sections (repeatable)")
     ap.add_argument("--self-test", action="store_true", help="prove that broken copies are rejected")
     a = ap.parse_args()

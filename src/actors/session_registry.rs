@@ -263,7 +263,7 @@ impl SessionRegistry {
         let Some(session) = self.remove_session(id) else { return };
         METRICS.ws_evictions.with_label_values(&[reason]).inc();
         info!(self.log, "WebSocket client disconnected"; "reason" => reason, "session" => id,
-            "outstanding_bytes" => session.conn.outstanding());
+            "request_id" => &session.conn.request_id, "outstanding_bytes" => session.conn.outstanding());
         let (code, text) = match reason {
             "ping_timeout" => (CLOSE_PING_TIMEOUT, "ping timeout"),
             _ => (CLOSE_SLOW_CONSUMER, "slow consumer"),

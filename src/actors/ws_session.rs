@@ -56,6 +56,8 @@ pub struct ConnShared {
     pub pulled: AtomicI64,
     /// When the client last sent anything (a frame, a pong), on [`now_ms`].
     pub last_inbound_ms: AtomicU64,
+    /// The id of the upgrade request, for log lines about the connection.
+    pub request_id: String,
 }
 
 /// A connection's socket as the registry reaches it: the descriptor actix
@@ -78,9 +80,10 @@ impl ConnSocket {
 }
 
 impl ConnShared {
-    pub fn new(socket: Option<ConnSocket>) -> ConnShared {
+    pub fn new(socket: Option<ConnSocket>, request_id: String) -> ConnShared {
         ConnShared {
             socket,
+            request_id,
             handed: AtomicI64::new(0),
             pulled: AtomicI64::new(0),
             last_inbound_ms: AtomicU64::new(now_ms()),

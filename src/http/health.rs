@@ -24,18 +24,37 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-pub async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
-    let mut checks = serde_json::Map::new();
-    let mut ready = true;
-    for (name, probe) in &readiness.probes {
-        let result = match tokio::time::timeout(PROBE_TIMEOUT, probe()).await {
-            Ok(Ok(())) => "ok".to_owned(),
-            Ok(Err(e)) => format!("unreachable: {e:#}"),
-            Err(_) => format!("unreachable: no answer within {PROBE_TIMEOUT:?}"),
-        };
-        ready &= result == "ok";
-        checks.insert((*name).to_owned(), result.into());
+impl Readiness {
+    /// Runs every probe: whether all answered, and each one's answer by
+    /// name. Keeps `swapstream_ready` equal to the outcome.
+    pub async fn check(&self) -> (bool, serde_json::Map<String, serde_json::Value>) {
+        let mut checks = serde_json::Map::new();
+        let mut ready = true;
+        for (name, probe) in &self.probes {
+            let result = match tokio::time::timeout(PROBE_TIMEOUT, probe()).await {
+                Ok(Ok(())) => "ok".to_owned(),
+                Ok(Err(e)) => format!("unreachable: {e:#}"),
+                Err(_) => format!("unreachable: no answer within {PROBE_TIMEOUT:?}"),
+            };
+            ready &= result == "ok";
+            checks.insert((*name).to_owned(), result.into());
+        }
+        crate::metrics::METRICS.ready.set(i64::from(ready));
+        (ready, checks)
     }
+}
+
+/// Checks readiness every `interval`, so that `swapstream_ready` stays
+/// current where nothing calls `/readyz` (Docker Compose checks `/healthz`).
+pub async fn refresh_readiness(readiness: Readiness, interval: Duration) {
+    loop {
+        readiness.check().await;
+        tokio::time::sleep(interval).await;
+    }
+}
+
+pub async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
+    let (ready, checks) = readiness.check().await;
     let body = json!({"status": if ready { "ready" } else { "not_ready" }, "checks": checks});
     if ready {
         HttpResponse::Ok().json(body)

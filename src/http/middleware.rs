@@ -16,7 +16,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{RequestHead, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{web, ResponseError};
+use actix_web::{web, HttpMessage, ResponseError};
 use rand::Rng;
 use slog::{info, o, warn, Logger};
 use subtle::ConstantTimeEq;
@@ -31,6 +31,11 @@ use crate::metrics::METRICS;
 pub const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request's id, in the request's extensions for handlers whose log
+/// lines concern the request (e.g. a WebSocket connection's).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
 const API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// What the middlewares need, shared by every worker.
@@ -102,6 +107,7 @@ pub async fn observe(
     }
     .map(|ip| ip.to_string())
     .unwrap_or_default();
+    request.extensions_mut().insert(RequestId(id.clone()));
     let result = next.call(request).await;
     let (status, error) = match &result {
         Ok(response) => (response.status(), response.response().error().map(|e| e.to_string())),

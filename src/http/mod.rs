@@ -13,6 +13,7 @@ pub mod tokens;
 pub mod ws;
 
 use std::net::TcpListener;
+use std::time::Duration;
 
 use actix_cors::Cors;
 use actix_web::dev::ServerHandle;
@@ -68,6 +69,9 @@ fn cors(policy: &web::Data<Policy>) -> Cors {
         .max_age(600)
 }
 
+/// How often readiness is checked for `swapstream_ready` besides `/readyz`.
+const READINESS_REFRESH: Duration = Duration::from_secs(15);
+
 /// What the HTTP servers serve.
 pub struct HttpParts {
     pub readiness: Readiness,
@@ -92,6 +96,7 @@ impl Servers {
             .map(|limit| rate_limit::RateLimiter::new(limit, limit.shared.then(|| parts.live.redis().clone())));
         let policy = web::Data::new(Policy::new(settings, limiter, log.clone()));
         let health = health_routes(parts.readiness.clone());
+        actix::spawn(health::refresh_readiness(parts.readiness.clone(), READINESS_REFRESH));
         let api = api_routes(parts.live.clone());
         let ws = web::Data::new(parts.ws.clone());
         let send_buffer = parts.ws.common.settings.send_buffer_bytes;
@@ -160,6 +165,7 @@ impl Servers {
         let listener = TcpListener::bind(settings.addr)
             .with_context(|| format!("binding SWAPSTREAM_HTTP_ADDR {}", settings.addr))?;
         let port = listener.local_addr()?.port();
+        actix::spawn(health::refresh_readiness(readiness.clone(), READINESS_REFRESH));
         let health = health_routes(readiness);
         let server = HttpServer::new(move || {
             App::new().configure(health.clone()).default_service(web::to(|| async {

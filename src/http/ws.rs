@@ -35,13 +35,14 @@ use std::sync::Arc;
 use actix_rt::net::TcpStream;
 use actix_tls::accept::rustls_0_23::TlsStream;
 use actix_web::dev::Extensions;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use futures::StreamExt;
 use serde_json::json;
 
 use super::error::ApiError;
 use super::middleware::Policy;
+use super::middleware::RequestId;
 use crate::actors::ws_session::{ConnShared, ConnSocket, IpLimiter, Refused, SessionCommon, WsSession};
 use crate::metrics::METRICS;
 use crate::storage::presence::Presence;
@@ -114,7 +115,8 @@ async fn upgrade(
     };
     let mut response = ws::handshake(&request)?;
     let socket = request.conn_data::<SocketFd>().map(|fd| ConnSocket::on_current_worker(fd.0));
-    let conn = Arc::new(ConnShared::new(socket));
+    let request_id = request.extensions().get::<RequestId>().map(|id| id.0.clone()).unwrap_or_default();
+    let conn = Arc::new(ConnShared::new(socket, request_id));
     let session = WsSession::new(state.common.clone(), conn.clone(), slot);
     // Frames up to 4x the limit are read and answered with an error frame;
     // larger ones end the connection (1009) rather than being buffered.

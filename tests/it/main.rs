@@ -8,6 +8,7 @@ mod consumer;
 mod dashboard;
 mod helpers;
 mod live_fencing;
+mod monitoring;
 mod producer;
 mod rest;
 mod services_script;

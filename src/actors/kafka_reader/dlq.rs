@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use slog::{warn, Logger};
 
 use crate::metrics::METRICS;
 use crate::stream::Tp;
@@ -33,8 +34,12 @@ pub struct DeadLetter<'a> {
 
 impl Dlq {
     /// Enqueues the message; the future resolves once the broker has it.
-    pub fn send(&self, letter: DeadLetter<'_>) -> Result<DeliveryFuture, String> {
+    /// Counts it and logs it with the message's topic, partition and offset.
+    pub fn send(&self, letter: DeadLetter<'_>, log: &Logger) -> Result<DeliveryFuture, String> {
         METRICS.dead_lettered.with_label_values(&[letter.reason]).inc();
+        warn!(log, "message dead-lettered"; "reason" => letter.reason, "error" => &letter.error,
+            "topic" => &*letter.source.topic, "partition" => letter.source.partition, "offset" => letter.offset,
+            "dlq_topic" => &self.topic);
         let partition = letter.source.partition.to_string();
         let offset = letter.offset.to_string();
         let mut headers = OwnedHeaders::new()

@@ -290,8 +290,8 @@ impl Core {
                 // Already counted before the checkpoint, or the topic was
                 // recreated below it: never count twice, but say so.
                 METRICS.offset_regressions.inc();
-                warn!(self.log, "message below the checkpointed offset skipped";
-                    "partition" => %record.tp, "offset" => record.offset, "checkpoint" => slot.next_offset);
+                warn!(self.log, "message below the checkpointed offset skipped"; "topic" => &*record.tp.topic,
+                    "partition" => record.tp.partition, "offset" => record.offset, "checkpoint" => slot.next_offset);
                 continue;
             }
             slot.next_offset = Some(record.offset + 1);
@@ -308,7 +308,7 @@ impl Core {
                         payload: &rejected.payload,
                         content_type: rejected.content_type.as_deref(),
                     };
-                    deliveries.push(self.dlq.send(letter));
+                    deliveries.push((record.tp.clone(), record.offset, self.dlq.send(letter, &self.log)));
                     continue;
                 }
             };
@@ -353,7 +353,7 @@ impl Core {
                     };
                     let payload = codec::encode(&event, codec::Encoding::Json);
                     let key = event.id.tx_hash.to_string();
-                    deliveries.push(self.dlq.send(DeadLetter {
+                    let letter = DeadLetter {
                         source: &record.tp,
                         offset: record.offset,
                         reason,
@@ -361,7 +361,8 @@ impl Core {
                         key: Some(key.as_bytes()),
                         payload: &payload,
                         content_type: Some(codec::CONTENT_TYPE_JSON),
-                    }));
+                    };
+                    deliveries.push((record.tp.clone(), record.offset, self.dlq.send(letter, &self.log)));
                 }
                 Outcome::Failed { was_pending: false }
                 | Outcome::Duplicate
@@ -402,12 +403,18 @@ impl Core {
         }
 
         // Dead letters must be durable before the offsets move past them.
-        for delivery in deliveries {
-            let delivered = match delivery {
-                Ok(future) => matches!(future.await, Ok(Ok(_))),
-                Err(_) => false,
+        for (tp, offset, delivery) in deliveries {
+            let failure = match delivery {
+                Ok(future) => match future.await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err((e, _))) => Some(e.to_string()),
+                    Err(_) => Some("the producer dropped the message".to_owned()),
+                },
+                Err(e) => Some(e),
             };
-            if !delivered {
+            if let Some(e) = failure {
+                warn!(self.log, "dead letter not delivered"; "topic" => &*tp.topic, "partition" => tp.partition,
+                    "offset" => offset, "error" => e);
                 return self.rewind("a dead letter could not be delivered");
             }
         }
