@@ -38,6 +38,9 @@ const EXPIRE_AT_ONCE: usize = 1_000;
 #[error("partition ownership moved to another instance (fenced): {0}")]
 pub struct Fenced(pub String);
 
+/// Longest a transaction of ours may sit idle before the server ends it.
+const IDLE_IN_TRANSACTION: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A partition's checkpointed position and state, as claimed on assign.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -123,6 +126,12 @@ impl PgStore {
             config.password(password.expose());
         }
         config.application_name("swapstream").connect_timeout(std::time::Duration::from_secs(5));
+        // A process paused (SIGSTOP, a VM freeze) inside a checkpoint holds
+        // its partitions' row locks; the new owner's claim would wait for
+        // them for ever. The server ends such a transaction instead.
+        let guard = format!("-c idle_in_transaction_session_timeout={}", IDLE_IN_TRANSACTION.as_millis());
+        let options = config.get_options().map_or_else(|| guard.clone(), |own| format!("{own} {guard}"));
+        config.options(&options);
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size)

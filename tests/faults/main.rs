@@ -20,6 +20,7 @@ mod broker_outage;
 mod consumer_kills;
 mod malformed;
 mod postgres_outage;
+mod reconnect_storm;
 mod redis_outage;
 mod scaling;
 mod shutdown;
