@@ -194,7 +194,7 @@ impl Handoff {
 }
 
 /// A frame's length without its `seq` digits.
-fn channel_frame_len(kind: FrameKind, channel: &str, json: usize) -> usize {
+pub fn channel_frame_len(kind: FrameKind, channel: &str, json: usize) -> usize {
     // `{"type":"","channel":"","seq":,"":}` is 35 bytes.
     35 + 2 * kind.name().len() + channel.len() + json
 }
