@@ -39,6 +39,8 @@ pub struct Metrics {
     pub swap_feed_dropped: IntCounter,
     pub ws_gaps: IntCounter,
     pub ws_handoffs: IntCounter,
+    pub ws_conflations: IntCounter,
+    pub ws_conflated_frames: IntCounter,
     pub producer_recreated: IntCounter,
 }
 
@@ -166,14 +168,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             .expect("metric"),
         ws_frames_sent: register_int_counter_vec_with_registry!(
             "ws_frames_sent_total",
-            "WebSocket channel frames written, by type (subscribed, swap, stats)",
+            "WebSocket channel frames written, by type (subscribed, swap, stats, skipped)",
             &["type"],
             r
         )
         .expect("metric"),
         ws_evictions: register_int_counter_vec_with_registry!(
             "ws_evictions_total",
-            "WebSocket clients disconnected by the server, by reason (queue_full, queue_bytes, total_bytes, write_deadline, ping_timeout)",
+            "WebSocket clients disconnected by the server, by reason (total_bytes, write_deadline, ping_timeout)",
             &["reason"],
             r
         )
@@ -213,6 +215,18 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ws_handoffs: register_int_counter_with_registry!(
             "ws_handoffs_total",
             "Handoffs of new frames from the session registry to a session (each carries one or more frames)",
+            r
+        )
+        .expect("metric"),
+        ws_conflations: register_int_counter_with_registry!(
+            "ws_conflations_total",
+            "Times a WebSocket client's queued frames of one channel were replaced by one skipped frame, its queue being past SWAPSTREAM_WS_QUEUE_BYTES",
+            r
+        )
+        .expect("metric"),
+        ws_conflated_frames: register_int_counter_with_registry!(
+            "ws_conflated_frames_total",
+            "Swap frames dropped from WebSocket clients' queues by conflation (counted in their skipped frames)",
             r
         )
         .expect("metric"),

@@ -15,17 +15,19 @@
 //! under load a handoff carries many frames instead of the wake-ups
 //! multiplying with the update rate ([`HandoffBudget`]).
 //!
-//! The registry never waits for a client. It hands each session its frames
-//! with `try_send` into a capped mailbox and counts the bytes; the session's
-//! response body counts what the HTTP layer pulled. A full mailbox, more
-//! outstanding bytes than the cap, or outstanding bytes without progress for
-//! the write deadline mean a stalled client, and when all sessions together
-//! hold more than their total budget, the clients with the most waiting are
-//! the slow ones: the registry evicts them here,
-//! with close code 4008 when the session can still send it, and resets its
-//! TCP connection itself (see `http::ws` for why that cannot be left to the
-//! session). The same sweep drops peers silent for longer than the ping
-//! timeout.
+//! The registry never waits for a client. It pushes each session's frames
+//! into the connection's outbound queue (`outbound::OutQueue`, owned by the
+//! connection's writer), which conflates a backlog past
+//! `SWAPSTREAM_WS_QUEUE_BYTES` into `skipped` frames rather than growing: a
+//! client that reads, however far behind, keeps its connection. What is
+//! evicted here, by a periodic sweep, is a client without progress: bytes
+//! waiting (queued, or handed to the HTTP layer and not yet taken by it) and
+//! none taken for the write deadline; and when all sessions together hold
+//! more than their total budget, the clients with the most waiting. The
+//! eviction offers close code 4008 when the session can still send it, and
+//! resets the TCP connection itself (see `http::ws` for why that cannot be
+//! left to the session). The same sweep drops peers silent for longer than
+//! the ping timeout.
 
 use std::borrow::Cow;
 use std::collections::hash_map::DefaultHasher;
@@ -261,6 +263,8 @@ impl SessionRegistry {
     /// then the connection is reset.
     fn evict(&mut self, id: u64, reason: &'static str, ctx: &mut Context<Self>) {
         let Some(session) = self.remove_session(id) else { return };
+        // Its memory goes now, whether or not the session runs again.
+        session.conn.close_queue();
         METRICS.ws_evictions.with_label_values(&[reason]).inc();
         info!(self.log, "WebSocket client disconnected"; "reason" => reason, "session" => id,
             "outstanding_bytes" => session.conn.outstanding());
@@ -272,40 +276,23 @@ impl SessionRegistry {
         ctx.run_later(CLOSE_GRACE, move |_, _| session.conn.kill());
     }
 
-    /// Hands `frames` of `key` to every subscriber, never waiting.
-    fn deliver(&mut self, key: &AggKey, frames: Vec<FrameBody>, ctx: &mut Context<Self>) {
+    /// Pushes `frames` of `key` into every subscriber's outbound queue,
+    /// never waiting; a queue past its cap conflates (see `outbound`).
+    fn deliver(&mut self, key: &AggKey, frames: Vec<FrameBody>) {
         let Some(channel) = self.channels.get(key) else { return };
         let handoff = Arc::new(Handoff::new(key.clone(), &channel.name, frames));
-        let bytes = handoff.estimate;
-        let cap = self.settings.queue_bytes as i64;
-        let mut evicted = Vec::new();
-        let mut handed = 0;
+        let (mut handed, mut conflations, mut conflated) = (0, 0, 0);
         for id in &channel.subscribers {
             let Some(session) = self.sessions.get(id) else { continue };
-            if session.conn.outstanding() + bytes > cap {
-                evicted.push((*id, "queue_bytes"));
-                continue;
-            }
-            // Counted before the send, so the session's correction never comes first.
-            session.conn.handed.fetch_add(bytes, Ordering::AcqRel);
-            match session.outbound.try_send(Outbound::Frames(handoff.clone())) {
-                Ok(()) => handed += 1,
-                Err(SendError::Full(_)) => {
-                    session.conn.handed.fetch_sub(bytes, Ordering::AcqRel);
-                    evicted.push((*id, "queue_full"));
-                }
-                Err(SendError::Closed(_)) => evicted.push((*id, "")),
-            }
+            let pushed = session.conn.push(handoff.clone());
+            handed += u64::from(pushed.queued);
+            conflations += pushed.conflations;
+            conflated += pushed.conflated_swaps;
         }
         METRICS.ws_handoffs.inc_by(handed);
+        METRICS.ws_conflations.inc_by(conflations);
+        METRICS.ws_conflated_frames.inc_by(conflated);
         self.budget.spend(handed, Instant::now());
-        for (id, reason) in evicted {
-            if reason.is_empty() {
-                self.remove_session(id);
-            } else {
-                self.evict(id, reason, ctx);
-            }
-        }
     }
 
     /// New swap frames go to their channels' buffers, each swap state once;
@@ -326,7 +313,7 @@ impl SessionRegistry {
             }
             if update.gap {
                 // The gap comes after the frames before it.
-                self.flush_channel(&key, ctx);
+                self.flush_channel(&key);
                 self.tell_gap(&key);
             }
             let Some(channel) = self.channels.get_mut(&key) else { continue };
@@ -359,28 +346,28 @@ impl SessionRegistry {
         let handoffs = self.to_flush.iter().filter_map(|key| self.channels.get(key)).map(|c| c.subscribers.len()).sum();
         let wait = self.budget.wait(handoffs, Instant::now()).min(self.settings.coalesce_max);
         if wait.is_zero() {
-            self.flush(ctx);
+            self.flush();
         } else {
             self.flush_scheduled = true;
-            ctx.run_later(wait, |act, ctx| {
+            ctx.run_later(wait, |act, _| {
                 act.flush_scheduled = false;
-                act.flush(ctx);
+                act.flush();
             });
         }
     }
 
     /// Hands every channel's buffered frames to its subscribers.
-    fn flush(&mut self, ctx: &mut Context<Self>) {
+    fn flush(&mut self) {
         for key in std::mem::take(&mut self.to_flush) {
-            self.flush_channel(&key, ctx);
+            self.flush_channel(&key);
         }
     }
 
-    fn flush_channel(&mut self, key: &AggKey, ctx: &mut Context<Self>) {
+    fn flush_channel(&mut self, key: &AggKey) {
         let Some(channel) = self.channels.get_mut(key) else { return };
         let frames = std::mem::take(&mut channel.buffered);
         if !frames.is_empty() {
-            self.deliver(key, frames, ctx);
+            self.deliver(key, frames);
         }
     }
 
@@ -390,8 +377,7 @@ impl SessionRegistry {
         let Some(channel) = self.channels.get(key) else { return };
         for id in &channel.subscribers {
             if let Some(session) = self.sessions.get(id) {
-                // A full queue means a slow client, evicted by the sweep anyway.
-                let _ = session.outbound.try_send(Outbound::Gap(Some(key.clone())));
+                session.conn.gap(Some(key));
             }
         }
     }
@@ -449,10 +435,10 @@ impl SessionRegistry {
             }
             stats
         };
-        ctx.spawn(fetch.into_actor(self).map(|stats, act, ctx| {
+        ctx.spawn(fetch.into_actor(self).map(|stats, act, _| {
             act.stats_in_flight = false;
             for (key, json) in stats {
-                act.deliver(&key, vec![FrameBody { kind: FrameKind::Stats, json }], ctx);
+                act.deliver(&key, vec![FrameBody { kind: FrameKind::Stats, json }]);
             }
         }));
     }
@@ -648,8 +634,7 @@ impl Handler<Published> for SessionRegistry {
                     self.on_published(&std::mem::take(&mut updates), ctx);
                     METRICS.ws_pubsub_resumed.inc();
                     for session in self.sessions.values() {
-                        // A full queue means a slow client, evicted by the sweep anyway.
-                        let _ = session.outbound.try_send(Outbound::Gap(None));
+                        session.conn.gap(None);
                     }
                 }
             }
