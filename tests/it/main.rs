@@ -13,3 +13,4 @@ mod services_script;
 mod static_membership;
 mod supervision;
 mod websocket;
+mod ws_conflation;
