@@ -332,20 +332,28 @@ impl OutQueue {
                     *next_seq += 1;
                     (0, true)
                 }
+                // As much of the handoff as the budget allows, then the next channel's turn.
                 Entry::Frames { handoff, next } => {
-                    let frame = &handoff.frames[*next];
-                    put_text_frame(out, &channel_frame(frame.kind, &channel.name, *next_seq, &frame.json));
-                    *next_seq += 1;
-                    match frame.kind {
-                        FrameKind::Swap => taken.swaps += 1,
-                        FrameKind::Stats => {
-                            taken.stats += 1;
-                            channel.stats = Some(frame.json.clone());
+                    let mut estimate = 0;
+                    while *next < handoff.frames.len() && out.len() - start < budget {
+                        let frame = &handoff.frames[*next];
+                        put_text_frame(out, &channel_frame(frame.kind, &channel.name, *next_seq, &frame.json));
+                        *next_seq += 1;
+                        match frame.kind {
+                            FrameKind::Swap => taken.swaps += 1,
+                            FrameKind::Stats => {
+                                taken.stats += 1;
+                                channel.stats = Some(frame.json.clone());
+                            }
                         }
+                        estimate += frame_estimate(&channel.name, frame);
+                        *next += 1;
                     }
-                    let estimate = frame_estimate(&channel.name, frame);
-                    *next += 1;
                     (estimate, *next == handoff.frames.len())
+                }
+                Entry::Skipped(skipped) if skipped.frames == 0 => {
+                    *next_seq += skipped.gaps;
+                    (skipped.estimate, true)
                 }
                 Entry::Skipped(skipped) => {
                     let from = *next_seq + skipped.gaps;

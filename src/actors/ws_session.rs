@@ -137,6 +137,22 @@ impl ConnShared {
         self.writer.wake();
     }
 
+    /// The session subscribed to `key`: its frames are taken and held.
+    pub fn open(&self, key: &AggKey) {
+        self.with_queue(|queue| queue.open(key.clone(), key.to_string().into()));
+    }
+
+    /// `key`'s subscribed frame (seq 0, with `snapshot`) is written: its
+    /// frames follow.
+    pub fn start(&self, key: &AggKey, snapshot: Arc<str>) {
+        self.with_queue(|queue| queue.start(key, snapshot));
+    }
+
+    /// The session left `key`: what waits for it goes.
+    pub fn remove(&self, key: &AggKey) {
+        self.with_queue(|queue| queue.remove(key));
+    }
+
     /// Drops what waits and takes nothing more (eviction, close).
     pub fn close_queue(&self) {
         self.with_queue(OutQueue::close);
@@ -483,7 +499,7 @@ impl WsSession {
             self.generation += 1;
             let generation = self.generation;
             self.channels.insert(key.clone(), ChannelState::Waiting { generation });
-            self.conn.with_queue(|queue| queue.open(key.clone(), key.to_string().into()));
+            self.conn.open(&key);
             added.push(key.clone());
             let redis = self.common.redis.clone();
             let fetch = async move {
@@ -523,11 +539,11 @@ impl WsSession {
                 self.channels.insert(key.clone(), ChannelState::Live);
                 // The writer takes the channel's frames only after this
                 // frame, which this poll of the body yields first.
-                self.conn.with_queue(|queue| queue.start(&key, stats));
+                self.conn.start(&key, stats);
             }
             Err(e) => {
                 self.channels.remove(&key);
-                self.conn.with_queue(|queue| queue.remove(&key));
+                self.conn.remove(&key);
                 self.common.registry.do_send(Unsubscribe { id: self.id, channels: vec![key.clone()] });
                 let text = json!({"type": "error", "code": "unavailable", "channel": &*name,
                     "message": format!("no snapshot for {name}, not subscribed: {e:#}")})
@@ -541,7 +557,7 @@ impl WsSession {
         let mut removed = Vec::new();
         for key in keys {
             if self.channels.remove(&key).is_some() {
-                self.conn.with_queue(|queue| queue.remove(&key));
+                self.conn.remove(&key);
                 removed.push(key.clone());
             }
             self.emit(ctx, json!({"type": "unsubscribed", "channel": key.to_string()}).to_string());

@@ -183,3 +183,69 @@ async fn stats(state: web::Data<WsState>) -> Result<HttpResponse, ApiError> {
     let counts = Presence::new(&state.common.redis).counts().await.map_err(ApiError::redis)?;
     Ok(HttpResponse::Ok().json(counts))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Wake, Waker};
+
+    use futures::stream;
+
+    use super::*;
+    use crate::actors::ws_session::{FrameBody, FrameKind, Handoff};
+    use crate::domain::partial::AggKey;
+
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn swaps(key: &AggKey, count: usize) -> Arc<Handoff> {
+        let frames =
+            (0..count).map(|n| FrameBody { kind: FrameKind::Swap, json: format!(r#"{{"n":{n}}}"#).into() }).collect();
+        Arc::new(Handoff::new(key.clone(), &key.to_string(), frames))
+    }
+
+    #[test]
+    fn the_writer_yields_the_sessions_frames_first_then_the_queue_and_counts_what_is_pulled() {
+        let key = AggKey::parse("token:ETH").expect("a channel");
+        let conn = Arc::new(ConnShared::new(None, 1 << 20));
+        conn.open(&key);
+        conn.push(swaps(&key, 3));
+        // The session's own frame (its `subscribed`), once; then nothing.
+        let subscribed = Bytes::from_static(b"\x81\x02{}");
+        conn.handed.fetch_add(subscribed.len() as i64, Ordering::AcqRel);
+        let mut own = Some(subscribed.clone());
+        let session = stream::poll_fn(move |_| match own.take() {
+            Some(bytes) => Poll::Ready(Some(Ok(bytes))),
+            None => Poll::Pending,
+        });
+        let mut writer =
+            Writer { session: Box::pin(session), conn: conn.clone(), done: false, buffer: BytesMut::new() };
+        let woken = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut poll = || Pin::new(&mut writer).poll_next(&mut cx);
+
+        // Both have frames: the session's go first (they may be the
+        // `subscribed` frame the queued ones must follow).
+        conn.start(&key, "{}".into());
+        assert!(matches!(poll(), Poll::Ready(Some(Ok(b))) if b == subscribed));
+        let Poll::Ready(Some(Ok(first))) = poll() else { panic!("the queued frames") };
+        assert!(poll().is_pending());
+        assert_eq!(woken.0.load(Ordering::SeqCst), 0);
+        conn.push(swaps(&key, 1));
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "a push wakes the waiting writer");
+        let Poll::Ready(Some(Ok(second))) = poll() else { panic!("the new frame") };
+        assert!(poll().is_pending());
+        let text = String::from_utf8_lossy(&first) + String::from_utf8_lossy(&second);
+        assert_eq!(text.matches(r#""type":"swap""#).count(), 4);
+        assert!(text.contains(r#""seq":1,"#) && second.ends_with(br#""seq":4,"swap":{"n":0}}"#), "{text}");
+        let chunk = [first, second].concat();
+        assert_eq!(conn.pulled.load(Ordering::Acquire), (subscribed.len() + chunk.len()) as i64);
+        assert_eq!(conn.outstanding(), 0, "every byte handed was pulled");
+    }
+}
