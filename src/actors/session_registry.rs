@@ -22,8 +22,9 @@
 //! client that reads, however far behind, keeps its connection. What is
 //! evicted here, by a periodic sweep, is a client without progress: bytes
 //! waiting (queued, or handed to the HTTP layer and not yet taken by it) and
-//! none taken for the write deadline; and when all sessions together hold
-//! more than their total budget, the clients with the most waiting. The
+//! none taken for the write deadline; and when the process holds more than
+//! the total budget for its clients (queued frames, shared by the clients
+//! they wait for, counted once), the clients with the most waiting. The
 //! eviction offers close code 4008 when the session can still send it, and
 //! resets the TCP connection itself (see `http::ws` for why that cannot be
 //! left to the session). The same sweep drops peers silent for longer than
@@ -48,7 +49,8 @@ use slog::{info, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
 
 use super::ws_session::{
-    now_ms, snapshot, ConnShared, FrameBody, FrameKind, Handoff, Outbound, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER,
+    now_ms, queued_frame_bytes, snapshot, ConnShared, FrameBody, FrameKind, Handoff, Outbound, CLOSE_PING_TIMEOUT,
+    CLOSE_SLOW_CONSUMER,
 };
 use crate::config::WsSettings;
 use crate::domain::partial::AggKey;
@@ -401,15 +403,18 @@ impl SessionRegistry {
                 evicted.push((*id, "ping_timeout"));
             }
         }
-        let budget = i64::try_from(self.settings.queue_total_bytes).unwrap_or(i64::MAX);
-        let waiting = self
-            .sessions
-            .iter()
-            .filter(|(id, _)| !evicted.iter().any(|(e, _)| e == *id))
-            .map(|(id, session)| (*id, session.conn.outstanding()));
-        evicted.extend(most_waiting_over(waiting, budget).into_iter().map(|id| (id, "total_bytes")));
+        // First, so that what they held is released before the total is taken.
         for (id, reason) in evicted {
             self.evict(id, reason, ctx);
+        }
+        // Queued frames are shared by every client they wait for: counted
+        // once, as the memory they take, plus what each connection has
+        // handed to the HTTP layer on its own.
+        let budget = i64::try_from(self.settings.queue_total_bytes).unwrap_or(i64::MAX);
+        let total = queued_frame_bytes() + self.sessions.values().map(|s| s.conn.unshared().max(0)).sum::<i64>();
+        let waiting = self.sessions.iter().map(|(id, session)| (*id, session.conn.outstanding()));
+        for id in most_waiting_over(waiting, total, budget) {
+            self.evict(id, "total_bytes", ctx);
         }
     }
 
@@ -718,11 +723,11 @@ impl HandoffBudget {
     }
 }
 
-/// The sessions to drop so that the bytes waiting for the rest fit in
-/// `budget`: the ones with the most waiting first.
-fn most_waiting_over(waiting: impl Iterator<Item = (u64, i64)>, budget: i64) -> Vec<u64> {
+/// The sessions to drop so that `total` fits in `budget`: the ones with the
+/// most waiting first, each taken to free at most what waits for it (less,
+/// when others wait for the same frames; the next sweep then goes on).
+fn most_waiting_over(waiting: impl Iterator<Item = (u64, i64)>, mut total: i64, budget: i64) -> Vec<u64> {
     let mut waiting: Vec<(u64, i64)> = waiting.filter(|(_, bytes)| *bytes > 0).collect();
-    let mut total: i64 = waiting.iter().map(|(_, bytes)| bytes).sum();
     if total <= budget {
         return Vec::new();
     }
@@ -775,11 +780,17 @@ mod tests {
     #[test]
     fn over_the_total_budget_the_sessions_with_most_waiting_go_first() {
         let waiting = || [(1, 100), (2, 5000), (3, 0), (4, 3000), (5, -20)].into_iter();
-        assert_eq!(most_waiting_over(waiting(), 10_000), Vec::<u64>::new());
-        assert_eq!(most_waiting_over(waiting(), 8100), Vec::<u64>::new());
-        assert_eq!(most_waiting_over(waiting(), 8099), vec![2]);
-        assert_eq!(most_waiting_over(waiting(), 3100), vec![2]);
-        assert_eq!(most_waiting_over(waiting(), 2999), vec![2, 4]);
-        assert_eq!(most_waiting_over(waiting(), 0), vec![2, 4, 1]);
+        // Each waits for frames of its own: the total is their sum.
+        let sum = 8100;
+        assert_eq!(most_waiting_over(waiting(), sum, 10_000), Vec::<u64>::new());
+        assert_eq!(most_waiting_over(waiting(), sum, 8100), Vec::<u64>::new());
+        assert_eq!(most_waiting_over(waiting(), sum, 8099), vec![2]);
+        assert_eq!(most_waiting_over(waiting(), sum, 3100), vec![2]);
+        assert_eq!(most_waiting_over(waiting(), sum, 2999), vec![2, 4]);
+        assert_eq!(most_waiting_over(waiting(), sum, 0), vec![2, 4, 1]);
+        // They share frames: 5000 bytes in all, under a budget that their
+        // sum (8100) would pass.
+        assert_eq!(most_waiting_over(waiting(), 5000, 6000), Vec::<u64>::new());
+        assert_eq!(most_waiting_over(waiting(), 5000, 4000), vec![2]);
     }
 }

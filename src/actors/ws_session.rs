@@ -110,6 +110,12 @@ impl ConnShared {
         self.queued.load(Ordering::Acquire) + self.handed.load(Ordering::Acquire) - self.pulled.load(Ordering::Acquire)
     }
 
+    /// Bytes handed to the HTTP layer and not yet taken by it: this
+    /// connection's alone (queued frames are shared, see [`queued_frame_bytes`]).
+    pub fn unshared(&self) -> i64 {
+        self.handed.load(Ordering::Acquire) - self.pulled.load(Ordering::Acquire)
+    }
+
     fn queue(&self) -> MutexGuard<'_, OutQueue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -254,6 +260,16 @@ pub fn channel_frame(kind: FrameKind, channel: &str, seq: u64, json: &str) -> St
     text
 }
 
+/// Bytes (estimated) of the handoffs alive in this process: the channel
+/// frames queued for any client, each counted once however many clients it
+/// waits for.
+static HANDOFF_BYTES: AtomicI64 = AtomicI64::new(0);
+
+/// What the frames queued for WebSocket clients take, each frame once.
+pub fn queued_frame_bytes() -> i64 {
+    HANDOFF_BYTES.load(Ordering::Acquire)
+}
+
 /// New frames of one channel, in order, as the registry hands them to every
 /// subscriber (one allocation shared by all).
 #[derive(Debug)]
@@ -267,7 +283,14 @@ pub struct Handoff {
 impl Handoff {
     pub fn new(key: AggKey, channel: &str, frames: Vec<FrameBody>) -> Handoff {
         let estimate = frames.iter().map(|f| frame_len(channel_frame_len(f.kind, channel, f.json.len()) + 1)).sum();
+        HANDOFF_BYTES.fetch_add(estimate, Ordering::AcqRel);
         Handoff { key, frames, estimate }
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        HANDOFF_BYTES.fetch_sub(self.estimate, Ordering::AcqRel);
     }
 }
 

@@ -20,8 +20,8 @@
 //!   waits for this client;
 //! - bytes waiting of which actix pulls nothing for
 //!   `SWAPSTREAM_WS_WRITE_DEADLINE_MS`, or being one of the largest while
-//!   all sessions' waiting bytes together exceed
-//!   `SWAPSTREAM_WS_QUEUE_TOTAL_BYTES`, evicts the client: the registry
+//!   the process holds more than `SWAPSTREAM_WS_QUEUE_TOTAL_BYTES` for its
+//!   clients (a queued frame counted once), evicts the client: the registry
 //!   forgets it, empties its queue, offers close 4008 "slow consumer", and
 //!   shortly after has the connection's worker set `SO_LINGER` 0 and shut the socket down
 //!   (on that thread, so the descriptor cannot have been closed and its

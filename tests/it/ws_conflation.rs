@@ -107,3 +107,43 @@ async fn a_burst_conflates_lagging_readers_instead_of_evicting_them_and_a_stalle
     assert_eq!(metric(port, "swapstream_ws_evictions_total{reason=\"write_deadline\"}").await, 1.0);
     consumer.kill9().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readers_of_one_busy_channel_share_their_queued_frames_in_the_total_budget() {
+    let brokers = require_broker();
+    let names = Names::new("it-ws-shared");
+    // Twenty readers may each hold up to a 1 MiB backlog during the burst;
+    // counted per reader that would pass the 4 MiB budget many times over,
+    // counted once per frame it does not.
+    let mut vars = consumer_vars(&names, &brokers, "a");
+    vars.extend([
+        ("SWAPSTREAM_WS_QUEUE_BYTES", "1048576".into()),
+        ("SWAPSTREAM_WS_QUEUE_TOTAL_BYTES", "4194304".into()),
+    ]);
+    let (mut consumer, port) = start_consumer(&names, &vars, "a").await;
+    let mut readers = Vec::new();
+    for _ in 0..20 {
+        let mut client = Client::connect(port).await;
+        client.subscribe(&["token:ETH"]).await;
+        readers.push(client.drain());
+    }
+
+    // Act
+    let truth = helpers::produce(&brokers, &names, BURST, &stream_vars("max")).await;
+
+    // Assert: nobody evicted, and each reader accounts for every state.
+    let expected = expected_states(&truth, "ETH");
+    let mut skipped_frames = 0;
+    for (n, reader) in readers.iter_mut().enumerate() {
+        let mut got = Received::new();
+        got.until_final_drained(reader, &truth, "token:ETH", "ETH").await;
+        assert!(got.states.is_subset(&expected), "reader {n}: swap states not in the ground truth");
+        assert_eq!(got.states.len() as u64 + got.skipped, expected.len() as u64, "reader {n}");
+        skipped_frames += got.skipped_frames;
+    }
+    println!("20 readers, {} ETH swap states each, {skipped_frames} skipped frames in all", expected.len());
+    assert_eq!(metric(port, "swapstream_ws_evictions_total{reason=\"total_bytes\"}").await, 0.0);
+    assert_eq!(metric(port, "swapstream_ws_evictions_total{reason=\"write_deadline\"}").await, 0.0);
+    assert_eq!(metric(port, "swapstream_ws_sessions ").await, 20.0);
+    consumer.kill9().await;
+}
