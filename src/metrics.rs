@@ -99,6 +99,8 @@ pub struct Metrics {
     pub swap_feed_dropped: IntCounter,
     pub ws_gaps: IntCounter,
     pub ws_handoffs: IntCounter,
+    pub ws_conflations: IntCounter,
+    pub ws_conflated_frames: IntCounter,
     pub producer_recreated: IntCounter,
     pub live_writes_fenced: IntCounter,
 }
@@ -220,13 +222,13 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ws_sessions: c.add(register_int_gauge_with_registry!("ws_sessions", "Open WebSocket sessions of this instance", r)),
         ws_frames_sent: c.add(register_int_counter_vec_with_registry!(
             "ws_frames_sent_total",
-            "WebSocket channel frames written, by type (subscribed, swap, stats)",
+            "WebSocket channel frames written, by type (subscribed, swap, stats, skipped)",
             &["type"],
             r
         )),
         ws_evictions: c.add(register_int_counter_vec_with_registry!(
             "ws_evictions_total",
-            "WebSocket clients disconnected by the server, by reason (queue_full, queue_bytes, total_bytes, write_deadline, ping_timeout)",
+            "WebSocket clients disconnected by the server, by reason (total_bytes, write_deadline, ping_timeout)",
             &["reason"],
             r
         )),
@@ -265,6 +267,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         live_writes_fenced: c.add(register_int_counter_with_registry!(
             "live_writes_fenced_total",
             "Partials not written to Redis because a later position of their partition was there (a paused instance's late write)",
+            r
+        )),
+        ws_conflations: c.add(register_int_counter_with_registry!(
+            "ws_conflations_total",
+            "Times a WebSocket client's queued frames of one channel were replaced by one skipped frame, its queue being past SWAPSTREAM_WS_QUEUE_BYTES",
+            r
+        )),
+        ws_conflated_frames: c.add(register_int_counter_with_registry!(
+            "ws_conflated_frames_total",
+            "Swap frames dropped from WebSocket clients' queues by conflation (counted in their skipped frames)",
             r
         )),
         producer_recreated: c.add(register_int_counter_with_registry!(
@@ -321,11 +333,11 @@ const DEAD_LETTER_REASONS: &[&str] = &[
     "future_timestamp",
 ];
 /// Values of `swapstream_ws_evictions_total{reason}`.
-const EVICTION_REASONS: &[&str] = &["queue_full", "queue_bytes", "total_bytes", "write_deadline", "ping_timeout"];
+const EVICTION_REASONS: &[&str] = &["total_bytes", "write_deadline", "ping_timeout"];
 /// Values of `swapstream_http_rejected_total{reason}`.
 const REJECT_REASONS: &[&str] = &["unauthorized", "forbidden", "origin_not_allowed", "rate_limited", "too_large"];
 /// Values of `swapstream_ws_frames_sent_total{type}`.
-const FRAME_TYPES: &[&str] = &["subscribed", "swap", "stats"];
+const FRAME_TYPES: &[&str] = &["subscribed", "swap", "stats", "skipped"];
 
 fn process_registry() -> Registry {
     let registry = Registry::new();

@@ -2,5 +2,6 @@
 
 pub mod aggregator;
 pub mod kafka_reader;
+pub mod outbound;
 pub mod session_registry;
 pub mod ws_session;

@@ -15,17 +15,20 @@
 //! under load a handoff carries many frames instead of the wake-ups
 //! multiplying with the update rate ([`HandoffBudget`]).
 //!
-//! The registry never waits for a client. It hands each session its frames
-//! with `try_send` into a capped mailbox and counts the bytes; the session's
-//! response body counts what the HTTP layer pulled. A full mailbox, more
-//! outstanding bytes than the cap, or outstanding bytes without progress for
-//! the write deadline mean a stalled client, and when all sessions together
-//! hold more than their total budget, the clients with the most waiting are
-//! the slow ones: the registry evicts them here,
-//! with close code 4008 when the session can still send it, and resets its
-//! TCP connection itself (see `http::ws` for why that cannot be left to the
-//! session). The same sweep drops peers silent for longer than the ping
-//! timeout.
+//! The registry never waits for a client. It pushes each session's frames
+//! into the connection's outbound queue (`outbound::OutQueue`, owned by the
+//! connection's writer), which conflates a backlog past
+//! `SWAPSTREAM_WS_QUEUE_BYTES` into `skipped` frames rather than growing: a
+//! client that reads, however far behind, keeps its connection. What is
+//! evicted here, by a periodic sweep, is a client without progress: bytes
+//! waiting (queued, or handed to the HTTP layer and not yet taken by it) and
+//! none taken for the write deadline; and when the process holds more than
+//! the total budget for its clients (queued frames, shared by the clients
+//! they wait for, counted once), the clients with the most waiting. The
+//! eviction offers close code 4008 when the session can still send it, and
+//! resets the TCP connection itself (see `http::ws` for why that cannot be
+//! left to the session). The same sweep drops peers silent for longer than
+//! the ping timeout.
 
 use std::borrow::Cow;
 use std::collections::hash_map::DefaultHasher;
@@ -46,7 +49,8 @@ use slog::{info, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
 
 use super::ws_session::{
-    now_ms, snapshot, ConnShared, FrameBody, FrameKind, Handoff, Outbound, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER,
+    now_ms, queued_frame_bytes, snapshot, ConnShared, FrameBody, FrameKind, Handoff, Outbound, CLOSE_PING_TIMEOUT,
+    CLOSE_SLOW_CONSUMER,
 };
 use crate::config::WsSettings;
 use crate::domain::partial::AggKey;
@@ -261,6 +265,8 @@ impl SessionRegistry {
     /// then the connection is reset.
     fn evict(&mut self, id: u64, reason: &'static str, ctx: &mut Context<Self>) {
         let Some(session) = self.remove_session(id) else { return };
+        // Its memory goes now, whether or not the session runs again.
+        session.conn.close_queue();
         METRICS.ws_evictions.with_label_values(&[reason]).inc();
         info!(self.log, "WebSocket client disconnected"; "reason" => reason, "session" => id,
             "request_id" => &session.conn.request_id, "outstanding_bytes" => session.conn.outstanding());
@@ -272,40 +278,23 @@ impl SessionRegistry {
         ctx.run_later(CLOSE_GRACE, move |_, _| session.conn.kill());
     }
 
-    /// Hands `frames` of `key` to every subscriber, never waiting.
-    fn deliver(&mut self, key: &AggKey, frames: Vec<FrameBody>, ctx: &mut Context<Self>) {
+    /// Pushes `frames` of `key` into every subscriber's outbound queue,
+    /// never waiting; a queue past its cap conflates (see `outbound`).
+    fn deliver(&mut self, key: &AggKey, frames: Vec<FrameBody>) {
         let Some(channel) = self.channels.get(key) else { return };
         let handoff = Arc::new(Handoff::new(key.clone(), &channel.name, frames));
-        let bytes = handoff.estimate;
-        let cap = self.settings.queue_bytes as i64;
-        let mut evicted = Vec::new();
-        let mut handed = 0;
+        let (mut handed, mut conflations, mut conflated) = (0, 0, 0);
         for id in &channel.subscribers {
             let Some(session) = self.sessions.get(id) else { continue };
-            if session.conn.outstanding() + bytes > cap {
-                evicted.push((*id, "queue_bytes"));
-                continue;
-            }
-            // Counted before the send, so the session's correction never comes first.
-            session.conn.handed.fetch_add(bytes, Ordering::AcqRel);
-            match session.outbound.try_send(Outbound::Frames(handoff.clone())) {
-                Ok(()) => handed += 1,
-                Err(SendError::Full(_)) => {
-                    session.conn.handed.fetch_sub(bytes, Ordering::AcqRel);
-                    evicted.push((*id, "queue_full"));
-                }
-                Err(SendError::Closed(_)) => evicted.push((*id, "")),
-            }
+            let pushed = session.conn.push(handoff.clone());
+            handed += u64::from(pushed.queued);
+            conflations += pushed.conflations;
+            conflated += pushed.conflated_swaps;
         }
         METRICS.ws_handoffs.inc_by(handed);
+        METRICS.ws_conflations.inc_by(conflations);
+        METRICS.ws_conflated_frames.inc_by(conflated);
         self.budget.spend(handed, Instant::now());
-        for (id, reason) in evicted {
-            if reason.is_empty() {
-                self.remove_session(id);
-            } else {
-                self.evict(id, reason, ctx);
-            }
-        }
     }
 
     /// New swap frames go to their channels' buffers, each swap state once;
@@ -326,7 +315,7 @@ impl SessionRegistry {
             }
             if update.gap {
                 // The gap comes after the frames before it.
-                self.flush_channel(&key, ctx);
+                self.flush_channel(&key);
                 self.tell_gap(&key);
             }
             let Some(channel) = self.channels.get_mut(&key) else { continue };
@@ -359,28 +348,28 @@ impl SessionRegistry {
         let handoffs = self.to_flush.iter().filter_map(|key| self.channels.get(key)).map(|c| c.subscribers.len()).sum();
         let wait = self.budget.wait(handoffs, Instant::now()).min(self.settings.coalesce_max);
         if wait.is_zero() {
-            self.flush(ctx);
+            self.flush();
         } else {
             self.flush_scheduled = true;
-            ctx.run_later(wait, |act, ctx| {
+            ctx.run_later(wait, |act, _| {
                 act.flush_scheduled = false;
-                act.flush(ctx);
+                act.flush();
             });
         }
     }
 
     /// Hands every channel's buffered frames to its subscribers.
-    fn flush(&mut self, ctx: &mut Context<Self>) {
+    fn flush(&mut self) {
         for key in std::mem::take(&mut self.to_flush) {
-            self.flush_channel(&key, ctx);
+            self.flush_channel(&key);
         }
     }
 
-    fn flush_channel(&mut self, key: &AggKey, ctx: &mut Context<Self>) {
+    fn flush_channel(&mut self, key: &AggKey) {
         let Some(channel) = self.channels.get_mut(key) else { return };
         let frames = std::mem::take(&mut channel.buffered);
         if !frames.is_empty() {
-            self.deliver(key, frames, ctx);
+            self.deliver(key, frames);
         }
     }
 
@@ -390,8 +379,7 @@ impl SessionRegistry {
         let Some(channel) = self.channels.get(key) else { return };
         for id in &channel.subscribers {
             if let Some(session) = self.sessions.get(id) {
-                // A full queue means a slow client, evicted by the sweep anyway.
-                let _ = session.outbound.try_send(Outbound::Gap(Some(key.clone())));
+                session.conn.gap(Some(key));
             }
         }
     }
@@ -415,15 +403,18 @@ impl SessionRegistry {
                 evicted.push((*id, "ping_timeout"));
             }
         }
-        let budget = i64::try_from(self.settings.queue_total_bytes).unwrap_or(i64::MAX);
-        let waiting = self
-            .sessions
-            .iter()
-            .filter(|(id, _)| !evicted.iter().any(|(e, _)| e == *id))
-            .map(|(id, session)| (*id, session.conn.outstanding()));
-        evicted.extend(most_waiting_over(waiting, budget).into_iter().map(|id| (id, "total_bytes")));
+        // First, so that what they held is released before the total is taken.
         for (id, reason) in evicted {
             self.evict(id, reason, ctx);
+        }
+        // Queued frames are shared by every client they wait for: counted
+        // once, as the memory they take, plus what each connection has
+        // handed to the HTTP layer on its own.
+        let budget = i64::try_from(self.settings.queue_total_bytes).unwrap_or(i64::MAX);
+        let total = queued_frame_bytes() + self.sessions.values().map(|s| s.conn.unshared().max(0)).sum::<i64>();
+        let waiting = self.sessions.iter().map(|(id, session)| (*id, session.conn.outstanding()));
+        for id in most_waiting_over(waiting, total, budget) {
+            self.evict(id, "total_bytes", ctx);
         }
     }
 
@@ -449,10 +440,10 @@ impl SessionRegistry {
             }
             stats
         };
-        ctx.spawn(fetch.into_actor(self).map(|stats, act, ctx| {
+        ctx.spawn(fetch.into_actor(self).map(|stats, act, _| {
             act.stats_in_flight = false;
             for (key, json) in stats {
-                act.deliver(&key, vec![FrameBody { kind: FrameKind::Stats, json }], ctx);
+                act.deliver(&key, vec![FrameBody { kind: FrameKind::Stats, json }]);
             }
         }));
     }
@@ -648,8 +639,7 @@ impl Handler<Published> for SessionRegistry {
                     self.on_published(&std::mem::take(&mut updates), ctx);
                     METRICS.ws_pubsub_resumed.inc();
                     for session in self.sessions.values() {
-                        // A full queue means a slow client, evicted by the sweep anyway.
-                        let _ = session.outbound.try_send(Outbound::Gap(None));
+                        session.conn.gap(None);
                     }
                 }
             }
@@ -733,11 +723,11 @@ impl HandoffBudget {
     }
 }
 
-/// The sessions to drop so that the bytes waiting for the rest fit in
-/// `budget`: the ones with the most waiting first.
-fn most_waiting_over(waiting: impl Iterator<Item = (u64, i64)>, budget: i64) -> Vec<u64> {
+/// The sessions to drop so that `total` fits in `budget`: the ones with the
+/// most waiting first, each taken to free at most what waits for it (less,
+/// when others wait for the same frames; the next sweep then goes on).
+fn most_waiting_over(waiting: impl Iterator<Item = (u64, i64)>, mut total: i64, budget: i64) -> Vec<u64> {
     let mut waiting: Vec<(u64, i64)> = waiting.filter(|(_, bytes)| *bytes > 0).collect();
-    let mut total: i64 = waiting.iter().map(|(_, bytes)| bytes).sum();
     if total <= budget {
         return Vec::new();
     }
@@ -790,11 +780,17 @@ mod tests {
     #[test]
     fn over_the_total_budget_the_sessions_with_most_waiting_go_first() {
         let waiting = || [(1, 100), (2, 5000), (3, 0), (4, 3000), (5, -20)].into_iter();
-        assert_eq!(most_waiting_over(waiting(), 10_000), Vec::<u64>::new());
-        assert_eq!(most_waiting_over(waiting(), 8100), Vec::<u64>::new());
-        assert_eq!(most_waiting_over(waiting(), 8099), vec![2]);
-        assert_eq!(most_waiting_over(waiting(), 3100), vec![2]);
-        assert_eq!(most_waiting_over(waiting(), 2999), vec![2, 4]);
-        assert_eq!(most_waiting_over(waiting(), 0), vec![2, 4, 1]);
+        // Each waits for frames of its own: the total is their sum.
+        let sum = 8100;
+        assert_eq!(most_waiting_over(waiting(), sum, 10_000), Vec::<u64>::new());
+        assert_eq!(most_waiting_over(waiting(), sum, 8100), Vec::<u64>::new());
+        assert_eq!(most_waiting_over(waiting(), sum, 8099), vec![2]);
+        assert_eq!(most_waiting_over(waiting(), sum, 3100), vec![2]);
+        assert_eq!(most_waiting_over(waiting(), sum, 2999), vec![2, 4]);
+        assert_eq!(most_waiting_over(waiting(), sum, 0), vec![2, 4, 1]);
+        // They share frames: 5000 bytes in all, under a budget that their
+        // sum (8100) would pass.
+        assert_eq!(most_waiting_over(waiting(), 5000, 6000), Vec::<u64>::new());
+        assert_eq!(most_waiting_over(waiting(), 5000, 4000), vec![2]);
     }
 }

@@ -2,28 +2,35 @@
 //! numbers the frames of each channel, answers subscriptions with a
 //! snapshot, pings, and applies the per-connection limits.
 //!
-//! The registry hands this actor ready-made frame bodies with `try_send`
-//! into a capped mailbox ([`Outbound`]). A session runs only while actix
-//! polls its response body, so it is frozen while its client does not read:
-//! nothing here decides that the client is slow. The registry does, from
-//! [`ConnShared`]: the bytes handed to the session and the bytes the HTTP
-//! layer pulled from its body, and it closes the socket itself.
+//! Channel frames do not pass through this actor: the registry pushes them
+//! into the connection's outbound queue ([`OutQueue`], in [`ConnShared`]),
+//! which the connection's writer (its response body, `http::ws`) drains
+//! as fast as the socket takes them; this actor opens a channel there,
+//! starts it once its `subscribed` frame went out, and removes it. Its
+//! mailbox carries only the registry's close requests ([`Outbound`]). A
+//! session runs only while actix polls its response body, so it is frozen
+//! while its client does not read: nothing here decides that the client is
+//! slow. The registry does, from [`ConnShared`]: the bytes queued, handed to
+//! the HTTP layer and pulled by it, and it closes the socket itself.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_rt::{Arbiter, ArbiterHandle};
+use actix_web::web::BytesMut;
 use actix_web_actors::ws;
 use chrono::Utc;
+use futures::task::AtomicWaker;
 use prometheus::IntCounter;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::outbound::{OutQueue, Pushed, Taken};
 use super::session_registry::{Connect, Disconnect, SessionRegistry, Subscribe, Unsubscribe};
 use crate::config::WsSettings;
 use crate::domain::aggregate::Interval;
@@ -48,9 +55,15 @@ pub struct ConnShared {
     /// The connection's TCP socket, so the registry can close it while the
     /// session is frozen (see `http::ws`).
     socket: Option<ConnSocket>,
-    /// Bytes handed to the session: the registry adds an estimate when its
-    /// `try_send` succeeds, the session corrects it to the exact encoded
-    /// size when it writes, and adds its own frames.
+    /// Channel frames waiting for the writer; the registry pushes, the
+    /// writer takes, the session opens, starts and removes channels.
+    queue: Mutex<OutQueue>,
+    /// The queue's bytes (estimated), readable without its lock.
+    queued: AtomicI64,
+    /// Wakes the writer when frames arrive in an empty queue.
+    writer: AtomicWaker,
+    /// Bytes handed to the HTTP layer's body stream: the session's own
+    /// frames as it writes them, the queue's as the writer takes them.
     pub handed: AtomicI64,
     /// Bytes the HTTP layer took from the session's body stream.
     pub pulled: AtomicI64,
@@ -80,19 +93,90 @@ impl ConnSocket {
 }
 
 impl ConnShared {
-    pub fn new(socket: Option<ConnSocket>, request_id: String) -> ConnShared {
+    /// `queue_bytes`: the outbound queue's cap, past which it conflates.
+    pub fn new(socket: Option<ConnSocket>, request_id: String, queue_bytes: usize) -> ConnShared {
         ConnShared {
             socket,
             request_id,
+            queue: Mutex::new(OutQueue::new(queue_bytes)),
+            queued: AtomicI64::new(0),
+            writer: AtomicWaker::new(),
             handed: AtomicI64::new(0),
             pulled: AtomicI64::new(0),
             last_inbound_ms: AtomicU64::new(now_ms()),
         }
     }
 
-    /// Bytes handed to the session and not yet taken by the HTTP layer.
+    /// Bytes waiting for this client: queued, or handed to the HTTP layer
+    /// and not yet taken by it.
     pub fn outstanding(&self) -> i64 {
+        self.queued.load(Ordering::Acquire) + self.handed.load(Ordering::Acquire) - self.pulled.load(Ordering::Acquire)
+    }
+
+    /// Bytes handed to the HTTP layer and not yet taken by it: this
+    /// connection's alone (queued frames are shared, see [`queued_frame_bytes`]).
+    pub fn unshared(&self) -> i64 {
         self.handed.load(Ordering::Acquire) - self.pulled.load(Ordering::Acquire)
+    }
+
+    fn queue(&self) -> MutexGuard<'_, OutQueue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `change` on the queue and keeps [`Self::queued`] equal to its bytes.
+    fn with_queue<T>(&self, change: impl FnOnce(&mut OutQueue) -> T) -> T {
+        let mut queue = self.queue();
+        let result = change(&mut queue);
+        self.queued.store(queue.bytes(), Ordering::Release);
+        result
+    }
+
+    /// The registry hands on new frames of one channel (never waiting).
+    pub fn push(&self, handoff: Arc<Handoff>) -> Pushed {
+        let pushed = self.with_queue(|queue| queue.push(handoff));
+        if pushed.queued {
+            self.writer.wake();
+        }
+        pushed
+    }
+
+    /// Updates of `only` (or of every channel) were lost.
+    pub fn gap(&self, only: Option<&AggKey>) {
+        self.with_queue(|queue| queue.gap(only));
+        self.writer.wake();
+    }
+
+    /// The session subscribed to `key`: its frames are taken and held.
+    pub fn open(&self, key: &AggKey) {
+        self.with_queue(|queue| queue.open(key.clone(), key.to_string().into()));
+    }
+
+    /// `key`'s subscribed frame (seq 0, with `snapshot`) is written: its
+    /// frames follow.
+    pub fn start(&self, key: &AggKey, snapshot: Arc<str>) {
+        self.with_queue(|queue| queue.start(key, snapshot));
+    }
+
+    /// The session left `key`: what waits for it goes.
+    pub fn remove(&self, key: &AggKey) {
+        self.with_queue(|queue| queue.remove(key));
+    }
+
+    /// Drops what waits and takes nothing more (eviction, close).
+    pub fn close_queue(&self) {
+        self.with_queue(OutQueue::close);
+    }
+
+    /// For the writer: frames encoded into `out`, up to about `budget` bytes.
+    pub fn take(&self, budget: usize, out: &mut BytesMut) -> Taken {
+        let taken = self.with_queue(|queue| queue.take(budget, out));
+        self.handed.fetch_add(taken.bytes as i64, Ordering::AcqRel);
+        taken
+    }
+
+    /// For the writer, before it finds the queue empty.
+    pub fn register_writer(&self, waker: &std::task::Waker) {
+        self.writer.register(waker);
     }
 
     /// Resets the connection (`SO_LINGER` 0 makes the last close send RST
@@ -179,6 +263,16 @@ pub fn channel_frame(kind: FrameKind, channel: &str, seq: u64, json: &str) -> St
     text
 }
 
+/// Bytes (estimated) of the handoffs alive in this process: the channel
+/// frames queued for any client, each counted once however many clients it
+/// waits for.
+static HANDOFF_BYTES: AtomicI64 = AtomicI64::new(0);
+
+/// What the frames queued for WebSocket clients take, each frame once.
+pub fn queued_frame_bytes() -> i64 {
+    HANDOFF_BYTES.load(Ordering::Acquire)
+}
+
 /// New frames of one channel, in order, as the registry hands them to every
 /// subscriber (one allocation shared by all).
 #[derive(Debug)]
@@ -192,26 +286,27 @@ pub struct Handoff {
 impl Handoff {
     pub fn new(key: AggKey, channel: &str, frames: Vec<FrameBody>) -> Handoff {
         let estimate = frames.iter().map(|f| frame_len(channel_frame_len(f.kind, channel, f.json.len()) + 1)).sum();
+        HANDOFF_BYTES.fetch_add(estimate, Ordering::AcqRel);
         Handoff { key, frames, estimate }
     }
 }
 
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        HANDOFF_BYTES.fetch_sub(self.estimate, Ordering::AcqRel);
+    }
+}
+
 /// A frame's length without its `seq` digits.
-fn channel_frame_len(kind: FrameKind, channel: &str, json: usize) -> usize {
+pub fn channel_frame_len(kind: FrameKind, channel: &str, json: usize) -> usize {
     // `{"type":"","channel":"","seq":,"":}` is 35 bytes.
     35 + 2 * kind.name().len() + channel.len() + json
 }
 
-/// Registry -> session.
+/// Registry -> session (frames go through the connection's queue instead).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum Outbound {
-    /// New frames of one channel, in order.
-    Frames(Arc<Handoff>),
-    /// Updates may have been missed, of one channel (the swap feed dropped
-    /// some) or of all (the pub/sub connection was lost): each such channel
-    /// skips one `seq`, so the client sees a gap and re-reads the REST stats.
-    Gap(Option<AggKey>),
     /// Close with this code and reason, then stop.
     Close { code: u16, reason: &'static str },
 }
@@ -295,18 +390,11 @@ pub fn session_capacity() -> (usize, u64) {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A subscription; its frames wait in the connection's queue until the
+/// snapshot went out as seq 0.
 enum ChannelState {
-    /// Subscribed; frames wait here until the snapshot went out as seq 0.
-    Waiting {
-        generation: u64,
-        held: Vec<Arc<Handoff>>,
-        /// Frames were lost meanwhile: the first one after the snapshot skips a seq.
-        gap: bool,
-    },
-    Live {
-        name: Arc<str>,
-        next_seq: u64,
-    },
+    Waiting { generation: u64 },
+    Live,
 }
 
 /// A client request.
@@ -367,6 +455,8 @@ impl WsSession {
     }
 
     fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+        // Nothing may follow the close frame.
+        self.conn.close_queue();
         self.conn.handed.fetch_add(frame_len(2 + reason.len()), Ordering::AcqRel);
         ctx.close(Some(ws::CloseReason { code: ws::CloseCode::from(code), description: Some(reason.to_owned()) }));
         ctx.stop();
@@ -434,7 +524,8 @@ impl WsSession {
             }
             self.generation += 1;
             let generation = self.generation;
-            self.channels.insert(key.clone(), ChannelState::Waiting { generation, held: Vec::new(), gap: false });
+            self.channels.insert(key.clone(), ChannelState::Waiting { generation });
+            self.conn.open(&key);
             added.push(key.clone());
             let redis = self.common.redis.clone();
             let fetch = async move {
@@ -467,21 +558,18 @@ impl WsSession {
         let name: Arc<str> = key.to_string().into();
         match result {
             Ok(snapshot) => {
+                let stats: Arc<str> = snapshot.to_string().into();
                 let text = json!({"type": "subscribed", "channel": &*name, "seq": 0, "snapshot": snapshot}).to_string();
                 self.emit(ctx, text);
                 METRICS.ws_frames_sent.with_label_values(&["subscribed"]).inc();
-                let gap = matches!(self.channels.get(&key), Some(ChannelState::Waiting { gap: true, .. }));
-                let Some(ChannelState::Waiting { held, .. }) =
-                    self.channels.insert(key.clone(), ChannelState::Live { name, next_seq: 1 + u64::from(gap) })
-                else {
-                    return;
-                };
-                for handoff in held {
-                    self.write_frames(&handoff, ctx);
-                }
+                self.channels.insert(key.clone(), ChannelState::Live);
+                // The writer takes the channel's frames only after this
+                // frame, which this poll of the body yields first.
+                self.conn.start(&key, stats);
             }
             Err(e) => {
                 self.channels.remove(&key);
+                self.conn.remove(&key);
                 self.common.registry.do_send(Unsubscribe { id: self.id, channels: vec![key.clone()] });
                 let text = json!({"type": "error", "code": "unavailable", "channel": &*name,
                     "message": format!("no snapshot for {name}, not subscribed: {e:#}")})
@@ -495,6 +583,7 @@ impl WsSession {
         let mut removed = Vec::new();
         for key in keys {
             if self.channels.remove(&key).is_some() {
+                self.conn.remove(&key);
                 removed.push(key.clone());
             }
             self.emit(ctx, json!({"type": "unsubscribed", "channel": key.to_string()}).to_string());
@@ -503,31 +592,27 @@ impl WsSession {
             self.common.registry.do_send(Unsubscribe { id: self.id, channels: removed });
         }
     }
-
-    fn write_frames(&mut self, handoff: &Handoff, ctx: &mut ws::WebsocketContext<Self>) {
-        let Some(ChannelState::Live { name, next_seq }) = self.channels.get_mut(&handoff.key) else { return };
-        let (name, first_seq) = (name.clone(), *next_seq);
-        *next_seq += handoff.frames.len() as u64;
-        let mut swaps = 0;
-        for (seq, frame) in (first_seq..).zip(&handoff.frames) {
-            swaps += u64::from(frame.kind == FrameKind::Swap);
-            self.emit(ctx, channel_frame(frame.kind, &name, seq, &frame.json));
-        }
-        FRAMES_SENT.swap.inc_by(swaps);
-        FRAMES_SENT.stats.inc_by(handoff.frames.len() as u64 - swaps);
-    }
 }
 
 /// The frame counters, resolved once rather than per frame.
 struct FramesSent {
     swap: IntCounter,
     stats: IntCounter,
+    skipped: IntCounter,
 }
 
 static FRAMES_SENT: LazyLock<FramesSent> = LazyLock::new(|| FramesSent {
     swap: METRICS.ws_frames_sent.with_label_values(&["swap"]),
     stats: METRICS.ws_frames_sent.with_label_values(&["stats"]),
+    skipped: METRICS.ws_frames_sent.with_label_values(&["skipped"]),
 });
+
+/// Counts what a writer took from its queue.
+pub fn count_sent(taken: &Taken) {
+    FRAMES_SENT.swap.inc_by(taken.swaps);
+    FRAMES_SENT.stats.inc_by(taken.stats);
+    FRAMES_SENT.skipped.inc_by(taken.skipped);
+}
 
 /// `token:eth`, `TOKEN:ETH`, `pair:usdc-eth` -> the canonical key.
 pub fn parse_channel(name: &str) -> Option<AggKey> {
@@ -578,25 +663,6 @@ impl Handler<Outbound> for WsSession {
 
     fn handle(&mut self, message: Outbound, ctx: &mut Self::Context) {
         match message {
-            Outbound::Frames(handoff) => {
-                self.conn.handed.fetch_sub(handoff.estimate, Ordering::AcqRel);
-                match self.channels.get_mut(&handoff.key) {
-                    Some(ChannelState::Waiting { held, .. }) => held.push(handoff),
-                    Some(ChannelState::Live { .. }) => self.write_frames(&handoff, ctx),
-                    None => {}
-                }
-            }
-            Outbound::Gap(only) => {
-                for (key, state) in &mut self.channels {
-                    if only.as_ref().is_some_and(|only| only != key) {
-                        continue;
-                    }
-                    match state {
-                        ChannelState::Live { next_seq, .. } => *next_seq += 1,
-                        ChannelState::Waiting { gap, .. } => *gap = true,
-                    }
-                }
-            }
             Outbound::Close { code, reason } => self.close(ctx, code, reason),
         }
     }

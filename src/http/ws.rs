@@ -11,16 +11,19 @@
 //!   kernel send buffer
 //!   (`SWAPSTREAM_WS_SEND_BUFFER_BYTES`) so a stalled client is noticed
 //!   after kilobytes, not the megabytes the kernel would otherwise buffer;
-//! - the registry adds the size of every frame it hands the session
-//!   (`try_send` into a mailbox capped at `SWAPSTREAM_WS_QUEUE_MESSAGES`),
-//!   and the session's body stream, wrapped here, adds every byte actix
-//!   pulls from it; the difference is what waits for this client;
-//! - a full mailbox, a difference above `SWAPSTREAM_WS_QUEUE_BYTES`, a
-//!   difference that does not shrink for `SWAPSTREAM_WS_WRITE_DEADLINE_MS`,
-//!   or one of the largest while all sessions' differences together exceed
-//!   `SWAPSTREAM_WS_QUEUE_TOTAL_BYTES` evicts the client: the registry forgets it (its frames are dropped with
-//!   the mailbox), offers close 4008 "slow consumer", and shortly after has
-//!   the connection's worker set `SO_LINGER` 0 and shut the socket down
+//! - the registry pushes every channel frame into the connection's outbound
+//!   queue (`actors::outbound`), which conflates a backlog past
+//!   `SWAPSTREAM_WS_QUEUE_BYTES` into `skipped` frames; the connection's
+//!   writer (`Writer`, the response body) takes from it only when actix
+//!   has room to write, and counts every byte actix pulls, the session's
+//!   own frames too; what is queued or handed and not yet pulled is what
+//!   waits for this client;
+//! - bytes waiting of which actix pulls nothing for
+//!   `SWAPSTREAM_WS_WRITE_DEADLINE_MS`, or being one of the largest while
+//!   the process holds more than `SWAPSTREAM_WS_QUEUE_TOTAL_BYTES` for its
+//!   clients (a queued frame counted once), evicts the client: the registry
+//!   forgets it, empties its queue, offers close 4008 "slow consumer", and
+//!   shortly after has the connection's worker set `SO_LINGER` 0 and shut the socket down
 //!   (on that thread, so the descriptor cannot have been closed and its
 //!   number reused meanwhile; a `dup` would do without the hop but costs a
 //!   second descriptor per session). actix's next read or
@@ -30,20 +33,23 @@
 
 use std::any::Any;
 use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use actix_rt::net::TcpStream;
 use actix_tls::accept::rustls_0_23::TlsStream;
 use actix_web::dev::Extensions;
+use actix_web::web::{Bytes, BytesMut};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
-use futures::StreamExt;
+use futures::Stream;
 use serde_json::json;
 
 use super::error::ApiError;
-use super::middleware::Policy;
-use super::middleware::RequestId;
-use crate::actors::ws_session::{ConnShared, ConnSocket, IpLimiter, Refused, SessionCommon, WsSession};
+use super::middleware::{Policy, RequestId};
+use crate::actors::ws_session::{count_sent, ConnShared, ConnSocket, IpLimiter, Refused, SessionCommon, WsSession};
 use crate::metrics::METRICS;
 use crate::storage::presence::Presence;
 
@@ -116,22 +122,136 @@ async fn upgrade(
     let mut response = ws::handshake(&request)?;
     let socket = request.conn_data::<SocketFd>().map(|fd| ConnSocket::on_current_worker(fd.0));
     let request_id = request.extensions().get::<RequestId>().map(|id| id.0.clone()).unwrap_or_default();
-    let conn = Arc::new(ConnShared::new(socket, request_id));
+    let conn = Arc::new(ConnShared::new(socket, request_id, state.common.settings.queue_bytes));
     let session = WsSession::new(state.common.clone(), conn.clone(), slot);
     // Frames up to 4x the limit are read and answered with an error frame;
     // larger ones end the connection (1009) rather than being buffered.
     let codec = actix_http::ws::Codec::new().max_size(state.common.settings.max_frame_bytes.saturating_mul(4));
-    let body = ws::WebsocketContext::with_codec(session, payload, codec).map(move |chunk| {
-        if let Ok(bytes) = &chunk {
-            conn.pulled.fetch_add(bytes.len() as i64, std::sync::atomic::Ordering::AcqRel);
+    let session = ws::WebsocketContext::with_codec(session, payload, codec);
+    Ok(response.streaming(Writer { session: Box::pin(session), conn, done: false, buffer: BytesMut::new() }))
+}
+
+/// Most bytes of channel frames the writer hands the HTTP layer at once.
+/// actix asks for more while less than its write buffer (32 KiB) waits, so
+/// what is out of the queue and not yet in the socket stays near 50 KiB and
+/// the rest of a backlog can still be conflated.
+const WRITE_CHUNK: usize = 16 * 1024;
+
+/// A connection's writer: its response body, which the HTTP layer polls
+/// whenever it has room to write. It yields the session actor's own frames
+/// first (subscribed, errors, pongs, pings, close: polling the actor also
+/// runs it), then channel frames from the connection's queue, a chunk at a
+/// time, and counts every byte the HTTP layer pulls.
+struct Writer<S> {
+    session: Pin<Box<S>>,
+    conn: Arc<ConnShared>,
+    done: bool,
+    buffer: BytesMut,
+}
+
+impl<S> Stream for Writer<S>
+where
+    S: Stream<Item = Result<Bytes, actix_web::Error>>,
+{
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
         }
-        chunk
-    });
-    Ok(response.streaming(body))
+        match this.session.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(bytes))) => {
+                this.conn.pulled.fetch_add(bytes.len() as i64, Ordering::AcqRel);
+                return Poll::Ready(Some(Ok(bytes)));
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+            Poll::Pending => {}
+        }
+        // Registered before looking, so a push after the look wakes us.
+        this.conn.register_writer(cx.waker());
+        let taken = this.conn.take(WRITE_CHUNK, &mut this.buffer);
+        if taken.bytes == 0 {
+            return Poll::Pending;
+        }
+        count_sent(&taken);
+        this.conn.pulled.fetch_add(taken.bytes as i64, Ordering::AcqRel);
+        Poll::Ready(Some(Ok(this.buffer.split().freeze())))
+    }
 }
 
 /// Sessions and subscribers of every live instance, from Redis.
 async fn stats(state: web::Data<WsState>) -> Result<HttpResponse, ApiError> {
     let counts = Presence::new(&state.common.redis).counts().await.map_err(ApiError::redis)?;
     Ok(HttpResponse::Ok().json(counts))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Wake, Waker};
+
+    use futures::stream;
+
+    use super::*;
+    use crate::actors::ws_session::{FrameBody, FrameKind, Handoff};
+    use crate::domain::partial::AggKey;
+
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn swaps(key: &AggKey, count: usize) -> Arc<Handoff> {
+        let frames =
+            (0..count).map(|n| FrameBody { kind: FrameKind::Swap, json: format!(r#"{{"n":{n}}}"#).into() }).collect();
+        Arc::new(Handoff::new(key.clone(), &key.to_string(), frames))
+    }
+
+    #[test]
+    fn the_writer_yields_the_sessions_frames_first_then_the_queue_and_counts_what_is_pulled() {
+        let key = AggKey::parse("token:ETH").expect("a channel");
+        let conn = Arc::new(ConnShared::new(None, String::new(), 1 << 20));
+        conn.open(&key);
+        conn.push(swaps(&key, 3));
+        // The session's own frame (its `subscribed`), once; then nothing.
+        let subscribed = Bytes::from_static(b"\x81\x02{}");
+        conn.handed.fetch_add(subscribed.len() as i64, Ordering::AcqRel);
+        let mut own = Some(subscribed.clone());
+        let session = stream::poll_fn(move |_| match own.take() {
+            Some(bytes) => Poll::Ready(Some(Ok(bytes))),
+            None => Poll::Pending,
+        });
+        let mut writer =
+            Writer { session: Box::pin(session), conn: conn.clone(), done: false, buffer: BytesMut::new() };
+        let woken = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut poll = || Pin::new(&mut writer).poll_next(&mut cx);
+
+        // Both have frames: the session's go first (they may be the
+        // `subscribed` frame the queued ones must follow).
+        conn.start(&key, "{}".into());
+        assert!(matches!(poll(), Poll::Ready(Some(Ok(b))) if b == subscribed));
+        let Poll::Ready(Some(Ok(first))) = poll() else { panic!("the queued frames") };
+        assert!(poll().is_pending());
+        assert_eq!(woken.0.load(Ordering::SeqCst), 0);
+        conn.push(swaps(&key, 1));
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "a push wakes the waiting writer");
+        let Poll::Ready(Some(Ok(second))) = poll() else { panic!("the new frame") };
+        assert!(poll().is_pending());
+        let text = String::from_utf8_lossy(&first) + String::from_utf8_lossy(&second);
+        assert_eq!(text.matches(r#""type":"swap""#).count(), 4);
+        assert!(text.contains(r#""seq":1,"#) && second.ends_with(br#""seq":4,"swap":{"n":0}}"#), "{text}");
+        let chunk = [first, second].concat();
+        assert_eq!(conn.pulled.load(Ordering::Acquire), (subscribed.len() + chunk.len()) as i64);
+        assert_eq!(conn.outstanding(), 0, "every byte handed was pulled");
+    }
 }

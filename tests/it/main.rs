@@ -16,3 +16,4 @@ mod static_membership;
 mod supervision;
 mod trusted_proxies;
 mod websocket;
+mod ws_conflation;
