@@ -114,6 +114,7 @@ fn start_registry(
         SessionRegistry::start_in_arbiter(&arbiter.handle(), move |_| SessionRegistry::new(ws, instance, redis, log))
     };
     let common = crate::actors::ws_session::SessionCommon {
+        snapshots: crate::actors::ws_session::Snapshots::default(),
         registry: registry.clone(),
         settings: settings.ws.clone(),
         redis: redis.clone(),
@@ -326,15 +327,15 @@ impl Consumer {
     }
 
     /// Graceful stop within `timeout`, whatever is down: the batch in
-    /// flight is checkpointed and the group left (by 60 % of it), WebSocket
-    /// clients closed with 1001 and HTTP drained (by 80 %), the polling
-    /// thread joined (by the end). A checkpoint that cannot be stored by
-    /// then is not (its events are read again after a restart), and the
-    /// process exits anyway.
+    /// flight is checkpointed and the group left (by half of it), WebSocket
+    /// clients closed with 1001 and HTTP drained (by 70 %), the polling
+    /// thread joined (by 90 %, leaving the rest for the process' own exit).
+    /// A checkpoint that cannot be stored by then is not (its events are
+    /// read again after a restart), and the process exits anyway.
     pub async fn stop(self, timeout: Duration) {
         let started = tokio::time::Instant::now();
-        let (reader_by, drained_by, end) =
-            (started + timeout.mul_f64(0.6), started + timeout.mul_f64(0.8), started + timeout);
+        let at = |share: f64| started + timeout.mul_f64(share);
+        let (reader_by, drained_by, end) = (at(0.5), at(0.7), at(0.9));
         let _ = self.control.send(Control::Stop);
         if tokio::time::timeout_at(reader_by, self.reader_stopped).await.is_err() {
             warn!(self.log, "the reader did not stop in time");

@@ -411,7 +411,47 @@ pub struct SessionCommon {
     pub registry: Addr<SessionRegistry>,
     pub redis: RedisStore,
     pub settings: WsSettings,
+    pub snapshots: Snapshots,
 }
+
+/// A channel's snapshot as it is read, shared by every session that
+/// subscribes to the channel while the read is in flight: a reconnect storm
+/// subscribes thousands of clients to the same few channels at once, and a
+/// read each (dozens of Redis round trips for a day of candles) took longer
+/// than the snapshot's deadline for most of them.
+#[derive(Clone, Default)]
+pub struct Snapshots {
+    in_flight: Arc<std::sync::Mutex<HashMap<AggKey, SharedSnapshot>>>,
+}
+
+type SharedSnapshot =
+    futures::future::Shared<futures::future::BoxFuture<'static, Result<Arc<serde_json::Value>, Arc<str>>>>;
+
+impl Snapshots {
+    /// The read in flight for `key`, or a new one.
+    pub fn read(&self, redis: &RedisStore, key: &AggKey) -> SharedSnapshot {
+        use futures::FutureExt as _;
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(read) = in_flight.get(key).filter(|read| read.peek().is_none()) {
+            return read.clone();
+        }
+        let (redis, owned) = (redis.clone(), key.clone());
+        let read = async move {
+            match tokio::time::timeout(SNAPSHOT_DEADLINE, snapshot(&redis, &owned)).await {
+                Ok(Ok(value)) => Ok(Arc::new(value)),
+                Ok(Err(e)) => Err(Arc::from(format!("{e:#}"))),
+                Err(_) => Err(Arc::from(format!("no answer within {SNAPSHOT_DEADLINE:?}"))),
+            }
+        }
+        .boxed()
+        .shared();
+        in_flight.insert(key.clone(), read.clone());
+        read
+    }
+}
+
+/// Longest wait for a channel's snapshot before the subscription is refused.
+const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(5);
 
 pub struct WsSession {
     id: u64,
@@ -527,12 +567,8 @@ impl WsSession {
             self.channels.insert(key.clone(), ChannelState::Waiting { generation });
             self.conn.open(&key);
             added.push(key.clone());
-            let redis = self.common.redis.clone();
-            let fetch = async move {
-                tokio::time::timeout(Duration::from_secs(5), snapshot(&redis, &key))
-                    .await
-                    .map_err(anyhow::Error::from)?
-            };
+            let read = self.common.snapshots.read(&self.common.redis, &key);
+            let fetch = async move { read.await.map(|value| (*value).clone()).map_err(|e| anyhow::anyhow!("{e}")) };
             let key = added.last().cloned().expect("just pushed");
             ctx.spawn(
                 fetch.into_actor(self).map(move |result, act, ctx| act.on_snapshot(key, generation, result, ctx)),
