@@ -112,7 +112,7 @@ impl Stack {
         command
             .args(args)
             .env("SERVICES_LOCAL_DIR", self.dir.path().join("services"))
-            .env("SERVICES_KAFKA_HOME", kafka_home())
+            .env("SERVICES_KAFKA_HOME", helpers::installed_kafka())
             .env("SWAPSTREAM_BROKER_PORT", self.kafka_port.to_string())
             .env("SERVICES_KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
             .env("SERVICES_KAFKA_HEAP", "384m");
@@ -209,18 +209,6 @@ impl Drop for Stack {
         let _ = self.as_postgres("pg_ctl").arg("-D").arg(self.pg_data()).args(["-m", "immediate", "stop"]).output();
         let _ = self.services(&["broker-stop"]).output();
     }
-}
-
-/// The project's Kafka jars, installed if need be.
-fn kafka_home() -> PathBuf {
-    static HOME: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    HOME.get_or_init(|| {
-        let output = Command::new(repo().join("scripts/services")).args(["install", "kafka"]).output().unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let line = String::from_utf8_lossy(&output.stdout).into_owned();
-        PathBuf::from(line.split(" installed in ").nth(1).and_then(|r| r.split(" (").next()).expect("install line"))
-    })
-    .clone()
 }
 
 /// How long `check` took to become true, polling until `timeout`.

@@ -8,6 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::helpers;
+
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services")
 }
@@ -73,16 +75,6 @@ fn up_kafka(state: &Path, path: Option<&Path>, extra: &[(&str, String)]) -> Outc
     Outcome { success: output.status.success(), stderr: String::from_utf8_lossy(&output.stderr).into_owned() }
 }
 
-/// The project's Apache Kafka jars (installed now if a broker of someone
-/// else's was reused and nothing was installed).
-fn installed_kafka() -> PathBuf {
-    let output = Command::new(script()).args(["install", "kafka"]).output().expect("scripts/services install kafka");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let line = String::from_utf8_lossy(&output.stdout).into_owned();
-    let home = line.split(" installed in ").nth(1).and_then(|rest| rest.split(" (").next()).expect("the install line");
-    PathBuf::from(home)
-}
-
 #[test]
 fn a_port_taken_by_something_else_is_named_with_the_fix() {
     let state = tempfile::tempdir().unwrap();
@@ -140,7 +132,7 @@ fn a_broker_that_does_not_answer_in_time_is_stopped_and_named() {
         state.path(),
         None,
         &[
-            ("SERVICES_KAFKA_HOME", installed_kafka().display().to_string()),
+            ("SERVICES_KAFKA_HOME", helpers::installed_kafka().display().to_string()),
             ("SWAPSTREAM_BROKER_PORT", broker_port.to_string()),
             // Apache Kafka takes seconds to start: one is too short.
             ("SERVICES_TIMEOUT", "1".into()),
