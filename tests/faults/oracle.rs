@@ -3,10 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use swapstream::domain::partial::Merged;
 use swapstream::producer::ground_truth::GroundTruthFile;
-use swapstream::storage::postgres::PgStore;
-use swapstream::storage::redis::RedisStore;
 
 use crate::helpers::{self, Names};
 use crate::stack::Stack;
@@ -43,22 +40,11 @@ pub fn lost_and_doubled(stored: &serde_json::Value, truth: &GroundTruthFile) -> 
 }
 
 pub async fn from_postgres(stack: &Stack, names: &Names) -> (serde_json::Value, i64) {
-    let settings = stack.settings(names);
-    let store = PgStore::connect(&settings.postgres, 100, &swapstream::telemetry::discard()).await.unwrap();
-    let all = store.load_all(chrono::Utc::now()).await.unwrap();
-    let pending = all.values().flat_map(|p| p.values()).map(|p| p.pending).sum();
-    let merged = all.into_iter().map(|(k, partials)| (k, Merged::of(partials.values()))).collect();
-    (helpers::as_reference(merged), pending)
+    helpers::postgres_state(&stack.settings(names)).await
 }
 
 pub async fn from_redis(stack: &Stack, names: &Names) -> serde_json::Value {
-    let settings = stack.settings(names);
-    let store = RedisStore::connect(&settings.redis, 100).await.unwrap();
-    let mut merged = std::collections::BTreeMap::new();
-    for key in store.keys().await.unwrap() {
-        merged.insert(key.clone(), store.merged(&key, &swapstream::domain::aggregate::Interval::ALL, 0).await.unwrap());
-    }
-    helpers::as_reference(merged)
+    helpers::redis_state(&stack.settings(names)).await
 }
 
 /// PostgreSQL and (eventually) Redis equal the ground truth; returns what

@@ -280,7 +280,11 @@ pub fn as_reference(merged: BTreeMap<AggKey, Merged>) -> serde_json::Value {
 
 /// What PostgreSQL holds, merged over partitions, plus the pending gauges.
 pub async fn from_postgres(names: &Names) -> (serde_json::Value, i64) {
-    let settings = names.settings(&[]);
+    postgres_state(&names.settings(&[])).await
+}
+
+/// What the PostgreSQL of `settings` holds, merged over partitions, plus the pending gauges.
+pub async fn postgres_state(settings: &Settings) -> (serde_json::Value, i64) {
     let store = PgStore::connect(&settings.postgres, 100, &swapstream::telemetry::discard()).await.unwrap();
     let all = store.load_all(Utc::now()).await.unwrap();
     let pending = all.values().flat_map(|p| p.values()).map(|p| p.pending).sum();
@@ -290,7 +294,11 @@ pub async fn from_postgres(names: &Names) -> (serde_json::Value, i64) {
 
 /// What Redis holds, merged over partitions.
 pub async fn from_redis(names: &Names, extra: &[(&str, &str)]) -> serde_json::Value {
-    let settings = names.settings(extra);
+    redis_state(&names.settings(extra)).await
+}
+
+/// What the Redis of `settings` holds, merged over partitions.
+pub async fn redis_state(settings: &Settings) -> serde_json::Value {
     let store = RedisStore::connect(&settings.redis, 100).await.unwrap();
     let mut merged = BTreeMap::new();
     for key in store.keys().await.unwrap() {
