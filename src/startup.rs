@@ -165,10 +165,14 @@ pub async fn run_all(settings: &Settings, log: &slog::Logger) -> anyhow::Result<
     // replaces its client after a fatal Kafka error) leaves the consumer
     // serving; a consumer that fails ends the process, and a restart by the
     // supervisor resumes from the checkpoint.
+    //
+    // The grace period is shared out: the producer's flush by 30 % (and
+    // the producer dropped at 40 %, whatever it is waiting for), then the
+    // consumer's stop in half of it, which leaves a tenth for the exit.
+    let producer = crate::producer::run(&settings, &brokers, log, stopped(stop_rx.clone()), grace.mul_f64(0.3));
+    tokio::pin!(producer);
     tokio::select! {
-        // Half the grace period for the producer's flush, half for the
-        // consumer's stop: together within SWAPSTREAM_SHUTDOWN_TIMEOUT_SECS.
-        result = crate::producer::run(&settings, &brokers, log, stopped(stop_rx.clone()), grace / 2) => {
+        result = &mut producer => {
             match result {
                 Ok(_) => info!(log, "producer finished; consumer runs until stopped"),
                 Err(e) => slog::error!(log, "the producer stopped on an error; the consumer runs on until stopped";
@@ -179,9 +183,14 @@ pub async fn run_all(settings: &Settings, log: &slog::Logger) -> anyhow::Result<
                 _ = consumer.reader_stopped() => anyhow::bail!("the Kafka reader stopped unexpectedly"),
             }
         }
+        _ = stopped(stop_rx.clone()) => {
+            if tokio::time::timeout(grace.mul_f64(0.4), &mut producer).await.is_err() {
+                warn!(log, "the producer did not stop in time; stopping the consumer without it");
+            }
+        }
         _ = consumer.reader_stopped() => anyhow::bail!("the Kafka reader stopped unexpectedly"),
     }
-    consumer.stop(grace - grace / 2).await;
+    consumer.stop(grace.mul_f64(0.5)).await;
     drop(embedded);
     Ok(())
 }

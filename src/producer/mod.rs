@@ -358,16 +358,23 @@ impl Client {
     async fn flush(self, within: Duration) -> anyhow::Result<()> {
         info!(self.log, "flushing"; "in_flight" => self.producer.in_flight_count(), "within_ms" => within.as_millis());
         let (producer, log) = (self.producer, self.log);
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = producer.flush(within) {
-                warn!(log, "in-flight messages not delivered before the stop"; "in_flight" => producer.in_flight_count(),
-                    "error" => %e);
-            }
-            // Dropping purges what is left and waits for its reports.
-            drop(producer);
-        })
-        .await
-        .context("flushing in-flight messages")
+        // On a thread of its own, not a blocking task: a caller that stops
+        // waiting (a grace period ran out) must not have the runtime's
+        // shutdown wait for a client that cannot reach its brokers.
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("producer-flush".into())
+            .spawn(move || {
+                if let Err(e) = producer.flush(within) {
+                    warn!(log, "in-flight messages not delivered before the stop"; "in_flight" => producer.in_flight_count(),
+                        "error" => %e);
+                }
+                // Dropping purges what is left and waits for its reports.
+                drop(producer);
+                let _ = done_tx.send(());
+            })
+            .context("starting the flush thread")?;
+        done.await.context("flushing in-flight messages")
     }
 }
 
