@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::codec::Encoding;
 use crate::domain::TokenSymbol;
-use crate::telemetry::LogFilter;
+use crate::telemetry::{LogFilter, LogFormat, LogSettings};
 
 /// A value that must never reach a log line.
 #[derive(Clone, PartialEq, Eq)]
@@ -125,19 +125,6 @@ variables! {
     "SWAPSTREAM_PRODUCER_COUNT", "0", "Stop after this many swaps (each one's every event sent); 0 runs until stopped.";
     "SWAPSTREAM_PRODUCER_GROUND_TRUTH", "(empty)", "Write what was sent and the aggregates a correct consumer must reach to this JSON file at the end.";
     "SWAPSTREAM_PRODUCER_PROGRESS_SECS", "10", "Interval of the producer's progress line.";
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Auto,
-    Json,
-    Text,
-}
-
-#[derive(Debug, Clone)]
-pub struct LogSettings {
-    pub filter: LogFilter,
-    pub format: LogFormat,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,20 @@ use std::io::IsTerminal;
 
 use slog::{o, BorrowedKV, Drain, Level, Logger, OwnedKVList, Record, RecordStatic, SingleKV};
 
-use crate::config::{LogFormat, LogSettings};
+/// Where and how the process logs (`SWAPSTREAM_LOG_LEVEL`, `SWAPSTREAM_LOG_FORMAT`).
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub filter: LogFilter,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// JSON lines unless standard error is a terminal.
+    Auto,
+    Json,
+    Text,
+}
 
 /// Builds the process logger. Records go through an async drain that drops
 /// (and counts) records rather than stall the caller when the sink is slow;

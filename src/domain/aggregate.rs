@@ -215,43 +215,6 @@ impl Reference {
     }
 }
 
-/// The rolling windows of every token and pair at `now`, computed the plain
-/// way from the confirmed swaps themselves (the service computes them from
-/// merged 1m candles).
-pub fn windows_at<'a>(
-    confirmed: impl IntoIterator<Item = &'a SwapEvent>,
-    now: DateTime<Utc>,
-) -> BTreeMap<String, BTreeMap<&'static str, super::partial::Window>> {
-    use super::partial::{AggKey, Window, WINDOWS};
-    let mut swaps: Vec<&SwapEvent> = confirmed.into_iter().filter(|s| s.status == Status::Confirmed).collect();
-    swaps.sort_by_key(|s| s.order_key());
-    let mut result: BTreeMap<String, BTreeMap<&'static str, Window>> = BTreeMap::new();
-    for (label, length) in WINDOWS {
-        let start = Interval::M1.bucket_start(now) - length + 60;
-        let mut first: BTreeMap<String, Price> = BTreeMap::new();
-        for swap in swaps.iter().filter(|s| Interval::M1.bucket_start(s.timestamp) >= start) {
-            for key in AggKey::of_swap(swap) {
-                let Some(c) = key.contribution(swap) else { continue };
-                let name = key.to_string();
-                let first_price = *first.entry(name.clone()).or_insert(c.price);
-                let window = result.entry(name).or_default().entry(label).or_default();
-                window.volume_usd += c.volume_usd;
-                window.swaps += 1;
-                if c.buy {
-                    window.buys += 1;
-                } else {
-                    window.sells += 1;
-                }
-                window.high = Some(window.high.map_or(c.price, |h| h.max(c.price)));
-                window.low = Some(window.low.map_or(c.price, |l| l.min(c.price)));
-                window.price_usd = Some(c.price);
-                window.price_change_pct = c.price.change_pct(first_price);
-            }
-        }
-    }
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,8 @@ use super::Summary;
 use crate::codec::Encoding;
 use chrono::{DateTime, Utc};
 
-use crate::domain::aggregate::{windows_at as windows_at_fn, Reference};
+use crate::domain::aggregate::Reference;
+use crate::domain::partial::windows_at as windows_at_fn;
 use crate::domain::partial::Window;
 use crate::domain::{Status, SwapEvent};
 
