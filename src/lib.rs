@@ -6,6 +6,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod producer;
+pub mod read;
 pub mod shutdown;
 pub mod startup;
 pub mod storage;

@@ -14,8 +14,9 @@ use crate::actors::kafka_reader::poll::{self, PollSettings, ReaderContext};
 use crate::actors::kafka_reader::{Control, CoreParts, Dlq, KafkaReader};
 use crate::actors::session_registry::{SessionRegistry, Shutdown};
 use crate::config::Settings;
-use crate::http::{HttpParts, Live, Probe, Readiness, Servers};
+use crate::http::{HttpParts, Probe, Readiness, Servers};
 use crate::kafka::{client_config, set_default, LoggingContext};
+use crate::read::Live;
 use crate::storage::postgres::PgStore;
 use crate::storage::redis::RedisStore;
 

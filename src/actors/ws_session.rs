@@ -660,7 +660,7 @@ pub fn parse_channel(name: &str) -> Option<AggKey> {
 pub async fn snapshot(redis: &RedisStore, key: &AggKey) -> anyhow::Result<serde_json::Value> {
     let now = Utc::now();
     let merged = redis.merged(key, &[Interval::M1], now.timestamp() - 86_400 - 60).await?;
-    Ok(crate::http::tokens::stats_json(key, &merged, now))
+    Ok(crate::read::stats::stats_json(key, &merged, now))
 }
 
 impl Actor for WsSession {

@@ -43,6 +43,15 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+impl From<crate::read::ReadError> for ApiError {
+    fn from(error: crate::read::ReadError) -> ApiError {
+        match error {
+            crate::read::ReadError::NotFound(message) => ApiError::NotFound(message),
+            crate::read::ReadError::Unavailable { dependency, detail } => ApiError::Unavailable { dependency, detail },
+        }
+    }
+}
+
 impl ApiError {
     pub fn bad(param: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::BadParameter { param, message: message.into() }
@@ -50,10 +59,6 @@ impl ApiError {
 
     pub fn redis(error: anyhow::Error) -> ApiError {
         ApiError::Unavailable { dependency: "redis", detail: format!("{error:#}") }
-    }
-
-    pub fn postgres(error: anyhow::Error) -> ApiError {
-        ApiError::Unavailable { dependency: "postgres", detail: format!("{error:#}") }
     }
 
     fn code(&self) -> &'static str {

@@ -4,7 +4,6 @@ pub mod client_ip;
 pub mod dashboard;
 pub mod error;
 pub mod health;
-pub mod live;
 pub mod middleware;
 pub mod openapi;
 pub mod rate_limit;
@@ -24,9 +23,9 @@ use anyhow::Context as _;
 use slog::{info, Logger};
 
 pub use health::{Probe, Readiness};
-pub use live::Live;
 
 use crate::config::HttpSettings;
+use crate::read::Live;
 use middleware::Policy;
 
 /// Health, readiness and metrics: on the main address, and alone on the

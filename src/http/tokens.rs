@@ -3,16 +3,17 @@
 //! generated from what is really served.
 
 use actix_web::{web, HttpResponse};
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
-use super::live::Live;
-use crate::domain::aggregate::{Candle, Interval, Totals};
-use crate::domain::partial::{AggKey, Merged, Window};
-use crate::domain::{Amount, PairKey, Price, TokenSymbol};
+use crate::domain::aggregate::{Candle, Interval};
+use crate::domain::partial::AggKey;
+use crate::domain::{Amount, PairKey, TokenSymbol};
+use crate::read::stats::StatsBody;
+use crate::read::Live;
 
 /// Largest and default number of candles per answer.
 const MAX_CANDLES: usize = 1000;
@@ -36,66 +37,6 @@ fn token_key(text: &str) -> Result<AggKey, ApiError> {
 
 fn pair_key(text: &str) -> Result<AggKey, ApiError> {
     PairKey::parse(text).map(AggKey::Pair).map_err(|e| ApiError::bad("pair", e.to_string()))
-}
-
-/// The stats object of DESIGN.md "REST": for a token `token`, for a pair `pair`.
-#[derive(Serialize, ToSchema)]
-pub struct StatsBody {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "ETH")]
-    pub token: Option<TokenSymbol>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "ETH-USDC")]
-    pub pair: Option<PairKey>,
-    /// Last price: in USD for a token, in units of the second symbol for a pair.
-    pub price_usd: Option<Price>,
-    /// Swaps seen pending and not yet confirmed or failed.
-    pub pending: i64,
-    pub totals: Totals,
-    pub windows: Windows,
-    /// When these figures were computed (RFC 3339 UTC).
-    pub updated_at: String,
-}
-
-/// Rolling windows ending at `updated_at`.
-#[derive(Serialize, ToSchema)]
-pub struct Windows {
-    #[serde(rename = "5m")]
-    pub m5: Window,
-    #[serde(rename = "1h")]
-    pub h1: Window,
-    #[serde(rename = "6h")]
-    pub h6: Window,
-    #[serde(rename = "24h")]
-    pub h24: Window,
-}
-
-impl StatsBody {
-    pub fn new(key: &AggKey, merged: &Merged, now: DateTime<Utc>) -> StatsBody {
-        let (token, pair) = match key {
-            AggKey::Token(token) => (Some(token.clone()), None),
-            AggKey::Pair(pair) => (None, Some(pair.clone())),
-        };
-        StatsBody {
-            token,
-            pair,
-            price_usd: merged.price_usd(),
-            pending: merged.pending,
-            totals: merged.totals.to_totals(),
-            windows: Windows {
-                m5: merged.window(now, 300),
-                h1: merged.window(now, 3_600),
-                h6: merged.window(now, 21_600),
-                h24: merged.window(now, 86_400),
-            },
-            updated_at: crate::domain::swap::format_time(now),
-        }
-    }
-}
-
-/// The stats object as JSON (for the WebSocket snapshots and frames).
-pub fn stats_json(key: &AggKey, merged: &Merged, now: DateTime<Utc>) -> Value {
-    serde_json::to_value(StatsBody::new(key, merged, now)).expect("JSON")
 }
 
 fn json_response(body: web::Bytes) -> HttpResponse {
@@ -366,6 +307,7 @@ pub async fn token_swaps(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Price;
 
     fn candle(t: i64, close: &str) -> Candle {
         let price = Price::parse(close).unwrap();

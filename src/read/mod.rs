@@ -1,4 +1,4 @@
-//! Where REST answers come from. Live values: from this process' aggregator
+//! The read model: where REST answers and WebSocket snapshots come from. Live values: from this process' aggregator
 //! actors while they hold every partition (one instance, or role `all`),
 //! otherwise from Redis, merged over all partitions; PostgreSQL for what
 //! Redis lacks (a key not yet rebuilt after a flush) and for candles older
@@ -12,13 +12,33 @@ use std::time::{Duration, Instant};
 use actix_web::web::Bytes;
 use chrono::Utc;
 
-use super::error::ApiError;
 use crate::actors::aggregator::{Aggregators, Query};
 use crate::domain::aggregate::{Candle, Interval};
 use crate::domain::partial::{memory_retention_secs, AggKey, Merged};
 use crate::metrics::METRICS;
 use crate::storage::postgres::PgStore;
 use crate::storage::redis::RedisStore;
+
+pub mod stats;
+
+/// Why a read gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{dependency} is unavailable: {detail}")]
+    Unavailable { dependency: &'static str, detail: String },
+}
+
+impl ReadError {
+    fn redis(error: anyhow::Error) -> ReadError {
+        ReadError::Unavailable { dependency: "redis", detail: format!("{error:#}") }
+    }
+
+    fn postgres(error: anyhow::Error) -> ReadError {
+        ReadError::Unavailable { dependency: "postgres", detail: format!("{error:#}") }
+    }
+}
 
 /// How long the list of every claimed partition is trusted when the
 /// actors' ownership has not changed.
@@ -100,20 +120,20 @@ impl Live {
     }
 
     /// Every token and pair seen, in order.
-    pub async fn keys(&self) -> Result<Vec<AggKey>, ApiError> {
+    pub async fn keys(&self) -> Result<Vec<AggKey>, ReadError> {
         if let Some(aggregators) = self.complete_actors().await {
             read_from("actors");
             return Ok(aggregators.all().into_iter().map(|(key, _)| key).collect());
         }
         read_from("redis");
-        let mut keys = self.redis.keys().await.map_err(ApiError::redis)?;
+        let mut keys = self.redis.keys().await.map_err(ReadError::redis)?;
         keys.sort();
         Ok(keys)
     }
 
     /// The merged live state of `key` with candles of `intervals` from
     /// `since` on; `NotFound` when no swap of it was seen.
-    pub async fn merged(&self, key: &AggKey, intervals: &[Interval], since: i64) -> Result<Merged, ApiError> {
+    pub async fn merged(&self, key: &AggKey, intervals: &[Interval], since: i64) -> Result<Merged, ReadError> {
         if let Some(aggregators) = self.complete_actors().await {
             read_from("actors");
             let addr = aggregators.get(key).ok_or_else(|| not_found(key))?;
@@ -121,32 +141,32 @@ impl Live {
             let (merged, _) = addr
                 .send(query)
                 .await
-                .map_err(|e| ApiError::Unavailable { dependency: "aggregator", detail: e.to_string() })?;
+                .map_err(|e| ReadError::Unavailable { dependency: "aggregator", detail: e.to_string() })?;
             return Ok(merged);
         }
-        if self.redis.has_key(key).await.map_err(ApiError::redis)? {
+        if self.redis.has_key(key).await.map_err(ReadError::redis)? {
             read_from("redis");
-            return self.redis.merged(key, intervals, since).await.map_err(ApiError::redis);
+            return self.redis.merged(key, intervals, since).await.map_err(ReadError::redis);
         }
         // Not in Redis (never seen, or Redis is being rebuilt): PostgreSQL.
         read_from("postgres");
-        let mut merged = self.pg.merged(key).await.map_err(ApiError::postgres)?.ok_or_else(|| not_found(key))?;
+        let mut merged = self.pg.merged(key).await.map_err(ReadError::postgres)?.ok_or_else(|| not_found(key))?;
         let now = Utc::now().timestamp();
         for &interval in intervals {
-            let candles = self.pg.candles(key, interval, since, now).await.map_err(ApiError::postgres)?;
+            let candles = self.pg.candles(key, interval, since, now).await.map_err(ReadError::postgres)?;
             merged.candles.insert(interval, candles);
         }
         Ok(merged)
     }
 
     /// The stats object of `key`, rendered; reused for the cache time.
-    pub async fn stats(&self, key: &AggKey) -> Result<Bytes, ApiError> {
+    pub async fn stats(&self, key: &AggKey) -> Result<Bytes, ReadError> {
         if let Some(body) = self.cache.get(key) {
             return Ok(body);
         }
         let now = Utc::now();
         let merged = self.merged(key, &[Interval::M1], now.timestamp() - STATS_SINCE_SECS).await?;
-        let body = Bytes::from(serde_json::to_vec(&super::tokens::StatsBody::new(key, &merged, now)).expect("JSON"));
+        let body = Bytes::from(serde_json::to_vec(&stats::StatsBody::new(key, &merged, now)).expect("JSON"));
         self.cache.put(key, &body);
         Ok(body)
     }
@@ -160,7 +180,7 @@ impl Live {
         from: i64,
         to: i64,
         limit: usize,
-    ) -> Result<Vec<Candle>, ApiError> {
+    ) -> Result<Vec<Candle>, ReadError> {
         let now = Utc::now().timestamp();
         // Buckets from `edge` on are live in every source; older ones only
         // in PostgreSQL.
@@ -170,7 +190,7 @@ impl Live {
         // Empty when the whole range is older than the edge.
         let mut candles = merged.candles(interval, from.max(edge), to, limit);
         if from < edge && candles.len() < limit {
-            let older = self.pg.candles(key, interval, from, to.min(edge - 1)).await.map_err(ApiError::postgres)?;
+            let older = self.pg.candles(key, interval, from, to.min(edge - 1)).await.map_err(ReadError::postgres)?;
             let wanted = limit - candles.len();
             let skip = older.len().saturating_sub(wanted);
             let mut all: Vec<Candle> = older.values().skip(skip).map(|c| c.to_candle()).collect();
@@ -181,7 +201,7 @@ impl Live {
     }
 
     /// The most recent confirmed swaps of `key`, newest first, wire form.
-    pub async fn recent(&self, key: &AggKey, limit: usize) -> Result<Vec<serde_json::Value>, ApiError> {
+    pub async fn recent(&self, key: &AggKey, limit: usize) -> Result<Vec<serde_json::Value>, ReadError> {
         if let Some(aggregators) = self.complete_actors().await {
             read_from("actors");
             let addr = aggregators.get(key).ok_or_else(|| not_found(key))?;
@@ -189,14 +209,14 @@ impl Live {
             let (_, swaps) = addr
                 .send(query)
                 .await
-                .map_err(|e| ApiError::Unavailable { dependency: "aggregator", detail: e.to_string() })?;
+                .map_err(|e| ReadError::Unavailable { dependency: "aggregator", detail: e.to_string() })?;
             return Ok(swaps.iter().map(|s| serde_json::to_value(s.to_wire()).expect("JSON")).collect());
         }
-        if !self.redis.has_key(key).await.map_err(ApiError::redis)? {
-            self.pg.merged(key).await.map_err(ApiError::postgres)?.ok_or_else(|| not_found(key))?;
+        if !self.redis.has_key(key).await.map_err(ReadError::redis)? {
+            self.pg.merged(key).await.map_err(ReadError::postgres)?.ok_or_else(|| not_found(key))?;
         }
         read_from("redis");
-        self.redis.recent(key, limit).await.map_err(ApiError::redis)
+        self.redis.recent(key, limit).await.map_err(ReadError::redis)
     }
 }
 
@@ -204,8 +224,8 @@ fn read_from(source: &str) {
     METRICS.rest_reads.with_label_values(&[source]).inc();
 }
 
-fn not_found(key: &AggKey) -> ApiError {
-    ApiError::NotFound(format!("no swaps seen for {key}"))
+fn not_found(key: &AggKey) -> ReadError {
+    ReadError::NotFound(format!("no swaps seen for {key}"))
 }
 
 impl StatsCache {
