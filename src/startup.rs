@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use crate::actors::aggregator::Aggregators;
 use crate::actors::kafka_reader::poll::{self, PollSettings, ReaderContext};
 use crate::actors::kafka_reader::{Control, CoreParts, Dlq, KafkaReader};
-use crate::actors::session_registry::{SessionRegistry, Shutdown};
+use crate::actors::ws::registry::{SessionRegistry, Shutdown};
 use crate::config::Settings;
 use crate::http::{HttpParts, Probe, Readiness, Servers};
 use crate::kafka::{client_config, set_default, LoggingContext};
@@ -114,15 +114,15 @@ fn start_registry(
             (settings.ws.clone(), settings.instance_id.clone(), redis.clone(), log.clone());
         SessionRegistry::start_in_arbiter(&arbiter.handle(), move |_| SessionRegistry::new(ws, instance, redis, log))
     };
-    let common = crate::actors::ws_session::SessionCommon {
-        snapshots: crate::actors::ws_session::Snapshots::default(),
+    let common = crate::actors::ws::session::SessionCommon {
+        snapshots: crate::actors::ws::session::Snapshots::default(),
         registry: registry.clone(),
         settings: settings.ws.clone(),
         redis: redis.clone(),
     };
-    let (capacity, fd_limit) = crate::actors::ws_session::session_capacity();
+    let (capacity, fd_limit) = crate::actors::ws::limits::session_capacity();
     info!(log, "WebSocket capacity"; "sessions" => capacity, "open_file_limit" => fd_limit);
-    let limiter = crate::actors::ws_session::IpLimiter::new(capacity);
+    let limiter = crate::actors::ws::limits::IpLimiter::new(capacity);
     let state = crate::http::ws::WsState { common: Arc::new(common), limiter };
     (registry, arbiter, state)
 }

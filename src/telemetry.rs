@@ -226,8 +226,8 @@ mod tests {
         assert!(filter.enabled("swapstream::actors::kafka_reader::poll", Level::Debug));
         assert!(filter.enabled("swapstream::actors::kafka_reader", Level::Debug));
         assert!(!filter.enabled("swapstream::actors::kafka_reader", Level::Trace));
-        assert!(!filter.enabled("swapstream::actors::session_registry", Level::Info));
-        assert!(filter.enabled("swapstream::actors::session_registry", Level::Warning));
+        assert!(!filter.enabled("swapstream::actors::ws::registry", Level::Info));
+        assert!(filter.enabled("swapstream::actors::ws::registry", Level::Warning));
         assert!(!filter.enabled("swapstream::http::middleware", Level::Critical));
         assert!(filter.enabled("swapstream::storage", Level::Info));
         assert!(!filter.enabled("swapstream::storage", Level::Debug));

@@ -2,6 +2,4 @@
 
 pub mod aggregator;
 pub mod kafka_reader;
-pub mod outbound;
-pub mod session_registry;
-pub mod ws_session;
+pub mod ws;

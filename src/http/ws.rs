@@ -12,7 +12,7 @@
 //!   (`SWAPSTREAM_WS_SEND_BUFFER_BYTES`) so a stalled client is noticed
 //!   after kilobytes, not the megabytes the kernel would otherwise buffer;
 //! - the registry pushes every channel frame into the connection's outbound
-//!   queue (`actors::outbound`), which conflates a backlog past
+//!   queue (`actors::ws::outbound`), which conflates a backlog past
 //!   `SWAPSTREAM_WS_QUEUE_BYTES` into `skipped` frames; the connection's
 //!   writer (`Writer`, the response body) takes from it only when actix
 //!   has room to write, and counts every byte actix pulls, the session's
@@ -49,7 +49,9 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::middleware::{Policy, RequestId};
-use crate::actors::ws_session::{count_sent, ConnShared, ConnSocket, IpLimiter, Refused, SessionCommon, WsSession};
+use crate::actors::ws::connection::{count_sent, ConnShared, ConnSocket};
+use crate::actors::ws::limits::{IpLimiter, Refused};
+use crate::actors::ws::session::{SessionCommon, WsSession};
 use crate::metrics::METRICS;
 use crate::storage::presence::Presence;
 
@@ -198,7 +200,7 @@ mod tests {
     use futures::stream;
 
     use super::*;
-    use crate::actors::ws_session::{FrameBody, FrameKind, Handoff};
+    use crate::actors::ws::protocol::{FrameBody, FrameKind, Handoff};
     use crate::domain::partial::AggKey;
 
     struct CountingWaker(AtomicUsize);

@@ -220,6 +220,14 @@ impl Live {
     }
 }
 
+/// The stats object of a key, merged over every partition from Redis
+/// (WebSocket snapshots: an unknown key reads as all zeros).
+pub async fn stats_from_redis(redis: &RedisStore, key: &AggKey) -> anyhow::Result<serde_json::Value> {
+    let now = Utc::now();
+    let merged = redis.merged(key, &[Interval::M1], now.timestamp() - STATS_SINCE_SECS).await?;
+    Ok(stats::stats_json(key, &merged, now))
+}
+
 fn read_from(source: &str) {
     METRICS.rest_reads.with_label_values(&[source]).inc();
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use actix_web::web::BytesMut;
 use foldhash::{HashMap, HashMapExt};
 
-use super::ws_session::{channel_frame, channel_frame_len, frame_len, FrameBody, FrameKind, Handoff};
+use super::protocol::{channel_frame, channel_frame_len, frame_len, FrameBody, FrameKind, Handoff};
 use crate::domain::partial::AggKey;
 
 /// What a connection's writer took from its queue in one go.

@@ -48,13 +48,14 @@ use serde_json::value::RawValue;
 use slog::{info, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
 
-use super::ws_session::{
-    now_ms, queued_frame_bytes, snapshot, ConnShared, FrameBody, FrameKind, Handoff, Outbound, CLOSE_PING_TIMEOUT,
-    CLOSE_SLOW_CONSUMER,
+use super::connection::{now_ms, ConnShared};
+use super::protocol::{
+    queued_frame_bytes, FrameBody, FrameKind, Handoff, Outbound, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER,
 };
 use crate::config::WsSettings;
 use crate::domain::partial::AggKey;
 use crate::metrics::METRICS;
+use crate::read::stats_from_redis;
 use crate::storage::presence::{InstanceCounts, Presence};
 use crate::storage::redis::RedisStore;
 
@@ -434,7 +435,7 @@ impl SessionRegistry {
         let fetch = async move {
             let mut stats = Vec::with_capacity(keys.len());
             for key in keys {
-                if let Ok(value) = snapshot(&redis, &key).await {
+                if let Ok(value) = stats_from_redis(&redis, &key).await {
                     stats.push((key, Arc::<str>::from(value.to_string())));
                 }
             }

@@ -1,0 +1,14 @@
+//! WebSocket: the session registry (subscriptions and fan-out), one session
+//! actor per connection, and what both depend on: the protocol's frames,
+//! the connection's shared state and outbound queue, and admission limits.
+//! Registry and sessions do not import each other's internals: the session
+//! sends the registry its requests, the registry reaches a connection
+//! through its [`connection::ConnShared`] and closes a session with a
+//! [`protocol::Outbound`] message.
+
+pub mod connection;
+pub mod limits;
+pub mod outbound;
+pub mod protocol;
+pub mod registry;
+pub mod session;

@@ -1,0 +1,141 @@
+//! What the server writes on a WebSocket, shared by the registry, the
+//! sessions and the outbound queues: close codes, the channel frames (built
+//! by plain copies, once per frame and subscriber), their sizes on the wire,
+//! the handoffs that carry them to subscribers, and channel names.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::domain::partial::AggKey;
+
+/// Close codes beyond RFC 6455's.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+pub const CLOSE_PING_TIMEOUT: u16 = 4000;
+
+/// The size of a server frame (unmasked) with `payload` bytes on the wire.
+pub fn frame_len(payload: usize) -> i64 {
+    let header = if payload < 126 {
+        2
+    } else if payload <= 65_535 {
+        4
+    } else {
+        10
+    };
+    (payload + header) as i64
+}
+
+/// What a `swap` or `stats` frame carries, serialized once for every session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    Swap,
+    Stats,
+}
+
+impl FrameKind {
+    fn name(self) -> &'static str {
+        match self {
+            FrameKind::Swap => "swap",
+            FrameKind::Stats => "stats",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct FrameBody {
+    pub kind: FrameKind,
+    pub json: Arc<str>,
+}
+
+/// Writes `{"type":..,"channel":..,"seq":..,"swap"|"stats":..}`: once per
+/// frame and subscriber, so by plain copies rather than `format!`.
+pub fn channel_frame(kind: FrameKind, channel: &str, seq: u64, json: &str) -> String {
+    let mut digits = itoa::Buffer::new();
+    let seq = digits.format(seq);
+    let name = kind.name();
+    let mut text = String::with_capacity(channel_frame_len(kind, channel, json.len()) + seq.len());
+    for part in
+        [r#"{"type":""#, name, r#"","channel":""#, channel, r#"","seq":"#, seq, r#",""#, name, r#"":"#, json, "}"]
+    {
+        text.push_str(part);
+    }
+    text
+}
+
+/// Bytes (estimated) of the handoffs alive in this process: the channel
+/// frames queued for any client, each counted once however many clients it
+/// waits for.
+static HANDOFF_BYTES: AtomicI64 = AtomicI64::new(0);
+
+/// What the frames queued for WebSocket clients take, each frame once.
+pub fn queued_frame_bytes() -> i64 {
+    HANDOFF_BYTES.load(Ordering::Acquire)
+}
+
+/// New frames of one channel, in order, as the registry hands them to every
+/// subscriber (one allocation shared by all).
+#[derive(Debug)]
+pub struct Handoff {
+    pub key: AggKey,
+    pub frames: Vec<FrameBody>,
+    /// The bytes the frames take on the wire, with a one-digit `seq`.
+    pub estimate: i64,
+}
+
+impl Handoff {
+    pub fn new(key: AggKey, channel: &str, frames: Vec<FrameBody>) -> Handoff {
+        let estimate = frames.iter().map(|f| frame_len(channel_frame_len(f.kind, channel, f.json.len()) + 1)).sum();
+        HANDOFF_BYTES.fetch_add(estimate, Ordering::AcqRel);
+        Handoff { key, frames, estimate }
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        HANDOFF_BYTES.fetch_sub(self.estimate, Ordering::AcqRel);
+    }
+}
+
+/// A frame's length without its `seq` digits.
+pub fn channel_frame_len(kind: FrameKind, channel: &str, json: usize) -> usize {
+    // `{"type":"","channel":"","seq":,"":}` is 35 bytes.
+    35 + 2 * kind.name().len() + channel.len() + json
+}
+
+/// Registry -> session (frames go through the connection's queue instead).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum Outbound {
+    /// Close with this code and reason, then stop.
+    Close { code: u16, reason: &'static str },
+}
+
+/// `token:eth`, `TOKEN:ETH`, `pair:usdc-eth` -> the canonical key.
+pub fn parse_channel(name: &str) -> Option<AggKey> {
+    let (kind, rest) = name.split_once(':')?;
+    AggKey::parse(&format!("{}:{rest}", kind.to_ascii_lowercase()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_frame_is_the_protocol_object_and_the_estimate_its_size() {
+        let swap = r#"{"tx_hash":"0xab","status":"pending"}"#;
+        let text = channel_frame(FrameKind::Swap, "token:ETH", 7, swap);
+        assert_eq!(
+            text,
+            r#"{"type":"swap","channel":"token:ETH","seq":7,"swap":{"tx_hash":"0xab","status":"pending"}}"#
+        );
+        let stats = channel_frame(FrameKind::Stats, "pair:ETH-USDC", 1_234_567, "{}");
+        assert_eq!(stats, r#"{"type":"stats","channel":"pair:ETH-USDC","seq":1234567,"stats":{}}"#);
+
+        // Exact for a one-digit seq, which the session corrects when it writes.
+        let key = AggKey::parse("token:ETH").expect("a channel");
+        let frames = (0..2).map(|_| FrameBody { kind: FrameKind::Swap, json: swap.into() }).collect();
+        let handoff = Handoff::new(key, "token:ETH", frames);
+        assert_eq!(handoff.estimate, 2 * frame_len(text.len()));
+    }
+}
