@@ -314,7 +314,8 @@ impl Consumer {
         let reader = KafkaReader::new(parts, input_rx, stopped_tx).start();
 
         let readiness = Readiness { probes: dependency_probes(&pg, &redis, Some(consumer)) };
-        let live = Live::stores(redis.clone(), pg.clone(), settings.http.cache).with_actors(aggregators.clone());
+        let live =
+            Live::stores(redis.clone(), pg.clone(), settings.http.cache).with_local(Arc::new(aggregators.clone()));
         let (registry, registry_arbiter, ws) = start_registry(settings, &redis, log);
         let parts = HttpParts { readiness, live, ws };
         let servers = Servers::start(&settings.http, parts, log)?;

@@ -18,6 +18,7 @@ use crate::domain::aggregate::Interval;
 use crate::domain::partial::{AggKey, Merged, Partial, PartialDelta};
 use crate::domain::SwapEvent;
 use crate::metrics::METRICS;
+use crate::read::{LocalAnswer, LocalState};
 use crate::stream::Tp;
 
 pub struct Aggregator {
@@ -277,6 +278,27 @@ impl Aggregators {
 
     pub fn all(&self) -> Vec<(AggKey, Addr<Aggregator>)> {
         self.inner.read().expect("aggregators lock").iter().map(|(k, a)| (k.clone(), a.clone())).collect()
+    }
+}
+
+/// The read model's view of this process' aggregators.
+impl LocalState for Aggregators {
+    fn owned_generation(&self) -> u64 {
+        Aggregators::owned_generation(self)
+    }
+
+    fn holds_all(&self, claimed: &BTreeSet<Tp>) -> (u64, bool) {
+        Aggregators::holds_all(self, claimed)
+    }
+
+    fn keys(&self) -> Vec<AggKey> {
+        self.all().into_iter().map(|(key, _)| key).collect()
+    }
+
+    fn query(&self, key: &AggKey, intervals: &[Interval], since: i64, recent: usize) -> Option<LocalAnswer> {
+        let addr = self.get(key)?;
+        let query = Query { intervals: intervals.to_vec(), since, recent };
+        Some(Box::pin(async move { addr.send(query).await.map_err(|e| e.to_string()) }))
     }
 }
 

@@ -1,23 +1,26 @@
-//! The read model: where REST answers and WebSocket snapshots come from. Live values: from this process' aggregator
-//! actors while they hold every partition (one instance, or role `all`),
+//! The read model: where REST answers and WebSocket snapshots come from.
+//! Live values: from this process' own live state (its aggregator actors,
+//! through [`LocalState`]) while they they hold every partition (one instance, or role `all`),
 //! otherwise from Redis, merged over all partitions; PostgreSQL for what
 //! Redis lacks (a key not yet rebuilt after a flush) and for candles older
 //! than the live retention. Both live sources go through the same merge and
 //! the same rendering, so they give the same JSON for the same state.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
 use chrono::Utc;
+use futures::future::BoxFuture;
 
-use crate::actors::aggregator::{Aggregators, Query};
 use crate::domain::aggregate::{Candle, Interval};
 use crate::domain::partial::{memory_retention_secs, AggKey, Merged};
+use crate::domain::SwapEvent;
 use crate::metrics::METRICS;
 use crate::storage::postgres::PgStore;
 use crate::storage::redis::RedisStore;
+use crate::stream::Tp;
 
 pub mod stats;
 
@@ -40,6 +43,25 @@ impl ReadError {
     }
 }
 
+/// What the read model asks of this process' own live state (the aggregator
+/// actors of roles `consumer` and `all`). Implemented where that state
+/// lives, so that the read model depends on no actor.
+pub trait LocalState: Send + Sync + 'static {
+    /// Changes whenever the partitions held here change.
+    fn owned_generation(&self) -> u64;
+    /// The generation, and whether every partition of `claimed` is held here.
+    fn holds_all(&self, claimed: &BTreeSet<Tp>) -> (u64, bool);
+    /// Every token and pair with live state here.
+    fn keys(&self) -> Vec<AggKey>;
+    /// `key` merged over the partitions held here, with candles of
+    /// `intervals` from `since` on and its `recent` newest swaps; `None`
+    /// when `key` has no live state here.
+    fn query(&self, key: &AggKey, intervals: &[Interval], since: i64, recent: usize) -> Option<LocalAnswer>;
+}
+
+/// A [`LocalState::query`] in flight; the error says why it got no answer.
+pub type LocalAnswer = BoxFuture<'static, Result<(Merged, Vec<Arc<SwapEvent>>), String>>;
+
 /// How long the list of every claimed partition is trusted when the
 /// actors' ownership has not changed.
 const PARTITIONS_TTL: Duration = Duration::from_secs(5);
@@ -51,14 +73,14 @@ const STATS_SINCE_SECS: i64 = 86_400 + 60;
 pub struct Live {
     redis: RedisStore,
     pg: PgStore,
-    actors: Option<Actors>,
+    local: Option<Local>,
     cache: Arc<StatsCache>,
 }
 
-/// This process' aggregators, and what it knows of every partition.
+/// This process' live state, and what it knows of every partition.
 #[derive(Clone)]
-struct Actors {
-    aggregators: Aggregators,
+struct Local {
+    state: Arc<dyn LocalState>,
     completeness: Arc<Mutex<Option<Completeness>>>,
 }
 
@@ -79,26 +101,26 @@ struct StatsCache {
 impl Live {
     /// Redis and PostgreSQL only (role `api`).
     pub fn stores(redis: RedisStore, pg: PgStore, cache_ttl: Duration) -> Live {
-        Live { redis, pg, actors: None, cache: Arc::new(StatsCache { ttl: cache_ttl, entries: Mutex::default() }) }
+        Live { redis, pg, local: None, cache: Arc::new(StatsCache { ttl: cache_ttl, entries: Mutex::default() }) }
     }
 
-    /// Also this process' aggregator actors (roles `consumer` and `all`).
-    pub fn with_actors(self, aggregators: Aggregators) -> Live {
-        Live { actors: Some(Actors { aggregators, completeness: Arc::default() }), ..self }
+    /// Also this process' own live state (roles `consumer` and `all`).
+    pub fn with_local(self, state: Arc<dyn LocalState>) -> Live {
+        Live { local: Some(Local { state, completeness: Arc::default() }), ..self }
     }
 
     pub fn redis(&self) -> &RedisStore {
         &self.redis
     }
 
-    /// The actors when they hold every partition any instance has claimed.
-    /// Decided once per ownership generation (and at least every
+    /// The local state when it holds every partition any instance has
+    /// claimed. Decided once per ownership generation (and at least every
     /// `PARTITIONS_TTL`), so a request normally only compares a number.
-    async fn complete_actors(&self) -> Option<&Aggregators> {
-        let actors = self.actors.as_ref()?;
-        let generation = actors.aggregators.owned_generation();
+    async fn complete_local(&self) -> Option<&dyn LocalState> {
+        let local = self.local.as_ref()?;
+        let generation = local.state.owned_generation();
         let cached = {
-            let guard = actors.completeness.lock().expect("completeness lock");
+            let guard = local.completeness.lock().expect("completeness lock");
             guard
                 .as_ref()
                 .filter(|c| c.generation == generation && c.decided_at.elapsed() < PARTITIONS_TTL)
@@ -110,20 +132,20 @@ impl Live {
                 // Claims are written before the actors get their partials,
                 // so the list read now covers every owner of this generation.
                 let all = self.pg.partitions().await.ok()?;
-                let (generation, complete) = actors.aggregators.holds_all(&all);
-                *actors.completeness.lock().expect("completeness lock") =
+                let (generation, complete) = local.state.holds_all(&all);
+                *local.completeness.lock().expect("completeness lock") =
                     Some(Completeness { generation, decided_at: Instant::now(), complete });
                 complete
             }
         };
-        complete.then_some(&actors.aggregators)
+        complete.then_some(local.state.as_ref())
     }
 
     /// Every token and pair seen, in order.
     pub async fn keys(&self) -> Result<Vec<AggKey>, ReadError> {
-        if let Some(aggregators) = self.complete_actors().await {
+        if let Some(local) = self.complete_local().await {
             read_from("actors");
-            return Ok(aggregators.all().into_iter().map(|(key, _)| key).collect());
+            return Ok(local.keys());
         }
         read_from("redis");
         let mut keys = self.redis.keys().await.map_err(ReadError::redis)?;
@@ -134,14 +156,10 @@ impl Live {
     /// The merged live state of `key` with candles of `intervals` from
     /// `since` on; `NotFound` when no swap of it was seen.
     pub async fn merged(&self, key: &AggKey, intervals: &[Interval], since: i64) -> Result<Merged, ReadError> {
-        if let Some(aggregators) = self.complete_actors().await {
+        if let Some(local) = self.complete_local().await {
             read_from("actors");
-            let addr = aggregators.get(key).ok_or_else(|| not_found(key))?;
-            let query = Query { intervals: intervals.to_vec(), since, recent: 0 };
-            let (merged, _) = addr
-                .send(query)
-                .await
-                .map_err(|e| ReadError::Unavailable { dependency: "aggregator", detail: e.to_string() })?;
+            let answer = local.query(key, intervals, since, 0).ok_or_else(|| not_found(key))?;
+            let (merged, _) = answer.await.map_err(aggregator_unavailable)?;
             return Ok(merged);
         }
         if self.redis.has_key(key).await.map_err(ReadError::redis)? {
@@ -202,14 +220,10 @@ impl Live {
 
     /// The most recent confirmed swaps of `key`, newest first, wire form.
     pub async fn recent(&self, key: &AggKey, limit: usize) -> Result<Vec<serde_json::Value>, ReadError> {
-        if let Some(aggregators) = self.complete_actors().await {
+        if let Some(local) = self.complete_local().await {
             read_from("actors");
-            let addr = aggregators.get(key).ok_or_else(|| not_found(key))?;
-            let query = Query { intervals: Vec::new(), since: i64::MAX, recent: limit };
-            let (_, swaps) = addr
-                .send(query)
-                .await
-                .map_err(|e| ReadError::Unavailable { dependency: "aggregator", detail: e.to_string() })?;
+            let answer = local.query(key, &[], i64::MAX, limit).ok_or_else(|| not_found(key))?;
+            let (_, swaps) = answer.await.map_err(aggregator_unavailable)?;
             return Ok(swaps.iter().map(|s| serde_json::to_value(s.to_wire()).expect("JSON")).collect());
         }
         if !self.redis.has_key(key).await.map_err(ReadError::redis)? {
@@ -230,6 +244,10 @@ pub async fn stats_from_redis(redis: &RedisStore, key: &AggKey) -> anyhow::Resul
 
 fn read_from(source: &str) {
     METRICS.rest_reads.with_label_values(&[source]).inc();
+}
+
+fn aggregator_unavailable(detail: String) -> ReadError {
+    ReadError::Unavailable { dependency: "aggregator", detail }
 }
 
 fn not_found(key: &AggKey) -> ReadError {
