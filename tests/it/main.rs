@@ -13,6 +13,7 @@ mod producer;
 mod rest;
 mod services_script;
 mod static_membership;
+mod structure;
 mod supervision;
 mod trusted_proxies;
 mod websocket;
