@@ -1,6 +1,6 @@
 //! Settings from `SWAPSTREAM_*` environment variables.
 //!
-//! Every variable is read through [`Env`], which records its effective value
+//! Every variable is read through `Env`, which records its effective value
 //! (secrets redacted) and every problem found, so that invalid configuration
 //! is reported as one line per problem and the effective configuration can be
 //! printed without a second list of names. [`VARIABLES`] documents them all;

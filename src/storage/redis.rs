@@ -38,7 +38,7 @@ use crate::domain::partial::{
     memory_retention_secs, AggKey, CandlePartial, Merged, Partial, PricePoint, TotalsPartial,
 };
 use crate::domain::{Amount, Price, SwapEvent};
-use crate::storage::postgres::{decode_order, encode_order};
+use crate::storage::encoding::{decode_order, encode_order};
 use crate::stream::Tp;
 
 /// A single node or a cluster, behind one connection type.

@@ -152,7 +152,7 @@ async fn consumer_and_api_give_the_same_json_and_it_matches_the_ground_truth() {
     let pg = helpers::pg().await;
     let at = chrono::DateTime::from_timestamp(old, 0).unwrap();
     let hash = swapstream::domain::swap::TxHash::parse(&format!("0x{}", "ab".repeat(32))).unwrap();
-    let order = swapstream::storage::postgres::encode_order(&(at, 1, 0, hash));
+    let order = swapstream::storage::encoding::encode_order(&(at, 1, 0, hash));
     pg.execute(
         &format!(
             "INSERT INTO {}.candles (agg_key, interval, t, topic, partition, open, open_at, close, close_at, high, low,

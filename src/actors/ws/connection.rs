@@ -90,7 +90,7 @@ impl ConnShared {
     }
 
     /// Bytes handed to the HTTP layer and not yet taken by it: this
-    /// connection's alone (queued frames are shared, see [`queued_frame_bytes`]).
+    /// connection's alone (queued frames are shared, see [`super::protocol::queued_frame_bytes`]).
     pub fn unshared(&self) -> i64 {
         self.handed.load(Ordering::Acquire) - self.pulled.load(Ordering::Acquire)
     }

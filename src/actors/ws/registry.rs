@@ -13,7 +13,7 @@
 //! `SWAPSTREAM_WS_HANDOFFS_PER_SEC`; past it they gather per channel until
 //! the budget covers them, for up to `SWAPSTREAM_WS_COALESCE_MAX_MS`, so that
 //! under load a handoff carries many frames instead of the wake-ups
-//! multiplying with the update rate ([`HandoffBudget`]).
+//! multiplying with the update rate (`HandoffBudget`).
 //!
 //! The registry never waits for a client. It pushes each session's frames
 //! into the connection's outbound queue (`outbound::OutQueue`, owned by the

@@ -3,7 +3,7 @@
 //! snapshot, pings, and applies the per-connection limits.
 //!
 //! Channel frames do not pass through this actor: the registry pushes them
-//! into the connection's outbound queue ([`OutQueue`], in [`ConnShared`]),
+//! into the connection's outbound queue ([`super::outbound::OutQueue`], in [`ConnShared`]),
 //! which the connection's writer (its response body, `http::ws`) drains
 //! as fast as the socket takes them; this actor opens a channel there,
 //! starts it once its `subscribed` frame went out, and removes it. Its

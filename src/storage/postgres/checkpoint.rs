@@ -1,57 +1,23 @@
-//! PostgreSQL: the source of truth. Offsets, partials, candles and dedup ids
-//! are written together, one transaction per checkpoint, so a partition's
-//! state and its resume offset never disagree.
+//! Checkpoints: a partition's position, dedup changes and partials, written
+//! in one transaction under the owner's epoch (a fenced owner's checkpoint
+//! does not land), and the upkeep that keeps their tables small.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
 
-use anyhow::{bail, Context as _};
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use slog::{info, warn, Logger};
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::NoTls;
 
+use super::{pipelined, Fenced, PgStore};
 use crate::codec::{self, Encoding};
-use crate::config::PostgresSettings;
 use crate::domain::aggregate::Interval;
-use crate::domain::partial::{
-    memory_retention_secs, AggKey, CandlePartial, Merged, Partial, PartialDelta, PricePoint, TotalsPartial,
-};
-use crate::domain::swap::EventOrder;
-use crate::domain::{Amount, Price, SwapEvent, TxHash};
-use crate::stream::partition::{decode_changes, encode_changes};
+use crate::domain::partial::{AggKey, CandlePartial, PartialDelta};
+use crate::storage::encoding::encode_order;
+use crate::stream::partition::encode_changes;
 use crate::stream::{SeenChange, Tp};
-
-/// Versioned migrations, applied in order, each once.
-const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (1, "initial", include_str!("migrations/0001_initial.sql")),
-    (2, "candles", include_str!("migrations/0002_candles.sql")),
-    (3, "dedup_expiry", include_str!("migrations/0003_dedup_expiry.sql")),
-];
 
 /// Most dedup rows one checkpoint deletes per partition.
 const EXPIRE_AT_ONCE: usize = 1_000;
-
-/// Another instance took the partition over: this checkpoint must not land.
-#[derive(Debug, thiserror::Error)]
-#[error("partition ownership moved to another instance (fenced): {0}")]
-pub struct Fenced(pub String);
-
-/// Longest a transaction of ours may sit idle before the server ends it.
-const IDLE_IN_TRANSACTION: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// A partition's checkpointed position and state, as claimed on assign.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    pub tp: Tp,
-    /// Next offset to read; `None` when never checkpointed.
-    pub next_offset: Option<i64>,
-    pub watermark: Option<DateTime<Utc>>,
-    pub epoch: i64,
-    pub seen: Vec<SeenChange>,
-    pub partials: Vec<(AggKey, Partial)>,
-}
 
 /// A partition's progress in one checkpoint.
 #[derive(Debug, Clone)]
@@ -101,325 +67,44 @@ impl Checkpoint {
     }
 }
 
-#[derive(Clone)]
-pub struct PgStore {
-    pool: Pool,
-    schema: String,
-    /// Recent swaps kept per (key, partition).
-    recent_cap: usize,
+#[derive(Default)]
+struct CandleColumns<'a> {
+    keys: Vec<&'a str>,
+    intervals: Vec<&'static str>,
+    t: Vec<i64>,
+    topics: Vec<&'a str>,
+    partitions: Vec<i32>,
+    open: Vec<String>,
+    open_at: Vec<Vec<u8>>,
+    close: Vec<String>,
+    close_at: Vec<Vec<u8>>,
+    high: Vec<String>,
+    low: Vec<String>,
+    volume: Vec<String>,
+    swaps: Vec<i64>,
+    buys: Vec<i64>,
+}
+
+impl<'a> CandleColumns<'a> {
+    fn push(&mut self, key: &'a str, tp: &'a Tp, interval: Interval, c: &CandlePartial) {
+        self.keys.push(key);
+        self.intervals.push(interval.as_str());
+        self.t.push(c.t);
+        self.topics.push(&tp.topic);
+        self.partitions.push(tp.partition);
+        self.open.push(c.open.price.to_string());
+        self.open_at.push(encode_order(&c.open.at));
+        self.close.push(c.close.price.to_string());
+        self.close_at.push(encode_order(&c.close.at));
+        self.high.push(c.high.to_string());
+        self.low.push(c.low.to_string());
+        self.volume.push(c.volume_usd.to_string());
+        self.swaps.push(c.swaps as i64);
+        self.buys.push(c.buys as i64);
+    }
 }
 
 impl PgStore {
-    /// Opens the pool and applies pending migrations.
-    pub async fn connect(settings: &PostgresSettings, recent_cap: usize, log: &Logger) -> anyhow::Result<PgStore> {
-        let store = PgStore::open(settings, recent_cap)?;
-        store.migrate(log).await?;
-        Ok(store)
-    }
-
-    /// Opens the pool only (connections are made on first use), for a
-    /// second client of a schema already migrated.
-    pub fn open(settings: &PostgresSettings, recent_cap: usize) -> anyhow::Result<PgStore> {
-        let mut config: tokio_postgres::Config =
-            settings.url.expose().parse().context("parsing SWAPSTREAM_POSTGRES_URL")?;
-        if let Some(password) = &settings.password {
-            config.password(password.expose());
-        }
-        config.application_name("swapstream").connect_timeout(std::time::Duration::from_secs(5));
-        // A process paused (SIGSTOP, a VM freeze) inside a checkpoint holds
-        // its partitions' row locks; the new owner's claim would wait for
-        // them for ever. The server ends such a transaction instead.
-        let guard = format!("-c idle_in_transaction_session_timeout={}", IDLE_IN_TRANSACTION.as_millis());
-        let options = config.get_options().map_or_else(|| guard.clone(), |own| format!("{own} {guard}"));
-        config.options(&options);
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(settings.pool_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(std::time::Duration::from_secs(10)))
-            .create_timeout(Some(std::time::Duration::from_secs(10)))
-            .build()
-            .context("building the PostgreSQL pool")?;
-        Ok(PgStore { pool, schema: settings.schema.clone(), recent_cap })
-    }
-
-    fn sql(&self, template: &str) -> String {
-        template.replace("{schema}", &self.schema)
-    }
-
-    async fn client(&self) -> anyhow::Result<deadpool_postgres::Object> {
-        self.pool.get().await.context("connecting to PostgreSQL")
-    }
-
-    /// Applies pending migrations under an advisory lock, so instances
-    /// starting together do not race.
-    async fn migrate(&self, log: &Logger) -> anyhow::Result<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let lock_key = format!("swapstream:{}", self.schema);
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key]).await?;
-        tx.batch_execute(&self.sql(
-            "CREATE SCHEMA IF NOT EXISTS {schema};
-             CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
-                 version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());",
-        ))
-        .await?;
-        let applied: Vec<i32> = tx
-            .query(&self.sql("SELECT version FROM {schema}.schema_migrations"), &[])
-            .await?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        let timescale =
-            tx.query_opt("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'", &[]).await?.is_some();
-        for (version, name, sql) in MIGRATIONS {
-            if applied.contains(version) {
-                continue;
-            }
-            let partitioning = if timescale { "" } else { "PARTITION BY RANGE (t)" };
-            tx.batch_execute(&self.sql(sql).replace("{candles_partitioning}", partitioning))
-                .await
-                .with_context(|| format!("migration {version} ({name})"))?;
-            if *version == 2 && timescale {
-                tx.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb").await?;
-                tx.execute(
-                    "SELECT create_hypertable($1::text::regclass, 't', chunk_time_interval => 604800::bigint, if_not_exists => true)",
-                    &[&format!("{}.candles", self.schema)],
-                )
-                .await?;
-            }
-            tx.execute(
-                &self.sql("INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)"),
-                &[version, name],
-            )
-            .await?;
-            info!(log, "migration applied"; "version" => version, "name" => name, "timescaledb" => timescale);
-        }
-        tx.commit().await?;
-        self.ensure_candle_partitions(Utc::now(), log).await
-    }
-
-    /// Creates monthly partitions of the candle table around `now` (when it
-    /// is range-partitioned rather than a hypertable), and a default one.
-    pub async fn ensure_candle_partitions(&self, now: DateTime<Utc>, log: &Logger) -> anyhow::Result<()> {
-        let mut client = self.client().await?;
-        // DDL under the same lock as migrations: instances starting together
-        // would otherwise race on "IF NOT EXISTS".
-        let mut client = client.transaction().await?;
-        let lock_key = format!("swapstream:{}", self.schema);
-        client.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key]).await?;
-        let partitioned = client
-            .query_opt(
-                "SELECT 1 FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid
-                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = 'candles'",
-                &[&self.schema],
-            )
-            .await?
-            .is_some();
-        if !partitioned {
-            return Ok(());
-        }
-        let first = NaiveDate::from_ymd_opt(now.year(), now.month(), 1).context("month start")?;
-        for offset in -1i32..=3 {
-            let start = if offset < 0 {
-                first.checked_sub_months(chrono::Months::new(offset.unsigned_abs()))
-            } else {
-                first.checked_add_months(chrono::Months::new(offset as u32))
-            };
-            let Some(start) = start else { continue };
-            let end = start.checked_add_months(chrono::Months::new(1)).context("month end")?;
-            let seconds = |d: NaiveDate| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp()).unwrap_or_default();
-            let name = format!("candles_y{}m{:02}", start.year(), start.month());
-            let sql = format!(
-                "CREATE TABLE IF NOT EXISTS {schema}.{name} PARTITION OF {schema}.candles FOR VALUES FROM ({from}) TO ({to})",
-                schema = self.schema,
-                from = seconds(start),
-                to = seconds(end),
-            );
-            // A savepoint, so that one refused partition (rows for its range
-            // already in the default partition) does not abort the others.
-            let savepoint = client.savepoint(format!("p_{name}")).await?;
-            match savepoint.batch_execute(&sql).await {
-                Ok(()) => savepoint.commit().await?,
-                Err(e) => {
-                    warn!(log, "cannot create candle partition"; "partition" => &name, "error" => format!("{e:#}"));
-                    savepoint.rollback().await?;
-                }
-            }
-        }
-        client
-            .batch_execute(
-                &self.sql("CREATE TABLE IF NOT EXISTS {schema}.candles_default PARTITION OF {schema}.candles DEFAULT"),
-            )
-            .await?;
-        client.commit().await?;
-        Ok(())
-    }
-
-    /// Takes ownership of partitions: bumps their epoch (fencing out any
-    /// previous owner) and loads their checkpointed state.
-    pub async fn claim(&self, tps: &[Tp], owner: &str, now: DateTime<Utc>) -> anyhow::Result<Vec<Claimed>> {
-        if tps.is_empty() {
-            return Ok(Vec::new());
-        }
-        let topics: Vec<&str> = tps.iter().map(|tp| &*tp.topic).collect();
-        let partitions: Vec<i32> = tps.iter().map(|tp| tp.partition).collect();
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let rows = tx
-            .query(
-                &self.sql(
-                    "INSERT INTO {schema}.offsets AS o (topic, partition, owner_epoch, owner)
-                     SELECT t, p, 1, $3 FROM unnest($1::text[], $2::int[]) AS u(t, p)
-                     ON CONFLICT (topic, partition) DO UPDATE
-                        SET owner_epoch = o.owner_epoch + 1, owner = EXCLUDED.owner, updated_at = now()
-                     RETURNING topic, partition, next_offset, watermark_ns, owner_epoch",
-                ),
-                &[&topics, &partitions, &owner],
-            )
-            .await
-            .context("claiming partitions")?;
-        let mut claimed: BTreeMap<Tp, Claimed> = rows
-            .iter()
-            .map(|row| {
-                let tp = Tp::new(row.get(0), row.get(1));
-                let watermark: Option<i64> = row.get(3);
-                let claimed = Claimed {
-                    tp: tp.clone(),
-                    next_offset: row.get(2),
-                    watermark: watermark.map(DateTime::from_timestamp_nanos),
-                    epoch: row.get(4),
-                    seen: Vec::new(),
-                    partials: Vec::new(),
-                };
-                (tp, claimed)
-            })
-            .collect();
-
-        for row in tx
-            .query(
-                &self.sql(
-                    "SELECT d.topic, d.partition, d.changes FROM {schema}.dedup d
-                     JOIN unnest($1::text[], $2::int[]) AS u(t, p) ON d.topic = u.t AND d.partition = u.p
-                     ORDER BY d.topic, d.partition, d.seq",
-                ),
-                &[&topics, &partitions],
-            )
-            .await
-            .context("loading dedup ids")?
-        {
-            let tp = Tp::new(row.get(0), row.get(1));
-            let changes = decode_changes(row.get(2)).with_context(|| format!("damaged dedup row of {tp}"))?;
-            if let Some(c) = claimed.get_mut(&tp) {
-                c.seen.extend(changes);
-            }
-        }
-        let partials = self.load_partials(&tx, Some((&topics, &partitions)), now).await?;
-        tx.commit().await?;
-        for ((key, tp), partial) in partials {
-            if let Some(c) = claimed.get_mut(&tp) {
-                c.partials.push((key, partial));
-            }
-        }
-        Ok(claimed.into_values().collect())
-    }
-
-    /// Every partial (all partitions), for merged reads and tests.
-    pub async fn load_all(&self, now: DateTime<Utc>) -> anyhow::Result<BTreeMap<AggKey, BTreeMap<Tp, Partial>>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let partials = self.load_partials(&tx, None, now).await?;
-        tx.commit().await?;
-        let mut all: BTreeMap<AggKey, BTreeMap<Tp, Partial>> = BTreeMap::new();
-        for ((key, tp), partial) in partials {
-            all.entry(key).or_default().insert(tp, partial);
-        }
-        Ok(all)
-    }
-
-    async fn load_partials(
-        &self,
-        tx: &deadpool_postgres::Transaction<'_>,
-        only: Option<(&Vec<&str>, &Vec<i32>)>,
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<BTreeMap<(AggKey, Tp), Partial>> {
-        let (filter, no_topics, no_partitions) = (only.is_some(), Vec::<&str>::new(), Vec::<i32>::new());
-        let (topics, partitions) = only.unwrap_or((&no_topics, &no_partitions));
-        let rows = tx
-            .query(
-                &self.sql(
-                    "SELECT agg_key, topic, partition, volume_usd::text, swaps, buys, first_seen_ns,
-                            last_price::text, last_at, pending
-                     FROM {schema}.partials
-                     WHERE NOT $3 OR (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))",
-                ),
-                &[topics, partitions, &filter],
-            )
-            .await
-            .context("loading partials")?;
-        // Per (key, partition): totals, pending gauge, recent swaps.
-        type Row = (TotalsPartial, i64, Vec<Arc<SwapEvent>>);
-        let mut totals: BTreeMap<(AggKey, Tp), Row> = BTreeMap::new();
-        for row in rows {
-            let key_text: &str = row.get(0);
-            let key = AggKey::parse(key_text).with_context(|| format!("bad key {key_text:?} in partials"))?;
-            let tp = Tp::new(row.get(1), row.get(2));
-            let (partial, pending) = totals_from_row(&row, 3)?;
-            totals.insert((key, tp), (partial, pending, Vec::new()));
-        }
-        let rows = tx
-            .query(
-                &self.sql(
-                    "SELECT agg_key, topic, partition, swap FROM (
-                        SELECT *, row_number() OVER (PARTITION BY agg_key, topic, partition ORDER BY at DESC) AS n
-                        FROM {schema}.recent_swaps
-                        WHERE NOT $3 OR (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))
-                     ) r WHERE n <= $4 ORDER BY agg_key, topic, partition, at DESC",
-                ),
-                &[topics, partitions, &filter, &(self.recent_cap as i64)],
-            )
-            .await
-            .context("loading recent swaps")?;
-        for row in rows {
-            let key = AggKey::parse(row.get(0)).context("bad key in recent_swaps")?;
-            let tp = Tp::new(row.get(1), row.get(2));
-            let swap =
-                codec::decode(row.get(3), Some(codec::CONTENT_TYPE_PROTOBUF)).context("bad swap in recent_swaps")?;
-            if let Some((_, _, recent)) = totals.get_mut(&(key, tp)) {
-                recent.push(Arc::new(swap));
-            }
-        }
-        let (intervals, cutoffs): (Vec<&str>, Vec<i64>) =
-            Interval::ALL.iter().map(|i| (i.as_str(), now.timestamp() - memory_retention_secs(*i))).unzip();
-        let rows = tx
-            .query(
-                &self.sql(
-                    "SELECT agg_key, topic, partition, interval, t, open::text, open_at, close::text, close_at,
-                            high::text, low::text, volume_usd::text, swaps, buys
-                     FROM {schema}.candles c
-                     JOIN unnest($4::text[], $5::bigint[]) AS r(i, cutoff) ON c.interval = r.i AND c.t >= r.cutoff
-                     WHERE NOT $3 OR (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))",
-                ),
-                &[topics, partitions, &filter, &intervals, &cutoffs],
-            )
-            .await
-            .context("loading candles")?;
-        let mut candles: HashMap<(AggKey, Tp), Vec<(Interval, CandlePartial)>> = HashMap::new();
-        for row in rows {
-            let key = AggKey::parse(row.get(0)).context("bad key in candles")?;
-            let tp = Tp::new(row.get(1), row.get(2));
-            let interval = Interval::parse(row.get(3)).context("bad interval in candles")?;
-            candles.entry((key, tp)).or_default().push((interval, candle_from_row(&row, 4)?));
-        }
-        Ok(totals
-            .into_iter()
-            .map(|(k, (totals, pending, recent))| {
-                let c = candles.remove(&k).unwrap_or_default();
-                (k, Partial::restore(totals, pending, c, recent))
-            })
-            .collect())
-    }
-
     /// Stores one checkpoint in one transaction. Fails with [`Fenced`] when
     /// a partition has been claimed by another owner since.
     pub async fn checkpoint(&self, checkpoint: &Checkpoint) -> anyhow::Result<()> {
@@ -653,198 +338,6 @@ impl PgStore {
             .await?;
         Ok(deleted)
     }
-
-    /// Candles of `key` and `interval` with `from <= t <= to`, merged over
-    /// every partition (the history behind Redis' retention).
-    pub async fn candles(
-        &self,
-        key: &AggKey,
-        interval: Interval,
-        from: i64,
-        to: i64,
-    ) -> anyhow::Result<BTreeMap<i64, CandlePartial>> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &self.sql(
-                    "SELECT t, open::text, open_at, close::text, close_at, high::text, low::text, volume_usd::text,
-                            swaps, buys
-                     FROM {schema}.candles WHERE agg_key = $1 AND interval = $2 AND t BETWEEN $3 AND $4",
-                ),
-                &[&key.to_string(), &interval.as_str(), &from, &to],
-            )
-            .await
-            .context("reading candles")?;
-        let mut merged: BTreeMap<i64, CandlePartial> = BTreeMap::new();
-        for row in rows {
-            let candle = candle_from_row(&row, 0)?;
-            merged.entry(candle.t).and_modify(|c| c.merge(&candle)).or_insert(candle);
-        }
-        Ok(merged)
-    }
-
-    /// The merged totals and pending gauge of `key` over every partition,
-    /// or `None` when no partition has seen it.
-    pub async fn merged(&self, key: &AggKey) -> anyhow::Result<Option<Merged>> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &self.sql(
-                    "SELECT volume_usd::text, swaps, buys, first_seen_ns, last_price::text, last_at, pending
-                     FROM {schema}.partials WHERE agg_key = $1",
-                ),
-                &[&key.to_string()],
-            )
-            .await
-            .context("reading partials")?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let mut merged = Merged::default();
-        for row in rows {
-            let (totals, pending) = totals_from_row(&row, 0)?;
-            merged.totals.merge(&totals);
-            merged.pending += pending;
-        }
-        Ok(Some(merged))
-    }
-
-    /// Every partition any instance has claimed.
-    pub async fn partitions(&self) -> anyhow::Result<BTreeSet<Tp>> {
-        let rows = self
-            .client()
-            .await?
-            .query(&self.sql("SELECT topic, partition FROM {schema}.offsets"), &[])
-            .await
-            .context("reading partitions")?;
-        Ok(rows.iter().map(|row| Tp::new(row.get(0), row.get(1))).collect())
-    }
-
-    /// Answers whether PostgreSQL is reachable, for readiness.
-    pub async fn ping(&self) -> anyhow::Result<()> {
-        self.client().await?.simple_query("SELECT 1").await?;
-        Ok(())
-    }
-
-    /// Drops this store's schema and everything in it (tests only).
-    pub async fn drop_schema(&self) -> anyhow::Result<()> {
-        self.client().await?.batch_execute(&self.sql("DROP SCHEMA IF EXISTS {schema} CASCADE")).await?;
-        Ok(())
-    }
-}
-
-#[derive(Default)]
-struct CandleColumns<'a> {
-    keys: Vec<&'a str>,
-    intervals: Vec<&'static str>,
-    t: Vec<i64>,
-    topics: Vec<&'a str>,
-    partitions: Vec<i32>,
-    open: Vec<String>,
-    open_at: Vec<Vec<u8>>,
-    close: Vec<String>,
-    close_at: Vec<Vec<u8>>,
-    high: Vec<String>,
-    low: Vec<String>,
-    volume: Vec<String>,
-    swaps: Vec<i64>,
-    buys: Vec<i64>,
-}
-
-impl<'a> CandleColumns<'a> {
-    fn push(&mut self, key: &'a str, tp: &'a Tp, interval: Interval, c: &CandlePartial) {
-        self.keys.push(key);
-        self.intervals.push(interval.as_str());
-        self.t.push(c.t);
-        self.topics.push(&tp.topic);
-        self.partitions.push(tp.partition);
-        self.open.push(c.open.price.to_string());
-        self.open_at.push(encode_order(&c.open.at));
-        self.close.push(c.close.price.to_string());
-        self.close_at.push(encode_order(&c.close.at));
-        self.high.push(c.high.to_string());
-        self.low.push(c.low.to_string());
-        self.volume.push(c.volume_usd.to_string());
-        self.swaps.push(c.swaps as i64);
-        self.buys.push(c.buys as i64);
-    }
-}
-
-/// A candle from the columns `t, open, open_at, close, close_at, high, low,
-/// volume_usd, swaps, buys` starting at `first`.
-fn candle_from_row(row: &tokio_postgres::Row, first: usize) -> anyhow::Result<CandlePartial> {
-    Ok(CandlePartial {
-        t: row.get(first),
-        open: PricePoint { price: parse_price(row.get(first + 1))?, at: decode_order(row.get(first + 2))? },
-        close: PricePoint { price: parse_price(row.get(first + 3))?, at: decode_order(row.get(first + 4))? },
-        high: parse_price(row.get(first + 5))?,
-        low: parse_price(row.get(first + 6))?,
-        volume_usd: parse_amount(row.get(first + 7))?,
-        swaps: row.get::<_, i64>(first + 8) as u64,
-        buys: row.get::<_, i64>(first + 9) as u64,
-    })
-}
-
-/// Totals and pending gauge from the columns `volume_usd, swaps, buys,
-/// first_seen_ns, last_price, last_at, pending` starting at `first`.
-fn totals_from_row(row: &tokio_postgres::Row, first: usize) -> anyhow::Result<(TotalsPartial, i64)> {
-    let last = match (row.get::<_, Option<&str>>(first + 4), row.get::<_, Option<&[u8]>>(first + 5)) {
-        (Some(price), Some(at)) => Some(PricePoint { price: parse_price(price)?, at: decode_order(at)? }),
-        _ => None,
-    };
-    let first_seen: Option<i64> = row.get(first + 3);
-    let totals = TotalsPartial {
-        volume_usd: parse_amount(row.get(first))?,
-        swaps: row.get::<_, i64>(first + 1) as u64,
-        buys: row.get::<_, i64>(first + 2) as u64,
-        first_seen: first_seen.map(DateTime::from_timestamp_nanos),
-        last,
-    };
-    Ok((totals, row.get(first + 6)))
-}
-
-fn parse_amount(text: &str) -> anyhow::Result<Amount> {
-    Amount::parse(text).with_context(|| format!("bad amount {text:?} in PostgreSQL"))
-}
-
-fn parse_price(text: &str) -> anyhow::Result<Price> {
-    Price::parse(text).with_context(|| format!("bad price {text:?} in PostgreSQL"))
-}
-
-/// Event order as 52 bytes: nanos, block, log index, hash.
-pub fn encode_order(at: &EventOrder) -> Vec<u8> {
-    let mut out = Vec::with_capacity(52);
-    out.extend_from_slice(&at.0.timestamp_nanos_opt().unwrap_or(i64::MAX).to_be_bytes());
-    out.extend_from_slice(&at.1.to_be_bytes());
-    out.extend_from_slice(&at.2.to_be_bytes());
-    out.extend_from_slice(&at.3 .0);
-    out
-}
-
-pub fn decode_order(bytes: &[u8]) -> anyhow::Result<EventOrder> {
-    if bytes.len() != 52 {
-        bail!("bad event order of {} bytes in PostgreSQL", bytes.len());
-    }
-    let nanos = i64::from_be_bytes(bytes[0..8].try_into()?);
-    let block = u64::from_be_bytes(bytes[8..16].try_into()?);
-    let log_index = u32::from_be_bytes(bytes[16..20].try_into()?);
-    let hash: [u8; 32] = bytes[20..52].try_into()?;
-    Ok((DateTime::from_timestamp_nanos(nanos), block, log_index, TxHash(hash)))
-}
-
-/// One statement of a checkpoint, prepared once per connection. Awaited
-/// together, the statements of a transaction are pipelined by the client:
-/// one round trip for all of them.
-async fn pipelined(
-    tx: &deadpool_postgres::Transaction<'_>,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-    what: &'static str,
-) -> anyhow::Result<u64> {
-    let statement = tx.prepare_cached(sql).await.context(what)?;
-    tx.execute(&statement, params).await.context(what)
 }
 
 /// Against the PostgreSQL of `scripts/services up`, each test in a schema
@@ -852,10 +345,16 @@ async fn pipelined(
 /// with the stored state.
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
     use super::*;
     use crate::config::Settings;
+    use crate::domain::partial::Partial;
     use crate::domain::swap::{Status, SwapId};
     use crate::domain::token::TokenSymbol;
+    use crate::domain::TxHash;
+    use crate::storage::postgres::Claimed;
 
     async fn store(recent_cap: usize) -> (PgStore, String) {
         let schema = format!("unit_{:08x}", rand::random::<u32>());

@@ -1,0 +1,29 @@
+//! Encodings the stores share.
+
+use anyhow::bail;
+use chrono::DateTime;
+
+use crate::domain::swap::EventOrder;
+use crate::domain::TxHash;
+
+/// Event order as 52 bytes: nanos, block, log index, hash.
+pub fn encode_order(at: &EventOrder) -> Vec<u8> {
+    let mut out = Vec::with_capacity(52);
+    out.extend_from_slice(&at.0.timestamp_nanos_opt().unwrap_or(i64::MAX).to_be_bytes());
+    out.extend_from_slice(&at.1.to_be_bytes());
+    out.extend_from_slice(&at.2.to_be_bytes());
+    out.extend_from_slice(&at.3 .0);
+    out
+}
+
+/// The order [`encode_order`] wrote.
+pub fn decode_order(bytes: &[u8]) -> anyhow::Result<EventOrder> {
+    if bytes.len() != 52 {
+        bail!("bad event order of {} bytes (52 expected)", bytes.len());
+    }
+    let nanos = i64::from_be_bytes(bytes[0..8].try_into()?);
+    let block = u64::from_be_bytes(bytes[8..16].try_into()?);
+    let log_index = u32::from_be_bytes(bytes[16..20].try_into()?);
+    let hash: [u8; 32] = bytes[20..52].try_into()?;
+    Ok((DateTime::from_timestamp_nanos(nanos), block, log_index, TxHash(hash)))
+}

@@ -1,0 +1,82 @@
+//! Reads for REST: candles over any range, the merged durable state of a
+//! key, and the claimed partitions.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Context as _;
+
+use super::rows::{candle_from_row, totals_from_row};
+use super::PgStore;
+use crate::domain::aggregate::Interval;
+use crate::domain::partial::{AggKey, CandlePartial, Merged};
+use crate::stream::Tp;
+
+impl PgStore {
+    /// Candles of `key` and `interval` with `from <= t <= to`, merged over
+    /// every partition (the history behind Redis' retention).
+    pub async fn candles(
+        &self,
+        key: &AggKey,
+        interval: Interval,
+        from: i64,
+        to: i64,
+    ) -> anyhow::Result<BTreeMap<i64, CandlePartial>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &self.sql(
+                    "SELECT t, open::text, open_at, close::text, close_at, high::text, low::text, volume_usd::text,
+                            swaps, buys
+                     FROM {schema}.candles WHERE agg_key = $1 AND interval = $2 AND t BETWEEN $3 AND $4",
+                ),
+                &[&key.to_string(), &interval.as_str(), &from, &to],
+            )
+            .await
+            .context("reading candles")?;
+        let mut merged: BTreeMap<i64, CandlePartial> = BTreeMap::new();
+        for row in rows {
+            let candle = candle_from_row(&row, 0)?;
+            merged.entry(candle.t).and_modify(|c| c.merge(&candle)).or_insert(candle);
+        }
+        Ok(merged)
+    }
+
+    /// The merged totals and pending gauge of `key` over every partition,
+    /// or `None` when no partition has seen it.
+    pub async fn merged(&self, key: &AggKey) -> anyhow::Result<Option<Merged>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &self.sql(
+                    "SELECT volume_usd::text, swaps, buys, first_seen_ns, last_price::text, last_at, pending
+                     FROM {schema}.partials WHERE agg_key = $1",
+                ),
+                &[&key.to_string()],
+            )
+            .await
+            .context("reading partials")?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut merged = Merged::default();
+        for row in rows {
+            let (totals, pending) = totals_from_row(&row, 0)?;
+            merged.totals.merge(&totals);
+            merged.pending += pending;
+        }
+        Ok(Some(merged))
+    }
+
+    /// Every partition any instance has claimed.
+    pub async fn partitions(&self) -> anyhow::Result<BTreeSet<Tp>> {
+        let rows = self
+            .client()
+            .await?
+            .query(&self.sql("SELECT topic, partition FROM {schema}.offsets"), &[])
+            .await
+            .context("reading partitions")?;
+        Ok(rows.iter().map(|row| Tp::new(row.get(0), row.get(1))).collect())
+    }
+}
