@@ -150,11 +150,24 @@ pub async fn produce(brokers: &str, names: &Names, count: u32, extra: &[(&str, S
     let output = run_binary(
         &["producer", "--count", &count.to_string(), "--ground-truth", &truth_arg],
         &vars,
-        Duration::from_secs(300),
+        stream_time(count, &vars) + Duration::from_secs(300),
     )
     .await;
     assert!(output.status.success(), "producer failed: {}", String::from_utf8_lossy(&output.stderr));
     GroundTruthFile::read(&truth_path).unwrap()
+}
+
+/// How long the producer needs for `swaps` swaps at the rate in `vars`
+/// (events a minute; each swap is at most three events: pending, outcome
+/// and a duplicate), so a long stream is not cut off by a fixed deadline.
+fn stream_time(swaps: u32, vars: &[(&str, String)]) -> Duration {
+    let per_minute = vars
+        .iter()
+        .rev()
+        .find(|(name, _)| *name == "SWAPSTREAM_PRODUCER_RATE")
+        .and_then(|(_, rate)| rate.parse::<f64>().ok())
+        .filter(|rate| *rate > 0.0);
+    per_minute.map_or(Duration::ZERO, |rate| Duration::from_secs_f64(f64::from(swaps) * 3.0 * 60.0 / rate))
 }
 
 /// A child process whose output goes to a log file under test-artifacts/.
