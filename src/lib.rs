@@ -7,6 +7,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod producer;
 pub mod read;
+pub mod retry;
 pub mod shutdown;
 pub mod startup;
 pub mod storage;

@@ -32,9 +32,13 @@ use crate::codec::{self, CONTENT_TYPE_HEADER};
 use crate::config::{Rate, Settings};
 use crate::domain::SwapEvent;
 use crate::kafka::{client_config, LoggingContext};
+use crate::retry::Backoff;
 
 /// Duplicates follow their original within this delay.
 const DUPLICATE_MAX_DELAY: Duration = Duration::from_millis(500);
+
+/// Longest wait before a new producer replaces one that hit a fatal error.
+const RECREATE_MAX_WAIT: Duration = Duration::from_secs(10);
 
 /// What a producer run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -304,7 +308,7 @@ impl Client {
                 .set("queue.buffering.max.messages", "500000");
             config.create_with_context(context).context("creating the Kafka producer")
         });
-        Ok(Client { producer: make()?, make, log: log.clone(), backoff: Backoff::new() })
+        Ok(Client { producer: make()?, make, log: log.clone(), backoff: Backoff::new(RECREATE_MAX_WAIT) })
     }
 
     async fn send(
@@ -341,7 +345,7 @@ impl Client {
 
     /// A new client in place of one that hit a fatal error.
     async fn recreate(&mut self, code: RDKafkaErrorCode, reason: &str) -> anyhow::Result<()> {
-        let wait = self.backoff.next();
+        let wait = self.backoff.wait();
         crate::metrics::METRICS.producer_recreated.inc();
         error!(self.log, "fatal Kafka producer error; recreating the producer"; "code" => ?code, "reason" => reason,
             "in_flight" => self.producer.in_flight_count(), "after_ms" => wait.as_millis());
@@ -375,31 +379,6 @@ impl Client {
             })
             .context("starting the flush thread")?;
         done.await.context("flushing in-flight messages")
-    }
-}
-
-/// Waits between recreations of a failing client: 100 ms, doubling to 10 s;
-/// back to 100 ms after a send goes through.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(10);
-
-    fn new() -> Backoff {
-        Backoff { next: Backoff::FIRST }
-    }
-
-    fn next(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (self.next * 2).min(Backoff::MAX);
-        wait
-    }
-
-    fn reset(&mut self) {
-        self.next = Backoff::FIRST;
     }
 }
 
@@ -437,19 +416,5 @@ impl Progress {
             "delivered" => deliveries.delivered.load(Ordering::Relaxed),
             "errors" => deliveries.errors.load(Ordering::Relaxed),
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_its_cap_and_starts_over_after_a_success() {
-        let mut backoff = Backoff::new();
-        let waits: Vec<u64> = (0..9).map(|_| backoff.next().as_millis() as u64).collect();
-        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
-        backoff.reset();
-        assert_eq!(backoff.next(), Duration::from_millis(100));
     }
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Arbiter;
+use backon::Retryable as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use slog::{debug, error, warn, Logger};
@@ -24,6 +25,7 @@ use super::live::{LivePartial, LiveWriter};
 use super::poll::ReaderContext;
 use crate::domain::partial::AggKey;
 use crate::metrics::METRICS;
+use crate::retry;
 use crate::storage::postgres::{Checkpoint, Fenced, PgStore};
 use crate::storage::redis::Position;
 use crate::stream::Tp;
@@ -187,24 +189,26 @@ async fn checkpoint(parts: &CommitterParts, pending: Pending, gauge: &mut Pendin
         "store_ms" => stored.as_millis(), "publish_ms" => (started.elapsed() - stored).as_millis());
 }
 
+/// Longest wait between two tries of a checkpoint while PostgreSQL fails.
+const STORE_MAX_WAIT: Duration = Duration::from_secs(5);
+
 /// Stores the checkpoint, retrying while PostgreSQL fails; false when the
 /// partitions were taken over meanwhile (fenced: their revoke follows).
 async fn store(pg: &PgStore, checkpoint: &Checkpoint, log: &Logger) -> bool {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match pg.checkpoint(checkpoint).await {
-            Ok(()) => return true,
-            Err(e) if e.is::<Fenced>() => {
-                METRICS.checkpoint_failures.inc();
-                warn!(log, "checkpoint fenced: partitions moved to another instance"; "error" => %e);
-                return false;
-            }
-            Err(e) => {
-                METRICS.checkpoint_failures.inc();
-                error!(log, "checkpoint failed; retrying"; "error" => format!("{e:#}"), "retry_in_ms" => delay.as_millis());
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
+    let stored = (|| pg.checkpoint(checkpoint))
+        .retry(retry::policy(STORE_MAX_WAIT))
+        .when(|e| !e.is::<Fenced>())
+        .notify(|e, wait| {
+            METRICS.checkpoint_failures.inc();
+            error!(log, "checkpoint failed; retrying"; "error" => format!("{e:#}"), "retry_in_ms" => wait.as_millis());
+        })
+        .await;
+    match stored {
+        Ok(()) => true,
+        Err(e) => {
+            METRICS.checkpoint_failures.inc();
+            warn!(log, "checkpoint fenced: partitions moved to another instance"; "error" => %e);
+            false
         }
     }
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backon::BlockingRetryable as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -23,6 +24,7 @@ use crate::codec::{self, DecodeError};
 use crate::domain::SwapEvent;
 use crate::kafka::LoggingContext;
 use crate::metrics::METRICS;
+use crate::retry;
 use crate::storage::postgres::{Claimed, PgStore};
 use crate::stream::Tp;
 
@@ -198,19 +200,17 @@ impl ReaderContext {
     /// sets their checkpointed offsets on `tpl` and tells the reader.
     fn claim(&self, tpl: &mut TopicPartitionList) {
         let tps: Vec<Tp> = tpl.elements().iter().map(|e| Tp::new(e.topic(), e.partition())).collect();
-        let mut delay = Duration::from_millis(100);
         let runtime = self.runtime.lock().expect("runtime lock");
         let Some(runtime) = runtime.as_ref() else { return };
-        let claimed = loop {
-            match runtime.block_on(self.pg.claim(&tps, &self.settings.owner, chrono::Utc::now())) {
-                Ok(claimed) => break claimed,
-                Err(e) => {
-                    error!(self.log(), "cannot claim partitions; retrying"; "error" => format!("{e:#}"));
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
+        let claim = || runtime.block_on(self.pg.claim(&tps, &self.settings.owner, chrono::Utc::now()));
+        let claimed = claim
+            .retry(retry::policy(CLAIM_MAX_WAIT))
+            .sleep(std::thread::sleep)
+            .notify(|e, wait| {
+                error!(self.log(), "cannot claim partitions; retrying"; "error" => format!("{e:#}"), "retry_in_ms" => wait.as_millis());
+            })
+            .call()
+            .expect("a policy without a retry limit");
         for c in &claimed {
             let offset = c.next_offset.map_or(Offset::Beginning, Offset::Offset);
             if let Err(e) = tpl.set_partition_offset(&c.tp.topic, c.tp.partition, offset) {
@@ -328,6 +328,10 @@ const IDLE_POLL: Duration = Duration::from_millis(20);
 /// Longest wait while a batch is open and the pipeline busy: how late the
 /// polling thread notices that the pipeline has become idle.
 const BUSY_POLL: Duration = Duration::from_millis(1);
+
+/// Longest wait between two tries of a partition claim while PostgreSQL
+/// fails.
+const CLAIM_MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// Polls until told to stop; then leaves the group within the timeout.
 ///
