@@ -228,6 +228,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn log_settings_are_read_from_the_configuration_text() {
+        let config = |level: &str, format: &str| Logging { level: level.into(), format: format.into() };
+        let settings = LogSettings::from_config(&config("warn,swapstream::http=debug", "json")).unwrap();
+        assert_eq!(settings.format, LogFormat::Json);
+        assert_eq!(settings.filter, LogFilter::parse("warn,swapstream::http=debug").unwrap());
+        let problem = LogSettings::from_config(&config("loud", "auto")).unwrap_err();
+        assert_eq!(
+            problem,
+            "SWAPSTREAM_LOG_LEVEL: expected LEVEL[,MODULE=LEVEL...]: unknown level \"loud\" (trace, debug, info, warning, error, critical, off), got \"loud\""
+        );
+    }
+
+    #[test]
     fn a_bare_level_applies_everywhere() {
         let filter = LogFilter::parse("warn").unwrap();
         assert!(filter.enabled("swapstream::http", Level::Warning));

@@ -484,6 +484,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_stream_reads_the_token_universe_and_the_encoding() {
+        let mut settings = Settings::from_vars([]).unwrap().producer;
+        let stream = Stream::from_settings(&settings).unwrap();
+        assert_eq!(stream.tokens.len(), 6);
+        assert_eq!(stream.encoding, Encoding::Protobuf);
+
+        settings.tokens = vec!["eth".into(), "btc".into()];
+        settings.encoding = "json".into();
+        let stream = Stream::from_settings(&settings).unwrap();
+        assert_eq!(stream.tokens.iter().map(TokenSymbol::as_str).collect::<Vec<_>>(), ["BTC", "ETH"]);
+        assert_eq!(stream.encoding, Encoding::Json);
+
+        for tokens in [vec!["ETH"], vec!["ETH", "eth"], vec!["ETH", ""], vec!["ETH", "B C"]] {
+            settings.tokens = tokens.iter().map(|t| t.to_string()).collect();
+            let problem = Stream::from_settings(&settings).expect_err("refused");
+            assert!(problem.starts_with("SWAPSTREAM_PRODUCER_TOKENS: expected at least two distinct"), "{problem}");
+        }
+    }
+
+    #[test]
     fn backoff_doubles_to_its_cap_and_starts_over_after_a_success() {
         let mut backoff = Backoff::new();
         let waits: Vec<u64> = (0..9).map(|_| backoff.next().as_millis() as u64).collect();
