@@ -822,7 +822,10 @@ fn effective(matches: &ArgMatches) -> BTreeMap<String, String> {
     let mut effective = BTreeMap::new();
     for arg in command.get_arguments() {
         let Some(name) = arg.get_env().and_then(|n| n.to_str()) else { continue };
-        let Some(raw) = matches.get_raw(arg.get_id().as_str()).and_then(|mut values| values.next()) else { continue };
+        let Some(raw) = matches.try_get_raw(arg.get_id().as_str()).ok().flatten().and_then(|mut values| values.next())
+        else {
+            continue;
+        };
         let text = raw.to_string_lossy().trim().to_owned();
         if text.is_empty() {
             continue;
