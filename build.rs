@@ -11,7 +11,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile([proto], ["proto"])?;
     prost_build::Config::new().compile_fds(descriptors)?;
 
-    println!("cargo:rustc-env=SWAPSTREAM_GIT_COMMIT={}", git_commit());
+    // Not a `SWAPSTREAM_*` name: `cargo run` passes it to the binary, which
+    // refuses variables of its prefix that it does not know.
+    println!("cargo:rustc-env=BUILD_INFO_COMMIT={}", git_commit());
     Ok(())
 }
 

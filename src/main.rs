@@ -1,13 +1,13 @@
 //! `swapstream <role>`: load settings, build the logger, run the role until
 //! it finishes or is stopped, report why it stopped.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use slog::{error, info};
 
-use swapstream::config::Settings;
+use swapstream::config::{self, Settings, SettingsArgs};
 use swapstream::{startup, telemetry};
 
 /// jemalloc: less memory per idle WebSocket connection than the system
@@ -23,7 +23,7 @@ const EXIT_CONFIG: u8 = 2;
     name = "swapstream",
     version,
     about = "Token-swap stream analytics: Kafka in, exact aggregates out over REST and WebSocket.",
-    long_about = "Token-swap stream analytics: Kafka in, exact per-token and per-pair aggregates out over REST and WebSocket.\n\nEvery setting comes from SWAPSTREAM_* environment variables (see README.md); flags below override a few of them."
+    long_about = "Token-swap stream analytics: Kafka in, exact per-token and per-pair aggregates out over REST and WebSocket.\n\nEvery setting is a SWAPSTREAM_* environment variable (see README.md) and a flag of its own; a flag wins over its variable. `swapstream <role> --help` lists them all."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,15 +33,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Role {
     /// Emit synthetic swap events (pending, then confirmed or failed) into Kafka at a steady rate.
-    Producer(ProducerArgs),
+    Producer(SettingsArgs),
     /// Read swap events from Kafka, aggregate them exactly once into PostgreSQL and Redis, and serve WebSocket clients.
-    Consumer,
+    Consumer(SettingsArgs),
     /// Serve the REST API from Redis (live values) and PostgreSQL (history); stateless, scale by replicas.
-    Api,
+    Api(SettingsArgs),
     /// Producer and consumer in one process, for local use and demos; runs an embedded in-memory broker when SWAPSTREAM_KAFKA_BROKERS is empty.
-    All(ProducerArgs),
+    All(SettingsArgs),
     /// Print the effective configuration (secrets redacted) and exit.
-    Config,
+    Config(SettingsArgs),
     /// GET a URL and exit 0 on a 2xx answer, 1 otherwise (container health checks).
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
@@ -49,76 +49,71 @@ enum Role {
     },
 }
 
-#[derive(clap::Args)]
-struct ProducerArgs {
-    /// Stop after this many swaps, once each one's every event is sent [env: SWAPSTREAM_PRODUCER_COUNT].
-    #[arg(long)]
-    count: Option<u64>,
-    /// Events per minute, or "max" [env: SWAPSTREAM_PRODUCER_RATE].
-    #[arg(long)]
-    rate: Option<String>,
-    /// Encode events as JSON instead of protobuf [env: SWAPSTREAM_PRODUCER_ENCODING=json].
-    #[arg(long)]
-    json: bool,
-    /// Write the ground-truth file here at the end [env: SWAPSTREAM_PRODUCER_GROUND_TRUTH].
-    #[arg(long)]
-    ground_truth: Option<PathBuf>,
+/// What a role runs.
+#[derive(Clone, Copy)]
+enum Run {
+    Producer,
+    Consumer,
+    Api,
+    All,
 }
 
-impl ProducerArgs {
-    /// The flags as the variables they override.
-    fn overrides(&self) -> Vec<(String, String)> {
-        let mut vars = Vec::new();
-        if let Some(count) = self.count {
-            vars.push(("SWAPSTREAM_PRODUCER_COUNT".into(), count.to_string()));
-        }
-        if let Some(rate) = &self.rate {
-            vars.push(("SWAPSTREAM_PRODUCER_RATE".into(), rate.clone()));
-        }
-        if self.json {
-            vars.push(("SWAPSTREAM_PRODUCER_ENCODING".into(), "json".into()));
-        }
-        if let Some(path) = &self.ground_truth {
-            vars.push(("SWAPSTREAM_PRODUCER_GROUND_TRUTH".into(), path.display().to_string()));
-        }
-        vars
+/// Invalid configuration: the problems, one a line, and exit status 2.
+fn refuse(mut problems: Vec<String>) -> ExitCode {
+    problems.sort();
+    eprintln!("invalid configuration:");
+    for line in &problems {
+        eprintln!("  {line}");
     }
+    ExitCode::from(EXIT_CONFIG)
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if let Role::Healthcheck { url } = &cli.role {
-        return match swapstream::http::health::probe_url(url, std::time::Duration::from_secs(3)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("unhealthy: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let overrides = match &cli.role {
-        Role::Producer(args) | Role::All(args) => args.overrides(),
-        _ => Vec::new(),
-    };
-    let settings = match Settings::from_vars(std::env::vars().chain(overrides)) {
-        Ok(settings) => settings,
-        Err(problems) => {
-            eprintln!("invalid configuration:");
-            for line in &problems.0 {
-                eprintln!("  {line}");
-            }
-            return ExitCode::from(EXIT_CONFIG);
+    let names: Vec<String> = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()).collect();
+    let unknown = config::unknown_variables(names.iter().map(String::as_str));
+    let command = config::blank_variables_unset(Cli::command());
+    let parsed = command.try_get_matches().and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) if matches!(e.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) => {
+            let Some(line) = config::explain(&e) else { e.exit() };
+            return refuse(unknown.into_iter().chain([line]).collect());
         }
+        Err(e) => e.exit(),
     };
-    if let Role::Config = cli.role {
+    let (run, args) = match cli.role {
+        Role::Healthcheck { url } => {
+            return match swapstream::http::health::probe_url(&url, std::time::Duration::from_secs(3)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Role::Producer(args) => (Some(Run::Producer), args),
+        Role::Consumer(args) => (Some(Run::Consumer), args),
+        Role::Api(args) => (Some(Run::Api), args),
+        Role::All(args) => (Some(Run::All), args),
+        Role::Config(args) => (None, args),
+    };
+    let Some((_, role_matches)) = matches.subcommand() else { unreachable!("a role is required") };
+    let checked = Settings::from_args(args, role_matches)
+        .and_then(|settings| startup::check(&settings).map(|log_settings| (settings, log_settings)));
+    let (settings, log_settings) = match checked {
+        Ok(checked) if unknown.is_empty() => checked,
+        Ok(_) => return refuse(unknown),
+        Err(problems) => return refuse(unknown.into_iter().chain(problems.0).collect()),
+    };
+    let Some(run) = run else {
         print!("{}", settings.describe());
         return ExitCode::SUCCESS;
-    }
+    };
 
-    let log = telemetry::build_logger(&settings.log, &settings.instance_id);
+    let log = telemetry::build_logger(&log_settings, &settings.instance_id);
     info!(log, "configuration"; "settings" => ?settings.effective);
     let system = actix::System::new();
-    let result = system.block_on(run(cli.role, &settings, &log));
+    let result = system.block_on(start(run, &settings, &log));
     let code = match result {
         Ok(()) => {
             info!(log, "stopped");
@@ -134,12 +129,11 @@ fn main() -> ExitCode {
     code
 }
 
-async fn run(role: Role, settings: &Settings, log: &slog::Logger) -> anyhow::Result<()> {
-    match role {
-        Role::Producer(_) => startup::run_producer(settings, log).await,
-        Role::Consumer => startup::run_consumer(settings, log).await,
-        Role::All(_) => startup::run_all(settings, log).await,
-        Role::Api => startup::run_api(settings, log).await,
-        Role::Config | Role::Healthcheck { .. } => unreachable!("handled before start"),
+async fn start(run: Run, settings: &Settings, log: &slog::Logger) -> anyhow::Result<()> {
+    match run {
+        Run::Producer => startup::run_producer(settings, log).await,
+        Run::Consumer => startup::run_consumer(settings, log).await,
+        Run::All => startup::run_all(settings, log).await,
+        Run::Api => startup::run_api(settings, log).await,
     }
 }

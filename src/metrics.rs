@@ -300,7 +300,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         process: process_registry(),
         catalog: c.0,
     };
-    metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("SWAPSTREAM_GIT_COMMIT")]).set(1);
+    metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("BUILD_INFO_COMMIT")]).set(1);
     // Label values known in advance start at 0, so that a scrape shows the
     // series before their first event and `rate()` sees that first event.
     for (vec, values) in [

@@ -13,12 +13,26 @@ use crate::actors::aggregator::Aggregators;
 use crate::actors::kafka_reader::poll::{self, PollSettings, ReaderContext};
 use crate::actors::kafka_reader::{Control, CoreParts, Dlq, KafkaReader};
 use crate::actors::ws::registry::{SessionRegistry, Shutdown};
-use crate::config::Settings;
+use crate::config::{ConfigError, Settings};
 use crate::http::{HttpParts, Probe, Readiness, Servers};
 use crate::kafka::{client_config, set_default, LoggingContext};
 use crate::read::Live;
 use crate::storage::postgres::PgStore;
 use crate::storage::redis::RedisStore;
+use crate::telemetry::LogSettings;
+
+/// Reads what `config` keeps as text (the log filter and format, the
+/// producer's tokens and encoding) as the types that use it, so that a bad
+/// value stops every role before it starts; returns the log settings.
+pub fn check(settings: &Settings) -> Result<LogSettings, ConfigError> {
+    let log = LogSettings::from_config(&settings.log);
+    let stream = crate::producer::Stream::from_settings(&settings.producer);
+    let problems: Vec<String> = [log.as_ref().err(), stream.as_ref().err()].into_iter().flatten().cloned().collect();
+    match log {
+        Ok(log) if problems.is_empty() => Ok(log),
+        _ => Err(ConfigError(problems)),
+    }
+}
 
 /// The `producer` role: until stopped or its count is reached. It serves
 /// `/healthz`, `/readyz` (the broker answers) and `/metrics` on
@@ -139,7 +153,8 @@ pub async fn run_all(settings: &Settings, log: &slog::Logger) -> anyhow::Result<
         Some(brokers) => brokers,
         None => {
             let cluster = rdkafka::mocking::MockCluster::new(1)?;
-            for token in &settings.producer.tokens {
+            let stream = crate::producer::Stream::from_settings(&settings.producer).map_err(anyhow::Error::msg)?;
+            for token in &stream.tokens {
                 cluster.create_topic(&settings.kafka.topics.topic_for(token), settings.kafka.partitions, 1)?;
             }
             let brokers = cluster.bootstrap_servers();

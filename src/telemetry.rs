@@ -11,11 +11,29 @@ use std::io::IsTerminal;
 
 use slog::{o, BorrowedKV, Drain, Level, Logger, OwnedKVList, Record, RecordStatic, SingleKV};
 
+use crate::config::Logging;
+
 /// Where and how the process logs (`SWAPSTREAM_LOG_LEVEL`, `SWAPSTREAM_LOG_FORMAT`).
 #[derive(Debug, Clone)]
 pub struct LogSettings {
     pub filter: LogFilter,
     pub format: LogFormat,
+}
+
+impl LogSettings {
+    /// From the configuration's text; a problem is named by its variable.
+    pub fn from_config(config: &Logging) -> Result<LogSettings, String> {
+        let filter = LogFilter::parse(&config.level).map_err(|why| {
+            format!("SWAPSTREAM_LOG_LEVEL: expected LEVEL[,MODULE=LEVEL...]: {why}, got {:?}", config.level)
+        })?;
+        let format = match config.format.as_str() {
+            "auto" => LogFormat::Auto,
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => return Err(format!("SWAPSTREAM_LOG_FORMAT: expected one of auto, json, text, got {other:?}")),
+        };
+        Ok(LogSettings { filter, format })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +226,19 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+
+    #[test]
+    fn log_settings_are_read_from_the_configuration_text() {
+        let config = |level: &str, format: &str| Logging { level: level.into(), format: format.into() };
+        let settings = LogSettings::from_config(&config("warn,swapstream::http=debug", "json")).unwrap();
+        assert_eq!(settings.format, LogFormat::Json);
+        assert_eq!(settings.filter, LogFilter::parse("warn,swapstream::http=debug").unwrap());
+        let problem = LogSettings::from_config(&config("loud", "auto")).unwrap_err();
+        assert_eq!(
+            problem,
+            "SWAPSTREAM_LOG_LEVEL: expected LEVEL[,MODULE=LEVEL...]: unknown level \"loud\" (trace, debug, info, warning, error, critical, off), got \"loud\""
+        );
+    }
 
     #[test]
     fn a_bare_level_applies_everywhere() {

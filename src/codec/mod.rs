@@ -29,6 +29,19 @@ impl Encoding {
     }
 }
 
+impl std::str::FromStr for Encoding {
+    type Err = String;
+
+    /// `protobuf` or `json`.
+    fn from_str(text: &str) -> Result<Encoding, String> {
+        match text {
+            "protobuf" => Ok(Encoding::Protobuf),
+            "json" => Ok(Encoding::Json),
+            _ => Err(format!("expected one of protobuf, json, got {text:?}")),
+        }
+    }
+}
+
 /// Why a message is not a valid swap event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {

@@ -28,9 +28,10 @@ use tokio::time::Instant;
 pub use generator::{Generator, SwapPlan};
 use ground_truth::{Delivery, GroundTruth, SentEvent};
 
+use crate::codec::Encoding;
 use crate::codec::{self, CONTENT_TYPE_HEADER};
-use crate::config::{Rate, Settings};
-use crate::domain::SwapEvent;
+use crate::config::{ProducerSettings, Rate, Settings};
+use crate::domain::{SwapEvent, TokenSymbol};
 use crate::kafka::{client_config, LoggingContext};
 use crate::retry::Backoff;
 
@@ -154,6 +155,43 @@ impl Pacer {
     }
 }
 
+/// What the producer sends, as the domain's and the codec's types: the
+/// token universe and the encoding that `config` keeps as text.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    pub tokens: Vec<TokenSymbol>,
+    pub encoding: Encoding,
+}
+
+impl Stream {
+    /// Reads `SWAPSTREAM_PRODUCER_TOKENS` (at least two distinct symbols)
+    /// and `SWAPSTREAM_PRODUCER_ENCODING`; a problem is named by its variable.
+    pub fn from_settings(settings: &ProducerSettings) -> Result<Stream, String> {
+        let tokens = {
+            let given = settings.tokens.join(",");
+            let problem = || {
+                format!("SWAPSTREAM_PRODUCER_TOKENS: expected at least two distinct token symbols, comma-separated, got {given:?}")
+            };
+            let tokens: Vec<TokenSymbol> = settings
+                .tokens
+                .iter()
+                .map(|s| TokenSymbol::parse(s))
+                .collect::<Result<_, _>>()
+                .map_err(|_| problem())?;
+            let mut distinct = tokens.clone();
+            distinct.sort();
+            distinct.dedup();
+            if distinct.len() != tokens.len() || tokens.len() < 2 {
+                return Err(problem());
+            }
+            distinct
+        };
+        let encoding =
+            settings.encoding.parse::<Encoding>().map_err(|e| format!("SWAPSTREAM_PRODUCER_ENCODING: {e}"))?;
+        Ok(Stream { tokens, encoding })
+    }
+}
+
 /// Runs the producer until `stop` resolves or the configured count of swaps
 /// is sent; returns what it did. In-flight messages get `flush_within` to
 /// be delivered at the end (a broker that is down cannot hold up a stop);
@@ -166,7 +204,8 @@ pub async fn run(
     flush_within: Duration,
 ) -> anyhow::Result<Summary> {
     let config = &settings.producer;
-    create_topics(settings, brokers, log).await?;
+    let Stream { tokens, encoding } = Stream::from_settings(config).map_err(anyhow::Error::msg)?;
+    create_topics(settings, &tokens, brokers, log).await?;
 
     let deliveries = Arc::new(Deliveries {
         delivered: AtomicU64::new(0),
@@ -177,8 +216,8 @@ pub async fn run(
 
     let seed = config.seed.unwrap_or_else(rand::random);
     info!(log, "producer started"; "brokers" => brokers, "seed" => seed, "rate" => ?config.rate,
-        "encoding" => ?config.encoding, "count" => config.count);
-    let mut generator = Generator::new(&config.tokens, config.failed_share, seed);
+        "encoding" => ?encoding, "count" => config.count);
+    let mut generator = Generator::new(&tokens, config.failed_share, seed);
     let mut queue: BinaryHeap<Reverse<Scheduled>> = BinaryHeap::new();
     let mut sent: Vec<SentEvent> = Vec::new();
     let mut summary = Summary::default();
@@ -194,8 +233,8 @@ pub async fn run(
         let now = Instant::now();
         while let Some(Reverse(next)) = queue.peek_mut().filter(|n| stopping || n.0.due <= now).map(PeekMut::pop) {
             let topic = settings.kafka.topics.topic_for(&next.event.token_from);
-            let payload = codec::encode(&next.event, config.encoding);
-            client.send(&topic, &next, &payload, config.encoding).await?;
+            let payload = codec::encode(&next.event, encoding);
+            client.send(&topic, &next, &payload, encoding).await?;
             summary.events_sent += 1;
             summary.duplicates += u64::from(next.duplicate);
             if !next.duplicate && generator.chance(config.duplicate_share) {
@@ -266,7 +305,7 @@ pub async fn run(
 
     if let (Some(path), Some(record)) = (&config.ground_truth, &deliveries.record) {
         let deliveries = std::mem::take(&mut *record.lock().expect("delivery record lock"));
-        let truth = GroundTruth::build(seed, config.encoding, &summary, sent, deliveries);
+        let truth = GroundTruth::build(seed, encoding, &summary, sent, deliveries);
         truth.write(path).with_context(|| format!("writing the ground truth to {}", path.display()))?;
         info!(log, "ground truth written"; "path" => %path.display());
     }
@@ -383,8 +422,8 @@ impl Client {
 }
 
 /// Creates the topics the producer writes to; existing ones stay as they are.
-async fn create_topics(settings: &Settings, brokers: &str, log: &Logger) -> anyhow::Result<()> {
-    let mut names: Vec<String> = settings.producer.tokens.iter().map(|t| settings.kafka.topics.topic_for(t)).collect();
+async fn create_topics(settings: &Settings, tokens: &[TokenSymbol], brokers: &str, log: &Logger) -> anyhow::Result<()> {
+    let mut names: Vec<String> = tokens.iter().map(|t| settings.kafka.topics.topic_for(t)).collect();
     names.dedup();
     crate::kafka::create_topics(&settings.kafka, brokers, &names, log).await
 }
@@ -416,5 +455,30 @@ impl Progress {
             "delivered" => deliveries.delivered.load(Ordering::Relaxed),
             "errors" => deliveries.errors.load(Ordering::Relaxed),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stream_reads_the_token_universe_and_the_encoding() {
+        let mut settings = Settings::from_vars([]).unwrap().producer;
+        let stream = Stream::from_settings(&settings).unwrap();
+        assert_eq!(stream.tokens.len(), 6);
+        assert_eq!(stream.encoding, Encoding::Protobuf);
+
+        settings.tokens = vec!["eth".into(), "btc".into()];
+        settings.encoding = "json".into();
+        let stream = Stream::from_settings(&settings).unwrap();
+        assert_eq!(stream.tokens.iter().map(TokenSymbol::as_str).collect::<Vec<_>>(), ["BTC", "ETH"]);
+        assert_eq!(stream.encoding, Encoding::Json);
+
+        for tokens in [vec!["ETH"], vec!["ETH", "eth"], vec!["ETH", ""], vec!["ETH", "B C"]] {
+            settings.tokens = tokens.iter().map(|t| t.to_string()).collect();
+            let problem = Stream::from_settings(&settings).expect_err("refused");
+            assert!(problem.starts_with("SWAPSTREAM_PRODUCER_TOKENS: expected at least two distinct"), "{problem}");
+        }
     }
 }

@@ -192,6 +192,7 @@ fn the_top_level_parts_depend_on_each_other_one_way() {
     };
     assert_eq!(imports("domain"), BTreeSet::new(), "the domain imports nothing of ours");
     assert_eq!(imports("codec"), BTreeSet::from(["domain".to_owned()]), "the codec knows only the domain");
+    assert_eq!(imports("config"), BTreeSet::new(), "config imports nothing of ours");
     for part in ["domain", "codec", "storage", "stream", "read", "config", "telemetry", "metrics"] {
         let above: Vec<String> = imports(part)
             .into_iter()
