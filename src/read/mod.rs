@@ -1,6 +1,6 @@
 //! The read model: where REST answers and WebSocket snapshots come from.
 //! Live values: from this process' own live state (its aggregator actors,
-//! through [`LocalState`]) while they they hold every partition (one instance, or role `all`),
+//! through [`LocalState`]) while they hold every partition (one instance, or role `all`),
 //! otherwise from Redis, merged over all partitions; PostgreSQL for what
 //! Redis lacks (a key not yet rebuilt after a flush) and for candles older
 //! than the live retention. Both live sources go through the same merge and
