@@ -30,10 +30,7 @@
 //! left to the session). The same sweep drops peers silent for longer than
 //! the ping timeout.
 
-use std::borrow::Cow;
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,16 +39,15 @@ use actix::prelude::*;
 // Looked up for every frame and handoff, by our own ids and validated channel
 // names: foldhash (seeded per process) rather than SipHash.
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use futures::StreamExt;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use slog::{info, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
 
 use super::connection::{now_ms, ConnShared};
+use super::fanout::{most_waiting_over, DedupWindow, HandoffBudget, Update};
 use super::protocol::{
     queued_frame_bytes, FrameBody, FrameKind, Handoff, Outbound, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER,
 };
+use super::pubsub::{pubsub_loop, Inbox, Incoming, PubSubCommand, Published};
 use crate::config::WsSettings;
 use crate::domain::partial::AggKey;
 use crate::metrics::METRICS;
@@ -92,32 +88,6 @@ pub struct Unsubscribe {
     pub channels: Vec<AggKey>,
 }
 
-/// Messages from Redis pub/sub (`{"key": "token:ETH", "swaps": [...]}`)
-/// wait here, in the order they came, until the registry takes them all at
-/// once: under load each session then gets one handoff per channel for many
-/// updates instead of one per update, and at low load nothing waits.
-type Inbox = Arc<std::sync::Mutex<Vec<Incoming>>>;
-
-enum Incoming {
-    Update(Vec<u8>),
-    /// The pub/sub connection is back after a loss.
-    Resumed,
-}
-
-/// Queues `incoming` and wakes the registry if the inbox was empty.
-fn deliver_to(inbox: &Inbox, registry: &Addr<SessionRegistry>, incoming: Incoming) {
-    let mut waiting = inbox.lock().unwrap_or_else(|e| e.into_inner());
-    waiting.push(incoming);
-    if waiting.len() == 1 {
-        registry.do_send(Published);
-    }
-}
-
-/// Something arrived in the inbox (sent when it was empty).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Published;
-
 /// Graceful stop: every client gets close 1001 "going away"; resolves when
 /// all sessions ended or `timeout` passed (the rest are reset).
 #[derive(Message)]
@@ -143,59 +113,6 @@ struct Channel {
     dirty: bool,
     /// New swap frames waiting for the next handoff, in order.
     buffered: Vec<FrameBody>,
-}
-
-/// The last `cap` swap states (hashes of id and status) of a channel.
-struct DedupWindow {
-    seen: HashSet<u64>,
-    order: VecDeque<u64>,
-    cap: usize,
-}
-
-impl DedupWindow {
-    fn new(cap: usize) -> DedupWindow {
-        DedupWindow { seen: HashSet::new(), order: VecDeque::new(), cap }
-    }
-
-    /// True when the state is new (and now remembered).
-    fn insert(&mut self, state: u64) -> bool {
-        if !self.seen.insert(state) {
-            return false;
-        }
-        self.order.push_back(state);
-        if self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
-            }
-        }
-        true
-    }
-}
-
-#[derive(Deserialize)]
-struct Update<'a> {
-    #[serde(borrow)]
-    key: Cow<'a, str>,
-    #[serde(borrow)]
-    swaps: Vec<&'a RawValue>,
-    /// States of this key were lost before this update.
-    #[serde(default)]
-    gap: bool,
-}
-
-#[derive(Deserialize)]
-struct SwapState<'a> {
-    #[serde(borrow)]
-    tx_hash: Cow<'a, str>,
-    #[serde(default)]
-    log_index: u32,
-    #[serde(borrow)]
-    status: Cow<'a, str>,
-}
-
-enum PubSubCommand {
-    Subscribe(String),
-    Unsubscribe(String),
 }
 
 pub struct SessionRegistry {
@@ -322,17 +239,7 @@ impl SessionRegistry {
             let Some(channel) = self.channels.get_mut(&key) else { continue };
             channel.dirty = true;
             let was_empty = channel.buffered.is_empty();
-            for raw in update.swaps {
-                let Ok(state) = serde_json::from_str::<SwapState>(raw.get()) else { continue };
-                if state.status != "pending" && state.status != "confirmed" {
-                    continue;
-                }
-                let mut hasher = DefaultHasher::new();
-                (&*state.tx_hash, state.log_index, &*state.status).hash(&mut hasher);
-                if channel.recent.insert(hasher.finish()) {
-                    channel.buffered.push(FrameBody { kind: FrameKind::Swap, json: raw.get().into() });
-                }
-            }
+            channel.recent.new_frames(&update.swaps, &mut channel.buffered);
             if was_empty && !channel.buffered.is_empty() {
                 self.to_flush.push(key);
             }
@@ -487,66 +394,6 @@ impl SessionRegistry {
     }
 }
 
-/// Holds the pub/sub connection: subscribes to what the registry asks for,
-/// forwards every message, and reconnects (re-subscribing) when it drops.
-async fn pubsub_loop(
-    client: redis::Client,
-    mut commands: mpsc::UnboundedReceiver<PubSubCommand>,
-    registry: Addr<SessionRegistry>,
-    inbox: Inbox,
-    log: Logger,
-) {
-    let mut wanted: HashSet<String> = HashSet::new();
-    let mut reconnecting = false;
-    loop {
-        let connection = match client.get_async_pubsub().await {
-            Ok(connection) => connection,
-            Err(e) => {
-                warn!(log, "cannot open the Redis pub/sub connection; retrying"; "error" => %e);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let (mut sink, mut stream) = connection.split();
-        let all: Vec<&String> = wanted.iter().collect();
-        if !all.is_empty() && sink.subscribe(all).await.is_err() {
-            continue;
-        }
-        if reconnecting {
-            // What was published while disconnected is lost: say so.
-            deliver_to(&inbox, &registry, Incoming::Resumed);
-        }
-        reconnecting = true;
-        loop {
-            tokio::select! {
-                command = commands.recv() => {
-                    let result = match command {
-                        None => return,
-                        Some(PubSubCommand::Subscribe(channel)) => {
-                            if wanted.insert(channel.clone()) { sink.subscribe(channel).await } else { Ok(()) }
-                        }
-                        Some(PubSubCommand::Unsubscribe(channel)) => {
-                            if wanted.remove(&channel) { sink.unsubscribe(channel).await } else { Ok(()) }
-                        }
-                    };
-                    if let Err(e) = result {
-                        warn!(log, "Redis pub/sub command failed; reconnecting"; "error" => %e);
-                        break;
-                    }
-                }
-                message = stream.next() => match message {
-                    Some(message) => deliver_to(&inbox, &registry, Incoming::Update(message.get_payload_bytes().to_vec())),
-                    None => {
-                        warn!(log, "Redis pub/sub connection lost; reconnecting");
-                        break;
-                    }
-                },
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 impl Actor for SessionRegistry {
     type Context = Context<Self>;
 
@@ -554,7 +401,7 @@ impl Actor for SessionRegistry {
         let (tx, rx) = mpsc::unbounded_channel();
         self.pubsub = Some(tx);
         let client = self.redis.pubsub_client().clone();
-        actix::spawn(pubsub_loop(client, rx, ctx.address(), self.inbox.clone(), self.log.clone()));
+        actix::spawn(pubsub_loop(client, rx, ctx.address().recipient(), self.inbox.clone(), self.log.clone()));
         let sweep = (self.settings.write_deadline / 4).min(Duration::from_millis(250));
         ctx.run_interval(sweep, |act, ctx| act.sweep(ctx));
         ctx.run_interval(self.settings.stats_interval, |act, ctx| act.send_stats(ctx));
@@ -631,7 +478,7 @@ impl Handler<Published> for SessionRegistry {
     type Result = ();
 
     fn handle(&mut self, _: Published, ctx: &mut Context<Self>) {
-        let incoming = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+        let incoming = self.inbox.take();
         let mut updates = Vec::new();
         for item in incoming {
             match item {
@@ -680,118 +527,5 @@ impl Handler<Shutdown> for SessionRegistry {
                 }
             }),
         )
-    }
-}
-
-/// What the fan-out may spend on handoffs (each a wake-up of a session and
-/// a socket write): a token bucket refilled at `SWAPSTREAM_WS_HANDOFFS_PER_SEC`
-/// and holding at most `SWAPSTREAM_WS_COALESCE_MAX_MS` worth of it. While a
-/// flush's handoffs are covered, frames go out at once; past the budget they
-/// gather until it covers them (at most `coalesce_max`), so that under load
-/// each handoff carries more frames instead of the wake-ups multiplying.
-struct HandoffBudget {
-    per_sec: f64,
-    /// Most tokens held, and the deepest debt.
-    burst: f64,
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl HandoffBudget {
-    fn new(per_sec: u64, coalesce_max: Duration, now: Instant) -> HandoffBudget {
-        let per_sec = per_sec.max(1) as f64;
-        let burst = per_sec * coalesce_max.as_secs_f64();
-        HandoffBudget { per_sec, burst, tokens: burst, refilled: now }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let earned = now.saturating_duration_since(self.refilled).as_secs_f64() * self.per_sec;
-        self.tokens = (self.tokens + earned).min(self.burst);
-        self.refilled = now;
-    }
-
-    /// How long a flush of `handoffs` must wait for the budget to cover it
-    /// (a flush larger than the bucket waits for a full one).
-    fn wait(&mut self, handoffs: usize, now: Instant) -> Duration {
-        self.refill(now);
-        let needed = (handoffs as f64).min(self.burst);
-        Duration::from_secs_f64(((needed - self.tokens) / self.per_sec).max(0.0))
-    }
-
-    fn spend(&mut self, handoffs: u64, now: Instant) {
-        self.refill(now);
-        self.tokens = (self.tokens - handoffs as f64).max(-self.burst);
-    }
-}
-
-/// The sessions to drop so that `total` fits in `budget`: the ones with the
-/// most waiting first, each taken to free at most what waits for it (less,
-/// when others wait for the same frames; the next sweep then goes on).
-fn most_waiting_over(waiting: impl Iterator<Item = (u64, i64)>, mut total: i64, budget: i64) -> Vec<u64> {
-    let mut waiting: Vec<(u64, i64)> = waiting.filter(|(_, bytes)| *bytes > 0).collect();
-    if total <= budget {
-        return Vec::new();
-    }
-    waiting.sort_unstable_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
-    let mut dropped = Vec::new();
-    for (id, bytes) in waiting {
-        if total <= budget {
-            break;
-        }
-        total -= bytes;
-        dropped.push(id);
-    }
-    dropped
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_handoff_budget_delays_only_what_it_cannot_cover() {
-        let start = Instant::now();
-        let at = |ms: u64| start + Duration::from_millis(ms);
-        // To the microsecond: the bucket counts in floating point.
-        let micros = |wait: Duration| wait.as_micros();
-        // 1000 handoffs a second, 100 ms of it in the bucket.
-        let mut budget = HandoffBudget::new(1000, Duration::from_millis(100), start);
-        assert_eq!(micros(budget.wait(100, at(0))), 0, "a full bucket covers a flush of its size");
-        budget.spend(100, at(0));
-        assert_eq!(micros(budget.wait(1, at(0))), 1000, "empty, one handoff takes a millisecond to earn");
-        assert_eq!(micros(budget.wait(50, at(20))), 30_000);
-        assert_eq!(micros(budget.wait(500, at(20))), 80_000, "a flush larger than the bucket waits for a full one");
-        // Spending past the bucket leaves a debt of at most one bucket.
-        budget.spend(1000, at(20));
-        assert_eq!(micros(budget.wait(10, at(20))), 110_000);
-        // Refilled after a quiet second, but never past the bucket.
-        assert_eq!(micros(budget.wait(101, at(2000))), 0);
-        budget.spend(100, at(2000));
-        assert_eq!(micros(budget.wait(1, at(2000))), 1000);
-    }
-
-    #[test]
-    fn without_a_coalescing_time_every_flush_goes_at_once() {
-        let start = Instant::now();
-        let mut budget = HandoffBudget::new(10, Duration::ZERO, start);
-        budget.spend(1_000_000, start);
-        assert_eq!(budget.wait(1_000_000, start), Duration::ZERO);
-    }
-
-    #[test]
-    fn over_the_total_budget_the_sessions_with_most_waiting_go_first() {
-        let waiting = || [(1, 100), (2, 5000), (3, 0), (4, 3000), (5, -20)].into_iter();
-        // Each waits for frames of its own: the total is their sum.
-        let sum = 8100;
-        assert_eq!(most_waiting_over(waiting(), sum, 10_000), Vec::<u64>::new());
-        assert_eq!(most_waiting_over(waiting(), sum, 8100), Vec::<u64>::new());
-        assert_eq!(most_waiting_over(waiting(), sum, 8099), vec![2]);
-        assert_eq!(most_waiting_over(waiting(), sum, 3100), vec![2]);
-        assert_eq!(most_waiting_over(waiting(), sum, 2999), vec![2, 4]);
-        assert_eq!(most_waiting_over(waiting(), sum, 0), vec![2, 4, 1]);
-        // They share frames: 5000 bytes in all, under a budget that their
-        // sum (8100) would pass.
-        assert_eq!(most_waiting_over(waiting(), 5000, 6000), Vec::<u64>::new());
-        assert_eq!(most_waiting_over(waiting(), 5000, 4000), vec![2]);
     }
 }
