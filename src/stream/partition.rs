@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use crate::domain::{Status, SwapEvent, SwapId, TokenSymbol, TxHash};
 
 /// What to do with one event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// A new pending swap: show it, count it in the pending gauge.
     Pending,

@@ -16,11 +16,12 @@ mod committer;
 mod dlq;
 mod feed;
 mod live;
+mod plan;
 
 use live::LivePartial;
 pub mod poll;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -34,21 +35,15 @@ use tokio::sync::oneshot;
 pub use dlq::{DeadLetter, Dlq};
 pub use poll::{Control, Input, ReaderContext};
 
-use crate::actors::aggregator::{Aggregators, ApplyBatch, BatchItem, Forget, Prune, Restore, Snapshot};
-use crate::codec;
+use plan::{Plan, Skipped, Slot};
+
+use crate::actors::aggregator::{Aggregators, ApplyBatch, Forget, Prune, Restore, Snapshot};
 use crate::config::ConsumerSettings;
 use crate::domain::partial::{AggKey, Partial, PartialDelta};
-use crate::domain::SwapEvent;
 use crate::metrics::METRICS;
 use crate::storage::postgres::{Checkpoint, PgStore, Progress};
 use crate::storage::redis::{Position, RedisStore};
-use crate::stream::{Outcome, PartitionState, Tp};
-
-struct Slot {
-    state: PartitionState,
-    epoch: i64,
-    next_offset: Option<i64>,
-}
+use crate::stream::{PartitionState, Tp};
 
 /// Everything the reader needs while a batch is in flight (moved into the
 /// batch's future and back).
@@ -194,15 +189,6 @@ impl Handler<Tick> for KafkaReader {
     }
 }
 
-/// The batch item of `key` in partition `tp`, created empty if new.
-fn batch_item<'a>(items: &'a mut HashMap<AggKey, BTreeMap<Tp, BatchItem>>, key: AggKey, tp: &Tp) -> &'a mut BatchItem {
-    items.entry(key).or_default().entry(tp.clone()).or_insert_with(|| BatchItem {
-        tp: tp.clone(),
-        swaps: Vec::new(),
-        pending_delta: 0,
-    })
-}
-
 impl Core {
     async fn handle(&mut self, input: Input) {
         match input {
@@ -276,112 +262,26 @@ impl Core {
     }
 
     async fn process(&mut self, records: Vec<poll::Record>, ticket: poll::BatchTicket) {
-        let now = Utc::now();
         let started = Instant::now();
-        let mut items: HashMap<AggKey, BTreeMap<Tp, BatchItem>> = HashMap::new();
-        let mut changes: HashMap<AggKey, Vec<Arc<SwapEvent>>> = HashMap::new();
-        let mut deliveries = Vec::new();
-        let mut touched: BTreeSet<Tp> = BTreeSet::new();
         let count = records.len();
-
-        for record in records {
-            let Some(slot) = self.slots.get_mut(&record.tp) else { continue };
-            if slot.next_offset.is_some_and(|next| record.offset < next) {
-                // Already counted before the checkpoint, or the topic was
-                // recreated below it: never count twice, but say so.
-                METRICS.offset_regressions.inc();
-                warn!(self.log, "message below the checkpointed offset skipped"; "topic" => &*record.tp.topic,
-                    "partition" => record.tp.partition, "offset" => record.offset, "checkpoint" => slot.next_offset);
-                continue;
-            }
-            slot.next_offset = Some(record.offset + 1);
-            touched.insert(record.tp.clone());
-            let event = match record.body {
-                Ok(event) => event,
-                Err(rejected) => {
-                    let letter = DeadLetter {
-                        source: &record.tp,
-                        offset: record.offset,
-                        reason: rejected.error.reason(),
-                        error: rejected.error.to_string(),
-                        key: rejected.key.as_deref(),
-                        payload: &rejected.payload,
-                        content_type: rejected.content_type.as_deref(),
-                    };
-                    deliveries.push((record.tp.clone(), record.offset, self.dlq.send(letter, &self.log)));
-                    continue;
-                }
-            };
-            let outcome = slot.state.observe(&event, now);
-            let label = match outcome {
-                Outcome::Pending => "pending",
-                Outcome::Confirmed { .. } => "confirmed",
-                Outcome::Failed { .. } => "failed",
-                Outcome::Duplicate => "duplicate",
-                Outcome::StalePending => "stale_pending",
-                Outcome::Conflict => "conflict",
-                Outcome::TooLate | Outcome::FromFuture => "dead_lettered",
-            };
-            METRICS.outcomes.with_label_values(&[label]).inc();
-            let event = Arc::new(event);
-            let tp = &record.tp;
-            match outcome {
-                Outcome::Pending => {
-                    for key in AggKey::of_swap(&event) {
-                        batch_item(&mut items, key.clone(), tp).pending_delta += 1;
-                        changes.entry(key).or_default().push(event.clone());
-                    }
-                }
-                Outcome::Confirmed { was_pending } => {
-                    for key in AggKey::of_swap(&event) {
-                        let item = batch_item(&mut items, key.clone(), tp);
-                        item.swaps.push(event.clone());
-                        item.pending_delta -= i64::from(was_pending);
-                        changes.entry(key).or_default().push(event.clone());
-                    }
-                }
-                Outcome::Failed { was_pending: true } => {
-                    for key in AggKey::of_swap(&event) {
-                        batch_item(&mut items, key, tp).pending_delta -= 1;
-                    }
-                }
-                Outcome::TooLate | Outcome::FromFuture => {
-                    let (reason, error) = if outcome == Outcome::TooLate {
-                        ("too_late", format!("event time {} is behind the lateness bound", event.timestamp))
-                    } else {
-                        ("future_timestamp", format!("event time {} is ahead of the clock", event.timestamp))
-                    };
-                    let payload = codec::encode(&event, codec::Encoding::Json);
-                    let key = event.id.tx_hash.to_string();
-                    let letter = DeadLetter {
-                        source: &record.tp,
-                        offset: record.offset,
-                        reason,
-                        error,
-                        key: Some(key.as_bytes()),
-                        payload: &payload,
-                        content_type: Some(codec::CONTENT_TYPE_JSON),
-                    };
-                    deliveries.push((record.tp.clone(), record.offset, self.dlq.send(letter, &self.log)));
-                }
-                Outcome::Failed { was_pending: false }
-                | Outcome::Duplicate
-                | Outcome::StalePending
-                | Outcome::Conflict => {}
-            }
+        let Plan { items, changes, letters, touched, skipped, outcomes } =
+            plan::plan(records, &mut self.slots, Utc::now());
+        for Skipped { tp, offset, checkpoint } in skipped {
+            // Already counted before the checkpoint, or the topic was
+            // recreated below it: never count twice, but say so.
+            METRICS.offset_regressions.inc();
+            warn!(self.log, "message below the checkpointed offset skipped"; "topic" => &*tp.topic,
+                "partition" => tp.partition, "offset" => offset, "checkpoint" => checkpoint);
         }
+        for (label, n) in outcomes {
+            METRICS.outcomes.with_label_values(&[label]).inc_by(n);
+        }
+        let deliveries: Vec<_> = letters
+            .iter()
+            .map(|letter| (letter.tp.clone(), letter.offset, self.dlq.send(letter.as_dead_letter(), &self.log)))
+            .collect();
         if touched.is_empty() {
             return;
-        }
-        for tp in &touched {
-            let slot = self.slots.get_mut(tp).expect("touched partitions are owned");
-            for (from, to) in slot.state.expire() {
-                let pair = crate::domain::PairKey::new(from.clone(), to.clone()).ok();
-                let keys = [Some(AggKey::Token(from)), Some(AggKey::Token(to)), pair.map(AggKey::Pair)];
-                for key in keys.into_iter().flatten() {
-                    batch_item(&mut items, key, tp).pending_delta -= 1;
-                }
-            }
         }
 
         // The swap states go out now, ahead of their checkpoint.
