@@ -15,11 +15,11 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 
 use crate::domain::aggregate::Interval;
-use crate::domain::partial::{AggKey, Merged, Partial, PartialDelta};
+use crate::domain::partial::{AggKey, Merged, Partial};
 use crate::domain::SwapEvent;
 use crate::metrics::METRICS;
 use crate::read::{LocalAnswer, LocalState};
-use crate::stream::Tp;
+use crate::stream::{PartialChange, Tp};
 
 pub struct Aggregator {
     key: AggKey,
@@ -75,16 +75,16 @@ pub struct AggregatorFailed(pub String);
 
 /// Applies a batch; answers with the changed partials as absolute values.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<(Tp, PartialDelta)>, AggregatorFailed>")]
+#[rtype(result = "Result<Vec<PartialChange>, AggregatorFailed>")]
 pub struct ApplyBatch(pub Vec<BatchItem>);
 
 impl Handler<ApplyBatch> for Aggregator {
-    type Result = Result<Vec<(Tp, PartialDelta)>, AggregatorFailed>;
+    type Result = Result<Vec<PartialChange>, AggregatorFailed>;
 
     fn handle(&mut self, batch: ApplyBatch, ctx: &mut Self::Context) -> Self::Result {
         let applied = std::panic::catch_unwind(AssertUnwindSafe(|| {
             assert!(!self.poisoned, "fault injected into aggregator {}", self.key);
-            let mut deltas = Vec::new();
+            let mut changes = Vec::new();
             for item in batch.0 {
                 let partial = self.partials.entry(item.tp.clone()).or_default();
                 for swap in &item.swaps {
@@ -92,15 +92,15 @@ impl Handler<ApplyBatch> for Aggregator {
                 }
                 partial.add_pending(item.pending_delta);
                 if let Some(delta) = partial.take_delta() {
-                    deltas.push((item.tp, delta));
+                    changes.push(PartialChange { key: self.key.clone(), tp: item.tp, delta });
                 }
             }
             // Only swaps among the newest `recent_cap` of all this key's
             // partials need storing: newer swaps only ever push others out.
-            for (_, delta) in &mut deltas {
-                delta.new_recent.retain(|s| self.among_newest(s));
+            for change in &mut changes {
+                change.delta.new_recent.retain(|s| self.among_newest(s));
             }
-            deltas
+            changes
         }));
         applied.map_err(|_| {
             ctx.stop();

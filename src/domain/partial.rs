@@ -296,6 +296,17 @@ impl Partial {
         Some(PartialDelta { totals: self.totals.clone(), pending: self.pending, candles, new_recent })
     }
 
+    /// The whole partial as a change (for a full write after an assign or a
+    /// rebuild); what is dirty stays so.
+    pub fn full_delta(&self) -> PartialDelta {
+        PartialDelta {
+            totals: self.totals.clone(),
+            pending: self.pending,
+            candles: self.candles.iter().flat_map(|(i, c)| c.values().map(move |c| (*i, *c))).collect(),
+            new_recent: self.recent.clone(),
+        }
+    }
+
     /// Drops candles older than their memory retention, relative to `now`.
     pub fn prune(&mut self, now: DateTime<Utc>) {
         for (interval, candles) in self.candles.iter_mut() {

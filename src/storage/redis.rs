@@ -21,7 +21,7 @@
 //!   swaps for every changed key; `"gap": true` when states of the key were
 //!   lost before it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ use crate::domain::partial::{
 };
 use crate::domain::{Amount, Price, SwapEvent};
 use crate::storage::encoding::{decode_order, encode_order};
-use crate::stream::Tp;
+use crate::stream::{PartialChange, Tp};
 
 /// A single node or a cluster, behind one connection type.
 #[derive(Clone)]
@@ -109,18 +109,6 @@ pub struct RedisStore {
     recent_cap: usize,
     /// For pub/sub subscriptions (single mode: this client; cluster: the first node).
     pubsub_client: redis::Client,
-}
-
-/// A partial's full or changed content, to write.
-pub struct PartialWrite {
-    pub key: AggKey,
-    pub tp: Tp,
-    pub totals: TotalsPartial,
-    pub pending: i64,
-    pub candles: Vec<(Interval, CandlePartial)>,
-    /// Recent confirmed swaps to add: (event time in ms, wire JSON).
-    pub new_recent: Vec<(i64, Arc<str>)>,
-    pub position: Position,
 }
 
 /// Where in its partition a partial's values are: the ownership epoch of
@@ -268,19 +256,27 @@ impl RedisStore {
     /// pair (one slot each), its `PUBLISH` after its writes, so a subscriber
     /// that reads on an update sees the written state. The pipelines go out
     /// together on the multiplexed connection: one round trip, not one per
-    /// key. `updates` holds each key's swaps, already serialized.
-    pub async fn write(&self, writes: &[PartialWrite], updates: &[Update]) -> anyhow::Result<()> {
+    /// key. Each change is fenced at its partition's position in
+    /// `positions` (unfenced when absent); `updates` holds each key's swaps,
+    /// already serialized.
+    pub async fn write(
+        &self,
+        changes: &[PartialChange],
+        positions: &HashMap<Tp, Position>,
+        updates: &[Update],
+    ) -> anyhow::Result<()> {
         let mut pipes: BTreeMap<&AggKey, Pipeline> = BTreeMap::new();
-        let mut by_key: BTreeMap<&AggKey, Vec<&PartialWrite>> = BTreeMap::new();
-        for w in writes {
-            by_key.entry(&w.key).or_default().push(w);
+        let mut by_key: BTreeMap<&AggKey, Vec<&PartialChange>> = BTreeMap::new();
+        for change in changes {
+            by_key.entry(&change.key).or_default().push(change);
         }
+        let mut json = WireJson::default();
         let mut key_set = redis::cmd("SADD");
         key_set.arg(format!("{}:keys", self.prefix));
         for (key, writes) in &by_key {
             key_set.arg(key.to_string());
             let pipe = pipes.entry(key).or_insert_with(redis::pipe);
-            self.add_writes(pipe, key, writes)?;
+            self.add_writes(pipe, key, writes, positions, &mut json)?;
         }
         for update in updates {
             let pipe = pipes.entry(&update.key).or_insert_with(redis::pipe);
@@ -310,15 +306,24 @@ impl RedisStore {
 
     /// Publishes update messages only (the swap feed).
     pub async fn publish(&self, updates: &[Update]) -> anyhow::Result<()> {
-        self.write(&[], updates).await
+        self.write(&[], &HashMap::new(), updates).await
     }
 
-    fn add_writes(&self, pipe: &mut Pipeline, key: &AggKey, writes: &[&PartialWrite]) -> anyhow::Result<()> {
+    fn add_writes(
+        &self,
+        pipe: &mut Pipeline,
+        key: &AggKey,
+        changes: &[&PartialChange],
+        positions: &HashMap<Tp, Position>,
+        json: &mut WireJson,
+    ) -> anyhow::Result<()> {
         let positions_key = self.key(key, "positions");
         let partials_key = self.key(key, "partials");
         let recent_key = self.key(key, "recent");
         let mut any_recent = false;
-        for w in writes {
+        for change in changes {
+            let (w, tp) = (&change.delta, &change.tp);
+            let position = positions.get(tp).copied().unwrap_or(Position::UNFENCED);
             let mut fenced = redis::cmd("EVAL");
             let mut candles: Vec<(String, String, String, i64)> = Vec::with_capacity(w.candles.len());
             let record = PartialRecord {
@@ -347,20 +352,20 @@ impl RedisStore {
                     buys: c.buys,
                 };
                 let expire_at = period_start + period + memory_retention_secs(*interval);
-                candles.push((hash, format!("{}/{}", c.t, w.tp), serde_json::to_string(&record)?, expire_at));
+                candles.push((hash, format!("{}/{}", c.t, tp), serde_json::to_string(&record)?, expire_at));
             }
-            let tp = w.tp.to_string();
+            let tp = tp.to_string();
             fenced.arg(FENCED_WRITE).arg(2 + candles.len()).arg(&positions_key).arg(&partials_key);
             for (hash, ..) in &candles {
                 fenced.arg(hash);
             }
-            fenced.arg(&tp).arg(w.position.epoch).arg(w.position.offset).arg(totals);
+            fenced.arg(&tp).arg(position.epoch).arg(position.offset).arg(totals);
             for (_, field, json, expire_at) in &candles {
                 fenced.arg(field).arg(json).arg(expire_at);
             }
             pipe.add_command(fenced);
-            for (score, json) in &w.new_recent {
-                pipe.zadd(&recent_key, &**json, *score).ignore();
+            for swap in &w.new_recent {
+                pipe.zadd(&recent_key, &*json.of(swap), swap.timestamp.timestamp_millis()).ignore();
                 any_recent = true;
             }
         }

@@ -3,25 +3,28 @@
 //! after its partitions moved cannot write older values over the new
 //! owner's.
 
+use std::collections::HashMap;
 use swapstream::domain::aggregate::Interval;
-use swapstream::domain::partial::{AggKey, TotalsPartial};
+
+use swapstream::domain::partial::{AggKey, PartialDelta, TotalsPartial};
 use swapstream::domain::TokenSymbol;
 use swapstream::metrics::METRICS;
-use swapstream::storage::redis::{PartialWrite, Position, RedisStore};
-use swapstream::stream::Tp;
+use swapstream::storage::redis::{Position, RedisStore};
+use swapstream::stream::{PartialChange, Tp};
 
 use crate::helpers::Names;
 
-fn write(swaps: u64, epoch: i64, offset: i64) -> PartialWrite {
-    PartialWrite {
-        key: AggKey::Token(TokenSymbol::parse("ETH").unwrap()),
-        tp: Tp::new("swaps.ETH", 0),
+/// A change of the ETH partial of partition 0, and that partition's position.
+fn write(swaps: u64, epoch: i64, offset: i64) -> (PartialChange, HashMap<Tp, Position>) {
+    let tp = Tp::new("swaps.ETH", 0);
+    let delta = PartialDelta {
         totals: TotalsPartial { swaps, ..TotalsPartial::default() },
         pending: 0,
         candles: Vec::new(),
         new_recent: Vec::new(),
-        position: Position { epoch, offset },
-    }
+    };
+    let change = PartialChange { key: AggKey::Token(TokenSymbol::parse("ETH").unwrap()), tp: tp.clone(), delta };
+    (change, HashMap::from([(tp, Position { epoch, offset })]))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -42,7 +45,8 @@ async fn a_partial_is_kept_only_from_the_latest_position_of_its_partition() {
     ];
     let fenced_before = METRICS.live_writes_fenced.get();
     for (swaps, epoch, offset, expected) in steps {
-        store.write(&[write(swaps, epoch, offset)], &[]).await.unwrap();
+        let (change, positions) = write(swaps, epoch, offset);
+        store.write(&[change], &positions, &[]).await.unwrap();
         assert_eq!(stored().await, expected, "after writing {swaps} at epoch {epoch}, offset {offset}");
     }
     assert_eq!(METRICS.live_writes_fenced.get() - fenced_before, 2, "two writes fenced");

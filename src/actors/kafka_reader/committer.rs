@@ -21,14 +21,14 @@ use rdkafka::{Offset, TopicPartitionList};
 use slog::{debug, error, warn, Logger};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use super::live::{LivePartial, LiveWriter};
+use super::live::LiveWriter;
 use super::poll::ReaderContext;
 use crate::domain::partial::AggKey;
 use crate::metrics::METRICS;
 use crate::retry;
 use crate::storage::postgres::{Checkpoint, Fenced, PgStore};
 use crate::storage::redis::Position;
-use crate::stream::Tp;
+use crate::stream::{PartialChange, Tp};
 
 /// One or more batches' checkpoint, merged in order.
 struct Pending {
@@ -50,8 +50,9 @@ impl Pending {
 
 enum Job {
     Checkpoint(Pending),
-    /// Live values to write in full (after an assign or a Redis flush).
-    Live(Vec<LivePartial>),
+    /// Live values to write in full (after an assign or a Redis flush), at
+    /// their partitions' positions.
+    Live(Vec<PartialChange>, HashMap<Tp, Position>),
     /// These partitions left this instance.
     Forget(Vec<Tp>),
     /// Answered once everything queued before it is done.
@@ -125,11 +126,11 @@ impl Committer {
                         last_store = Instant::now();
                         checkpoint(&parts, pending, &mut pending_gauge).await;
                     }
-                    Job::Live(partials) => {
-                        for p in &partials {
-                            pending_gauge.record(&p.key, &p.tp, p.pending);
+                    Job::Live(changes, positions) => {
+                        for c in &changes {
+                            pending_gauge.record(&c.key, &c.tp, c.delta.pending);
                         }
-                        parts.live.send(partials, Vec::new()).await
+                        parts.live.send(changes, positions, Vec::new()).await
                     }
                     Job::Forget(tps) => pending_gauge.forget(&tps),
                     Job::Barrier(done) => {
@@ -150,8 +151,8 @@ impl Committer {
         let _ = self.tx.send(Job::Checkpoint(pending));
     }
 
-    pub fn write_live(&self, partials: Vec<LivePartial>) {
-        let _ = self.tx.send(Job::Live(partials));
+    pub fn write_live(&self, changes: Vec<PartialChange>, positions: HashMap<Tp, Position>) {
+        let _ = self.tx.send(Job::Live(changes, positions));
     }
 
     /// After the checkpoints queued so far: `tps` are no longer this
@@ -234,26 +235,12 @@ async fn publish(live: &LiveWriter, checkpoint: Checkpoint, gauge: &mut PendingG
         .iter()
         .map(|p| (p.tp.clone(), Position { epoch: p.epoch, offset: p.next_offset }))
         .collect();
-    let partials: Vec<LivePartial> = checkpoint
-        .partials
-        .into_iter()
-        .map(|(key, tp, delta)| {
-            gauge.record(&key, &tp, delta.pending);
-            changed.insert(key.clone());
-            // Every partial of a checkpoint comes from one of its partitions.
-            let position = positions.get(&tp).copied().unwrap_or(Position::UNFENCED);
-            LivePartial {
-                key,
-                tp,
-                totals: delta.totals,
-                pending: delta.pending,
-                candles: delta.candles,
-                new_recent: delta.new_recent,
-                position,
-            }
-        })
-        .collect();
-    live.send(partials, changed.into_iter().collect()).await;
+    for change in &checkpoint.partials {
+        gauge.record(&change.key, &change.tp, change.delta.pending);
+        changed.insert(change.key.clone());
+    }
+    // Every partial of a checkpoint comes from one of its partitions.
+    live.send(checkpoint.partials, positions, changed.into_iter().collect()).await;
 }
 
 /// `swapstream_pending_swaps` per key: the sum over this instance's

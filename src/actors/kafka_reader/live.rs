@@ -3,6 +3,7 @@
 //! shares a core with JSON serialization. Bounded: when Redis is slower
 //! than the stream, the reader waits here rather than queueing without end.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -10,31 +11,19 @@ use actix::Arbiter;
 use slog::{warn, Logger};
 use tokio::sync::mpsc;
 
-use crate::domain::aggregate::Interval;
-use crate::domain::partial::{AggKey, CandlePartial, TotalsPartial};
-use crate::domain::SwapEvent;
+use crate::domain::partial::AggKey;
 use crate::metrics::METRICS;
-use crate::storage::redis::{PartialWrite, Position, RedisStore, Update, WireJson};
-use crate::stream::Tp;
+use crate::storage::redis::{Position, RedisStore, Update};
+use crate::stream::{PartialChange, Tp};
 
 /// Checkpoints queued for Redis at most.
 const QUEUE: usize = 4;
 
-/// One partial's live values to write.
-pub struct LivePartial {
-    pub key: AggKey,
-    pub tp: Tp,
-    pub totals: TotalsPartial,
-    pub pending: i64,
-    pub candles: Vec<(Interval, CandlePartial)>,
-    pub new_recent: Vec<Arc<SwapEvent>>,
-    /// The partition's ownership epoch and checkpointed offset these values
-    /// are at: Redis keeps a write only if no later one is there (fencing).
-    pub position: Position,
-}
-
 struct Work {
-    partials: Vec<LivePartial>,
+    changes: Vec<PartialChange>,
+    /// Where each partition of `changes` is: Redis keeps a write only if no
+    /// later one is there (fencing).
+    positions: HashMap<Tp, Position>,
     /// Keys whose stats changed: each gets an update without swaps (those
     /// went out before the checkpoint, see `feed`) after its writes.
     changed: Vec<AggKey>,
@@ -60,9 +49,10 @@ impl LiveWriter {
         LiveWriter { tx, failed, _arbiter: arbiter }
     }
 
-    /// Queues one checkpoint's live values and the keys to announce as changed.
-    pub async fn send(&self, partials: Vec<LivePartial>, changed: Vec<AggKey>) {
-        let _ = self.tx.send(Work { partials, changed }).await;
+    /// Queues one checkpoint's live values, at the partitions' `positions`,
+    /// and the keys to announce as changed.
+    pub async fn send(&self, changes: Vec<PartialChange>, positions: HashMap<Tp, Position>, changed: Vec<AggKey>) {
+        let _ = self.tx.send(Work { changes, positions, changed }).await;
     }
 
     /// Set when a write fails (the state must then be rebuilt).
@@ -72,24 +62,10 @@ impl LiveWriter {
 }
 
 async fn write(redis: &RedisStore, work: Work, failed: &AtomicBool, log: &Logger) {
-    let mut json = WireJson::default();
-    let writes: Vec<PartialWrite> = work
-        .partials
-        .into_iter()
-        .map(|p| PartialWrite {
-            new_recent: p.new_recent.iter().map(|s| (s.timestamp.timestamp_millis(), json.of(s))).collect(),
-            key: p.key,
-            tp: p.tp,
-            totals: p.totals,
-            pending: p.pending,
-            candles: p.candles,
-            position: p.position,
-        })
-        .collect();
     let updates: Vec<Update> =
         work.changed.into_iter().map(|key| Update { key, swaps: Vec::new(), gap: false }).collect();
     let started = std::time::Instant::now();
-    if let Err(e) = redis.write(&writes, &updates).await {
+    if let Err(e) = redis.write(&work.changes, &work.positions, &updates).await {
         METRICS.redis_errors.inc();
         failed.store(true, Ordering::SeqCst);
         warn!(log, "cannot write live state to Redis; it will be rebuilt"; "error" => format!("{e:#}"));

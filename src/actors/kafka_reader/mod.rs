@@ -18,7 +18,6 @@ mod feed;
 mod live;
 mod plan;
 
-use live::LivePartial;
 pub mod poll;
 
 use std::collections::BTreeMap;
@@ -39,11 +38,11 @@ use plan::{Plan, Skipped, Slot};
 
 use crate::actors::aggregator::{Aggregators, ApplyBatch, Forget, Prune, Restore, Snapshot};
 use crate::config::ConsumerSettings;
-use crate::domain::partial::{AggKey, Partial, PartialDelta};
+use crate::domain::partial::{AggKey, Partial};
 use crate::metrics::METRICS;
 use crate::storage::postgres::{Checkpoint, PgStore, Progress};
 use crate::storage::redis::{Position, RedisStore};
-use crate::stream::{PartitionState, Tp};
+use crate::stream::{PartialChange, PartitionState, Tp};
 
 /// Everything the reader needs while a batch is in flight (moved into the
 /// batch's future and back).
@@ -293,10 +292,10 @@ impl Core {
             let addr = self.aggregators.get_or_start(&key);
             addr.send(ApplyBatch(per_tp.into_values().collect()))
         });
-        let mut partials: Vec<(AggKey, Tp, PartialDelta)> = Vec::new();
+        let mut partials: Vec<PartialChange> = Vec::new();
         for (key, result) in keys.into_iter().zip(join_all(sends).await) {
             match result {
-                Ok(Ok(deltas)) => partials.extend(deltas.into_iter().map(|(tp, d)| (key.clone(), tp, d))),
+                Ok(Ok(changes)) => partials.extend(changes),
                 Ok(Err(failed)) => return self.rewind(&failed.to_string()),
                 Err(mailbox) => return self.rewind(&format!("aggregator {key} unreachable: {mailbox}")),
             }
@@ -344,22 +343,16 @@ impl Core {
 
     /// Writes partials in full (after assign or for a rebuild).
     async fn write_full(&mut self, partials: &[(AggKey, Tp, Partial)]) {
-        let partials = partials
+        let changes = partials
             .iter()
-            .map(|(key, tp, partial)| LivePartial {
-                key: key.clone(),
-                tp: tp.clone(),
-                totals: partial.totals.clone(),
-                pending: partial.pending,
-                candles: partial.candles.iter().flat_map(|(i, c)| c.values().map(move |c| (*i, *c))).collect(),
-                new_recent: partial.recent.clone(),
-                position: self.slots.get(tp).map_or(Position::UNFENCED, |slot| Position {
-                    epoch: slot.epoch,
-                    offset: slot.next_offset.unwrap_or(0),
-                }),
-            })
+            .map(|(key, tp, partial)| PartialChange { key: key.clone(), tp: tp.clone(), delta: partial.full_delta() })
             .collect();
-        self.committer.write_live(partials);
+        let positions = self
+            .slots
+            .iter()
+            .map(|(tp, slot)| (tp.clone(), Position { epoch: slot.epoch, offset: slot.next_offset.unwrap_or(0) }))
+            .collect();
+        self.committer.write_live(changes, positions);
     }
 
     async fn housekeeping(&mut self) {

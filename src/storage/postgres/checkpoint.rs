@@ -11,10 +11,10 @@ use tokio_postgres::types::{ToSql, Type};
 use super::{pipelined, Fenced, PgStore};
 use crate::codec::{self, Encoding};
 use crate::domain::aggregate::Interval;
-use crate::domain::partial::{AggKey, CandlePartial, PartialDelta};
+use crate::domain::partial::{AggKey, CandlePartial};
 use crate::storage::encoding::encode_order;
 use crate::stream::partition::encode_changes;
-use crate::stream::{SeenChange, Tp};
+use crate::stream::{PartialChange, SeenChange, Tp};
 
 /// Most dedup rows one checkpoint deletes per partition.
 const EXPIRE_AT_ONCE: usize = 1_000;
@@ -35,7 +35,7 @@ pub struct Progress {
 #[derive(Debug, Default)]
 pub struct Checkpoint {
     pub progress: Vec<Progress>,
-    pub partials: Vec<(AggKey, Tp, PartialDelta)>,
+    pub partials: Vec<PartialChange>,
 }
 
 impl Checkpoint {
@@ -54,13 +54,13 @@ impl Checkpoint {
             }
         }
         let mut index: HashMap<(AggKey, Tp), usize> =
-            self.partials.iter().enumerate().map(|(i, (key, tp, _))| ((key.clone(), tp.clone()), i)).collect();
-        for (key, tp, delta) in later.partials {
-            match index.get(&(key.clone(), tp.clone())) {
-                Some(&i) => self.partials[i].2.absorb(delta),
+            self.partials.iter().enumerate().map(|(i, c)| ((c.key.clone(), c.tp.clone()), i)).collect();
+        for change in later.partials {
+            match index.get(&(change.key.clone(), change.tp.clone())) {
+                Some(&i) => self.partials[i].delta.absorb(change.delta),
                 None => {
-                    index.insert((key.clone(), tp.clone()), self.partials.len());
-                    self.partials.push((key, tp, delta));
+                    index.insert((change.key.clone(), change.tp.clone()), self.partials.len());
+                    self.partials.push(change);
                 }
             }
         }
@@ -209,24 +209,24 @@ impl PgStore {
     async fn store_partials(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
-        partials: &[(AggKey, Tp, PartialDelta)],
+        partials: &[PartialChange],
     ) -> anyhow::Result<()> {
         if partials.is_empty() {
             return Ok(());
         }
-        let keys: Vec<String> = partials.iter().map(|(k, _, _)| k.to_string()).collect();
-        let topics: Vec<&str> = partials.iter().map(|(_, tp, _)| &*tp.topic).collect();
-        let partitions: Vec<i32> = partials.iter().map(|(_, tp, _)| tp.partition).collect();
-        let volumes: Vec<String> = partials.iter().map(|(_, _, d)| d.totals.volume_usd.to_string()).collect();
-        let swaps: Vec<i64> = partials.iter().map(|(_, _, d)| d.totals.swaps as i64).collect();
-        let buys: Vec<i64> = partials.iter().map(|(_, _, d)| d.totals.buys as i64).collect();
+        let keys: Vec<String> = partials.iter().map(|c| c.key.to_string()).collect();
+        let topics: Vec<&str> = partials.iter().map(|c| &*c.tp.topic).collect();
+        let partitions: Vec<i32> = partials.iter().map(|c| c.tp.partition).collect();
+        let volumes: Vec<String> = partials.iter().map(|c| c.delta.totals.volume_usd.to_string()).collect();
+        let swaps: Vec<i64> = partials.iter().map(|c| c.delta.totals.swaps as i64).collect();
+        let buys: Vec<i64> = partials.iter().map(|c| c.delta.totals.buys as i64).collect();
         let first: Vec<Option<i64>> =
-            partials.iter().map(|(_, _, d)| d.totals.first_seen.and_then(|t| t.timestamp_nanos_opt())).collect();
+            partials.iter().map(|c| c.delta.totals.first_seen.and_then(|t| t.timestamp_nanos_opt())).collect();
         let last_price: Vec<Option<String>> =
-            partials.iter().map(|(_, _, d)| d.totals.last.map(|p| p.price.to_string())).collect();
+            partials.iter().map(|c| c.delta.totals.last.map(|p| p.price.to_string())).collect();
         let last_at: Vec<Option<Vec<u8>>> =
-            partials.iter().map(|(_, _, d)| d.totals.last.map(|p| encode_order(&p.at))).collect();
-        let pending: Vec<i64> = partials.iter().map(|(_, _, d)| d.pending).collect();
+            partials.iter().map(|c| c.delta.totals.last.map(|p| encode_order(&p.at))).collect();
+        let pending: Vec<i64> = partials.iter().map(|c| c.delta.pending).collect();
         let partials_sql = self.sql(
             "INSERT INTO {schema}.partials AS x (agg_key, topic, partition, volume_usd, swaps, buys, first_seen_ns,
                                                   last_price, last_at, pending, updated_at)
@@ -244,7 +244,7 @@ impl PgStore {
 
         let (mut r_keys, mut r_topics, mut r_partitions, mut r_at, mut r_swap) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for ((_, tp, delta), key_text) in partials.iter().zip(&keys) {
+        for (PartialChange { tp, delta, .. }, key_text) in partials.iter().zip(&keys) {
             for swap in &delta.new_recent {
                 r_keys.push(key_text.as_str());
                 r_topics.push(&*tp.topic);
@@ -267,7 +267,7 @@ impl PgStore {
         };
 
         let mut c = CandleColumns::default();
-        for ((_, tp, delta), key_text) in partials.iter().zip(&keys) {
+        for (PartialChange { tp, delta, .. }, key_text) in partials.iter().zip(&keys) {
             for (interval, candle) in &delta.candles {
                 c.push(key_text, tp, *interval, candle);
             }
@@ -502,7 +502,9 @@ mod tests {
             if (i as usize + 1) % per == 0 || i == 23 {
                 let partials = partials
                     .iter_mut()
-                    .filter_map(|((key, tp), partial)| Some((key.clone(), tp.clone(), partial.take_delta()?)))
+                    .filter_map(|((key, tp), partial)| {
+                        Some(PartialChange { key: key.clone(), tp: tp.clone(), delta: partial.take_delta()? })
+                    })
                     .collect();
                 out.push(Checkpoint { progress: std::mem::take(&mut progress).into_values().collect(), partials });
             }
