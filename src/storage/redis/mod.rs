@@ -1,0 +1,253 @@
+//! Redis: live state derived from PostgreSQL, and pub/sub for cross-instance
+//! fan-out. Every write is an absolute value (or an idempotent set insert),
+//! so replaying a checkpoint, or rebuilding after a flush, gives the same
+//! contents.
+//!
+//! Keys, with `{k}` the token or pair (`token:ETH`) as the Redis Cluster hash
+//! tag, so that one key's writes stay in one slot:
+//! - `<prefix>:{k}:partials`: hash, field `<topic>/<partition>` -> totals JSON;
+//! - `<prefix>:{k}:positions`: hash, field `<topic>/<partition>` ->
+//!   `<epoch>:<offset>` of the last write of that partial (see [`Position`]);
+//! - `<prefix>:{k}:c:<interval>:<period>`: hash, field `<t>/<topic>/<partition>`
+//!   -> candle JSON; one key per period, expiring after the memory retention;
+//! - `<prefix>:{k}:recent`: sorted set of recent confirmed swaps (wire JSON)
+//!   scored by event time, trimmed to the configured count;
+//! - `<prefix>:keys`: set of every token and pair seen;
+//! - `<prefix>:ready`: present once the live state is complete; its absence
+//!   (after a flush) makes consumers rebuild what they own;
+//! - channel `<prefix>:updates:{k}`: `{"key": "token:ETH", "swaps": [...]}`
+//!   with each swap in the wire form: the swap feed's new swap states of a
+//!   batch, before its checkpoint, and after each checkpoint one without
+//!   swaps for every changed key; `"gap": true` when states of the key were
+//!   lost before it.
+
+mod live;
+mod reads;
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{RedisMode, RedisSettings};
+use crate::domain::aggregate::Interval;
+use crate::domain::partial::AggKey;
+use crate::domain::{Amount, Price};
+
+pub use live::{Position, Update, WireJson};
+
+/// A single node or a cluster, behind one connection type.
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Totals of one partial as stored in Redis.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PartialRecord {
+    volume_usd: Amount,
+    swaps: u64,
+    buys: u64,
+    first_seen_ns: Option<i64>,
+    last_price: Option<Price>,
+    last_at: Option<String>,
+    pending: i64,
+}
+
+/// One candle partial as stored in Redis.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CandleRecord {
+    open: Price,
+    open_at: String,
+    close: Price,
+    close_at: String,
+    high: Price,
+    low: Price,
+    volume_usd: Amount,
+    swaps: u64,
+    buys: u64,
+}
+
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: RedisConn,
+    prefix: String,
+    recent_cap: usize,
+    /// For pub/sub subscriptions (single mode: this client; cluster: the first node).
+    pubsub_client: redis::Client,
+}
+
+impl RedisStore {
+    pub async fn connect(settings: &RedisSettings, recent_cap: usize) -> anyhow::Result<RedisStore> {
+        let infos = settings
+            .urls
+            .expose()
+            .iter()
+            .map(|url| {
+                let mut info = url.as_str().into_connection_info().context("parsing SWAPSTREAM_REDIS_URL")?;
+                if let Some(password) = &settings.password {
+                    let redis = info.redis_settings().clone().set_password(password.expose());
+                    info = info.set_redis_settings(redis);
+                }
+                Ok(info)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let pubsub_client = redis::Client::open(infos[0].clone()).context("creating the Redis client")?;
+        let conn = match settings.mode {
+            RedisMode::Single => RedisConn::Single(
+                tokio::time::timeout(std::time::Duration::from_secs(10), pubsub_client.get_connection_manager())
+                    .await
+                    .context("connecting to Redis: timed out")?
+                    .context("connecting to Redis")?,
+            ),
+            RedisMode::Cluster => {
+                let client = redis::cluster::ClusterClient::new(infos).context("creating the Redis Cluster client")?;
+                RedisConn::Cluster(client.get_async_connection().await.context("connecting to the Redis Cluster")?)
+            }
+        };
+        Ok(RedisStore { conn, prefix: settings.key_prefix.clone(), recent_cap, pubsub_client })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn pubsub_client(&self) -> &redis::Client {
+        &self.pubsub_client
+    }
+
+    /// A handle on the shared connection, for other stores over the same Redis.
+    pub fn connection(&self) -> RedisConn {
+        self.conn.clone()
+    }
+
+    fn key(&self, key: &AggKey, suffix: &str) -> String {
+        format!("{}:{{{key}}}:{suffix}", self.prefix)
+    }
+
+    pub fn updates_channel(&self, key: &AggKey) -> String {
+        format!("{}:updates:{{{key}}}", self.prefix)
+    }
+
+    fn ready_key(&self) -> String {
+        format!("{}:ready", self.prefix)
+    }
+
+    /// The generation of the live state: set when absent (first start, or
+    /// after a flush), so every consumer sees a new value and rebuilds what
+    /// it owns exactly once per generation.
+    pub async fn ready_generation(&self) -> anyhow::Result<String> {
+        let mut conn = self.conn.clone();
+        let fresh = format!("{}-{:016x}", Utc::now().timestamp_millis(), rand::random::<u64>());
+        redis::cmd("SET").arg(self.ready_key()).arg(&fresh).arg("NX").query_async::<()>(&mut conn).await?;
+        let current: Option<String> = redis::cmd("GET").arg(self.ready_key()).query_async(&mut conn).await?;
+        Ok(current.unwrap_or(fresh))
+    }
+
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<String>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Whether `key` has live state.
+    pub async fn has_key(&self, key: &AggKey) -> anyhow::Result<bool> {
+        let mut conn = self.conn.clone();
+        let member: i64 = redis::cmd("SISMEMBER")
+            .arg(format!("{}:keys", self.prefix))
+            .arg(key.to_string())
+            .query_async(&mut conn)
+            .await?;
+        Ok(member == 1)
+    }
+
+    /// Every token and pair with live state.
+    pub async fn keys(&self) -> anyhow::Result<Vec<AggKey>> {
+        let mut conn = self.conn.clone();
+        let names: Vec<String> =
+            redis::cmd("SMEMBERS").arg(format!("{}:keys", self.prefix)).query_async(&mut conn).await?;
+        Ok(names.iter().filter_map(|n| AggKey::parse(n)).collect())
+    }
+
+    /// Takes one token from `client`'s bucket (GCRA: one token per
+    /// `interval`, at most `burst` at once), shared by every process using
+    /// this Redis. `None` when taken, else how long until one is free. The
+    /// script reads Redis' own clock, so replicas' clocks do not matter.
+    pub async fn take_token(&self, client: &str, interval: Duration, burst: u32) -> anyhow::Result<Option<Duration>> {
+        static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
+            redis::Script::new(
+                r"local t = redis.call('TIME')
+                  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+                  local interval = tonumber(ARGV[1])
+                  local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+                  if tat < now then tat = now end
+                  local next_tat = tat + interval
+                  local wait = next_tat - tonumber(ARGV[2]) * interval - now
+                  if wait > 0 then return wait end
+                  redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1)
+                  return 0",
+            )
+        });
+        let mut conn = self.conn.clone();
+        let wait_us: i64 = SCRIPT
+            .key(format!("{}:ratelimit:{{{client}}}", self.prefix))
+            .arg(interval.as_micros().max(1) as i64)
+            .arg(burst)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((wait_us > 0).then(|| Duration::from_micros(wait_us as u64)))
+    }
+
+    /// Deletes every key under this store's prefix (tests only).
+    pub async fn delete_all(&self) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query_async(&mut conn).await?;
+        for key in keys {
+            redis::cmd("DEL").arg(key).query_async::<()>(&mut conn).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Length of the period one candle hash of `interval` covers.
+fn period_secs(interval: Interval) -> i64 {
+    match interval {
+        Interval::M1 | Interval::M5 | Interval::M15 => 86_400,
+        Interval::H1 | Interval::H4 => 30 * 86_400,
+        Interval::D1 => 365 * 86_400,
+    }
+}

@@ -1,0 +1,115 @@
+//! Live reads: one key's partials merged over its partitions, and its
+//! most recent swaps in the event order.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+
+use super::{period_secs, CandleRecord, PartialRecord, RedisStore};
+use crate::domain::aggregate::Interval;
+use crate::domain::partial::{
+    memory_retention_secs, AggKey, CandlePartial, Merged, Partial, PricePoint, TotalsPartial,
+};
+use crate::storage::encoding::decode_order;
+
+impl RedisStore {
+    /// The merged live state of one key (all partitions), with candles of
+    /// `intervals` back to `since` (unix seconds).
+    pub async fn merged(&self, key: &AggKey, intervals: &[Interval], since: i64) -> anyhow::Result<Merged> {
+        let mut conn = self.conn.clone();
+        let records: BTreeMap<String, String> =
+            redis::cmd("HGETALL").arg(self.key(key, "partials")).query_async(&mut conn).await?;
+        let mut partials: BTreeMap<String, Partial> = BTreeMap::new();
+        for (tp, json) in records {
+            let r: PartialRecord = serde_json::from_str(&json).context("bad partial in Redis")?;
+            let last = match (r.last_price, r.last_at) {
+                (Some(price), Some(at)) => Some(PricePoint { price, at: decode_order(&hex::decode(at)?)? }),
+                _ => None,
+            };
+            let totals = TotalsPartial {
+                volume_usd: r.volume_usd,
+                swaps: r.swaps,
+                buys: r.buys,
+                first_seen: r.first_seen_ns.map(DateTime::from_timestamp_nanos),
+                last,
+            };
+            partials.insert(tp, Partial::restore(totals, r.pending, [], Vec::new()));
+        }
+        let now = Utc::now().timestamp();
+        for &interval in intervals {
+            let period = period_secs(interval);
+            let mut start = since.max(now - memory_retention_secs(interval)).div_euclid(period) * period;
+            while start <= now {
+                let fields: BTreeMap<String, String> = redis::cmd("HGETALL")
+                    .arg(self.key(key, &format!("c:{interval}:{start}")))
+                    .query_async(&mut conn)
+                    .await?;
+                for (field, json) in fields {
+                    let (t, tp) = field.split_once('/').context("bad candle field in Redis")?;
+                    let r: CandleRecord = serde_json::from_str(&json).context("bad candle in Redis")?;
+                    let candle = CandlePartial {
+                        t: t.parse()?,
+                        open: PricePoint { price: r.open, at: decode_order(&hex::decode(r.open_at)?)? },
+                        close: PricePoint { price: r.close, at: decode_order(&hex::decode(r.close_at)?)? },
+                        high: r.high,
+                        low: r.low,
+                        volume_usd: r.volume_usd,
+                        swaps: r.swaps,
+                        buys: r.buys,
+                    };
+                    if candle.t >= since {
+                        let partial = partials.entry(tp.to_owned()).or_default();
+                        partial.candles.entry(interval).or_default().insert(candle.t, candle);
+                    }
+                }
+                start += period;
+            }
+        }
+        Ok(Merged::of(partials.values()))
+    }
+
+    /// The most recent confirmed swaps of `key`, newest first (wire JSON),
+    /// in the full event order (time, block, log index, hash). Scores are
+    /// milliseconds, so swaps tied with the last one taken are fetched too
+    /// and the order decided here.
+    pub async fn recent(&self, key: &AggKey, limit: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let zset = self.key(key, "recent");
+        let mut members: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(&zset)
+            .arg(0)
+            .arg(limit as i64 - 1)
+            .arg("REV")
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?;
+        if let Some(&(_, edge)) = members.last().filter(|_| members.len() == limit) {
+            let ties: Vec<String> =
+                redis::cmd("ZRANGE").arg(&zset).arg(edge).arg(edge).arg("BYSCORE").query_async(&mut conn).await?;
+            members.extend(ties.into_iter().map(|m| (m, edge)));
+        }
+        let mut swaps: Vec<serde_json::Value> = members
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect::<std::collections::BTreeSet<String>>()
+            .iter()
+            .map(|m| serde_json::from_str(m).context("bad swap in Redis"))
+            .collect::<anyhow::Result<_>>()?;
+        swaps.sort_by_cached_key(|s| std::cmp::Reverse(wire_order(s)));
+        swaps.truncate(limit);
+        Ok(swaps)
+    }
+}
+
+/// A wire swap's place in the event order, as `SwapEvent::order_key`.
+fn wire_order(swap: &serde_json::Value) -> (i64, u64, u64, String) {
+    let text = |name: &str| swap.get(name).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let number = |name: &str| swap.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
+    let time =
+        DateTime::parse_from_rfc3339(&text("timestamp")).ok().and_then(|t| t.timestamp_nanos_opt()).unwrap_or(i64::MIN);
+    (time, number("block_number"), number("log_index"), text("tx_hash"))
+}
