@@ -21,7 +21,8 @@ use swapstream::storage::postgres::{Checkpoint, PgStore, Progress};
 use swapstream::stream::partition::SeenChange;
 use swapstream::stream::Tp;
 
-mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 const PARTITIONS: i32 = 6;
 const CHECKPOINTS: usize = 400;
@@ -34,7 +35,8 @@ fn main() {
         println!("checkpoint benchmark: run it with `cargo bench --bench checkpoint`");
         return;
     }
-    let counts: Vec<i64> = std::env::args().skip(1).filter_map(|a| a.replace('_', "").parse().ok()).collect();
+    let args = support::args::checked("cargo bench --bench checkpoint -- [DEDUP_ROWS] [RECENT_ROWS]", &[], &[]);
+    let counts: Vec<i64> = args.iter().filter_map(|a| a.replace('_', "").parse().ok()).collect();
     let dedup_rows = counts.first().copied().unwrap_or(1_000_000);
     let recent_rows = counts.get(1).copied().unwrap_or(192_600);
     let schema = format!("bench_{:08x}", rand::random::<u32>());

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-mod common;
-use common::TOKENS;
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::process::TOKENS;
 
 const PARTITIONS: i32 = 4;
 
@@ -28,8 +29,9 @@ fn main() {
         println!("consumer benchmark: run it with `cargo bench --bench consumer`");
         return;
     }
-    let swaps: u64 = std::env::args().skip(1).find_map(|a| a.replace('_', "").parse().ok()).unwrap_or(1_000_000);
-    let mock = std::env::args().any(|a| a == "--mock");
+    let args = support::args::checked("cargo bench --bench consumer -- [SWAPS] [--mock]", &["--mock"], &[]);
+    let swaps: u64 = args.iter().find_map(|a| a.replace('_', "").parse().ok()).unwrap_or(1_000_000);
+    let mock = args.iter().any(|a| a == "--mock");
     let id = format!("bench_{:08x}", rand::random::<u32>());
     let prefix = format!("{id}.");
     let cluster = mock.then(|| {
@@ -48,7 +50,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let binary = env!("CARGO_BIN_EXE_swapstream");
     let base_vars = |command: &mut std::process::Command| {
-        common::stream_env(command, &brokers, &id, PARTITIONS);
+        support::process::stream_env(command, &brokers, &id, PARTITIONS);
     };
 
     // 1. Pre-load.

@@ -15,6 +15,9 @@ use chrono::{DateTime, Utc};
 use swapstream::domain::{RawSwap, RawTime, SwapEvent};
 use swapstream::stream::PartitionState;
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 const BATCH: u64 = 4;
 const ROUNDS: u64 = 2_000;
 
@@ -40,7 +43,8 @@ fn main() {
         println!("dedup benchmark: run it with `cargo bench --bench dedup`");
         return;
     }
-    let mut sizes: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.replace('_', "").parse().ok()).collect();
+    let args = support::args::checked("cargo bench --bench dedup -- [TRACKED...]", &[], &[]);
+    let mut sizes: Vec<u64> = args.iter().filter_map(|a| a.replace('_', "").parse().ok()).collect();
     if sizes.is_empty() {
         sizes = vec![10_000, 100_000, 1_000_000];
     }

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 const CONNECTIONS: usize = 64;
 const FIXED_RATE: u64 = 5_000;
@@ -30,7 +31,8 @@ fn main() {
     if !args.iter().any(|a| a == "--bench") {
         return; // `cargo test --all-targets` builds and runs benches without it.
     }
-    let seconds: u64 = args.iter().skip(1).find_map(|a| a.parse().ok()).unwrap_or(10);
+    let args = support::args::checked("cargo bench --bench rest -- [SECONDS_PER_MEASUREMENT]", &[], &[]);
+    let seconds: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(10);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(run(Duration::from_secs(seconds)));
 }
@@ -45,7 +47,7 @@ async fn start(role: &str, schema: &str, cache_ms: u32, log: &std::path::Path) -
     let file = std::fs::File::create(log).unwrap();
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_swapstream"));
     command.arg(role).kill_on_drop(true).stdout(Stdio::null()).stderr(Stdio::from(file));
-    common::clear_env(command.as_std_mut());
+    support::process::clear_env(command.as_std_mut());
     command
         .env("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0")
         .env("SWAPSTREAM_POSTGRES_SCHEMA", schema)
@@ -59,7 +61,7 @@ async fn start(role: &str, schema: &str, cache_ms: u32, log: &std::path::Path) -
     let child = command.spawn().expect("starting swapstream");
     let deadline = Instant::now() + Duration::from_secs(60);
     let port = loop {
-        if let Some(port) = common::logged_port(log) {
+        if let Some(port) = support::process::logged_port(log) {
             break port;
         }
         assert!(Instant::now() < deadline, "{role} did not start: see {}", log.display());

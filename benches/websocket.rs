@@ -9,7 +9,7 @@
 //! the services up (`scripts/services up`). The broker is Apache Kafka at
 //! `SWAPSTREAM_TEST_BROKERS` (127.0.0.1:9092 by default), or with `--mock`
 //! librdkafka's mock cluster in a process of its own
-//! ([`common::MockBroker`]). Clients subscribe
+//! ([`support::mock_broker::MockBroker`]). Clients subscribe
 //! round-robin to every token and pair channel, or all to `token:ETH` with
 //! `--one-channel`. `--debug-log` runs the consumer at log level `debug`
 //! (a line per batch and per checkpoint); the consumer's log path is
@@ -26,8 +26,9 @@ use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-mod common;
-use common::TOKENS;
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::process::TOKENS;
 
 fn arg_after(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -259,14 +260,14 @@ fn run(clients: usize, options: &Options) -> Run {
     let id = format!("wsbench_{:08x}", rand::random::<u32>());
     let mut topics: Vec<String> = TOKENS.split(',').map(|t| format!("{id}.{t}")).collect();
     topics.push(format!("{id}-dlq"));
-    let mock = mock.then(|| common::MockBroker::start(&topics, 4));
+    let mock = mock.then(|| support::mock_broker::MockBroker::start(&topics, 4));
     let brokers = match &mock {
         Some(mock) => mock.bootstrap.clone(),
         None => std::env::var("SWAPSTREAM_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
     };
     let binary = env!("CARGO_BIN_EXE_swapstream");
     let base = |command: &mut std::process::Command| {
-        common::stream_env(command, &brokers, &id, 4);
+        support::process::stream_env(command, &brokers, &id, 4);
         if mock.is_some() {
             // The mock answers an empty fetch only after the full wait, even
             // when data arrives meanwhile (Kafka answers at once).
@@ -298,7 +299,7 @@ fn run(clients: usize, options: &Options) -> Run {
         .spawn()
         .expect("consumer");
     let pid = child.id();
-    let port = common::wait_for_port(std::path::Path::new(&log), Duration::from_secs(30));
+    let port = support::process::wait_for_port(std::path::Path::new(&log), Duration::from_secs(30));
     eprintln!("consumer log: {log}");
     std::thread::sleep(Duration::from_secs(3)); // group join; not measured
     let rss_base = rss_kib(pid);
@@ -383,11 +384,11 @@ fn run(clients: usize, options: &Options) -> Run {
         let measured = started.elapsed().as_secs_f64();
         eprintln!("{}", cpu.finish());
         // Where the time went, from the consumer's own histograms.
-        let metrics = common::http_get(port, "/metrics");
+        let metrics = support::http::get(port, "/metrics").await.1;
         for name in
             ["swapstream_read_delay_seconds", "swapstream_checkpoint_duration_seconds", "swapstream_live_write_seconds"]
         {
-            eprintln!("{}", common::histogram_summary(&metrics, name));
+            eprintln!("{}", support::metrics::histogram_summary(&metrics, name));
         }
         let delivered = frames.load(Ordering::Relaxed);
         let _ = producer.kill();
@@ -511,7 +512,7 @@ where
 }
 
 fn main() {
-    common::serve_mock_broker_if_asked();
+    support::mock_broker::serve_mock_broker_if_asked();
     // `cargo test --all-targets` runs bench targets without `--bench`: skip.
     if !std::env::args().any(|a| a == "--bench") {
         println!("websocket benchmark: run it with `cargo bench --bench websocket`");
@@ -519,7 +520,12 @@ fn main() {
     }
     let limit = raise_fd_limit();
     // Client counts are the numbers that are not the value of an option.
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = support::args::checked(
+        "cargo bench --bench websocket -- [CLIENTS...] [--rate SWAPS_PER_S] [--secs S] [--one-channel] [--mock] \
+         [--debug-log] [--set NAME=VALUE]...",
+        &["--one-channel", "--mock", "--debug-log"],
+        &["--rate", "--secs", "--set"],
+    );
     let mut counts: Vec<usize> = args
         .iter()
         .enumerate()

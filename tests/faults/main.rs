@@ -15,6 +15,8 @@
 mod helpers;
 mod oracle;
 mod stack;
+#[path = "../support/mod.rs"]
+mod support;
 
 mod broker_outage;
 mod consumer_kills;

@@ -13,6 +13,7 @@ use rdkafka::ClientConfig;
 use crate::helpers::{self, delivered, Names};
 use crate::oracle;
 use crate::stack::{Stack, ONE_AT_A_TIME};
+use crate::support::http;
 
 const BAD: usize = 10_000;
 
@@ -85,7 +86,7 @@ async fn ten_thousand_bad_events_are_dead_lettered_and_nothing_valid_is_lost() {
         dead_letters += high - low;
     }
     assert_eq!(dead_letters, BAD as i64, "every bad event dead-lettered once");
-    let (_, metrics) = helpers::http_get(port, "/metrics").await;
+    let (_, metrics) = http::get(port, "/metrics").await;
     let counted: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("swapstream_events_dead_lettered_total{"))

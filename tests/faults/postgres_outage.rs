@@ -10,6 +10,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use crate::helpers::{self, delivered, Names};
 use crate::oracle;
 use crate::stack::{time_until, Stack, ONE_AT_A_TIME};
+use crate::support::http;
 
 const OUTAGE: Duration = Duration::from_secs(30);
 
@@ -36,7 +37,7 @@ fn committed(stack: &Stack, names: &Names) -> Vec<i64> {
 }
 
 async fn readiness(port: u16) -> u16 {
-    helpers::http_get(port, "/readyz").await.0
+    http::get(port, "/readyz").await.0
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::helpers::{self, delivered, Names};
 use crate::oracle;
 use crate::stack::{time_until, Stack, ONE_AT_A_TIME};
+use crate::support::http;
 
 const OUTAGE: Duration = Duration::from_secs(30);
 
@@ -73,7 +74,7 @@ async fn redis_down_for_30_s_and_back_empty_is_rebuilt_from_postgres() {
     let skips = seen.windows(2).filter(|w| w[1].1 > w[0].1 + 1).count();
     assert!(skips > 0, "a skipped seq tells the client of the outage: {seen:?}");
     assert!(seen.windows(2).all(|w| w[1].1 > w[0].1), "seq only grows");
-    let (status, body) = helpers::http_get(port, "/v1/tokens/ETH/stats").await;
+    let (status, body) = http::get(port, "/v1/tokens/ETH/stats").await;
     assert_eq!(status, 200, "REST answers again: {body}");
     let rest: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(rest["totals"]["swaps"], truth.expected["tokens"]["ETH"]["totals"]["swaps"], "REST after the rebuild");

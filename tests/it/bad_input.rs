@@ -9,9 +9,8 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message};
 
-use crate::helpers::{
-    from_postgres, http_get, logged_port, require_broker, swap_json, unique, wait_checkpointed, Child, Names,
-};
+use crate::helpers::{from_postgres, logged_port, require_broker, swap_json, unique, wait_checkpointed, Child, Names};
+use crate::support::http;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_is_dead_lettered_with_its_reason_and_good_input_counts() {
@@ -97,7 +96,7 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_good_input_counts() {
 
     // Counted in metrics, and still running.
     let port = logged_port(&consumer).await;
-    let (status, metrics) = http_get(port, "/metrics").await;
+    let (status, metrics) = http::get(port, "/metrics").await;
     assert_eq!(status, 200);
     for line in [
         "swapstream_events_dead_lettered_total{reason=\"invalid_field\"} 2",
@@ -106,7 +105,7 @@ async fn bad_input_is_dead_lettered_with_its_reason_and_good_input_counts() {
     ] {
         assert!(metrics.contains(line), "metrics lack {line}:\n{metrics}");
     }
-    assert_eq!(http_get(port, "/healthz").await.0, 200);
+    assert_eq!(http::get(port, "/healthz").await.0, 200);
     assert!(consumer.child.try_wait().unwrap().is_none(), "the consumer keeps running");
     consumer.kill9().await;
 }

@@ -12,6 +12,7 @@ use swapstream::domain::partial::{Merged, WINDOWS};
 use crate::helpers::{
     self, delivered, eventually, from_postgres, from_redis, require_broker, wait_checkpointed, Child, Names,
 };
+use crate::support::http;
 
 const TOKENS: &str = "ETH,BTC,USDC,SOL";
 
@@ -142,11 +143,11 @@ async fn pending_swaps_are_counted_over_all_of_a_keys_partitions() {
         let line = format!("swapstream_pending_swaps{{key=\"{key}\"}} 5");
         eventually(&format!("{line} in the metrics"), Duration::from_secs(10), || {
             let line = line.clone();
-            async move { helpers::http_get(port, "/metrics").await.1.lines().any(|l| l == line) }
+            async move { http::get(port, "/metrics").await.1.lines().any(|l| l == line) }
         })
         .await;
     }
-    let (status, body) = helpers::http_get(port, "/v1/tokens/ETH/stats").await;
+    let (status, body) = http::get(port, "/v1/tokens/ETH/stats").await;
     assert_eq!(status, 200);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["pending"], 5, "{body}");
     consumer.kill9().await;
@@ -156,7 +157,7 @@ async fn pending_swaps_are_counted_over_all_of_a_keys_partitions() {
 async fn check_rest(consumer: &Child, truth: &swapstream::producer::ground_truth::GroundTruthFile) {
     let port = helpers::logged_port(consumer).await;
     let get = |path: &'static str| async move {
-        let (status, body) = helpers::http_get(port, path).await;
+        let (status, body) = http::get(port, path).await;
         (
             status,
             serde_json::from_str::<serde_json::Value>(&body).unwrap_or_else(|_| panic!("{path}: not JSON: {body}")),
@@ -194,7 +195,7 @@ async fn check_rest(consumer: &Child, truth: &swapstream::producer::ground_truth
     let (status, bad) = get("/v1/tokens/E%20TH/stats").await;
     assert!(status == 400 && bad["error"]["message"].as_str().unwrap().starts_with("token:"), "{bad}");
 
-    let (_, metrics) = helpers::http_get(port, "/metrics").await;
+    let (_, metrics) = http::get(port, "/metrics").await;
     for line in [
         "swapstream_http_requests_total{route=\"/v1/tokens/{token}/stats\",status=\"200\"} 1",
         "swapstream_http_requests_total{route=\"/v1/tokens/{token}/stats\",status=\"404\"} 1",

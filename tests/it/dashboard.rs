@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::helpers::{self, require_broker, Child, Names};
+use crate::support::http;
 
 const TOKENS: [&str; 4] = ["ETH", "BTC", "SOL", "USDC"];
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -78,7 +79,7 @@ impl Stack {
         let consumer = Child::spawn(&names.schema, &["consumer"], &consumer_vars);
         let port = helpers::logged_port(&consumer).await;
         helpers::eventually("the REST API lists every token", Duration::from_secs(60), || async move {
-            let (status, body) = helpers::http_get(port, "/v1/tokens").await;
+            let (status, body) = http::get(port, "/v1/tokens").await;
             status == 200 && TOKENS.iter().all(|t| body.contains(&format!("\"token\":\"{t}\"")))
         })
         .await;

@@ -333,99 +333,18 @@ where
     }
 }
 
-/// A plain HTTP/1.1 GET on loopback: status and body.
-pub async fn http_get(port: u16, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connecting");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await.expect("answer").unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
-}
-
 /// The HTTP port a child logged in its "started" line.
 pub async fn logged_port(child: &Child) -> u16 {
     logged_number(child, "http_port").await
 }
 
-/// An HTTP answer: status, lower-case header names, body (de-chunked).
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Answer {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|_| panic!("not JSON ({}): {}", self.status, String::from_utf8_lossy(&self.body)))
-    }
-
-    /// Parses a raw HTTP/1.1 response read to the end.
-    pub fn parse(raw: &[u8]) -> Answer {
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status = lines.next().and_then(|l| l.get(9..12)).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let mut body = raw[split + 4..].to_vec();
-        if headers.iter().any(|(n, v)| n == "transfer-encoding" && v.contains("chunked")) {
-            let mut plain = Vec::new();
-            let mut rest = &body[..];
-            while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
-                let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..end]).trim(), 16).unwrap_or(0);
-                if size == 0 {
-                    break;
-                }
-                plain.extend_from_slice(&rest[end + 2..end + 2 + size]);
-                rest = &rest[end + 2 + size + 2..];
-            }
-            body = plain;
-        }
-        Answer { status, headers, body }
-    }
-}
-
-/// One HTTP/1.1 request on loopback with these extra header lines.
-pub async fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connecting");
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .unwrap_or_else(|_| panic!("{method} {path}: no answer within 10 s"))
-        .unwrap();
-    assert!(!response.is_empty(), "{method} {path} on port {port}: connection closed without an answer");
-    Answer::parse(&response)
-}
-
 /// A port number the child logged under `field` (e.g. `"health_port"`).
 pub async fn logged_number(child: &Child, field: &str) -> u16 {
-    let needle = format!("\"{field}\":");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let text = child.log_text();
-        if let Some(at) = text.find(&needle) {
-            let digits: String = text[at + needle.len()..].chars().take_while(char::is_ascii_digit).collect();
-            return digits.parse().expect("port");
+        if let Some(number) = crate::support::process::logged_number(&text, field) {
+            return number;
         }
         assert!(tokio::time::Instant::now() < deadline, "no {field} logged: {text}");
         tokio::time::sleep(Duration::from_millis(100)).await;

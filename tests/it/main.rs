@@ -9,12 +9,15 @@ mod dashboard;
 mod helpers;
 mod live_fencing;
 mod monitoring;
+mod presence;
 mod producer;
 mod rest;
 mod services_script;
 mod static_membership;
 mod structure;
 mod supervision;
+#[path = "../support/mod.rs"]
+mod support;
 mod trusted_proxies;
 mod websocket;
 mod ws_conflation;

@@ -11,6 +11,7 @@ use rdkafka::ClientConfig;
 use serde::Deserialize;
 
 use crate::helpers::{self, delivered, logged_port, require_broker, wait_checkpointed, Child, Names};
+use crate::support::http;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -136,7 +137,7 @@ async fn the_dashboard_alerts_and_scaled_objects_use_only_exported_metrics_and_l
     let mut consumer = Child::spawn(&names.schema, &["consumer"], &vars);
     wait_checkpointed(&names, delivered(&truth) + 1, Duration::from_secs(90)).await;
     let port = logged_port(&consumer).await;
-    let answer = helpers::http(port, "GET", "/v1/tokens", &[("X-Request-Id", "it-monitoring-1")]).await;
+    let answer = http::request(port, "GET", "/v1/tokens", &[("X-Request-Id", "it-monitoring-1")]).await;
     assert_eq!(answer.status, 200);
 
     let used: BTreeMap<String, BTreeSet<&str>> =
@@ -152,7 +153,7 @@ async fn the_dashboard_alerts_and_scaled_objects_use_only_exported_metrics_and_l
     // (every 5 s), so the scrape is retried until nothing is missing.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, scrape) = helpers::http_get(port, "/metrics").await;
+        let (status, scrape) = http::get(port, "/metrics").await;
         assert_eq!(status, 200);
         let families = families(&scrape);
         let missing: Vec<_> = used.iter().filter(|(name, _)| !exported(name, &families)).collect();

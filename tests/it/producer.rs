@@ -13,6 +13,7 @@ use swapstream::domain::{Status, SwapEvent};
 use swapstream::producer::ground_truth::GroundTruthFile;
 
 use crate::helpers::{self, require_broker, unique, Names};
+use crate::support::http;
 
 const TOKENS: &str = "ETH,BTC,SOL,USDC";
 const PARTITIONS: i32 = 3;
@@ -210,15 +211,15 @@ async fn the_producer_serves_health_readiness_and_metrics() {
     let mut producer = helpers::Child::spawn(&names.schema, &["producer"], &vars);
     let port = helpers::logged_port(&producer).await;
 
-    let (status, body) = helpers::http_get(port, "/healthz").await;
+    let (status, body) = http::get(port, "/healthz").await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = helpers::http_get(port, "/readyz").await;
+    let (status, body) = http::get(port, "/readyz").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["checks"]["kafka"], "ok");
-    let (status, metrics) = helpers::http_get(port, "/metrics").await;
+    let (status, metrics) = http::get(port, "/metrics").await;
     assert_eq!(status, 200);
     assert!(metrics.contains("swapstream_producer_recreated_total 0"), "{metrics}");
-    let (status, _) = helpers::http_get(port, "/v1/tokens").await;
+    let (status, _) = http::get(port, "/v1/tokens").await;
     assert_eq!(status, 404, "the producer serves no API");
 
     let status = producer.terminate(Duration::from_secs(20)).await;

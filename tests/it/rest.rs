@@ -11,9 +11,9 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    self, api_vars, delivered, eventually, http, logged_number, logged_port, require_broker, wait_checkpointed, Answer,
-    Child, Names,
+    self, api_vars, delivered, eventually, logged_number, logged_port, require_broker, wait_checkpointed, Child, Names,
 };
+use crate::support::http::{self, Answer};
 
 const TOKENS: &str = "ETH,BTC,USDC";
 const KEY_A: &str = "key-aaaaaaaaaaaaaaaa";
@@ -26,7 +26,7 @@ async fn start_api(name: &str, vars: &[(&'static str, String)]) -> (Child, u16) 
 }
 
 async fn get(port: u16, path: &str) -> Answer {
-    http(port, "GET", path, &[]).await
+    http::request(port, "GET", path, &[]).await
 }
 
 /// The answer without the `updated_at` times, which name the moment of asking.
@@ -276,7 +276,11 @@ async fn every_error_has_its_status_and_a_json_body_and_a_lost_store_is_503() {
     ] {
         expect(get(port, path).await, 400, "bad_parameter", Some(param));
     }
-    let huge = http(port, "GET", "/v1/tokens", &[("Content-Length", "1000000")]).await;
+    // A body announced and never sent: refused on its length alone.
+    let request = format!(
+        "GET /v1/tokens HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 1000000\r\nConnection: close\r\n\r\n"
+    );
+    let huge = http::raw(port, request.as_bytes()).await;
     expect(huge, 413, "too_large", None);
 
     // The store stops answering, then goes away: 503, never a hang or a 500.
@@ -318,17 +322,17 @@ async fn keys_rate_limits_origins_request_ids_and_compression() {
     let missing = get(port, "/v1/tokens").await;
     assert_eq!((missing.status, missing.header("www-authenticate")), (401, Some("Bearer")));
     assert_eq!(missing.json()["error"]["code"], "unauthorized");
-    let wrong = http(port, "GET", "/v1/tokens", &[("Authorization", "Bearer key-cccccccccccccccc")]).await;
+    let wrong = http::request(port, "GET", "/v1/tokens", &[("Authorization", "Bearer key-cccccccccccccccc")]).await;
     assert_eq!((wrong.status, &wrong.json()["error"]["code"]), (403, &json!("forbidden")));
-    let wrong = http(port, "GET", "/v1/tokens", &[("X-API-Key", "key-aaaaaaaaaaaaaaa")]).await;
+    let wrong = http::request(port, "GET", "/v1/tokens", &[("X-API-Key", "key-aaaaaaaaaaaaaaa")]).await;
     assert_eq!(wrong.status, 403, "a prefix of a key is not a key");
-    assert_eq!(http(port, "GET", "/v1/tokens", &[("Authorization", &bearer_a)]).await.status, 200);
+    assert_eq!(http::request(port, "GET", "/v1/tokens", &[("Authorization", &bearer_a)]).await.status, 200);
 
     // Key A's bucket: burst 3, one is spent.
     for _ in 0..2 {
-        assert_eq!(http(port, "GET", "/v1/tokens", &[("Authorization", &bearer_a)]).await.status, 200);
+        assert_eq!(http::request(port, "GET", "/v1/tokens", &[("Authorization", &bearer_a)]).await.status, 200);
     }
-    let limited = http(port, "GET", "/v1/tokens", &[("Authorization", &bearer_a)]).await;
+    let limited = http::request(port, "GET", "/v1/tokens", &[("Authorization", &bearer_a)]).await;
     assert_eq!(limited.status, 429);
     assert_eq!(limited.json()["error"]["code"], "rate_limited");
     let retry: u64 = limited.header("retry-after").expect("Retry-After").parse().unwrap();
@@ -337,7 +341,7 @@ async fn keys_rate_limits_origins_request_ids_and_compression() {
     // Key B has its own bucket. CORS: the listed origin and the API's own.
     let with_origin = |origin: String| {
         let key = KEY_B;
-        async move { http(port, "GET", "/v1/tokens", &[("X-API-Key", key), ("Origin", &origin)]).await }
+        async move { http::request(port, "GET", "/v1/tokens", &[("X-API-Key", key), ("Origin", &origin)]).await }
     };
     let allowed = with_origin("https://app.example".into()).await;
     assert_eq!(allowed.status, 200);
@@ -346,7 +350,7 @@ async fn keys_rate_limits_origins_request_ids_and_compression() {
     assert_eq!((denied.status, &denied.json()["error"]["code"]), (403, &json!("origin_not_allowed")));
     assert_eq!(denied.header("access-control-allow-origin"), None);
     assert_eq!(with_origin(format!("http://127.0.0.1:{port}")).await.status, 200);
-    let preflight = http(
+    let preflight = http::request(
         port,
         "OPTIONS",
         "/v1/tokens",
@@ -361,12 +365,12 @@ async fn keys_rate_limits_origins_request_ids_and_compression() {
     assert_eq!(preflight.header("access-control-allow-origin"), Some("https://app.example"));
 
     // Request ids: a caller's is echoed and logged; otherwise one is made.
-    let traced = http(port, "GET", "/healthz", &[("X-Request-Id", "trace-42")]).await;
+    let traced = http::request(port, "GET", "/healthz", &[("X-Request-Id", "trace-42")]).await;
     assert_eq!(traced.header("x-request-id"), Some("trace-42"));
     let made = get(port, "/healthz").await;
     let made_id = made.header("x-request-id").expect("a request id");
     assert!(made_id.len() == 16 && made_id.chars().all(|c| c.is_ascii_hexdigit()), "{made_id}");
-    let hostile = http(port, "GET", "/healthz", &[("X-Request-Id", "no spaces or {braces}")]).await;
+    let hostile = http::request(port, "GET", "/healthz", &[("X-Request-Id", "no spaces or {braces}")]).await;
     assert_ne!(hostile.header("x-request-id"), Some("no spaces or {braces}"));
     eventually("the access log line with the request id", Duration::from_secs(5), || {
         let log = api.log_text();
@@ -376,7 +380,8 @@ async fn keys_rate_limits_origins_request_ids_and_compression() {
     assert!(!api.log_text().contains(KEY_A), "keys never reach the log");
 
     // Compression when asked for.
-    let document = http(port, "GET", "/v1/openapi.json", &[("X-API-Key", KEY_B), ("Accept-Encoding", "gzip")]).await;
+    let document =
+        http::request(port, "GET", "/v1/openapi.json", &[("X-API-Key", KEY_B), ("Accept-Encoding", "gzip")]).await;
     assert_eq!((document.status, document.header("content-encoding")), (200, Some("gzip")));
 
     let metrics = String::from_utf8(get(port, "/metrics").await.body).unwrap();

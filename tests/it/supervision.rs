@@ -15,6 +15,7 @@ use swapstream::producer::ground_truth::GroundTruthFile;
 use swapstream::startup::Consumer;
 
 use crate::helpers::{self, as_reference, delivered, from_postgres, require_broker, wait_checkpointed, Names};
+use crate::support::http;
 
 fn stream() -> Vec<(&'static str, String)> {
     vec![
@@ -109,7 +110,7 @@ async fn in_all_a_failing_producer_leaves_the_consumer_serving() {
         async move { helpers::checkpointed(client, names).await >= 120 }
     })
     .await;
-    let (status, _) = helpers::http_get(port, "/healthz").await;
+    let (status, _) = http::get(port, "/healthz").await;
     assert_eq!(status, 200, "still serving after the producer failed");
     let status = all.terminate(Duration::from_secs(25)).await;
     assert!(status.success(), "a clean stop: {}", all.log_text());

@@ -6,7 +6,8 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
-use crate::helpers::{api_vars, http, logged_port, Child, Names};
+use crate::helpers::{api_vars, logged_port, Child, Names};
+use crate::support::http;
 
 async fn start_api(names: &Names, trusted: &str) -> (Child, u16) {
     let vars = api_vars(
@@ -24,7 +25,7 @@ async fn start_api(names: &Names, trusted: &str) -> (Child, u16) {
 }
 
 async fn get_as(port: u16, client: &str) -> u16 {
-    http(port, "GET", "/v1/tokens", &[("X-Forwarded-For", client)]).await.status
+    http::request(port, "GET", "/v1/tokens", &[("X-Forwarded-For", client)]).await.status
 }
 
 /// A WebSocket upgrade claiming to come from `client`: Ok, or the
