@@ -247,12 +247,17 @@ pub fn decode_changes(mut bytes: &[u8]) -> Option<Vec<SeenChange>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::{RawSwap, RawTime};
 
-    fn event(hash: u8, seconds: i64, status: Status) -> SwapEvent {
-        let time = DateTime::from_timestamp(1_764_057_600 + seconds, 0).unwrap();
+    /// The event times of test swaps count from here (unix seconds).
+    pub(crate) const T0: i64 = 1_764_057_600;
+
+    /// A swap of 1 ETH for 4000 USDC, `seconds` after [`T0`], its hash made
+    /// of `hash` repeated.
+    pub(crate) fn event(hash: u8, seconds: i64, status: Status) -> SwapEvent {
+        let time = DateTime::from_timestamp(T0 + seconds, 0).unwrap();
         RawSwap {
             tx_hash: Some(format!("0x{}", format!("{hash:02x}").repeat(32))),
             timestamp: Some(RawTime::Rfc3339(crate::domain::swap::format_time(time))),

@@ -195,26 +195,8 @@ mod tests {
     use super::*;
     use crate::actors::kafka_reader::poll::Rejected;
     use crate::codec::DecodeError;
-    use crate::domain::{RawSwap, RawTime, Status};
-
-    const T0: i64 = 1_764_057_600;
-
-    fn event(hash: u8, seconds: i64, status: Status) -> SwapEvent {
-        let time = DateTime::from_timestamp(T0 + seconds, 0).unwrap();
-        RawSwap {
-            tx_hash: Some(format!("0x{}", format!("{hash:02x}").repeat(32))),
-            timestamp: Some(RawTime::Rfc3339(crate::domain::swap::format_time(time))),
-            status: Some(status.as_str().into()),
-            token_from: Some("ETH".into()),
-            token_to: Some("USDC".into()),
-            amount_from: Some("1".into()),
-            amount_to: Some("4000".into()),
-            usd_value: Some("4000".into()),
-            ..RawSwap::default()
-        }
-        .validate()
-        .unwrap()
-    }
+    use crate::domain::Status;
+    use crate::stream::partition::tests::{event, T0};
 
     fn record(tp: &Tp, offset: i64, event: SwapEvent) -> Record {
         Record { tp: tp.clone(), offset, body: Ok(event) }
