@@ -28,10 +28,12 @@ mod scaling;
 mod shutdown;
 mod zombie;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use helpers::{Child, Names};
 use stack::Stack;
+use swapstream::producer::ground_truth::GroundTruthFile;
 
 pub const TOKENS: &str = "ETH,BTC,USDC,SOL";
 
@@ -59,13 +61,39 @@ pub fn consumer(stack: &Stack, names: &Names, id: &str) -> Child {
 
 /// A producer process streaming `swaps` swaps into `stack`, writing its
 /// ground truth; `helpers::produce` waits for it.
-pub async fn produce(
-    stack: &Stack,
-    names: &Names,
-    swaps: u32,
-    per_minute: &str,
-) -> swapstream::producer::ground_truth::GroundTruthFile {
+pub async fn produce(stack: &Stack, names: &Names, swaps: u32, per_minute: &str) -> GroundTruthFile {
     helpers::produce(&stack.brokers(), names, swaps, &stream(per_minute)).await
+}
+
+/// A producer process that streams until it is stopped, recording its
+/// ground truth: for a scenario that must outlast a fault however long the
+/// fault takes to heal.
+pub struct Producer {
+    child: Child,
+    truth: PathBuf,
+}
+
+impl Producer {
+    pub fn start(brokers: &str, names: &Names, extra: &[(&str, String)]) -> Producer {
+        let truth = helpers::artifacts().join(format!("{}truth.json", names.topic_prefix));
+        let mut vars = names.vars(brokers);
+        vars.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+        let truth_arg = truth.display().to_string();
+        let child = Child::spawn(
+            &format!("{}producer", names.topic_prefix),
+            &["producer", "--ground-truth", &truth_arg],
+            &vars,
+        );
+        Producer { child, truth }
+    }
+
+    /// SIGTERM: what it holds goes out and is flushed; its ground truth.
+    pub async fn stop(mut self) -> GroundTruthFile {
+        // The producer's flush gets SWAPSTREAM_SHUTDOWN_TIMEOUT_SECS (20 s by default).
+        let status = self.child.terminate(Duration::from_secs(60)).await;
+        assert!(status.success(), "producer failed: {}", self.child.log_text());
+        GroundTruthFile::read(&self.truth).unwrap()
+    }
 }
 
 /// Waits until the checkpoint moves past where it is now.

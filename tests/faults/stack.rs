@@ -202,6 +202,18 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failing scenario shows what its broker last said.
+            let broker = self.dir.path().join("services/kafka/broker");
+            for file in ["stdout.log", "server.log"] {
+                let text = std::fs::read_to_string(broker.join(file)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                eprintln!("---- last lines of the stack's Kafka {file}:");
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
         if let Some(mut child) = self.redis.take() {
             let _ = child.kill();
             let _ = child.wait();

@@ -238,6 +238,21 @@ impl Child {
     }
 }
 
+/// A failing test shows the end of each of its processes' logs (the files
+/// under test-artifacts/ are gone with a CI machine).
+impl Drop for Child {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("---- last lines of {}:", self.log.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
 /// A plain PostgreSQL client.
 pub async fn pg() -> tokio_postgres::Client {
     let (client, connection) =
