@@ -117,7 +117,8 @@ class Report:
 
     def fail(self, msg: str) -> None:
         self.errors.append(f"[{self.section}] {msg}")
-        print(f"  FAIL  [{self.section}] {msg}", flush=True)
+        # A self-test's run is quiet: what it catches is listed as expected.
+        self.say(f"  FAIL  [{self.section}] {msg}")
 
     def skip(self, msg: str) -> None:
         self.notes.append(f"[{self.section}] {msg}")
@@ -1128,6 +1129,8 @@ def self_test(root: Path) -> int:
             print(f"-- self-test {breaker.__name__} (expect failure in {section})", flush=True)
             rep = validate(d, {section}, quiet=True)
             if rep.errors:
+                for error in rep.errors:
+                    print(f"  expected  {error}")
                 print(f"  caught  {breaker.__name__}: {len(rep.errors)} failure(s)")
             else:
                 print(f"  MISSED  {breaker.__name__}: validation passed on a broken copy")
