@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -14,6 +13,8 @@ use swapstream::domain::partial::{AggKey, Merged};
 use swapstream::producer::ground_truth::GroundTruthFile;
 use swapstream::storage::postgres::PgStore;
 use swapstream::storage::redis::RedisStore;
+
+pub use crate::support::process::{artifacts, run_binary, Child};
 
 /// The separate broker process started by `scripts/services up`.
 pub fn brokers() -> String {
@@ -59,39 +60,6 @@ pub fn require_redis_cluster() -> &'static str {
 /// A name no other test run uses: `<base>-<random hex>`.
 pub fn unique(base: &str) -> String {
     format!("{base}-{:08x}", rand::thread_rng().gen::<u32>())
-}
-
-pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_swapstream"))
-}
-
-/// Where child process logs go (kept for inspection after a failure).
-pub fn artifacts() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
-    std::fs::create_dir_all(&dir).expect("creating test-artifacts/");
-    dir
-}
-
-/// The binary with exactly these `SWAPSTREAM_*` variables (the test
-/// process's own are removed).
-pub fn command(args: &[&str], vars: &[(&str, String)]) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(binary());
-    command.args(args).kill_on_drop(true);
-    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("SWAPSTREAM_")) {
-        command.env_remove(name);
-    }
-    for (name, value) in vars {
-        command.env(name, value);
-    }
-    command
-}
-
-/// Runs the binary and waits for it, failing after `timeout`.
-pub async fn run_binary(args: &[&str], vars: &[(&str, String)], timeout: Duration) -> Output {
-    tokio::time::timeout(timeout, command(args, vars).output())
-        .await
-        .unwrap_or_else(|_| panic!("swapstream {args:?} did not finish within {timeout:?}"))
-        .expect("running swapstream")
 }
 
 /// Names that keep one test's state apart from every other's.
@@ -168,89 +136,6 @@ fn stream_time(swaps: u32, vars: &[(&str, String)]) -> Duration {
         .and_then(|(_, rate)| rate.parse::<f64>().ok())
         .filter(|rate| *rate > 0.0);
     per_minute.map_or(Duration::ZERO, |rate| Duration::from_secs_f64(f64::from(swaps) * 3.0 * 60.0 / rate))
-}
-
-/// A child process whose output goes to a log file under test-artifacts/.
-pub struct Child {
-    pub child: tokio::process::Child,
-    pub log: PathBuf,
-    /// Where this process's part of the (shared, appended) log begins.
-    log_start: usize,
-}
-
-impl Child {
-    pub fn spawn(name: &str, args: &[&str], vars: &[(&str, String)]) -> Child {
-        Child::spawn_command(name, command(args, vars))
-    }
-
-    /// [`Child::spawn`] with the open-file limit (soft and hard) at `files`.
-    pub fn spawn_with_file_limit(name: &str, args: &[&str], vars: &[(&str, String)], files: u64) -> Child {
-        let mut command = command(args, vars);
-        // SAFETY: only setrlimit between fork and exec, which is async-signal-safe.
-        unsafe {
-            command.pre_exec(move || {
-                let limit = libc::rlimit { rlim_cur: files, rlim_max: files };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-        Child::spawn_command(name, command)
-    }
-
-    fn spawn_command(name: &str, mut command: tokio::process::Command) -> Child {
-        let log = artifacts().join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
-        let log_start = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
-        let child = command
-            .stdout(Stdio::from(file.try_clone().expect("log file")))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .expect("spawning swapstream");
-        Child { child, log, log_start }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id().expect("running child") as i32
-    }
-
-    pub async fn kill9(&mut self) {
-        self.child.start_kill().expect("SIGKILL");
-        self.child.wait().await.expect("reaping");
-    }
-
-    /// SIGTERM, then the exit status within `timeout`.
-    pub async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        // SAFETY: sending a signal to our own child process.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        tokio::time::timeout(timeout, self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("no exit within {timeout:?} of SIGTERM; log: {}", self.log.display()))
-            .expect("waiting")
-    }
-
-    /// What this process logged (earlier processes may share the file).
-    pub fn log_text(&self) -> String {
-        let bytes = std::fs::read(&self.log).unwrap_or_default();
-        String::from_utf8_lossy(bytes.get(self.log_start..).unwrap_or_default()).into_owned()
-    }
-}
-
-/// A failing test shows the end of each of its processes' logs (the files
-/// under test-artifacts/ are gone with a CI machine).
-impl Drop for Child {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let text = self.log_text();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!("---- last lines of {}:", self.log.display());
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
 }
 
 /// A plain PostgreSQL client.

@@ -1,8 +1,9 @@
 //! Running the service's binary: a clean environment of the run's own
-//! names, and the ports a process logs once it listens.
+//! names, child processes with their logs under test-artifacts/, and the
+//! ports a process logs once it listens.
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Token universe of the benchmark streams.
@@ -54,5 +55,120 @@ pub fn wait_for_port(log: &Path, timeout: Duration) -> u16 {
         }
         assert!(Instant::now() < deadline, "no http_port logged in {}", log.display());
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The service's binary, as cargo built it for this test or bench.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_swapstream"))
+}
+
+/// Where child process logs go (kept for inspection after a failure).
+pub fn artifacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
+    std::fs::create_dir_all(&dir).expect("creating test-artifacts/");
+    dir
+}
+
+/// The binary with exactly these `SWAPSTREAM_*` variables (the test
+/// process's own are removed).
+pub fn command(args: &[&str], vars: &[(&str, String)]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binary());
+    command.args(args).kill_on_drop(true);
+    clear_env(command.as_std_mut());
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    command
+}
+
+/// Runs the binary and waits for it, failing after `timeout`.
+pub async fn run_binary(args: &[&str], vars: &[(&str, String)], timeout: Duration) -> Output {
+    tokio::time::timeout(timeout, command(args, vars).output())
+        .await
+        .unwrap_or_else(|_| panic!("swapstream {args:?} did not finish within {timeout:?}"))
+        .expect("running swapstream")
+}
+
+/// A child process whose output goes to a log file under test-artifacts/.
+pub struct Child {
+    pub child: tokio::process::Child,
+    pub log: PathBuf,
+    /// Where this process's part of the (shared, appended) log begins.
+    log_start: usize,
+}
+
+impl Child {
+    pub fn spawn(name: &str, args: &[&str], vars: &[(&str, String)]) -> Child {
+        Child::spawn_command(name, command(args, vars))
+    }
+
+    /// [`Child::spawn`] with the open-file limit (soft and hard) at `files`.
+    pub fn spawn_with_file_limit(name: &str, args: &[&str], vars: &[(&str, String)], files: u64) -> Child {
+        let mut command = command(args, vars);
+        // SAFETY: only setrlimit between fork and exec, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit { rlim_cur: files, rlim_max: files };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        Child::spawn_command(name, command)
+    }
+
+    fn spawn_command(name: &str, mut command: tokio::process::Command) -> Child {
+        let log = artifacts().join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+        let log_start = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+        let child = command
+            .stdout(Stdio::from(file.try_clone().expect("log file")))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("spawning swapstream");
+        Child { child, log, log_start }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("running child") as i32
+    }
+
+    pub async fn kill9(&mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        self.child.wait().await.expect("reaping");
+    }
+
+    /// SIGTERM, then the exit status within `timeout`.
+    pub async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("no exit within {timeout:?} of SIGTERM; log: {}", self.log.display()))
+            .expect("waiting")
+    }
+
+    /// What this process logged (earlier processes may share the file).
+    pub fn log_text(&self) -> String {
+        let bytes = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(bytes.get(self.log_start..).unwrap_or_default()).into_owned()
+    }
+}
+
+/// A failing test shows the end of each of its processes' logs (the files
+/// under test-artifacts/ are gone with a CI machine).
+impl Drop for Child {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("---- last lines of {}:", self.log.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
