@@ -11,11 +11,11 @@ use tokio::sync::oneshot;
 
 use crate::actors::aggregator::Aggregators;
 use crate::actors::kafka_reader::poll::{self, PollSettings, ReaderContext};
-use crate::actors::kafka_reader::{Control, CoreParts, Dlq, KafkaReader};
+use crate::actors::kafka_reader::{Control, CoreParts, Dlq, DlqContext, KafkaReader};
 use crate::actors::ws::registry::{SessionRegistry, Shutdown};
 use crate::config::{ConfigError, Settings};
 use crate::http::{HttpParts, Probe, Readiness, Servers};
-use crate::kafka::{client_config, set_default, LoggingContext};
+use crate::kafka::{client_config, set_default, LoggingContext, PolledProducer};
 use crate::read::Live;
 use crate::storage::postgres::PgStore;
 use crate::storage::redis::RedisStore;
@@ -239,12 +239,11 @@ impl Consumer {
             warn!(log, "cannot create the dead-letter topic"; "error" => format!("{e:#}"));
         }
 
-        let dlq_producer = client_config(&settings.kafka, brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .create_with_context(LoggingContext { log: log.clone() })
-            .context("creating the dead-letter producer")?;
+        let mut dlq_config = client_config(&settings.kafka, brokers);
+        dlq_config.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
+        let dlq_context = DlqContext { log: LoggingContext { log: log.clone() } };
+        let dlq_producer =
+            PolledProducer::create(&dlq_config, dlq_context).context("creating the dead-letter producer")?;
         let dlq = Dlq { producer: dlq_producer, topic: settings.kafka.dlq_topic.clone() };
 
         let threads = settings.consumer.aggregator_threads;

@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, PurgeConfig};
 use rdkafka::Message as _;
 use slog::{error, info, warn, Logger};
 use tokio::time::Instant;
@@ -32,7 +32,7 @@ use crate::codec::Encoding;
 use crate::codec::{self, CONTENT_TYPE_HEADER};
 use crate::config::{ProducerSettings, Rate, Settings};
 use crate::domain::{SwapEvent, TokenSymbol};
-use crate::kafka::{client_config, LoggingContext};
+use crate::kafka::{client_config, LoggingContext, PolledProducer};
 use crate::retry::Backoff;
 
 /// Duplicates follow their original within this delay.
@@ -40,6 +40,9 @@ const DUPLICATE_MAX_DELAY: Duration = Duration::from_millis(500);
 
 /// Longest wait before a new producer replaces one that hit a fatal error.
 const RECREATE_MAX_WAIT: Duration = Duration::from_secs(10);
+
+/// At a stop, how long the reports of purged messages get to arrive.
+const PURGED_REPORTS_WITHIN: Duration = Duration::from_millis(500);
 
 /// What a producer run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -318,8 +321,8 @@ pub async fn run(
 /// backoff, and goes on. The messages the old instance still held fail
 /// their delivery (counted, and recorded as failed in the ground truth).
 struct Client {
-    producer: ThreadedProducer<DeliveryContext>,
-    make: Box<dyn Fn() -> anyhow::Result<ThreadedProducer<DeliveryContext>> + Send>,
+    producer: PolledProducer<DeliveryContext>,
+    make: Box<dyn Fn() -> anyhow::Result<PolledProducer<DeliveryContext>> + Send>,
     log: Logger,
     backoff: Backoff,
 }
@@ -345,7 +348,7 @@ impl Client {
                 .set("linger.ms", "1") // events are stamped when sent: keep their wait short
                 .set("compression.type", "lz4")
                 .set("queue.buffering.max.messages", "500000");
-            config.create_with_context(context).context("creating the Kafka producer")
+            PolledProducer::create(&config, context).context("creating the Kafka producer")
         });
         Ok(Client { producer: make()?, make, log: log.clone(), backoff: Backoff::new(RECREATE_MAX_WAIT) })
     }
@@ -390,9 +393,9 @@ impl Client {
             "in_flight" => self.producer.in_flight_count(), "after_ms" => wait.as_millis());
         tokio::time::sleep(wait).await;
         let fresh = (self.make)()?;
-        let old = std::mem::replace(&mut self.producer, fresh);
-        // Dropping purges and waits for the purged reports: not on this thread.
-        tokio::task::spawn_blocking(move || drop(old));
+        // The old client is closed on its delivery thread: its purged
+        // messages' reports come from there.
+        drop(std::mem::replace(&mut self.producer, fresh));
         Ok(())
     }
 
@@ -411,8 +414,11 @@ impl Client {
                 if let Err(e) = producer.flush(within) {
                     warn!(log, "in-flight messages not delivered before the stop"; "in_flight" => producer.in_flight_count(),
                         "error" => %e);
+                    // What is left fails now, its reports served before the
+                    // summary counts them.
+                    producer.purge(PurgeConfig::default().queue().inflight());
+                    let _ = producer.flush(PURGED_REPORTS_WITHIN);
                 }
-                // Dropping purges what is left and waits for its reports.
                 drop(producer);
                 let _ = done_tx.send(());
             })

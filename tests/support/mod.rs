@@ -1,6 +1,6 @@
 //! What the integration tests, the fault suite and the benchmarks share:
 //! an HTTP client, running the service's binary, a mock broker process,
-//! reading metrics. Each includes it with
+//! reading metrics and `/proc`. Each includes it with
 //! `#[path = "<relative>/tests/support/mod.rs"] mod support;` and uses what
 //! it needs.
 #![allow(dead_code)]
@@ -10,3 +10,4 @@ pub mod http;
 pub mod metrics;
 pub mod mock_broker;
 pub mod process;
+pub mod procfs;

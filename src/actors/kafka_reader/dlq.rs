@@ -2,10 +2,15 @@
 
 use std::time::Duration;
 
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 use slog::{warn, Logger};
+use tokio::sync::oneshot;
 
+use crate::kafka::{LoggingContext, PolledProducer};
 use crate::metrics::METRICS;
 use crate::stream::Tp;
 
@@ -17,8 +22,35 @@ pub const SOURCE_PARTITION: &str = "swapstream-source-partition";
 pub const SOURCE_OFFSET: &str = "swapstream-source-offset";
 
 pub struct Dlq {
-    pub producer: FutureProducer<crate::kafka::LoggingContext>,
+    pub producer: PolledProducer<DlqContext>,
     pub topic: String,
+}
+
+/// Whether the broker has a dead letter: `Ok`, or why not.
+pub type Delivery = oneshot::Receiver<Result<(), String>>;
+
+/// The dead-letter producer's context: librdkafka's log into slog, and
+/// each delivery report to the one waiting for it.
+pub struct DlqContext {
+    pub log: LoggingContext,
+}
+
+impl ClientContext for DlqContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.log.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(error, reason);
+    }
+}
+
+impl ProducerContext for DlqContext {
+    type DeliveryOpaque = Box<oneshot::Sender<Result<(), String>>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, waiting: Self::DeliveryOpaque) {
+        let _ = waiting.send(result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string()));
+    }
 }
 
 /// One message for the dead-letter topic.
@@ -33,9 +65,9 @@ pub struct DeadLetter<'a> {
 }
 
 impl Dlq {
-    /// Enqueues the message; the future resolves once the broker has it.
+    /// Enqueues the message; the answer comes once the broker has it.
     /// Counts it and logs it with the message's topic, partition and offset.
-    pub fn send(&self, letter: DeadLetter<'_>, log: &Logger) -> Result<DeliveryFuture, String> {
+    pub fn send(&self, letter: DeadLetter<'_>, log: &Logger) -> Result<Delivery, String> {
         METRICS.dead_lettered.with_label_values(&[letter.reason]).inc();
         warn!(log, "message dead-lettered"; "reason" => letter.reason, "error" => &letter.error,
             "topic" => &*letter.source.topic, "partition" => letter.source.partition, "offset" => letter.offset,
@@ -51,15 +83,16 @@ impl Dlq {
         if let Some(content_type) = letter.content_type {
             headers = headers.insert(Header { key: crate::codec::CONTENT_TYPE_HEADER, value: Some(content_type) });
         }
-        let mut record = FutureRecord::to(&self.topic).payload(letter.payload).headers(headers);
+        let (delivered, delivery) = oneshot::channel();
+        let mut record =
+            BaseRecord::with_opaque_to(&self.topic, Box::new(delivered)).payload(letter.payload).headers(headers);
         if let Some(key) = letter.key {
             record = record.key(key);
         }
-        self.producer.send_result(record).map_err(|(e, _)| e.to_string())
+        self.producer.send(record).map(|()| delivery).map_err(|(e, _)| e.to_string())
     }
 
     pub fn flush(&self, timeout: Duration) {
-        use rdkafka::producer::Producer;
         let _ = self.producer.flush(timeout);
     }
 }

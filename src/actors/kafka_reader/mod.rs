@@ -31,7 +31,7 @@ use rdkafka::consumer::BaseConsumer;
 use slog::{error, info, warn, Logger};
 use tokio::sync::oneshot;
 
-pub use dlq::{DeadLetter, Dlq};
+pub use dlq::{DeadLetter, Dlq, DlqContext};
 pub use poll::{Control, Input, ReaderContext};
 
 use plan::{Plan, Skipped, Slot};
@@ -304,9 +304,9 @@ impl Core {
         // Dead letters must be durable before the offsets move past them.
         for (tp, offset, delivery) in deliveries {
             let failure = match delivery {
-                Ok(future) => match future.await {
-                    Ok(Ok(_)) => None,
-                    Ok(Err((e, _))) => Some(e.to_string()),
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e),
                     Err(_) => Some("the producer dropped the message".to_owned()),
                 },
                 Err(e) => Some(e),

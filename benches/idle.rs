@@ -1,0 +1,113 @@
+//! Idle cost: `swapstream all` (producer, consumer and API in one process)
+//! at the design's rate, 1000 events a minute (about 16 events/s), against
+//! Apache Kafka; the CPU it uses, and the broker's, over a quiet minute.
+//!
+//! `cargo bench --bench idle -- [--rate EVENTS_PER_MINUTE] [--secs S] [--warmup S]`
+//! (defaults: 1000 events a minute, 60 s measured after 20 s of warm-up)
+//! with the services up (`scripts/services up`; the broker at
+//! `SWAPSTREAM_TEST_BROKERS`, 127.0.0.1:9092 by default). Prints each
+//! process's share of one core, its context switches a second (wakeups:
+//! timers and polling loops show there first), and a Markdown row for
+//! docs/BENCHMARKS.md. Fails if the stream did not flow.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::procfs::{context_switches, cpu_secs, pids_named, pids_running};
+
+const USAGE: &str = "cargo bench --bench idle -- [--rate EVENTS_PER_MINUTE] [--secs S] [--warmup S]";
+
+fn option(args: &[String], name: &str, default: u64) -> u64 {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map_or(default, |v| {
+        v.replace('_', "").parse().unwrap_or_else(|_| {
+            eprintln!("{name} takes a whole number, not {v:?}\nusage: {USAGE}");
+            std::process::exit(2)
+        })
+    })
+}
+
+/// CPU seconds and context switches of a set of processes.
+fn usage(pids: &[u32]) -> (f64, u64) {
+    (pids.iter().map(|&p| cpu_secs(p)).sum(), pids.iter().map(|&p| context_switches(p)).sum())
+}
+
+/// `swapstream_events_consumed_total`, summed over its labels.
+fn consumed(port: u16) -> f64 {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (_, text) = runtime.block_on(support::http::get(port, "/metrics"));
+    text.lines()
+        .filter(|l| l.starts_with("swapstream_events_consumed_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn main() {
+    // `cargo test --all-targets` runs bench targets without `--bench`: skip.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("idle benchmark: run it with `cargo bench --bench idle`");
+        return;
+    }
+    let args = support::args::checked(USAGE, &[], &["--rate", "--secs", "--warmup"]);
+    let rate = option(&args, "--rate", 1000);
+    let secs = option(&args, "--secs", 60);
+    let warmup = option(&args, "--warmup", 20);
+    let brokers = std::env::var("SWAPSTREAM_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let id = format!("idlebench_{:08x}", rand::random::<u32>());
+    let log = format!("/tmp/{id}-all.log");
+    let mut command = std::process::Command::new(support::process::binary());
+    support::process::stream_env(&mut command, &brokers, &id, 4);
+    let mut child = command
+        .arg("all")
+        .env("SWAPSTREAM_PRODUCER_RATE", rate.to_string())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("swapstream all");
+    let pid = child.id();
+    eprintln!("swapstream all: log {log}");
+    let port = support::process::wait_for_port(std::path::Path::new(&log), Duration::from_secs(60));
+    // Group join, topic creation, first checkpoints: not measured.
+    std::thread::sleep(Duration::from_secs(warmup));
+
+    let parts: Vec<(&str, Vec<u32>)> = vec![
+        ("swapstream all", vec![pid]),
+        ("Apache Kafka", pids_running("kafka.Kafka")),
+        ("PostgreSQL", pids_named("postgres")),
+        ("Redis", pids_named("redis-server")),
+    ];
+    let before: Vec<(f64, u64)> = parts.iter().map(|(_, pids)| usage(pids)).collect();
+    let consumed_before = consumed(port);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let wall = started.elapsed().as_secs_f64();
+    let after: Vec<(f64, u64)> = parts.iter().map(|(_, pids)| usage(pids)).collect();
+    let events = consumed(port) - consumed_before;
+
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let _ = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-qc", &format!("DROP SCHEMA IF EXISTS {id} CASCADE")])
+        .stderr(Stdio::null())
+        .status();
+
+    let expected = rate as f64 / 60.0 * wall;
+    eprintln!(
+        "consumed {events:.0} events in {wall:.1} s ({:.1}/s; the producer's rate {:.1}/s)",
+        events / wall,
+        rate as f64 / 60.0
+    );
+    let mut shares = Vec::new();
+    for (((name, pids), (cpu0, cs0)), (cpu1, cs1)) in parts.iter().zip(&before).zip(&after) {
+        let share = (cpu1 - cpu0) * 100.0 / wall;
+        let switches = (cs1 - cs0) as f64 / wall;
+        eprintln!("{name} ({} processes): {share:.1} % of a core, {switches:.0} context switches/s", pids.len());
+        shares.push(format!("{share:.1} % ({switches:.0}/s)"));
+    }
+    println!("| events/min | measured | swapstream all | Apache Kafka | PostgreSQL | Redis |");
+    println!("|---|---|---|---|---|---|");
+    println!("| {rate} | {wall:.0} s | {} |", shares.join(" | "));
+    assert!(events >= expected * 0.5, "the stream did not flow: {events} events consumed, {expected:.0} expected");
+}
