@@ -2,22 +2,27 @@
 //! at the design's rate, 1000 events a minute (about 16 events/s), against
 //! Apache Kafka; the CPU it uses, and the broker's, over a quiet minute.
 //!
-//! `cargo bench --bench idle -- [--rate EVENTS_PER_MINUTE] [--secs S] [--warmup S]`
-//! (defaults: 1000 events a minute, 60 s measured after 20 s of warm-up)
-//! with the services up (`scripts/services up`; the broker at
-//! `SWAPSTREAM_TEST_BROKERS`, 127.0.0.1:9092 by default). Prints each
-//! process's share of one core, its context switches a second (wakeups:
-//! timers and polling loops show there first), and a Markdown row for
-//! docs/BENCHMARKS.md. Fails if the stream did not flow.
+//! `cargo bench --bench idle -- [--rate EVENTS_PER_MINUTE] [--secs S] [--warmup S] [--shared-broker]`
+//! (defaults: 1000 events a minute, 60 s measured after 60 s of warm-up)
+//! with PostgreSQL and Redis up (`scripts/services up`). The broker is one
+//! of the run's own (`scripts/services broker-start` in a temporary folder,
+//! on free ports), holding this stream's topics only: the shared one
+//! carries every topic the tests ever made, and its idle cost grows with
+//! them. `--shared-broker` uses `SWAPSTREAM_TEST_BROKERS` (127.0.0.1:9092 by
+//! default) instead. Prints each process's share of one core, its context
+//! switches a second (wakeups: timers and polling loops show there first),
+//! and a Markdown row for docs/BENCHMARKS.md. Fails if the stream did not
+//! flow.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 #[path = "../tests/support/mod.rs"]
 mod support;
-use support::procfs::{context_switches, cpu_secs, pids_named, pids_running};
+use support::kafka::OwnBroker;
+use support::procfs::{context_switches, cpu_secs, pids_named, pids_running, threads_cpu_secs};
 
-const USAGE: &str = "cargo bench --bench idle -- [--rate EVENTS_PER_MINUTE] [--secs S] [--warmup S]";
+const USAGE: &str = "cargo bench --bench idle -- [--rate EVENTS_PER_MINUTE] [--secs S] [--warmup S] [--shared-broker]";
 
 fn option(args: &[String], name: &str, default: u64) -> u64 {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map_or(default, |v| {
@@ -49,11 +54,26 @@ fn main() {
         println!("idle benchmark: run it with `cargo bench --bench idle`");
         return;
     }
-    let args = support::args::checked(USAGE, &[], &["--rate", "--secs", "--warmup"]);
+    let args = support::args::checked(USAGE, &["--shared-broker"], &["--rate", "--secs", "--warmup"]);
     let rate = option(&args, "--rate", 1000);
     let secs = option(&args, "--secs", 60);
-    let warmup = option(&args, "--warmup", 20);
-    let brokers = std::env::var("SWAPSTREAM_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let warmup = option(&args, "--warmup", 60);
+    let folder = tempfile::Builder::new().prefix("swapstream-idle").tempdir().unwrap();
+    let own = (!args.iter().any(|a| a == "--shared-broker")).then(|| {
+        let broker = OwnBroker::new(folder.path());
+        broker.start();
+        broker
+    });
+    let (brokers, broker_pids) = match &own {
+        Some(broker) => {
+            let pid = std::fs::read_to_string(folder.path().join("kafka/broker/kafka.pid")).unwrap();
+            (broker.brokers(), vec![pid.trim().parse().unwrap()])
+        }
+        None => (
+            std::env::var("SWAPSTREAM_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into()),
+            pids_running("kafka.Kafka"),
+        ),
+    };
     let id = format!("idlebench_{:08x}", rand::random::<u32>());
     let log = format!("/tmp/{id}-all.log");
     let mut command = std::process::Command::new(support::process::binary());
@@ -73,16 +93,23 @@ fn main() {
 
     let parts: Vec<(&str, Vec<u32>)> = vec![
         ("swapstream all", vec![pid]),
-        ("Apache Kafka", pids_running("kafka.Kafka")),
+        ("Apache Kafka", broker_pids),
         ("PostgreSQL", pids_named("postgres")),
         ("Redis", pids_named("redis-server")),
     ];
+    // The JVM's just-in-time compiler goes on for minutes at this load
+    // after a start: shown apart, as it stops once the broker has warmed up.
+    let jit = || -> f64 {
+        parts[1].1.iter().map(|&p| threads_cpu_secs(p, "C1 Compiler") + threads_cpu_secs(p, "C2 Compiler")).sum()
+    };
+    let jit_before = jit();
     let before: Vec<(f64, u64)> = parts.iter().map(|(_, pids)| usage(pids)).collect();
     let consumed_before = consumed(port);
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs(secs));
     let wall = started.elapsed().as_secs_f64();
     let after: Vec<(f64, u64)> = parts.iter().map(|(_, pids)| usage(pids)).collect();
+    let jit_share = (jit() - jit_before) * 100.0 / wall;
     let events = consumed(port) - consumed_before;
 
     // SAFETY: a signal to our own child.
@@ -92,6 +119,9 @@ fn main() {
         .args(["-h", "127.0.0.1", "-U", "postgres", "-qc", &format!("DROP SCHEMA IF EXISTS {id} CASCADE")])
         .stderr(Stdio::null())
         .status();
+    if let Some(broker) = own {
+        broker.stop();
+    }
 
     let expected = rate as f64 / 60.0 * wall;
     eprintln!(
@@ -106,6 +136,8 @@ fn main() {
         eprintln!("{name} ({} processes): {share:.1} % of a core, {switches:.0} context switches/s", pids.len());
         shares.push(format!("{share:.1} % ({switches:.0}/s)"));
     }
+    eprintln!("of which the broker's JIT compiler: {jit_share:.1} % of a core");
+    shares[1].push_str(&format!(", JIT {jit_share:.1} %"));
     println!("| events/min | measured | swapstream all | Apache Kafka | PostgreSQL | Redis |");
     println!("|---|---|---|---|---|---|");
     println!("| {rate} | {wall:.0} s | {} |", shares.join(" | "));

@@ -4,23 +4,16 @@
 //! ports, each one stoppable and startable while the service runs against
 //! it. The shared services the other tests use are never touched.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::helpers::{self, eventually, Names};
+use crate::support::kafka::{free_port, OwnBroker};
 
 /// One fault test at a time: each runs a JVM broker, a PostgreSQL and a
 /// Redis of its own besides the service's processes.
 pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// The newest PostgreSQL server binaries on this machine.
 fn pg_bin(tool: &str) -> PathBuf {
@@ -47,8 +40,7 @@ fn run(command: &mut Command, what: &str) {
 
 pub struct Stack {
     dir: tempfile::TempDir,
-    pub kafka_port: u16,
-    controller_port: u16,
+    kafka: OwnBroker,
     pub pg_port: u16,
     pub redis_port: u16,
     redis: Option<std::process::Child>,
@@ -57,14 +49,8 @@ pub struct Stack {
 impl Stack {
     pub async fn start() -> Stack {
         let dir = tempfile::Builder::new().prefix("swapstream-faults").tempdir().unwrap();
-        let mut stack = Stack {
-            dir,
-            kafka_port: free_port(),
-            controller_port: free_port(),
-            pg_port: free_port(),
-            redis_port: free_port(),
-            redis: None,
-        };
+        let kafka = OwnBroker::new(&dir.path().join("services"));
+        let mut stack = Stack { dir, kafka, pg_port: free_port(), redis_port: free_port(), redis: None };
         stack.init_postgres();
         stack.start_postgres().await;
         stack.start_redis().await;
@@ -73,7 +59,7 @@ impl Stack {
     }
 
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.kafka_port)
+        self.kafka.brokers()
     }
 
     pub fn postgres_url(&self) -> String {
@@ -107,25 +93,13 @@ impl Stack {
 
     // ------------------------------------------------------------ Kafka
 
-    fn services(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(repo().join("scripts/services"));
-        command
-            .args(args)
-            .env("SERVICES_LOCAL_DIR", self.dir.path().join("services"))
-            .env("SERVICES_KAFKA_HOME", helpers::installed_kafka())
-            .env("SWAPSTREAM_BROKER_PORT", self.kafka_port.to_string())
-            .env("SERVICES_KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
-            .env("SERVICES_KAFKA_HEAP", "384m");
-        command
-    }
-
     pub async fn start_kafka(&self) {
-        let mut command = self.services(&["broker-start"]);
+        let mut command = self.kafka.services(&["broker-start"]);
         tokio::task::spawn_blocking(move || run(&mut command, "starting the stack's Kafka")).await.unwrap();
     }
 
     pub async fn stop_kafka(&self) {
-        let mut command = self.services(&["broker-stop"]);
+        let mut command = self.kafka.services(&["broker-stop"]);
         tokio::task::spawn_blocking(move || run(&mut command, "stopping the stack's Kafka")).await.unwrap();
     }
 
@@ -204,22 +178,14 @@ impl Drop for Stack {
     fn drop(&mut self) {
         if std::thread::panicking() {
             // A failing scenario shows what its broker last said.
-            let broker = self.dir.path().join("services/kafka/broker");
-            for file in ["stdout.log", "server.log"] {
-                let text = std::fs::read_to_string(broker.join(file)).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                eprintln!("---- last lines of the stack's Kafka {file}:");
-                for line in tail.into_iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
+            eprintln!("{}", self.kafka.log_tail(20));
         }
         if let Some(mut child) = self.redis.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
         let _ = self.as_postgres("pg_ctl").arg("-D").arg(self.pg_data()).args(["-m", "immediate", "stop"]).output();
-        let _ = self.services(&["broker-stop"]).output();
+        let _ = self.kafka.services(&["broker-stop"]).output();
     }
 }
 

@@ -2,7 +2,6 @@
 //! child processes, and reading the stored state back.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -29,23 +28,6 @@ pub fn require_broker() -> String {
         panic!("no Kafka-protocol broker at {first}: run `scripts/services up` (or `scripts/test`) first");
     }
     brokers
-}
-
-/// The project's Apache Kafka jars, installed by `scripts/services install
-/// kafka` if need be (a broker of someone else's may have been reused), once
-/// per test process.
-pub fn installed_kafka() -> PathBuf {
-    static HOME: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    HOME.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services");
-        let output = std::process::Command::new(script).args(["install", "kafka"]).output().expect("scripts/services");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let line = String::from_utf8_lossy(&output.stdout).into_owned();
-        let home =
-            line.split(" installed in ").nth(1).and_then(|rest| rest.split(" (").next()).expect("the install line");
-        PathBuf::from(home)
-    })
-    .clone()
 }
 
 /// The nodes of the Redis Cluster started by `scripts/redis-cluster up`;

@@ -8,8 +8,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::helpers;
-
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services")
 }
@@ -132,7 +130,7 @@ fn a_broker_that_does_not_answer_in_time_is_stopped_and_named() {
         state.path(),
         None,
         &[
-            ("SERVICES_KAFKA_HOME", helpers::installed_kafka().display().to_string()),
+            ("SERVICES_KAFKA_HOME", crate::support::kafka::installed_kafka().display().to_string()),
             ("SWAPSTREAM_BROKER_PORT", broker_port.to_string()),
             // Apache Kafka takes seconds to start: one is too short.
             ("SERVICES_TIMEOUT", "1".into()),

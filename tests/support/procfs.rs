@@ -117,3 +117,18 @@ pub fn context_switches(pid: u32) -> u64 {
         })
         .sum()
 }
+
+/// CPU time of a process's threads whose name starts with `prefix`, in
+/// seconds (the scheduler's count, `/proc/<pid>/task/<tid>/schedstat`).
+pub fn threads_cpu_secs(pid: u32, prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    tasks
+        .flatten()
+        .filter(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|name| name.starts_with(prefix)))
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            stat.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum::<u64>() as f64
+        / 1e9
+}
