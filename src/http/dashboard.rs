@@ -6,6 +6,8 @@
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 
+use super::get_only;
+
 /// One embedded file: name under `/dashboard/`, media type, bytes.
 struct Asset {
     name: &'static str,
@@ -32,7 +34,7 @@ const ASSETS: &[Asset] = &[
 ];
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(index)).route("/dashboard/{name}", web::get().to(file));
+    cfg.service(get_only("/", index)).service(get_only("/dashboard/{name}", file));
 }
 
 fn find(name: &str) -> Option<&'static Asset> {

@@ -14,6 +14,8 @@ pub enum ApiError {
     BadParameter { param: &'static str, message: String },
     #[error("{0}")]
     NotFound(String),
+    #[error("method not allowed here; allowed: {0}")]
+    MethodNotAllowed(&'static str),
     #[error("an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")]
     Unauthorized,
     #[error("the API key is not valid")]
@@ -36,8 +38,9 @@ pub struct ErrorBody {
 
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, machine-readable: `bad_parameter`, `not_found`, `unauthorized`,
-    /// `forbidden`, `origin_not_allowed`, `rate_limited`, `too_large`, `unavailable`.
+    /// Stable, machine-readable: `bad_parameter`, `not_found`,
+    /// `method_not_allowed`, `unauthorized`, `forbidden`, `origin_not_allowed`,
+    /// `rate_limited`, `too_large`, `unavailable`.
     pub code: &'static str,
     /// Human-readable; names the parameter for `bad_parameter`.
     pub message: String,
@@ -65,6 +68,7 @@ impl ApiError {
         match self {
             ApiError::BadParameter { .. } => "bad_parameter",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Unauthorized => "unauthorized",
             ApiError::BadKey => "forbidden",
             ApiError::OriginNotAllowed(_) => "origin_not_allowed",
@@ -84,6 +88,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::BadKey | ApiError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -100,6 +105,9 @@ impl ResponseError for ApiError {
             }
             ApiError::RateLimited(wait) => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs(*wait).max(1).to_string()));
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                response.insert_header((header::ALLOW, *allow));
             }
             _ => {}
         }
@@ -127,6 +135,9 @@ mod tests {
         assert_eq!(ApiError::bad("limit", "x").status_code(), StatusCode::BAD_REQUEST);
         assert_eq!(ApiError::Unauthorized.status_code(), StatusCode::UNAUTHORIZED);
         assert_eq!(ApiError::BadKey.status_code(), StatusCode::FORBIDDEN);
+        let response = ApiError::MethodNotAllowed("GET").error_response();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers().get(header::ALLOW).unwrap(), "GET");
         assert_eq!(ApiError::redis(anyhow::anyhow!("down")).status_code(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

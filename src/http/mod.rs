@@ -28,14 +28,28 @@ use crate::config::HttpSettings;
 use crate::read::Live;
 use middleware::Policy;
 
+/// `path` answering GET with `handler`. Any other method is a 405 whose
+/// `Allow` names GET: without a default of its own, the resource would
+/// hand the request to the app's 404.
+fn get_only<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path).route(web::get().to(handler)).default_service(web::to(|| async {
+        Err::<actix_web::HttpResponse, _>(error::ApiError::MethodNotAllowed("GET"))
+    }))
+}
+
 /// Health, readiness and metrics: on the main address, and alone on the
 /// health address when one is configured.
 fn health_routes(readiness: Readiness) -> impl Fn(&mut web::ServiceConfig) + Clone {
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(web::Data::new(readiness.clone()))
-            .route("/healthz", web::get().to(health::healthz))
-            .route("/readyz", web::get().to(health::readyz))
-            .route("/metrics", web::get().to(health::metrics));
+            .service(get_only("/healthz", health::healthz))
+            .service(get_only("/readyz", health::readyz))
+            .service(get_only("/metrics", health::metrics));
     }
 }
 
@@ -49,7 +63,7 @@ fn api_routes(live: Live) -> impl Fn(&mut web::ServiceConfig) + Clone {
             .app_data(
                 web::PathConfig::default().error_handler(|e, _| error::ApiError::bad("path", e.to_string()).into()),
             )
-            .route("/v1/openapi.json", web::get().to(openapi::document))
+            .service(get_only("/v1/openapi.json", openapi::document))
             .configure(tokens::routes);
     }
 }

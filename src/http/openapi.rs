@@ -2,7 +2,15 @@
 //! the response types they really serialize; served at `/v1/openapi.json`.
 
 use actix_web::HttpResponse;
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
+use utoipa::openapi::server::Server;
+use utoipa::openapi::Ref;
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
@@ -21,12 +29,13 @@ use super::tokens;
         tokens::pair_candles,
     ),
     components(schemas(ErrorBody)),
-    modifiers(&Security),
+    modifiers(&Security, &CommonResponses),
     tags((name = "tokens"), (name = "pairs")),
 )]
 pub struct ApiDoc;
 
-/// API keys, when configured: either header.
+/// API keys, when configured: either header. Without keys configured the
+/// API is open, so no scheme is required (the empty requirement).
 struct Security;
 
 impl Modify for Security {
@@ -38,9 +47,96 @@ impl Modify for Security {
         );
         components
             .add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))));
+        let none: [&str; 0] = [];
+        openapi.security = Some(vec![
+            SecurityRequirement::new("bearer", none),
+            SecurityRequirement::new("api_key", none),
+            SecurityRequirement::default(),
+        ]);
+        // Relative: the document is served by the API it describes.
+        openapi.servers = Some(vec![Server::new("/")]);
+    }
+}
+
+/// What every operation can answer besides its own responses: the key
+/// check (401, 403), a method other than GET (405), the rate limit (429)
+/// and a store that is down (503), each with the headers that come with it.
+struct CommonResponses;
+
+impl CommonResponses {
+    fn error(description: &str) -> ResponseBuilder {
+        let body = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+        ResponseBuilder::new().description(description).content("application/json", body)
+    }
+
+    fn header(schema: Type, description: &str) -> utoipa::openapi::header::Header {
+        HeaderBuilder::new().schema(ObjectBuilder::new().schema_type(schema)).description(Some(description)).build()
+    }
+
+    fn responses() -> [(&'static str, Response); 5] {
+        [
+            (
+                "401",
+                Self::error("No API key, while keys are configured")
+                    .header("WWW-Authenticate", Self::header(Type::String, "`Bearer`"))
+                    .build(),
+            ),
+            ("403", Self::error("An API key that is not valid, or an origin that is not allowed").build()),
+            (
+                "405",
+                Self::error("A method the path does not serve")
+                    .header("Allow", Self::header(Type::String, "The methods the path serves"))
+                    .build(),
+            ),
+            (
+                "429",
+                Self::error("Over the rate limit of the key or client address")
+                    .header("Retry-After", Self::header(Type::Integer, "Seconds until a request is let through"))
+                    .build(),
+            ),
+            ("503", Self::error("A store the answer needs is unavailable").build()),
+        ]
+    }
+}
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let common = Self::responses();
+        for operation in openapi.paths.paths.values_mut().filter_map(|item| item.get.as_mut()) {
+            for (status, response) in &common {
+                operation.responses.responses.entry((*status).to_owned()).or_insert_with(|| response.clone().into());
+            }
+        }
     }
 }
 
 pub async fn document() -> HttpResponse {
     HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_documents_the_answers_every_request_can_get() {
+        let document = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let paths = document["paths"].as_object().unwrap();
+        assert!(!paths.is_empty());
+        for (path, item) in paths {
+            let responses = &item["get"]["responses"];
+            for status in ["200", "401", "403", "405", "429", "503"] {
+                assert!(responses[status].is_object(), "{path}: no {status}");
+            }
+            assert!(responses["429"]["headers"]["Retry-After"].is_object(), "{path}");
+            assert!(responses["405"]["headers"]["Allow"].is_object(), "{path}");
+            assert_eq!(
+                responses["401"]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ErrorBody"
+            );
+        }
+        // Either key header, or none when the API is open.
+        assert_eq!(document["security"], serde_json::json!([{"bearer": []}, {"api_key": []}, {}]));
+        assert_eq!(document["servers"][0]["url"], "/");
+    }
 }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
+use super::get_only;
 use crate::domain::aggregate::{Candle, Interval};
 use crate::domain::partial::AggKey;
 use crate::domain::{Amount, PairKey, TokenSymbol};
@@ -22,13 +23,13 @@ const MAX_SWAPS: usize = 1000;
 const DEFAULT_SWAPS: usize = 50;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/tokens", web::get().to(list_tokens))
-        .route("/v1/tokens/{token}/stats", web::get().to(token_stats))
-        .route("/v1/tokens/{token}/candles", web::get().to(token_candles))
-        .route("/v1/tokens/{token}/swaps", web::get().to(token_swaps))
-        .route("/v1/pairs", web::get().to(list_pairs))
-        .route("/v1/pairs/{pair}/stats", web::get().to(pair_stats))
-        .route("/v1/pairs/{pair}/candles", web::get().to(pair_candles));
+    cfg.service(get_only("/v1/tokens", list_tokens))
+        .service(get_only("/v1/tokens/{token}/stats", token_stats))
+        .service(get_only("/v1/tokens/{token}/candles", token_candles))
+        .service(get_only("/v1/tokens/{token}/swaps", token_swaps))
+        .service(get_only("/v1/pairs", list_pairs))
+        .service(get_only("/v1/pairs/{pair}/stats", pair_stats))
+        .service(get_only("/v1/pairs/{pair}/candles", pair_candles));
 }
 
 fn token_key(text: &str) -> Result<AggKey, ApiError> {

@@ -48,6 +48,7 @@ use futures::Stream;
 use serde_json::json;
 
 use super::error::ApiError;
+use super::get_only;
 use super::middleware::{Policy, RequestId};
 use crate::actors::ws::connection::{count_sent, ConnShared, ConnSocket};
 use crate::actors::ws::limits::{IpLimiter, Refused};
@@ -86,7 +87,7 @@ pub fn on_connect(send_buffer: usize) -> impl Fn(&dyn Any, &mut Extensions) + Se
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/ws", web::get().to(upgrade)).route("/v1/ws/stats", web::get().to(stats));
+    cfg.service(get_only("/v1/ws", upgrade)).service(get_only("/v1/ws/stats", stats));
 }
 
 async fn upgrade(

@@ -259,6 +259,19 @@ async fn every_error_has_its_status_and_a_json_body_and_a_lost_store_is_503() {
     expect(get(port, "/v1/tokens/ETH/stats").await, 404, "not_found", None);
     expect(get(port, "/v1/pairs/ETH-USDC/candles").await, 404, "not_found", None);
     expect(get(port, "/v1/nothing/here").await, 404, "not_found", None);
+    // A served path asked with another method: 405 naming the one it has.
+    for (method, path) in [
+        ("TRACE", "/v1/tokens"),
+        ("POST", "/v1/tokens/ETH/stats"),
+        ("DELETE", "/v1/pairs/ETH-USDC/candles"),
+        ("PUT", "/v1/openapi.json"),
+        ("PATCH", "/healthz"),
+    ] {
+        let answer = http::request(port, method, path, &[]).await;
+        assert_eq!(answer.header("allow"), Some("GET"), "{method} {path}");
+        expect(answer, 405, "method_not_allowed", None);
+    }
+    expect(http::request(port, "POST", "/v1/nothing/here", &[]).await, 404, "not_found", None);
     for (path, param) in [
         ("/v1/tokens/E%20TH/stats", "token"),
         ("/v1/tokens/THIS-IS-FAR-TOO-LONG-A-SYMBOL/swaps", "token"),
