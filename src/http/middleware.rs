@@ -4,7 +4,10 @@
 //!    own nor allowed (CORS headers for allowed ones come from actix-cors,
 //!    with the same rule, [`origin_allowed`]);
 //! 3. [`guard`] on `/v1`: body size, API key, rate limit, and a deadline
-//!    for the answer ([`ANSWER_DEADLINE`], then 503).
+//!    for the answer ([`ANSWER_DEADLINE`], then 503);
+//! 4. compression, when on;
+//! 5. `conditional::validators`: `ETag` and `Cache-Control` on read
+//!    answers, 304 for a client that has the answer already.
 //!
 //! Each is off when its settings say so (no keys: no authentication; rate 0:
 //! no limit; empty origin list: only same-origin browser calls).

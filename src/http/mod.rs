@@ -1,6 +1,7 @@
 //! HTTP: the route table, the middleware stack and the servers.
 
 pub mod client_ip;
+mod conditional;
 pub mod dashboard;
 pub mod error;
 pub mod health;
@@ -127,6 +128,7 @@ impl Servers {
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(error::ApiError::NotFound("no such route".into()))
                 }))
+                .wrap(from_fn(conditional::validators))
                 .wrap(Condition::new(compression, Compress::default()))
                 .wrap(from_fn(middleware::guard))
                 .wrap(cors(&policy))

@@ -228,6 +228,21 @@ async fn consumer_and_api_give_the_same_json_and_it_matches_the_ground_truth() {
     let pair_candles = get(api_port, "/v1/pairs/ETH-USDC/candles?interval=1m&limit=1000").await.json();
     assert_eq!(pair_candles["candles"], expected["pairs"]["ETH-USDC"]["candles"]["1m"]);
 
+    // Conditional GET: the answer's own tag back is a 304 without a body,
+    // on either instance; any other tag gets the answer.
+    let path = "/v1/pairs/ETH-USDC/candles?interval=1m&limit=1000";
+    let first = get(api_port, path).await;
+    let tag = first.header("etag").expect("an ETag").to_owned();
+    assert_eq!(first.header("cache-control"), Some("no-cache"));
+    for port in [api_port, consumer_port] {
+        let again = http::request(port, "GET", path, &[("If-None-Match", &tag)]).await;
+        assert_eq!((again.status, again.body.len()), (304, 0), "port {port}");
+        assert_eq!(again.header("etag"), Some(tag.as_str()));
+    }
+    let other = http::request(api_port, "GET", path, &[("If-None-Match", "W/\"0000000000000000\"")]).await;
+    assert_eq!((other.status, &other.body), (200, &first.body));
+    assert!(get(api_port, "/v1/tokens/NOPE/stats").await.header("etag").is_none(), "errors carry no tag");
+
     // Random requests against stored data, on both roles.
     fuzz(api_port, 200).await;
     fuzz(consumer_port, 200).await;
