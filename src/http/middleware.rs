@@ -233,12 +233,25 @@ pub async fn guard(
             Some(key) => key_client(&key),
             None => format!("ip:{}", policy.client_ip(request.head()).map(|ip| ip.to_string()).unwrap_or_default()),
         };
-        if let Err(wait) = limiter.check(&client).await {
-            return Ok(refused(request, ApiError::RateLimited(wait), "rate_limited").map_into_right_body());
+        let outcome = limiter.check(&client).await;
+        if let Err(wait) = outcome {
+            let mut response = refused(request, ApiError::RateLimited(wait), "rate_limited");
+            limiter.headers(response.headers_mut(), outcome);
+            return Ok(response.map_into_right_body());
         }
+        let mut response = answer(request, next).await?;
+        limiter.headers(response.headers_mut(), outcome);
+        return Ok(response);
     }
-    // A store that accepts connections but never answers must not hold
-    // the client: 503 after the deadline.
+    answer(request, next).await
+}
+
+/// The handler's answer, or 503 once [`ANSWER_DEADLINE`] has passed: a
+/// store that accepts connections but never answers must not hold the client.
+async fn answer<B: MessageBody + 'static>(
+    request: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<actix_web::body::EitherBody<B>>, actix_web::Error> {
     match tokio::time::timeout(ANSWER_DEADLINE, next.call(request)).await {
         Ok(result) => result.map(ServiceResponse::map_into_left_body),
         Err(_) => Err(ApiError::Unavailable {

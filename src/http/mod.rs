@@ -79,7 +79,9 @@ fn cors(policy: &web::Data<Policy>) -> Cors {
         })
         .allowed_methods([Method::GET, Method::OPTIONS])
         .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("x-api-key")])
-        .expose_headers([middleware::REQUEST_ID, header::RETRY_AFTER])
+        .expose_headers(
+            [middleware::REQUEST_ID, header::RETRY_AFTER, header::ETAG].into_iter().chain(rate_limit::HEADERS),
+        )
         .max_age(600)
 }
 

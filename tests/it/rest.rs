@@ -356,15 +356,23 @@ async fn keys_rate_limits_origins_request_ids_and_compression() {
     assert_eq!(wrong.status, 403, "a prefix of a key is not a key");
     assert_eq!(http::request(port, "GET", "/v1/tokens", &[("Authorization", &bearer_a)]).await.status, 200);
 
-    // Key A's bucket: burst 3, one is spent.
-    for _ in 0..2 {
-        assert_eq!(http::request(port, "GET", "/v1/tokens", &[("Authorization", &bearer_a)]).await.status, 200);
+    // Key A's bucket: burst 3, one is spent; each answer says what is left.
+    for left in ["1", "0"] {
+        let answer = http::request(port, "GET", "/v1/tokens", &[("Authorization", &bearer_a)]).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("ratelimit-limit"), Some("3"));
+        assert_eq!(answer.header("ratelimit-remaining"), Some(left));
+        assert_eq!(answer.header("ratelimit-policy"), Some("3;w=3"));
+        let reset: u64 = answer.header("ratelimit-reset").expect("RateLimit-Reset").parse().unwrap();
+        assert!((1..=3).contains(&reset), "{reset}");
     }
     let limited = http::request(port, "GET", "/v1/tokens", &[("Authorization", &bearer_a)]).await;
     assert_eq!(limited.status, 429);
     assert_eq!(limited.json()["error"]["code"], "rate_limited");
     let retry: u64 = limited.header("retry-after").expect("Retry-After").parse().unwrap();
     assert!((1..=2).contains(&retry), "{retry}");
+    assert_eq!(limited.header("ratelimit-remaining"), Some("0"));
+    assert_eq!(limited.header("ratelimit-reset"), Some(retry.to_string().as_str()));
 
     // Key B has its own bucket. CORS: the listed origin and the API's own.
     let with_origin = |origin: String| {
@@ -434,11 +442,20 @@ async fn two_replicas_share_one_rate_limit_through_redis() {
     let mut limited = [0, 0];
     for i in 0..12 {
         let answer = get([port_one, port_two][i % 2], "/v1/tokens").await;
+        assert_eq!(answer.header("ratelimit-limit"), Some("4"));
         match answer.status {
-            200 => allowed[i % 2] += 1,
+            200 => {
+                // One bucket: what is left counts both replicas' requests
+                // (give or take a refill of one a second while the test runs).
+                let left: u32 = answer.header("ratelimit-remaining").unwrap().parse().unwrap();
+                let taken = (allowed[0] + allowed[1] + 1) as u32;
+                assert!(left + taken <= 4 + 2, "{left} left after {taken} taken on both");
+                allowed[i % 2] += 1;
+            }
             429 => {
                 limited[i % 2] += 1;
                 assert!(answer.header("retry-after").is_some());
+                assert_eq!(answer.header("ratelimit-remaining"), Some("0"));
             }
             other => panic!("unexpected status {other}"),
         }

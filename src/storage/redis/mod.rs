@@ -205,9 +205,15 @@ impl RedisStore {
 
     /// Takes one token from `client`'s bucket (GCRA: one token per
     /// `interval`, at most `burst` at once), shared by every process using
-    /// this Redis. `None` when taken, else how long until one is free. The
-    /// script reads Redis' own clock, so replicas' clocks do not matter.
-    pub async fn take_token(&self, client: &str, interval: Duration, burst: u32) -> anyhow::Result<Option<Duration>> {
+    /// this Redis. `Ok` with how long until the bucket is full again when
+    /// taken, else `Err` with how long until one is free. The script reads
+    /// Redis' own clock, so replicas' clocks do not matter.
+    pub async fn take_token(
+        &self,
+        client: &str,
+        interval: Duration,
+        burst: u32,
+    ) -> anyhow::Result<Result<Duration, Duration>> {
         static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
             redis::Script::new(
                 r"local t = redis.call('TIME')
@@ -217,19 +223,20 @@ impl RedisStore {
                   if tat < now then tat = now end
                   local next_tat = tat + interval
                   local wait = next_tat - tonumber(ARGV[2]) * interval - now
-                  if wait > 0 then return wait end
+                  if wait > 0 then return {wait, 0} end
                   redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1)
-                  return 0",
+                  return {0, next_tat - now}",
             )
         });
         let mut conn = self.conn.clone();
-        let wait_us: i64 = SCRIPT
+        let (wait_us, full_in_us): (i64, i64) = SCRIPT
             .key(format!("{}:ratelimit:{{{client}}}", self.prefix))
             .arg(interval.as_micros().max(1) as i64)
             .arg(burst)
             .invoke_async(&mut conn)
             .await?;
-        Ok((wait_us > 0).then(|| Duration::from_micros(wait_us as u64)))
+        let micros = |us: i64| Duration::from_micros(us.max(0) as u64);
+        Ok(if wait_us > 0 { Err(micros(wait_us)) } else { Ok(micros(full_in_us)) })
     }
 
     /// Deletes every key under this store's prefix (tests only).
