@@ -110,8 +110,24 @@ impl Modify for CommonResponses {
     }
 }
 
-pub async fn document() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+/// The document, with the limits this instance is configured with.
+pub async fn document(live: actix_web::web::Data<crate::read::Live>) -> HttpResponse {
+    HttpResponse::Ok().json(configured(live.recent_cap()))
+}
+
+/// [`ApiDoc`] with the largest swaps `limit` set to `recent_cap`, the swaps
+/// kept per token: a client that asks for more is refused, so the document
+/// must not promise more.
+fn configured(recent_cap: usize) -> utoipa::openapi::OpenApi {
+    let mut document = ApiDoc::openapi();
+    let swaps = document.paths.paths.get_mut("/v1/tokens/{token}/swaps").and_then(|item| item.get.as_mut());
+    let limit = swaps.into_iter().flat_map(|op| op.parameters.iter_mut().flatten()).find(|p| p.name == "limit");
+    if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(schema))) =
+        limit.and_then(|p| p.schema.as_mut())
+    {
+        schema.maximum = Some(utoipa::Number::from(recent_cap as u64));
+    }
+    document
 }
 
 #[cfg(test)]
@@ -138,5 +154,13 @@ mod tests {
         // Either key header, or none when the API is open.
         assert_eq!(document["security"], serde_json::json!([{"bearer": []}, {"api_key": []}, {}]));
         assert_eq!(document["servers"][0]["url"], "/");
+    }
+
+    #[test]
+    fn the_swaps_limit_documented_is_the_one_configured() {
+        let document = serde_json::to_value(configured(250)).unwrap();
+        let parameters = document["paths"]["/v1/tokens/{token}/swaps"]["get"]["parameters"].as_array().unwrap();
+        let limit = parameters.iter().find(|p| p["name"] == "limit").unwrap();
+        assert_eq!(limit["schema"]["maximum"], 250);
     }
 }

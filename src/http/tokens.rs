@@ -19,7 +19,8 @@ use crate::read::Live;
 /// Largest and default number of candles per answer.
 const MAX_CANDLES: usize = 1000;
 const DEFAULT_CANDLES: usize = 100;
-const MAX_SWAPS: usize = 1000;
+/// Default number of swaps per answer; the most is what is kept
+/// (`SWAPSTREAM_RECENT_SWAPS`), so a larger limit is refused, not cut short.
 const DEFAULT_SWAPS: usize = 50;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -162,13 +163,11 @@ fn time_param(param: &'static str, text: &str) -> Result<i64, ApiError> {
 }
 
 fn limit_param(text: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
-    match text {
+    match text.map(|t| (t, t.parse::<usize>())) {
         None => Ok(default),
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| ApiError::bad("limit", format!("expected an integer from 1 to {max}, got {text:?}"))),
+        Some((_, Ok(n))) if (1..=max).contains(&n) => Ok(n),
+        Some((_, Ok(n))) if n > max => Err(ApiError::bad("limit", format!("at most {max}, got {n}"))),
+        Some((text, _)) => Err(ApiError::bad("limit", format!("expected an integer from 1 to {max}, got {text:?}"))),
     }
 }
 
@@ -256,7 +255,8 @@ pub async fn pair_candles(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SwapsQuery {
-    /// Newest this many swaps (1 to 1000, default 50).
+    /// Newest this many swaps (1 to the swaps kept per token,
+    /// `SWAPSTREAM_RECENT_SWAPS`, default 50).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
 }
@@ -300,7 +300,8 @@ pub async fn token_swaps(
     query: web::Query<SwapsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let token = TokenSymbol::parse(&path).map_err(|e| ApiError::bad("token", e.to_string()))?;
-    let limit = limit_param(query.limit.as_deref(), DEFAULT_SWAPS, MAX_SWAPS)?;
+    let max = live.recent_cap();
+    let limit = limit_param(query.limit.as_deref(), DEFAULT_SWAPS.min(max), max)?;
     let swaps = live.recent(&AggKey::Token(token.clone()), limit).await?;
     Ok(HttpResponse::Ok().json(SwapsBody { token, swaps }))
 }

@@ -113,6 +113,11 @@ impl Live {
         &self.redis
     }
 
+    /// The most recent swaps kept per key: the largest `limit` [`Live::recent`] can fill.
+    pub fn recent_cap(&self) -> usize {
+        self.redis.recent_cap()
+    }
+
     /// The local state when it holds every partition any instance has
     /// claimed. Decided once per ownership generation (and at least every
     /// `PARTITIONS_TTL`), so a request normally only compares a number.

@@ -256,8 +256,8 @@ async fn every_error_has_its_status_and_a_json_body_and_a_lost_store_is_503() {
     let names = Names::new("it-rest-errors");
     let mut redis = helpers::OwnRedis::start().await;
     let url = format!("redis://127.0.0.1:{}", redis.port);
-    let (mut api, port) =
-        start_api(&format!("{}api", names.topic_prefix), &api_vars(&names, &[("SWAPSTREAM_REDIS_URL", &url)])).await;
+    let vars = api_vars(&names, &[("SWAPSTREAM_REDIS_URL", &url), ("SWAPSTREAM_RECENT_SWAPS", "100")]);
+    let (mut api, port) = start_api(&format!("{}api", names.topic_prefix), &vars).await;
 
     let expect = |answer: Answer, status: u16, code: &str, param: Option<&str>| {
         assert_eq!(answer.status, status, "{answer:?}");
@@ -301,9 +301,17 @@ async fn every_error_has_its_status_and_a_json_body_and_a_lost_store_is_503() {
         ("/v1/tokens/ETH/candles?from=2000&to=1000", "from"),
         ("/v1/tokens/ETH/candles?include_empty=maybe", "include_empty"),
         ("/v1/tokens/ETH/swaps?limit=-1", "limit"),
+        ("/v1/tokens/ETH/swaps?limit=101", "limit"),
     ] {
         expect(get(port, path).await, 400, "bad_parameter", Some(param));
     }
+    // More swaps than are kept is refused with the maximum, which the
+    // document states too.
+    let over = get(port, "/v1/tokens/ETH/swaps?limit=1000").await.json();
+    assert_eq!(over["error"]["message"], "limit: at most 100, got 1000");
+    let document = get(port, "/v1/openapi.json").await.json();
+    let parameters = document["paths"]["/v1/tokens/{token}/swaps"]["get"]["parameters"].as_array().unwrap();
+    assert_eq!(parameters.iter().find(|p| p["name"] == "limit").unwrap()["schema"]["maximum"], 100);
     // A body announced and never sent: refused on its length alone.
     let request = format!(
         "GET /v1/tokens HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 1000000\r\nConnection: close\r\n\r\n"

@@ -142,6 +142,11 @@ impl RedisStore {
         Ok(RedisStore { conn, prefix: settings.key_prefix.clone(), recent_cap, pubsub_client })
     }
 
+    /// Recent swaps kept per token and pair.
+    pub fn recent_cap(&self) -> usize {
+        self.recent_cap
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
