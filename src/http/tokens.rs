@@ -11,6 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::{ApiError, ErrorBody};
 use super::get_only;
 use crate::domain::aggregate::{Candle, Interval};
+use crate::domain::pair::PairError;
 use crate::domain::partial::AggKey;
 use crate::domain::{Amount, PairKey, TokenSymbol};
 use crate::read::stats::StatsBody;
@@ -37,8 +38,14 @@ fn token_key(text: &str) -> Result<AggKey, ApiError> {
     TokenSymbol::parse(text).map(AggKey::Token).map_err(|e| ApiError::bad("token", e.to_string()))
 }
 
+/// A name of the pair pattern that names no pair (a token with itself, or
+/// one that splits into two symbols in two ways) is not found: the
+/// document's pattern cannot tell those apart, so they are not bad requests.
 fn pair_key(text: &str) -> Result<AggKey, ApiError> {
-    PairKey::parse(text).map(AggKey::Pair).map_err(|e| ApiError::bad("pair", e.to_string()))
+    PairKey::parse(text).map(AggKey::Pair).map_err(|e| match e {
+        PairError::SameToken(_) | PairError::Ambiguous(_) => ApiError::NotFound(format!("no pair {text:?}: {e}")),
+        PairError::Shape(_) | PairError::Symbol(_) => ApiError::bad("pair", e.to_string()),
+    })
 }
 
 fn json_response(body: web::Bytes) -> HttpResponse {
@@ -46,7 +53,7 @@ fn json_response(body: web::Bytes) -> HttpResponse {
 }
 
 #[utoipa::path(get, path = "/v1/tokens/{token}/stats", tag = "tokens",
-    params(("token" = String, Path, description = "Token symbol, case-insensitive", example = "ETH")),
+    params(("token" = String, Path, description = "Token symbol, case-insensitive", example = "ETH", pattern = "^[A-Za-z0-9._-]{1,16}$")),
     responses((status = 200, body = StatsBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub async fn token_stats(live: web::Data<Live>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -54,7 +61,7 @@ pub async fn token_stats(live: web::Data<Live>, path: web::Path<String>) -> Resu
 }
 
 #[utoipa::path(get, path = "/v1/pairs/{pair}/stats", tag = "pairs",
-    params(("pair" = String, Path, description = "Two symbols joined by `-`, either order", example = "ETH-USDC")),
+    params(("pair" = String, Path, description = "Two symbols joined by `-`, either order", example = "ETH-USDC", pattern = "^[A-Za-z0-9._-]{1,16}-[A-Za-z0-9._-]{1,16}$")),
     responses((status = 200, body = StatsBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub async fn pair_stats(live: web::Data<Live>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -108,9 +115,10 @@ pub struct CandleQuery {
     #[param(value_type = Option<CandleInterval>)]
     interval: Option<String>,
     /// Earliest bucket start: unix seconds or RFC 3339.
-    #[param(example = "2026-11-25T08:00:00Z")]
+    #[param(schema_with = time_schema, example = "2026-11-25T08:00:00Z")]
     from: Option<String>,
-    /// Latest bucket start: unix seconds or RFC 3339.
+    /// Latest bucket start: unix seconds or RFC 3339. Before `from`: no candles.
+    #[param(schema_with = time_schema)]
     to: Option<String>,
     /// Newest this many buckets (1 to 1000, default 100).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
@@ -152,14 +160,36 @@ pub struct CandlesBody {
     candles: Vec<Candle>,
 }
 
-/// Unix seconds or RFC 3339.
+/// The unix seconds a time parameter may be: years 1 to 9999, as in RFC 3339.
+const EARLIEST: i64 = -62_135_596_800;
+const LATEST: i64 = 253_402_300_799;
+
+/// Unix seconds (years 1 to 9999) or RFC 3339.
 fn time_param(param: &'static str, text: &str) -> Result<i64, ApiError> {
-    if let Ok(seconds) = text.parse::<i64>() {
-        return Ok(seconds);
-    }
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp())
-        .map_err(|_| ApiError::bad(param, format!("expected unix seconds or an RFC 3339 time, got {text:?}")))
+    let seconds = match text.parse::<i64>() {
+        Ok(seconds) => Some(seconds).filter(|s| (EARLIEST..=LATEST).contains(s)),
+        Err(_) => DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp()),
+    };
+    seconds.ok_or_else(|| {
+        ApiError::bad(
+            param,
+            format!("expected unix seconds ({EARLIEST} to {LATEST}) or an RFC 3339 time, got {text:?}"),
+        )
+    })
+}
+
+/// A time parameter in the OpenAPI document: an integer in range, or a date-time.
+fn time_schema() -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(EARLIEST)).maximum(Some(LATEST)))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+        )
+        .build()
+        .into()
 }
 
 fn limit_param(text: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
@@ -186,10 +216,11 @@ async fn candles(live: &Live, key: AggKey, query: CandleQuery) -> Result<HttpRes
     };
     let to = query.to.as_deref().map(|t| time_param("to", t)).transpose()?.unwrap_or(i64::MAX);
     let from = query.from.as_deref().map(|t| time_param("from", t)).transpose()?.unwrap_or(0);
+    // `from` after `to` is an empty range: no candles, once the key is known.
+    let mut list = live.candles(&key, interval, from, to.max(from), limit).await?;
     if from > to {
-        return Err(ApiError::bad("from", "must not be after `to`"));
+        list.clear();
     }
-    let mut list = live.candles(&key, interval, from, to, limit).await?;
     if include_empty {
         list = fill_gaps(list, interval, limit);
     }
@@ -228,7 +259,7 @@ fn fill_gaps(list: Vec<Candle>, interval: Interval, limit: usize) -> Vec<Candle>
 }
 
 #[utoipa::path(get, path = "/v1/tokens/{token}/candles", tag = "tokens",
-    params(("token" = String, Path, description = "Token symbol, case-insensitive", example = "ETH"), CandleQuery),
+    params(("token" = String, Path, description = "Token symbol, case-insensitive", example = "ETH", pattern = "^[A-Za-z0-9._-]{1,16}$"), CandleQuery),
     responses((status = 200, body = CandlesBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub async fn token_candles(
@@ -240,7 +271,7 @@ pub async fn token_candles(
 }
 
 #[utoipa::path(get, path = "/v1/pairs/{pair}/candles", tag = "pairs",
-    params(("pair" = String, Path, description = "Two symbols joined by `-`, either order", example = "ETH-USDC"),
+    params(("pair" = String, Path, description = "Two symbols joined by `-`, either order", example = "ETH-USDC", pattern = "^[A-Za-z0-9._-]{1,16}-[A-Za-z0-9._-]{1,16}$"),
         CandleQuery),
     responses((status = 200, body = CandlesBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
@@ -291,7 +322,7 @@ pub struct SwapsBody {
 }
 
 #[utoipa::path(get, path = "/v1/tokens/{token}/swaps", tag = "tokens",
-    params(("token" = String, Path, description = "Token symbol, case-insensitive", example = "ETH"), SwapsQuery),
+    params(("token" = String, Path, description = "Token symbol, case-insensitive", example = "ETH", pattern = "^[A-Za-z0-9._-]{1,16}$"), SwapsQuery),
     responses((status = 200, body = SwapsBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub async fn token_swaps(
