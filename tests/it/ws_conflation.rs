@@ -46,13 +46,15 @@ async fn a_burst_conflates_lagging_readers_instead_of_evicting_them_and_a_stalle
         async move { helpers::produce(&brokers, &names, BURST, &stream_vars("max")).await }
     });
 
-    // Assert: from the burst's first frame, the stalled client is gone
-    // within the write deadline (and the sweep and metric scrape after it).
+    // Assert: the stalled client is gone soon after the burst reaches the
+    // clients: its socket has to fill first (how fast depends on how fast
+    // the producer gets the burst out on a busy machine), then the write
+    // deadline runs, then the sweep and the metric scrape.
     let mut fast_got = Received::new();
     let first = fast.frame().await;
     fast_got.take(&first, "token:ETH", "ETH");
     let flowing = Instant::now();
-    eventually("the stalled client is evicted", deadline + Duration::from_secs(3), || async move {
+    eventually("the stalled client is evicted", deadline + Duration::from_secs(10), || async move {
         metric(port, "swapstream_ws_evictions_total{reason=\"write_deadline\"}").await == 1.0
     })
     .await;
