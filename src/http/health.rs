@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
+use utoipa::ToSchema;
 
 /// One dependency check: a name and a probe.
 pub type Probe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<()>>>> + Send + Sync>;
@@ -20,6 +21,26 @@ pub struct Readiness {
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// `/healthz`: the process answers.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct HealthBody {
+    #[schema(example = "ok")]
+    status: String,
+}
+
+/// `/readyz`: every dependency's answer by name (`ok`, or `unreachable: ...`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ReadyBody {
+    /// `ready` or `not_ready`.
+    #[schema(example = "ready")]
+    status: String,
+    checks: std::collections::BTreeMap<String, String>,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()),
+    responses((status = 200, description = "The process answers", body = HealthBody)))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
@@ -53,6 +74,9 @@ pub async fn refresh_readiness(readiness: Readiness, interval: Duration) {
     }
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health", security(()),
+    responses((status = 200, description = "Every dependency answers", body = ReadyBody),
+        (status = 503, description = "A dependency does not answer; `checks` says which", body = ReadyBody)))]
 pub async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
     let (ready, checks) = readiness.check().await;
     let body = json!({"status": if ready { "ready" } else { "not_ready" }, "checks": checks});
@@ -63,6 +87,9 @@ pub async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "health", security(()),
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String,
+        content_type = "text/plain; version=0.0.4")))]
 pub async fn metrics() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(crate::metrics::render())
 }

@@ -38,35 +38,36 @@ where
     Args: actix_web::FromRequest + 'static,
     F::Output: actix_web::Responder + 'static,
 {
+    #[cfg(test)]
+    tests::REGISTERED.lock().expect("registry lock").insert(path.to_owned());
     web::resource(path).route(web::get().to(handler)).default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(error::ApiError::MethodNotAllowed("GET"))
     }))
 }
 
 /// Health, readiness and metrics: on the main address, and alone on the
-/// health address when one is configured.
-fn health_routes(readiness: Readiness) -> impl Fn(&mut web::ServiceConfig) + Clone {
-    move |cfg: &mut web::ServiceConfig| {
-        cfg.app_data(web::Data::new(readiness.clone()))
-            .service(get_only("/healthz", health::healthz))
-            .service(get_only("/readyz", health::readyz))
-            .service(get_only("/metrics", health::metrics));
-    }
+/// health address when one is configured. They need [`Readiness`] as app data.
+fn health_paths(cfg: &mut web::ServiceConfig) {
+    cfg.service(get_only("/healthz", health::healthz))
+        .service(get_only("/readyz", health::readyz))
+        .service(get_only("/metrics", health::metrics));
 }
 
-/// The `/v1` routes over `live`.
-fn api_routes(live: Live) -> impl Fn(&mut web::ServiceConfig) + Clone {
-    move |cfg: &mut web::ServiceConfig| {
-        cfg.app_data(web::Data::new(live.clone()))
-            .app_data(
-                web::QueryConfig::default().error_handler(|e, _| error::ApiError::bad("query", e.to_string()).into()),
-            )
-            .app_data(
-                web::PathConfig::default().error_handler(|e, _| error::ApiError::bad("path", e.to_string()).into()),
-            )
-            .service(get_only("/v1/openapi.json", openapi::document))
-            .configure(tokens::routes);
-    }
+/// Every path of the main address: health, the dashboard, the REST API and
+/// its document, the WebSocket. Their handlers take [`Readiness`], [`Live`]
+/// and [`ws::WsState`] as app data.
+fn served_paths(cfg: &mut web::ServiceConfig) {
+    cfg.configure(health_paths)
+        .configure(dashboard::routes)
+        .service(get_only("/v1/openapi.json", openapi::document))
+        .configure(tokens::routes)
+        .configure(ws::routes);
+}
+
+/// How `/v1` handlers answer bad query and path text: the JSON error.
+fn extractor_errors(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::QueryConfig::default().error_handler(|e, _| error::ApiError::bad("query", e.to_string()).into()))
+        .app_data(web::PathConfig::default().error_handler(|e, _| error::ApiError::bad("path", e.to_string()).into()));
 }
 
 /// Browsers may read answers from allowed origins (and the API's own).
@@ -111,9 +112,9 @@ impl Servers {
             .rate_limit
             .map(|limit| rate_limit::RateLimiter::new(limit, limit.shared.then(|| parts.live.redis().clone())));
         let policy = web::Data::new(Policy::new(settings, limiter, log.clone()));
-        let health = health_routes(parts.readiness.clone());
+        let readiness = web::Data::new(parts.readiness.clone());
         actix::spawn(health::refresh_readiness(parts.readiness.clone(), READINESS_REFRESH));
-        let api = api_routes(parts.live.clone());
+        let live = web::Data::new(parts.live.clone());
         let ws = web::Data::new(parts.ws.clone());
         let send_buffer = parts.ws.common.settings.send_buffer_bytes;
         let compression = settings.compression;
@@ -122,11 +123,11 @@ impl Servers {
             let policy = app_policy.clone();
             App::new()
                 .app_data(policy.clone())
-                .configure(health.clone())
-                .configure(dashboard::routes)
-                .configure(api.clone())
+                .app_data(readiness.clone())
+                .app_data(live.clone())
                 .app_data(ws.clone())
-                .configure(ws::routes)
+                .configure(extractor_errors)
+                .configure(served_paths)
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(error::ApiError::NotFound("no such route".into()))
                 }))
@@ -161,8 +162,8 @@ impl Servers {
             let listener =
                 TcpListener::bind(addr).with_context(|| format!("binding SWAPSTREAM_HTTP_HEALTH_ADDR {addr}"))?;
             health_port = Some(listener.local_addr()?.port());
-            let health = health_routes(parts.readiness);
-            let server = HttpServer::new(move || App::new().configure(health.clone()))
+            let readiness = web::Data::new(parts.readiness);
+            let server = HttpServer::new(move || App::new().app_data(readiness.clone()).configure(health_paths))
                 .workers(1)
                 .disable_signals()
                 .shutdown_timeout(1)
@@ -183,9 +184,9 @@ impl Servers {
             .with_context(|| format!("binding SWAPSTREAM_HTTP_ADDR {}", settings.addr))?;
         let port = listener.local_addr()?.port();
         actix::spawn(health::refresh_readiness(readiness.clone(), READINESS_REFRESH));
-        let health = health_routes(readiness);
+        let readiness = web::Data::new(readiness);
         let server = HttpServer::new(move || {
-            App::new().configure(health.clone()).default_service(web::to(|| async {
+            App::new().app_data(readiness.clone()).configure(health_paths).default_service(web::to(|| async {
                 Err::<actix_web::HttpResponse, _>(error::ApiError::NotFound("no such route".into()))
             }))
         })
@@ -205,5 +206,31 @@ impl Servers {
         for handle in &self.handles {
             handle.stop(true).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
+    use utoipa::OpenApi;
+
+    use super::*;
+
+    /// Every path [`get_only`] registered in this test process.
+    pub static REGISTERED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+    #[actix_web::test]
+    async fn the_openapi_document_has_every_path_the_router_serves_and_no_other() {
+        actix_web::test::init_service(App::new().configure(served_paths)).await;
+        let served = REGISTERED.lock().unwrap().clone();
+        let document = openapi::ApiDoc::openapi();
+        let documented: BTreeSet<String> = document.paths.paths.keys().cloned().collect();
+        // Not JSON over HTTP, so documented elsewhere: the dashboard page and
+        // its files, and the WebSocket protocol (README.md).
+        let elsewhere: BTreeSet<String> = ["/", "/dashboard/{name}", "/v1/ws"].map(String::from).into();
+        assert!(elsewhere.is_subset(&served), "{served:?}");
+        assert_eq!(served.difference(&elsewhere).cloned().collect::<BTreeSet<_>>(), documented);
     }
 }

@@ -14,7 +14,7 @@ use utoipa::openapi::Ref;
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::tokens;
+use super::{health, tokens, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,10 +27,17 @@ use super::tokens;
         tokens::list_pairs,
         tokens::pair_stats,
         tokens::pair_candles,
+        ws::stats,
+        document,
+        health::healthz,
+        health::readyz,
+        health::metrics,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Security, &CommonResponses),
-    tags((name = "tokens"), (name = "pairs")),
+    tags((name = "tokens"), (name = "pairs"), (name = "websocket", description = "Counts of the WebSocket service; the protocol itself is described in README.md"),
+        (name = "health", description = "Probes and metrics: open whatever the API keys"),
+        (name = "document", description = "This document")),
 )]
 pub struct ApiDoc;
 
@@ -58,9 +65,10 @@ impl Modify for Security {
     }
 }
 
-/// What every operation can answer besides its own responses: the key
-/// check (401, 403), a method other than GET (405), the rate limit (429)
-/// and a store that is down (503), each with the headers that come with it.
+/// What every `/v1` operation can answer besides its own responses: the
+/// key check (401, 403), a method other than GET (405), the rate limit
+/// (429) and a store that is down (503), each with the headers that come
+/// with it; health paths only the 405.
 struct CommonResponses;
 
 impl CommonResponses {
@@ -102,8 +110,11 @@ impl CommonResponses {
 impl Modify for CommonResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let common = Self::responses();
-        for operation in openapi.paths.paths.values_mut().filter_map(|item| item.get.as_mut()) {
-            for (status, response) in &common {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let Some(operation) = item.get.as_mut() else { continue };
+            // Health paths are open and unlimited: only a wrong method applies.
+            let applies = |status: &str| path.starts_with("/v1/") || status == "405";
+            for (status, response) in common.iter().filter(|(status, _)| applies(status)) {
                 operation.responses.responses.entry((*status).to_owned()).or_insert_with(|| response.clone().into());
             }
         }
@@ -111,6 +122,8 @@ impl Modify for CommonResponses {
 }
 
 /// The document, with the limits this instance is configured with.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "document",
+    responses((status = 200, description = "This document (OpenAPI 3.1)", body = Object)))]
 pub async fn document(live: actix_web::web::Data<crate::read::Live>) -> HttpResponse {
     HttpResponse::Ok().json(configured(live.recent_cap()))
 }
@@ -139,7 +152,7 @@ mod tests {
         let document = serde_json::to_value(ApiDoc::openapi()).unwrap();
         let paths = document["paths"].as_object().unwrap();
         assert!(!paths.is_empty());
-        for (path, item) in paths {
+        for (path, item) in paths.iter().filter(|(path, _)| path.starts_with("/v1/")) {
             let responses = &item["get"]["responses"];
             for status in ["200", "401", "403", "405", "429", "503"] {
                 assert!(responses[status].is_object(), "{path}: no {status}");
@@ -151,6 +164,9 @@ mod tests {
                 "#/components/schemas/ErrorBody"
             );
         }
+        let health = &paths["/healthz"]["get"];
+        assert!(health["responses"]["405"].is_object() && health["responses"]["401"].is_null());
+        assert_eq!(health["security"], serde_json::json!([{}]), "health is open whatever the keys");
         // Either key header, or none when the API is open.
         assert_eq!(document["security"], serde_json::json!([{"bearer": []}, {"api_key": []}, {}]));
         assert_eq!(document["servers"][0]["url"], "/");

@@ -187,8 +187,29 @@ where
     }
 }
 
+/// `/v1/ws/stats`: WebSocket sessions and subscribers, summed over the
+/// live instances and per instance.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct WsStatsBody {
+    sessions: u64,
+    /// Subscribers per channel (`token:ETH`, `pair:ETH-USDC`).
+    channels: std::collections::BTreeMap<String, u64>,
+    instances: Vec<WsInstanceBody>,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct WsInstanceBody {
+    instance: String,
+    sessions: u64,
+    channels: std::collections::BTreeMap<String, u64>,
+}
+
 /// Sessions and subscribers of every live instance, from Redis.
-async fn stats(state: web::Data<WsState>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/v1/ws/stats", tag = "websocket",
+    responses((status = 200, body = WsStatsBody), (status = 503, body = super::error::ErrorBody)))]
+pub async fn stats(state: web::Data<WsState>) -> Result<HttpResponse, ApiError> {
     let counts = Presence::new(&state.common.redis).counts().await.map_err(ApiError::redis)?;
     Ok(HttpResponse::Ok().json(counts))
 }

@@ -193,18 +193,13 @@ async fn consumer_and_api_give_the_same_json_and_it_matches_the_ground_truth() {
     // The OpenAPI document describes what is served.
     let document = get(api_port, "/v1/openapi.json").await.json();
     assert!(document["openapi"].as_str().unwrap().starts_with("3."));
-    let documented: BTreeSet<&str> = document["paths"].as_object().unwrap().keys().map(String::as_str).collect();
-    let served_routes: BTreeSet<&str> = [
-        "/v1/tokens",
-        "/v1/tokens/{token}/stats",
-        "/v1/tokens/{token}/candles",
-        "/v1/tokens/{token}/swaps",
-        "/v1/pairs",
-        "/v1/pairs/{pair}/stats",
-        "/v1/pairs/{pair}/candles",
-    ]
-    .into();
-    assert_eq!(documented, served_routes);
+    // Every path it documents is served here (the unit test in src/http
+    // holds the document to the router the other way round).
+    for path in document["paths"].as_object().unwrap().keys() {
+        let concrete = path.replace("{token}", "ETH").replace("{pair}", "ETH-USDC");
+        let answer = get(api_port, &concrete).await;
+        assert_eq!(answer.status, 200, "{path}: {answer:?}");
+    }
     assert_schema(&document, "StatsBody", &stats);
     assert_schema(&document, "StatsBody", &pair);
     assert_schema(&document, "CandlesBody", &candles);
