@@ -68,42 +68,111 @@ pub async fn pair_stats(live: web::Data<Live>, path: web::Path<String>) -> Resul
     Ok(json_response(live.stats(&pair_key(&path)?).await?))
 }
 
-/// `{"<field>": [stats, ...]}` from the rendered stats of every matching key.
-async fn list(live: &Live, field: &str, tokens: bool) -> Result<HttpResponse, ApiError> {
-    let mut body = format!("{{\"{field}\":[").into_bytes();
+/// Largest and default page of the lists.
+const MAX_LISTED: usize = 1000;
+const DEFAULT_LISTED: usize = 100;
+
+/// Query of `/v1/tokens` and `/v1/pairs`: pages in name order.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// At most this many (1 to 1000, default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// The `next_cursor` of the page before: the names after it.
+    #[param(pattern = "^[A-Za-z0-9._-]{1,33}$")]
+    cursor: Option<String>,
+    /// Only names starting with this, case-insensitive (for a pair, its
+    /// name as listed: the two symbols in alphabetical order).
+    #[param(pattern = "^[A-Za-z0-9._-]{1,33}$")]
+    prefix: Option<String>,
+}
+
+/// One page of a list: the keys of `tokens` kind (else pairs) whose name
+/// starts with `prefix`, after `cursor`, in name order; and the cursor of
+/// the next page when there is one.
+fn page<'a>(
+    keys: &'a [AggKey],
+    tokens: bool,
+    prefix: &str,
+    cursor: Option<&str>,
+    limit: usize,
+) -> (Vec<&'a AggKey>, Option<String>) {
+    let name = |key: &AggKey| match key {
+        AggKey::Token(token) => token.to_string(),
+        AggKey::Pair(pair) => pair.to_string(),
+    };
+    let mut matching: Vec<(String, &AggKey)> = keys
+        .iter()
+        .filter(|k| matches!(k, AggKey::Token(_)) == tokens)
+        .map(|k| (name(k), k))
+        .filter(|(n, _)| n.starts_with(prefix) && cursor.is_none_or(|after| n.as_str() > after))
+        .collect();
+    matching.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let more = matching.len() > limit;
+    matching.truncate(limit);
+    let next = more.then(|| matching.last().map(|(n, _)| n.clone())).flatten();
+    (matching.into_iter().map(|(_, k)| k).collect(), next)
+}
+
+/// `{"<field>": [stats, ...], "next_cursor": ...}`: one page, each key's
+/// rendered stats.
+async fn list(live: &Live, field: &str, tokens: bool, query: &ListQuery) -> Result<HttpResponse, ApiError> {
+    let limit = limit_param(query.limit.as_deref(), DEFAULT_LISTED, MAX_LISTED)?;
+    let text = |param: &'static str, value: &Option<String>| -> Result<Option<String>, ApiError> {
+        let Some(value) = value else { return Ok(None) };
+        let valid = (1..=33).contains(&value.len())
+            && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !valid {
+            return Err(ApiError::bad(param, format!("expected 1 to 33 of A-Z 0-9 . _ -, got {value:?}")));
+        }
+        Ok(Some(value.to_ascii_uppercase()))
+    };
+    let cursor = text("cursor", &query.cursor)?;
+    let prefix = text("prefix", &query.prefix)?.unwrap_or_default();
     let keys = live.keys().await?;
-    for (i, key) in keys.iter().filter(|k| matches!(k, AggKey::Token(_)) == tokens).enumerate() {
+    let (keys, next) = page(&keys, tokens, &prefix, cursor.as_deref(), limit);
+    let mut body = format!("{{\"{field}\":[").into_bytes();
+    for (i, key) in keys.into_iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
         body.extend_from_slice(&live.stats(key).await?);
     }
-    body.extend_from_slice(b"]}");
+    body.extend_from_slice(b"],\"next_cursor\":");
+    body.extend_from_slice(serde_json::to_string(&next).expect("JSON").as_bytes());
+    body.push(b'}');
     Ok(json_response(body.into()))
 }
 
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct TokensBody {
+    /// In name order.
     tokens: Vec<StatsBody>,
+    /// Pass as `cursor` for the next page; null on the last.
+    next_cursor: Option<String>,
 }
 
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct PairsBody {
+    /// In name order.
     pairs: Vec<StatsBody>,
+    /// Pass as `cursor` for the next page; null on the last.
+    next_cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/tokens", tag = "tokens",
-    responses((status = 200, body = TokensBody), (status = 503, body = ErrorBody)))]
-pub async fn list_tokens(live: web::Data<Live>) -> Result<HttpResponse, ApiError> {
-    list(&live, "tokens", true).await
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", params(ListQuery),
+    responses((status = 200, body = TokensBody), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn list_tokens(live: web::Data<Live>, query: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+    list(&live, "tokens", true, &query).await
 }
 
-#[utoipa::path(get, path = "/v1/pairs", tag = "pairs",
-    responses((status = 200, body = PairsBody), (status = 503, body = ErrorBody)))]
-pub async fn list_pairs(live: web::Data<Live>) -> Result<HttpResponse, ApiError> {
-    list(&live, "pairs", false).await
+#[utoipa::path(get, path = "/v1/pairs", tag = "pairs", params(ListQuery),
+    responses((status = 200, body = PairsBody), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn list_pairs(live: web::Data<Live>, query: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+    list(&live, "pairs", false, &query).await
 }
 
 /// Query of the candles endpoints. Values are parsed by hand so that a bad
@@ -341,6 +410,28 @@ pub async fn token_swaps(
 mod tests {
     use super::*;
     use crate::domain::Price;
+
+    #[test]
+    fn pages_follow_the_names_without_skip_or_repeat_and_filter_by_prefix() {
+        let mut keys: Vec<AggKey> = (0..250).map(|i| AggKey::parse(&format!("token:T{i:03}")).unwrap()).collect();
+        keys.push(AggKey::parse("pair:ETH-USDC").unwrap());
+        keys.reverse();
+        let (mut seen, mut cursor) = (Vec::new(), None::<String>);
+        loop {
+            let (page, next) = page(&keys, true, "", cursor.as_deref(), 100);
+            seen.extend(page.iter().map(|k| k.to_string()));
+            match next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = (0..250).map(|i| format!("token:T{i:03}")).collect();
+        assert_eq!(seen, expected);
+        let (tens, next) = page(&keys, true, "T01", None, 100);
+        assert_eq!((tens.len(), next), (10, None));
+        let (pairs, _) = page(&keys, false, "ETH-", None, 100);
+        assert_eq!(pairs.len(), 1);
+    }
 
     fn candle(t: i64, close: &str) -> Candle {
         let price = Price::parse(close).unwrap();

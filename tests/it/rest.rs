@@ -269,7 +269,7 @@ async fn every_error_has_its_status_and_a_json_body_and_a_lost_store_is_503() {
         }
     };
     // No authentication configured: open.
-    assert_eq!(get(port, "/v1/tokens").await.json(), json!({"tokens": []}));
+    assert_eq!(get(port, "/v1/tokens").await.json(), json!({"tokens": [], "next_cursor": null}));
     expect(get(port, "/v1/tokens/ETH/stats").await, 404, "not_found", None);
     expect(get(port, "/v1/pairs/ETH-USDC/candles").await, 404, "not_found", None);
     expect(get(port, "/v1/nothing/here").await, 404, "not_found", None);
@@ -505,7 +505,7 @@ async fn tls_serves_the_api_and_probes_stay_on_plain_http() {
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut raw)).await.unwrap().ok();
     let answer = Answer::parse(&raw);
-    assert_eq!((answer.status, answer.json()), (200, json!({"tokens": []})));
+    assert_eq!((answer.status, answer.json()), (200, json!({"tokens": [], "next_cursor": null})));
 
     // Plain HTTP on the TLS port gets no HTTP answer; probes use their own port.
     let plain = tokio::time::timeout(Duration::from_secs(10), async {
@@ -676,5 +676,64 @@ async fn websocket_upgrades_need_a_key_and_an_allowed_origin() {
     let mut own = keyed.as_str().into_client_request().unwrap();
     own.headers_mut().insert("Origin", format!("http://127.0.0.1:{port}").parse().unwrap());
     assert!(tokio_tungstenite::connect_async(own).await.is_ok(), "the API's own origin may connect");
+    assert!(api.terminate(Duration::from_secs(10)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_tokens_come_in_name_order_pages_without_skip_or_repeat() {
+    use std::collections::HashMap;
+    use swapstream::domain::partial::{AggKey, PartialDelta, TotalsPartial};
+    use swapstream::domain::TokenSymbol;
+    use swapstream::storage::redis::RedisStore;
+    use swapstream::stream::{PartialChange, Tp};
+
+    // Live state of 10,000 tokens (one swap each), through the store's own writes.
+    let names = Names::new("it-rest-pages");
+    let store = RedisStore::connect(&names.settings(&[]).redis, 100).await.unwrap();
+    let tp = Tp::new(&format!("{}swaps", names.topic_prefix), 0);
+    let symbols: Vec<String> = (0..10_000).map(|i| format!("T{i:05}")).collect();
+    for chunk in symbols.chunks(1000) {
+        let changes: Vec<PartialChange> = chunk
+            .iter()
+            .map(|symbol| PartialChange {
+                key: AggKey::Token(TokenSymbol::parse(symbol).unwrap()),
+                tp: tp.clone(),
+                delta: PartialDelta {
+                    totals: TotalsPartial { swaps: 1, ..TotalsPartial::default() },
+                    pending: 0,
+                    candles: Vec::new(),
+                    new_recent: Vec::new(),
+                },
+            })
+            .collect();
+        store.write(&changes, &HashMap::new(), &[]).await.unwrap();
+    }
+    let (mut api, port) = start_api(&format!("{}api", names.topic_prefix), &api_vars(&names, &[])).await;
+
+    // Pages of 999 (the last one short), each after the cursor of the one before.
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let after = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
+        let page = get(port, &format!("/v1/tokens?limit=999{after}")).await.json();
+        let tokens = page["tokens"].as_array().unwrap();
+        assert!(tokens.len() <= 999);
+        seen.extend(tokens.iter().map(|t| t["token"].as_str().unwrap().to_owned()));
+        assert!(tokens.iter().all(|t| t["totals"]["swaps"] == 1), "each with its own stats");
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, symbols, "every token once, in name order");
+
+    // A prefix, in any case; the default page; a limit over the maximum.
+    let found = get(port, "/v1/tokens?prefix=t0999").await.json();
+    let found: Vec<&str> = found["tokens"].as_array().unwrap().iter().map(|t| t["token"].as_str().unwrap()).collect();
+    assert_eq!(found, symbols[9990..].iter().map(String::as_str).collect::<Vec<_>>());
+    let first = get(port, "/v1/tokens").await.json();
+    assert_eq!((first["tokens"].as_array().unwrap().len(), &first["next_cursor"]), (100, &json!("T00099")));
+    let over = get(port, "/v1/tokens?limit=1001").await;
+    assert_eq!((over.status, &over.json()["error"]["message"]), (400, &json!("limit: at most 1000, got 1001")));
     assert!(api.terminate(Duration::from_secs(10)).await.success());
 }
