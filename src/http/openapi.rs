@@ -105,17 +105,36 @@ impl CommonResponses {
             ("503", Self::error("A store the answer needs is unavailable").build()),
         ]
     }
+
+    /// The headers of a `/v1` answer let through: its validators, and where
+    /// its client stands when a rate limit is configured.
+    fn answer_headers() -> [(&'static str, utoipa::openapi::header::Header); 6] {
+        [
+            ("ETag", Self::header(Type::String, "Weak tag of the body; send it in `If-None-Match` for a 304")),
+            ("Cache-Control", Self::header(Type::String, "`no-cache`: keep the answer, but ask again")),
+            ("RateLimit-Limit", Self::header(Type::Integer, "With a rate limit: the burst")),
+            ("RateLimit-Remaining", Self::header(Type::Integer, "With a rate limit: requests allowed at once now")),
+            ("RateLimit-Reset", Self::header(Type::Integer, "With a rate limit: seconds until the bucket is full")),
+            ("RateLimit-Policy", Self::header(Type::String, "With a rate limit: `<burst>;w=<seconds to refill it>`")),
+        ]
+    }
 }
 
 impl Modify for CommonResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let common = Self::responses();
+        let answer_headers = Self::answer_headers();
         for (path, item) in openapi.paths.paths.iter_mut() {
             let Some(operation) = item.get.as_mut() else { continue };
             // Health paths are open and unlimited: only a wrong method applies.
-            let applies = |status: &str| path.starts_with("/v1/") || status == "405";
-            for (status, response) in common.iter().filter(|(status, _)| applies(status)) {
+            let api = path.starts_with("/v1/");
+            for (status, response) in common.iter().filter(|(status, _)| api || *status == "405") {
                 operation.responses.responses.entry((*status).to_owned()).or_insert_with(|| response.clone().into());
+            }
+            if let Some(utoipa::openapi::RefOr::T(ok)) = operation.responses.responses.get_mut("200").filter(|_| api) {
+                for (name, header) in &answer_headers {
+                    ok.headers.entry((*name).to_owned()).or_insert_with(|| header.clone());
+                }
             }
         }
     }
@@ -159,6 +178,9 @@ mod tests {
             }
             assert!(responses["429"]["headers"]["Retry-After"].is_object(), "{path}");
             assert!(responses["405"]["headers"]["Allow"].is_object(), "{path}");
+            for header in ["ETag", "Cache-Control", "RateLimit-Remaining", "RateLimit-Policy"] {
+                assert!(responses["200"]["headers"][header].is_object(), "{path}: no {header}");
+            }
             assert_eq!(
                 responses["401"]["content"]["application/json"]["schema"]["$ref"],
                 "#/components/schemas/ErrorBody"
