@@ -186,7 +186,7 @@ impl TotalsPartial {
 /// How long candles stay in memory, per interval; older ones live in
 /// PostgreSQL only. The 1m retention covers the 24h window plus the
 /// lateness bound.
-pub fn memory_retention_secs(interval: Interval) -> i64 {
+pub const fn memory_retention_secs(interval: Interval) -> i64 {
     match interval {
         Interval::M1 => 26 * 3_600,
         Interval::M5 => 3 * 86_400,
@@ -397,10 +397,15 @@ impl Merged {
 }
 
 /// A window from 1m candles (shared by [`Merged`] and the reference model).
+/// Its price change is measured from the last price before the window (the
+/// close of the latest 1m candle still kept, [`memory_retention_secs`]),
+/// or, when nothing was traded in that time, from the first price inside it.
 pub fn window_of(minutes: Option<&BTreeMap<i64, CandlePartial>>, now: DateTime<Utc>, length: i64) -> Window {
     let mut window = Window::default();
     let Some(minutes) = minutes else { return window };
     let start = Interval::M1.bucket_start(now) - length + 60;
+    let kept_since = now.timestamp() - memory_retention_secs(Interval::M1);
+    let before = minutes.range(kept_since..start.max(kept_since)).next_back().map(|(_, c)| c.close);
     let mut first: Option<PricePoint> = None;
     let mut last: Option<PricePoint> = None;
     for candle in minutes.range(start..).map(|(_, c)| c) {
@@ -414,8 +419,8 @@ pub fn window_of(minutes: Option<&BTreeMap<i64, CandlePartial>>, now: DateTime<U
     }
     window.sells = window.swaps - window.buys;
     window.price_usd = last.map(|p| p.price);
-    if let (Some(first), Some(last)) = (first, last) {
-        window.price_change_pct = last.price.change_pct(first.price);
+    if let (Some(from), Some(last)) = (before.or(first), last) {
+        window.price_change_pct = last.price.change_pct(from.price);
     }
     window
 }
@@ -430,9 +435,20 @@ pub fn windows_at<'a>(
     let mut swaps: Vec<&SwapEvent> = confirmed.into_iter().filter(|s| s.status == Status::Confirmed).collect();
     swaps.sort_by_key(|s| s.order_key());
     let mut result: BTreeMap<String, BTreeMap<&'static str, Window>> = BTreeMap::new();
+    let kept_since = now.timestamp() - memory_retention_secs(Interval::M1);
     for (label, length) in WINDOWS {
         let start = Interval::M1.bucket_start(now) - length + 60;
+        // The price each change is measured from: the last one before the
+        // window, among the minutes the service keeps; else the first inside.
         let mut first: BTreeMap<String, Price> = BTreeMap::new();
+        let before = |s: &&&SwapEvent| (kept_since..start).contains(&Interval::M1.bucket_start(s.timestamp));
+        for swap in swaps.iter().filter(before) {
+            for key in AggKey::of_swap(swap) {
+                if let Some(c) = key.contribution(swap) {
+                    first.insert(key.to_string(), c.price);
+                }
+            }
+        }
         for swap in swaps.iter().filter(|s| Interval::M1.bucket_start(s.timestamp) >= start) {
             for key in AggKey::of_swap(swap) {
                 let Some(c) = key.contribution(swap) else { continue };
@@ -584,6 +600,30 @@ mod tests {
         // An hour later the 5m window is empty and its prices absent.
         let later = merged.window(now + chrono::Duration::hours(1), 300);
         assert_eq!(later, Window::default());
+    }
+
+    #[test]
+    fn a_window_s_price_change_is_from_the_last_price_before_it() {
+        let eth = AggKey::Token(TokenSymbol::parse("ETH").unwrap());
+        let mut partial = Partial::default();
+        // 4000 at 08:00, then one swap at 4400 at 08:58 (ETH sold for USDC).
+        for e in [swap(1, 0, "ETH", "USDC", 1, 4000, 4000), swap(2, 3_480, "ETH", "USDC", 1, 4400, 4400)] {
+            partial.apply(&eth, &Arc::new(e), 10);
+        }
+        let merged = Merged::of([&partial]);
+        let now = DateTime::from_timestamp(1_764_057_600 + 3_599, 0).unwrap(); // 08:59:59
+        let five = merged.window(now, 300);
+        assert_eq!(five.swaps, 1);
+        // One swap in the window: about +10 % against 08:00, not 0 % against itself.
+        let about_ten = |change: Option<Price>| {
+            change.is_some_and(|c| c > Price::parse("9.99").unwrap() && c < Price::parse("10.01").unwrap())
+        };
+        assert!(about_ten(five.price_change_pct), "{:?}", five.price_change_pct);
+        // Nothing kept before the window: from the first price inside it.
+        let hour = merged.window(now, 3_600);
+        assert!(about_ten(hour.price_change_pct), "{:?}", hour.price_change_pct);
+        let day_later = merged.window(now + chrono::Duration::hours(27), 300);
+        assert_eq!(day_later.price_change_pct, None, "no swap in the window: no change");
     }
 
     #[test]

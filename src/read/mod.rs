@@ -66,8 +66,9 @@ pub type LocalAnswer = BoxFuture<'static, Result<(Merged, Vec<Arc<SwapEvent>>), 
 /// actors' ownership has not changed.
 const PARTITIONS_TTL: Duration = Duration::from_secs(5);
 
-/// Stats need the 1m candles of the longest window and one more minute.
-const STATS_SINCE_SECS: i64 = 86_400 + 60;
+/// Stats need the 1m candles of the longest window and those kept before
+/// it, whose last price the windows' price changes are measured from.
+const STATS_SINCE_SECS: i64 = crate::domain::partial::memory_retention_secs(crate::domain::aggregate::Interval::M1);
 
 #[derive(Clone)]
 pub struct Live {
