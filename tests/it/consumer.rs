@@ -304,6 +304,66 @@ async fn a_survivor_takes_over_a_killed_members_partitions() {
     b.kill9().await;
 }
 
+/// The partitions a consumer's metrics report lag for, as `topic/partition`.
+async fn lag_series(port: u16) -> std::collections::BTreeSet<String> {
+    let (_, text) = http::get(port, "/metrics").await;
+    text.lines()
+        .filter_map(|l| l.strip_prefix("swapstream_consumer_lag{"))
+        .filter_map(|labels| {
+            let value = |name: &str| labels.split(&format!("{name}=\"")).nth(1)?.split('"').next().map(str::to_owned);
+            Some(format!("{}/{}", value("topic")?, value("partition")?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_reports_lag_only_for_the_partitions_it_holds() {
+    let brokers = require_broker();
+    let names = Names::new("it-lag");
+    helpers::produce(&brokers, &names, 200, &stream_vars("max")).await;
+    let member = |id: &str| {
+        let mut vars = consumer_vars(&names, &brokers);
+        vars.push(("SWAPSTREAM_KAFKA_SESSION_TIMEOUT_MS", "6000".into()));
+        vars.push(("SWAPSTREAM_INSTANCE_ID", format!("{}-{id}", names.schema)));
+        Child::spawn(&format!("{}-{id}", names.schema), &["consumer"], &vars)
+    };
+    let client = helpers::pg().await;
+    let owned_by = |id: String| {
+        let sql = format!("SELECT topic || '/' || partition FROM {}.offsets WHERE owner = $1", names.schema);
+        let client = &client;
+        async move {
+            let rows = client.query(sql.as_str(), &[&id]).await.unwrap_or_default();
+            rows.iter().map(|r| r.get::<_, String>(0)).collect::<std::collections::BTreeSet<String>>()
+        }
+    };
+    let a_id = format!("{}-a", names.schema);
+    let mut a = member("a");
+    let port = helpers::logged_port(&a).await;
+    eventually("the only member reports lag for every partition it holds", Duration::from_secs(60), || {
+        let (owned_by, a_id) = (&owned_by, a_id.clone());
+        async move {
+            let (series, owned) = (lag_series(port).await, owned_by(a_id).await);
+            !series.is_empty() && series == owned
+        }
+    })
+    .await;
+    let alone = lag_series(port).await.len();
+
+    // A second member takes some partitions: the first stops reporting them.
+    let mut b = member("b");
+    eventually("the first member reports only the partitions it kept", Duration::from_secs(60), || {
+        let owned_by = &owned_by;
+        let a_id = a_id.clone();
+        async move {
+            let (series, owned) = (lag_series(port).await, owned_by(a_id).await);
+            series.len() < alone && series.is_subset(&owned)
+        }
+    })
+    .await;
+    a.kill9().await;
+    b.kill9().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_cluster_holds_the_live_state() {
     let nodes = helpers::require_redis_cluster();

@@ -230,6 +230,10 @@ impl ReaderContext {
     fn revoke(&self, tpl: &TopicPartitionList) {
         let tps: Vec<Tp> = tpl.elements().iter().map(|e| Tp::new(e.topic(), e.partition())).collect();
         info!(self.log(), "partitions revoked"; "count" => tps.len());
+        // Their lag is the new owner's to report now.
+        for tp in &tps {
+            let _ = METRICS.consumer_lag.remove_label_values(&[&*tp.topic, tp.partition.to_string().as_str()]);
+        }
         let mut deadline = Instant::now() + self.settings.timeout;
         if let Some(stop_by) = *self.stop_by.lock().expect("stop lock") {
             deadline = deadline.min(stop_by);
@@ -253,14 +257,17 @@ impl ClientContext for ReaderContext {
 
     /// Consumer lag per partition, from librdkafka's statistics: the high
     /// watermark minus the committed offset (which follows the checkpoint).
+    /// A partition without a lag (not assigned here) has no series: a
+    /// scaled-down instance must not go on reporting its last figure.
     fn stats(&self, statistics: rdkafka::Statistics) {
         for (topic, t) in &statistics.topics {
-            for (partition, p) in &t.partitions {
-                if p.partition >= 0 && p.consumer_lag >= 0 {
-                    METRICS
-                        .consumer_lag
-                        .with_label_values(&[topic.as_str(), partition.to_string().as_str()])
-                        .set(p.consumer_lag);
+            for (partition, p) in t.partitions.iter().filter(|(_, p)| p.partition >= 0) {
+                let partition = partition.to_string();
+                let labels = [topic.as_str(), partition.as_str()];
+                if p.consumer_lag >= 0 {
+                    METRICS.consumer_lag.with_label_values(&labels).set(p.consumer_lag);
+                } else {
+                    let _ = METRICS.consumer_lag.remove_label_values(&labels);
                 }
             }
         }
