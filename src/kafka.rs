@@ -10,8 +10,9 @@ use std::time::Duration;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::producer::{BaseProducer, ProducerContext};
+use rdkafka::producer::{BaseProducer, DeliveryResult, ProducerContext};
 use slog::Logger;
+use tokio::sync::oneshot;
 
 use crate::config::KafkaSettings;
 
@@ -44,6 +45,16 @@ impl ClientContext for LoggingContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         slog::error!(self.log, "kafka client error"; "error" => %error, "reason" => reason);
+    }
+}
+
+/// A producer with this context hands each delivery report to the one
+/// waiting for it: `Ok`, or why the broker does not have the message.
+impl ProducerContext for LoggingContext {
+    type DeliveryOpaque = Box<oneshot::Sender<Result<(), String>>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, waiting: Self::DeliveryOpaque) {
+        let _ = waiting.send(result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string()));
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::aggregator::Aggregators;
 use crate::actors::kafka_reader::poll::{self, PollSettings, ReaderContext};
-use crate::actors::kafka_reader::{Control, CoreParts, Dlq, DlqContext, KafkaReader};
+use crate::actors::kafka_reader::{Control, CoreParts, Dlq, KafkaReader};
 use crate::actors::ws::registry::{SessionRegistry, Shutdown};
 use crate::config::{ConfigError, Settings};
 use crate::http::{HttpParts, Probe, Readiness, Servers};
@@ -241,9 +241,8 @@ impl Consumer {
 
         let mut dlq_config = client_config(&settings.kafka, brokers);
         dlq_config.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
-        let dlq_context = DlqContext { log: LoggingContext { log: log.clone() } };
-        let dlq_producer =
-            PolledProducer::create(&dlq_config, dlq_context).context("creating the dead-letter producer")?;
+        let dlq_producer = PolledProducer::create(&dlq_config, LoggingContext { log: log.clone() })
+            .context("creating the dead-letter producer")?;
         let dlq = Dlq { producer: dlq_producer, topic: settings.kafka.dlq_topic.clone() };
 
         let threads = settings.consumer.aggregator_threads;

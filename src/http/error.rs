@@ -22,7 +22,7 @@ pub enum ApiError {
     BadKey,
     #[error("origin {0:?} is not allowed")]
     OriginNotAllowed(String),
-    #[error("too many requests; retry in {} s", retry_after_secs(*.0))]
+    #[error("too many requests; retry in {} s", ceil_secs(*.0))]
     RateLimited(Duration),
     #[error("the request body is larger than {0} bytes")]
     TooLarge(usize),
@@ -79,7 +79,8 @@ impl ApiError {
     }
 }
 
-fn retry_after_secs(wait: Duration) -> u64 {
+/// Whole seconds, rounded up: a client that waits that long is let through.
+pub(super) fn ceil_secs(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
@@ -104,7 +105,7 @@ impl ResponseError for ApiError {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
             ApiError::RateLimited(wait) => {
-                response.insert_header((header::RETRY_AFTER, retry_after_secs(*wait).max(1).to_string()));
+                response.insert_header((header::RETRY_AFTER, ceil_secs(*wait).max(1).to_string()));
             }
             ApiError::MethodNotAllowed(allow) => {
                 response.insert_header((header::ALLOW, *allow));

@@ -54,8 +54,8 @@ fn health_paths(cfg: &mut web::ServiceConfig) {
 }
 
 /// Every path of the main address: health, the dashboard, the REST API and
-/// its document, the WebSocket. Their handlers take [`Readiness`], [`Live`]
-/// and [`ws::WsState`] as app data.
+/// its document, the WebSocket. Their handlers take [`Readiness`], [`Live`],
+/// [`openapi::Document`] and [`ws::WsState`] as app data.
 fn served_paths(cfg: &mut web::ServiceConfig) {
     cfg.configure(health_paths)
         .configure(dashboard::routes)
@@ -114,6 +114,7 @@ impl Servers {
         let policy = web::Data::new(Policy::new(settings, limiter, log.clone()));
         let readiness = web::Data::new(parts.readiness.clone());
         actix::spawn(health::refresh_readiness(parts.readiness.clone(), READINESS_REFRESH));
+        let document = web::Data::new(openapi::Document::new(parts.live.recent_cap()));
         let live = web::Data::new(parts.live.clone());
         let ws = web::Data::new(parts.ws.clone());
         let send_buffer = parts.ws.common.settings.send_buffer_bytes;
@@ -125,6 +126,7 @@ impl Servers {
                 .app_data(policy.clone())
                 .app_data(readiness.clone())
                 .app_data(live.clone())
+                .app_data(document.clone())
                 .app_data(ws.clone())
                 .configure(extractor_errors)
                 .configure(served_paths)

@@ -140,11 +140,20 @@ impl Modify for CommonResponses {
     }
 }
 
+/// The served document, rendered once when the server starts.
+pub struct Document(actix_web::web::Bytes);
+
+impl Document {
+    pub fn new(recent_cap: usize) -> Document {
+        Document(serde_json::to_vec(&configured(recent_cap)).expect("the document serializes").into())
+    }
+}
+
 /// The document, with the limits this instance is configured with.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "document",
     responses((status = 200, description = "This document (OpenAPI 3.1)", body = Object)))]
-pub async fn document(live: actix_web::web::Data<crate::read::Live>) -> HttpResponse {
-    HttpResponse::Ok().json(configured(live.recent_cap()))
+pub async fn document(document: actix_web::web::Data<Document>) -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(document.0.clone())
 }
 
 /// [`ApiDoc`] with the largest swaps `limit` set to `recent_cap`, the swaps

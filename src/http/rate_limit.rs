@@ -21,6 +21,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::Quota;
 
+use super::error::ceil_secs;
 use crate::config::RateLimit;
 use crate::metrics::METRICS;
 use crate::storage::redis::RedisStore;
@@ -51,11 +52,6 @@ const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// Every header the limiter sets (browsers may read them: CORS exposes them).
 pub const HEADERS: [HeaderName; 4] = [LIMIT, REMAINING, RESET, POLICY];
-
-/// Whole seconds, rounded up: a client that waits that long is let through.
-fn ceil_secs(wait: Duration) -> u64 {
-    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
-}
 
 impl RateLimiter {
     /// `shared`: the Redis holding the buckets when the settings share them.

@@ -75,7 +75,7 @@ pub struct Producer {
 
 impl Producer {
     pub fn start(brokers: &str, names: &Names, extra: &[(&str, String)]) -> Producer {
-        let truth = helpers::artifacts().join(format!("{}truth.json", names.topic_prefix));
+        let truth = names.truth_path();
         let mut vars = names.vars(brokers);
         vars.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
         let truth_arg = truth.display().to_string();

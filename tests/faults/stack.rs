@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::{self, eventually, Names};
 use crate::support::kafka::{free_port, OwnBroker};
+use crate::support::process::run_to_end;
 
 /// One fault test at a time: each runs a JVM broker, a PostgreSQL and a
 /// Redis of its own besides the service's processes.
@@ -25,17 +26,6 @@ fn pg_bin(tool: &str) -> PathBuf {
     versions.sort_unstable();
     let version = versions.last().expect("a PostgreSQL version");
     PathBuf::from(format!("/usr/lib/postgresql/{version}/bin/{tool}"))
-}
-
-/// Runs a command to its end, failing the test with its output otherwise.
-fn run(command: &mut Command, what: &str) {
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        output.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 pub struct Stack {
@@ -94,13 +84,13 @@ impl Stack {
     // ------------------------------------------------------------ Kafka
 
     pub async fn start_kafka(&self) {
-        let mut command = self.kafka.services(&["broker-start"]);
-        tokio::task::spawn_blocking(move || run(&mut command, "starting the stack's Kafka")).await.unwrap();
+        let kafka = self.kafka.clone();
+        tokio::task::spawn_blocking(move || kafka.start()).await.unwrap();
     }
 
     pub async fn stop_kafka(&self) {
-        let mut command = self.kafka.services(&["broker-stop"]);
-        tokio::task::spawn_blocking(move || run(&mut command, "stopping the stack's Kafka")).await.unwrap();
+        let kafka = self.kafka.clone();
+        tokio::task::spawn_blocking(move || kafka.stop()).await.unwrap();
     }
 
     // ------------------------------------------------------------ PostgreSQL
@@ -127,7 +117,10 @@ impl Stack {
         for path in [self.dir.path(), data.as_path()] {
             std::os::unix::fs::chown(path, Some(uid), None).unwrap();
         }
-        run(self.as_postgres("initdb").args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"]).arg(&data), "initdb");
+        run_to_end(
+            self.as_postgres("initdb").args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"]).arg(&data),
+            "initdb",
+        );
     }
 
     pub async fn start_postgres(&self) {
@@ -139,13 +132,13 @@ impl Stack {
         let log = self.dir.path().join("pg.log");
         let mut command = self.as_postgres("pg_ctl");
         command.arg("-D").arg(self.pg_data()).args(["-o", &options, "-l"]).arg(&log).args(["-w", "start"]);
-        tokio::task::spawn_blocking(move || run(&mut command, "starting the stack's PostgreSQL")).await.unwrap();
+        tokio::task::spawn_blocking(move || run_to_end(&mut command, "starting the stack's PostgreSQL")).await.unwrap();
     }
 
     pub async fn stop_postgres(&self) {
         let mut command = self.as_postgres("pg_ctl");
         command.arg("-D").arg(self.pg_data()).args(["-m", "fast", "-w", "stop"]);
-        tokio::task::spawn_blocking(move || run(&mut command, "stopping the stack's PostgreSQL")).await.unwrap();
+        tokio::task::spawn_blocking(move || run_to_end(&mut command, "stopping the stack's PostgreSQL")).await.unwrap();
     }
 
     // ------------------------------------------------------------ Redis

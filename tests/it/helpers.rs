@@ -55,6 +55,11 @@ pub struct Names {
 }
 
 impl Names {
+    /// Where a producer of these names writes its ground truth.
+    pub fn truth_path(&self) -> std::path::PathBuf {
+        artifacts().join(format!("{}truth.json", self.topic_prefix))
+    }
+
     pub fn new(base: &str) -> Names {
         let id = unique(base).replace('-', "_");
         Names {
@@ -93,7 +98,7 @@ impl Names {
 
 /// Runs the producer binary to completion and returns its ground truth.
 pub async fn produce(brokers: &str, names: &Names, count: u32, extra: &[(&str, String)]) -> GroundTruthFile {
-    let truth_path = artifacts().join(format!("{}truth.json", names.topic_prefix));
+    let truth_path = names.truth_path();
     let mut vars = names.vars(brokers);
     vars.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
     let truth_arg = truth_path.display().to_string();

@@ -174,7 +174,7 @@ async fn a_fatal_producer_error_is_answered_with_a_new_producer() {
         cluster.create_topic(&format!("{}{token}", names.topic_prefix), PARTITIONS, 1).unwrap();
     }
     cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER]);
-    let truth_path = helpers::artifacts().join(format!("{}truth.json", names.topic_prefix));
+    let truth_path = names.truth_path();
     let mut vars = names.vars(&cluster.bootstrap_servers());
     vars.extend([
         ("SWAPSTREAM_PRODUCER_TOKENS", TOKENS.to_owned()),

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::process::run_to_end;
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -35,6 +37,7 @@ pub fn installed_kafka() -> PathBuf {
 
 /// A broker in `dir` on ports of its own; its logs are under
 /// `dir/kafka/broker/`. Not started until [`OwnBroker::start`].
+#[derive(Clone)]
 pub struct OwnBroker {
     dir: PathBuf,
     pub port: u16,
@@ -65,11 +68,11 @@ impl OwnBroker {
 
     /// Starts the broker (its data is kept across a stop), blocking until it answers.
     pub fn start(&self) {
-        run(&mut self.services(&["broker-start"]), "starting the run's Kafka");
+        run_to_end(&mut self.services(&["broker-start"]), "starting the run's Kafka");
     }
 
     pub fn stop(&self) {
-        run(&mut self.services(&["broker-stop"]), "stopping the run's Kafka");
+        run_to_end(&mut self.services(&["broker-stop"]), "stopping the run's Kafka");
     }
 
     /// The last `lines` lines of each of the broker's logs, for a failure report.
@@ -87,15 +90,4 @@ impl OwnBroker {
         }
         tail
     }
-}
-
-/// Runs a command to its end, panicking with its output otherwise.
-fn run(command: &mut Command, what: &str) {
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        output.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }

@@ -172,3 +172,14 @@ impl Drop for Child {
         }
     }
 }
+
+/// Runs a command to its end, panicking with its output otherwise.
+pub fn run_to_end(command: &mut Command, what: &str) {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

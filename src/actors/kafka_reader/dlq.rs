@@ -2,11 +2,8 @@
 
 use std::time::Duration;
 
-use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext};
+use rdkafka::producer::{BaseRecord, Producer as _};
 use slog::{warn, Logger};
 use tokio::sync::oneshot;
 
@@ -22,36 +19,13 @@ pub const SOURCE_PARTITION: &str = "swapstream-source-partition";
 pub const SOURCE_OFFSET: &str = "swapstream-source-offset";
 
 pub struct Dlq {
-    pub producer: PolledProducer<DlqContext>,
+    /// Its context hands each report to the letter's [`Delivery`].
+    pub producer: PolledProducer<LoggingContext>,
     pub topic: String,
 }
 
 /// Whether the broker has a dead letter: `Ok`, or why not.
 pub type Delivery = oneshot::Receiver<Result<(), String>>;
-
-/// The dead-letter producer's context: librdkafka's log into slog, and
-/// each delivery report to the one waiting for it.
-pub struct DlqContext {
-    pub log: LoggingContext,
-}
-
-impl ClientContext for DlqContext {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        self.log.log(level, facility, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.log.error(error, reason);
-    }
-}
-
-impl ProducerContext for DlqContext {
-    type DeliveryOpaque = Box<oneshot::Sender<Result<(), String>>>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, waiting: Self::DeliveryOpaque) {
-        let _ = waiting.send(result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string()));
-    }
-}
 
 /// One message for the dead-letter topic.
 pub struct DeadLetter<'a> {

@@ -31,7 +31,7 @@ use rdkafka::consumer::BaseConsumer;
 use slog::{error, info, warn, Logger};
 use tokio::sync::oneshot;
 
-pub use dlq::{DeadLetter, Dlq, DlqContext};
+pub use dlq::{DeadLetter, Dlq};
 pub use poll::{Control, Input, ReaderContext};
 
 use plan::{Plan, Skipped, Slot};

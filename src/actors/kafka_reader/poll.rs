@@ -230,7 +230,8 @@ impl ReaderContext {
     fn revoke(&self, tpl: &TopicPartitionList) {
         let tps: Vec<Tp> = tpl.elements().iter().map(|e| Tp::new(e.topic(), e.partition())).collect();
         info!(self.log(), "partitions revoked"; "count" => tps.len());
-        // Their lag is the new owner's to report now.
+        // Their lag is the new owner's to report now; the statistics only
+        // ever set a series, so it goes here.
         for tp in &tps {
             let _ = METRICS.consumer_lag.remove_label_values(&[&*tp.topic, tp.partition.to_string().as_str()]);
         }
@@ -257,17 +258,13 @@ impl ClientContext for ReaderContext {
 
     /// Consumer lag per partition, from librdkafka's statistics: the high
     /// watermark minus the committed offset (which follows the checkpoint).
-    /// A partition without a lag (not assigned here) has no series: a
-    /// scaled-down instance must not go on reporting its last figure.
+    /// (A revoked partition's series is removed in `revoke`.)
     fn stats(&self, statistics: rdkafka::Statistics) {
         for (topic, t) in &statistics.topics {
-            for (partition, p) in t.partitions.iter().filter(|(_, p)| p.partition >= 0) {
-                let partition = partition.to_string();
-                let labels = [topic.as_str(), partition.as_str()];
-                if p.consumer_lag >= 0 {
-                    METRICS.consumer_lag.with_label_values(&labels).set(p.consumer_lag);
-                } else {
-                    let _ = METRICS.consumer_lag.remove_label_values(&labels);
+            for (partition, p) in &t.partitions {
+                if p.partition >= 0 && p.consumer_lag >= 0 {
+                    let partition = partition.to_string();
+                    METRICS.consumer_lag.with_label_values(&[topic.as_str(), partition.as_str()]).set(p.consumer_lag);
                 }
             }
         }
