@@ -19,7 +19,7 @@ pub const SOURCE_PARTITION: &str = "swapstream-source-partition";
 pub const SOURCE_OFFSET: &str = "swapstream-source-offset";
 
 pub struct Dlq {
-    /// Its context hands each report to the letter's [`Delivery`].
+    /// Its context hands each report to the letter's `Delivery`.
     pub producer: PolledProducer<LoggingContext>,
     pub topic: String,
 }
