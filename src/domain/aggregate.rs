@@ -72,7 +72,7 @@ impl Serialize for Interval {
 }
 
 /// All-time totals of a token or pair.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
     pub volume_usd: Amount,
     pub swaps: u64,
@@ -80,11 +80,9 @@ pub struct Totals {
     pub sells: u64,
     /// RFC 3339 UTC.
     #[serde(serialize_with = "serialize_time")]
-    #[schema(value_type = Option<String>)]
     pub first_seen: Option<DateTime<Utc>>,
     /// RFC 3339 UTC.
     #[serde(serialize_with = "serialize_time")]
-    #[schema(value_type = Option<String>)]
     pub last_seen: Option<DateTime<Utc>>,
 }
 
@@ -96,7 +94,7 @@ fn serialize_time<S: Serializer>(time: &Option<DateTime<Utc>>, serializer: S) ->
 }
 
 /// One OHLCV bucket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Candle {
     /// Bucket start, unix seconds.
     pub t: i64,

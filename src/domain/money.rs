@@ -262,33 +262,6 @@ impl<'de> Deserialize<'de> for Price {
     }
 }
 
-/// Both are decimal strings on the wire; the OpenAPI document says so.
-fn decimal_string_schema(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-    use utoipa::openapi::schema::{ObjectBuilder, Type};
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .pattern(Some(r"^-?[0-9]+(\.[0-9]+)?$"))
-        .description(Some(description))
-        .examples([serde_json::json!("4201.5")])
-        .into()
-}
-
-impl utoipa::PartialSchema for Amount {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        decimal_string_schema("Exact decimal amount (up to 9 fractional digits).")
-    }
-}
-
-impl utoipa::ToSchema for Amount {}
-
-impl utoipa::PartialSchema for Price {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        decimal_string_schema("Decimal price, rounded to 12 significant digits.")
-    }
-}
-
-impl utoipa::ToSchema for Price {}
-
 #[cfg(test)]
 mod tests {
     use super::*;

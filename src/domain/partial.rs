@@ -331,7 +331,7 @@ impl Partial {
 }
 
 /// A rolling window's figures.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Window {
     pub volume_usd: Amount,
     pub swaps: u64,

@@ -14,6 +14,7 @@ use crate::domain::aggregate::{Candle, Interval};
 use crate::domain::pair::PairError;
 use crate::domain::partial::AggKey;
 use crate::domain::{Amount, PairKey, TokenSymbol};
+use crate::read::schema::{AmountDoc, CandleDoc};
 use crate::read::stats::StatsBody;
 use crate::read::Live;
 
@@ -226,6 +227,7 @@ pub struct CandlesBody {
     #[schema(value_type = CandleInterval)]
     interval: Interval,
     /// Oldest first.
+    #[schema(value_type = Vec<CandleDoc>)]
     candles: Vec<Candle>,
 }
 
@@ -376,8 +378,11 @@ pub struct SwapDoc {
     maker: Option<String>,
     token_from: String,
     token_to: String,
+    #[schema(value_type = AmountDoc)]
     amount_from: Amount,
+    #[schema(value_type = AmountDoc)]
     amount_to: Amount,
+    #[schema(value_type = AmountDoc)]
     usd_value: Amount,
 }
 

@@ -22,6 +22,7 @@ use crate::storage::postgres::PgStore;
 use crate::storage::redis::RedisStore;
 use crate::stream::Tp;
 
+pub mod schema;
 pub mod stats;
 
 /// Why a read gave no answer.

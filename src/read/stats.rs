@@ -6,6 +6,8 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::schema::{PriceDoc, TotalsDoc, WindowDoc};
+
 use crate::domain::aggregate::Totals;
 use crate::domain::partial::{AggKey, Merged, Window, WINDOWS};
 use crate::domain::{PairKey, Price, TokenSymbol};
@@ -20,9 +22,11 @@ pub struct StatsBody {
     #[schema(value_type = Option<String>, example = "ETH-USDC")]
     pub pair: Option<PairKey>,
     /// Last price: in USD for a token, in units of the second symbol for a pair.
+    #[schema(value_type = Option<PriceDoc>)]
     pub price_usd: Option<Price>,
     /// Swaps seen pending and not yet confirmed or failed.
     pub pending: i64,
+    #[schema(value_type = TotalsDoc)]
     pub totals: Totals,
     pub windows: Windows,
     /// When these figures were computed (RFC 3339 UTC).
@@ -33,12 +37,16 @@ pub struct StatsBody {
 #[derive(Serialize, ToSchema)]
 pub struct Windows {
     #[serde(rename = "5m")]
+    #[schema(value_type = WindowDoc)]
     pub m5: Window,
     #[serde(rename = "1h")]
+    #[schema(value_type = WindowDoc)]
     pub h1: Window,
     #[serde(rename = "6h")]
+    #[schema(value_type = WindowDoc)]
     pub h6: Window,
     #[serde(rename = "24h")]
+    #[schema(value_type = WindowDoc)]
     pub h24: Window,
 }
 
