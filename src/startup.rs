@@ -99,8 +99,8 @@ pub async fn run_api(settings: &Settings, log: &Logger) -> anyhow::Result<()> {
     let pg = PgStore::connect(&settings.postgres, settings.consumer.recent_swaps, log).await?;
     let redis = RedisStore::connect(&settings.redis, settings.consumer.recent_swaps).await?;
     let readiness = Readiness { probes: dependency_probes(&pg, &redis, None) };
-    let (registry, _registry_arbiter, ws) = start_registry(settings, &redis, log);
     let live = Live::stores(redis, pg, settings.http.cache);
+    let (registry, _registry_arbiter, ws) = start_registry(settings, &live, log);
     let servers = Servers::start(&settings.http, HttpParts { readiness, live, ws }, log)?;
     info!(log, "api started"; "http_port" => servers.port);
     stop.await;
@@ -119,20 +119,20 @@ pub async fn run_api(settings: &Settings, log: &Logger) -> anyhow::Result<()> {
 /// whoever owns the partitions.
 fn start_registry(
     settings: &Settings,
-    redis: &RedisStore,
+    live: &Live,
     log: &Logger,
 ) -> (Addr<SessionRegistry>, Arbiter, crate::http::ws::WsState) {
     let arbiter = Arbiter::new();
     let registry = {
         let (ws, instance, redis, log) =
-            (settings.ws.clone(), settings.instance_id.clone(), redis.clone(), log.clone());
+            (settings.ws.clone(), settings.instance_id.clone(), live.redis().clone(), log.clone());
         SessionRegistry::start_in_arbiter(&arbiter.handle(), move |_| SessionRegistry::new(ws, instance, redis, log))
     };
     let common = crate::actors::ws::session::SessionCommon {
         snapshots: crate::actors::ws::session::Snapshots::default(),
         registry: registry.clone(),
         settings: settings.ws.clone(),
-        redis: redis.clone(),
+        live: live.clone(),
     };
     let (capacity, fd_limit) = crate::actors::ws::limits::session_capacity();
     info!(log, "WebSocket capacity"; "sessions" => capacity, "open_file_limit" => fd_limit);
@@ -329,7 +329,7 @@ impl Consumer {
         let readiness = Readiness { probes: dependency_probes(&pg, &redis, Some(consumer)) };
         let live =
             Live::stores(redis.clone(), pg.clone(), settings.http.cache).with_local(Arc::new(aggregators.clone()));
-        let (registry, registry_arbiter, ws) = start_registry(settings, &redis, log);
+        let (registry, registry_arbiter, ws) = start_registry(settings, &live, log);
         let parts = HttpParts { readiness, live, ws };
         let servers = Servers::start(&settings.http, parts, log)?;
         info!(log, "consumer started"; "http_port" => servers.port, "subscription" => settings.kafka.topics.subscription(),

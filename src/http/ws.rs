@@ -210,7 +210,7 @@ pub struct WsInstanceBody {
 #[utoipa::path(get, path = "/v1/ws/stats", tag = "websocket",
     responses((status = 200, body = WsStatsBody), (status = 503, body = super::error::ErrorBody)))]
 pub async fn stats(state: web::Data<WsState>) -> Result<HttpResponse, ApiError> {
-    let counts = Presence::new(&state.common.redis).counts().await.map_err(ApiError::redis)?;
+    let counts = Presence::new(state.common.live.redis()).counts().await.map_err(ApiError::redis)?;
     Ok(HttpResponse::Ok().json(counts))
 }
 

@@ -169,6 +169,12 @@ impl Live {
             let (merged, _) = answer.await.map_err(aggregator_unavailable)?;
             return Ok(merged);
         }
+        self.merged_from_stores(key, intervals, since).await
+    }
+
+    /// [`Live::merged`] from Redis, or PostgreSQL while Redis lacks `key`,
+    /// never from this process' actors.
+    async fn merged_from_stores(&self, key: &AggKey, intervals: &[Interval], since: i64) -> Result<Merged, ReadError> {
         if self.redis.has_key(key).await.map_err(ReadError::redis)? {
             read_from("redis");
             return self.redis.merged(key, intervals, since).await.map_err(ReadError::redis);
@@ -241,8 +247,25 @@ impl Live {
     }
 }
 
-/// The stats object of a key, merged over every partition from Redis
-/// (WebSocket snapshots: an unknown key reads as all zeros).
+impl Live {
+    /// The stats object of `key` from the shared stores, `NotFound` as REST
+    /// answers 404: a WebSocket channel's snapshot. Never from this
+    /// process' actors, whose state can be ahead of Redis, where the
+    /// channel's `stats` frames are read.
+    pub async fn shared_stats(&self, key: &AggKey) -> Result<serde_json::Value, ReadError> {
+        let now = Utc::now();
+        let merged = self.merged_from_stores(key, &[Interval::M1], now.timestamp() - STATS_SINCE_SECS).await?;
+        Ok(stats::stats_json(key, &merged, now))
+    }
+}
+
+/// The stats object of a token or pair with no swap seen: all zeros.
+pub fn unseen_stats(key: &AggKey) -> serde_json::Value {
+    stats::stats_json(key, &Merged::default(), Utc::now())
+}
+
+/// The stats object of a key, merged over every partition from Redis (a
+/// WebSocket channel's `stats` frames: an unknown key reads as all zeros).
 pub async fn stats_from_redis(redis: &RedisStore, key: &AggKey) -> anyhow::Result<serde_json::Value> {
     let now = Utc::now();
     let merged = redis.merged(key, &[Interval::M1], now.timestamp() - STATS_SINCE_SECS).await?;

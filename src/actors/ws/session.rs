@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web_actors::ws;
-use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::connection::{now_ms, ConnShared};
 use super::limits::IpSlot;
@@ -30,31 +29,82 @@ use super::registry::{Connect, Disconnect, SessionRegistry, Subscribe, Unsubscri
 use crate::config::WsSettings;
 use crate::domain::partial::AggKey;
 use crate::metrics::METRICS;
-use crate::read::stats_from_redis;
-use crate::storage::redis::RedisStore;
+use crate::read::{Live, ReadError};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A subscription; its frames wait in the connection's queue until the
-/// snapshot went out as seq 0.
+/// snapshot went out as seq 0, answering the request `id` that asked.
 enum ChannelState {
-    Waiting { generation: u64 },
+    Waiting { generation: u64, id: Option<Value>, allow_unseen: bool },
     Live,
 }
 
-/// A client request.
-#[derive(Deserialize)]
+/// The longest string a client's request `id` may be.
+const MAX_ID_CHARS: usize = 64;
+
+/// A client request: `{"op": ..., "id": ..., "channels": [...]}`.
 struct Request {
     op: String,
-    #[serde(default)]
-    channels: Option<Vec<serde_json::Value>>,
+    /// Echoed on every answer to the request: a string of at most
+    /// [`MAX_ID_CHARS`] or an integer.
+    id: Option<Value>,
+    channels: Option<Vec<Value>>,
+    /// Subscribe to tokens and pairs without a swap yet (an all-zero
+    /// snapshot) instead of refusing them as unknown.
+    allow_unseen: bool,
+}
+
+impl Request {
+    /// The request in `text`; the error (code, message) carries the `id`
+    /// when that much could be read.
+    fn parse(text: &str) -> Result<Request, (Option<Value>, &'static str, String)> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| (None, "bad_json", format!("expected a JSON request object: {e}")))?;
+        let Value::Object(mut fields) = value else {
+            return Err((None, "bad_json", "expected a JSON request object".into()));
+        };
+        let id = match fields.remove("id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(id)) if id.chars().count() <= MAX_ID_CHARS => Some(Value::String(id)),
+            Some(Value::Number(id)) if id.is_i64() || id.is_u64() => Some(Value::Number(id)),
+            Some(_) => {
+                let message = format!("`id`: expected a string of at most {MAX_ID_CHARS} characters or an integer");
+                return Err((None, "bad_request", message));
+            }
+        };
+        let op = match fields.remove("op") {
+            Some(Value::String(op)) => op,
+            _ => return Err((id, "bad_request", "`op`: expected a string".into())),
+        };
+        let channels = match fields.remove("channels") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(channels)) => Some(channels),
+            Some(_) => return Err((id, "bad_request", "`channels`: expected a list".into())),
+        };
+        let allow_unseen = match fields.remove("allow_unseen") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(allow)) => allow,
+            Some(_) => return Err((id, "bad_request", "`allow_unseen`: expected true or false".into())),
+        };
+        Ok(Request { op, id, channels, allow_unseen })
+    }
+}
+
+/// `frame` with the request's `id` when it had one.
+fn answer(mut frame: Value, id: Option<&Value>) -> String {
+    if let (Some(id), Value::Object(fields)) = (id, &mut frame) {
+        fields.insert("id".into(), id.clone());
+    }
+    frame.to_string()
 }
 
 /// What every session of a process shares (one allocation, not one per
 /// connection).
 pub struct SessionCommon {
     pub registry: Addr<SessionRegistry>,
-    pub redis: RedisStore,
+    /// Where snapshots are read, as REST reads them.
+    pub live: Live,
     pub settings: WsSettings,
     pub snapshots: Snapshots,
 }
@@ -69,23 +119,34 @@ pub struct Snapshots {
     in_flight: Arc<std::sync::Mutex<HashMap<AggKey, SharedSnapshot>>>,
 }
 
-type SharedSnapshot =
-    futures::future::Shared<futures::future::BoxFuture<'static, Result<Arc<serde_json::Value>, Arc<str>>>>;
+type SharedSnapshot = futures::future::Shared<futures::future::BoxFuture<'static, Result<Arc<Value>, SnapshotError>>>;
+
+/// Why a channel has no snapshot: its error frame's code and message.
+#[derive(Clone, Debug)]
+pub struct SnapshotError {
+    code: &'static str,
+    message: Arc<str>,
+}
 
 impl Snapshots {
     /// The read in flight for `key`, or a new one.
-    pub fn read(&self, redis: &RedisStore, key: &AggKey) -> SharedSnapshot {
+    pub fn read(&self, live: &Live, key: &AggKey) -> SharedSnapshot {
         use futures::FutureExt as _;
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(read) = in_flight.get(key).filter(|read| read.peek().is_none()) {
             return read.clone();
         }
-        let (redis, owned) = (redis.clone(), key.clone());
+        let (live, owned) = (live.clone(), key.clone());
         let read = async move {
-            match tokio::time::timeout(SNAPSHOT_DEADLINE, stats_from_redis(&redis, &owned)).await {
+            let error = |code, message: String| SnapshotError { code, message: message.into() };
+            match tokio::time::timeout(SNAPSHOT_DEADLINE, live.shared_stats(&owned)).await {
                 Ok(Ok(value)) => Ok(Arc::new(value)),
-                Ok(Err(e)) => Err(Arc::from(format!("{e:#}"))),
-                Err(_) => Err(Arc::from(format!("no answer within {SNAPSHOT_DEADLINE:?}"))),
+                Ok(Err(ReadError::NotFound(e))) => Err(error(UNKNOWN_CHANNEL, format!("{e}, not subscribed"))),
+                Ok(Err(e)) => Err(error("unavailable", format!("no snapshot for {owned}, not subscribed: {e}"))),
+                Err(_) => Err(error(
+                    "unavailable",
+                    format!("no snapshot for {owned}, not subscribed: no answer within {SNAPSHOT_DEADLINE:?}"),
+                )),
             }
         }
         .boxed()
@@ -94,6 +155,9 @@ impl Snapshots {
         read
     }
 }
+
+/// The error code of a channel with no swap seen (REST answers 404).
+const UNKNOWN_CHANNEL: &str = "unknown_channel";
 
 /// Longest wait for a channel's snapshot before the subscription is refused.
 const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(5);
@@ -132,10 +196,22 @@ impl WsSession {
         ctx.text(text);
     }
 
-    fn error(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: &'static str, message: String) {
+    /// An `error` frame answering the request `id`, about `channel` when
+    /// one is named.
+    fn error(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        id: Option<&Value>,
+        channel: Option<&str>,
+        code: &'static str,
+        message: String,
+    ) {
         METRICS.ws_bad_frames.with_label_values(&[code]).inc();
-        let text = json!({"type": "error", "code": code, "message": message}).to_string();
-        self.emit(ctx, text);
+        let mut frame = json!({"type": "error", "code": code, "message": message});
+        if let Some(channel) = channel {
+            frame["channel"] = channel.into();
+        }
+        self.emit(ctx, answer(frame, id));
         self.frame_was_bad = true;
     }
 
@@ -151,17 +227,23 @@ impl WsSession {
         if text.len() > self.common.settings.max_frame_bytes {
             let message =
                 format!("{} bytes; at most {} are accepted", text.len(), self.common.settings.max_frame_bytes);
-            return self.error(ctx, "frame_too_large", message);
+            return self.error(ctx, None, None, "frame_too_large", message);
         }
-        let request: Request = match serde_json::from_str(text) {
+        let request = match Request::parse(text) {
             Ok(request) => request,
-            Err(e) => return self.error(ctx, "bad_json", format!("expected a JSON request object: {e}")),
+            Err((id, code, message)) => return self.error(ctx, id.as_ref(), None, code, message),
         };
+        let id = request.id.as_ref();
         match request.op.as_str() {
-            "ping" => self.emit(ctx, r#"{"type":"pong"}"#.to_owned()),
+            "ping" => self.emit(ctx, answer(json!({"type": "pong"}), id)),
+            "list_subscriptions" => {
+                let mut names: Vec<String> = self.channels.keys().map(|key| key.to_string()).collect();
+                names.sort_unstable();
+                self.emit(ctx, answer(json!({"type": "subscriptions", "channels": names}), id));
+            }
             "subscribe" | "unsubscribe" => {
-                let Some(names) = request.channels.filter(|c| !c.is_empty()) else {
-                    return self.error(ctx, "bad_request", "`channels`: expected a non-empty list".into());
+                let Some(names) = request.channels.as_ref().filter(|c| !c.is_empty()) else {
+                    return self.error(ctx, id, None, "bad_request", "`channels`: expected a non-empty list".into());
                 };
                 if names.len() > self.common.settings.max_channels {
                     let message = format!(
@@ -169,7 +251,7 @@ impl WsSession {
                         names.len(),
                         self.common.settings.max_channels
                     );
-                    return self.error(ctx, "too_many_channels", message);
+                    return self.error(ctx, id, None, "too_many_channels", message);
                 }
                 let mut keys = Vec::with_capacity(names.len());
                 for name in names {
@@ -178,46 +260,52 @@ impl WsSession {
                         None => {
                             let message =
                                 format!("{name}: expected \"token:<SYMBOL>\" or \"pair:<A>-<B>\" (A-Z 0-9 . _ -)");
-                            self.error(ctx, "bad_channel", message);
+                            self.error(ctx, id, name.as_str(), "bad_channel", message);
                         }
                     }
                 }
                 if request.op == "subscribe" {
-                    self.subscribe(keys, ctx);
+                    self.subscribe(keys, request.id, request.allow_unseen, ctx);
                 } else {
-                    self.unsubscribe(keys, ctx);
+                    self.unsubscribe(keys, id, ctx);
                 }
             }
             other => {
                 let other: String = other.chars().take(32).collect();
-                self.error(ctx, "unknown_op", format!("{other:?}: expected subscribe, unsubscribe or ping"));
+                let message = format!("{other:?}: expected subscribe, unsubscribe, list_subscriptions or ping");
+                self.error(ctx, id, None, "unknown_op", message);
             }
         }
     }
 
-    fn subscribe(&mut self, keys: Vec<AggKey>, ctx: &mut ws::WebsocketContext<Self>) {
+    fn subscribe(
+        &mut self,
+        keys: Vec<AggKey>,
+        id: Option<Value>,
+        allow_unseen: bool,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
         let mut added = Vec::new();
         for key in keys {
-            // A repeated subscription changes nothing and is not answered.
+            // A repeated subscription changes nothing: its channel's frames
+            // go on, numbered on. It is answered without a snapshot.
             if self.channels.contains_key(&key) {
+                let frame = json!({"type": "subscribed", "channel": key.to_string(), "already": true});
+                self.emit(ctx, answer(frame, id.as_ref()));
                 continue;
             }
             if self.channels.len() >= self.common.settings.max_channels {
                 let message = format!("{key}: at most {} channels per connection", self.common.settings.max_channels);
-                self.error(ctx, "too_many_channels", message);
+                self.error(ctx, id.as_ref(), Some(&key.to_string()), "too_many_channels", message);
                 continue;
             }
             self.generation += 1;
             let generation = self.generation;
-            self.channels.insert(key.clone(), ChannelState::Waiting { generation });
+            self.channels.insert(key.clone(), ChannelState::Waiting { generation, id: id.clone(), allow_unseen });
             self.conn.open(&key);
             added.push(key.clone());
-            let read = self.common.snapshots.read(&self.common.redis, &key);
-            let fetch = async move { read.await.map(|value| (*value).clone()).map_err(|e| anyhow::anyhow!("{e}")) };
-            let key = added.last().cloned().expect("just pushed");
-            ctx.spawn(
-                fetch.into_actor(self).map(move |result, act, ctx| act.on_snapshot(key, generation, result, ctx)),
-            );
+            let read = self.common.snapshots.read(&self.common.live, &key);
+            ctx.spawn(read.into_actor(self).map(move |result, act, ctx| act.on_snapshot(key, generation, result, ctx)));
         }
         if !added.is_empty() {
             self.common.registry.do_send(Subscribe { id: self.id, channels: added });
@@ -228,20 +316,25 @@ impl WsSession {
         &mut self,
         key: AggKey,
         generation: u64,
-        result: anyhow::Result<serde_json::Value>,
+        result: Result<Arc<Value>, SnapshotError>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
-        let current =
-            matches!(self.channels.get(&key), Some(ChannelState::Waiting { generation: g, .. }) if *g == generation);
-        if !current {
-            return; // unsubscribed meanwhile
-        }
+        let (id, allow_unseen) = match self.channels.get_mut(&key) {
+            Some(ChannelState::Waiting { generation: g, id, allow_unseen }) if *g == generation => {
+                (id.take(), *allow_unseen)
+            }
+            _ => return, // unsubscribed meanwhile
+        };
+        let result = match result {
+            Err(e) if e.code == UNKNOWN_CHANNEL && allow_unseen => Ok(Arc::new(crate::read::unseen_stats(&key))),
+            other => other,
+        };
         let name: Arc<str> = key.to_string().into();
         match result {
             Ok(snapshot) => {
                 let stats: Arc<str> = snapshot.to_string().into();
-                let text = json!({"type": "subscribed", "channel": &*name, "seq": 0, "snapshot": snapshot}).to_string();
-                self.emit(ctx, text);
+                let frame = json!({"type": "subscribed", "channel": &*name, "seq": 0, "snapshot": &*snapshot});
+                self.emit(ctx, answer(frame, id.as_ref()));
                 METRICS.ws_frames_sent.with_label_values(&["subscribed"]).inc();
                 self.channels.insert(key.clone(), ChannelState::Live);
                 // The writer takes the channel's frames only after this
@@ -252,22 +345,21 @@ impl WsSession {
                 self.channels.remove(&key);
                 self.conn.remove(&key);
                 self.common.registry.do_send(Unsubscribe { id: self.id, channels: vec![key.clone()] });
-                let text = json!({"type": "error", "code": "unavailable", "channel": &*name,
-                    "message": format!("no snapshot for {name}, not subscribed: {e:#}")})
-                .to_string();
-                self.emit(ctx, text);
+                METRICS.ws_bad_frames.with_label_values(&[e.code]).inc();
+                let frame = json!({"type": "error", "code": e.code, "channel": &*name, "message": &*e.message});
+                self.emit(ctx, answer(frame, id.as_ref()));
             }
         }
     }
 
-    fn unsubscribe(&mut self, keys: Vec<AggKey>, ctx: &mut ws::WebsocketContext<Self>) {
+    fn unsubscribe(&mut self, keys: Vec<AggKey>, id: Option<&Value>, ctx: &mut ws::WebsocketContext<Self>) {
         let mut removed = Vec::new();
         for key in keys {
             if self.channels.remove(&key).is_some() {
                 self.conn.remove(&key);
                 removed.push(key.clone());
             }
-            self.emit(ctx, json!({"type": "unsubscribed", "channel": key.to_string()}).to_string());
+            self.emit(ctx, answer(json!({"type": "unsubscribed", "channel": key.to_string()}), id));
         }
         if !removed.is_empty() {
             self.common.registry.do_send(Unsubscribe { id: self.id, channels: removed });
@@ -343,9 +435,11 @@ impl WsSession {
                 ctx.pong(&payload);
             }
             Ok(ws::Message::Pong(_)) => {}
-            Ok(ws::Message::Binary(_)) => self.error(ctx, "bad_frame", "binary frames are not accepted".into()),
+            Ok(ws::Message::Binary(_)) => {
+                self.error(ctx, None, None, "bad_frame", "binary frames are not accepted".into())
+            }
             Ok(ws::Message::Continuation(_)) => {
-                self.error(ctx, "bad_frame", "fragmented messages are not accepted".into())
+                self.error(ctx, None, None, "bad_frame", "fragmented messages are not accepted".into())
             }
             Ok(ws::Message::Close(reason)) => {
                 let code = reason.as_ref().map_or(1000, |r| u16::from(r.code));
@@ -361,5 +455,47 @@ impl WsSession {
                 self.close(ctx, 1002, &format!("protocol error: {e}"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_read_with_its_id_and_a_bad_one_says_which_field() {
+        let request = Request::parse(r#"{"op":"subscribe","id":"r-1","channels":["token:ETH"],"allow_unseen":true}"#)
+            .unwrap_or_else(|(_, code, message)| panic!("{code}: {message}"));
+        assert_eq!(
+            (request.op.as_str(), request.id, request.channels.map(|c| c.len()), request.allow_unseen),
+            ("subscribe", Some(json!("r-1")), Some(1), true)
+        );
+        assert_eq!(Request::parse(r#"{"op":"ping","id":42}"#).map(|r| r.id).ok(), Some(Some(json!(42))));
+
+        let refused = |text: &str| Request::parse(text).err();
+        let (id, code, message) = refused(r#"{"op":"ping","id":1.5}"#).expect("refused");
+        assert_eq!((id, code), (None, "bad_request"));
+        assert!(message.starts_with("`id`"), "{message}");
+        let long = format!(r#"{{"op":"ping","id":"{}"}}"#, "x".repeat(MAX_ID_CHARS + 1));
+        assert_eq!(refused(&long).map(|(_, code, _)| code), Some("bad_request"));
+        let (id, code, message) = refused(r#"{"id":7,"channels":[]}"#).expect("refused");
+        assert_eq!((id, code), (Some(json!(7)), "bad_request"), "the id is echoed once it was read");
+        assert!(message.starts_with("`op`"), "{message}");
+        assert_eq!(refused(r#"[1,2]"#).map(|(_, code, _)| code), Some("bad_json"));
+        assert_eq!(
+            refused(r#"{"op":"subscribe","channels":"token:ETH"}"#).map(|(_, code, _)| code),
+            Some("bad_request")
+        );
+        assert_eq!(
+            refused(r#"{"op":"subscribe","channels":[],"allow_unseen":1}"#).map(|(_, code, _)| code),
+            Some("bad_request")
+        );
+    }
+
+    #[test]
+    fn an_answer_carries_the_id_only_when_the_request_had_one() {
+        let read = |text: String| serde_json::from_str::<Value>(&text).expect("JSON");
+        assert_eq!(read(answer(json!({"type": "pong"}), None)), json!({"type": "pong"}));
+        assert_eq!(read(answer(json!({"type": "pong"}), Some(&json!("a")))), json!({"type": "pong", "id": "a"}));
     }
 }

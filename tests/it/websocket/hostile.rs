@@ -50,14 +50,26 @@ async fn hostile_input_is_answered_with_errors_and_the_process_carries_on() {
     assert!(matches!(client.read(Duration::from_secs(5)).await, Got::Closed(Some(1008))));
 
     // 10k subscribe requests: the same channel again and again is one
-    // subscription; more channels than allowed are refused.
+    // subscription, each request answered under its id; more channels than
+    // allowed are refused.
     let mut client = Client::connect(port).await;
-    for _ in 0..10_000 {
-        client.socket.feed(Message::text(r#"{"op":"subscribe","channels":["token:ETH"]}"#)).await.unwrap();
+    for id in 0..10_000 {
+        let request = json!({"op": "subscribe", "id": id, "channels": ["token:ETH"], "allow_unseen": true});
+        client.socket.feed(Message::text(request.to_string())).await.unwrap();
     }
     client.socket.flush().await.unwrap();
-    let first = client.frame(Duration::from_secs(10)).await;
-    assert_eq!((&first["type"], &first["channel"]), (&json!("subscribed"), &json!("token:ETH")));
+    let (mut snapshots, mut ids) = (Vec::new(), Vec::new());
+    while ids.len() < 10_000 {
+        let frame = client.frame(Duration::from_secs(10)).await;
+        assert_eq!((&frame["type"], &frame["channel"]), (&json!("subscribed"), &json!("token:ETH")), "{frame}");
+        if frame["already"] != true {
+            snapshots.push(frame["id"].clone());
+        }
+        ids.push(frame["id"].as_u64().expect("an id"));
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (0..10_000).collect::<Vec<u64>>(), "every request answered once");
+    assert_eq!(snapshots, [json!(0)], "one subscription, with its snapshot answering the first request");
     client
         .send(json!({"op": "subscribe", "channels": (0..10_000).map(|i| format!("token:T{i}")).collect::<Vec<_>>()}))
         .await;

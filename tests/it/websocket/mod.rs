@@ -2,16 +2,17 @@
 //! PostgreSQL and Redis: what a client receives is checked against the
 //! producer's ground truth.
 //!
-//! Files by capability: `fanout`, `slow_clients`, `hostile`, `lifecycle`;
-//! the test client (`client`), the model of what a client must receive
-//! (`model`) and the raw sockets of the hostile and stalled clients (`raw`)
-//! are shared with `ws_conflation`.
+//! Files by capability: `fanout`, `slow_clients`, `hostile`, `lifecycle`,
+//! `protocol`; the test client (`client`), the model of what a client must
+//! receive (`model`) and the raw sockets of the hostile and stalled clients
+//! (`raw`) are shared with `ws_conflation`.
 
 mod client;
 mod fanout;
 mod hostile;
 mod lifecycle;
 mod model;
+mod protocol;
 mod raw;
 mod slow_clients;
 
