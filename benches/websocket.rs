@@ -227,7 +227,7 @@ fn run(clients: usize, options: &Options) -> Run {
                         tokio_tungstenite::connect_async_with_config(url, Some(client_config()), true)
                             .await
                             .expect("connect");
-                    let request = format!(r#"{{"op":"subscribe","channels":["{channel}"],"allow_unseen":true}}"#);
+                    let request = format!(r#"{{"op":"subscribe","channels":["{channel}"]}}"#);
                     socket.send(Message::text(request)).await.unwrap();
                     loop {
                         if let Some(Ok(Message::Text(text))) = socket.next().await {

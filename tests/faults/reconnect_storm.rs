@@ -37,9 +37,7 @@ async fn client(port: u16) -> (Outcome, Option<impl Sized>) {
         Ok(Err(e)) => return (Outcome::Failed(e.to_string()), None),
         Err(_) => return (Outcome::Failed("no answer to the upgrade within 60 s".into()), None),
     };
-    if let Err(e) =
-        socket.send(Message::text(r#"{"op":"subscribe","channels":["token:ETH"],"allow_unseen":true}"#)).await
-    {
+    if let Err(e) = socket.send(Message::text(r#"{"op":"subscribe","channels":["token:ETH"]}"#)).await {
         return (Outcome::Failed(e.to_string()), None);
     }
     let subscribed = async {

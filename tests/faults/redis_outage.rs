@@ -23,7 +23,7 @@ type Seen = Arc<Mutex<Vec<(Instant, u64)>>>;
 /// A client subscribed to `token:ETH` that records every frame's `seq`.
 async fn watch_eth(port: u16) -> Seen {
     let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/v1/ws")).await.unwrap();
-    socket.send(Message::text(r#"{"op":"subscribe","channels":["token:ETH"],"allow_unseen":true}"#)).await.unwrap();
+    socket.send(Message::text(r#"{"op":"subscribe","channels":["token:ETH"]}"#)).await.unwrap();
     let seen: Seen = Arc::default();
     let record = seen.clone();
     tokio::spawn(async move {

@@ -36,7 +36,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// A subscription; its frames wait in the connection's queue until the
 /// snapshot went out as seq 0, answering the request `id` that asked.
 enum ChannelState {
-    Waiting { generation: u64, id: Option<Value>, allow_unseen: bool },
+    Waiting { generation: u64, id: Option<Value>, known_only: bool },
     Live,
 }
 
@@ -50,9 +50,9 @@ struct Request {
     /// [`MAX_ID_CHARS`] or an integer.
     id: Option<Value>,
     channels: Option<Vec<Value>>,
-    /// Subscribe to tokens and pairs without a swap yet (an all-zero
-    /// snapshot) instead of refusing them as unknown.
-    allow_unseen: bool,
+    /// Refuse tokens and pairs without a swap seen (REST answers 404)
+    /// instead of subscribing with an all-zero snapshot.
+    known_only: bool,
 }
 
 impl Request {
@@ -82,12 +82,12 @@ impl Request {
             Some(Value::Array(channels)) => Some(channels),
             Some(_) => return Err((id, "bad_request", "`channels`: expected a list".into())),
         };
-        let allow_unseen = match fields.remove("allow_unseen") {
+        let known_only = match fields.remove("known_only") {
             None | Some(Value::Null) => false,
-            Some(Value::Bool(allow)) => allow,
-            Some(_) => return Err((id, "bad_request", "`allow_unseen`: expected true or false".into())),
+            Some(Value::Bool(known_only)) => known_only,
+            Some(_) => return Err((id, "bad_request", "`known_only`: expected true or false".into())),
         };
-        Ok(Request { op, id, channels, allow_unseen })
+        Ok(Request { op, id, channels, known_only })
     }
 }
 
@@ -265,7 +265,7 @@ impl WsSession {
                     }
                 }
                 if request.op == "subscribe" {
-                    self.subscribe(keys, request.id, request.allow_unseen, ctx);
+                    self.subscribe(keys, request.id, request.known_only, ctx);
                 } else {
                     self.unsubscribe(keys, id, ctx);
                 }
@@ -282,7 +282,7 @@ impl WsSession {
         &mut self,
         keys: Vec<AggKey>,
         id: Option<Value>,
-        allow_unseen: bool,
+        known_only: bool,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
         let mut added = Vec::new();
@@ -301,7 +301,7 @@ impl WsSession {
             }
             self.generation += 1;
             let generation = self.generation;
-            self.channels.insert(key.clone(), ChannelState::Waiting { generation, id: id.clone(), allow_unseen });
+            self.channels.insert(key.clone(), ChannelState::Waiting { generation, id: id.clone(), known_only });
             self.conn.open(&key);
             added.push(key.clone());
             let read = self.common.snapshots.read(&self.common.live, &key);
@@ -319,21 +319,29 @@ impl WsSession {
         result: Result<Arc<Value>, SnapshotError>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
-        let (id, allow_unseen) = match self.channels.get_mut(&key) {
-            Some(ChannelState::Waiting { generation: g, id, allow_unseen }) if *g == generation => {
-                (id.take(), *allow_unseen)
+        let (id, known_only) = match self.channels.get_mut(&key) {
+            Some(ChannelState::Waiting { generation: g, id, known_only }) if *g == generation => {
+                (id.take(), *known_only)
             }
             _ => return, // unsubscribed meanwhile
         };
-        let result = match result {
-            Err(e) if e.code == UNKNOWN_CHANNEL && allow_unseen => Ok(Arc::new(crate::read::unseen_stats(&key))),
-            other => other,
+        // A channel of no swap yet is subscribed as DESIGN.md's clients
+        // expect (they may subscribe before a token's first swap), and
+        // marked so that a misspelt name shows.
+        let (result, seen) = match result {
+            Err(e) if e.code == UNKNOWN_CHANNEL && !known_only => {
+                (Ok(Arc::new(crate::read::unseen_stats(&key))), false)
+            }
+            other => (other, true),
         };
         let name: Arc<str> = key.to_string().into();
         match result {
             Ok(snapshot) => {
                 let stats: Arc<str> = snapshot.to_string().into();
-                let frame = json!({"type": "subscribed", "channel": &*name, "seq": 0, "snapshot": &*snapshot});
+                let mut frame = json!({"type": "subscribed", "channel": &*name, "seq": 0, "snapshot": &*snapshot});
+                if !seen {
+                    frame["seen"] = false.into();
+                }
                 self.emit(ctx, answer(frame, id.as_ref()));
                 METRICS.ws_frames_sent.with_label_values(&["subscribed"]).inc();
                 self.channels.insert(key.clone(), ChannelState::Live);
@@ -464,10 +472,10 @@ mod tests {
 
     #[test]
     fn a_request_is_read_with_its_id_and_a_bad_one_says_which_field() {
-        let request = Request::parse(r#"{"op":"subscribe","id":"r-1","channels":["token:ETH"],"allow_unseen":true}"#)
+        let request = Request::parse(r#"{"op":"subscribe","id":"r-1","channels":["token:ETH"],"known_only":true}"#)
             .unwrap_or_else(|(_, code, message)| panic!("{code}: {message}"));
         assert_eq!(
-            (request.op.as_str(), request.id, request.channels.map(|c| c.len()), request.allow_unseen),
+            (request.op.as_str(), request.id, request.channels.map(|c| c.len()), request.known_only),
             ("subscribe", Some(json!("r-1")), Some(1), true)
         );
         assert_eq!(Request::parse(r#"{"op":"ping","id":42}"#).map(|r| r.id).ok(), Some(Some(json!(42))));
@@ -487,7 +495,7 @@ mod tests {
             Some("bad_request")
         );
         assert_eq!(
-            refused(r#"{"op":"subscribe","channels":[],"allow_unseen":1}"#).map(|(_, code, _)| code),
+            refused(r#"{"op":"subscribe","channels":[],"known_only":1}"#).map(|(_, code, _)| code),
             Some("bad_request")
         );
     }

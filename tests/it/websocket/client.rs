@@ -108,10 +108,8 @@ impl Client {
         Drained(rx)
     }
 
-    /// Subscribes to `channels`, seen or not yet (most tests subscribe
-    /// before they produce), and returns their `subscribed` frames.
     pub(crate) async fn subscribe(&mut self, channels: &[&str]) -> Vec<Value> {
-        self.send(json!({"op": "subscribe", "channels": channels, "allow_unseen": true})).await;
+        self.send(json!({"op": "subscribe", "channels": channels})).await;
         let mut answers = Vec::new();
         for _ in channels {
             let frame = self.frame(Duration::from_secs(10)).await;

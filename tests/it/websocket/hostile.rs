@@ -54,7 +54,7 @@ async fn hostile_input_is_answered_with_errors_and_the_process_carries_on() {
     // allowed are refused.
     let mut client = Client::connect(port).await;
     for id in 0..10_000 {
-        let request = json!({"op": "subscribe", "id": id, "channels": ["token:ETH"], "allow_unseen": true});
+        let request = json!({"op": "subscribe", "id": id, "channels": ["token:ETH"]});
         client.socket.feed(Message::text(request.to_string())).await.unwrap();
     }
     client.socket.flush().await.unwrap();

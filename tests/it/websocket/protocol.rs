@@ -1,5 +1,6 @@
 //! The request protocol: ids echoed on every answer, a repeated subscribe
-//! answered, `list_subscriptions`, and channels REST does not know refused.
+//! answered, `list_subscriptions`, and channels REST does not know marked,
+//! or refused when the client asks for known ones only.
 
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ async fn answer(client: &mut Client) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn requests_are_answered_under_their_ids_and_unknown_channels_are_refused_as_rest_does() {
+async fn requests_are_answered_under_their_ids_and_unknown_channels_are_marked_or_refused() {
     let brokers = require_broker();
     let names = Names::new("it-ws-protocol");
     let (mut consumer, port) = start_consumer(&names, &consumer_vars(&names, &brokers, "a"), "a").await;
@@ -30,9 +31,10 @@ async fn requests_are_answered_under_their_ids_and_unknown_channels_are_refused_
     wait_checkpointed(&names, delivered(&truth), Duration::from_secs(60)).await;
     let mut client = Client::connect(port).await;
 
-    // A misspelt token: 404 on REST, an error frame on the WebSocket.
+    // A misspelt token: 404 on REST, an error frame on the WebSocket for a
+    // client that asks for known channels only.
     assert_eq!(http::get(port, "/v1/tokens/ETHH/stats").await.0, 404);
-    client.send(json!({"op": "subscribe", "id": "first", "channels": ["token:ETHH"]})).await;
+    client.send(json!({"op": "subscribe", "id": "first", "channels": ["token:ETHH"], "known_only": true})).await;
     let refused = answer(&mut client).await;
     assert_eq!(
         (&refused["type"], &refused["code"], &refused["channel"], &refused["id"]),
@@ -41,8 +43,9 @@ async fn requests_are_answered_under_their_ids_and_unknown_channels_are_refused_
     );
 
     // A seen token: its snapshot, under the request's id.
-    client.send(json!({"op": "subscribe", "id": 1, "channels": ["token:eth"]})).await;
+    client.send(json!({"op": "subscribe", "id": 1, "channels": ["token:eth"], "known_only": true})).await;
     let subscribed = answer(&mut client).await;
+    assert!(subscribed.get("seen").is_none(), "{subscribed}");
     assert_eq!(
         (&subscribed["type"], &subscribed["seq"], &subscribed["id"]),
         (&json!("subscribed"), &json!(0), &json!(1))
@@ -56,9 +59,10 @@ async fn requests_are_answered_under_their_ids_and_unknown_channels_are_refused_
         json!({"type": "subscribed", "channel": "token:ETH", "already": true, "id": 2})
     );
 
-    // A token without swaps, when the client asks for it as such.
-    client.send(json!({"op": "subscribe", "id": 3, "channels": ["token:NEWT"], "allow_unseen": true})).await;
+    // A token without swaps yet: subscribed, and marked as such.
+    client.send(json!({"op": "subscribe", "id": 3, "channels": ["token:NEWT"]})).await;
     let unseen = answer(&mut client).await;
+    assert_eq!(unseen["seen"], false, "{unseen}");
     assert_eq!(
         (&unseen["type"], &unseen["channel"], &unseen["id"]),
         (&json!("subscribed"), &json!("token:NEWT"), &json!(3))
@@ -86,7 +90,7 @@ async fn requests_are_answered_under_their_ids_and_unknown_channels_are_refused_
     assert_eq!(bad_id["code"], "bad_request", "{bad_id}");
     assert!(bad_id["message"].as_str().is_some_and(|m| m.contains("`id`")), "{bad_id}");
     assert!(bad_id.get("id").is_none(), "{bad_id}");
-    client.send(json!({"op": "subscribe", "id": 7, "channels": ["token:ETH"], "allow_unseen": "yes"})).await;
+    client.send(json!({"op": "subscribe", "id": 7, "channels": ["token:ETH"], "known_only": "yes"})).await;
     let bad_flag = answer(&mut client).await;
     assert_eq!((&bad_flag["code"], &bad_flag["id"]), (&json!("bad_request"), &json!(7)), "{bad_flag}");
     consumer.kill9().await;

@@ -39,9 +39,7 @@ pub(super) fn upgrade_and_subscribe(stream: &mut (impl Read + Write), port: u16,
         head.push(byte[0]);
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    stream
-        .write_all(&masked_text(&json!({"op": "subscribe", "channels": [channel], "allow_unseen": true}).to_string()))
-        .unwrap();
+    stream.write_all(&masked_text(&json!({"op": "subscribe", "channels": [channel]}).to_string())).unwrap();
     stream.flush().unwrap();
 }
 
