@@ -75,6 +75,10 @@ impl Serialize for Interval {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
     pub volume_usd: Amount,
+    /// What buys (of the token, of the pair's first symbol) moved; with
+    /// `sell_volume_usd` it makes `volume_usd`.
+    pub buy_volume_usd: Amount,
+    pub sell_volume_usd: Amount,
     pub swaps: u64,
     pub buys: u64,
     pub sells: u64,
@@ -130,6 +134,15 @@ pub struct Contribution {
 }
 
 impl Contribution {
+    /// The volume a buy moves: all of it for a buy, none for a sell.
+    pub fn buy_volume_usd(&self) -> Amount {
+        if self.buy {
+            self.volume_usd
+        } else {
+            Amount::ZERO
+        }
+    }
+
     /// The swap seen from `token`: a buy when `token` is bought, price in USD.
     pub fn for_token(swap: &SwapEvent, token: &TokenSymbol) -> Option<Contribution> {
         let (amount, buy) = if *token == swap.token_to {
@@ -167,8 +180,10 @@ impl Expected {
         totals.swaps += 1;
         if c.buy {
             totals.buys += 1;
+            totals.buy_volume_usd += c.volume_usd;
         } else {
             totals.sells += 1;
+            totals.sell_volume_usd += c.volume_usd;
         }
         totals.first_seen.get_or_insert(time);
         totals.last_seen = Some(time);
@@ -254,6 +269,10 @@ mod tests {
         let eth = &reference.tokens[&TokenSymbol::parse("ETH").unwrap()];
         assert_eq!(eth.totals.volume_usd, Amount::parse("14300").unwrap());
         assert_eq!((eth.totals.swaps, eth.totals.buys, eth.totals.sells), (3, 1, 2));
+        assert_eq!(
+            (eth.totals.buy_volume_usd, eth.totals.sell_volume_usd),
+            (Amount::parse("2100").unwrap(), Amount::parse("12200").unwrap())
+        );
         assert_eq!(eth.price_usd, Some(price("4100")));
         assert_eq!(super::super::swap::format_time(eth.totals.first_seen.unwrap()), "2026-11-25T08:00:10Z");
     }
@@ -281,6 +300,7 @@ mod tests {
         assert_eq!(pair.price_usd, Some(price("4100")));
         // A buy on ETH-USDC is a swap whose token_to is ETH.
         assert_eq!((pair.totals.buys, pair.totals.sells), (1, 2));
+        assert_eq!(pair.totals.buy_volume_usd, Amount::parse("2100").unwrap());
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub struct CandlePartial {
     pub high: Price,
     pub low: Price,
     pub volume_usd: Amount,
+    /// The part of `volume_usd` that buys moved.
+    pub buy_volume_usd: Amount,
     pub swaps: u64,
     pub buys: u64,
 }
@@ -107,6 +109,7 @@ impl CandlePartial {
             high: point.price,
             low: point.price,
             volume_usd: c.volume_usd,
+            buy_volume_usd: c.buy_volume_usd(),
             swaps: 1,
             buys: u64::from(c.buy),
         }
@@ -119,6 +122,7 @@ impl CandlePartial {
         self.high = self.high.max(other.high);
         self.low = self.low.min(other.low);
         self.volume_usd += other.volume_usd;
+        self.buy_volume_usd += other.buy_volume_usd;
         self.swaps += other.swaps;
         self.buys += other.buys;
     }
@@ -140,6 +144,8 @@ impl CandlePartial {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TotalsPartial {
     pub volume_usd: Amount,
+    /// The part of `volume_usd` that buys moved.
+    pub buy_volume_usd: Amount,
     pub swaps: u64,
     pub buys: u64,
     pub first_seen: Option<DateTime<Utc>>,
@@ -150,6 +156,7 @@ pub struct TotalsPartial {
 impl TotalsPartial {
     fn add(&mut self, point: PricePoint, c: &Contribution) {
         self.volume_usd += c.volume_usd;
+        self.buy_volume_usd += c.buy_volume_usd();
         self.swaps += 1;
         self.buys += u64::from(c.buy);
         let time = point.at.0;
@@ -159,6 +166,7 @@ impl TotalsPartial {
 
     pub fn merge(&mut self, other: &TotalsPartial) {
         self.volume_usd += other.volume_usd;
+        self.buy_volume_usd += other.buy_volume_usd;
         self.swaps += other.swaps;
         self.buys += other.buys;
         self.first_seen = match (self.first_seen, other.first_seen) {
@@ -174,6 +182,8 @@ impl TotalsPartial {
     pub fn to_totals(&self) -> Totals {
         Totals {
             volume_usd: self.volume_usd,
+            buy_volume_usd: self.buy_volume_usd,
+            sell_volume_usd: self.volume_usd - self.buy_volume_usd,
             swaps: self.swaps,
             buys: self.buys,
             sells: self.swaps - self.buys,
@@ -334,6 +344,8 @@ impl Partial {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Window {
     pub volume_usd: Amount,
+    pub buy_volume_usd: Amount,
+    pub sell_volume_usd: Amount,
     pub swaps: u64,
     pub buys: u64,
     pub sells: u64,
@@ -410,6 +422,7 @@ pub fn window_of(minutes: Option<&BTreeMap<i64, CandlePartial>>, now: DateTime<U
     let mut last: Option<PricePoint> = None;
     for candle in minutes.range(start..).map(|(_, c)| c) {
         window.volume_usd += candle.volume_usd;
+        window.buy_volume_usd += candle.buy_volume_usd;
         window.swaps += candle.swaps;
         window.buys += candle.buys;
         window.high = Some(window.high.map_or(candle.high, |h| h.max(candle.high)));
@@ -418,6 +431,7 @@ pub fn window_of(minutes: Option<&BTreeMap<i64, CandlePartial>>, now: DateTime<U
         last = Some(last.map_or(candle.close, |l| l.later(candle.close)));
     }
     window.sells = window.swaps - window.buys;
+    window.sell_volume_usd = window.volume_usd - window.buy_volume_usd;
     window.price_usd = last.map(|p| p.price);
     if let (Some(from), Some(last)) = (before.or(first), last) {
         window.price_change_pct = last.price.change_pct(from.price);
@@ -459,8 +473,10 @@ pub fn windows_at<'a>(
                 window.swaps += 1;
                 if c.buy {
                     window.buys += 1;
+                    window.buy_volume_usd += c.volume_usd;
                 } else {
                     window.sells += 1;
+                    window.sell_volume_usd += c.volume_usd;
                 }
                 window.high = Some(window.high.map_or(c.price, |h| h.max(c.price)));
                 window.low = Some(window.low.map_or(c.price, |l| l.min(c.price)));

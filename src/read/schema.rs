@@ -58,6 +58,13 @@ impl ToSchema for PriceDoc {
 pub struct TotalsDoc {
     #[schema(value_type = AmountDoc)]
     volume_usd: (),
+    /// The part of `volume_usd` that buys moved (of the token; of a pair's
+    /// first symbol).
+    #[schema(value_type = AmountDoc)]
+    buy_volume_usd: (),
+    /// The part of `volume_usd` that sells moved.
+    #[schema(value_type = AmountDoc)]
+    sell_volume_usd: (),
     swaps: u64,
     buys: u64,
     sells: u64,
@@ -75,6 +82,13 @@ pub struct TotalsDoc {
 pub struct WindowDoc {
     #[schema(value_type = AmountDoc)]
     volume_usd: (),
+    /// The part of `volume_usd` that buys moved (of the token; of a pair's
+    /// first symbol).
+    #[schema(value_type = AmountDoc)]
+    buy_volume_usd: (),
+    /// The part of `volume_usd` that sells moved.
+    #[schema(value_type = AmountDoc)]
+    sell_volume_usd: (),
     swaps: u64,
     buys: u64,
     sells: u64,

@@ -81,6 +81,7 @@ struct CandleColumns<'a> {
     high: Vec<String>,
     low: Vec<String>,
     volume: Vec<String>,
+    buy_volume: Vec<String>,
     swaps: Vec<i64>,
     buys: Vec<i64>,
 }
@@ -99,6 +100,7 @@ impl<'a> CandleColumns<'a> {
         self.high.push(c.high.to_string());
         self.low.push(c.low.to_string());
         self.volume.push(c.volume_usd.to_string());
+        self.buy_volume.push(c.buy_volume_usd.to_string());
         self.swaps.push(c.swaps as i64);
         self.buys.push(c.buys as i64);
     }
@@ -218,6 +220,7 @@ impl PgStore {
         let topics: Vec<&str> = partials.iter().map(|c| &*c.tp.topic).collect();
         let partitions: Vec<i32> = partials.iter().map(|c| c.tp.partition).collect();
         let volumes: Vec<String> = partials.iter().map(|c| c.delta.totals.volume_usd.to_string()).collect();
+        let buy_volumes: Vec<String> = partials.iter().map(|c| c.delta.totals.buy_volume_usd.to_string()).collect();
         let swaps: Vec<i64> = partials.iter().map(|c| c.delta.totals.swaps as i64).collect();
         let buys: Vec<i64> = partials.iter().map(|c| c.delta.totals.buys as i64).collect();
         let first: Vec<Option<i64>> =
@@ -229,17 +232,29 @@ impl PgStore {
         let pending: Vec<i64> = partials.iter().map(|c| c.delta.pending).collect();
         let partials_sql = self.sql(
             "INSERT INTO {schema}.partials AS x (agg_key, topic, partition, volume_usd, swaps, buys, first_seen_ns,
-                                                  last_price, last_at, pending, updated_at)
-                 SELECT k, t, p, v::numeric, s, b, f, lp::numeric, la, pe, now()
+                                                  last_price, last_at, pending, buy_volume_usd, updated_at)
+                 SELECT k, t, p, v::numeric, s, b, f, lp::numeric, la, pe, bv::numeric, now()
                  FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[],
-                             $8::text[], $9::bytea[], $10::bigint[]) AS u(k, t, p, v, s, b, f, lp, la, pe)
+                             $8::text[], $9::bytea[], $10::bigint[], $11::text[]) AS u(k, t, p, v, s, b, f, lp, la, pe, bv)
                  ON CONFLICT (agg_key, topic, partition) DO UPDATE SET
-                    volume_usd = EXCLUDED.volume_usd, swaps = EXCLUDED.swaps, buys = EXCLUDED.buys,
+                    volume_usd = EXCLUDED.volume_usd, buy_volume_usd = EXCLUDED.buy_volume_usd,
+                    swaps = EXCLUDED.swaps, buys = EXCLUDED.buys,
                     first_seen_ns = EXCLUDED.first_seen_ns, last_price = EXCLUDED.last_price,
                     last_at = EXCLUDED.last_at, pending = EXCLUDED.pending, updated_at = now()",
         );
-        let params: [&(dyn ToSql + Sync); 10] =
-            [&keys, &topics, &partitions, &volumes, &swaps, &buys, &first, &last_price, &last_at, &pending];
+        let params: [&(dyn ToSql + Sync); 11] = [
+            &keys,
+            &topics,
+            &partitions,
+            &volumes,
+            &swaps,
+            &buys,
+            &first,
+            &last_price,
+            &last_at,
+            &pending,
+            &buy_volumes,
+        ];
         let store_totals = pipelined(tx, &partials_sql, &params, "storing partials");
 
         let (mut r_keys, mut r_topics, mut r_partitions, mut r_at, mut r_swap) =
@@ -274,21 +289,24 @@ impl PgStore {
         }
         let candles_sql = self.sql(
                 "INSERT INTO {schema}.candles AS x (agg_key, interval, t, topic, partition, open, open_at, close, close_at,
-                                                 high, low, volume_usd, swaps, buys)
-                 SELECT k, i, t, tp, p, o::numeric, oa, c::numeric, ca, h::numeric, l::numeric, v::numeric, s, b
+                                                 high, low, volume_usd, swaps, buys, buy_volume_usd)
+                 SELECT k, i, t, tp, p, o::numeric, oa, c::numeric, ca, h::numeric, l::numeric, v::numeric, s, b,
+                        bv::numeric
                  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::text[], $7::bytea[],
-                             $8::text[], $9::bytea[], $10::text[], $11::text[], $12::text[], $13::bigint[], $14::bigint[])
-                      AS u(k, i, t, tp, p, o, oa, c, ca, h, l, v, s, b)
+                             $8::text[], $9::bytea[], $10::text[], $11::text[], $12::text[], $13::bigint[], $14::bigint[],
+                             $15::text[])
+                      AS u(k, i, t, tp, p, o, oa, c, ca, h, l, v, s, b, bv)
                  ON CONFLICT (agg_key, interval, t, topic, partition) DO UPDATE SET
                     open = EXCLUDED.open, open_at = EXCLUDED.open_at, close = EXCLUDED.close,
                     close_at = EXCLUDED.close_at, high = EXCLUDED.high, low = EXCLUDED.low,
-                    volume_usd = EXCLUDED.volume_usd, swaps = EXCLUDED.swaps, buys = EXCLUDED.buys",
+                    volume_usd = EXCLUDED.volume_usd, swaps = EXCLUDED.swaps, buys = EXCLUDED.buys,
+                    buy_volume_usd = EXCLUDED.buy_volume_usd",
         );
         let store_candles = async {
             if c.keys.is_empty() {
                 return Ok(0);
             }
-            let params: [&(dyn ToSql + Sync); 14] = [
+            let params: [&(dyn ToSql + Sync); 15] = [
                 &c.keys,
                 &c.intervals,
                 &c.t,
@@ -303,6 +321,7 @@ impl PgStore {
                 &c.volume,
                 &c.swaps,
                 &c.buys,
+                &c.buy_volume,
             ];
             pipelined(tx, &candles_sql, &params, "storing candles").await
         };

@@ -27,7 +27,7 @@ impl PgStore {
             .query(
                 &self.sql(
                     "SELECT t, open::text, open_at, close::text, close_at, high::text, low::text, volume_usd::text,
-                            swaps, buys
+                            swaps, buys, buy_volume_usd::text
                      FROM {schema}.candles WHERE agg_key = $1 AND interval = $2 AND t BETWEEN $3 AND $4",
                 ),
                 &[&key.to_string(), &interval.as_str(), &from, &to],
@@ -50,7 +50,8 @@ impl PgStore {
             .await?
             .query(
                 &self.sql(
-                    "SELECT volume_usd::text, swaps, buys, first_seen_ns, last_price::text, last_at, pending
+                    "SELECT volume_usd::text, swaps, buys, first_seen_ns, last_price::text, last_at, pending,
+                            buy_volume_usd::text
                      FROM {schema}.partials WHERE agg_key = $1",
                 ),
                 &[&key.to_string()],

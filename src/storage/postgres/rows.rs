@@ -8,7 +8,7 @@ use crate::domain::{Amount, Price};
 use crate::storage::encoding::decode_order;
 
 /// A candle from the columns `t, open, open_at, close, close_at, high, low,
-/// volume_usd, swaps, buys` starting at `first`.
+/// volume_usd, swaps, buys, buy_volume_usd` starting at `first`.
 pub(super) fn candle_from_row(row: &tokio_postgres::Row, first: usize) -> anyhow::Result<CandlePartial> {
     Ok(CandlePartial {
         t: row.get(first),
@@ -17,13 +17,15 @@ pub(super) fn candle_from_row(row: &tokio_postgres::Row, first: usize) -> anyhow
         high: parse_price(row.get(first + 5))?,
         low: parse_price(row.get(first + 6))?,
         volume_usd: parse_amount(row.get(first + 7))?,
+        buy_volume_usd: parse_amount(row.get(first + 10))?,
         swaps: row.get::<_, i64>(first + 8) as u64,
         buys: row.get::<_, i64>(first + 9) as u64,
     })
 }
 
 /// Totals and pending gauge from the columns `volume_usd, swaps, buys,
-/// first_seen_ns, last_price, last_at, pending` starting at `first`.
+/// first_seen_ns, last_price, last_at, pending, buy_volume_usd` starting at
+/// `first`.
 pub(super) fn totals_from_row(row: &tokio_postgres::Row, first: usize) -> anyhow::Result<(TotalsPartial, i64)> {
     let last = match (row.get::<_, Option<&str>>(first + 4), row.get::<_, Option<&[u8]>>(first + 5)) {
         (Some(price), Some(at)) => Some(PricePoint { price: parse_price(price)?, at: decode_order(at)? }),
@@ -32,6 +34,7 @@ pub(super) fn totals_from_row(row: &tokio_postgres::Row, first: usize) -> anyhow
     let first_seen: Option<i64> = row.get(first + 3);
     let totals = TotalsPartial {
         volume_usd: parse_amount(row.get(first))?,
+        buy_volume_usd: parse_amount(row.get(first + 7))?,
         swaps: row.get::<_, i64>(first + 1) as u64,
         buys: row.get::<_, i64>(first + 2) as u64,
         first_seen: first_seen.map(DateTime::from_timestamp_nanos),

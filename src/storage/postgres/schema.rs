@@ -12,6 +12,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "initial", include_str!("migrations/0001_initial.sql")),
     (2, "candles", include_str!("migrations/0002_candles.sql")),
     (3, "dedup_expiry", include_str!("migrations/0003_dedup_expiry.sql")),
+    (4, "buy_volume", include_str!("migrations/0004_buy_volume.sql")),
 ];
 
 impl PgStore {

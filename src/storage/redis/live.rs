@@ -158,6 +158,7 @@ impl RedisStore {
             let mut candles: Vec<(String, String, String, i64)> = Vec::with_capacity(w.candles.len());
             let record = PartialRecord {
                 volume_usd: w.totals.volume_usd,
+                buy_volume_usd: w.totals.buy_volume_usd,
                 swaps: w.totals.swaps,
                 buys: w.totals.buys,
                 first_seen_ns: w.totals.first_seen.and_then(|t| t.timestamp_nanos_opt()),
@@ -178,6 +179,7 @@ impl RedisStore {
                     high: c.high,
                     low: c.low,
                     volume_usd: c.volume_usd,
+                    buy_volume_usd: c.buy_volume_usd,
                     swaps: c.swaps,
                     buys: c.buys,
                 };

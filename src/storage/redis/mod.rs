@@ -80,6 +80,9 @@ impl ConnectionLike for RedisConn {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct PartialRecord {
     volume_usd: Amount,
+    /// Absent in records written before buy volumes were kept: zero.
+    #[serde(default)]
+    buy_volume_usd: Amount,
     swaps: u64,
     buys: u64,
     first_seen_ns: Option<i64>,
@@ -98,6 +101,8 @@ struct CandleRecord {
     high: Price,
     low: Price,
     volume_usd: Amount,
+    #[serde(default)]
+    buy_volume_usd: Amount,
     swaps: u64,
     buys: u64,
 }

@@ -29,6 +29,7 @@ impl RedisStore {
             };
             let totals = TotalsPartial {
                 volume_usd: r.volume_usd,
+                buy_volume_usd: r.buy_volume_usd,
                 swaps: r.swaps,
                 buys: r.buys,
                 first_seen: r.first_seen_ns.map(DateTime::from_timestamp_nanos),
@@ -55,6 +56,7 @@ impl RedisStore {
                         high: r.high,
                         low: r.low,
                         volume_usd: r.volume_usd,
+                        buy_volume_usd: r.buy_volume_usd,
                         swaps: r.swaps,
                         buys: r.buys,
                     };
