@@ -87,5 +87,5 @@ fn decimal(field: &'static str, raw: Option<&RawValue>) -> Result<Option<String>
 }
 
 pub(super) fn encode(event: &SwapEvent) -> Vec<u8> {
-    serde_json::to_vec(&event.to_wire()).expect("a swap event always serializes")
+    event.wire_json().into_bytes()
 }

@@ -140,19 +140,47 @@ impl FromStr for Amount {
     }
 }
 
+impl Amount {
+    /// Writes the plain decimal notation (see `Display`) without the
+    /// formatting machinery: the swap feed writes three per swap.
+    pub fn write_to(self, out: &mut impl fmt::Write) -> fmt::Result {
+        if self.0 < 0 {
+            out.write_char('-')?;
+        }
+        let abs = self.0.unsigned_abs();
+        let (int, frac) = (abs / ONE as u128, (abs % ONE as u128) as u32);
+        let mut digits = itoa::Buffer::new();
+        out.write_str(digits.format(int))?;
+        if frac != 0 {
+            // Nine digits, leading zeros kept, trailing ones dropped.
+            let mut text = [b'0'; 9];
+            let mut rest = frac;
+            for slot in text.iter_mut().rev() {
+                *slot = b'0' + (rest % 10) as u8;
+                rest /= 10;
+            }
+            let end = 9 - decimal_trailing_zeros(frac);
+            out.write_char('.')?;
+            out.write_str(std::str::from_utf8(&text[..end]).expect("ASCII digits"))?;
+        }
+        Ok(())
+    }
+}
+
+/// How many decimal zeros `n` (not zero) ends with.
+fn decimal_trailing_zeros(mut n: u32) -> usize {
+    let mut zeros = 0;
+    while n != 0 && n % 10 == 0 {
+        n /= 10;
+        zeros += 1;
+    }
+    zeros
+}
+
 impl fmt::Display for Amount {
     /// Plain decimal notation without trailing zeros: `1.5`, `-0.001`, `42`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sign = if self.0 < 0 { "-" } else { "" };
-        let abs = self.0.unsigned_abs();
-        let int = abs / ONE as u128;
-        let frac = abs % ONE as u128;
-        if frac == 0 {
-            write!(f, "{sign}{int}")
-        } else {
-            let frac = format!("{frac:09}");
-            write!(f, "{sign}{int}.{}", frac.trim_end_matches('0'))
-        }
+        self.write_to(f)
     }
 }
 
@@ -349,6 +377,13 @@ mod tests {
             values.reverse();
             let backward: Amount = values.iter().map(|&u| Amount::from_units(u)).sum();
             prop_assert_eq!(forward, backward);
+        }
+
+        #[test]
+        fn amounts_are_written_as_rust_decimal_writes_them_normalized(units in any::<i64>(), scale in 0u32..4) {
+            let units = i128::from(units) * 10i128.pow(scale * 3);
+            let reference = rust_decimal::Decimal::from_i128_with_scale(units, 9).normalize().to_string();
+            prop_assert_eq!(Amount::from_units(units).to_string(), reference);
         }
     }
 }

@@ -272,30 +272,111 @@ impl SwapEvent {
     }
 }
 
-/// Serializes a [`SwapEvent`] in the JSON wire form of the contract.
+/// Serializes a [`SwapEvent`] in the JSON wire form of the contract, as
+/// [`SwapEvent::write_wire_json`] writes it.
 pub struct WireSwap<'a>(&'a SwapEvent);
 
 impl Serialize for WireSwap<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let e = self.0;
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("tx_hash", &e.id.tx_hash.to_string())?;
-        map.serialize_entry("log_index", &e.id.log_index)?;
-        if let Some(block) = e.block_number {
-            map.serialize_entry("block_number", &block)?;
+        let json = serde_json::value::RawValue::from_string(self.0.wire_json()).map_err(serde::ser::Error::custom)?;
+        json.serialize(serializer)
+    }
+}
+
+impl SwapEvent {
+    /// The JSON wire form of the contract, as a string.
+    pub fn wire_json(&self) -> String {
+        let mut out = String::with_capacity(320);
+        self.write_wire_json(&mut out);
+        out
+    }
+
+    /// Appends the JSON wire form of the contract to `out`: the one
+    /// definition of it. Written directly rather than through serde, as the
+    /// swap feed writes one for every swap state it reads; no value needs
+    /// escaping (hex, digits, validated symbols, RFC 3339).
+    pub fn write_wire_json(&self, out: &mut String) {
+        let mut digits = itoa::Buffer::new();
+        out.push_str("{\"tx_hash\":\"");
+        push_hex(out, &self.id.tx_hash.0);
+        out.push_str("\",\"log_index\":");
+        out.push_str(digits.format(self.id.log_index));
+        if let Some(block) = self.block_number {
+            out.push_str(",\"block_number\":");
+            out.push_str(digits.format(block));
         }
-        map.serialize_entry("timestamp", &format_time(e.timestamp))?;
-        map.serialize_entry("status", e.status.as_str())?;
-        if let Some(maker) = e.maker {
-            map.serialize_entry("maker", &maker.to_string())?;
+        out.push_str(",\"timestamp\":\"");
+        push_time(out, self.timestamp);
+        out.push_str("\",\"status\":\"");
+        out.push_str(self.status.as_str());
+        if let Some(maker) = &self.maker {
+            out.push_str("\",\"maker\":\"");
+            push_hex(out, &maker.0);
         }
-        map.serialize_entry("token_from", &e.token_from)?;
-        map.serialize_entry("token_to", &e.token_to)?;
-        map.serialize_entry("amount_from", &e.amount_from)?;
-        map.serialize_entry("amount_to", &e.amount_to)?;
-        map.serialize_entry("usd_value", &e.usd_value)?;
-        map.end()
+        out.push_str("\",\"token_from\":\"");
+        out.push_str(self.token_from.as_str());
+        out.push_str("\",\"token_to\":\"");
+        out.push_str(self.token_to.as_str());
+        for (name, amount) in
+            [("amount_from", self.amount_from), ("amount_to", self.amount_to), ("usd_value", self.usd_value)]
+        {
+            out.push_str("\",\"");
+            out.push_str(name);
+            out.push_str("\":\"");
+            amount.write_to(out).expect("a String takes every write");
+        }
+        out.push_str("\"}");
+    }
+}
+
+/// `0x` and the bytes in lower-case hex.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.push_str("0x");
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0xf)] as char);
+    }
+}
+
+/// [`format_time`] without its allocations, for years 0 to 9999 and no
+/// leap second (anything else goes through chrono).
+fn push_time(out: &mut String, time: DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    let nanos = time.nanosecond();
+    if !(0..=9999).contains(&time.year()) || nanos >= 1_000_000_000 {
+        out.push_str(&format_time(time));
+        return;
+    }
+    // `YYYY-MM-DDTHH:MM:SS`, then the fraction, then `Z`.
+    let mut text = *b"0000-00-00T00:00:00.000000000Z";
+    put_digits(&mut text[0..4], time.year() as u32);
+    put_digits(&mut text[5..7], time.month());
+    put_digits(&mut text[8..10], time.day());
+    put_digits(&mut text[11..13], time.hour());
+    put_digits(&mut text[14..16], time.minute());
+    put_digits(&mut text[17..19], time.second());
+    // As chrono's `SecondsFormat::AutoSi`: none, 3, 6 or 9 digits.
+    let (value, width) = match nanos {
+        0 => (0, 0),
+        n if n % 1_000_000 == 0 => (n / 1_000_000, 3),
+        n if n % 1_000 == 0 => (n / 1_000, 6),
+        n => (n, 9),
+    };
+    let mut at = 19;
+    if width > 0 {
+        put_digits(&mut text[20..20 + width], value);
+        at = 20 + width;
+    }
+    text[at] = b'Z';
+    out.push_str(std::str::from_utf8(&text[..=at]).expect("ASCII digits"));
+}
+
+/// `value` in decimal, zero-padded to fill `slot`.
+fn put_digits(slot: &mut [u8], mut value: u32) {
+    for digit in slot.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
     }
 }
 
@@ -424,6 +505,54 @@ pub(crate) mod tests {
         let a = RawSwap { block_number: Some(2), log_index: Some(0), ..minimal_raw() }.validate().unwrap();
         let b = RawSwap { block_number: Some(1), log_index: Some(9), ..minimal_raw() }.validate().unwrap();
         assert!(b.order_key() < a.order_key());
+    }
+
+    #[test]
+    fn the_wire_json_is_the_contract_form_with_optional_fields_only_when_set() {
+        let full = RawSwap {
+            block_number: Some(19_000_001),
+            log_index: Some(7),
+            status: Some("pending".into()),
+            maker: Some(format!("0x{}", "Cd".repeat(20))),
+            amount_from: Some("0001.500".into()),
+            amount_to: Some("4200".into()),
+            usd_value: Some("0.000000001".into()),
+            ..minimal_raw()
+        }
+        .validate()
+        .unwrap();
+        let expected = format!(
+            r#"{{"tx_hash":"0x{}","log_index":7,"block_number":19000001,"timestamp":"2026-11-25T08:00:00.123Z","status":"pending","maker":"0x{}","token_from":"ETH","token_to":"USDC","amount_from":"1.5","amount_to":"4200","usd_value":"0.000000001"}}"#,
+            "ab".repeat(32),
+            "cd".repeat(20)
+        );
+        assert_eq!(full.wire_json(), expected);
+        let minimal = minimal_raw().validate().unwrap().wire_json();
+        assert!(!minimal.contains("block_number") && !minimal.contains("maker"), "{minimal}");
+        // Through serde (the ground-truth file, REST) the same text.
+        assert_eq!(serde_json::to_string(&full.to_wire()).unwrap(), expected);
+        let value: serde_json::Value = serde_json::to_value(full.to_wire()).unwrap();
+        assert_eq!(value, serde_json::from_str::<serde_json::Value>(&expected).unwrap());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn times_are_written_as_chrono_writes_them(
+            seconds in -70_000_000_000i64..260_000_000_000,
+            fraction in 0u32..1_000_000_000,
+            precision in 0usize..4,
+        ) {
+            let nanos = match precision {
+                0 => 0,
+                1 => fraction / 1_000_000 * 1_000_000,
+                2 => fraction / 1_000 * 1_000,
+                _ => fraction,
+            };
+            let time = DateTime::from_timestamp(seconds, nanos).unwrap();
+            let mut written = String::new();
+            push_time(&mut written, time);
+            proptest::prop_assert_eq!(written, format_time(time));
+        }
     }
 
     #[test]

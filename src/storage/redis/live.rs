@@ -74,10 +74,7 @@ pub struct WireJson(std::collections::HashMap<usize, Arc<str>>);
 
 impl WireJson {
     pub fn of(&mut self, swap: &Arc<SwapEvent>) -> Arc<str> {
-        self.0
-            .entry(Arc::as_ptr(swap) as usize)
-            .or_insert_with(|| serde_json::to_string(&swap.to_wire()).unwrap_or_default().into())
-            .clone()
+        self.0.entry(Arc::as_ptr(swap) as usize).or_insert_with(|| swap.wire_json().into()).clone()
     }
 }
 
