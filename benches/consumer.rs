@@ -72,6 +72,8 @@ fn main() {
         .set("group.id", format!("{id}-plain"))
         .set("enable.auto.commit", "false")
         .set("fetch.max.bytes", "8388608")
+        // As the consumer role sets it (see `startup`).
+        .set("fetch.queue.backoff.ms", "10")
         .set("receive.message.max.bytes", "134217728")
         .create()
         .expect("plain consumer");
@@ -121,11 +123,15 @@ fn main() {
     // 4. The consumer role, checkpointing to PostgreSQL.
     let mut consumer = std::process::Command::new(binary);
     base_vars(&mut consumer);
-    let log = std::fs::File::create(format!("/tmp/{id}-consumer.log")).expect("log");
+    let log_path = format!("/tmp/{id}-consumer.log");
+    eprintln!("consumer log: {log_path}");
+    let log = std::fs::File::create(&log_path).expect("log");
     let mut child = consumer
         .arg("consumer")
         .env("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0")
         .env("SWAPSTREAM_BATCH_MAX_EVENTS", std::env::var("BENCH_BATCH").unwrap_or_else(|_| "20000".into()))
+        // `BENCH_LOG_LEVEL=debug`: the reader's per-batch timings in the log.
+        .env("SWAPSTREAM_LOG_LEVEL", std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".into()))
         .stderr(Stdio::from(log))
         .spawn()
         .expect("consumer");

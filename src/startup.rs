@@ -279,6 +279,11 @@ impl Consumer {
                 ("statistics.interval.ms", "5000".to_owned()),
                 ("fetch.max.bytes", "8388608".to_owned()),
                 ("receive.message.max.bytes", "134217728".to_owned()),
+                // librdkafka stops fetching a partition whose local queue is
+                // over its thresholds and, by default, waits 1 s before it
+                // looks again: while a catch-up drains that queue, the reader
+                // went idle for 0.2-0.5 s at a time (26 % of a 13 s run).
+                ("fetch.queue.backoff.ms", "10".to_owned()),
             ] {
                 set_default(&mut config, key, &value);
             }
