@@ -10,8 +10,12 @@
 //! embedded one of role `all`. Run:
 //!
 //! ```sh
-//! cargo bench --bench rest -- [seconds per measurement, default 10]
+//! cargo bench --bench rest -- [seconds per measurement, default 10] [--pin]
 //! ```
+//!
+//! `--pin`: the load generators (this process, `redis-benchmark`) on CPU 0,
+//! the servers (`swapstream`, and Redis for the run) on CPU 1, so that the
+//! server's latency is not the client's scheduling.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -31,10 +35,54 @@ fn main() {
     if !args.iter().any(|a| a == "--bench") {
         return; // `cargo test --all-targets` builds and runs benches without it.
     }
-    let args = support::args::checked("cargo bench --bench rest -- [SECONDS_PER_MEASUREMENT]", &[], &[]);
+    let args = support::args::checked("cargo bench --bench rest -- [SECONDS_PER_MEASUREMENT] [--pin]", &["--pin"], &[]);
     let seconds: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(10);
+    let pin = args.iter().any(|a| a == "--pin");
+    if pin {
+        // Before the runtime starts, so that its threads inherit it.
+        pin_to(0, 0);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    runtime.block_on(run(Duration::from_secs(seconds)));
+    runtime.block_on(run(Duration::from_secs(seconds), pin));
+}
+
+/// Pins process `pid` (0: this one) and the threads it starts later to `cpu`.
+fn pin_to(pid: libc::pid_t, cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, and the call reads it.
+    let done = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(done, 0, "cannot pin to CPU {cpu}: {}", std::io::Error::last_os_error());
+}
+
+/// Redis' threads on CPU 1 while it lives; on every CPU again after.
+struct RedisPinned;
+
+impl RedisPinned {
+    fn new() -> RedisPinned {
+        pin_redis("1");
+        RedisPinned
+    }
+}
+
+impl Drop for RedisPinned {
+    fn drop(&mut self) {
+        // SAFETY: sysconf only reads a constant of the system.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1);
+        pin_redis(&format!("0-{}", cpus - 1));
+    }
+}
+
+/// Sets the CPUs of every thread of the running Redis (`taskset -a -p`).
+fn pin_redis(cpus: &str) {
+    let info = std::process::Command::new("redis-cli").args(["-p", "6379", "info", "server"]).output().unwrap();
+    let text = String::from_utf8_lossy(&info.stdout);
+    let pid = text.lines().find_map(|l| l.strip_prefix("process_id:")).expect("Redis' process_id").trim();
+    let status =
+        std::process::Command::new("taskset").args(["-a", "-p", "-c", cpus, pid]).stdout(Stdio::null()).status();
+    assert!(status.is_ok_and(|s| s.success()), "taskset -a -p -c {cpus} {pid} failed");
 }
 
 /// A server process that is killed when dropped.
@@ -43,9 +91,16 @@ struct Server {
     port: u16,
 }
 
-async fn start(role: &str, schema: &str, cache_ms: u32, log: &std::path::Path) -> Server {
+async fn start(role: &str, schema: &str, cache_ms: u32, log: &std::path::Path, pin: bool) -> Server {
     let file = std::fs::File::create(log).unwrap();
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_swapstream"));
+    let binary = env!("CARGO_BIN_EXE_swapstream");
+    let mut command = if pin {
+        let mut taskset = tokio::process::Command::new("taskset");
+        taskset.args(["-c", "1", binary]);
+        taskset
+    } else {
+        tokio::process::Command::new(binary)
+    };
     command.arg(role).kill_on_drop(true).stdout(Stdio::null()).stderr(Stdio::from(file));
     support::process::clear_env(command.as_std_mut());
     command
@@ -193,6 +248,7 @@ async fn open_loop(port: u16, length: Duration) -> Measured {
 /// `redis-benchmark` GET at the same concurrency: (requests/s, p50, p99).
 async fn redis_get(length: Duration) -> (f64, f64, f64) {
     let requests = (120_000 * length.as_secs()).to_string();
+    // Inherits this process' CPU when pinned.
     let output = tokio::process::Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", "6379", "-c", "64", "-n", &requests, "-t", "get", "--csv"])
         .output()
@@ -217,18 +273,19 @@ async fn wait_ready(port: u16) {
     }
 }
 
-async fn run(length: Duration) {
+async fn run(length: Duration, pin: bool) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-rest");
     std::fs::create_dir_all(&dir).unwrap();
     let schema = format!("bench_rest_{}", std::process::id());
-    let mut all = start("all", &schema, 250, &dir.join("all.log")).await;
+    let _redis_pinned = pin.then(RedisPinned::new);
+    let mut all = start("all", &schema, 250, &dir.join("all.log"), pin).await;
     wait_ready(all.port).await;
     // `all` with the embedded broker keeps its state under `<name>_embedded`.
-    let api = start("api", &format!("{schema}_embedded"), 250, &dir.join("api.log")).await;
+    let api = start("api", &format!("{schema}_embedded"), 250, &dir.join("api.log"), pin).await;
     wait_ready(api.port).await;
-    let uncached = start("api", &format!("{schema}_embedded"), 0, &dir.join("api-uncached.log")).await;
+    let uncached = start("api", &format!("{schema}_embedded"), 0, &dir.join("api-uncached.log"), pin).await;
     wait_ready(uncached.port).await;
-    println!("warming up; {length:?} per measurement, {CONNECTIONS} connections");
+    println!("warming up; {length:?} per measurement, {CONNECTIONS} connections, pinned: {pin}");
     closed_loop(api.port, Duration::from_secs(2)).await;
     closed_loop(all.port, Duration::from_secs(2)).await;
 
