@@ -185,7 +185,7 @@ pub struct HttpArgs {
     pub http_compression: bool,
     #[arg(long = "http-access-log", env = "SWAPSTREAM_HTTP_ACCESS_LOG", default_value = "true", value_parser = flag, action = ArgAction::Set, help = "One log line per request: method, path, status, duration, request id.")]
     pub http_access_log: bool,
-    #[arg(long = "http-cache-ms", env = "SWAPSTREAM_HTTP_CACHE_MS", default_value = "250", value_parser = int(0, 60_000), help = "How long a computed stats answer is reused for the same token or pair (0 to 60000; 0 computes every request).")]
+    #[arg(long = "http-cache-ms", env = "SWAPSTREAM_HTTP_CACHE_MS", default_value = "250", value_parser = int(0, 60_000), help = "How long a computed stats answer is reused for the same token or pair, and for as long again while one request computes its successor (0 to 60000; 0 computes every request).")]
     pub http_cache_ms: u64,
     #[arg(
         long = "api-keys",

@@ -97,7 +97,24 @@ struct Completeness {
 /// Rendered stats bodies reused for a short time.
 struct StatsCache {
     ttl: Duration,
-    entries: Mutex<HashMap<AggKey, (Instant, Bytes)>>,
+    entries: Mutex<HashMap<AggKey, CachedStats>>,
+}
+
+struct CachedStats {
+    rendered_at: Instant,
+    body: Bytes,
+    /// A render to replace it is running.
+    refreshing: bool,
+}
+
+/// What the cache holds for a key.
+enum Cached {
+    /// Younger than the cache time: the answer.
+    Fresh(Bytes),
+    /// Older, but younger than twice the cache time: the answer while one
+    /// request renders its successor (`true` for the request that should).
+    Stale(Bytes, bool),
+    Missing,
 }
 
 impl Live {
@@ -190,11 +207,31 @@ impl Live {
         Ok(merged)
     }
 
-    /// The stats object of `key`, rendered; reused for the cache time.
+    /// The stats object of `key`, rendered; reused for the cache time, and
+    /// for as long again while one request renders the next. Without that,
+    /// every request that came while an expired answer was being rendered
+    /// rendered it too: at 5000 requests/s, a burst of renders four times a
+    /// second, which made the latency's tail.
     pub async fn stats(&self, key: &AggKey) -> Result<Bytes, ReadError> {
-        if let Some(body) = self.cache.get(key) {
-            return Ok(body);
+        match self.cache.get(key) {
+            Cached::Fresh(body) => Ok(body),
+            Cached::Stale(body, refresh) => {
+                if refresh {
+                    let (live, key) = (self.clone(), key.clone());
+                    actix_web::rt::spawn(async move {
+                        if live.render_stats(&key).await.is_err() {
+                            live.cache.refresh_failed(&key);
+                        }
+                    });
+                }
+                Ok(body)
+            }
+            Cached::Missing => self.render_stats(key).await,
         }
+    }
+
+    /// Renders the stats object of `key` and caches it.
+    async fn render_stats(&self, key: &AggKey) -> Result<Bytes, ReadError> {
         let now = Utc::now();
         let merged = self.merged(key, &[Interval::M1], now.timestamp() - STATS_SINCE_SECS).await?;
         let body = Bytes::from(serde_json::to_vec(&stats::StatsBody::new(key, &merged, now)).expect("JSON"));
@@ -285,12 +322,20 @@ fn not_found(key: &AggKey) -> ReadError {
 }
 
 impl StatsCache {
-    fn get(&self, key: &AggKey) -> Option<Bytes> {
+    fn get(&self, key: &AggKey) -> Cached {
         if self.ttl.is_zero() {
-            return None;
+            return Cached::Missing;
         }
-        let entries = self.entries.lock().expect("stats cache lock");
-        entries.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, body)| body.clone())
+        let mut entries = self.entries.lock().expect("stats cache lock");
+        let Some(entry) = entries.get_mut(key) else { return Cached::Missing };
+        let age = entry.rendered_at.elapsed();
+        if age < self.ttl {
+            Cached::Fresh(entry.body.clone())
+        } else if age < 2 * self.ttl {
+            Cached::Stale(entry.body.clone(), !std::mem::replace(&mut entry.refreshing, true))
+        } else {
+            Cached::Missing
+        }
     }
 
     fn put(&self, key: &AggKey, body: &Bytes) {
@@ -299,9 +344,53 @@ impl StatsCache {
         }
         let mut entries = self.entries.lock().expect("stats cache lock");
         if entries.len() > 10_000 {
-            let ttl = self.ttl;
-            entries.retain(|_, (at, _)| at.elapsed() < ttl);
+            let kept = 2 * self.ttl;
+            entries.retain(|_, entry| entry.rendered_at.elapsed() < kept);
         }
-        entries.insert(key.clone(), (Instant::now(), body.clone()));
+        entries.insert(key.clone(), CachedStats { rendered_at: Instant::now(), body: body.clone(), refreshing: false });
+    }
+
+    /// The render of a stale answer failed: the next request tries again
+    /// (and the stale answer expires as usual).
+    fn refresh_failed(&self, key: &AggKey) {
+        if let Some(entry) = self.entries.lock().expect("stats cache lock").get_mut(key) {
+            entry.refreshing = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `key`'s entry as if rendered `ago`.
+    fn rendered(cache: &StatsCache, key: &AggKey, ago: Duration) {
+        let entry =
+            CachedStats { rendered_at: Instant::now() - ago, body: Bytes::from_static(b"{}"), refreshing: false };
+        cache.entries.lock().unwrap().insert(key.clone(), entry);
+    }
+
+    #[test]
+    fn a_stale_answer_is_served_while_exactly_one_request_renders_the_next() {
+        let ttl = Duration::from_secs(10);
+        let cache = StatsCache { ttl, entries: Mutex::default() };
+        let key = AggKey::parse("token:ETH").unwrap();
+        assert!(matches!(cache.get(&key), Cached::Missing));
+        cache.put(&key, &Bytes::from_static(b"{}"));
+        assert!(matches!(cache.get(&key), Cached::Fresh(_)));
+
+        rendered(&cache, &key, ttl + ttl / 2);
+        assert!(matches!(cache.get(&key), Cached::Stale(_, true)), "the first request after expiry renders");
+        assert!(matches!(cache.get(&key), Cached::Stale(_, false)), "the others are answered from the cache");
+        cache.refresh_failed(&key);
+        assert!(matches!(cache.get(&key), Cached::Stale(_, true)), "after a failed render, the next one tries");
+        cache.put(&key, &Bytes::from_static(b"{}"));
+        assert!(matches!(cache.get(&key), Cached::Fresh(_)));
+
+        rendered(&cache, &key, 2 * ttl);
+        assert!(matches!(cache.get(&key), Cached::Missing), "past twice the cache time nothing is served");
+        let off = StatsCache { ttl: Duration::ZERO, entries: Mutex::default() };
+        off.put(&key, &Bytes::from_static(b"{}"));
+        assert!(matches!(off.get(&key), Cached::Missing));
     }
 }
