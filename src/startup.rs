@@ -124,9 +124,8 @@ fn start_registry(
 ) -> (Addr<SessionRegistry>, Arbiter, crate::http::ws::WsState) {
     let arbiter = Arbiter::new();
     let registry = {
-        let (ws, instance, redis, log) =
-            (settings.ws.clone(), settings.instance_id.clone(), live.redis().clone(), log.clone());
-        SessionRegistry::start_in_arbiter(&arbiter.handle(), move |_| SessionRegistry::new(ws, instance, redis, log))
+        let (ws, instance, live, log) = (settings.ws.clone(), settings.instance_id.clone(), live.clone(), log.clone());
+        SessionRegistry::start_in_arbiter(&arbiter.handle(), move |_| SessionRegistry::new(ws, instance, live, log))
     };
     let common = crate::actors::ws::session::SessionCommon {
         snapshots: crate::actors::ws::session::Snapshots::default(),

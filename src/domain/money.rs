@@ -154,27 +154,20 @@ impl Amount {
         if frac != 0 {
             // Nine digits, leading zeros kept, trailing ones dropped.
             let mut text = [b'0'; 9];
-            let mut rest = frac;
-            for slot in text.iter_mut().rev() {
-                *slot = b'0' + (rest % 10) as u8;
-                rest /= 10;
-            }
-            let end = 9 - decimal_trailing_zeros(frac);
+            put_digits(&mut text, frac);
             out.write_char('.')?;
-            out.write_str(std::str::from_utf8(&text[..end]).expect("ASCII digits"))?;
+            out.write_str(std::str::from_utf8(&text).expect("ASCII digits").trim_end_matches('0'))?;
         }
         Ok(())
     }
 }
 
-/// How many decimal zeros `n` (not zero) ends with.
-fn decimal_trailing_zeros(mut n: u32) -> usize {
-    let mut zeros = 0;
-    while n != 0 && n % 10 == 0 {
-        n /= 10;
-        zeros += 1;
+/// `value` in decimal, zero-padded to fill `slot` (its high digits cut).
+pub(crate) fn put_digits(slot: &mut [u8], mut value: u32) {
+    for digit in slot.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
     }
-    zeros
 }
 
 impl fmt::Display for Amount {

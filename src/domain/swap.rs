@@ -5,7 +5,7 @@ use std::fmt;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
 
-use super::money::{Amount, AmountError};
+use super::money::{put_digits, Amount, AmountError};
 use super::pair::PairKey;
 use super::token::TokenSymbol;
 
@@ -370,14 +370,6 @@ fn push_time(out: &mut String, time: DateTime<Utc>) {
     }
     text[at] = b'Z';
     out.push_str(std::str::from_utf8(&text[..=at]).expect("ASCII digits"));
-}
-
-/// `value` in decimal, zero-padded to fill `slot`.
-fn put_digits(slot: &mut [u8], mut value: u32) {
-    for digit in slot.iter_mut().rev() {
-        *digit = b'0' + (value % 10) as u8;
-        value /= 10;
-    }
 }
 
 /// RFC 3339 in UTC with as many fractional digits as needed.

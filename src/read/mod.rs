@@ -286,9 +286,9 @@ impl Live {
 
 impl Live {
     /// The stats object of `key` from the shared stores, `NotFound` as REST
-    /// answers 404: a WebSocket channel's snapshot. Never from this
-    /// process' actors, whose state can be ahead of Redis, where the
-    /// channel's `stats` frames are read.
+    /// answers 404: a WebSocket channel's snapshot and `stats` frames.
+    /// Never from this process' actors, whose state can be ahead of what
+    /// the other instances' frames show.
     pub async fn shared_stats(&self, key: &AggKey) -> Result<serde_json::Value, ReadError> {
         let now = Utc::now();
         let merged = self.merged_from_stores(key, &[Interval::M1], now.timestamp() - STATS_SINCE_SECS).await?;
@@ -299,14 +299,6 @@ impl Live {
 /// The stats object of a token or pair with no swap seen: all zeros.
 pub fn unseen_stats(key: &AggKey) -> serde_json::Value {
     stats::stats_json(key, &Merged::default(), Utc::now())
-}
-
-/// The stats object of a key, merged over every partition from Redis (a
-/// WebSocket channel's `stats` frames: an unknown key reads as all zeros).
-pub async fn stats_from_redis(redis: &RedisStore, key: &AggKey) -> anyhow::Result<serde_json::Value> {
-    let now = Utc::now();
-    let merged = redis.merged(key, &[Interval::M1], now.timestamp() - STATS_SINCE_SECS).await?;
-    Ok(stats::stats_json(key, &merged, now))
 }
 
 fn read_from(source: &str) {

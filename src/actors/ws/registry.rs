@@ -51,7 +51,7 @@ use super::pubsub::{pubsub_loop, Inbox, Incoming, PubSubCommand, Published};
 use crate::config::WsSettings;
 use crate::domain::partial::AggKey;
 use crate::metrics::METRICS;
-use crate::read::stats_from_redis;
+use crate::read::Live;
 use crate::storage::presence::{InstanceCounts, Presence};
 use crate::storage::redis::RedisStore;
 
@@ -118,6 +118,8 @@ struct Channel {
 pub struct SessionRegistry {
     settings: WsSettings,
     instance: String,
+    /// Where `stats` frames are read, as the snapshots are.
+    live: Live,
     redis: RedisStore,
     presence: Presence,
     log: Logger,
@@ -135,8 +137,10 @@ pub struct SessionRegistry {
 }
 
 impl SessionRegistry {
-    pub fn new(settings: WsSettings, instance: String, redis: RedisStore, log: Logger) -> SessionRegistry {
+    pub fn new(settings: WsSettings, instance: String, live: Live, log: Logger) -> SessionRegistry {
+        let redis = live.redis().clone();
         SessionRegistry {
+            live,
             budget: HandoffBudget::new(settings.handoffs_per_sec, settings.coalesce_max, Instant::now()),
             settings,
             instance,
@@ -338,11 +342,11 @@ impl SessionRegistry {
             return;
         }
         self.stats_in_flight = true;
-        let redis = self.redis.clone();
+        let live = self.live.clone();
         let fetch = async move {
             let mut stats = Vec::with_capacity(keys.len());
             for key in keys {
-                if let Ok(value) = stats_from_redis(&redis, &key).await {
+                if let Ok(value) = live.shared_stats(&key).await {
                     stats.push((key, Arc::<str>::from(value.to_string())));
                 }
             }
