@@ -96,6 +96,7 @@ pub struct Metrics {
     pub ws_bad_frames: IntCounterVec,
     pub ws_refused: IntCounterVec,
     pub ws_pubsub_resumed: IntCounter,
+    pub ws_resumes: IntCounterVec,
     pub swap_feed_dropped: IntCounter,
     pub ws_gaps: IntCounter,
     pub ws_handoffs: IntCounter,
@@ -249,6 +250,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Redis pub/sub connections re-established after a loss (clients are shown a seq gap)",
             r
         )),
+        ws_resumes: c.add(register_int_counter_vec_with_registry!(
+            "ws_resumes_total",
+            "WebSocket subscriptions that asked to resume from a position, by outcome (recovered, or why not)",
+            &["outcome"],
+            r
+        )),
         swap_feed_dropped: c.add(register_int_counter_with_registry!(
             "swap_feed_dropped_total",
             "Batches of swap states not published because Redis could not keep up (clients miss those swap frames)",
@@ -309,6 +316,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         (&metrics.ws_evictions, EVICTION_REASONS),
         (&metrics.ws_frames_sent, FRAME_TYPES),
         (&metrics.http_rejected, REJECT_REASONS),
+        (&metrics.ws_resumes, RESUME_OUTCOMES),
     ] {
         for value in values {
             vec.with_label_values(&[value]);
@@ -317,6 +325,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     metrics
 });
 
+/// Values of `swapstream_ws_resumes_total{outcome}`.
+const RESUME_OUTCOMES: &[&str] = &["recovered", "epoch_changed", "history_expired", "unknown_offset"];
 /// Values of `swapstream_events_outcome_total{outcome}`.
 const OUTCOMES: &[&str] =
     &["pending", "confirmed", "failed", "duplicate", "stale_pending", "conflict", "dead_lettered"];

@@ -97,7 +97,8 @@ pub async fn run_consumer(settings: &Settings, log: &Logger) -> anyhow::Result<(
 pub async fn run_api(settings: &Settings, log: &Logger) -> anyhow::Result<()> {
     let stop = crate::shutdown::signal(log.clone());
     let pg = PgStore::connect(&settings.postgres, settings.consumer.recent_swaps, log).await?;
-    let redis = RedisStore::connect(&settings.redis, settings.consumer.recent_swaps).await?;
+    let redis =
+        RedisStore::connect(&settings.redis, settings.consumer.recent_swaps).await?.with_history(settings.ws.history);
     let readiness = Readiness { probes: dependency_probes(&pg, &redis, None) };
     let live = Live::stores(redis, pg, settings.http.cache);
     let (registry, _registry_arbiter, ws) = start_registry(settings, &live, log);
@@ -232,7 +233,9 @@ impl Consumer {
     /// consumer group and starts serving. Must run inside an actix system.
     pub async fn start(settings: &Settings, brokers: &str, log: &Logger) -> anyhow::Result<Consumer> {
         let pg = PgStore::connect(&settings.postgres, settings.consumer.recent_swaps, log).await?;
-        let redis = RedisStore::connect(&settings.redis, settings.consumer.recent_swaps).await?;
+        let redis = RedisStore::connect(&settings.redis, settings.consumer.recent_swaps)
+            .await?
+            .with_history(settings.ws.history);
         let dlq_topic = [settings.kafka.dlq_topic.clone()];
         if let Err(e) = crate::kafka::create_topics(&settings.kafka, brokers, &dlq_topic, log).await {
             warn!(log, "cannot create the dead-letter topic"; "error" => format!("{e:#}"));

@@ -244,8 +244,10 @@ pub struct WsArgs {
     pub ws_max_conns_per_ip: u64,
     #[arg(long = "ws-max-bad-frames", env = "SWAPSTREAM_WS_MAX_BAD_FRAMES", default_value = "10", value_parser = int(1, 1_000_000), help = "Bad frames (unknown op, bad channel, invalid JSON, binary, too large, too many channels) a connection may send before it is closed with 1008 (1 to 1000000).")]
     pub ws_max_bad_frames: u64,
-    #[arg(long = "ws-dedup-window", env = "SWAPSTREAM_WS_DEDUP_WINDOW", default_value = "4096", value_parser = int(16, 1_000_000), help = "Swap states (id and status) remembered per channel so that no client gets one twice (16 to 1000000).")]
-    pub ws_dedup_window: u64,
+    #[arg(long = "ws-history-size", env = "SWAPSTREAM_WS_HISTORY_SIZE", default_value = "1000", value_parser = int(1, 1_000_000), help = "Swap frame batches kept per channel in Redis for clients that resume after a reconnect, at least this many (1 to 1000000).")]
+    pub ws_history_size: u64,
+    #[arg(long = "ws-history-secs", env = "SWAPSTREAM_WS_HISTORY_SECS", default_value = "600", value_parser = int(1, 86_400), help = "Age up to which a channel's swap frames are kept for resuming clients; a channel idle this long loses its history (1 to 86400).")]
+    pub ws_history_secs: u64,
     #[arg(long = "ws-presence-heartbeat-secs", env = "SWAPSTREAM_WS_PRESENCE_HEARTBEAT_SECS", default_value = "5", value_parser = int(1, 3_600), help = "Interval at which an instance writes its WebSocket session and subscriber counts to Redis (1 to 3600).")]
     pub ws_presence_heartbeat_secs: u64,
     #[arg(long = "ws-presence-ttl-secs", env = "SWAPSTREAM_WS_PRESENCE_TTL_SECS", default_value = "15", value_parser = int(2, 86_400), help = "Lifetime of those counts in Redis without a heartbeat, after which a dead instance's counts vanish; more than the heartbeat (2 to 86400).")]

@@ -10,7 +10,7 @@ use super::args::{HttpArgs, SettingsArgs};
 use super::definition::{command, explain, unknown_variables, variables};
 use super::settings::{
     ConsumerSettings, CorsOrigins, HttpSettings, KafkaSettings, Logging, PostgresSettings, ProducerSettings, RateLimit,
-    RedisMode, RedisSettings, Settings, TlsFiles, TopicLayout, WsSettings,
+    RedisMode, RedisSettings, Settings, TlsFiles, TopicLayout, WsHistory, WsSettings,
 };
 use super::values::{parse_options, redact_url};
 use super::{ConfigError, Secret};
@@ -159,7 +159,7 @@ impl Settings {
             max_frame_bytes: ws.ws_max_frame_bytes as usize,
             max_conns_per_ip: ws.ws_max_conns_per_ip as usize,
             max_bad_frames: ws.ws_max_bad_frames as u32,
-            dedup_window: ws.ws_dedup_window as usize,
+            history: WsHistory { size: ws.ws_history_size as usize, max_age: Duration::from_secs(ws.ws_history_secs) },
             presence_heartbeat: Duration::from_secs(ws.ws_presence_heartbeat_secs),
             presence_ttl: Duration::from_secs(ws.ws_presence_ttl_secs),
         };

@@ -161,9 +161,18 @@ pub struct WsSettings {
     pub max_frame_bytes: usize,
     pub max_conns_per_ip: usize,
     pub max_bad_frames: u32,
-    pub dedup_window: usize,
+    pub history: WsHistory,
     pub presence_heartbeat: Duration,
     pub presence_ttl: Duration,
+}
+
+/// What each WebSocket channel keeps in Redis for clients that resume.
+#[derive(Debug, Clone, Copy)]
+pub struct WsHistory {
+    /// Batches of swap frames kept, at least (trimming is approximate).
+    pub size: usize,
+    /// Kept at most about this long; a channel idle this long loses them.
+    pub max_age: Duration,
 }
 
 /// Events per minute, or as fast as possible.

@@ -222,8 +222,9 @@ mod tests {
     use futures::stream;
 
     use super::*;
-    use crate::actors::ws::protocol::{FrameBody, FrameKind, Handoff};
+    use crate::actors::ws::protocol::{FrameBody, Handoff};
     use crate::domain::partial::AggKey;
+    use crate::storage::redis::Offset;
 
     struct CountingWaker(AtomicUsize);
 
@@ -234,8 +235,9 @@ mod tests {
     }
 
     fn swaps(key: &AggKey, count: usize) -> Arc<Handoff> {
-        let frames =
-            (0..count).map(|n| FrameBody { kind: FrameKind::Swap, json: format!(r#"{{"n":{n}}}"#).into() }).collect();
+        let frames = (0..count)
+            .map(|n| FrameBody::swap(format!(r#"{{"n":{n}}}"#).into(), Offset { ms: n as u64, seq: 0, count: 1 }))
+            .collect();
         Arc::new(Handoff::new(key.clone(), &key.to_string(), frames))
     }
 
@@ -262,7 +264,7 @@ mod tests {
 
         // Both have frames: the session's go first (they may be the
         // `subscribed` frame the queued ones must follow).
-        conn.start(&key, "{}".into());
+        conn.start(&key, "{}".into(), Offset::ZERO, Vec::new());
         assert!(matches!(poll(), Poll::Ready(Some(Ok(b))) if b == subscribed));
         let Poll::Ready(Some(Ok(first))) = poll() else { panic!("the queued frames") };
         assert!(poll().is_pending());
@@ -273,7 +275,7 @@ mod tests {
         assert!(poll().is_pending());
         let text = String::from_utf8_lossy(&first) + String::from_utf8_lossy(&second);
         assert_eq!(text.matches(r#""type":"swap""#).count(), 4);
-        assert!(text.contains(r#""seq":1,"#) && second.ends_with(br#""seq":4,"swap":{"n":0}}"#), "{text}");
+        assert!(text.contains(r#""seq":1,"#) && second.ends_with(br#""seq":4,"offset":"0-0-1","swap":{"n":0}}"#), "{text}");
         let chunk = [first, second].concat();
         assert_eq!(conn.pulled.load(Ordering::Acquire), (subscribed.len() + chunk.len()) as i64);
         assert_eq!(conn.outstanding(), 0, "every byte handed was pulled");

@@ -6,8 +6,10 @@
 //!
 //! What a frame says is a fact of the input, decided exactly as the
 //! checkpoint will store it: a batch that is replayed after a crash or a
-//! fenced checkpoint is decided the same way again, and the session
-//! registries drop the repeated states. Aggregates (the `stats` frames, the
+//! fenced checkpoint is decided the same way again, and the channels'
+//! histories drop the repeated states (by their Kafka offsets, see
+//! `storage::redis::history`), which also keep them for clients that
+//! resume. Aggregates (the `stats` frames, the
 //! REST answers from Redis) still change only after the commit; the
 //! committer then publishes an update without swaps for every changed key,
 //! so that registries fetch fresh stats.
@@ -26,16 +28,17 @@ use actix::Arbiter;
 use slog::{info, warn, Logger};
 use tokio::sync::mpsc;
 
+use super::plan::Decided;
 use crate::domain::partial::AggKey;
-use crate::domain::SwapEvent;
 use crate::metrics::METRICS;
-use crate::storage::redis::{RedisStore, Update, WireJson};
+use crate::storage::redis::{FeedSwap, RedisStore, SwapUpdate, WireJson};
+use crate::stream::Tp;
 
 /// Batches waiting for Redis at most.
 const QUEUE: usize = 1024;
 
 /// One batch's new swap states, per key, in the batch's order.
-pub type Changes = Vec<(AggKey, Vec<Arc<SwapEvent>>)>;
+pub type Changes = Vec<(AggKey, Vec<Decided>)>;
 
 /// Keys whose swap states were lost since their last update.
 type Lost = Arc<Mutex<BTreeSet<AggKey>>>;
@@ -76,7 +79,7 @@ fn lose(lost: &Lost, keys: impl IntoIterator<Item = AggKey>) {
 #[derive(Default)]
 struct Outgoing {
     keys: Vec<AggKey>,
-    swaps: HashMap<AggKey, Vec<Arc<SwapEvent>>>,
+    swaps: HashMap<AggKey, Vec<Decided>>,
 }
 
 impl Outgoing {
@@ -95,19 +98,27 @@ impl Outgoing {
 
     /// The update messages, each swap serialized once; a lost key gets one
     /// even without new swaps.
-    fn updates(mut self, lost: BTreeSet<AggKey>) -> Vec<Update> {
+    fn updates(mut self, lost: BTreeSet<AggKey>) -> Vec<SwapUpdate> {
         for key in &lost {
             if !self.swaps.contains_key(key) {
                 self.keys.push(key.clone());
             }
         }
         let mut json = WireJson::default();
+        let mut sources: HashMap<Tp, Arc<str>> = HashMap::new();
         self.keys
             .into_iter()
             .map(|key| {
                 let states = self.swaps.remove(&key).unwrap_or_default();
-                let swaps = states.iter().map(|swap| json.of(swap)).collect();
-                Update { gap: lost.contains(&key), key, swaps }
+                let swaps = states
+                    .iter()
+                    .map(|state| FeedSwap {
+                        json: json.of(&state.swap),
+                        source: sources.entry(state.tp.clone()).or_insert_with_key(|tp| tp.to_string().into()).clone(),
+                        offset: state.offset,
+                    })
+                    .collect();
+                SwapUpdate { gap: lost.contains(&key), key, swaps }
             })
             .collect()
     }
@@ -124,7 +135,7 @@ async fn run(redis: RedisStore, mut rx: mpsc::Receiver<Changes>, lost: Lost, log
         }
         let gaps = std::mem::take(&mut *lost.lock().unwrap_or_else(|e| e.into_inner()));
         let updates = outgoing.updates(gaps);
-        match redis.publish(&updates).await {
+        match redis.publish_swaps(&updates).await {
             Ok(()) if failing => {
                 failing = false;
                 info!(log, "swap feed publishes again");
@@ -148,9 +159,9 @@ mod tests {
     use crate::domain::swap::tests::minimal_raw;
     use crate::domain::RawSwap;
 
-    fn swap(seed: u32, to: &str) -> Arc<SwapEvent> {
+    fn swap(seed: u32, to: &str) -> Decided {
         let raw = RawSwap { tx_hash: Some(format!("0x{seed:064x}")), token_to: Some(to.into()), ..minimal_raw() };
-        Arc::new(raw.validate().unwrap())
+        Decided { swap: Arc::new(raw.validate().unwrap()), tp: Tp::new("swaps", 3), offset: i64::from(seed) }
     }
 
     fn key(name: &str) -> AggKey {
@@ -176,9 +187,10 @@ mod tests {
             .swaps
             .iter()
             .zip([&a, &b, &c])
-            .map(|(json, swap)| json.contains(&swap.id.tx_hash.to_string()))
+            .map(|(sent, state)| sent.json.contains(&state.swap.id.tx_hash.to_string()) && sent.offset == state.offset)
             .collect();
         assert_eq!(hashes, [true, true, true], "in batch order: {:?}", updates[0].swaps);
-        assert!(Arc::ptr_eq(&updates[0].swaps[0], &updates[1].swaps[0]), "serialized once");
+        assert_eq!(&*updates[0].swaps[0].source, "swaps/3");
+        assert!(Arc::ptr_eq(&updates[0].swaps[0].json, &updates[1].swaps[0].json), "serialized once");
     }
 }

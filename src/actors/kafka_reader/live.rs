@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::domain::partial::AggKey;
 use crate::metrics::METRICS;
-use crate::storage::redis::{Position, RedisStore, Update};
+use crate::storage::redis::{Position, RedisStore};
 use crate::stream::{PartialChange, Tp};
 
 /// Checkpoints queued for Redis at most.
@@ -62,10 +62,8 @@ impl LiveWriter {
 }
 
 async fn write(redis: &RedisStore, work: Work, failed: &AtomicBool, log: &Logger) {
-    let updates: Vec<Update> =
-        work.changed.into_iter().map(|key| Update { key, swaps: Vec::new(), gap: false }).collect();
     let started = std::time::Instant::now();
-    if let Err(e) = redis.write(&work.changes, &work.positions, &updates).await {
+    if let Err(e) = redis.write(&work.changes, &work.positions, &work.changed).await {
         METRICS.redis_errors.inc();
         failed.store(true, Ordering::SeqCst);
         warn!(log, "cannot write live state to Redis; it will be rebuilt"; "error" => format!("{e:#}"));

@@ -53,6 +53,14 @@ impl Letter {
     }
 }
 
+/// A swap state as decided, with the record it came from.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub swap: Arc<SwapEvent>,
+    pub tp: Tp,
+    pub offset: i64,
+}
+
 /// A record below its partition's checkpointed offset: never counted twice.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Skipped {
@@ -68,7 +76,7 @@ pub struct Plan {
     /// the pending gauge, for the key's aggregator.
     pub items: HashMap<AggKey, BTreeMap<Tp, BatchItem>>,
     /// Per key: the new swap states (pending, confirmed), for the swap feed.
-    pub changes: HashMap<AggKey, Vec<Arc<SwapEvent>>>,
+    pub changes: HashMap<AggKey, Vec<Decided>>,
     pub letters: Vec<Letter>,
     /// Partitions whose offset moved (a checkpoint follows for each).
     pub touched: BTreeSet<Tp>,
@@ -129,7 +137,7 @@ impl Plan {
             Outcome::Pending => {
                 for key in AggKey::of_swap(&event) {
                     item(&mut self.items, key.clone(), &tp).pending_delta += 1;
-                    self.changes.entry(key).or_default().push(event.clone());
+                    self.changes.entry(key).or_default().push(decided(&event, &tp, offset));
                 }
             }
             Outcome::Confirmed { was_pending } => {
@@ -137,7 +145,7 @@ impl Plan {
                     let item = item(&mut self.items, key.clone(), &tp);
                     item.swaps.push(event.clone());
                     item.pending_delta -= i64::from(was_pending);
-                    self.changes.entry(key).or_default().push(event.clone());
+                    self.changes.entry(key).or_default().push(decided(&event, &tp, offset));
                 }
             }
             Outcome::Failed { was_pending: true } => {
@@ -165,6 +173,10 @@ impl Plan {
             }
         }
     }
+}
+
+fn decided(swap: &Arc<SwapEvent>, tp: &Tp, offset: i64) -> Decided {
+    Decided { swap: swap.clone(), tp: tp.clone(), offset }
 }
 
 fn label(outcome: Outcome) -> &'static str {
@@ -240,7 +252,7 @@ mod tests {
             assert_eq!((item.swaps.len(), item.pending_delta), (1, 0), "confirmed once, the pending gauge back to 0");
             assert_eq!(item.swaps[0].status, Status::Confirmed);
         }
-        let states: Vec<Status> = plan.changes[&eth()].iter().map(|s| s.status).collect();
+        let states: Vec<Status> = plan.changes[&eth()].iter().map(|s| s.swap.status).collect();
         assert_eq!(states, [Status::Pending, Status::Confirmed], "each new state once, in order");
         assert_eq!(plan.touched, BTreeSet::from([tp.clone()]));
         assert_eq!(slots[&tp].next_offset, Some(4));

@@ -13,10 +13,11 @@ use actix_web::web::BytesMut;
 use futures::task::AtomicWaker;
 use prometheus::IntCounter;
 
-use super::outbound::{OutQueue, Pushed, Taken};
+use super::outbound::{OutQueue, Pushed, Replayed, Taken};
 use super::protocol::Handoff;
 use crate::domain::partial::AggKey;
 use crate::metrics::METRICS;
+use crate::storage::redis::Offset;
 
 static CLOCK: LazyLock<Instant> = LazyLock::new(Instant::now);
 
@@ -128,9 +129,11 @@ impl ConnShared {
     }
 
     /// `key`'s subscribed frame (seq 0, with `snapshot`) is written: its
-    /// frames follow.
-    pub fn start(&self, key: &AggKey, snapshot: Arc<str>) {
-        self.with_queue(|queue| queue.start(key, snapshot));
+    /// frames follow, the `replay` first, then the queued ones after `floor`.
+    pub fn start(&self, key: &AggKey, snapshot: Arc<str>, floor: Offset, replay: Vec<Replayed>) -> Pushed {
+        let pushed = self.with_queue(|queue| queue.start(key, snapshot, floor, replay));
+        self.writer.wake();
+        pushed
     }
 
     /// The session left `key`: what waits for it goes.

@@ -1,22 +1,21 @@
-//! The registry's decisions that need no actor: which swap states of an
-//! update a channel has not sent yet, how many handoffs a second the
+//! The registry's decisions that need no actor: which updates of a channel
+//! it has not handed on yet, how many handoffs a second the
 //! fan-out may make, and which clients go when the process holds more than
 //! its total budget for them.
 
 use std::borrow::Cow;
-use std::collections::hash_map::DefaultHasher;
-use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
-use foldhash::{HashSet, HashSetExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::protocol::{FrameBody, FrameKind};
+use super::protocol::FrameBody;
+use crate::storage::redis::Offset;
 
-/// One message of a key's update channel (`{"key": "token:ETH", "swaps":
-/// [...], "gap": false}`), its swap states left as they came.
+/// One message of a key's update channel: a history entry of new swap
+/// states (`{"key": "token:ETH", "epoch": .., "id": .., "swaps": [...],
+/// "gap": false}`), its swaps left as they came; or, without `id`, the
+/// announcement that the key's stats changed.
 #[derive(Deserialize)]
 pub(super) struct Update<'a> {
     #[serde(borrow)]
@@ -26,59 +25,42 @@ pub(super) struct Update<'a> {
     /// States of this key were lost before this update.
     #[serde(default)]
     pub gap: bool,
+    #[serde(default, borrow)]
+    epoch: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
 }
 
-/// What identifies a swap state: the swap and its status.
-#[derive(Deserialize)]
-struct SwapState<'a> {
-    #[serde(borrow)]
-    tx_hash: Cow<'a, str>,
-    #[serde(default)]
-    log_index: u32,
-    #[serde(borrow)]
-    status: Cow<'a, str>,
+/// Where a channel's history stands for this registry: its epoch and the
+/// newest entry handed on.
+#[derive(Default)]
+pub(super) struct Cursor {
+    epoch: Option<String>,
+    last: Offset,
 }
 
-/// The last `cap` swap states (hashes of id and status) of a channel.
-pub(super) struct DedupWindow {
-    seen: HashSet<u64>,
-    order: VecDeque<u64>,
-    cap: usize,
-}
-
-impl DedupWindow {
-    pub(super) fn new(cap: usize) -> DedupWindow {
-        DedupWindow { seen: HashSet::new(), order: VecDeque::new(), cap }
-    }
-
-    /// Appends to `frames` a `swap` frame for each `pending` or `confirmed`
-    /// state among `swaps` not seen within the window (and remembers it).
-    pub(super) fn new_frames(&mut self, swaps: &[&RawValue], frames: &mut Vec<FrameBody>) {
-        for raw in swaps {
-            let Ok(state) = serde_json::from_str::<SwapState>(raw.get()) else { continue };
-            if state.status != "pending" && state.status != "confirmed" {
-                continue;
-            }
-            let mut hasher = DefaultHasher::new();
-            (&*state.tx_hash, state.log_index, &*state.status).hash(&mut hasher);
-            if self.insert(hasher.finish()) {
-                frames.push(FrameBody { kind: FrameKind::Swap, json: raw.get().into() });
-            }
-        }
-    }
-
-    /// True when the state is new (and now remembered).
-    fn insert(&mut self, state: u64) -> bool {
-        if !self.seen.insert(state) {
+impl Cursor {
+    /// Appends to `frames` the swap frames of `update` if its entry is
+    /// newer than the last one handed on. True when states were lost before
+    /// them: a gap in the feed, or a history that started over (Redis lost
+    /// it), whose offsets begin anew.
+    pub(super) fn advance(&mut self, update: &Update, frames: &mut Vec<FrameBody>) -> bool {
+        let (Some(epoch), Some(entry)) = (&update.epoch, update.id.as_deref().and_then(|id| Offset::of_entry(id, 0)))
+        else {
+            return false;
+        };
+        let mut lost = update.gap;
+        if self.epoch.as_deref() != Some(epoch) {
+            lost |= self.epoch.is_some();
+            self.epoch = Some(epoch.to_string());
+        } else if entry <= self.last {
             return false;
         }
-        self.order.push_back(state);
-        if self.order.len() > self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
-            }
+        self.last = entry;
+        for (n, raw) in (1..).zip(&update.swaps) {
+            frames.push(FrameBody::swap(raw.get().into(), Offset { count: n, ..entry }));
         }
-        true
+        lost
     }
 }
 
@@ -195,33 +177,24 @@ mod tests {
     }
 
     #[test]
-    fn a_channel_sends_each_pending_and_confirmed_state_once_within_its_window() {
-        let update = br#"{"key": "token:ETH", "swaps": [
-            {"tx_hash": "0xa", "log_index": 0, "status": "pending"},
-            {"tx_hash": "0xa", "log_index": 0, "status": "pending"},
-            {"tx_hash": "0xa", "log_index": 1, "status": "pending"},
-            {"tx_hash": "0xb", "status": "failed"},
-            {"tx_hash": "0xa", "log_index": 0, "status": "confirmed"},
-            {"not": "a swap"}
-        ]}"#;
-        let update: Update = serde_json::from_slice(update).unwrap();
-        assert_eq!((update.key.as_ref(), update.gap), ("token:ETH", false));
-        let mut window = DedupWindow::new(3);
-        let mut frames = Vec::new();
-        window.new_frames(&update.swaps, &mut frames);
-        let sent: Vec<&str> = frames.iter().map(|f| &*f.json).collect();
-        assert_eq!(sent, [update.swaps[0].get(), update.swaps[2].get(), update.swaps[4].get()]);
-        // Three states remembered: a repeat of any is dropped...
-        frames.clear();
-        window.new_frames(&update.swaps[..3], &mut frames);
-        assert!(frames.is_empty());
-        // ...until four newer ones pushed the oldest out of the window.
-        let newer: Vec<String> = (0..4).map(|i| format!(r#"{{"tx_hash": "0xc{i}", "status": "pending"}}"#)).collect();
-        let newer: Vec<&RawValue> = newer.iter().map(|s| serde_json::from_str(s).unwrap()).collect();
-        window.new_frames(&newer, &mut frames);
-        assert_eq!(frames.len(), 4);
-        frames.clear();
-        window.new_frames(&update.swaps[..1], &mut frames);
-        assert_eq!(frames.len(), 1);
+    fn a_channel_hands_on_each_history_entry_once_and_says_when_states_were_lost() {
+        let update = |epoch: &str, id: &str, gap: bool| {
+            format!(r#"{{"key":"token:ETH","epoch":"{epoch}","id":"{id}","gap":{gap},"swaps":[{{"n":1}},{{"n":2}}]}}"#)
+        };
+        let mut cursor = Cursor::default();
+        let mut advance = |text: String| {
+            let update: Update = serde_json::from_str(&text).unwrap();
+            let mut frames = Vec::new();
+            let lost = cursor.advance(&update, &mut frames);
+            let offsets: Vec<String> = frames.iter().map(|f| f.offset.unwrap().to_string()).collect();
+            (lost, offsets)
+        };
+        assert_eq!(advance(update("e1", "5-0", false)), (false, vec!["5-0-1".into(), "5-0-2".into()]));
+        assert_eq!(advance(update("e1", "5-0", false)), (false, vec![]), "a repeat");
+        assert_eq!(advance(update("e1", "4-9", false)), (false, vec![]), "older");
+        assert_eq!(advance(update("e1", "6-0", true)).0, true, "a gap in the feed");
+        assert_eq!(advance(update("e2", "1-0", false)), (true, vec!["1-0-1".into(), "1-0-2".into()]), "a new epoch");
+        // A stats announcement has no entry.
+        assert_eq!(advance(r#"{"key":"token:ETH","swaps":[]}"#.into()), (false, vec![]));
     }
 }

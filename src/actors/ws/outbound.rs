@@ -26,6 +26,7 @@ use foldhash::{HashMap, HashMapExt};
 
 use super::protocol::{channel_frame, channel_frame_len, frame_len, FrameBody, FrameKind, Handoff};
 use crate::domain::partial::AggKey;
+use crate::storage::redis::Offset;
 
 /// What a connection's writer took from its queue in one go.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -96,36 +97,58 @@ struct Skipped {
     gaps: u64,
     /// The newest stats object among the dropped frames.
     stats: Option<Arc<str>>,
+    /// The offset of the newest swap dropped.
+    offset: Option<Offset>,
     estimate: i64,
 }
 
 /// The wire size of one frame as [`Handoff::estimate`] counts it.
 fn frame_estimate(channel: &str, frame: &FrameBody) -> i64 {
-    frame_len(channel_frame_len(frame.kind, channel, frame.json.len()) + 1)
+    frame_len(channel_frame_len(frame, channel) + 1)
 }
 
-/// `{"type":"skipped","channel":..,"seq":..,"from_seq":..,"to_seq":..,"count":..,"stats":..}`
-pub fn skipped_frame(channel: &str, seq: u64, from_seq: u64, to_seq: u64, count: u64, stats: &str) -> String {
-    let mut text = String::with_capacity(skipped_frame_len(channel, stats.len()) + 40);
+/// What a `skipped` frame says: the `seq` range its dropped frames had,
+/// how many were swaps, the offset of the newest swap, the newest stats.
+struct SkippedFrame<'a> {
+    seq: u64,
+    from_seq: u64,
+    to_seq: u64,
+    count: u64,
+    offset: Option<Offset>,
+    stats: &'a str,
+}
+
+/// `{"type":"skipped","channel":..,"seq":..,"from_seq":..,"to_seq":..,"count":..,["offset":..,]"stats":..}`
+fn skipped_frame(channel: &str, frame: &SkippedFrame) -> String {
+    let mut text = String::with_capacity(skipped_frame_len(channel, frame.stats.len()) + 40);
     let mut digits = itoa::Buffer::new();
     text.push_str(r#"{"type":"skipped","channel":""#);
     text.push_str(channel);
-    for (field, value) in [(r#"","seq":"#, seq), (r#","from_seq":"#, from_seq), (r#","to_seq":"#, to_seq)] {
+    for (field, value) in [
+        (r#"","seq":"#, frame.seq),
+        (r#","from_seq":"#, frame.from_seq),
+        (r#","to_seq":"#, frame.to_seq),
+        (r#","count":"#, frame.count),
+    ] {
         text.push_str(field);
         text.push_str(digits.format(value));
     }
-    text.push_str(r#","count":"#);
-    text.push_str(digits.format(count));
+    if let Some(offset) = frame.offset {
+        text.push_str(r#","offset":""#);
+        text.push_str(&offset.to_string());
+        text.push('"');
+    }
     text.push_str(r#","stats":"#);
-    text.push_str(stats);
+    text.push_str(frame.stats);
     text.push('}');
     text
 }
 
-/// A `skipped` frame's length without its numbers' digits.
+/// A `skipped` frame's length without its numbers' digits, with an offset.
 fn skipped_frame_len(channel: &str, stats: usize) -> usize {
-    // `{"type":"skipped","channel":"","seq":,"from_seq":,"to_seq":,"count":,"stats":}` is 79 bytes.
-    79 + channel.len() + stats
+    // `{"type":"skipped","channel":"","seq":,"from_seq":,"to_seq":,"count":,"stats":}` is 79 bytes,
+    // `,"offset":""` 12 and the offset's digits 30 at most.
+    121 + channel.len() + stats
 }
 
 /// Appends `text` as one unmasked text frame (what a server sends).
@@ -145,7 +168,39 @@ fn put_text_frame(out: &mut BytesMut, text: &str) {
     out.extend_from_slice(text.as_bytes());
 }
 
+/// What a resuming client missed, in order: lost states (a skipped `seq`)
+/// and swap frames.
+pub enum Replayed {
+    Gap,
+    Swaps(Vec<FrameBody>),
+}
+
+impl Entry {
+    /// The bytes it counts for in the queue.
+    fn estimate(&self, channel: &str) -> i64 {
+        match self {
+            Entry::Gap => 0,
+            Entry::Frames { handoff, next } => handoff.frames[*next..].iter().map(|f| frame_estimate(channel, f)).sum(),
+            Entry::Skipped(skipped) => skipped.estimate,
+        }
+    }
+}
+
 impl ChannelOut {
+    /// Drops the queued swap frames at or before `floor`.
+    fn drop_covered(&mut self, key: &AggKey, floor: Offset) {
+        for entry in &mut self.entries {
+            let Entry::Frames { handoff, next } = entry else { continue };
+            let newer = |frame: &&FrameBody| frame.offset.is_none_or(|offset| offset > floor);
+            if handoff.frames[*next..].iter().all(|frame| newer(&frame)) {
+                continue;
+            }
+            let kept: Vec<FrameBody> = handoff.frames[*next..].iter().filter(newer).cloned().collect();
+            *entry = Entry::Frames { handoff: Arc::new(Handoff::new(key.clone(), &self.name, kept)), next: 0 };
+        }
+        self.entries.retain(|entry| !matches!(entry, Entry::Frames { handoff, .. } if handoff.frames.is_empty()));
+    }
+
     /// Replaces every queued entry with one `skipped` entry; returns the
     /// change of bytes and the swap frames dropped now (`None` when no frame
     /// was dropped, as for a lone `skipped` entry).
@@ -163,6 +218,7 @@ impl ChannelOut {
                     if earlier.stats.is_some() {
                         skipped.stats = earlier.stats;
                     }
+                    skipped.offset = skipped.offset.max(earlier.offset);
                 }
                 Entry::Frames { handoff, next } => {
                     for frame in &handoff.frames[next..] {
@@ -172,6 +228,7 @@ impl ChannelOut {
                             FrameKind::Swap => new_swaps += 1,
                             FrameKind::Stats => skipped.stats = Some(frame.json.clone()),
                         }
+                        skipped.offset = skipped.offset.max(frame.offset);
                     }
                 }
             }
@@ -219,15 +276,38 @@ impl OutQueue {
     }
 
     /// The `subscribed` frame (seq 0, with `snapshot`) went out: the
-    /// channel's frames follow from seq 1.
-    pub fn start(&mut self, key: &AggKey, snapshot: Arc<str>) {
-        let Some(channel) = self.channels.get_mut(key) else { return };
+    /// channel's frames follow from seq 1, the `replay` of what the client
+    /// missed first, then the frames queued meanwhile that come after
+    /// `floor` (the replay and the snapshot's position cover the others).
+    pub fn start(&mut self, key: &AggKey, snapshot: Arc<str>, floor: Offset, replay: Vec<Replayed>) -> Pushed {
+        let mut pushed = Pushed::default();
+        let Some(channel) = self.channels.get_mut(key) else { return pushed };
+        let before = channel.bytes;
+        channel.drop_covered(key, floor);
+        for replayed in replay.into_iter().rev() {
+            channel.entries.push_front(match replayed {
+                Replayed::Gap => Entry::Gap,
+                Replayed::Swaps(frames) => {
+                    Entry::Frames { handoff: Arc::new(Handoff::new(key.clone(), &channel.name, frames)), next: 0 }
+                }
+            });
+        }
+        channel.bytes = channel.entries.iter().map(|entry| entry.estimate(&channel.name)).sum();
+        pushed.bytes = channel.bytes - before;
+        self.bytes += pushed.bytes;
         channel.next_seq = Some(1);
         channel.stats = Some(snapshot);
         if !channel.entries.is_empty() && !channel.in_ready {
             channel.in_ready = true;
             self.ready.push_back(key.clone());
         }
+        if self.bytes > self.cap {
+            let (bytes, conflations, swaps) = self.conflate();
+            pushed.bytes += bytes;
+            pushed.conflations = conflations;
+            pushed.conflated_swaps = swaps;
+        }
+        pushed
     }
 
     /// Forgets `key` and what waits for it; returns the change of bytes.
@@ -337,7 +417,7 @@ impl OutQueue {
                     let mut estimate = 0;
                     while *next < handoff.frames.len() && out.len() - start < budget {
                         let frame = &handoff.frames[*next];
-                        put_text_frame(out, &channel_frame(frame.kind, &channel.name, *next_seq, &frame.json));
+                        put_text_frame(out, &channel_frame(frame, &channel.name, *next_seq));
                         *next_seq += 1;
                         match frame.kind {
                             FrameKind::Swap => taken.swaps += 1,
@@ -359,8 +439,15 @@ impl OutQueue {
                     let from = *next_seq + skipped.gaps;
                     let to = from + skipped.frames - 1;
                     let stats = skipped.stats.take().or_else(|| channel.stats.clone());
-                    let json = stats.as_deref().unwrap_or("null");
-                    put_text_frame(out, &skipped_frame(&channel.name, to + 1, from, to, skipped.swaps, json));
+                    let frame = SkippedFrame {
+                        seq: to + 1,
+                        from_seq: from,
+                        to_seq: to,
+                        count: skipped.swaps,
+                        offset: skipped.offset,
+                        stats: stats.as_deref().unwrap_or("null"),
+                    };
+                    put_text_frame(out, &skipped_frame(&channel.name, &frame));
                     *next_seq = to + 2;
                     if stats.is_some() {
                         channel.stats = stats;
@@ -397,11 +484,12 @@ mod tests {
     }
 
     fn swap(n: u32) -> FrameBody {
-        FrameBody { kind: FrameKind::Swap, json: format!(r#"{{"tx_hash":"0x{n:064x}","status":"confirmed"}}"#).into() }
+        let json = format!(r#"{{"tx_hash":"0x{n:064x}","status":"confirmed"}}"#);
+        FrameBody::swap(json.into(), Offset { ms: u64::from(n), seq: 0, count: 1 })
     }
 
     fn stats(swaps: u32) -> FrameBody {
-        FrameBody { kind: FrameKind::Stats, json: format!(r#"{{"totals":{{"swaps":{swaps}}}}}"#).into() }
+        FrameBody::stats(format!(r#"{{"totals":{{"swaps":{swaps}}}}}"#).into())
     }
 
     fn handoff(channel: &str, frames: Vec<FrameBody>) -> Arc<Handoff> {
@@ -439,7 +527,7 @@ mod tests {
         assert!(take_all(&mut queue).is_empty(), "nothing before the subscribed frame");
         assert!(queue.bytes() > 0);
 
-        queue.start(&key("token:ETH"), r#"{"totals":{"swaps":0}}"#.into());
+        queue.start(&key("token:ETH"), r#"{"totals":{"swaps":0}}"#.into(), Offset::ZERO, Vec::new());
         let frames = take_all(&mut queue);
         let seqs: Vec<(&str, u64)> =
             frames.iter().map(|f| (f["type"].as_str().unwrap(), f["seq"].as_u64().unwrap())).collect();
@@ -454,7 +542,7 @@ mod tests {
         let mut queue = OutQueue::new(10 * one as usize);
         for channel in ["token:ETH", "token:BTC"] {
             queue.open(key(channel), channel.into());
-            queue.start(&key(channel), r#"{"totals":{"swaps":0}}"#.into());
+            queue.start(&key(channel), r#"{"totals":{"swaps":0}}"#.into(), Offset::ZERO, Vec::new());
         }
         // Three frames go out before the client falls behind.
         queue.push(handoff("token:ETH", vec![swap(1), swap(2), swap(3)]));
@@ -507,7 +595,7 @@ mod tests {
         for n in 4..=20 {
             swaps += queue.push(handoff("token:ETH", vec![swap(n)])).conflated_swaps;
         }
-        queue.start(&key("token:ETH"), r#"{"totals":{"swaps":0}}"#.into());
+        queue.start(&key("token:ETH"), r#"{"totals":{"swaps":0}}"#.into(), Offset::ZERO, Vec::new());
         let frames = take_all(&mut queue);
         let skipped = &frames[0];
         assert_eq!(skipped["type"], "skipped");
@@ -527,11 +615,39 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_channel_gets_its_replay_then_the_live_frames_after_it_once() {
+        let mut queue = OutQueue::new(1 << 20);
+        queue.open(key("token:ETH"), "token:ETH".into());
+        // Live frames queued while the history was read: 3 and 4 are in the
+        // replay, 5 and 6 come after it.
+        queue.push(handoff("token:ETH", vec![swap(3), stats(4), swap(4)]));
+        queue.push(handoff("token:ETH", vec![swap(5), swap(6)]));
+        let floor = swap(4).offset.unwrap();
+        let replay = vec![Replayed::Swaps(vec![swap(2)]), Replayed::Gap, Replayed::Swaps(vec![swap(3), swap(4)])];
+        queue.start(&key("token:ETH"), "{}".into(), floor, replay);
+        let frames = take_all(&mut queue);
+        let shown: Vec<(u64, &str, Option<&str>)> = frames
+            .iter()
+            .map(|f| (f["seq"].as_u64().unwrap(), f["type"].as_str().unwrap(), f["offset"].as_str()))
+            .collect();
+        let expected = [
+            (1, "swap", Some("2-0-1")),
+            (3, "swap", Some("3-0-1")),
+            (4, "swap", Some("4-0-1")),
+            (5, "stats", None),
+            (6, "swap", Some("5-0-1")),
+            (7, "swap", Some("6-0-1")),
+        ];
+        assert_eq!(shown, expected, "the gap skips seq 2; the live 3 and 4 are not repeated");
+        assert_eq!(queue.bytes(), 0, "the estimates balance");
+    }
+
+    #[test]
     fn the_writer_takes_at_most_its_budget_and_closing_drops_everything() {
         let one = handoff("token:ETH", vec![swap(0)]).estimate;
         let mut queue = OutQueue::new(1 << 20);
         queue.open(key("token:ETH"), "token:ETH".into());
-        queue.start(&key("token:ETH"), "{}".into());
+        queue.start(&key("token:ETH"), "{}".into(), Offset::ZERO, Vec::new());
         queue.push(handoff("token:ETH", (0..100).map(swap).collect()));
         let mut out = BytesMut::new();
         let taken = queue.take(1000, &mut out);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::domain::partial::AggKey;
+use crate::storage::redis::Offset;
 
 /// Close codes beyond RFC 6455's.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
@@ -42,22 +43,41 @@ impl FrameKind {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FrameBody {
     pub kind: FrameKind,
     pub json: Arc<str>,
+    /// A swap's place in its channel's history (stats frames have none).
+    pub offset: Option<Offset>,
 }
 
-/// Writes `{"type":..,"channel":..,"seq":..,"swap"|"stats":..}`: once per
-/// frame and subscriber, so by plain copies rather than `format!`.
-pub fn channel_frame(kind: FrameKind, channel: &str, seq: u64, json: &str) -> String {
+impl FrameBody {
+    pub fn swap(json: Arc<str>, offset: Offset) -> FrameBody {
+        FrameBody { kind: FrameKind::Swap, json, offset: Some(offset) }
+    }
+
+    pub fn stats(json: Arc<str>) -> FrameBody {
+        FrameBody { kind: FrameKind::Stats, json, offset: None }
+    }
+}
+
+/// Writes `{"type":..,"channel":..,"seq":..,["offset":..,]"swap"|"stats":..}`:
+/// once per frame and subscriber, so by plain copies rather than `format!`.
+pub fn channel_frame(frame: &FrameBody, channel: &str, seq: u64) -> String {
     let mut digits = itoa::Buffer::new();
     let seq = digits.format(seq);
-    let name = kind.name();
-    let mut text = String::with_capacity(channel_frame_len(kind, channel, json.len()) + seq.len());
-    for part in
-        [r#"{"type":""#, name, r#"","channel":""#, channel, r#"","seq":"#, seq, r#",""#, name, r#"":"#, json, "}"]
-    {
+    let name = frame.kind.name();
+    let offset = frame.offset.map(|o| o.to_string());
+    let mut text = String::with_capacity(channel_frame_len(frame, channel) + seq.len());
+    for part in [r#"{"type":""#, name, r#"","channel":""#, channel, r#"","seq":"#, seq] {
+        text.push_str(part);
+    }
+    if let Some(offset) = &offset {
+        text.push_str(r#","offset":""#);
+        text.push_str(offset);
+        text.push('"');
+    }
+    for part in [r#",""#, name, r#"":"#, &frame.json, "}"] {
         text.push_str(part);
     }
     text
@@ -85,7 +105,7 @@ pub struct Handoff {
 
 impl Handoff {
     pub fn new(key: AggKey, channel: &str, frames: Vec<FrameBody>) -> Handoff {
-        let estimate = frames.iter().map(|f| frame_len(channel_frame_len(f.kind, channel, f.json.len()) + 1)).sum();
+        let estimate = frames.iter().map(|f| frame_len(channel_frame_len(f, channel) + 1)).sum();
         HANDOFF_BYTES.fetch_add(estimate, Ordering::AcqRel);
         Handoff { key, frames, estimate }
     }
@@ -98,9 +118,10 @@ impl Drop for Handoff {
 }
 
 /// A frame's length without its `seq` digits.
-pub fn channel_frame_len(kind: FrameKind, channel: &str, json: usize) -> usize {
-    // `{"type":"","channel":"","seq":,"":}` is 35 bytes.
-    35 + 2 * kind.name().len() + channel.len() + json
+pub fn channel_frame_len(frame: &FrameBody, channel: &str) -> usize {
+    // `{"type":"","channel":"","seq":,"":}` is 35 bytes, `,"offset":""` 12.
+    let offset = frame.offset.map_or(0, |offset| 12 + offset.text_len());
+    35 + 2 * frame.kind.name().len() + channel.len() + frame.json.len() + offset
 }
 
 /// Registry -> session (frames go through the connection's queue instead).
@@ -124,18 +145,19 @@ mod tests {
     #[test]
     fn a_channel_frame_is_the_protocol_object_and_the_estimate_its_size() {
         let swap = r#"{"tx_hash":"0xab","status":"pending"}"#;
-        let text = channel_frame(FrameKind::Swap, "token:ETH", 7, swap);
+        let offset: Offset = "1733312345123-1234567890123-12".parse().expect("an offset");
+        let frame = FrameBody::swap(swap.into(), offset);
+        let text = channel_frame(&frame, "token:ETH", 7);
         assert_eq!(
             text,
-            r#"{"type":"swap","channel":"token:ETH","seq":7,"swap":{"tx_hash":"0xab","status":"pending"}}"#
+            r#"{"type":"swap","channel":"token:ETH","seq":7,"offset":"1733312345123-1234567890123-12","swap":{"tx_hash":"0xab","status":"pending"}}"#
         );
-        let stats = channel_frame(FrameKind::Stats, "pair:ETH-USDC", 1_234_567, "{}");
+        let stats = channel_frame(&FrameBody::stats("{}".into()), "pair:ETH-USDC", 1_234_567);
         assert_eq!(stats, r#"{"type":"stats","channel":"pair:ETH-USDC","seq":1234567,"stats":{}}"#);
 
         // Exact for a one-digit seq, which the session corrects when it writes.
         let key = AggKey::parse("token:ETH").expect("a channel");
-        let frames = (0..2).map(|_| FrameBody { kind: FrameKind::Swap, json: swap.into() }).collect();
-        let handoff = Handoff::new(key, "token:ETH", frames);
+        let handoff = Handoff::new(key, "token:ETH", vec![frame.clone(), frame]);
         assert_eq!(handoff.estimate, 2 * frame_len(text.len()));
     }
 }

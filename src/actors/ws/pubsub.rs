@@ -10,7 +10,7 @@ use actix::prelude::*;
 use foldhash::{HashSet, HashSetExt};
 use futures::StreamExt;
 use slog::{warn, Logger};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Messages from Redis pub/sub (`{"key": "token:ETH", "swaps": [...]}`)
 /// wait here, in the order they came, until the registry takes them all at
@@ -48,7 +48,8 @@ impl Inbox {
 
 /// What the registry asks of the connection.
 pub(super) enum PubSubCommand {
-    Subscribe(String),
+    /// Subscribe, and say so on the sender once Redis confirmed it.
+    Subscribe(String, oneshot::Sender<()>),
     Unsubscribe(String),
 }
 
@@ -62,6 +63,8 @@ pub(super) async fn pubsub_loop(
     log: Logger,
 ) {
     let mut wanted: HashSet<String> = HashSet::new();
+    // Subscriptions asked for and not confirmed yet (the connection dropped).
+    let mut unconfirmed: Vec<oneshot::Sender<()>> = Vec::new();
     let mut reconnecting = false;
     loop {
         let connection = match client.get_async_pubsub().await {
@@ -77,6 +80,9 @@ pub(super) async fn pubsub_loop(
         if !all.is_empty() && sink.subscribe(all).await.is_err() {
             continue;
         }
+        for confirm in unconfirmed.drain(..) {
+            let _ = confirm.send(());
+        }
         if reconnecting {
             // What was published while disconnected is lost: say so.
             inbox.deliver(&registry, Incoming::Resumed);
@@ -87,8 +93,13 @@ pub(super) async fn pubsub_loop(
                 command = commands.recv() => {
                     let result = match command {
                         None => return,
-                        Some(PubSubCommand::Subscribe(channel)) => {
-                            if wanted.insert(channel.clone()) { sink.subscribe(channel).await } else { Ok(()) }
+                        Some(PubSubCommand::Subscribe(channel, confirm)) => {
+                            let result = if wanted.insert(channel.clone()) { sink.subscribe(channel).await } else { Ok(()) };
+                            match result {
+                                Ok(()) => { let _ = confirm.send(()); }
+                                Err(_) => unconfirmed.push(confirm),
+                            }
+                            result
                         }
                         Some(PubSubCommand::Unsubscribe(channel)) => {
                             if wanted.remove(&channel) { sink.unsubscribe(channel).await } else { Ok(()) }

@@ -5,8 +5,12 @@
 //! process's own partitions produced: the registry subscribes to
 //! `<prefix>:updates:{<channel>}` for exactly the channels its clients
 //! want, so a client on any instance gets every update of its channels
-//! whichever instance owns the partitions. A window of recent swap states
-//! per channel drops repeats (same id and status).
+//! whichever instance owns the partitions. Each update is an entry of the
+//! channel's history (`storage::redis::history`), which holds every swap
+//! state once; the registry numbers its swaps with their offsets and hands
+//! each entry on once. A session's subscription is answered once Redis has
+//! confirmed the pub/sub subscription, so that the history the session
+//! reads next and the live updates meet without a hole.
 //!
 //! New frames are handed to the sessions at once while the handoffs (a
 //! wake-up and a socket write per subscriber) stay within
@@ -43,10 +47,8 @@ use slog::{info, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
 
 use super::connection::{now_ms, ConnShared};
-use super::fanout::{most_waiting_over, DedupWindow, HandoffBudget, Update};
-use super::protocol::{
-    queued_frame_bytes, FrameBody, FrameKind, Handoff, Outbound, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER,
-};
+use super::fanout::{most_waiting_over, Cursor, HandoffBudget, Update};
+use super::protocol::{queued_frame_bytes, FrameBody, Handoff, Outbound, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER};
 use super::pubsub::{pubsub_loop, Inbox, Incoming, PubSubCommand, Published};
 use crate::config::WsSettings;
 use crate::domain::partial::AggKey;
@@ -74,12 +76,21 @@ pub struct Disconnect {
     pub id: u64,
 }
 
+/// Answered once this process' pub/sub connection is subscribed to every
+/// one of the channels (false when that took longer than
+/// [`SUBSCRIBE_DEADLINE`]): whatever is published from then on reaches the
+/// session, so its history read cannot miss anything.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "bool")]
 pub struct Subscribe {
     pub id: u64,
     pub channels: Vec<AggKey>,
 }
+
+/// Longest wait for Redis to confirm a pub/sub subscription.
+const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(5);
+
+type Confirmed = futures::future::Shared<oneshot::Receiver<()>>;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -108,7 +119,9 @@ struct Session {
 struct Channel {
     name: Arc<str>,
     subscribers: HashSet<u64>,
-    recent: DedupWindow,
+    /// Resolves when Redis confirmed the pub/sub subscription.
+    confirmed: Confirmed,
+    cursor: Cursor,
     /// Changed since its last `stats` frame.
     dirty: bool,
     /// New swap frames waiting for the next handoff, in order.
@@ -232,18 +245,17 @@ impl SessionRegistry {
                 }
             };
             let Some(key) = AggKey::parse(&update.key) else { continue };
-            if !self.channels.contains_key(&key) {
-                continue;
-            }
-            if update.gap {
+            let Some(channel) = self.channels.get_mut(&key) else { continue };
+            channel.dirty = true;
+            let mut frames = Vec::new();
+            if channel.cursor.advance(&update, &mut frames) {
                 // The gap comes after the frames before it.
                 self.flush_channel(&key);
                 self.tell_gap(&key);
             }
             let Some(channel) = self.channels.get_mut(&key) else { continue };
-            channel.dirty = true;
             let was_empty = channel.buffered.is_empty();
-            channel.recent.new_frames(&update.swaps, &mut channel.buffered);
+            channel.buffered.extend(frames);
             if was_empty && !channel.buffered.is_empty() {
                 self.to_flush.push(key);
             }
@@ -355,7 +367,7 @@ impl SessionRegistry {
         ctx.spawn(fetch.into_actor(self).map(|stats, act, _| {
             act.stats_in_flight = false;
             for (key, json) in stats {
-                act.deliver(&key, vec![FrameBody { kind: FrameKind::Stats, json }]);
+                act.deliver(&key, vec![FrameBody::stats(json)]);
             }
         }));
     }
@@ -441,26 +453,34 @@ impl Handler<Disconnect> for SessionRegistry {
 }
 
 impl Handler<Subscribe> for SessionRegistry {
-    type Result = ();
+    type Result = ResponseFuture<bool>;
 
-    fn handle(&mut self, message: Subscribe, _ctx: &mut Context<Self>) {
-        let Some(session) = self.sessions.get_mut(&message.id) else { return };
+    fn handle(&mut self, message: Subscribe, _ctx: &mut Context<Self>) -> Self::Result {
+        let Some(session) = self.sessions.get_mut(&message.id) else { return Box::pin(async { false }) };
+        let mut confirmations = Vec::with_capacity(message.channels.len());
         for key in message.channels {
             session.channels.insert(key.clone());
             let channel = self.channels.entry(key.clone()).or_insert_with(|| {
+                let (confirm, confirmed) = oneshot::channel();
                 if let Some(pubsub) = &self.pubsub {
-                    let _ = pubsub.send(PubSubCommand::Subscribe(self.redis.updates_channel(&key)));
+                    let _ = pubsub.send(PubSubCommand::Subscribe(self.redis.updates_channel(&key), confirm));
                 }
                 Channel {
                     name: key.to_string().into(),
                     subscribers: HashSet::new(),
-                    recent: DedupWindow::new(self.settings.dedup_window),
+                    confirmed: futures::FutureExt::shared(confirmed),
+                    cursor: Cursor::default(),
                     dirty: false,
                     buffered: Vec::new(),
                 }
             });
             channel.subscribers.insert(message.id);
+            confirmations.push(channel.confirmed.clone());
         }
+        Box::pin(async move {
+            let all = futures::future::join_all(confirmations);
+            matches!(tokio::time::timeout(SUBSCRIBE_DEADLINE, all).await, Ok(done) if done.iter().all(Result::is_ok))
+        })
     }
 }
 

@@ -20,24 +20,35 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web_actors::ws;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::connection::{now_ms, ConnShared};
 use super::limits::IpSlot;
-use super::protocol::{frame_len, parse_channel, Outbound};
+use super::outbound::Replayed;
+use super::protocol::{frame_len, parse_channel, FrameBody, Outbound};
 use super::registry::{Connect, Disconnect, SessionRegistry, Subscribe, Unsubscribe};
 use crate::config::WsSettings;
 use crate::domain::partial::AggKey;
 use crate::metrics::METRICS;
 use crate::read::{Live, ReadError};
+use crate::storage::redis::{HistoryEntry, Offset, Replay};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A subscription; its frames wait in the connection's queue until the
 /// snapshot went out as seq 0, answering the request `id` that asked.
 enum ChannelState {
-    Waiting { generation: u64, id: Option<Value>, known_only: bool },
+    Waiting { generation: u64, id: Option<Value>, known_only: bool, since: Option<Since> },
     Live,
+}
+
+/// Where a resuming client was in a channel: the history's epoch and its
+/// offset there.
+#[derive(Debug, Clone, PartialEq)]
+struct Since {
+    epoch: String,
+    offset: Offset,
 }
 
 /// The longest string a client's request `id` may be.
@@ -53,6 +64,9 @@ struct Request {
     /// Refuse tokens and pairs without a swap seen (REST answers 404)
     /// instead of subscribing with an all-zero snapshot.
     known_only: bool,
+    /// Per channel, where the client was: `{"token:ETH": {"epoch": ..,
+    /// "offset": ..}}`.
+    since: HashMap<AggKey, Since>,
 }
 
 impl Request {
@@ -87,7 +101,30 @@ impl Request {
             Some(Value::Bool(known_only)) => known_only,
             Some(_) => return Err((id, "bad_request", "`known_only`: expected true or false".into())),
         };
-        Ok(Request { op, id, channels, known_only })
+        let since = match fields.remove("since") {
+            None | Some(Value::Null) => HashMap::new(),
+            Some(since) => Self::since(since).map_err(|message| (id.clone(), "bad_since", message))?,
+        };
+        Ok(Request { op, id, channels, known_only, since })
+    }
+
+    fn since(value: Value) -> Result<HashMap<AggKey, Since>, String> {
+        const SHAPE: &str = r#"expected {"<channel>": {"epoch": "<epoch>", "offset": "<offset>"}, ...}"#;
+        let Value::Object(channels) = value else { return Err(format!("`since`: {SHAPE}")) };
+        let mut since = HashMap::with_capacity(channels.len());
+        for (name, position) in channels {
+            let shown: String = name.chars().take(64).collect();
+            let key = parse_channel(&name).ok_or_else(|| format!("`since`: {shown:?} is not a channel"))?;
+            let field = |field: &str| position.get(field).and_then(Value::as_str).map(str::to_owned);
+            let (Some(epoch), Some(offset)) = (field("epoch"), field("offset")) else {
+                return Err(format!("`since.{shown}`: {SHAPE}"));
+            };
+            let offset = offset
+                .parse()
+                .map_err(|()| format!("`since.{shown}.offset`: expected an offset from a frame of this channel"))?;
+            since.insert(key, Since { epoch, offset });
+        }
+        Ok(since)
     }
 }
 
@@ -264,8 +301,12 @@ impl WsSession {
                         }
                     }
                 }
+                if let Some(stray) = request.since.keys().find(|key| !keys.contains(key)) {
+                    let message = format!("`since`: {stray} is not among the channels subscribed to");
+                    return self.error(ctx, id, None, "bad_since", message);
+                }
                 if request.op == "subscribe" {
-                    self.subscribe(keys, request.id, request.known_only, ctx);
+                    self.subscribe(keys, request.id, request.known_only, request.since, ctx);
                 } else {
                     self.unsubscribe(keys, id, ctx);
                 }
@@ -283,6 +324,7 @@ impl WsSession {
         keys: Vec<AggKey>,
         id: Option<Value>,
         known_only: bool,
+        mut since: HashMap<AggKey, Since>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
         let mut added = Vec::new();
@@ -301,63 +343,132 @@ impl WsSession {
             }
             self.generation += 1;
             let generation = self.generation;
-            self.channels.insert(key.clone(), ChannelState::Waiting { generation, id: id.clone(), known_only });
+            let waiting = ChannelState::Waiting { generation, id: id.clone(), known_only, since: since.remove(&key) };
+            self.channels.insert(key.clone(), waiting);
             self.conn.open(&key);
-            added.push(key.clone());
-            let read = self.common.snapshots.read(&self.common.live, &key);
-            ctx.spawn(read.into_actor(self).map(move |result, act, ctx| act.on_snapshot(key, generation, result, ctx)));
+            added.push((key, generation));
         }
-        if !added.is_empty() {
-            self.common.registry.do_send(Subscribe { id: self.id, channels: added });
+        if added.is_empty() {
+            return;
         }
+        // The history is read once the live updates reach this session:
+        // between the two, nothing is missed.
+        let subscribe = Subscribe { id: self.id, channels: added.iter().map(|(key, _)| key.clone()).collect() };
+        let subscribed = self.common.registry.send(subscribe);
+        ctx.spawn(subscribed.into_actor(self).map(move |confirmed, act, ctx| {
+            for (key, generation) in added {
+                act.read_snapshot(key, generation, confirmed.unwrap_or(false), ctx);
+            }
+        }));
+    }
+
+    /// Reads `key`'s snapshot and history (what the client missed, when it
+    /// resumes), then answers the subscription.
+    fn read_snapshot(&mut self, key: AggKey, generation: u64, confirmed: bool, ctx: &mut ws::WebsocketContext<Self>) {
+        let since = match self.channels.get(&key) {
+            Some(ChannelState::Waiting { generation: g, since, .. }) if *g == generation => since.clone(),
+            _ => return, // unsubscribed meanwhile
+        };
+        if !confirmed {
+            let error = SnapshotError {
+                code: "unavailable",
+                message: format!("no live updates for {key}, not subscribed: Redis did not confirm the subscription")
+                    .into(),
+            };
+            return self.on_snapshot(key, generation, Err(error.clone()), Err(error), ctx);
+        }
+        let snapshot = self.common.snapshots.read(&self.common.live, &key);
+        let redis = self.common.live.redis().clone();
+        let owned = key.clone();
+        let history = async move {
+            let since = since.as_ref().map(|s| (s.epoch.as_str(), s.offset));
+            match tokio::time::timeout(SNAPSHOT_DEADLINE, redis.history(&owned, since)).await {
+                Ok(Ok(replay)) => Ok(replay),
+                Ok(Err(e)) => Err(format!("{e:#}")),
+                Err(_) => Err(format!("no answer within {SNAPSHOT_DEADLINE:?}")),
+            }
+        };
+        let read = futures::future::join(snapshot, history);
+        ctx.spawn(read.into_actor(self).map(move |(snapshot, history), act, ctx| {
+            let history = history.map_err(|e| SnapshotError {
+                code: "unavailable",
+                message: format!("no history for {key}, not subscribed: {e}").into(),
+            });
+            act.on_snapshot(key, generation, snapshot, history, ctx)
+        }));
     }
 
     fn on_snapshot(
         &mut self,
         key: AggKey,
         generation: u64,
-        result: Result<Arc<Value>, SnapshotError>,
+        snapshot: Result<Arc<Value>, SnapshotError>,
+        history: Result<Replay, SnapshotError>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
-        let (id, known_only) = match self.channels.get_mut(&key) {
-            Some(ChannelState::Waiting { generation: g, id, known_only }) if *g == generation => {
-                (id.take(), *known_only)
+        let (id, known_only, since) = match self.channels.get_mut(&key) {
+            Some(ChannelState::Waiting { generation: g, id, known_only, since }) if *g == generation => {
+                (id.take(), *known_only, since.take())
             }
             _ => return, // unsubscribed meanwhile
         };
         // A channel of no swap yet is subscribed as DESIGN.md's clients
         // expect (they may subscribe before a token's first swap), and
         // marked so that a misspelt name shows.
-        let (result, seen) = match result {
+        let (snapshot, seen) = match snapshot {
             Err(e) if e.code == UNKNOWN_CHANNEL && !known_only => {
                 (Ok(Arc::new(crate::read::unseen_stats(&key))), false)
             }
             other => (other, true),
         };
         let name: Arc<str> = key.to_string().into();
-        match result {
-            Ok(snapshot) => {
-                let stats: Arc<str> = snapshot.to_string().into();
-                let mut frame = json!({"type": "subscribed", "channel": &*name, "seq": 0, "snapshot": &*snapshot});
-                if !seen {
-                    frame["seen"] = false.into();
-                }
-                self.emit(ctx, answer(frame, id.as_ref()));
-                METRICS.ws_frames_sent.with_label_values(&["subscribed"]).inc();
-                self.channels.insert(key.clone(), ChannelState::Live);
-                // The writer takes the channel's frames only after this
-                // frame, which this poll of the body yields first.
-                self.conn.start(&key, stats);
-            }
-            Err(e) => {
+        let (snapshot, replay) = match (snapshot, history) {
+            (Ok(snapshot), Ok(replay)) => (snapshot, replay),
+            (Err(e), _) | (_, Err(e)) => {
                 self.channels.remove(&key);
                 self.conn.remove(&key);
                 self.common.registry.do_send(Unsubscribe { id: self.id, channels: vec![key.clone()] });
                 METRICS.ws_bad_frames.with_label_values(&[e.code]).inc();
                 let frame = json!({"type": "error", "code": e.code, "channel": &*name, "message": &*e.message});
-                self.emit(ctx, answer(frame, id.as_ref()));
+                return self.emit(ctx, answer(frame, id.as_ref()));
+            }
+        };
+        let stats: Arc<str> = snapshot.to_string().into();
+        let mut frame = json!({
+            "type": "subscribed", "channel": &*name, "seq": 0, "epoch": &replay.epoch,
+            "offset": replay.head.to_string(), "snapshot": &*snapshot,
+        });
+        if !seen {
+            frame["seen"] = false.into();
+        }
+        // The frames the client missed, when it resumes and the history
+        // still has them: they follow from seq 1, then the live ones.
+        let mut replayed = Vec::new();
+        if let Some(since) = since {
+            match replay.missed {
+                Ok(entries) => {
+                    let (frames, swaps) = replay_frames(entries);
+                    replayed = frames;
+                    frame["recovered"] = true.into();
+                    frame["missed"] = swaps.into();
+                    frame["offset"] = since.offset.to_string().into();
+                    METRICS.ws_resumes.with_label_values(&["recovered"]).inc();
+                }
+                Err(lost) => {
+                    frame["recovered"] = false.into();
+                    frame["reason"] = lost.reason().into();
+                    METRICS.ws_resumes.with_label_values(&[lost.reason()]).inc();
+                }
             }
         }
+        self.emit(ctx, answer(frame, id.as_ref()));
+        METRICS.ws_frames_sent.with_label_values(&["subscribed"]).inc();
+        self.channels.insert(key.clone(), ChannelState::Live);
+        // The writer takes the channel's frames only after this frame,
+        // which this poll of the body yields first.
+        let pushed = self.conn.start(&key, stats, replay.head, replayed);
+        METRICS.ws_conflations.inc_by(pushed.conflations);
+        METRICS.ws_conflated_frames.inc_by(pushed.conflated_swaps);
     }
 
     fn unsubscribe(&mut self, keys: Vec<AggKey>, id: Option<&Value>, ctx: &mut ws::WebsocketContext<Self>) {
@@ -464,6 +575,27 @@ impl WsSession {
             }
         }
     }
+}
+
+/// A history's entries as the frames they make, and how many swaps.
+fn replay_frames(entries: Vec<HistoryEntry>) -> (Vec<Replayed>, u64) {
+    let mut replayed = Vec::with_capacity(entries.len());
+    let mut swaps = 0;
+    for entry in entries {
+        if entry.gap {
+            replayed.push(Replayed::Gap);
+        }
+        let Ok(raw) = serde_json::from_str::<Vec<&RawValue>>(&entry.swaps) else { continue };
+        let frames: Vec<FrameBody> = (entry.at.count + 1..)
+            .zip(raw)
+            .map(|(count, swap)| FrameBody::swap(swap.get().into(), Offset { count, ..entry.at }))
+            .collect();
+        swaps += frames.len() as u64;
+        if !frames.is_empty() {
+            replayed.push(Replayed::Swaps(frames));
+        }
+    }
+    (replayed, swaps)
 }
 
 #[cfg(test)]

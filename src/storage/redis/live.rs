@@ -1,5 +1,5 @@
 //! Live writes: each partial change fenced at its partition's position,
-//! the changed keys' update messages published after their writes.
+//! the changed keys announced after their writes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -58,15 +58,6 @@ end
 return 1
 ";
 
-/// One update message: a key's new swap states (wire JSON), and whether
-/// some of its states were lost before it (subscribers skip a `seq`).
-#[derive(Debug)]
-pub struct Update {
-    pub key: AggKey,
-    pub swaps: Vec<Arc<str>>,
-    pub gap: bool,
-}
-
 /// Swaps in the wire form (JSON), each serialized once however many keys
 /// or lists it goes to (by the address of its `Arc`).
 #[derive(Default)]
@@ -79,18 +70,17 @@ impl WireJson {
 }
 
 impl RedisStore {
-    /// Writes partials and publishes updates: one pipeline per token or
-    /// pair (one slot each), its `PUBLISH` after its writes, so a subscriber
-    /// that reads on an update sees the written state. The pipelines go out
-    /// together on the multiplexed connection: one round trip, not one per
-    /// key. Each change is fenced at its partition's position in
-    /// `positions` (unfenced when absent); `updates` holds each key's swaps,
-    /// already serialized.
+    /// Writes partials and announces the `changed` keys: one pipeline per
+    /// token or pair (one slot each), its `PUBLISH` after its writes, so a
+    /// subscriber that reads on the announcement sees the written state. The
+    /// pipelines go out together on the multiplexed connection: one round
+    /// trip, not one per key. Each change is fenced at its partition's
+    /// position in `positions` (unfenced when absent).
     pub async fn write(
         &self,
         changes: &[PartialChange],
         positions: &HashMap<Tp, Position>,
-        updates: &[Update],
+        changed: &[AggKey],
     ) -> anyhow::Result<()> {
         let mut pipes: BTreeMap<&AggKey, Pipeline> = BTreeMap::new();
         let mut by_key: BTreeMap<&AggKey, Vec<&PartialChange>> = BTreeMap::new();
@@ -105,9 +95,9 @@ impl RedisStore {
             let pipe = pipes.entry(key).or_insert_with(redis::pipe);
             self.add_writes(pipe, key, writes, positions, &mut json)?;
         }
-        for update in updates {
-            let pipe = pipes.entry(&update.key).or_insert_with(redis::pipe);
-            pipe.cmd("PUBLISH").arg(self.updates_channel(&update.key)).arg(update_payload(update)).ignore();
+        for key in changed {
+            let pipe = pipes.entry(key).or_insert_with(redis::pipe);
+            pipe.cmd("PUBLISH").arg(self.updates_channel(key)).arg(format!(r#"{{"key":"{key}","swaps":[]}}"#)).ignore();
         }
         let mut sent = Vec::with_capacity(pipes.len() + 1);
         if !by_key.is_empty() {
@@ -129,11 +119,6 @@ impl RedisStore {
             }));
         }
         futures::future::join_all(sent).await.into_iter().collect()
-    }
-
-    /// Publishes update messages only (the swap feed).
-    pub async fn publish(&self, updates: &[Update]) -> anyhow::Result<()> {
-        self.write(&[], &HashMap::new(), updates).await
     }
 
     fn add_writes(
@@ -203,27 +188,4 @@ impl RedisStore {
         }
         Ok(())
     }
-}
-
-/// `{"key": "token:ETH", "swaps": [wire swaps with status]}`, from swaps
-/// already serialized (each once per checkpoint, whatever the number of
-/// keys it counts for).
-fn update_payload(update: &Update) -> String {
-    let mut payload = String::with_capacity(48 + update.swaps.iter().map(|s| s.len() + 1).sum::<usize>());
-    payload.push_str("{\"key\":\"");
-    payload.push_str(&update.key.to_string());
-    if update.gap {
-        payload.push_str("\",\"gap\":true");
-    } else {
-        payload.push('"');
-    }
-    payload.push_str(",\"swaps\":[");
-    for (i, swap) in update.swaps.iter().enumerate() {
-        if i > 0 {
-            payload.push(',');
-        }
-        payload.push_str(swap);
-    }
-    payload.push_str("]}");
-    payload
 }

@@ -15,12 +15,16 @@
 //! - `<prefix>:keys`: set of every token and pair seen;
 //! - `<prefix>:ready`: present once the live state is complete; its absence
 //!   (after a flush) makes consumers rebuild what they own;
-//! - channel `<prefix>:updates:{k}`: `{"key": "token:ETH", "swaps": [...]}`
-//!   with each swap in the wire form: the swap feed's new swap states of a
-//!   batch, before its checkpoint, and after each checkpoint one without
-//!   swaps for every changed key; `"gap": true` when states of the key were
-//!   lost before it.
+//! - `<prefix>:{k}:history` and `history-meta`: the channel's recent swap
+//!   frames for resuming WebSocket clients (see `history`);
+//! - channel `<prefix>:updates:{k}`: the swap feed's new swap states of a
+//!   batch, before its checkpoint, as appended to the history
+//!   (`{"key": "token:ETH", "epoch": .., "id": .., "swaps": [...]}`, each
+//!   swap in the wire form, `"gap": true` when states of the key were lost
+//!   before it); and after each checkpoint `{"key": "token:ETH", "swaps": []}`
+//!   for every changed key.
 
+mod history;
 mod live;
 mod reads;
 
@@ -34,12 +38,13 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{RedisMode, RedisSettings};
+use crate::config::{RedisMode, RedisSettings, WsHistory};
 use crate::domain::aggregate::Interval;
 use crate::domain::partial::AggKey;
 use crate::domain::{Amount, Price};
 
-pub use live::{Position, Update, WireJson};
+pub use history::{Entry as HistoryEntry, FeedSwap, Lost, Offset, Replay, SwapUpdate};
+pub use live::{Position, WireJson};
 
 /// A single node or a cluster, behind one connection type.
 #[derive(Clone)]
@@ -112,6 +117,8 @@ pub struct RedisStore {
     conn: RedisConn,
     prefix: String,
     recent_cap: usize,
+    /// What each WebSocket channel keeps for resuming clients.
+    history: WsHistory,
     /// For pub/sub subscriptions (single mode: this client; cluster: the first node).
     pubsub_client: redis::Client,
 }
@@ -144,7 +151,19 @@ impl RedisStore {
                 RedisConn::Cluster(client.get_async_connection().await.context("connecting to the Redis Cluster")?)
             }
         };
-        Ok(RedisStore { conn, prefix: settings.key_prefix.clone(), recent_cap, pubsub_client })
+        Ok(RedisStore {
+            conn,
+            prefix: settings.key_prefix.clone(),
+            recent_cap,
+            history: WsHistory { size: 1000, max_age: Duration::from_secs(600) },
+            pubsub_client,
+        })
+    }
+
+    /// Keeps `history` per channel for resuming WebSocket clients.
+    pub fn with_history(mut self, history: WsHistory) -> RedisStore {
+        self.history = history;
+        self
     }
 
     /// Recent swaps kept per token and pair.
