@@ -275,7 +275,10 @@ mod tests {
         assert!(poll().is_pending());
         let text = String::from_utf8_lossy(&first) + String::from_utf8_lossy(&second);
         assert_eq!(text.matches(r#""type":"swap""#).count(), 4);
-        assert!(text.contains(r#""seq":1,"#) && second.ends_with(br#""seq":4,"offset":"0-0-1","swap":{"n":0}}"#), "{text}");
+        assert!(
+            text.contains(r#""seq":1,"#) && second.ends_with(br#""seq":4,"offset":"0-0-1","swap":{"n":0}}"#),
+            "{text}"
+        );
         let chunk = [first, second].concat();
         assert_eq!(conn.pulled.load(Ordering::Acquire), (subscribed.len() + chunk.len()) as i64);
         assert_eq!(conn.outstanding(), 0, "every byte handed was pulled");

@@ -192,7 +192,11 @@ mod tests {
         assert_eq!(advance(update("e1", "5-0", false)), (false, vec!["5-0-1".into(), "5-0-2".into()]));
         assert_eq!(advance(update("e1", "5-0", false)), (false, vec![]), "a repeat");
         assert_eq!(advance(update("e1", "4-9", false)), (false, vec![]), "older");
-        assert_eq!(advance(update("e1", "6-0", true)).0, true, "a gap in the feed");
+        assert_eq!(
+            advance(update("e1", "6-0", true)),
+            (true, vec!["6-0-1".into(), "6-0-2".into()]),
+            "a gap in the feed"
+        );
         assert_eq!(advance(update("e2", "1-0", false)), (true, vec!["1-0-1".into(), "1-0-2".into()]), "a new epoch");
         // A stats announcement has no entry.
         assert_eq!(advance(r#"{"key":"token:ETH","swaps":[]}"#.into()), (false, vec![]));

@@ -83,8 +83,9 @@ async fn lost_updates_show_a_seq_gap_on_the_channels_they_hit() {
     };
     let publisher = redis::Client::open(url.as_str()).unwrap();
     let mut conn = publisher.get_multiplexed_async_connection().await.unwrap();
-    // The registry subscribes in the background: publish until it hears.
-    let first = json!({"key": "token:ETH", "swaps": [swap("pending", 1)]}).to_string();
+    // History entries as the swap feed publishes them. Published again
+    // until the registry hears: it hands each entry on once.
+    let first = json!({"key": "token:ETH", "epoch": "1", "id": "1-0", "swaps": [swap("pending", 1)]}).to_string();
     let got = loop {
         let _: i64 = redis::cmd("PUBLISH").arg(&channel).arg(&first).query_async(&mut conn).await.unwrap();
         if let Got::Frame(frame) = client.read(Duration::from_millis(500)).await {
@@ -100,7 +101,7 @@ async fn lost_updates_show_a_seq_gap_on_the_channels_they_hit() {
         metrics.lines().any(|l| l.starts_with("swapstream_ws_pubsub_resumed_total ") && !l.ends_with(" 0"))
     })
     .await;
-    let second = json!({"key": "token:ETH", "swaps": [swap("confirmed", 1)]}).to_string();
+    let second = json!({"key": "token:ETH", "epoch": "1", "id": "2-0", "swaps": [swap("confirmed", 1)]}).to_string();
     let got = loop {
         let _: i64 = redis::cmd("PUBLISH").arg(&channel).arg(&second).query_async(&mut conn).await.unwrap();
         if let Got::Frame(frame) = client.read(Duration::from_millis(500)).await {
@@ -112,11 +113,12 @@ async fn lost_updates_show_a_seq_gap_on_the_channels_they_hit() {
 
     // The swap feed lost states of token:ETH: its next update says so, and
     // only that channel skips a seq.
-    let lost = json!({"key": "token:ETH", "gap": true, "swaps": [swap("pending", 2)]}).to_string();
+    let lost =
+        json!({"key": "token:ETH", "epoch": "1", "id": "3-0", "gap": true, "swaps": [swap("pending", 2)]}).to_string();
     let _: i64 = redis::cmd("PUBLISH").arg(&channel).arg(&lost).query_async(&mut conn).await.unwrap();
     let got = client.frame(Duration::from_secs(10)).await;
     assert_eq!((&got["channel"], &got["seq"]), (&json!("token:ETH"), &json!(5)), "seq 4 is skipped: {got}");
-    let sol = json!({"key": "token:SOL", "swaps": [swap("pending", 3)]}).to_string();
+    let sol = json!({"key": "token:SOL", "epoch": "1", "id": "1-0", "swaps": [swap("pending", 3)]}).to_string();
     let sol_channel = format!("{}:updates:{{token:SOL}}", names.redis_prefix);
     let _: i64 = redis::cmd("PUBLISH").arg(&sol_channel).arg(&sol).query_async(&mut conn).await.unwrap();
     let got = client.frame(Duration::from_secs(10)).await;

@@ -3,7 +3,7 @@
 //! producer's ground truth.
 //!
 //! Files by capability: `fanout`, `slow_clients`, `hostile`, `lifecycle`,
-//! `protocol`; the test client (`client`), the model of what a client must
+//! `protocol`, `resume`; the test client (`client`), the model of what a client must
 //! receive (`model`) and the raw sockets of the hostile and stalled clients
 //! (`raw`) are shared with `ws_conflation`.
 
@@ -14,6 +14,7 @@ mod lifecycle;
 mod model;
 mod protocol;
 mod raw;
+mod resume;
 mod slow_clients;
 
 use std::time::Duration;
