@@ -28,29 +28,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[path = "../tests/support/mod.rs"]
 mod support;
-use support::process::TOKENS;
+use support::process::{raise_fd_limit, TOKENS};
 use support::procfs::{pids_named, pids_running, rss_kib, CpuShares};
 
 fn arg_after(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
-}
-
-/// Open files for this process and its children: 65,536 when allowed (as
-/// root), else the hard limit. The consumer takes two per WebSocket session.
-fn raise_fd_limit() -> u64 {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: plain getrlimit/setrlimit on this process; children inherit it.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        let wanted = libc::rlimit { rlim_cur: 65_536, rlim_max: limit.rlim_max.max(65_536) };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
-            return wanted.rlim_cur;
-        }
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
-    limit.rlim_cur
 }
 
 fn channels(one: bool) -> Vec<String> {

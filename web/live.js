@@ -1,7 +1,9 @@
-// The WebSocket side (DESIGN.md "WebSocket"): one connection, channels
+// The WebSocket side (README "WebSocket"): one connection, channels
 // `token:<SYMBOL>`, frames checked for gaps by `seq`, reconnects with
-// exponential backoff. Everything it learns goes to the handlers; the page
-// keeps working from REST while it is down.
+// exponential backoff and resumes each channel from the last position it
+// saw, so swaps sent while it was away still reach the tape. Everything it
+// learns goes to the handlers; the page keeps working from REST while it
+// is down.
 
 import { socketUrl } from './api.js';
 
@@ -19,6 +21,8 @@ export class Live {
     this.handlers = handlers;
     this.channels = new Set();
     this.seq = new Map();
+    // Per channel, where it was in the server's history: {epoch, offset}.
+    this.positions = new Map();
     this.attempt = 0;
     this.socket = null;
     this.retryTimer = null;
@@ -60,8 +64,18 @@ export class Live {
 
   subscribe(channels) {
     for (let i = 0; i < channels.length; i += CHANNELS_PER_MESSAGE) {
-      this.send({ op: 'subscribe', channels: channels.slice(i, i + CHANNELS_PER_MESSAGE) });
+      const chunk = channels.slice(i, i + CHANNELS_PER_MESSAGE);
+      const since = Object.fromEntries(chunk.filter((c) => this.positions.has(c)).map((c) => [c, this.positions.get(c)]));
+      const message = { op: 'subscribe', channels: chunk };
+      if (Object.keys(since).length > 0) message.since = since;
+      this.send(message);
     }
+  }
+
+  /** Remembers the newest position a frame gave for its channel. */
+  advance(frame) {
+    const position = this.positions.get(frame.channel);
+    if (position && typeof frame.offset === 'string') position.offset = frame.offset;
   }
 
   setState(state, detail = '') {
@@ -145,8 +159,12 @@ export class Live {
   dispatch(frame) {
     switch (frame.type) {
       case 'subscribed':
+        if (frame.already) break;
         this.inOrder(frame);
+        if (typeof frame.epoch === 'string') this.positions.set(frame.channel, { epoch: frame.epoch, offset: frame.offset });
         if (frame.snapshot) this.handlers.stats(frame.channel, frame.snapshot);
+        // The swaps missed while away could not be had: take REST's truth.
+        if (frame.recovered === false) this.handlers.gap(frame.channel);
         break;
       case 'stats':
         this.inOrder(frame);
@@ -154,10 +172,19 @@ export class Live {
         break;
       case 'swap':
         this.inOrder(frame);
+        this.advance(frame);
         this.handlers.swap(frame.channel, frame.swap);
+        break;
+      case 'skipped':
+        // Frames dropped for a slow reader: the newest stats, then REST.
+        this.seq.set(frame.channel, frame.seq);
+        this.advance(frame);
+        if (frame.stats) this.handlers.stats(frame.channel, frame.stats);
+        this.handlers.gap(frame.channel);
         break;
       case 'unsubscribed':
         this.seq.delete(frame.channel);
+        this.positions.delete(frame.channel);
         break;
       case 'error':
         this.handlers.error(frame);

@@ -152,7 +152,7 @@ async function live(page, requests) {
       for (const ch of message.channels) {
         const snapshot = { ...snapshots.get(ch) };
         if (ch === channel) snapshot.pending = 4242;
-        send({ type: 'subscribed', channel: ch, seq: 0, snapshot });
+        send({ type: 'subscribed', channel: ch, seq: 0, epoch: 'e1', offset: '0-0-0', snapshot });
       }
     });
   });
@@ -226,12 +226,12 @@ async function live(page, requests) {
       return row ? row.dataset.status : null;
     }, `0x${id.repeat(64).slice(0, 64)}`);
   report.tape = {};
-  send({ type: 'swap', channel, seq: next(channel), swap: swap('a', 'pending', '55555.5', '0.5') });
-  send({ type: 'swap', channel, seq: next(channel), swap: swap('b', 'pending', '50', '0.0004') });
+  send({ type: 'swap', channel, seq: next(channel), offset: '1-0-1', swap: swap('a', 'pending', '55555.5', '0.5') });
+  send({ type: 'swap', channel, seq: next(channel), offset: '1-0-2', swap: swap('b', 'pending', '50', '0.0004') });
   report.tape.a_first = await poll('swap a shown pending', 5000, () => tapeStatus('a'));
   report.tape.b_first = await tapeStatus('b');
-  send({ type: 'swap', channel, seq: next(channel), swap: swap('a', 'confirmed', '55555.5', '0.5') });
-  send({ type: 'swap', channel, seq: next(channel), swap: swap('b', 'failed', '50', '0.0004') });
+  send({ type: 'swap', channel, seq: next(channel), offset: '2-0-1', swap: swap('a', 'confirmed', '55555.5', '0.5') });
+  send({ type: 'swap', channel, seq: next(channel), offset: '2-0-2', swap: swap('b', 'failed', '50', '0.0004') });
   report.tape.a_then = await poll('swap a confirmed', 5000, async () => ((await tapeStatus('a')) === 'confirmed' ? 'confirmed' : null));
   report.tape.b_then = await poll('swap b dropped', 5000, async () => ((await tapeStatus('b')) === 'dropped' ? 'dropped' : null));
   // The confirmed swap's price (55555.5 / 0.5) closes the newest candle.
@@ -263,6 +263,16 @@ async function live(page, requests) {
   ]);
   report.resync_after_gap = resync?.url() ?? null;
   step('gap', { resync: report.resync_after_gap });
+
+  // The connection drops; the page reconnects and resumes each channel
+  // from the last position it saw.
+  const subscribesBefore = server.received.filter((m) => m.op === 'subscribe').length;
+  server.socket.close({ code: 1012, reason: 'service restart' });
+  const resumed = await poll('subscribe again after the reconnect', 15000, async () =>
+    server.received.filter((m) => m.op === 'subscribe').slice(subscribesBefore).find((m) => m.channels.includes(channel)),
+  );
+  report.resume_since = resumed?.since?.[channel] ?? null;
+  step('resume', { since: report.resume_since });
 
   // The key outlives a reload of the tab: no second question.
   const reloadedAt = requests.length;

@@ -223,6 +223,11 @@ async fn the_dashboard_asks_for_an_api_key_once_and_goes_live_over_the_websocket
     assert_eq!(report["price_after_stats"], "123,457", "a stats frame updates the table");
     assert_eq!(report["close_after_stats"], "123456.7", "a stats frame moves the newest candle");
     assert!(report["resync_after_gap"].as_str().is_some(), "a seq gap makes the page re-read /v1/tokens");
+    assert_eq!(
+        report["resume_since"],
+        serde_json::json!({"epoch": "e1", "offset": "2-0-2"}),
+        "after a reconnect the page resumes from the last swap it saw"
+    );
     // The browser logs each 401 answer the page got before it had the key.
     let refused = |entry: &Value| entry["text"].as_str().unwrap_or_default().contains("status of 401");
     let errors = console_errors(&report, refused);

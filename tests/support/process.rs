@@ -58,6 +58,24 @@ pub fn wait_for_port(log: &Path, timeout: Duration) -> u16 {
     }
 }
 
+/// Open files for this process and its children: 65,536 when allowed (as
+/// root), else the hard limit. A WebSocket session takes one in the server
+/// and one in the client.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain getrlimit/setrlimit on this process; children inherit it.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        let wanted = libc::rlimit { rlim_cur: 65_536, rlim_max: limit.rlim_max.max(65_536) };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+            return wanted.rlim_cur;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    limit.rlim_cur
+}
+
 /// The service's binary, as cargo built it for this test or bench.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_swapstream"))

@@ -61,6 +61,23 @@ async fn resume(port: u16, at: &Position, received: &mut Received) -> Client {
     client
 }
 
+/// Waits until the channel's history holds swaps after `at`, so that the
+/// client has something to resume.
+async fn moved_on(names: &Names, at: &Position) {
+    let store = RedisStore::connect(&names.settings(&[]).redis, 100).await.unwrap();
+    let key = AggKey::parse("token:ETH").unwrap();
+    let epoch = at.epoch.as_str().unwrap().to_owned();
+    let offset = at.offset.as_str().unwrap().parse().unwrap();
+    eventually("the history moves on past the client's position", Duration::from_secs(60), || {
+        let (store, key, epoch) = (&store, &key, &epoch);
+        async move {
+            let replay = store.history(key, Some((epoch, offset))).await.unwrap();
+            replay.missed.is_ok_and(|missed| !missed.is_empty())
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_resume_after_their_instance_restarts_and_on_another_instance_missing_nothing() {
     let brokers = require_broker();
@@ -89,6 +106,8 @@ async fn clients_resume_after_their_instance_restarts_and_on_another_instance_mi
     // from their checkpoint by the other one) and comes back.
     a.kill9().await;
     let (mut a2, port_a2) = start_consumer(&names, &consumer_vars(&names, &brokers, "a2"), "a2").await;
+    moved_on(&names, &at_first).await;
+    moved_on(&names, &at_second).await;
     let mut first_again = resume(port_a2, &at_first, &mut first).await.drain();
     // The second client was on `b`, which is still up: it resumes on `a2`.
     let mut second_again = resume(port_a2, &at_second, &mut second).await.drain();
