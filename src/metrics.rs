@@ -97,6 +97,7 @@ pub struct Metrics {
     pub ws_refused: IntCounterVec,
     pub ws_pubsub_resumed: IntCounter,
     pub ws_resumes: IntCounterVec,
+    pub ws_pubsub_recovered: IntCounter,
     pub swap_feed_dropped: IntCounter,
     pub ws_gaps: IntCounter,
     pub ws_handoffs: IntCounter,
@@ -247,13 +248,18 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         )),
         ws_pubsub_resumed: c.add(register_int_counter_with_registry!(
             "ws_pubsub_resumed_total",
-            "Redis pub/sub connections re-established after a loss (clients are shown a seq gap)",
+            "Redis pub/sub connections re-established after a loss (each channel reads back its history; a gap only where it cannot)",
             r
         )),
         ws_resumes: c.add(register_int_counter_vec_with_registry!(
             "ws_resumes_total",
             "WebSocket subscriptions that asked to resume from a position, by outcome (recovered, or why not)",
             &["outcome"],
+            r
+        )),
+        ws_pubsub_recovered: c.add(register_int_counter_with_registry!(
+            "ws_pubsub_recovered_total",
+            "History entries read back after a Redis pub/sub loss instead of showing clients a gap",
             r
         )),
         swap_feed_dropped: c.add(register_int_counter_with_registry!(

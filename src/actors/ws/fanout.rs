@@ -36,7 +36,15 @@ pub(super) struct Update<'a> {
 #[derive(Default)]
 pub(super) struct Cursor {
     epoch: Option<String>,
+    /// The newest entry handed on, with its count of swaps.
     last: Offset,
+}
+
+impl<'a> Update<'a> {
+    /// A history entry read back, as it was published.
+    pub(super) fn from_history(key: &'a str, epoch: &'a str, id: String, swaps: Vec<&'a RawValue>, gap: bool) -> Self {
+        Update { key: Cow::Borrowed(key), swaps, gap, epoch: Some(Cow::Borrowed(epoch)), id: Some(Cow::Owned(id)) }
+    }
 }
 
 impl Cursor {
@@ -53,14 +61,20 @@ impl Cursor {
         if self.epoch.as_deref() != Some(epoch) {
             lost |= self.epoch.is_some();
             self.epoch = Some(epoch.to_string());
-        } else if entry <= self.last {
+        } else if entry <= (Offset { count: 0, ..self.last }) {
             return false;
         }
-        self.last = entry;
+        self.last = Offset { count: update.swaps.len() as u32, ..entry };
         for (n, raw) in (1..).zip(&update.swaps) {
             frames.push(FrameBody::swap(raw.get().into(), Offset { count: n, ..entry }));
         }
         lost
+    }
+
+    /// The epoch and the position after the newest entry handed on, once
+    /// there was one.
+    pub(super) fn position(&self) -> Option<(&str, Offset)> {
+        Some((self.epoch.as_deref()?, self.last))
     }
 }
 
@@ -200,5 +214,9 @@ mod tests {
         assert_eq!(advance(update("e2", "1-0", false)), (true, vec!["1-0-1".into(), "1-0-2".into()]), "a new epoch");
         // A stats announcement has no entry.
         assert_eq!(advance(r#"{"key":"token:ETH","swaps":[]}"#.into()), (false, vec![]));
+        assert_eq!(
+            cursor.position().map(|(e, at)| (e.to_owned(), at.to_string())),
+            Some(("e2".into(), "1-0-2".into()))
+        );
     }
 }

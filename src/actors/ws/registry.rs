@@ -43,6 +43,7 @@ use actix::prelude::*;
 // Looked up for every frame and handoff, by our own ids and validated channel
 // names: foldhash (seeded per process) rather than SipHash.
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use futures::StreamExt as _;
 use slog::{info, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
 
@@ -55,7 +56,7 @@ use crate::domain::partial::AggKey;
 use crate::metrics::METRICS;
 use crate::read::Live;
 use crate::storage::presence::{InstanceCounts, Presence};
-use crate::storage::redis::RedisStore;
+use crate::storage::redis::{RedisStore, Replay};
 
 /// Time a session gets to send its close frame before its connection is reset.
 const CLOSE_GRACE: Duration = Duration::from_millis(250);
@@ -86,6 +87,9 @@ pub struct Subscribe {
     pub id: u64,
     pub channels: Vec<AggKey>,
 }
+
+/// Channels whose history one registry reads back at once after a pub/sub loss.
+const RECOVERY_READS: usize = 16;
 
 /// Longest wait for Redis to confirm a pub/sub subscription.
 const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(5);
@@ -122,6 +126,9 @@ struct Channel {
     /// Resolves when Redis confirmed the pub/sub subscription.
     confirmed: Confirmed,
     cursor: Cursor,
+    /// While its history is read back after a pub/sub loss: the updates
+    /// that came meanwhile, in order.
+    recovering: Option<Vec<Vec<u8>>>,
     /// Changed since its last `stats` frame.
     dirty: bool,
     /// New swap frames waiting for the next handoff, in order.
@@ -235,9 +242,9 @@ impl SessionRegistry {
     /// New swap frames go to their channels' buffers, each swap state once;
     /// then to the sessions, at once or at the next handoff (see
     /// [`Self::coalescing`]).
-    fn on_published(&mut self, payloads: &[Vec<u8>], ctx: &mut Context<Self>) {
+    fn on_published(&mut self, payloads: Vec<Vec<u8>>, ctx: &mut Context<Self>) {
         for payload in payloads {
-            let update: Update = match serde_json::from_slice(payload) {
+            let update: Update = match serde_json::from_slice(&payload) {
                 Ok(update) => update,
                 Err(e) => {
                     warn!(self.log, "unreadable update message"; "error" => %e);
@@ -246,21 +253,105 @@ impl SessionRegistry {
             };
             let Some(key) = AggKey::parse(&update.key) else { continue };
             let Some(channel) = self.channels.get_mut(&key) else { continue };
-            channel.dirty = true;
-            let mut frames = Vec::new();
-            if channel.cursor.advance(&update, &mut frames) {
-                // The gap comes after the frames before it.
+            if channel.recovering.is_some() {
+                // Its history is being read: this update waits for it.
+                drop(update);
+                channel.recovering.get_or_insert_default().push(payload);
+                continue;
+            }
+            self.take_update(key, &update);
+        }
+        self.schedule_flush(ctx);
+    }
+
+    /// Buffers the new frames of `update` for the channel `key`, after
+    /// telling its subscribers of states lost before them.
+    fn take_update(&mut self, key: AggKey, update: &Update) {
+        let Some(channel) = self.channels.get_mut(&key) else { return };
+        channel.dirty = true;
+        let mut frames = Vec::new();
+        if channel.cursor.advance(update, &mut frames) {
+            // The gap comes after the frames before it.
+            self.flush_channel(&key);
+            self.tell_gap(&key);
+        }
+        let Some(channel) = self.channels.get_mut(&key) else { return };
+        let was_empty = channel.buffered.is_empty();
+        channel.buffered.extend(frames);
+        if was_empty && !channel.buffered.is_empty() {
+            self.to_flush.push(key);
+        }
+    }
+
+    /// The pub/sub connection is back after a loss: each channel reads back
+    /// from its history what was published meanwhile, holding the updates
+    /// that come in the meantime. A channel whose history cannot tell
+    /// (nothing handed on yet, or the history lost) skips a `seq`.
+    fn recover(&mut self, ctx: &mut Context<Self>) {
+        let mut reads = Vec::new();
+        let mut unknown = Vec::new();
+        for (key, channel) in &mut self.channels {
+            match channel.cursor.position() {
+                Some((epoch, at)) => {
+                    channel.recovering.get_or_insert_default();
+                    reads.push((key.clone(), epoch.to_owned(), at));
+                }
+                None => unknown.push(key.clone()),
+            }
+        }
+        for key in unknown {
+            self.tell_gap(&key);
+        }
+        let redis = self.redis.clone();
+        let fetch = futures::stream::iter(reads)
+            .map(move |(key, epoch, at)| {
+                let redis = redis.clone();
+                async move {
+                    let replay = redis.history(&key, Some((&epoch, at))).await;
+                    (key, replay)
+                }
+            })
+            .buffer_unordered(RECOVERY_READS)
+            .collect::<Vec<_>>();
+        ctx.spawn(fetch.into_actor(self).map(|replays, act, ctx| {
+            for (key, replay) in replays {
+                act.recovered(key, replay);
+            }
+            act.schedule_flush(ctx);
+        }));
+    }
+
+    /// `key`'s history since the pub/sub loss is read: its entries go out
+    /// as they would have, then the updates held meanwhile.
+    fn recovered(&mut self, key: AggKey, replay: anyhow::Result<Replay>) {
+        let Some(channel) = self.channels.get_mut(&key) else { return };
+        let held = channel.recovering.take().unwrap_or_default();
+        match replay {
+            Ok(Replay { epoch, missed: Ok(entries), .. }) => {
+                let name = key.to_string();
+                for entry in &entries {
+                    let Ok(swaps) = serde_json::from_str(&entry.swaps) else { continue };
+                    let id = format!("{}-{}", entry.at.ms, entry.at.seq);
+                    self.take_update(key.clone(), &Update::from_history(&name, &epoch, id, swaps, entry.gap));
+                }
+                METRICS.ws_pubsub_recovered.inc_by(entries.len() as u64);
+            }
+            Ok(Replay { missed: Err(lost), .. }) => {
+                warn!(self.log, "updates lost with the pub/sub connection"; "channel" => %key, "why" => lost.reason());
                 self.flush_channel(&key);
                 self.tell_gap(&key);
             }
-            let Some(channel) = self.channels.get_mut(&key) else { continue };
-            let was_empty = channel.buffered.is_empty();
-            channel.buffered.extend(frames);
-            if was_empty && !channel.buffered.is_empty() {
-                self.to_flush.push(key);
+            Err(e) => {
+                warn!(self.log, "cannot read back updates lost with the pub/sub connection";
+                    "channel" => %key, "error" => format!("{e:#}"));
+                self.flush_channel(&key);
+                self.tell_gap(&key);
             }
         }
-        self.schedule_flush(ctx);
+        for payload in held {
+            let Ok(update) = serde_json::from_slice::<Update>(&payload) else { continue };
+            self.take_update(key.clone(), &update);
+        }
     }
 
     /// Hands the buffered frames on now if the handoff budget allows it,
@@ -470,6 +561,7 @@ impl Handler<Subscribe> for SessionRegistry {
                     subscribers: HashSet::new(),
                     confirmed: futures::FutureExt::shared(confirmed),
                     cursor: Cursor::default(),
+                    recovering: None,
                     dirty: false,
                     buffered: Vec::new(),
                 }
@@ -508,15 +600,13 @@ impl Handler<Published> for SessionRegistry {
             match item {
                 Incoming::Update(payload) => updates.push(payload),
                 Incoming::Resumed => {
-                    self.on_published(&std::mem::take(&mut updates), ctx);
+                    self.on_published(std::mem::take(&mut updates), ctx);
                     METRICS.ws_pubsub_resumed.inc();
-                    for session in self.sessions.values() {
-                        session.conn.gap(None);
-                    }
+                    self.recover(ctx);
                 }
             }
         }
-        self.on_published(&updates, ctx);
+        self.on_published(updates, ctx);
     }
 }
 

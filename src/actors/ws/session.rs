@@ -15,8 +15,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web_actors::ws;
@@ -32,7 +32,7 @@ use crate::config::WsSettings;
 use crate::domain::partial::AggKey;
 use crate::metrics::METRICS;
 use crate::read::{Live, ReadError};
-use crate::storage::redis::{HistoryEntry, Offset, Replay};
+use crate::storage::redis::{HistoryEntry, Offset, RedisStore, Replay};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -45,7 +45,7 @@ enum ChannelState {
 
 /// Where a resuming client was in a channel: the history's epoch and its
 /// offset there.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Since {
     epoch: String,
     offset: Offset,
@@ -146,17 +146,37 @@ pub struct SessionCommon {
     pub snapshots: Snapshots,
 }
 
-/// A channel's snapshot as it is read, shared by every session that
-/// subscribes to the channel while the read is in flight: a reconnect storm
+/// A channel's snapshot and history as they are read, shared by the
+/// sessions that subscribe while a read is in flight: a reconnect storm
 /// subscribes thousands of clients to the same few channels at once, and a
-/// read each (dozens of Redis round trips for a day of candles) took longer
-/// than the snapshot's deadline for most of them.
-#[derive(Clone, Default)]
+/// read each (dozens of Redis round trips for a day of candles, hundreds of
+/// kilobytes of history) took longer than the deadline for most of them.
+/// History reads in flight are also bounded, so that many different
+/// positions queue for Redis instead of all timing out together.
+#[derive(Clone)]
 pub struct Snapshots {
-    in_flight: Arc<std::sync::Mutex<HashMap<AggKey, SharedSnapshot>>>,
+    in_flight: Arc<Mutex<HashMap<AggKey, SharedSnapshot>>>,
+    /// Per channel and position: when the read was begun, and the read.
+    histories: Arc<Mutex<HashMap<HistoryRead, (Instant, SharedHistory)>>>,
+    history_reads: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Snapshots {
+    fn default() -> Snapshots {
+        Snapshots {
+            in_flight: Arc::default(),
+            histories: Arc::default(),
+            history_reads: Arc::new(tokio::sync::Semaphore::new(HISTORY_READS)),
+        }
+    }
 }
 
 type SharedSnapshot = futures::future::Shared<futures::future::BoxFuture<'static, Result<Arc<Value>, SnapshotError>>>;
+type HistoryRead = (AggKey, Option<Since>);
+type SharedHistory = futures::future::Shared<futures::future::BoxFuture<'static, Result<Arc<Replay>, String>>>;
+
+/// History reads one process has in flight at most.
+const HISTORY_READS: usize = 16;
 
 /// Why a channel has no snapshot: its error frame's code and message.
 #[derive(Clone, Debug)]
@@ -170,7 +190,8 @@ impl Snapshots {
     pub fn read(&self, live: &Live, key: &AggKey) -> SharedSnapshot {
         use futures::FutureExt as _;
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(read) = in_flight.get(key).filter(|read| read.peek().is_none()) {
+        in_flight.retain(|_, read| read.peek().is_none());
+        if let Some(read) = in_flight.get(key) {
             return read.clone();
         }
         let (live, owned) = (live.clone(), key.clone());
@@ -191,6 +212,30 @@ impl Snapshots {
         in_flight.insert(key.clone(), read.clone());
         read
     }
+
+    /// `key`'s history after `since` from a read in flight that was begun
+    /// at or after `confirmed`, the moment this session's live updates
+    /// began (an earlier read would miss what came in between), or a new
+    /// one.
+    fn history(&self, redis: &RedisStore, key: &AggKey, since: Option<Since>, confirmed: Instant) -> SharedHistory {
+        use futures::FutureExt as _;
+        let mut in_flight = self.histories.lock().unwrap_or_else(|e| e.into_inner());
+        in_flight.retain(|_, (_, read)| read.peek().is_none());
+        let id = (key.clone(), since);
+        if let Some((_, read)) = in_flight.get(&id).filter(|(begun, _)| *begun >= confirmed) {
+            return read.clone();
+        }
+        let (redis, owned, since, permits) = (redis.clone(), key.clone(), id.1.clone(), self.history_reads.clone());
+        let read = async move {
+            let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
+            let since = since.as_ref().map(|s| (s.epoch.as_str(), s.offset));
+            redis.history(&owned, since).await.map(Arc::new).map_err(|e| format!("{e:#}"))
+        }
+        .boxed()
+        .shared();
+        in_flight.insert(id, (Instant::now(), read.clone()));
+        read
+    }
 }
 
 /// The error code of a channel with no swap seen (REST answers 404).
@@ -198,6 +243,10 @@ const UNKNOWN_CHANNEL: &str = "unknown_channel";
 
 /// Longest wait for a channel's snapshot before the subscription is refused.
 const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Longest wait for a channel's history (queued behind other reads
+/// included) before the subscription is refused.
+const HISTORY_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct WsSession {
     id: u64,
@@ -356,36 +405,42 @@ impl WsSession {
         let subscribe = Subscribe { id: self.id, channels: added.iter().map(|(key, _)| key.clone()).collect() };
         let subscribed = self.common.registry.send(subscribe);
         ctx.spawn(subscribed.into_actor(self).map(move |confirmed, act, ctx| {
+            let confirmed = confirmed.unwrap_or(false).then(Instant::now);
             for (key, generation) in added {
-                act.read_snapshot(key, generation, confirmed.unwrap_or(false), ctx);
+                act.read_snapshot(key, generation, confirmed, ctx);
             }
         }));
     }
 
     /// Reads `key`'s snapshot and history (what the client missed, when it
     /// resumes), then answers the subscription.
-    fn read_snapshot(&mut self, key: AggKey, generation: u64, confirmed: bool, ctx: &mut ws::WebsocketContext<Self>) {
+    /// `confirmed`: when the registry said the live updates reach this
+    /// session (`None`: they do not).
+    fn read_snapshot(
+        &mut self,
+        key: AggKey,
+        generation: u64,
+        confirmed: Option<Instant>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
         let since = match self.channels.get(&key) {
             Some(ChannelState::Waiting { generation: g, since, .. }) if *g == generation => since.clone(),
             _ => return, // unsubscribed meanwhile
         };
-        if !confirmed {
+        let Some(confirmed_at) = confirmed else {
             let error = SnapshotError {
                 code: "unavailable",
                 message: format!("no live updates for {key}, not subscribed: Redis did not confirm the subscription")
                     .into(),
             };
             return self.on_snapshot(key, generation, Err(error.clone()), Err(error), ctx);
-        }
+        };
         let snapshot = self.common.snapshots.read(&self.common.live, &key);
-        let redis = self.common.live.redis().clone();
-        let owned = key.clone();
+        let read = self.common.snapshots.history(self.common.live.redis(), &key, since, confirmed_at);
         let history = async move {
-            let since = since.as_ref().map(|s| (s.epoch.as_str(), s.offset));
-            match tokio::time::timeout(SNAPSHOT_DEADLINE, redis.history(&owned, since)).await {
-                Ok(Ok(replay)) => Ok(replay),
-                Ok(Err(e)) => Err(format!("{e:#}")),
-                Err(_) => Err(format!("no answer within {SNAPSHOT_DEADLINE:?}")),
+            match tokio::time::timeout(HISTORY_DEADLINE, read).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("no answer within {HISTORY_DEADLINE:?}")),
             }
         };
         let read = futures::future::join(snapshot, history);
@@ -403,7 +458,7 @@ impl WsSession {
         key: AggKey,
         generation: u64,
         snapshot: Result<Arc<Value>, SnapshotError>,
-        history: Result<Replay, SnapshotError>,
+        history: Result<Arc<Replay>, SnapshotError>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
         let (id, known_only, since) = match self.channels.get_mut(&key) {
@@ -445,7 +500,7 @@ impl WsSession {
         // still has them: they follow from seq 1, then the live ones.
         let mut replayed = Vec::new();
         if let Some(since) = since {
-            match replay.missed {
+            match &replay.missed {
                 Ok(entries) => {
                     let (frames, swaps) = replay_frames(entries);
                     replayed = frames;
@@ -578,7 +633,7 @@ impl WsSession {
 }
 
 /// A history's entries as the frames they make, and how many swaps.
-fn replay_frames(entries: Vec<HistoryEntry>) -> (Vec<Replayed>, u64) {
+fn replay_frames(entries: &[HistoryEntry]) -> (Vec<Replayed>, u64) {
     let mut replayed = Vec::with_capacity(entries.len());
     let mut swaps = 0;
     for entry in entries {

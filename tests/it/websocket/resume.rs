@@ -1,7 +1,8 @@
 //! Resume: a client that reconnects, to its instance restarted or to
 //! another one, and subscribes with the position it had gets every swap
 //! frame it missed, in order, then the live ones, none twice; a position
-//! the history no longer holds is told so.
+//! the history no longer holds is told so. An instance that loses its
+//! pub/sub connection reads back what it missed the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -251,5 +252,47 @@ async fn the_history_replays_what_was_missed_and_says_when_it_cannot() {
     let (_client, subscribed) = subscribe_since(port, json!({"token:ETH": {"epoch": epoch, "offset": head}})).await;
     assert_eq!((&subscribed["recovered"], &subscribed["reason"]), (&json!(false), &json!("epoch_changed")));
     assert_ne!(subscribed["epoch"], epoch);
+    assert!(api.terminate(Duration::from_secs(10)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn updates_lost_with_the_pubsub_connection_are_read_back_without_a_gap() {
+    let names = Names::new("it-ws-pubsub-loss");
+    let redis = helpers::OwnRedis::start().await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let vars = [
+        ("SWAPSTREAM_POSTGRES_SCHEMA", names.schema.clone()),
+        ("SWAPSTREAM_REDIS_KEY_PREFIX", names.redis_prefix.clone()),
+        ("SWAPSTREAM_REDIS_URL", url.clone()),
+        ("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+        ("SWAPSTREAM_LOG_FORMAT", "json".to_owned()),
+    ];
+    let mut api = Child::spawn(&format!("{}api", names.topic_prefix), &["api"], &vars);
+    let port = helpers::logged_port(&api).await;
+    let settings = names.settings(&[("SWAPSTREAM_REDIS_URL", &url)]);
+    let feed = RedisStore::connect(&settings.redis, 100).await.unwrap();
+    let mut client = Client::connect(port).await;
+    client.subscribe(&["token:ETH"]).await;
+    feed.publish_swaps(&[update(&[1], false)]).await.unwrap();
+    let first = client.frame(Duration::from_secs(10)).await;
+    assert_eq!((first["seq"].as_u64(), numbered(&first).0), (Some(1), 1));
+
+    // Every pub/sub connection is cut; 2 is published before the registry
+    // is back (it waits a moment before reconnecting), so only the history
+    // has it.
+    let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut conn).await.unwrap();
+    feed.publish_swaps(&[update(&[2], false)]).await.unwrap();
+    eventually("the pub/sub connection is back", Duration::from_secs(15), || async move {
+        super::metric(port, "swapstream_ws_pubsub_resumed_total ").await >= 1.0
+    })
+    .await;
+    feed.publish_swaps(&[update(&[3], false)]).await.unwrap();
+    for (seq, n) in [(2, 2), (3, 3)] {
+        let frame = client.frame(Duration::from_secs(10)).await;
+        assert_eq!((frame["seq"].as_u64(), numbered(&frame).0), (Some(seq), n), "no gap, none twice: {frame}");
+    }
+    assert!(super::metric(port, "swapstream_ws_pubsub_recovered_total ").await >= 1.0, "2 came from the history");
+    assert!(matches!(client.read(Duration::from_millis(300)).await, Got::Timeout), "nothing more");
     assert!(api.terminate(Duration::from_secs(10)).await.success());
 }
