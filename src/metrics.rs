@@ -353,7 +353,7 @@ const EVICTION_REASONS: &[&str] = &["total_bytes", "write_deadline", "ping_timeo
 /// Values of `swapstream_http_rejected_total{reason}`.
 const REJECT_REASONS: &[&str] = &["unauthorized", "forbidden", "origin_not_allowed", "rate_limited", "too_large"];
 /// Values of `swapstream_ws_frames_sent_total{type}`.
-const FRAME_TYPES: &[&str] = &["subscribed", "swap", "stats", "skipped"];
+const FRAME_TYPES: &[&str] = &["subscribed", "swap", "stats", "candle", "skipped"];
 
 fn process_registry() -> Registry {
     let registry = Registry::new();

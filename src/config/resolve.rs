@@ -159,6 +159,7 @@ impl Settings {
             max_frame_bytes: ws.ws_max_frame_bytes as usize,
             max_conns_per_ip: ws.ws_max_conns_per_ip as usize,
             max_bad_frames: ws.ws_max_bad_frames as u32,
+            lateness: consumer.lateness,
             history: WsHistory { size: ws.ws_history_size as usize, max_age: Duration::from_secs(ws.ws_history_secs) },
             presence_heartbeat: Duration::from_secs(ws.ws_presence_heartbeat_secs),
             presence_ttl: Duration::from_secs(ws.ws_presence_ttl_secs),

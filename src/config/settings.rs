@@ -162,6 +162,9 @@ pub struct WsSettings {
     pub max_conns_per_ip: usize,
     pub max_bad_frames: u32,
     pub history: WsHistory,
+    /// The consumer's lateness bound: how far back candle channels watch
+    /// for late swaps.
+    pub lateness: Duration,
     pub presence_heartbeat: Duration,
     pub presence_ttl: Duration,
 }

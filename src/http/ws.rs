@@ -222,8 +222,7 @@ mod tests {
     use futures::stream;
 
     use super::*;
-    use crate::actors::ws::protocol::{FrameBody, Handoff};
-    use crate::domain::partial::AggKey;
+    use crate::actors::ws::protocol::{parse_channel, ChannelKey, FrameBody, Handoff};
     use crate::storage::redis::Offset;
 
     struct CountingWaker(AtomicUsize);
@@ -234,7 +233,7 @@ mod tests {
         }
     }
 
-    fn swaps(key: &AggKey, count: usize) -> Arc<Handoff> {
+    fn swaps(key: &ChannelKey, count: usize) -> Arc<Handoff> {
         let frames = (0..count)
             .map(|n| FrameBody::swap(format!(r#"{{"n":{n}}}"#).into(), Offset { ms: n as u64, seq: 0, count: 1 }))
             .collect();
@@ -243,7 +242,7 @@ mod tests {
 
     #[test]
     fn the_writer_yields_the_sessions_frames_first_then_the_queue_and_counts_what_is_pulled() {
-        let key = AggKey::parse("token:ETH").expect("a channel");
+        let key = parse_channel("token:ETH").expect("a channel");
         let conn = Arc::new(ConnShared::new(None, String::new(), 1 << 20));
         conn.open(&key);
         conn.push(swaps(&key, 3));

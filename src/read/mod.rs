@@ -296,6 +296,32 @@ impl Live {
     }
 }
 
+impl Live {
+    /// The candles of `interval` that may still change (from the bucket
+    /// `lateness` ago on), from the shared stores as [`Self::shared_stats`]:
+    /// a candle channel's frames. Each is REST's candle object with
+    /// `closed` (its time is over; a late swap may still revise it).
+    pub async fn shared_candles(
+        &self,
+        key: &AggKey,
+        interval: Interval,
+        lateness: std::time::Duration,
+    ) -> Result<Vec<(i64, Arc<str>)>, ReadError> {
+        let now = Utc::now().timestamp();
+        let from = (now - lateness.as_secs() as i64).div_euclid(interval.seconds()) * interval.seconds();
+        let merged = self.merged_from_stores(key, &[interval], from).await?;
+        Ok(merged
+            .candles(interval, from, i64::MAX, usize::MAX)
+            .into_iter()
+            .map(|candle| {
+                let mut json = serde_json::to_value(&candle).expect("JSON");
+                json["closed"] = (candle.t + interval.seconds() <= now).into();
+                (candle.t, json.to_string().into())
+            })
+            .collect())
+    }
+}
+
 /// The stats object of a token or pair with no swap seen: all zeros.
 pub fn unseen_stats(key: &AggKey) -> serde_json::Value {
     stats::stats_json(key, &Merged::default(), Utc::now())

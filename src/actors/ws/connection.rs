@@ -14,8 +14,7 @@ use futures::task::AtomicWaker;
 use prometheus::IntCounter;
 
 use super::outbound::{OutQueue, Pushed, Replayed, Taken};
-use super::protocol::Handoff;
-use crate::domain::partial::AggKey;
+use super::protocol::{ChannelKey, Handoff};
 use crate::metrics::METRICS;
 use crate::storage::redis::Offset;
 
@@ -118,26 +117,26 @@ impl ConnShared {
     }
 
     /// Updates of `only` (or of every channel) were lost.
-    pub fn gap(&self, only: Option<&AggKey>) {
+    pub fn gap(&self, only: Option<&ChannelKey>) {
         self.with_queue(|queue| queue.gap(only));
         self.writer.wake();
     }
 
     /// The session subscribed to `key`: its frames are taken and held.
-    pub fn open(&self, key: &AggKey) {
+    pub fn open(&self, key: &ChannelKey) {
         self.with_queue(|queue| queue.open(key.clone(), key.to_string().into()));
     }
 
     /// `key`'s subscribed frame (seq 0, with `snapshot`) is written: its
     /// frames follow, the `replay` first, then the queued ones after `floor`.
-    pub fn start(&self, key: &AggKey, snapshot: Arc<str>, floor: Offset, replay: Vec<Replayed>) -> Pushed {
+    pub fn start(&self, key: &ChannelKey, snapshot: Arc<str>, floor: Offset, replay: Vec<Replayed>) -> Pushed {
         let pushed = self.with_queue(|queue| queue.start(key, snapshot, floor, replay));
         self.writer.wake();
         pushed
     }
 
     /// The session left `key`: what waits for it goes.
-    pub fn remove(&self, key: &AggKey) {
+    pub fn remove(&self, key: &ChannelKey) {
         self.with_queue(|queue| queue.remove(key));
     }
 
@@ -198,12 +197,14 @@ struct FramesSent {
     swap: IntCounter,
     stats: IntCounter,
     skipped: IntCounter,
+    candle: IntCounter,
 }
 
 static FRAMES_SENT: LazyLock<FramesSent> = LazyLock::new(|| FramesSent {
     swap: METRICS.ws_frames_sent.with_label_values(&["swap"]),
     stats: METRICS.ws_frames_sent.with_label_values(&["stats"]),
     skipped: METRICS.ws_frames_sent.with_label_values(&["skipped"]),
+    candle: METRICS.ws_frames_sent.with_label_values(&["candle"]),
 });
 
 /// Counts what a writer took from its queue.
@@ -211,4 +212,5 @@ pub fn count_sent(taken: &Taken) {
     FRAMES_SENT.swap.inc_by(taken.swaps);
     FRAMES_SENT.stats.inc_by(taken.stats);
     FRAMES_SENT.skipped.inc_by(taken.skipped);
+    FRAMES_SENT.candle.inc_by(taken.candles);
 }

@@ -24,8 +24,7 @@ use std::sync::Arc;
 use actix_web::web::BytesMut;
 use foldhash::{HashMap, HashMapExt};
 
-use super::protocol::{channel_frame, channel_frame_len, frame_len, FrameBody, FrameKind, Handoff};
-use crate::domain::partial::AggKey;
+use super::protocol::{channel_frame, channel_frame_len, frame_len, ChannelKey, FrameBody, FrameKind, Handoff};
 use crate::storage::redis::Offset;
 
 /// What a connection's writer took from its queue in one go.
@@ -37,6 +36,7 @@ pub struct Taken {
     pub estimate: i64,
     pub swaps: u64,
     pub stats: u64,
+    pub candles: u64,
     pub skipped: u64,
 }
 
@@ -56,9 +56,9 @@ pub struct Pushed {
 pub struct OutQueue {
     /// Bytes (estimated) past which the backlog is conflated.
     cap: i64,
-    channels: HashMap<AggKey, ChannelOut>,
+    channels: HashMap<ChannelKey, ChannelOut>,
     /// Live channels with something queued, taken from in turn.
-    ready: VecDeque<AggKey>,
+    ready: VecDeque<ChannelKey>,
     bytes: i64,
     closed: bool,
 }
@@ -188,7 +188,7 @@ impl Entry {
 
 impl ChannelOut {
     /// Drops the queued swap frames at or before `floor`.
-    fn drop_covered(&mut self, key: &AggKey, floor: Offset) {
+    fn drop_covered(&mut self, key: &ChannelKey, floor: Offset) {
         for entry in &mut self.entries {
             let Entry::Frames { handoff, next } = entry else { continue };
             let newer = |frame: &&FrameBody| frame.offset.is_none_or(|offset| offset > floor);
@@ -227,6 +227,7 @@ impl ChannelOut {
                         match frame.kind {
                             FrameKind::Swap => new_swaps += 1,
                             FrameKind::Stats => skipped.stats = Some(frame.json.clone()),
+                            FrameKind::Candle => {}
                         }
                         skipped.offset = skipped.offset.max(frame.offset);
                     }
@@ -261,7 +262,7 @@ impl OutQueue {
     }
 
     /// Starts taking frames of `key`; they wait until [`Self::start`].
-    pub fn open(&mut self, key: AggKey, name: Arc<str>) {
+    pub fn open(&mut self, key: ChannelKey, name: Arc<str>) {
         if self.closed {
             return;
         }
@@ -279,7 +280,7 @@ impl OutQueue {
     /// channel's frames follow from seq 1, the `replay` of what the client
     /// missed first, then the frames queued meanwhile that come after
     /// `floor` (the replay and the snapshot's position cover the others).
-    pub fn start(&mut self, key: &AggKey, snapshot: Arc<str>, floor: Offset, replay: Vec<Replayed>) -> Pushed {
+    pub fn start(&mut self, key: &ChannelKey, snapshot: Arc<str>, floor: Offset, replay: Vec<Replayed>) -> Pushed {
         let mut pushed = Pushed::default();
         let Some(channel) = self.channels.get_mut(key) else { return pushed };
         let before = channel.bytes;
@@ -311,7 +312,7 @@ impl OutQueue {
     }
 
     /// Forgets `key` and what waits for it; returns the change of bytes.
-    pub fn remove(&mut self, key: &AggKey) -> i64 {
+    pub fn remove(&mut self, key: &ChannelKey) -> i64 {
         let Some(channel) = self.channels.remove(key) else { return 0 };
         if channel.in_ready {
             self.ready.retain(|k| k != key);
@@ -357,7 +358,7 @@ impl OutQueue {
 
     /// Updates of `only` (or of every channel) were lost: each skips a `seq`
     /// after what is queued now.
-    pub fn gap(&mut self, only: Option<&AggKey>) {
+    pub fn gap(&mut self, only: Option<&ChannelKey>) {
         for (key, channel) in &mut self.channels {
             if only.is_some_and(|only| only != key) {
                 continue;
@@ -375,7 +376,7 @@ impl OutQueue {
     /// be dropped). Returns the change of bytes, the channels conflated and
     /// the swap frames dropped.
     fn conflate(&mut self) -> (i64, u64, u64) {
-        let mut by_size: Vec<(i64, AggKey)> =
+        let mut by_size: Vec<(i64, ChannelKey)> =
             self.channels.iter().filter(|(_, c)| c.bytes > 0).map(|(k, c)| (c.bytes, k.clone())).collect();
         by_size.sort_unstable_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
         let (mut change, mut conflations, mut swaps) = (0, 0, 0);
@@ -425,6 +426,7 @@ impl OutQueue {
                                 taken.stats += 1;
                                 channel.stats = Some(frame.json.clone());
                             }
+                            FrameKind::Candle => taken.candles += 1,
                         }
                         estimate += frame_estimate(&channel.name, frame);
                         *next += 1;
@@ -479,8 +481,8 @@ mod tests {
 
     use super::*;
 
-    fn key(name: &str) -> AggKey {
-        AggKey::parse(name).expect("a channel")
+    fn key(name: &str) -> ChannelKey {
+        crate::actors::ws::protocol::parse_channel(name).expect("a channel")
     }
 
     fn swap(n: u32) -> FrameBody {

@@ -3,11 +3,13 @@
 //! by plain copies, once per frame and subscriber), their sizes on the wire,
 //! the handoffs that carry them to subscribers, and channel names.
 
+use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
 
+use crate::domain::aggregate::Interval;
 use crate::domain::partial::AggKey;
 use crate::storage::redis::Offset;
 
@@ -32,6 +34,7 @@ pub fn frame_len(payload: usize) -> i64 {
 pub enum FrameKind {
     Swap,
     Stats,
+    Candle,
 }
 
 impl FrameKind {
@@ -39,6 +42,7 @@ impl FrameKind {
         match self {
             FrameKind::Swap => "swap",
             FrameKind::Stats => "stats",
+            FrameKind::Candle => "candle",
         }
     }
 }
@@ -58,6 +62,10 @@ impl FrameBody {
 
     pub fn stats(json: Arc<str>) -> FrameBody {
         FrameBody { kind: FrameKind::Stats, json, offset: None }
+    }
+
+    pub fn candle(json: Arc<str>) -> FrameBody {
+        FrameBody { kind: FrameKind::Candle, json, offset: None }
     }
 }
 
@@ -97,14 +105,14 @@ pub fn queued_frame_bytes() -> i64 {
 /// subscriber (one allocation shared by all).
 #[derive(Debug)]
 pub struct Handoff {
-    pub key: AggKey,
+    pub key: ChannelKey,
     pub frames: Vec<FrameBody>,
     /// The bytes the frames take on the wire, with a one-digit `seq`.
     pub estimate: i64,
 }
 
 impl Handoff {
-    pub fn new(key: AggKey, channel: &str, frames: Vec<FrameBody>) -> Handoff {
+    pub fn new(key: ChannelKey, channel: &str, frames: Vec<FrameBody>) -> Handoff {
         let estimate = frames.iter().map(|f| frame_len(channel_frame_len(f, channel) + 1)).sum();
         HANDOFF_BYTES.fetch_add(estimate, Ordering::AcqRel);
         Handoff { key, frames, estimate }
@@ -132,15 +140,66 @@ pub enum Outbound {
     Close { code: u16, reason: &'static str },
 }
 
-/// `token:eth`, `TOKEN:ETH`, `pair:usdc-eth` -> the canonical key.
-pub fn parse_channel(name: &str) -> Option<AggKey> {
+/// A WebSocket channel: a token's or pair's swaps and stats
+/// (`token:ETH`, `pair:ETH-USDC`), or its candles of one interval
+/// (`candles:ETH:1m`, `candles:ETH-USDC:1h`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ChannelKey {
+    Live(AggKey),
+    Candles(AggKey, Interval),
+}
+
+impl ChannelKey {
+    /// The token or pair whose updates the channel follows.
+    pub fn agg(&self) -> &AggKey {
+        match self {
+            ChannelKey::Live(key) | ChannelKey::Candles(key, _) => key,
+        }
+    }
+}
+
+impl fmt::Display for ChannelKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChannelKey::Live(key) => write!(f, "{key}"),
+            ChannelKey::Candles(AggKey::Token(token), interval) => write!(f, "candles:{token}:{interval}"),
+            ChannelKey::Candles(AggKey::Pair(pair), interval) => write!(f, "candles:{pair}:{interval}"),
+        }
+    }
+}
+
+/// `token:eth`, `TOKEN:ETH`, `pair:usdc-eth`, `candles:eth:1m`,
+/// `candles:usdc-eth:1h` -> the canonical key.
+pub fn parse_channel(name: &str) -> Option<ChannelKey> {
     let (kind, rest) = name.split_once(':')?;
-    AggKey::parse(&format!("{}:{rest}", kind.to_ascii_lowercase()))
+    let kind = kind.to_ascii_lowercase();
+    if kind != "candles" {
+        return AggKey::parse(&format!("{kind}:{rest}")).map(ChannelKey::Live);
+    }
+    let (of, interval) = rest.rsplit_once(':')?;
+    let interval = Interval::parse(&interval.to_ascii_lowercase())?;
+    let key =
+        if of.contains('-') { AggKey::parse(&format!("pair:{of}")) } else { AggKey::parse(&format!("token:{of}")) };
+    Some(ChannelKey::Candles(key?, interval))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channel_names_are_read_in_any_case_and_written_canonically() {
+        let canonical = |name: &str| parse_channel(name).map(|key| key.to_string());
+        assert_eq!(canonical("TOKEN:eth").as_deref(), Some("token:ETH"));
+        assert_eq!(canonical("pair:usdc-eth").as_deref(), Some("pair:ETH-USDC"));
+        assert_eq!(canonical("candles:eth:1m").as_deref(), Some("candles:ETH:1m"));
+        assert_eq!(canonical("Candles:usdc-ETH:1H").as_deref(), Some("candles:ETH-USDC:1h"));
+        for bad in ["candles:ETH", "candles:ETH:2m", "candles::1m", "candle:ETH:1m", "token:", "stats:ETH"] {
+            assert_eq!(canonical(bad), None, "{bad}");
+        }
+        let key = parse_channel("candles:ETH-USDC:5m").unwrap();
+        assert_eq!(key.agg().to_string(), "pair:ETH-USDC");
+    }
 
     #[test]
     fn a_channel_frame_is_the_protocol_object_and_the_estimate_its_size() {
@@ -156,7 +215,7 @@ mod tests {
         assert_eq!(stats, r#"{"type":"stats","channel":"pair:ETH-USDC","seq":1234567,"stats":{}}"#);
 
         // Exact for a one-digit seq, which the session corrects when it writes.
-        let key = AggKey::parse("token:ETH").expect("a channel");
+        let key = parse_channel("token:ETH").expect("a channel");
         let handoff = Handoff::new(key, "token:ETH", vec![frame.clone(), frame]);
         assert_eq!(handoff.estimate, 2 * frame_len(text.len()));
     }

@@ -49,7 +49,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::connection::{now_ms, ConnShared};
 use super::fanout::{most_waiting_over, Cursor, HandoffBudget, Update};
-use super::protocol::{queued_frame_bytes, FrameBody, Handoff, Outbound, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER};
+use super::protocol::{
+    queued_frame_bytes, ChannelKey, FrameBody, Handoff, Outbound, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER,
+};
 use super::pubsub::{pubsub_loop, Inbox, Incoming, PubSubCommand, Published};
 use crate::config::WsSettings;
 use crate::domain::partial::AggKey;
@@ -85,7 +87,14 @@ pub struct Disconnect {
 #[rtype(result = "bool")]
 pub struct Subscribe {
     pub id: u64,
-    pub channels: Vec<AggKey>,
+    pub channels: Vec<ChannelKey>,
+}
+
+/// What a `stats` or candle channel is now.
+enum State {
+    Stats(Arc<str>),
+    /// Bucket start and candle JSON, oldest first.
+    Candles(Vec<(i64, Arc<str>)>),
 }
 
 /// Channels whose history one registry reads back at once after a pub/sub loss.
@@ -100,7 +109,7 @@ type Confirmed = futures::future::Shared<oneshot::Receiver<()>>;
 #[rtype(result = "()")]
 pub struct Unsubscribe {
     pub id: u64,
-    pub channels: Vec<AggKey>,
+    pub channels: Vec<ChannelKey>,
 }
 
 /// Graceful stop: every client gets close 1001 "going away"; resolves when
@@ -114,25 +123,39 @@ pub struct Shutdown {
 struct Session {
     outbound: Recipient<Outbound>,
     conn: Arc<ConnShared>,
-    channels: HashSet<AggKey>,
+    channels: HashSet<ChannelKey>,
     /// `pulled` at the last sign of progress, and when that was.
     seen_pulled: i64,
     since_ms: u64,
 }
 
-struct Channel {
-    name: Arc<str>,
-    subscribers: HashSet<u64>,
+/// The updates of one token or pair, which its channels follow: one
+/// pub/sub subscription, its place in the history.
+struct Feed {
+    /// Its live channel and candle channels with subscribers here.
+    channels: HashSet<ChannelKey>,
     /// Resolves when Redis confirmed the pub/sub subscription.
     confirmed: Confirmed,
     cursor: Cursor,
     /// While its history is read back after a pub/sub loss: the updates
     /// that came meanwhile, in order.
     recovering: Option<Vec<Vec<u8>>>,
-    /// Changed since its last `stats` frame.
+}
+
+struct Channel {
+    name: Arc<str>,
+    subscribers: HashSet<u64>,
+    /// Changed since its last `stats` or `candle` frames.
     dirty: bool,
     /// New swap frames waiting for the next handoff, in order.
     buffered: Vec<FrameBody>,
+    /// A candle channel's buckets as last sent (start -> JSON), and the
+    /// subscribers that have not had them yet.
+    candles: BTreeMap<i64, Arc<str>>,
+    fresh: HashSet<u64>,
+    /// When the oldest open bucket sent closes (unix seconds): its `closed`
+    /// frame is due then.
+    closes_at: Option<i64>,
 }
 
 pub struct SessionRegistry {
@@ -144,11 +167,12 @@ pub struct SessionRegistry {
     presence: Presence,
     log: Logger,
     sessions: HashMap<u64, Session>,
-    channels: HashMap<AggKey, Channel>,
+    channels: HashMap<ChannelKey, Channel>,
+    feeds: HashMap<AggKey, Feed>,
     pubsub: Option<mpsc::UnboundedSender<PubSubCommand>>,
     inbox: Inbox,
     /// Channels with buffered frames.
-    to_flush: Vec<AggKey>,
+    to_flush: Vec<ChannelKey>,
     flush_scheduled: bool,
     budget: HandoffBudget,
     stats_in_flight: bool,
@@ -169,6 +193,7 @@ impl SessionRegistry {
             log,
             sessions: HashMap::new(),
             channels: HashMap::new(),
+            feeds: HashMap::new(),
             pubsub: None,
             inbox: Inbox::default(),
             to_flush: Vec::new(),
@@ -192,13 +217,20 @@ impl SessionRegistry {
         Some(session)
     }
 
-    fn leave(&mut self, key: &AggKey, id: u64) {
+    fn leave(&mut self, key: &ChannelKey, id: u64) {
         let Some(channel) = self.channels.get_mut(key) else { return };
         channel.subscribers.remove(&id);
-        if channel.subscribers.is_empty() {
-            self.channels.remove(key);
+        channel.fresh.remove(&id);
+        if !channel.subscribers.is_empty() {
+            return;
+        }
+        self.channels.remove(key);
+        let Some(feed) = self.feeds.get_mut(key.agg()) else { return };
+        feed.channels.remove(key);
+        if feed.channels.is_empty() {
+            self.feeds.remove(key.agg());
             if let Some(pubsub) = &self.pubsub {
-                let _ = pubsub.send(PubSubCommand::Unsubscribe(self.redis.updates_channel(key)));
+                let _ = pubsub.send(PubSubCommand::Unsubscribe(self.redis.updates_channel(key.agg())));
             }
         }
     }
@@ -222,11 +254,21 @@ impl SessionRegistry {
 
     /// Pushes `frames` of `key` into every subscriber's outbound queue,
     /// never waiting; a queue past its cap conflates (see `outbound`).
-    fn deliver(&mut self, key: &AggKey, frames: Vec<FrameBody>) {
+    fn deliver(&mut self, key: &ChannelKey, frames: Vec<FrameBody>) {
         let Some(channel) = self.channels.get(key) else { return };
+        let to: Vec<u64> = channel.subscribers.iter().copied().collect();
+        self.deliver_to(key, frames, &to);
+    }
+
+    /// [`Self::deliver`] to the subscribers `to` only.
+    fn deliver_to(&mut self, key: &ChannelKey, frames: Vec<FrameBody>, to: &[u64]) {
+        let Some(channel) = self.channels.get(key) else { return };
+        if frames.is_empty() || to.is_empty() {
+            return;
+        }
         let handoff = Arc::new(Handoff::new(key.clone(), &channel.name, frames));
         let (mut handed, mut conflations, mut conflated) = (0, 0, 0);
-        for id in &channel.subscribers {
+        for id in to {
             let Some(session) = self.sessions.get(id) else { continue };
             let pushed = session.conn.push(handoff.clone());
             handed += u64::from(pushed.queued);
@@ -252,25 +294,32 @@ impl SessionRegistry {
                 }
             };
             let Some(key) = AggKey::parse(&update.key) else { continue };
-            let Some(channel) = self.channels.get_mut(&key) else { continue };
-            if channel.recovering.is_some() {
+            let Some(feed) = self.feeds.get_mut(&key) else { continue };
+            if feed.recovering.is_some() {
                 // Its history is being read: this update waits for it.
                 drop(update);
-                channel.recovering.get_or_insert_default().push(payload);
+                feed.recovering.get_or_insert_default().push(payload);
                 continue;
             }
-            self.take_update(key, &update);
+            self.take_update(&key, &update);
         }
         self.schedule_flush(ctx);
     }
 
-    /// Buffers the new frames of `update` for the channel `key`, after
-    /// telling its subscribers of states lost before them.
-    fn take_update(&mut self, key: AggKey, update: &Update) {
-        let Some(channel) = self.channels.get_mut(&key) else { return };
-        channel.dirty = true;
+    /// Buffers the new frames of `update` for the live channel of `agg`,
+    /// after telling its subscribers of states lost before them; its other
+    /// channels read their state again at the next interval.
+    fn take_update(&mut self, agg: &AggKey, update: &Update) {
+        let Some(feed) = self.feeds.get_mut(agg) else { return };
         let mut frames = Vec::new();
-        if channel.cursor.advance(update, &mut frames) {
+        let lost = feed.cursor.advance(update, &mut frames);
+        for key in &feed.channels {
+            if let Some(channel) = self.channels.get_mut(key) {
+                channel.dirty = true;
+            }
+        }
+        let key = ChannelKey::Live(agg.clone());
+        if lost {
             // The gap comes after the frames before it.
             self.flush_channel(&key);
             self.tell_gap(&key);
@@ -290,17 +339,21 @@ impl SessionRegistry {
     fn recover(&mut self, ctx: &mut Context<Self>) {
         let mut reads = Vec::new();
         let mut unknown = Vec::new();
-        for (key, channel) in &mut self.channels {
-            match channel.cursor.position() {
+        for (key, feed) in &mut self.feeds {
+            match feed.cursor.position() {
                 Some((epoch, at)) => {
-                    channel.recovering.get_or_insert_default();
+                    feed.recovering.get_or_insert_default();
                     reads.push((key.clone(), epoch.to_owned(), at));
                 }
-                None => unknown.push(key.clone()),
+                None => unknown.push(ChannelKey::Live(key.clone())),
             }
         }
         for key in unknown {
             self.tell_gap(&key);
+        }
+        // Candle and stats frames read the state again.
+        for channel in self.channels.values_mut() {
+            channel.dirty = true;
         }
         let redis = self.redis.clone();
         let fetch = futures::stream::iter(reads)
@@ -324,33 +377,34 @@ impl SessionRegistry {
     /// `key`'s history since the pub/sub loss is read: its entries go out
     /// as they would have, then the updates held meanwhile.
     fn recovered(&mut self, key: AggKey, replay: anyhow::Result<Replay>) {
-        let Some(channel) = self.channels.get_mut(&key) else { return };
-        let held = channel.recovering.take().unwrap_or_default();
+        let Some(feed) = self.feeds.get_mut(&key) else { return };
+        let held = feed.recovering.take().unwrap_or_default();
+        let live = ChannelKey::Live(key.clone());
         match replay {
             Ok(Replay { epoch, missed: Ok(entries), .. }) => {
                 let name = key.to_string();
                 for entry in &entries {
                     let Ok(swaps) = serde_json::from_str(&entry.swaps) else { continue };
                     let id = format!("{}-{}", entry.at.ms, entry.at.seq);
-                    self.take_update(key.clone(), &Update::from_history(&name, &epoch, id, swaps, entry.gap));
+                    self.take_update(&key, &Update::from_history(&name, &epoch, id, swaps, entry.gap));
                 }
                 METRICS.ws_pubsub_recovered.inc_by(entries.len() as u64);
             }
             Ok(Replay { missed: Err(lost), .. }) => {
                 warn!(self.log, "updates lost with the pub/sub connection"; "channel" => %key, "why" => lost.reason());
-                self.flush_channel(&key);
-                self.tell_gap(&key);
+                self.flush_channel(&live);
+                self.tell_gap(&live);
             }
             Err(e) => {
                 warn!(self.log, "cannot read back updates lost with the pub/sub connection";
                     "channel" => %key, "error" => format!("{e:#}"));
-                self.flush_channel(&key);
-                self.tell_gap(&key);
+                self.flush_channel(&live);
+                self.tell_gap(&live);
             }
         }
         for payload in held {
             let Ok(update) = serde_json::from_slice::<Update>(&payload) else { continue };
-            self.take_update(key.clone(), &update);
+            self.take_update(&key, &update);
         }
     }
 
@@ -380,7 +434,7 @@ impl SessionRegistry {
         }
     }
 
-    fn flush_channel(&mut self, key: &AggKey) {
+    fn flush_channel(&mut self, key: &ChannelKey) {
         let Some(channel) = self.channels.get_mut(key) else { return };
         let frames = std::mem::take(&mut channel.buffered);
         if !frames.is_empty() {
@@ -389,7 +443,7 @@ impl SessionRegistry {
     }
 
     /// States of `key` were lost: each of its subscribers skips a `seq`.
-    fn tell_gap(&self, key: &AggKey) {
+    fn tell_gap(&self, key: &ChannelKey) {
         METRICS.ws_gaps.inc();
         let Some(channel) = self.channels.get(key) else { return };
         for id in &channel.subscribers {
@@ -439,28 +493,65 @@ impl SessionRegistry {
         if self.stats_in_flight {
             return;
         }
-        let keys: Vec<AggKey> =
+        let now = chrono::Utc::now().timestamp();
+        for channel in self.channels.values_mut() {
+            if channel.closes_at.is_some_and(|at| at <= now) {
+                channel.dirty = true;
+            }
+        }
+        let keys: Vec<ChannelKey> =
             self.channels.iter_mut().filter_map(|(key, c)| std::mem::take(&mut c.dirty).then(|| key.clone())).collect();
         if keys.is_empty() {
             return;
         }
         self.stats_in_flight = true;
-        let live = self.live.clone();
+        let (live, lateness) = (self.live.clone(), self.settings.lateness);
         let fetch = async move {
-            let mut stats = Vec::with_capacity(keys.len());
+            let mut states = Vec::with_capacity(keys.len());
             for key in keys {
-                if let Ok(value) = live.shared_stats(&key).await {
-                    stats.push((key, Arc::<str>::from(value.to_string())));
+                let state = match &key {
+                    ChannelKey::Live(agg) => live.shared_stats(agg).await.map(|v| State::Stats(v.to_string().into())),
+                    ChannelKey::Candles(agg, interval) => {
+                        live.shared_candles(agg, *interval, lateness).await.map(State::Candles)
+                    }
+                };
+                if let Ok(state) = state {
+                    states.push((key, state));
                 }
             }
-            stats
+            states
         };
-        ctx.spawn(fetch.into_actor(self).map(|stats, act, _| {
+        ctx.spawn(fetch.into_actor(self).map(|states, act, _| {
             act.stats_in_flight = false;
-            for (key, json) in stats {
-                act.deliver(&key, vec![FrameBody::stats(json)]);
+            for (key, state) in states {
+                match state {
+                    State::Stats(json) => act.deliver(&key, vec![FrameBody::stats(json)]),
+                    State::Candles(candles) => act.deliver_candles(&key, candles),
+                }
             }
         }));
+    }
+
+    /// A candle channel's buckets as just read: the changed ones to every
+    /// subscriber that had the earlier ones, all of them to new subscribers.
+    fn deliver_candles(&mut self, key: &ChannelKey, candles: Vec<(i64, Arc<str>)>) {
+        let (Some(channel), ChannelKey::Candles(_, interval)) = (self.channels.get_mut(key), key) else { return };
+        channel.closes_at = candles
+            .iter()
+            .filter(|(_, json)| json.contains(r#""closed":false"#))
+            .map(|(t, _)| t + interval.seconds())
+            .min();
+        let changed: Vec<FrameBody> = candles
+            .iter()
+            .filter(|(t, json)| channel.candles.get(t) != Some(json))
+            .map(|(_, json)| FrameBody::candle(json.clone()))
+            .collect();
+        let fresh: Vec<u64> = channel.fresh.drain().collect();
+        let others: Vec<u64> = channel.subscribers.iter().filter(|id| !fresh.contains(id)).copied().collect();
+        let all: Vec<FrameBody> = candles.iter().map(|(_, json)| FrameBody::candle(json.clone())).collect();
+        channel.candles = candles.into_iter().collect();
+        self.deliver_to(key, changed, &others);
+        self.deliver_to(key, all, &fresh);
     }
 
     fn counts(&self) -> InstanceCounts {
@@ -551,23 +642,35 @@ impl Handler<Subscribe> for SessionRegistry {
         let mut confirmations = Vec::with_capacity(message.channels.len());
         for key in message.channels {
             session.channels.insert(key.clone());
-            let channel = self.channels.entry(key.clone()).or_insert_with(|| {
+            let feed = self.feeds.entry(key.agg().clone()).or_insert_with(|| {
                 let (confirm, confirmed) = oneshot::channel();
                 if let Some(pubsub) = &self.pubsub {
-                    let _ = pubsub.send(PubSubCommand::Subscribe(self.redis.updates_channel(&key), confirm));
+                    let _ = pubsub.send(PubSubCommand::Subscribe(self.redis.updates_channel(key.agg()), confirm));
                 }
-                Channel {
-                    name: key.to_string().into(),
-                    subscribers: HashSet::new(),
+                Feed {
+                    channels: HashSet::new(),
                     confirmed: futures::FutureExt::shared(confirmed),
                     cursor: Cursor::default(),
                     recovering: None,
-                    dirty: false,
-                    buffered: Vec::new(),
                 }
             });
+            feed.channels.insert(key.clone());
+            confirmations.push(feed.confirmed.clone());
+            let channel = self.channels.entry(key.clone()).or_insert_with(|| Channel {
+                name: key.to_string().into(),
+                subscribers: HashSet::new(),
+                dirty: false,
+                buffered: Vec::new(),
+                candles: BTreeMap::new(),
+                fresh: HashSet::new(),
+                closes_at: None,
+            });
             channel.subscribers.insert(message.id);
-            confirmations.push(channel.confirmed.clone());
+            if let ChannelKey::Candles(..) = key {
+                // Its buckets come at the next interval, to it alone first.
+                channel.fresh.insert(message.id);
+                channel.dirty = true;
+            }
         }
         Box::pin(async move {
             let all = futures::future::join_all(confirmations);

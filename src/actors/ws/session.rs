@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use super::connection::{now_ms, ConnShared};
 use super::limits::IpSlot;
 use super::outbound::Replayed;
-use super::protocol::{frame_len, parse_channel, FrameBody, Outbound};
+use super::protocol::{frame_len, parse_channel, ChannelKey, FrameBody, Outbound};
 use super::registry::{Connect, Disconnect, SessionRegistry, Subscribe, Unsubscribe};
 use crate::config::WsSettings;
 use crate::domain::partial::AggKey;
@@ -66,7 +66,7 @@ struct Request {
     known_only: bool,
     /// Per channel, where the client was: `{"token:ETH": {"epoch": ..,
     /// "offset": ..}}`.
-    since: HashMap<AggKey, Since>,
+    since: HashMap<ChannelKey, Since>,
 }
 
 impl Request {
@@ -108,13 +108,19 @@ impl Request {
         Ok(Request { op, id, channels, known_only, since })
     }
 
-    fn since(value: Value) -> Result<HashMap<AggKey, Since>, String> {
+    fn since(value: Value) -> Result<HashMap<ChannelKey, Since>, String> {
         const SHAPE: &str = r#"expected {"<channel>": {"epoch": "<epoch>", "offset": "<offset>"}, ...}"#;
         let Value::Object(channels) = value else { return Err(format!("`since`: {SHAPE}")) };
         let mut since = HashMap::with_capacity(channels.len());
         for (name, position) in channels {
             let shown: String = name.chars().take(64).collect();
-            let key = parse_channel(&name).ok_or_else(|| format!("`since`: {shown:?} is not a channel"))?;
+            let key = match parse_channel(&name) {
+                Some(key @ ChannelKey::Live(_)) => key,
+                Some(ChannelKey::Candles(..)) => {
+                    return Err(format!("`since`: {shown} has no history: its frames are state, subscribe again"))
+                }
+                None => return Err(format!("`since`: {shown:?} is not a channel")),
+            };
             let field = |field: &str| position.get(field).and_then(Value::as_str).map(str::to_owned);
             let (Some(epoch), Some(offset)) = (field("epoch"), field("offset")) else {
                 return Err(format!("`since.{shown}`: {SHAPE}"));
@@ -253,7 +259,7 @@ pub struct WsSession {
     common: Arc<SessionCommon>,
     conn: Arc<ConnShared>,
     /// Looked up for every handoff: hashed with foldhash, not SipHash.
-    channels: foldhash::HashMap<AggKey, ChannelState>,
+    channels: foldhash::HashMap<ChannelKey, ChannelState>,
     generation: u64,
     bad_frames: u32,
     /// Whether the frame being handled was answered with an error; a frame
@@ -345,7 +351,7 @@ impl WsSession {
                         Some(key) => keys.push(key),
                         None => {
                             let message =
-                                format!("{name}: expected \"token:<SYMBOL>\" or \"pair:<A>-<B>\" (A-Z 0-9 . _ -)");
+                                format!("{name}: expected \"token:<SYMBOL>\", \"pair:<A>-<B>\" or \"candles:<SYMBOL or A-B>:<1m|5m|15m|1h|4h|1d>\" (A-Z 0-9 . _ -)");
                             self.error(ctx, id, name.as_str(), "bad_channel", message);
                         }
                     }
@@ -370,10 +376,10 @@ impl WsSession {
 
     fn subscribe(
         &mut self,
-        keys: Vec<AggKey>,
+        keys: Vec<ChannelKey>,
         id: Option<Value>,
         known_only: bool,
-        mut since: HashMap<AggKey, Since>,
+        mut since: HashMap<ChannelKey, Since>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
         let mut added = Vec::new();
@@ -418,7 +424,7 @@ impl WsSession {
     /// session (`None`: they do not).
     fn read_snapshot(
         &mut self,
-        key: AggKey,
+        key: ChannelKey,
         generation: u64,
         confirmed: Option<Instant>,
         ctx: &mut ws::WebsocketContext<Self>,
@@ -435,8 +441,13 @@ impl WsSession {
             };
             return self.on_snapshot(key, generation, Err(error.clone()), Err(error), ctx);
         };
-        let snapshot = self.common.snapshots.read(&self.common.live, &key);
-        let read = self.common.snapshots.history(self.common.live.redis(), &key, since, confirmed_at);
+        let ChannelKey::Live(agg) = &key else {
+            // A candle channel's buckets come from the registry, at its
+            // next interval: nothing to read here.
+            return self.open_candles(key, generation, ctx);
+        };
+        let snapshot = self.common.snapshots.read(&self.common.live, agg);
+        let read = self.common.snapshots.history(self.common.live.redis(), agg, since, confirmed_at);
         let history = async move {
             match tokio::time::timeout(HISTORY_DEADLINE, read).await {
                 Ok(result) => result,
@@ -455,7 +466,7 @@ impl WsSession {
 
     fn on_snapshot(
         &mut self,
-        key: AggKey,
+        key: ChannelKey,
         generation: u64,
         snapshot: Result<Arc<Value>, SnapshotError>,
         history: Result<Arc<Replay>, SnapshotError>,
@@ -472,7 +483,7 @@ impl WsSession {
         // marked so that a misspelt name shows.
         let (snapshot, seen) = match snapshot {
             Err(e) if e.code == UNKNOWN_CHANNEL && !known_only => {
-                (Ok(Arc::new(crate::read::unseen_stats(&key))), false)
+                (Ok(Arc::new(crate::read::unseen_stats(key.agg()))), false)
             }
             other => (other, true),
         };
@@ -526,7 +537,21 @@ impl WsSession {
         METRICS.ws_conflated_frames.inc_by(pushed.conflated_swaps);
     }
 
-    fn unsubscribe(&mut self, keys: Vec<AggKey>, id: Option<&Value>, ctx: &mut ws::WebsocketContext<Self>) {
+    /// Answers a candle channel's subscription: its buckets come from the
+    /// registry at its next interval, all of them to a new subscriber, so
+    /// there is no snapshot here (nor a history: its frames are state).
+    fn open_candles(&mut self, key: ChannelKey, generation: u64, ctx: &mut ws::WebsocketContext<Self>) {
+        let id = match self.channels.get_mut(&key) {
+            Some(ChannelState::Waiting { generation: g, id, .. }) if *g == generation => id.take(),
+            _ => return, // unsubscribed meanwhile
+        };
+        self.emit(ctx, answer(json!({"type": "subscribed", "channel": key.to_string(), "seq": 0}), id.as_ref()));
+        METRICS.ws_frames_sent.with_label_values(&["subscribed"]).inc();
+        self.channels.insert(key.clone(), ChannelState::Live);
+        self.conn.start(&key, "null".into(), Offset::ZERO, Vec::new());
+    }
+
+    fn unsubscribe(&mut self, keys: Vec<ChannelKey>, id: Option<&Value>, ctx: &mut ws::WebsocketContext<Self>) {
         let mut removed = Vec::new();
         for key in keys {
             if self.channels.remove(&key).is_some() {

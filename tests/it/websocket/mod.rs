@@ -2,11 +2,12 @@
 //! PostgreSQL and Redis: what a client receives is checked against the
 //! producer's ground truth.
 //!
-//! Files by capability: `fanout`, `slow_clients`, `hostile`, `lifecycle`,
+//! Files by capability: `candles`, `fanout`, `slow_clients`, `hostile`, `lifecycle`,
 //! `protocol`, `resume`; the test client (`client`), the model of what a client must
 //! receive (`model`) and the raw sockets of the hostile and stalled clients
 //! (`raw`) are shared with `ws_conflation`.
 
+mod candles;
 mod client;
 mod fanout;
 mod hostile;
