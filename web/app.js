@@ -105,8 +105,6 @@ function putStats(stats) {
   state.tokens.set(stats.token, stats);
   if (stats.token !== state.selected) return;
   renderDetailHead();
-  // The newest candle closes at the last price, whichever answered last.
-  if (chart.token === stats.token) chart.setPrice(millis(stats.updated_at), num(stats.price_usd));
 }
 
 // ---- selected token: chart and tape ------------------------------------
@@ -119,8 +117,10 @@ function renderDetailHead() {
 
 function select(token) {
   if (!token || token === state.selected) return;
+  const before = candleChannel();
   state.selected = token;
   state.tape.clear();
+  followCandles(before);
   live.want([`token:${token}`]);
   $('#detail').hidden = false;
   renderDetailHead();
@@ -130,8 +130,22 @@ function select(token) {
   loadTape();
 }
 
+/** The candle channel of what the chart shows. */
+function candleChannel() {
+  return state.selected ? `candles:${state.selected}:${state.interval}` : null;
+}
+
+/** The chart's buckets come live from its candle channel (late swaps included). */
+function followCandles(before) {
+  const now = candleChannel();
+  if (before && before !== now) live.unwant([before]);
+  if (now) live.want([now]);
+}
+
 function chooseInterval(interval) {
+  const before = candleChannel();
   state.interval = interval;
+  followCandles(before);
   for (const button of document.querySelectorAll('#intervals button')) {
     button.classList.toggle('active', button.dataset.interval === interval);
     button.setAttribute('aria-pressed', String(button.dataset.interval === interval));
@@ -186,10 +200,6 @@ function onSwap(swap) {
   if (known && known.status !== 'pending') return;
   state.tape.set(id, swap);
   renderTape();
-  if (swap.status === 'confirmed' && chart.token === state.selected) {
-    const view = sideOf(swap, state.selected);
-    chart.addSwap(millis(swap.timestamp), view.price, num(swap.usd_value));
-  }
 }
 
 function renderTape() {
@@ -305,6 +315,11 @@ const live = new Live({
   },
   swap(channel, swap) {
     if (channel === `token:${state.selected}`) onSwap(swap);
+  },
+  candle(channel, candle) {
+    if (channel === candleChannel() && chart.token === state.selected && chart.interval === state.interval) {
+      chart.putCandle(candle);
+    }
   },
   gap(channel) {
     // Frames were lost: take the truth from REST again.

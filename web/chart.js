@@ -22,9 +22,6 @@ export class CandleChart {
     this.interval = '1m';
     this.layout = null;
     this.hoverX = null;
-    // When the newest candle's close was set (ms): an older price that
-    // answers later (a REST poll behind a live frame) leaves it alone.
-    this.closeAt = -Infinity;
     new ResizeObserver(() => this.draw()).observe(canvas);
     canvas.addEventListener('mousemove', (e) => {
       this.hoverX = e.offsetX;
@@ -50,45 +47,22 @@ export class CandleChart {
       t: c.t, open: num(c.open), high: num(c.high), low: num(c.low), close: num(c.close),
       volume: num(c.volume_usd), swaps: c.swaps,
     }));
-    this.closeAt = -Infinity;
     this.draw();
   }
 
-  /** A confirmed swap of the shown token extends the newest candle or opens one. */
-  addSwap(timeMs, swapPrice, swapUsd) {
-    if (!this.candles.length || !Number.isFinite(swapPrice)) return;
-    const step = intervalSeconds(this.interval);
-    const t = Math.floor(timeMs / 1000 / step) * step;
-    const last = this.candles[this.candles.length - 1];
-    if (t === last.t) {
-      last.high = Math.max(last.high, swapPrice);
-      last.low = Math.min(last.low, swapPrice);
-      last.volume += swapUsd;
-      last.swaps += 1;
-      // The close is the last price by event time, not by arrival.
-      if (timeMs >= this.closeAt) {
-        last.close = swapPrice;
-        this.closeAt = timeMs;
-      }
-    } else if (t > last.t) {
-      this.candles.push({ t, open: swapPrice, high: swapPrice, low: swapPrice, close: swapPrice, volume: swapUsd, swaps: 1 });
-      this.closeAt = timeMs;
-    } else {
-      return; // Late for the shown candles: the next REST refresh places it.
-    }
-    this.draw();
-  }
-
-  /** A stats frame's last price moves the close of the newest candle if it is current. */
-  setPrice(timeMs, lastPrice) {
-    if (!this.candles.length || !Number.isFinite(lastPrice)) return;
-    const step = intervalSeconds(this.interval);
-    const last = this.candles[this.candles.length - 1];
-    if (Math.floor(timeMs / 1000 / step) * step !== last.t || timeMs < this.closeAt) return;
-    this.closeAt = timeMs;
-    last.close = lastPrice;
-    last.high = Math.max(last.high, lastPrice);
-    last.low = Math.min(last.low, lastPrice);
+  /**
+   * A candle frame (REST's candle object): replaces its bucket, or adds it
+   * in time order. Late swaps revise older buckets the same way.
+   */
+  putCandle(c) {
+    const candle = {
+      t: c.t, open: num(c.open), high: num(c.high), low: num(c.low), close: num(c.close),
+      volume: num(c.volume_usd), swaps: c.swaps,
+    };
+    const at = this.candles.findIndex((known) => known.t >= candle.t);
+    if (at === -1) this.candles.push(candle);
+    else if (this.candles[at].t === candle.t) this.candles[at] = candle;
+    else this.candles.splice(at, 0, candle);
     this.draw();
   }
 
@@ -117,6 +91,7 @@ export class CandleChart {
     canvas.dataset.drawn = String(shown.length);
     canvas.dataset.status = shown.length ? 'ready' : 'empty';
     canvas.dataset.lastClose = shown.length ? String(shown[shown.length - 1].close) : '';
+    canvas.dataset.closes = shown.map((c) => `${c.t}:${c.close}`).join(',');
     if (!shown.length) {
       g.fillStyle = COLORS.text;
       g.fillText('No candles yet for this interval', 12, 20);

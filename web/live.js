@@ -14,8 +14,8 @@ const CHANNELS_PER_MESSAGE = 20;
 
 export class Live {
   /**
-   * handlers: state(state, detail), subscribed(channel, snapshot),
-   * stats(channel, stats), swap(channel, swap), gap(channel), error(frame)
+   * handlers: state(state, detail), stats(channel, stats),
+   * swap(channel, swap), candle(channel, candle), gap(channel), error(frame)
    */
   constructor(handlers) {
     this.handlers = handlers;
@@ -60,6 +60,13 @@ export class Live {
     const fresh = channels.filter((c) => !this.channels.has(c));
     fresh.forEach((c) => this.channels.add(c));
     if (this.connected) this.subscribe(fresh);
+  }
+
+  /** No longer keeps these channels subscribed. */
+  unwant(channels) {
+    const known = channels.filter((c) => this.channels.delete(c));
+    known.forEach((c) => this.positions.delete(c));
+    if (this.connected && known.length > 0) this.send({ op: 'unsubscribe', channels: known });
   }
 
   subscribe(channels) {
@@ -174,6 +181,10 @@ export class Live {
         this.inOrder(frame);
         this.advance(frame);
         this.handlers.swap(frame.channel, frame.swap);
+        break;
+      case 'candle':
+        this.inOrder(frame);
+        this.handlers.candle(frame.channel, frame.candle);
         break;
       case 'skipped':
         // Frames dropped for a slow reader: the newest stats, then REST.

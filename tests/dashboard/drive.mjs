@@ -152,7 +152,9 @@ async function live(page, requests) {
       for (const ch of message.channels) {
         const snapshot = { ...snapshots.get(ch) };
         if (ch === channel) snapshot.pending = 4242;
-        send({ type: 'subscribed', channel: ch, seq: 0, epoch: 'e1', offset: '0-0-0', snapshot });
+        // Candle channels have no snapshot and no history position.
+        if (ch.startsWith('candles:')) send({ type: 'subscribed', channel: ch, seq: 0 });
+        else send({ type: 'subscribed', channel: ch, seq: 0, epoch: 'e1', offset: '0-0-0', snapshot });
       }
     });
   });
@@ -200,7 +202,12 @@ async function live(page, requests) {
     const c = await chartData(page);
     return c.token === token && c.status === 'ready';
   });
-  // The stand-in's swaps exist only in its frames, not in the server's
+  // The chart follows its candle channel.
+  const candles = `candles:${token}:1m`;
+  report.candle_subscribed = await poll(`subscription to ${candles}`, 15000, async () =>
+    server.received.some((m) => m.op === 'subscribe' && m.channels.includes(candles)),
+  );
+  // The stand-in's candles exist only in its frames, not in the server's
   // candles: a periodic REST reload of the chart would undo them. Candle
   // answers wait while the frames' effect on the chart is checked.
   const heldCandles = [];
@@ -234,23 +241,35 @@ async function live(page, requests) {
   send({ type: 'swap', channel, seq: next(channel), offset: '2-0-2', swap: swap('b', 'failed', '50', '0.0004') });
   report.tape.a_then = await poll('swap a confirmed', 5000, async () => ((await tapeStatus('a')) === 'confirmed' ? 'confirmed' : null));
   report.tape.b_then = await poll('swap b dropped', 5000, async () => ((await tapeStatus('b')) === 'dropped' ? 'dropped' : null));
-  // The confirmed swap's price (55555.5 / 0.5) closes the newest candle.
-  report.close_after_swap = await poll('confirmed swap extends the chart', 5000, async () => {
+  step('swaps', report.tape);
+
+  // Candle frames: a new bucket after the shown ones, then a late swap's
+  // revision of the bucket before it.
+  const shown = (await chartData(page)).closes.split(',').map((c) => Number(c.split(':')[0]));
+  const newest = shown[shown.length - 1] + 60;
+  const candle = (t, close) => ({
+    t, open: '100', high: String(Math.max(100, close)), low: '90', close: String(close),
+    volume_usd: '1000', swaps: 3, closed: false,
+  });
+  send({ type: 'candle', channel: candles, seq: next(candles), candle: candle(newest, 111111) });
+  report.close_after_candle = await poll('a candle frame extends the chart', 5000, async () => {
     const c = await chartData(page);
     return Math.abs(Number(c.lastClose) - 111111) < 1e-6 ? c.lastClose : null;
   });
-  step('swaps', report.tape);
+  send({ type: 'candle', channel: candles, seq: next(candles), candle: { ...candle(newest - 60, 95), closed: true } });
+  report.revised_close = await poll('a late candle frame revises its bucket', 5000, async () => {
+    const closes = (await chartData(page)).closes.split(',');
+    const revised = closes.find((c) => c.startsWith(`${newest - 60}:`));
+    return revised?.endsWith(':95') ? revised.split(':')[1] : null;
+  });
+  step('candles', { close: report.close_after_candle, revised: report.revised_close });
 
-  // A stats frame updates the table and the newest candle.
+  // A stats frame updates the table.
   const stats = { ...snapshots.get(channel), price_usd: '123456.7', pending: 7, updated_at: new Date().toISOString() };
   send({ type: 'stats', channel, seq: next(channel), stats });
   report.price_after_stats = await poll('stats frame reaches the table', 5000, async () => {
     const text = await page.textContent(`#token-table tr[data-token="${token}"] td[data-col="price"]`);
     return text === '123,457' ? text : null;
-  });
-  report.close_after_stats = await poll('stats frame moves the newest candle', 5000, async () => {
-    const c = await chartData(page);
-    return Math.abs(Number(c.lastClose) - 123456.7) < 1e-6 ? c.lastClose : null;
   });
   await releaseCandles();
   await page.screenshot({ path: opts.screenshot, fullPage: true });

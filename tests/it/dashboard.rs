@@ -219,9 +219,10 @@ async fn the_dashboard_asks_for_an_api_key_once_and_goes_live_over_the_websocket
         serde_json::json!({"a_first": "pending", "b_first": "pending", "a_then": "confirmed", "b_then": "dropped"}),
         "pending swaps are marked, then confirmed or dropped"
     );
-    assert_eq!(report["close_after_swap"], "111111", "a confirmed swap frame extends the chart");
+    assert_eq!(report["candle_subscribed"], true, "the chart follows its candle channel");
+    assert_eq!(report["close_after_candle"], "111111", "a candle frame extends the chart");
+    assert_eq!(report["revised_close"], "95", "a late candle frame revises its bucket");
     assert_eq!(report["price_after_stats"], "123,457", "a stats frame updates the table");
-    assert_eq!(report["close_after_stats"], "123456.7", "a stats frame moves the newest candle");
     assert!(report["resync_after_gap"].as_str().is_some(), "a seq gap makes the page re-read /v1/tokens");
     assert_eq!(
         report["resume_since"],
