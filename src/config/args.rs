@@ -244,7 +244,7 @@ pub struct WsArgs {
     pub ws_max_conns_per_ip: u64,
     #[arg(long = "ws-max-bad-frames", env = "SWAPSTREAM_WS_MAX_BAD_FRAMES", default_value = "10", value_parser = int(1, 1_000_000), help = "Bad frames (unknown op, bad channel, invalid JSON, binary, too large, too many channels) a connection may send before it is closed with 1008 (1 to 1000000).")]
     pub ws_max_bad_frames: u64,
-    #[arg(long = "ws-history-size", env = "SWAPSTREAM_WS_HISTORY_SIZE", default_value = "1000", value_parser = int(1, 1_000_000), help = "Swap frame batches kept per channel in Redis for clients that resume after a reconnect, at least this many (1 to 1000000).")]
+    #[arg(long = "ws-history-size", env = "SWAPSTREAM_WS_HISTORY_SIZE", default_value = "10000", value_parser = int(1, 10_000_000), help = "Swap frames kept per channel in Redis for clients that resume after a reconnect; the newest batch is kept whole even when larger (1 to 10000000).")]
     pub ws_history_size: u64,
     #[arg(long = "ws-history-secs", env = "SWAPSTREAM_WS_HISTORY_SECS", default_value = "600", value_parser = int(1, 86_400), help = "Age up to which a channel's swap frames are kept for resuming clients; a channel idle this long loses its history (1 to 86400).")]
     pub ws_history_secs: u64,

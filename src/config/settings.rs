@@ -172,7 +172,7 @@ pub struct WsSettings {
 /// What each WebSocket channel keeps in Redis for clients that resume.
 #[derive(Debug, Clone, Copy)]
 pub struct WsHistory {
-    /// Batches of swap frames kept, at least (trimming is approximate).
+    /// Swap frames kept (the newest batch whole, however large).
     pub size: usize,
     /// Kept at most about this long; a channel idle this long loses them.
     pub max_age: Duration,

@@ -7,13 +7,14 @@
 //! reads back are the same entries in the same order. Keys, in the channel's
 //! hash slot (Redis Cluster keeps working):
 //! - `<prefix>:{k}:history`: stream, one entry per update (`s`: the swaps
-//!   as a JSON array, `g`: present when states were lost before it),
-//!   trimmed to `SWAPSTREAM_WS_HISTORY_SIZE` entries and
-//!   `SWAPSTREAM_WS_HISTORY_SECS` of age, gone after that long idle;
+//!   as a JSON array, `g`: present when states were lost before it,
+//!   `n`: their count), trimmed to `SWAPSTREAM_WS_HISTORY_SIZE` swaps and
+//!   `SWAPSTREAM_WS_HISTORY_SECS` of age but for the newest entry, gone
+//!   after that long idle;
 //! - `<prefix>:{k}:history-meta`: hash with the channel's `epoch` (new
 //!   whenever the history starts over: first write, or Redis lost it), the
 //!   newest entry and its swap count (`last_id`, `last_n`), entries ever
-//!   added (`added`), and per partition the newest Kafka offset written
+//!   added (`added`), swaps in the stream (`swaps`), and per partition the newest Kafka offset written
 //!   (`<topic>/<partition>`). It outlives the stream (a day at least), so an
 //!   idle channel keeps its epoch.
 //!
@@ -147,50 +148,86 @@ pub struct Replay {
     pub missed: Result<Vec<Entry>, Lost>,
 }
 
-/// Appends an update to its channel's history and publishes it.
+/// Appends an update to its channel's history and publishes it, keeping
+/// at most `size` swaps (the newest entry always) and none older than
+/// `max age` (but the newest entry).
 /// KEYS: stream, meta. ARGV: pub/sub channel, key name, gap (0/1), size,
-/// max age (s), meta lifetime (s), then per swap: source, offset, JSON.
+/// max age (s), meta lifetime (s), then either
+/// - `all`, the swaps as a JSON array, their count, and per source its
+///   `source, lowest offset, highest offset`: every swap is new unless a
+///   source's recorded offset reaches its lowest one; then nothing is
+///   written and `filter` is returned, for the caller to send
+/// - `each`, then per swap `source, offset, JSON`: only the swaps past
+///   their source's recorded offset are kept.
 /// Publishes `{"key":..,"epoch":..,"id":..,["gap":true,]"swaps":[..]}`,
 /// nothing when every swap was a repeat and there is no gap.
 static APPEND: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
 local stream, meta = KEYS[1], KEYS[2]
-local size, max_age, meta_ttl = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local size, max_age, meta_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local gap = ARGV[3] == '1'
+local function mark_of(source)
+  return tonumber(redis.call('HGET', meta, source) or '-1')
+end
+local swaps, count
+if ARGV[7] == 'all' then
+  for i = 10, #ARGV, 3 do
+    if mark_of(ARGV[i]) >= tonumber(ARGV[i + 1]) then return 'filter' end
+  end
+  for i = 10, #ARGV, 3 do
+    redis.call('HSET', meta, ARGV[i], ARGV[i + 2])
+  end
+  swaps, count = ARGV[8], tonumber(ARGV[9])
+else
+  local kept, marks = {}, {}
+  for i = 8, #ARGV, 3 do
+    local source, offset = ARGV[i], tonumber(ARGV[i + 1])
+    local mark = marks[source] or mark_of(source)
+    if offset > mark then
+      kept[#kept + 1] = ARGV[i + 2]
+      mark = offset
+    end
+    marks[source] = mark
+  end
+  for source, mark in pairs(marks) do
+    redis.call('HSET', meta, source, string.format('%d', mark))
+  end
+  swaps, count = '[' .. table.concat(kept, ',') .. ']', #kept
+end
 local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then
   local t = redis.call('TIME')
   epoch = t[1] .. string.format('%06d', tonumber(t[2]))
   redis.call('HSET', meta, 'epoch', epoch)
 end
-local kept, marks = {}, {}
-for i = 7, #ARGV, 3 do
-  local source, offset = ARGV[i], tonumber(ARGV[i + 1])
-  local mark = marks[source]
-  if mark == nil then mark = tonumber(redis.call('HGET', meta, source) or '-1') end
-  if offset > mark then
-    kept[#kept + 1] = ARGV[i + 2]
-    mark = offset
-  end
-  marks[source] = mark
-end
-for source, mark in pairs(marks) do
-  redis.call('HSET', meta, source, string.format('%d', mark))
-end
 redis.call('EXPIRE', meta, meta_ttl)
-if #kept == 0 and not gap then return false end
-local swaps = '[' .. table.concat(kept, ',') .. ']'
+if count == 0 and not gap then return false end
+if redis.call('EXISTS', stream) == 0 then redis.call('HSET', meta, 'swaps', 0) end
 local id
 if gap then
-  id = redis.call('XADD', stream, 'MAXLEN', '~', size, '*', 's', swaps, 'g', '1')
+  id = redis.call('XADD', stream, '*', 'n', count, 's', swaps, 'g', '1')
 else
-  id = redis.call('XADD', stream, 'MAXLEN', '~', size, '*', 's', swaps)
+  id = redis.call('XADD', stream, '*', 'n', count, 's', swaps)
 end
+-- Trim from the oldest while over the size or the age, keeping the newest.
+local total = redis.call('HINCRBY', meta, 'swaps', count)
 local t = redis.call('TIME')
-redis.call('XTRIM', stream, 'MINID', '~', string.format('%d', (tonumber(t[1]) - max_age) * 1000))
+local oldest_kept_ms = (tonumber(t[1]) - max_age) * 1000
+while true do
+  local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 2)
+  if #oldest < 2 then break end
+  local first_ms = tonumber(string.match(oldest[1][1], '^(%d+)'))
+  if total <= size and first_ms >= oldest_kept_ms then break end
+  local fields, n = oldest[1][2], 0
+  for i = 1, #fields, 2 do
+    if fields[i] == 'n' then n = tonumber(fields[i + 1]) end
+  end
+  redis.call('XDEL', stream, oldest[1][1])
+  total = redis.call('HINCRBY', meta, 'swaps', -n)
+end
 redis.call('EXPIRE', stream, max_age)
-redis.call('HSET', meta, 'last_id', id, 'last_n', #kept)
+redis.call('HSET', meta, 'last_id', id, 'last_n', count)
 redis.call('HINCRBY', meta, 'added', 1)
 local payload = '{"key":"' .. ARGV[2] .. '","epoch":"' .. epoch .. '","id":"' .. id .. '"'
 if gap then payload = payload .. ',"gap":true' end
@@ -247,34 +284,68 @@ impl RedisStore {
     /// Appends each update to its channel's history and publishes it: one
     /// script per channel, all on their way at once.
     pub async fn publish_swaps(&self, updates: &[SwapUpdate]) -> anyhow::Result<()> {
-        let history = self.history;
-        let sent = updates.iter().map(|update| {
-            let (stream, meta) = self.history_keys(&update.key);
-            let mut invocation = APPEND.prepare_invoke();
-            invocation
-                .key(stream)
-                .key(meta)
-                .arg(self.updates_channel(&update.key))
-                .arg(update.key.to_string())
-                .arg(u8::from(update.gap))
-                .arg(history.size)
-                .arg(history.max_age.as_secs().max(1))
-                .arg(meta_ttl(&history));
-            for swap in &update.swaps {
-                invocation.arg(&*swap.source).arg(swap.offset).arg(&*swap.json);
-            }
-            let mut conn = self.conn.clone();
-            async move {
-                invocation
-                    .invoke_async::<Option<String>>(&mut conn)
-                    .await
-                    .with_context(|| format!("publishing swaps of {}", update.key))
-            }
+        let sent = updates.iter().map(|update| async move {
+            // Every swap new (the rule): one array, checked per partition.
+            // A batch decided again (a restart's replay) is checked per swap.
+            let all = self.append(update, false).invoke_async::<Value>(&mut self.conn.clone()).await;
+            let result = match all {
+                Ok(Value::SimpleString(s)) if s == "filter" => {
+                    self.append(update, true).invoke_async::<Value>(&mut self.conn.clone()).await
+                }
+                Ok(Value::BulkString(s)) if s == b"filter" => {
+                    self.append(update, true).invoke_async::<Value>(&mut self.conn.clone()).await
+                }
+                other => other,
+            };
+            result.with_context(|| format!("publishing swaps of {}", update.key))
         });
         for result in futures::future::join_all(sent).await {
             result?;
         }
         Ok(())
+    }
+
+    /// The [`APPEND`] call for `update`: its swaps one by one (`each`), or
+    /// as one array with the offset range of each partition.
+    fn append(&self, update: &SwapUpdate, each: bool) -> redis::ScriptInvocation<'static> {
+        let history = self.history;
+        let (stream, meta) = self.history_keys(&update.key);
+        let mut invocation = APPEND.prepare_invoke();
+        invocation
+            .key(stream)
+            .key(meta)
+            .arg(self.updates_channel(&update.key))
+            .arg(update.key.to_string())
+            .arg(u8::from(update.gap))
+            .arg(history.size)
+            .arg(history.max_age.as_secs().max(1))
+            .arg(meta_ttl(&history));
+        if each {
+            invocation.arg("each");
+            for swap in &update.swaps {
+                invocation.arg(&*swap.source).arg(swap.offset).arg(&*swap.json);
+            }
+            return invocation;
+        }
+        let mut array = String::with_capacity(2 + update.swaps.iter().map(|s| s.json.len() + 1).sum::<usize>());
+        let mut ranges: Vec<(&str, i64, i64)> = Vec::new();
+        array.push('[');
+        for (i, swap) in update.swaps.iter().enumerate() {
+            if i > 0 {
+                array.push(',');
+            }
+            array.push_str(&swap.json);
+            match ranges.iter_mut().find(|(source, ..)| *source == &*swap.source) {
+                Some((_, low, high)) => (*low, *high) = ((*low).min(swap.offset), (*high).max(swap.offset)),
+                None => ranges.push((&swap.source, swap.offset, swap.offset)),
+            }
+        }
+        array.push(']');
+        invocation.arg("all").arg(array).arg(update.swaps.len());
+        for (source, low, high) in ranges {
+            invocation.arg(source).arg(low).arg(high);
+        }
+        invocation
     }
 
     /// `key`'s epoch and newest position and, after `since` (an epoch and

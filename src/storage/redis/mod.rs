@@ -155,7 +155,7 @@ impl RedisStore {
             conn,
             prefix: settings.key_prefix.clone(),
             recent_cap,
-            history: WsHistory { size: 1000, max_age: Duration::from_secs(600) },
+            history: WsHistory { size: 10_000, max_age: Duration::from_secs(600) },
             pubsub_client,
         })
     }

@@ -151,9 +151,11 @@ fn numbered(frame: &Value) -> (u32, String) {
     (u32::from_str_radix(&hash[2..], 16).unwrap(), frame["offset"].as_str().unwrap().to_owned())
 }
 
+/// Subscribes to the channel `since` names, from the position it gives.
 async fn subscribe_since(port: u16, since: Value) -> (Client, Value) {
+    let channels: Vec<&String> = since.as_object().unwrap().keys().collect();
     let mut client = Client::connect(port).await;
-    client.send(json!({"op": "subscribe", "channels": ["token:ETH"], "since": since})).await;
+    client.send(json!({"op": "subscribe", "channels": channels, "since": since})).await;
     let frame = client.frame(Duration::from_secs(10)).await;
     (client, frame)
 }
@@ -245,6 +247,31 @@ async fn the_history_replays_what_was_missed_and_says_when_it_cannot() {
     feed.publish_swaps(&[update(&[8], false)]).await.unwrap();
     let (_client, subscribed) = subscribe_since(port, after_3).await;
     assert_eq!((&subscribed["recovered"], &subscribed["reason"]), (&json!(false), &json!("history_expired")));
+
+    // Kept: at most SWAPSTREAM_WS_HISTORY_SIZE swaps (3 here), oldest out first.
+    let small = RedisStore::connect(&settings.redis, 100)
+        .await
+        .unwrap()
+        .with_history(WsHistory { size: 3, max_age: Duration::from_secs(600) });
+    let btc = |n: u32| SwapUpdate {
+        key: AggKey::parse("token:BTC").unwrap(),
+        swaps: vec![FeedSwap { json: swap(n), source: "swaps/1".into(), offset: n.into() }],
+        gap: false,
+    };
+    let mut client = Client::connect(port).await;
+    let subscribed = client.subscribe(&["token:BTC"]).await;
+    let btc_epoch = subscribed[0]["epoch"].clone();
+    let mut offsets = Vec::new();
+    for n in 1..=5 {
+        small.publish_swaps(&[btc(n)]).await.unwrap();
+        offsets.push(numbered(&client.frame(Duration::from_secs(10)).await).1);
+    }
+    let since = |at: &str| json!({"token:BTC": {"epoch": btc_epoch, "offset": at}});
+    let (_client, subscribed) = subscribe_since(port, since(&offsets[1])).await;
+    let told = (&subscribed["recovered"], &subscribed["reason"]);
+    assert_eq!(told, (&json!(false), &json!("history_expired")), "{subscribed}");
+    let (_client, subscribed) = subscribe_since(port, since(&offsets[2])).await;
+    assert_eq!((&subscribed["recovered"], &subscribed["missed"]), (&json!(true), &json!(2)), "{subscribed}");
 
     // Redis lost the channel's history: a new epoch.
     let meta = format!("{}:{{token:ETH}}:history-meta", names.redis_prefix);
