@@ -159,6 +159,7 @@ pub struct Replay {
 ///   written and `filter` is returned, for the caller to send
 /// - `each`, then per swap `source, offset, JSON`: only the swaps past
 ///   their source's recorded offset are kept.
+///
 /// Publishes `{"key":..,"epoch":..,"id":..,["gap":true,]"swaps":[..]}`,
 /// nothing when every swap was a repeat and there is no gap.
 static APPEND: LazyLock<redis::Script> = LazyLock::new(|| {
