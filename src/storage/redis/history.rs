@@ -7,8 +7,9 @@
 //! reads back are the same entries in the same order. Keys, in the channel's
 //! hash slot (Redis Cluster keeps working):
 //! - `<prefix>:{k}:history`: stream, one entry per update (`s`: the swaps
-//!   as a JSON array, `g`: present when states were lost before it,
-//!   `n`: their count), trimmed to `SWAPSTREAM_WS_HISTORY_SIZE` swaps and
+//!   as a JSON array, `g`: present when states were lost before it),
+//!   with `history-index`, a list of its entries' ids and swap counts;
+//!   trimmed to `SWAPSTREAM_WS_HISTORY_SIZE` swaps and
 //!   `SWAPSTREAM_WS_HISTORY_SECS` of age but for the newest entry, gone
 //!   after that long idle;
 //! - `<prefix>:{k}:history-meta`: hash with the channel's `epoch` (new
@@ -151,8 +152,8 @@ pub struct Replay {
 /// Appends an update to its channel's history and publishes it, keeping
 /// at most `size` swaps (the newest entry always) and none older than
 /// `max age` (but the newest entry).
-/// KEYS: stream, meta. ARGV: pub/sub channel, key name, gap (0/1), size,
-/// max age (s), meta lifetime (s), then either
+/// KEYS: stream, meta, index. ARGV: pub/sub channel, key name, gap (0/1),
+/// size, max age (s), meta lifetime (s), then either
 /// - `all`, the swaps as a JSON array, their count, and per source its
 ///   `source, lowest offset, highest offset`: every swap is new unless a
 ///   source's recorded offset reaches its lowest one; then nothing is
@@ -165,7 +166,7 @@ pub struct Replay {
 static APPEND: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
-local stream, meta = KEYS[1], KEYS[2]
+local stream, meta, index = KEYS[1], KEYS[2], KEYS[3]
 local size, max_age, meta_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local gap = ARGV[3] == '1'
 local function mark_of(source)
@@ -204,30 +205,32 @@ if not epoch then
 end
 redis.call('EXPIRE', meta, meta_ttl)
 if count == 0 and not gap then return false end
-if redis.call('EXISTS', stream) == 0 then redis.call('HSET', meta, 'swaps', 0) end
+if redis.call('EXISTS', stream) == 0 then
+  redis.call('DEL', index)
+  redis.call('HSET', meta, 'swaps', 0)
+end
 local id
 if gap then
-  id = redis.call('XADD', stream, '*', 'n', count, 's', swaps, 'g', '1')
+  id = redis.call('XADD', stream, '*', 's', swaps, 'g', '1')
 else
-  id = redis.call('XADD', stream, '*', 'n', count, 's', swaps)
+  id = redis.call('XADD', stream, '*', 's', swaps)
 end
--- Trim from the oldest while over the size or the age, keeping the newest.
+redis.call('RPUSH', index, id .. ' ' .. count)
+-- Trim from the oldest while over the size or the age, keeping the newest
+-- (by the index: the entries themselves may be megabytes).
 local total = redis.call('HINCRBY', meta, 'swaps', count)
 local t = redis.call('TIME')
 local oldest_kept_ms = (tonumber(t[1]) - max_age) * 1000
-while true do
-  local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 2)
-  if #oldest < 2 then break end
-  local first_ms = tonumber(string.match(oldest[1][1], '^(%d+)'))
-  if total <= size and first_ms >= oldest_kept_ms then break end
-  local fields, n = oldest[1][2], 0
-  for i = 1, #fields, 2 do
-    if fields[i] == 'n' then n = tonumber(fields[i + 1]) end
-  end
-  redis.call('XDEL', stream, oldest[1][1])
-  total = redis.call('HINCRBY', meta, 'swaps', -n)
+while redis.call('LLEN', index) > 1 do
+  local oldest = redis.call('LINDEX', index, 0)
+  local ms, seq, n = string.match(oldest, '^(%d+)-(%d+) (%d+)$')
+  if total <= size and tonumber(ms) >= oldest_kept_ms then break end
+  redis.call('XDEL', stream, ms .. '-' .. seq)
+  redis.call('LPOP', index)
+  total = redis.call('HINCRBY', meta, 'swaps', -tonumber(n))
 end
 redis.call('EXPIRE', stream, max_age)
+redis.call('EXPIRE', index, max_age)
 redis.call('HSET', meta, 'last_id', id, 'last_n', count)
 redis.call('HINCRBY', meta, 'added', 1)
 local payload = '{"key":"' .. ARGV[2] .. '","epoch":"' .. epoch .. '","id":"' .. id .. '"'
@@ -282,6 +285,12 @@ impl RedisStore {
         (self.key(key, "history"), self.key(key, "history-meta"))
     }
 
+    /// The list of a channel's entries with their swap counts, oldest
+    /// first: `<id> <count>`.
+    fn history_index(&self, key: &AggKey) -> String {
+        self.key(key, "history-index")
+    }
+
     /// Appends each update to its channel's history and publishes it: one
     /// script per channel, all on their way at once.
     pub async fn publish_swaps(&self, updates: &[SwapUpdate]) -> anyhow::Result<()> {
@@ -315,6 +324,7 @@ impl RedisStore {
         invocation
             .key(stream)
             .key(meta)
+            .key(self.history_index(&update.key))
             .arg(self.updates_channel(&update.key))
             .arg(update.key.to_string())
             .arg(u8::from(update.gap))

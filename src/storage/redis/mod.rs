@@ -15,7 +15,7 @@
 //! - `<prefix>:keys`: set of every token and pair seen;
 //! - `<prefix>:ready`: present once the live state is complete; its absence
 //!   (after a flush) makes consumers rebuild what they own;
-//! - `<prefix>:{k}:history` and `history-meta`: the channel's recent swap
+//! - `<prefix>:{k}:history`, `history-index` and `history-meta`: the channel's recent swap
 //!   frames for resuming WebSocket clients (see `history`);
 //! - channel `<prefix>:updates:{k}`: the swap feed's new swap states of a
 //!   batch, before its checkpoint, as appended to the history
