@@ -3,11 +3,13 @@
 //! producer's ground truth.
 //!
 //! Files by capability: `fanout`, `slow_clients`, `hostile`, `lifecycle`,
-//! `protocol`; the test client (`client`), the model of what a client must
+//! `protocol`, `contract` (every frame type against the AsyncAPI
+//! document); the test client (`client`), the model of what a client must
 //! receive (`model`) and the raw sockets of the hostile and stalled clients
 //! (`raw`) are shared with `ws_conflation`.
 
 mod client;
+mod contract;
 mod fanout;
 mod hostile;
 mod lifecycle;
