@@ -1,5 +1,6 @@
 //! HTTP: the route table, the middleware stack and the servers.
 
+pub mod asyncapi;
 pub mod client_ip;
 mod conditional;
 pub mod dashboard;
@@ -53,13 +54,15 @@ fn health_paths(cfg: &mut web::ServiceConfig) {
         .service(get_only("/metrics", health::metrics));
 }
 
-/// Every path of the main address: health, the dashboard, the REST API and
-/// its document, the WebSocket. Their handlers take [`Readiness`], [`Live`],
-/// [`openapi::Document`] and [`ws::WsState`] as app data.
+/// Every path of the main address: health, the dashboard, the REST API, the
+/// WebSocket and the documents of both (OpenAPI, AsyncAPI). Their handlers
+/// take [`Readiness`], [`Live`], [`openapi::Document`] and [`ws::WsState`]
+/// as app data.
 fn served_paths(cfg: &mut web::ServiceConfig) {
     cfg.configure(health_paths)
         .configure(dashboard::routes)
         .service(get_only("/v1/openapi.json", openapi::document))
+        .service(get_only("/v1/asyncapi.json", asyncapi::document))
         .configure(tokens::routes)
         .configure(ws::routes);
 }
@@ -230,7 +233,7 @@ mod tests {
         let document = openapi::ApiDoc::openapi();
         let documented: BTreeSet<String> = document.paths.paths.keys().cloned().collect();
         // Not JSON over HTTP, so documented elsewhere: the dashboard page and
-        // its files, and the WebSocket protocol (README.md).
+        // its files, and the WebSocket protocol (`/v1/asyncapi.json`).
         let elsewhere: BTreeSet<String> = ["/", "/dashboard/{name}", "/v1/ws"].map(String::from).into();
         assert!(elsewhere.is_subset(&served), "{served:?}");
         assert_eq!(served.difference(&elsewhere).cloned().collect::<BTreeSet<_>>(), documented);

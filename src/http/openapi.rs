@@ -14,7 +14,7 @@ use utoipa::openapi::Ref;
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{health, tokens, ws};
+use super::{asyncapi, health, tokens, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,15 +29,16 @@ use super::{health, tokens, ws};
         tokens::pair_candles,
         ws::stats,
         document,
+        asyncapi::document,
         health::healthz,
         health::readyz,
         health::metrics,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Security, &CommonResponses),
-    tags((name = "tokens"), (name = "pairs"), (name = "websocket", description = "Counts of the WebSocket service; the protocol itself is described in README.md"),
+    tags((name = "tokens"), (name = "pairs"), (name = "websocket", description = "Counts of the WebSocket service; the protocol itself is described by the AsyncAPI document at /v1/asyncapi.json"),
         (name = "health", description = "Probes and metrics: open whatever the API keys"),
-        (name = "document", description = "This document")),
+        (name = "document", description = "This document, and the AsyncAPI document of the WebSocket")),
 )]
 pub struct ApiDoc;
 

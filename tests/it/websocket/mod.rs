@@ -2,13 +2,15 @@
 //! PostgreSQL and Redis: what a client receives is checked against the
 //! producer's ground truth.
 //!
-//! Files by capability: `candles`, `fanout`, `slow_clients`, `hostile`, `lifecycle`,
-//! `protocol`, `resume`; the test client (`client`), the model of what a client must
+//! Files by capability: `candles`, `fanout`, `slow_clients`, `hostile`,
+//! `lifecycle`, `protocol`, `resume`, `contract` (every frame type against
+//! the AsyncAPI document); the test client (`client`), the model of what a client must
 //! receive (`model`) and the raw sockets of the hostile and stalled clients
 //! (`raw`) are shared with `ws_conflation`.
 
 mod candles;
 mod client;
+mod contract;
 mod fanout;
 mod hostile;
 mod lifecycle;
