@@ -79,7 +79,7 @@ mod tests {
         let messages = &document["components"]["messages"];
         let kind = |name: &str, field: &str| {
             let payload = &messages[name]["payload"];
-            // `subscribed` has two forms; both name the type.
+            // `subscribed` has several forms; each names the type.
             let forms: Vec<&Value> = match payload["oneOf"].as_array() {
                 Some(forms) => forms.iter().collect(),
                 None => vec![payload],
@@ -93,7 +93,8 @@ mod tests {
         for op in ["subscribe", "unsubscribe", "list_subscriptions", "ping"] {
             assert_eq!(kind(op, "op").as_deref(), Some(op));
         }
-        let frames = ["subscribed", "swap", "stats", "skipped", "unsubscribed", "subscriptions", "error", "pong"];
+        let frames =
+            ["subscribed", "swap", "stats", "candle", "skipped", "unsubscribed", "subscriptions", "error", "pong"];
         for frame in frames {
             assert_eq!(kind(frame, "type").as_deref(), Some(frame));
         }
@@ -172,7 +173,7 @@ mod tests {
     }
 
     #[test]
-    fn the_stats_and_swap_schemas_have_the_fields_of_the_openapi_documents() {
+    fn the_stats_swap_and_candle_schemas_have_the_fields_of_the_openapi_documents() {
         let asyncapi = parsed();
         let openapi = serde_json::to_value(super::super::openapi::ApiDoc::openapi()).expect("the OpenAPI document");
         for (ours, theirs) in [
@@ -184,6 +185,10 @@ mod tests {
         ] {
             assert_eq!(shape(&asyncapi, ours), shape(&openapi, theirs), "AsyncAPI {ours} against OpenAPI {theirs}");
         }
+        // A candle frame's bucket is REST's candle and `closed`.
+        let (mut names, mut required) = shape(&asyncapi, "Candle");
+        assert!(names.remove("closed") && required.remove("\"closed\""), "{names:?}");
+        assert_eq!((names, required), shape(&openapi, "Candle"), "AsyncAPI Candle against OpenAPI Candle");
         for (ours, theirs) in [("Amount", "Amount"), ("Price", "Price")] {
             let pattern = |document: &Value, name: &str| document["components"]["schemas"][name]["pattern"].clone();
             assert_eq!(pattern(&asyncapi, ours), pattern(&openapi, theirs), "{ours}");

@@ -16,12 +16,6 @@ use super::{consumer_vars, start_consumer, stream_vars, QUIET};
 use crate::helpers::{self, delivered, require_broker, wait_checkpointed, Names};
 use crate::support::http;
 
-/// Fields being added to the server with resume: required by the document,
-/// not sent by a server without resume. Such a server (one that sends none
-/// of them at all) is checked without requiring them; once it sends any,
-/// every frame must have them.
-const RESUME_FIELDS: [(&str, &[&str]); 2] = [("subscribed", &["epoch", "offset"]), ("swap", &["offset"])];
-
 /// The messages of the document's operations, by `op` (requests) or
 /// `type` (frames): the payload schemas, `components` beside them so that
 /// their references resolve.
@@ -73,24 +67,6 @@ impl Contract {
     }
 }
 
-/// `schema` without `fields` in any `required` list.
-fn not_requiring(schema: &Value, fields: &[&str]) -> Value {
-    match schema {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(name, value)| match (name.as_str(), value) {
-                    ("required", Value::Array(list)) => {
-                        (name.clone(), list.iter().filter(|f| !fields.iter().any(|x| *f == x)).cloned().collect())
-                    }
-                    _ => (name.clone(), not_requiring(value, fields)),
-                })
-                .collect(),
-        ),
-        Value::Array(items) => items.iter().map(|item| not_requiring(item, fields)).collect(),
-        other => other.clone(),
-    }
-}
-
 /// A client's requests and every frame it read.
 struct Conversation {
     client: Client,
@@ -104,7 +80,7 @@ impl Conversation {
         loop {
             let frame = self.client.frame(Duration::from_secs(10)).await;
             self.frames.push(frame.clone());
-            if !matches!(frame["type"].as_str(), Some("swap" | "stats" | "skipped")) {
+            if !matches!(frame["type"].as_str(), Some("swap" | "stats" | "candle" | "skipped")) {
                 return frame;
             }
         }
@@ -156,12 +132,14 @@ async fn every_frame_type_the_asyncapi_document_names_is_sent_as_it_describes() 
     assert_eq!((&subscribed["type"], &subscribed["seq"]), (&json!("subscribed"), &json!(0)), "{subscribed}");
     let pair = talk.ask(json!({"op": "subscribe", "channels": ["pair:usdc-eth"]})).await;
     assert_eq!(pair["channel"], "pair:ETH-USDC", "{pair}");
+    let candles = talk.ask(json!({"op": "subscribe", "id": "c", "channels": ["candles:usdc-eth:1m"]})).await;
+    assert_eq!((&candles["channel"], &candles["seq"]), (&json!("candles:ETH-USDC:1m"), &json!(0)), "{candles}");
     let already = talk.ask(json!({"op": "subscribe", "id": 2, "channels": ["TOKEN:ETH"]})).await;
     assert_eq!(already["already"], true, "{already}");
     let unseen = talk.ask(json!({"op": "subscribe", "id": "n", "channels": ["token:NEWT"]})).await;
     assert_eq!(unseen["seen"], false, "{unseen}");
     let listed = talk.ask(json!({"op": "list_subscriptions", "id": 3})).await;
-    assert_eq!(listed["channels"], json!(["pair:ETH-USDC", "token:ETH", "token:NEWT"]));
+    assert_eq!(listed["channels"], json!(["candles:ETH-USDC:1m", "pair:ETH-USDC", "token:ETH", "token:NEWT"]));
     let unsubscribed = talk.ask(json!({"op": "unsubscribe", "id": 4, "channels": ["token:NEWT"]})).await;
     assert_eq!(unsubscribed["type"], "unsubscribed");
     assert_eq!(talk.ask(json!({"op": "ping", "id": "p"})).await, json!({"type": "pong", "id": "p"}));
@@ -221,24 +199,10 @@ async fn every_frame_type_the_asyncapi_document_names_is_sent_as_it_describes() 
     drop(third);
 
     // Assert: every frame matches the schema of its type; every type was sent.
-    let resume = frames.iter().any(|f| {
-        RESUME_FIELDS.iter().any(|(kind, fields)| f["type"] == *kind && fields.iter().any(|n| f.get(*n).is_some()))
-    });
-    if !resume {
-        println!("the server sends none of {RESUME_FIELDS:?}: frames checked without requiring them");
-    }
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for frame in &frames {
         let kind = frame["type"].as_str().unwrap_or_else(|| panic!("a frame without a type: {frame}"));
         let schema = contract.frames.get(kind).unwrap_or_else(|| panic!("a frame type not in the document: {frame}"));
-        let relaxed;
-        let schema = match RESUME_FIELDS.iter().find(|(k, _)| *k == kind) {
-            Some((_, fields)) if !resume => {
-                relaxed = not_requiring(schema, fields);
-                &relaxed
-            }
-            _ => schema,
-        };
         let errors = contract.errors(schema, frame);
         assert!(errors.is_empty(), "a {kind} frame does not match the document: {errors:?}\n{frame}");
         *seen.entry(kind.to_owned()).or_default() += 1;
