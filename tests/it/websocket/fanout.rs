@@ -143,12 +143,36 @@ async fn a_client_gets_every_swap_of_its_channel_over_redis_cluster() {
     vars.push(("SWAPSTREAM_REDIS_URL", nodes.into()));
     let (mut consumer, port) = start_consumer(&names, &vars, "a").await;
     let mut client = Client::connect(port).await;
-    client.subscribe(&["token:SOL"]).await;
+    let epoch = client.subscribe(&["token:SOL"]).await.remove(0)["epoch"].clone();
 
     let truth = helpers::produce(&brokers, &names, 200, &stream_vars("max")).await;
     let mut received = Received::new();
+    // The tenth swap's position, and the states after it.
+    let mut position = None;
+    while position.is_none() {
+        let frame = client.frame(Duration::from_secs(60)).await;
+        received.take(&frame, "token:SOL", "SOL");
+        if received.states.len() == 10 && frame["type"] == "swap" {
+            position = Some(frame["offset"].clone());
+        }
+    }
+    let first_ten = received.states.clone();
     received.until_final(&mut client, &truth, "token:SOL", "SOL").await;
     assert_eq!(received.states, expected_states(&truth, "SOL"), "SOL swap states over Redis Cluster");
+
+    // The channel's history is in the cluster too: a client resumes from the tenth swap.
+    let mut resumed = Client::connect(port).await;
+    let since = json!({"token:SOL": {"epoch": epoch, "offset": position}});
+    resumed.send(json!({"op": "subscribe", "channels": ["token:SOL"], "since": since})).await;
+    let subscribed = resumed.frame(Duration::from_secs(10)).await;
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
+    let rest: BTreeSet<_> = received.states.difference(&first_ten).cloned().collect();
+    assert_eq!(subscribed["missed"], rest.len(), "{subscribed}");
+    let mut replayed = Received::new();
+    while replayed.states.len() < rest.len() {
+        replayed.take(&resumed.frame(Duration::from_secs(10)).await, "token:SOL", "SOL");
+    }
+    assert_eq!(replayed.states, rest, "the replay is every state after the position");
     consumer.kill9().await;
 }
 
