@@ -302,12 +302,7 @@ impl OutQueue {
             channel.in_ready = true;
             self.ready.push_back(key.clone());
         }
-        if self.bytes > self.cap {
-            let (bytes, conflations, swaps) = self.conflate();
-            pushed.bytes += bytes;
-            pushed.conflations = conflations;
-            pushed.conflated_swaps = swaps;
-        }
+        self.conflate_if_over(&mut pushed);
         pushed
     }
 
@@ -347,13 +342,19 @@ impl OutQueue {
             channel.in_ready = true;
             self.ready.push_back(key);
         }
+        self.conflate_if_over(&mut pushed);
+        pushed
+    }
+
+    /// Conflates if the queue holds more than its cap, adding what that did
+    /// to `pushed`.
+    fn conflate_if_over(&mut self, pushed: &mut Pushed) {
         if self.bytes > self.cap {
             let (bytes, conflations, swaps) = self.conflate();
             pushed.bytes += bytes;
             pushed.conflations = conflations;
             pushed.conflated_swaps = swaps;
         }
-        pushed
     }
 
     /// Updates of `only` (or of every channel) were lost: each skips a `seq`

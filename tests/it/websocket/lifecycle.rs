@@ -59,13 +59,7 @@ async fn lost_updates_show_a_seq_gap_on_the_channels_they_hit() {
     let names = Names::new("it-ws-gap");
     let redis = helpers::OwnRedis::start().await;
     let url = format!("redis://127.0.0.1:{}", redis.port);
-    let vars = vec![
-        ("SWAPSTREAM_POSTGRES_SCHEMA", names.schema.clone()),
-        ("SWAPSTREAM_REDIS_KEY_PREFIX", names.redis_prefix.clone()),
-        ("SWAPSTREAM_REDIS_URL", url.clone()),
-        ("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0".to_owned()),
-        ("SWAPSTREAM_LOG_FORMAT", "json".to_owned()),
-    ];
+    let vars = helpers::api_vars(&names, &[("SWAPSTREAM_REDIS_URL", &url)]);
     let mut api = Child::spawn(&format!("{}api", names.topic_prefix), &["api"], &vars);
     let port = helpers::logged_port(&api).await;
     let mut client = Client::connect(port).await;

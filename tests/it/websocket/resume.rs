@@ -163,12 +163,7 @@ async fn subscribe_since(port: u16, since: Value) -> (Client, Value) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_history_replays_what_was_missed_and_says_when_it_cannot() {
     let names = Names::new("it-ws-history");
-    let vars = [
-        ("SWAPSTREAM_POSTGRES_SCHEMA", names.schema.clone()),
-        ("SWAPSTREAM_REDIS_KEY_PREFIX", names.redis_prefix.clone()),
-        ("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0".to_owned()),
-        ("SWAPSTREAM_LOG_FORMAT", "json".to_owned()),
-    ];
+    let vars = helpers::api_vars(&names, &[]);
     let mut api = Child::spawn(&format!("{}api", names.topic_prefix), &["api"], &vars);
     let port = helpers::logged_port(&api).await;
     let settings = names.settings(&[]);
@@ -287,13 +282,7 @@ async fn updates_lost_with_the_pubsub_connection_are_read_back_without_a_gap() {
     let names = Names::new("it-ws-pubsub-loss");
     let redis = helpers::OwnRedis::start().await;
     let url = format!("redis://127.0.0.1:{}", redis.port);
-    let vars = [
-        ("SWAPSTREAM_POSTGRES_SCHEMA", names.schema.clone()),
-        ("SWAPSTREAM_REDIS_KEY_PREFIX", names.redis_prefix.clone()),
-        ("SWAPSTREAM_REDIS_URL", url.clone()),
-        ("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0".to_owned()),
-        ("SWAPSTREAM_LOG_FORMAT", "json".to_owned()),
-    ];
+    let vars = helpers::api_vars(&names, &[("SWAPSTREAM_REDIS_URL", &url)]);
     let mut api = Child::spawn(&format!("{}api", names.topic_prefix), &["api"], &vars);
     let port = helpers::logged_port(&api).await;
     let settings = names.settings(&[("SWAPSTREAM_REDIS_URL", &url)]);
