@@ -56,7 +56,7 @@ use super::pubsub::{pubsub_loop, Inbox, Incoming, PubSubCommand, Published};
 use crate::config::WsSettings;
 use crate::domain::partial::AggKey;
 use crate::metrics::METRICS;
-use crate::read::Live;
+use crate::read::{Live, ReadError};
 use crate::storage::presence::{InstanceCounts, Presence};
 use crate::storage::redis::{RedisStore, Replay};
 
@@ -515,8 +515,12 @@ impl SessionRegistry {
                         live.shared_candles(agg, *interval, lateness).await.map(State::Candles)
                     }
                 };
-                if let Ok(state) = state {
-                    states.push((key, state));
+                match state {
+                    Ok(state) => states.push((key, Some(state))),
+                    // Nothing to tell yet (no swap seen).
+                    Err(ReadError::NotFound(_)) => {}
+                    // Read again at the next interval.
+                    Err(_) => states.push((key, None)),
                 }
             }
             states
@@ -525,8 +529,13 @@ impl SessionRegistry {
             act.stats_in_flight = false;
             for (key, state) in states {
                 match state {
-                    State::Stats(json) => act.deliver(&key, vec![FrameBody::stats(json)]),
-                    State::Candles(candles) => act.deliver_candles(&key, candles),
+                    Some(State::Stats(json)) => act.deliver(&key, vec![FrameBody::stats(json)]),
+                    Some(State::Candles(candles)) => act.deliver_candles(&key, candles),
+                    None => {
+                        if let Some(channel) = act.channels.get_mut(&key) {
+                            channel.dirty = true;
+                        }
+                    }
                 }
             }
         }));

@@ -441,10 +441,28 @@ impl WsSession {
             };
             return self.on_snapshot(key, generation, Err(error.clone()), Err(error), ctx);
         };
-        let ChannelKey::Live(agg) = &key else {
-            // A candle channel's buckets come from the registry, at its
-            // next interval: nothing to read here.
-            return self.open_candles(key, generation, ctx);
+        let agg = match &key {
+            ChannelKey::Live(agg) => agg,
+            // A candle channel's buckets come from the registry, at its next
+            // interval: nothing to read here, but whether the token or pair
+            // is known when only known ones are wanted.
+            ChannelKey::Candles(agg, _) => {
+                if !matches!(self.channels.get(&key), Some(ChannelState::Waiting { known_only: true, .. })) {
+                    return self.open_candles(key, generation, ctx);
+                }
+                let read = self.common.snapshots.read(&self.common.live, agg);
+                ctx.spawn(read.into_actor(self).map(move |snapshot, act, ctx| match snapshot {
+                    Ok(_) => act.open_candles(key, generation, ctx),
+                    Err(e) => {
+                        let id = match act.channels.get_mut(&key) {
+                            Some(ChannelState::Waiting { generation: g, id, .. }) if *g == generation => id.take(),
+                            _ => return, // unsubscribed meanwhile
+                        };
+                        act.refuse(key, e, id, ctx);
+                    }
+                }));
+                return;
+            }
         };
         let snapshot = self.common.snapshots.read(&self.common.live, agg);
         let read = self.common.snapshots.history(self.common.live.redis(), agg, since, confirmed_at);
@@ -490,14 +508,7 @@ impl WsSession {
         let name: Arc<str> = key.to_string().into();
         let (snapshot, replay) = match (snapshot, history) {
             (Ok(snapshot), Ok(replay)) => (snapshot, replay),
-            (Err(e), _) | (_, Err(e)) => {
-                self.channels.remove(&key);
-                self.conn.remove(&key);
-                self.common.registry.do_send(Unsubscribe { id: self.id, channels: vec![key.clone()] });
-                METRICS.ws_bad_frames.with_label_values(&[e.code]).inc();
-                let frame = json!({"type": "error", "code": e.code, "channel": &*name, "message": &*e.message});
-                return self.emit(ctx, answer(frame, id.as_ref()));
-            }
+            (Err(e), _) | (_, Err(e)) => return self.refuse(key, e, id, ctx),
         };
         let stats: Arc<str> = snapshot.to_string().into();
         let mut frame = json!({
@@ -535,6 +546,17 @@ impl WsSession {
         let pushed = self.conn.start(&key, stats, replay.head, replayed);
         METRICS.ws_conflations.inc_by(pushed.conflations);
         METRICS.ws_conflated_frames.inc_by(pushed.conflated_swaps);
+    }
+
+    /// Refuses the subscription to `key` with an `error` frame answering
+    /// the request `id`, and forgets it.
+    fn refuse(&mut self, key: ChannelKey, e: SnapshotError, id: Option<Value>, ctx: &mut ws::WebsocketContext<Self>) {
+        self.channels.remove(&key);
+        self.conn.remove(&key);
+        self.common.registry.do_send(Unsubscribe { id: self.id, channels: vec![key.clone()] });
+        METRICS.ws_bad_frames.with_label_values(&[e.code]).inc();
+        let frame = json!({"type": "error", "code": e.code, "channel": key.to_string(), "message": &*e.message});
+        self.emit(ctx, answer(frame, id.as_ref()));
     }
 
     /// Answers a candle channel's subscription: its buckets come from the

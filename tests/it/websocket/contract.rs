@@ -128,6 +128,8 @@ async fn every_frame_type_the_asyncapi_document_names_is_sent_as_it_describes() 
     let mut talk = Conversation { client: Client::connect(port).await, sent: Vec::new(), frames: Vec::new() };
     let refused = talk.ask(json!({"op": "subscribe", "id": "a", "channels": ["token:ETHH"], "known_only": true})).await;
     assert_eq!(refused["code"], "unknown_channel", "{refused}");
+    let refused = talk.ask(json!({"op": "subscribe", "channels": ["candles:ETHH:1m"], "known_only": true})).await;
+    assert_eq!((&refused["code"], &refused["channel"]), (&json!("unknown_channel"), &json!("candles:ETHH:1m")));
     let subscribed = talk.ask(json!({"op": "subscribe", "id": 1, "channels": ["token:eth"], "known_only": true})).await;
     assert_eq!((&subscribed["type"], &subscribed["seq"]), (&json!("subscribed"), &json!(0)), "{subscribed}");
     let pair = talk.ask(json!({"op": "subscribe", "channels": ["pair:usdc-eth"]})).await;
