@@ -7,7 +7,7 @@
 //!
 //! `cargo bench --bench resume -- [CLIENTS] [--missed N] [--per-entry K] [--pin]`
 //! (defaults: 1000 clients, 1000 missed frames in entries of 10 swaps, as
-//! the swap feed writes a batch's swaps of a channel as one entry) with
+//! the swap feed writes a batch's swaps of a channel as entries of up to 1000) with
 //! Redis and PostgreSQL up (`scripts/services up`; no broker is needed:
 //! the history is written here through the library's swap feed writer).
 //! `--pin` runs the clients on CPU 0 and the server and Redis on CPU 1

@@ -6,8 +6,9 @@
 //! publishes it, so what subscribers get live and what a resuming client
 //! reads back are the same entries in the same order. Keys, in the channel's
 //! hash slot (Redis Cluster keeps working):
-//! - `<prefix>:{k}:history`: stream, one entry per update (`s`: the swaps
-//!   as a JSON array, `g`: present when states were lost before it),
+//! - `<prefix>:{k}:history`: stream, an update's swaps in entries of at
+//!   most 1000 (`s`: the swaps as a JSON array, `g`: present when states
+//!   were lost before it),
 //!   with `history-index`, a list of its entries' ids and swap counts;
 //!   trimmed to `SWAPSTREAM_WS_HISTORY_SIZE` swaps and
 //!   `SWAPSTREAM_WS_HISTORY_SECS` of age but for the newest entry, gone
@@ -275,6 +276,10 @@ return {epoch, last_id, last_n, 'history_expired', {}}
     )
 });
 
+/// Swaps in one history entry at most: a catch-up's batch is written as
+/// several, each a short hold of Redis (about 300 KB).
+const ENTRY_SWAPS: usize = 1000;
+
 /// How long a channel's meta hash outlives its last write.
 fn meta_ttl(history: &WsHistory) -> u64 {
     history.max_age.max(Duration::from_secs(86_400)).as_secs()
@@ -295,19 +300,26 @@ impl RedisStore {
     /// script per channel, all on their way at once.
     pub async fn publish_swaps(&self, updates: &[SwapUpdate]) -> anyhow::Result<()> {
         let sent = updates.iter().map(|update| async move {
-            // Every swap new (the rule): one array, checked per partition.
-            // A batch decided again (a restart's replay) is checked per swap.
-            let all = self.append(update, false).invoke_async::<Value>(&mut self.conn.clone()).await;
-            let result = match all {
-                Ok(Value::SimpleString(s)) if s == "filter" => {
-                    self.append(update, true).invoke_async::<Value>(&mut self.conn.clone()).await
-                }
-                Ok(Value::BulkString(s)) if s == b"filter" => {
-                    self.append(update, true).invoke_async::<Value>(&mut self.conn.clone()).await
-                }
-                other => other,
-            };
-            result.with_context(|| format!("publishing swaps of {}", update.key))
+            // In entries of at most ENTRY_SWAPS, one after the other, so that
+            // a catch-up's batch does not hold Redis for long at a time.
+            let chunks: Vec<&[FeedSwap]> =
+                if update.swaps.is_empty() { vec![&[]] } else { update.swaps.chunks(ENTRY_SWAPS).collect() };
+            for (i, swaps) in chunks.into_iter().enumerate() {
+                let gap = update.gap && i == 0;
+                // Every swap new (the rule): one array, checked per partition.
+                // A batch decided again (a restart's replay) is checked per swap.
+                let all =
+                    self.append(&update.key, gap, swaps, false).invoke_async::<Value>(&mut self.conn.clone()).await;
+                let filter = matches!(&all, Ok(Value::SimpleString(s)) if s == "filter")
+                    || matches!(&all, Ok(Value::BulkString(s)) if s == b"filter");
+                let result = if filter {
+                    self.append(&update.key, gap, swaps, true).invoke_async::<Value>(&mut self.conn.clone()).await
+                } else {
+                    all
+                };
+                result.with_context(|| format!("publishing swaps of {}", update.key))?;
+            }
+            anyhow::Ok(())
         });
         for result in futures::future::join_all(sent).await {
             result?;
@@ -315,33 +327,33 @@ impl RedisStore {
         Ok(())
     }
 
-    /// The [`APPEND`] call for `update`: its swaps one by one (`each`), or
-    /// as one array with the offset range of each partition.
-    fn append(&self, update: &SwapUpdate, each: bool) -> redis::ScriptInvocation<'static> {
+    /// The [`APPEND`] call for `swaps` of `key`: one by one (`each`), or as
+    /// one array with the offset range of each partition.
+    fn append(&self, key: &AggKey, gap: bool, swaps: &[FeedSwap], each: bool) -> redis::ScriptInvocation<'static> {
         let history = self.history;
-        let (stream, meta) = self.history_keys(&update.key);
+        let (stream, meta) = self.history_keys(key);
         let mut invocation = APPEND.prepare_invoke();
         invocation
             .key(stream)
             .key(meta)
-            .key(self.history_index(&update.key))
-            .arg(self.updates_channel(&update.key))
-            .arg(update.key.to_string())
-            .arg(u8::from(update.gap))
+            .key(self.history_index(key))
+            .arg(self.updates_channel(key))
+            .arg(key.to_string())
+            .arg(u8::from(gap))
             .arg(history.size)
             .arg(history.max_age.as_secs().max(1))
             .arg(meta_ttl(&history));
         if each {
             invocation.arg("each");
-            for swap in &update.swaps {
+            for swap in swaps {
                 invocation.arg(&*swap.source).arg(swap.offset).arg(&*swap.json);
             }
             return invocation;
         }
-        let mut array = String::with_capacity(2 + update.swaps.iter().map(|s| s.json.len() + 1).sum::<usize>());
+        let mut array = String::with_capacity(2 + swaps.iter().map(|s| s.json.len() + 1).sum::<usize>());
         let mut ranges: Vec<(&str, i64, i64)> = Vec::new();
         array.push('[');
-        for (i, swap) in update.swaps.iter().enumerate() {
+        for (i, swap) in swaps.iter().enumerate() {
             if i > 0 {
                 array.push(',');
             }
@@ -352,7 +364,7 @@ impl RedisStore {
             }
         }
         array.push(']');
-        invocation.arg("all").arg(array).arg(update.swaps.len());
+        invocation.arg("all").arg(array).arg(swaps.len());
         for (source, low, high) in ranges {
             invocation.arg(source).arg(low).arg(high);
         }
