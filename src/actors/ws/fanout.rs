@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::protocol::FrameBody;
+use super::protocol::{swap_frames, FrameBody};
 use crate::storage::redis::Offset;
 
 /// One message of a key's update channel: a history entry of new swap
@@ -40,13 +40,6 @@ pub(super) struct Cursor {
     last: Offset,
 }
 
-impl<'a> Update<'a> {
-    /// A history entry read back, as it was published.
-    pub(super) fn from_history(key: &'a str, epoch: &'a str, id: String, swaps: Vec<&'a RawValue>, gap: bool) -> Self {
-        Update { key: Cow::Borrowed(key), swaps, gap, epoch: Some(Cow::Borrowed(epoch)), id: Some(Cow::Owned(id)) }
-    }
-}
-
 impl Cursor {
     /// Appends to `frames` the swap frames of `update` if its entry is
     /// newer than the last one handed on. True when states were lost before
@@ -57,17 +50,28 @@ impl Cursor {
         else {
             return false;
         };
-        let mut lost = update.gap;
+        self.advance_to(epoch, entry, update.gap, &update.swaps, frames)
+    }
+
+    /// [`Self::advance`] by a history entry at `entry` (`count` 0) of
+    /// history `epoch`, as read back from Redis.
+    pub(super) fn advance_to(
+        &mut self,
+        epoch: &str,
+        entry: Offset,
+        gap: bool,
+        swaps: &[&RawValue],
+        frames: &mut Vec<FrameBody>,
+    ) -> bool {
+        let mut lost = gap;
         if self.epoch.as_deref() != Some(epoch) {
             lost |= self.epoch.is_some();
             self.epoch = Some(epoch.to_string());
         } else if entry <= (Offset { count: 0, ..self.last }) {
             return false;
         }
-        self.last = Offset { count: update.swaps.len() as u32, ..entry };
-        for (n, raw) in (1..).zip(&update.swaps) {
-            frames.push(FrameBody::swap(raw.get().into(), Offset { count: n, ..entry }));
-        }
+        self.last = Offset { count: swaps.len() as u32, ..entry };
+        swap_frames(entry, swaps, frames);
         lost
     }
 

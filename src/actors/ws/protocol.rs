@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
+use serde_json::value::RawValue;
+
 use crate::domain::aggregate::Interval;
 use crate::domain::partial::AggKey;
 use crate::storage::redis::Offset;
@@ -66,6 +68,14 @@ impl FrameBody {
 
     pub fn candle(json: Arc<str>) -> FrameBody {
         FrameBody { kind: FrameKind::Candle, json, offset: None }
+    }
+}
+
+/// Appends the swap frames of a history entry's `swaps`, the first of them
+/// after `at` (an entry and how many of its swaps come before).
+pub fn swap_frames(at: Offset, swaps: &[&RawValue], frames: &mut Vec<FrameBody>) {
+    for (count, swap) in (at.count + 1..).zip(swaps) {
+        frames.push(FrameBody::swap(swap.get().into(), Offset { count, ..at }));
     }
 }
 

@@ -44,6 +44,7 @@ use actix::prelude::*;
 // names: foldhash (seeded per process) rather than SipHash.
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use futures::StreamExt as _;
+use serde_json::value::RawValue;
 use slog::{info, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
 
@@ -313,6 +314,13 @@ impl SessionRegistry {
         let Some(feed) = self.feeds.get_mut(agg) else { return };
         let mut frames = Vec::new();
         let lost = feed.cursor.advance(update, &mut frames);
+        self.take_frames(agg, lost, frames);
+    }
+
+    /// Buffers `frames` of the live channel of `agg` (after a gap when
+    /// states were `lost` before them) and marks its channels changed.
+    fn take_frames(&mut self, agg: &AggKey, lost: bool, frames: Vec<FrameBody>) {
+        let Some(feed) = self.feeds.get(agg) else { return };
         for key in &feed.channels {
             if let Some(channel) = self.channels.get_mut(key) {
                 channel.dirty = true;
@@ -382,11 +390,12 @@ impl SessionRegistry {
         let live = ChannelKey::Live(key.clone());
         match replay {
             Ok(Replay { epoch, missed: Ok(entries), .. }) => {
-                let name = key.to_string();
                 for entry in &entries {
-                    let Ok(swaps) = serde_json::from_str(&entry.swaps) else { continue };
-                    let id = format!("{}-{}", entry.at.ms, entry.at.seq);
-                    self.take_update(&key, &Update::from_history(&name, &epoch, id, swaps, entry.gap));
+                    let Ok(swaps) = serde_json::from_str::<Vec<&RawValue>>(&entry.swaps) else { continue };
+                    let Some(feed) = self.feeds.get_mut(&key) else { return };
+                    let mut frames = Vec::new();
+                    let lost = feed.cursor.advance_to(&epoch, entry.at, entry.gap, &swaps, &mut frames);
+                    self.take_frames(&key, lost, frames);
                 }
                 METRICS.ws_pubsub_recovered.inc_by(entries.len() as u64);
             }

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use super::connection::{now_ms, ConnShared};
 use super::limits::IpSlot;
 use super::outbound::Replayed;
-use super::protocol::{frame_len, parse_channel, ChannelKey, FrameBody, Outbound};
+use super::protocol::{frame_len, parse_channel, swap_frames, ChannelKey, Outbound};
 use super::registry::{Connect, Disconnect, SessionRegistry, Subscribe, Unsubscribe};
 use crate::config::WsSettings;
 use crate::domain::partial::AggKey;
@@ -688,10 +688,8 @@ fn replay_frames(entries: &[HistoryEntry]) -> (Vec<Replayed>, u64) {
             replayed.push(Replayed::Gap);
         }
         let Ok(raw) = serde_json::from_str::<Vec<&RawValue>>(&entry.swaps) else { continue };
-        let frames: Vec<FrameBody> = (entry.at.count + 1..)
-            .zip(raw)
-            .map(|(count, swap)| FrameBody::swap(swap.get().into(), Offset { count, ..entry.at }))
-            .collect();
+        let mut frames = Vec::with_capacity(raw.len());
+        swap_frames(entry.at, &raw, &mut frames);
         swaps += frames.len() as u64;
         if !frames.is_empty() {
             replayed.push(Replayed::Swaps(frames));

@@ -150,6 +150,22 @@ pub struct Replay {
     pub missed: Result<Vec<Entry>, Lost>,
 }
 
+/// `script` with `epoch_of(meta)`: the channel's epoch, and whether it is
+/// new (from Redis' clock): the history starts over.
+fn with_epoch(script: &str) -> redis::Script {
+    let epoch_of = r"
+local function epoch_of(meta)
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if epoch then return epoch, false end
+  local t = redis.call('TIME')
+  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('HSET', meta, 'epoch', epoch)
+  return epoch, true
+end
+";
+    redis::Script::new(&format!("{epoch_of}{script}"))
+}
+
 /// Appends an update to its channel's history and publishes it, keeping
 /// at most `size` swaps (the newest entry always) and none older than
 /// `max age` (but the newest entry).
@@ -165,7 +181,7 @@ pub struct Replay {
 /// Publishes `{"key":..,"epoch":..,"id":..,["gap":true,]"swaps":[..]}`,
 /// nothing when every swap was a repeat and there is no gap.
 static APPEND: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    with_epoch(
         r#"
 local stream, meta, index = KEYS[1], KEYS[2], KEYS[3]
 local size, max_age, meta_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
@@ -198,12 +214,7 @@ else
   end
   swaps, count = '[' .. table.concat(kept, ',') .. ']', #kept
 end
-local epoch = redis.call('HGET', meta, 'epoch')
-if not epoch then
-  local t = redis.call('TIME')
-  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
-  redis.call('HSET', meta, 'epoch', epoch)
-end
+local epoch = epoch_of(meta)
 redis.call('EXPIRE', meta, meta_ttl)
 if count == 0 and not gap then return false end
 if redis.call('EXISTS', stream) == 0 then
@@ -249,16 +260,11 @@ return id
 /// Returns {epoch, last_id, last_n, status, entries}, status one of
 /// `fresh`, `caught_up`, `replay`, `epoch_changed`, `history_expired`.
 static READ: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    with_epoch(
         r#"
 local stream, meta = KEYS[1], KEYS[2]
-local epoch = redis.call('HGET', meta, 'epoch')
-if not epoch then
-  local t = redis.call('TIME')
-  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
-  redis.call('HSET', meta, 'epoch', epoch)
-  redis.call('EXPIRE', meta, ARGV[1])
-end
+local epoch, created = epoch_of(meta)
+if created then redis.call('EXPIRE', meta, ARGV[1]) end
 local last_id = redis.call('HGET', meta, 'last_id') or '0-0'
 local last_n = redis.call('HGET', meta, 'last_n') or '0'
 if #ARGV < 4 then return {epoch, last_id, last_n, 'fresh', {}} end
