@@ -129,7 +129,7 @@ fn start_registry(
         SessionRegistry::start_in_arbiter(&arbiter.handle(), move |_| SessionRegistry::new(ws, instance, live, log))
     };
     let common = crate::actors::ws::session::SessionCommon {
-        snapshots: crate::actors::ws::session::Snapshots::default(),
+        snapshots: crate::actors::ws::snapshots::Snapshots::default(),
         registry: registry.clone(),
         settings: settings.ws.clone(),
         live: live.clone(),

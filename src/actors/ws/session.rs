@@ -15,24 +15,23 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use actix_web_actors::ws;
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::connection::{now_ms, ConnShared};
 use super::limits::IpSlot;
-use super::outbound::Replayed;
-use super::protocol::{frame_len, parse_channel, swap_frames, ChannelKey, Outbound};
+use super::protocol::{frame_len, parse_channel, ChannelKey, Outbound};
 use super::registry::{Connect, Disconnect, SessionRegistry, Subscribe, Unsubscribe};
+use super::request::{answer, Request, Since};
+use super::snapshots::{replay_frames, SnapshotError, Snapshots};
 use crate::config::WsSettings;
-use crate::domain::partial::AggKey;
 use crate::metrics::METRICS;
-use crate::read::{Live, ReadError};
-use crate::storage::redis::{HistoryEntry, Offset, RedisStore, Replay};
+use crate::read::Live;
+use crate::storage::redis::{Offset, Replay};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -41,105 +40,6 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 enum ChannelState {
     Waiting { generation: u64, id: Option<Value>, known_only: bool, since: Option<Since> },
     Live,
-}
-
-/// Where a resuming client was in a channel: the history's epoch and its
-/// offset there.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Since {
-    epoch: String,
-    offset: Offset,
-}
-
-/// The longest string a client's request `id` may be.
-const MAX_ID_CHARS: usize = 64;
-
-/// A client request: `{"op": ..., "id": ..., "channels": [...]}`.
-struct Request {
-    op: String,
-    /// Echoed on every answer to the request: a string of at most
-    /// [`MAX_ID_CHARS`] or an integer.
-    id: Option<Value>,
-    channels: Option<Vec<Value>>,
-    /// Refuse tokens and pairs without a swap seen (REST answers 404)
-    /// instead of subscribing with an all-zero snapshot.
-    known_only: bool,
-    /// Per channel, where the client was: `{"token:ETH": {"epoch": ..,
-    /// "offset": ..}}`.
-    since: HashMap<ChannelKey, Since>,
-}
-
-impl Request {
-    /// The request in `text`; the error (code, message) carries the `id`
-    /// when that much could be read.
-    fn parse(text: &str) -> Result<Request, (Option<Value>, &'static str, String)> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| (None, "bad_json", format!("expected a JSON request object: {e}")))?;
-        let Value::Object(mut fields) = value else {
-            return Err((None, "bad_json", "expected a JSON request object".into()));
-        };
-        let id = match fields.remove("id") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(id)) if id.chars().count() <= MAX_ID_CHARS => Some(Value::String(id)),
-            Some(Value::Number(id)) if id.is_i64() || id.is_u64() => Some(Value::Number(id)),
-            Some(_) => {
-                let message = format!("`id`: expected a string of at most {MAX_ID_CHARS} characters or an integer");
-                return Err((None, "bad_request", message));
-            }
-        };
-        let op = match fields.remove("op") {
-            Some(Value::String(op)) => op,
-            _ => return Err((id, "bad_request", "`op`: expected a string".into())),
-        };
-        let channels = match fields.remove("channels") {
-            None | Some(Value::Null) => None,
-            Some(Value::Array(channels)) => Some(channels),
-            Some(_) => return Err((id, "bad_request", "`channels`: expected a list".into())),
-        };
-        let known_only = match fields.remove("known_only") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(known_only)) => known_only,
-            Some(_) => return Err((id, "bad_request", "`known_only`: expected true or false".into())),
-        };
-        let since = match fields.remove("since") {
-            None | Some(Value::Null) => HashMap::new(),
-            Some(since) => Self::since(since).map_err(|message| (id.clone(), "bad_since", message))?,
-        };
-        Ok(Request { op, id, channels, known_only, since })
-    }
-
-    fn since(value: Value) -> Result<HashMap<ChannelKey, Since>, String> {
-        const SHAPE: &str = r#"expected {"<channel>": {"epoch": "<epoch>", "offset": "<offset>"}, ...}"#;
-        let Value::Object(channels) = value else { return Err(format!("`since`: {SHAPE}")) };
-        let mut since = HashMap::with_capacity(channels.len());
-        for (name, position) in channels {
-            let shown: String = name.chars().take(64).collect();
-            let key = match parse_channel(&name) {
-                Some(key @ ChannelKey::Live(_)) => key,
-                Some(ChannelKey::Candles(..)) => {
-                    return Err(format!("`since`: {shown} has no history: its frames are state, subscribe again"))
-                }
-                None => return Err(format!("`since`: {shown:?} is not a channel")),
-            };
-            let field = |field: &str| position.get(field).and_then(Value::as_str).map(str::to_owned);
-            let (Some(epoch), Some(offset)) = (field("epoch"), field("offset")) else {
-                return Err(format!("`since.{shown}`: {SHAPE}"));
-            };
-            let offset = offset
-                .parse()
-                .map_err(|()| format!("`since.{shown}.offset`: expected an offset from a frame of this channel"))?;
-            since.insert(key, Since { epoch, offset });
-        }
-        Ok(since)
-    }
-}
-
-/// `frame` with the request's `id` when it had one.
-fn answer(mut frame: Value, id: Option<&Value>) -> String {
-    if let (Some(id), Value::Object(fields)) = (id, &mut frame) {
-        fields.insert("id".into(), id.clone());
-    }
-    frame.to_string()
 }
 
 /// What every session of a process shares (one allocation, not one per
@@ -151,108 +51,6 @@ pub struct SessionCommon {
     pub settings: WsSettings,
     pub snapshots: Snapshots,
 }
-
-/// A channel's snapshot and history as they are read, shared by the
-/// sessions that subscribe while a read is in flight: a reconnect storm
-/// subscribes thousands of clients to the same few channels at once, and a
-/// read each (dozens of Redis round trips for a day of candles, hundreds of
-/// kilobytes of history) took longer than the deadline for most of them.
-/// History reads in flight are also bounded, so that many different
-/// positions queue for Redis instead of all timing out together.
-#[derive(Clone)]
-pub struct Snapshots {
-    in_flight: Arc<Mutex<HashMap<AggKey, SharedSnapshot>>>,
-    /// Per channel and position: when the read was begun, and the read.
-    histories: Arc<Mutex<HashMap<HistoryRead, (Instant, SharedHistory)>>>,
-    history_reads: Arc<tokio::sync::Semaphore>,
-}
-
-impl Default for Snapshots {
-    fn default() -> Snapshots {
-        Snapshots {
-            in_flight: Arc::default(),
-            histories: Arc::default(),
-            history_reads: Arc::new(tokio::sync::Semaphore::new(HISTORY_READS)),
-        }
-    }
-}
-
-type SharedSnapshot = futures::future::Shared<futures::future::BoxFuture<'static, Result<Arc<Value>, SnapshotError>>>;
-type HistoryRead = (AggKey, Option<Since>);
-type SharedHistory = futures::future::Shared<futures::future::BoxFuture<'static, Result<Arc<Replay>, String>>>;
-
-/// History reads one process has in flight at most.
-const HISTORY_READS: usize = 16;
-
-/// Why a channel has no snapshot: its error frame's code and message.
-#[derive(Clone, Debug)]
-pub struct SnapshotError {
-    code: &'static str,
-    message: Arc<str>,
-}
-
-impl Snapshots {
-    /// The read in flight for `key`, or a new one.
-    pub fn read(&self, live: &Live, key: &AggKey) -> SharedSnapshot {
-        use futures::FutureExt as _;
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        in_flight.retain(|_, read| read.peek().is_none());
-        if let Some(read) = in_flight.get(key) {
-            return read.clone();
-        }
-        let (live, owned) = (live.clone(), key.clone());
-        let read = async move {
-            let error = |code, message: String| SnapshotError { code, message: message.into() };
-            match tokio::time::timeout(SNAPSHOT_DEADLINE, live.shared_stats(&owned)).await {
-                Ok(Ok(value)) => Ok(Arc::new(value)),
-                Ok(Err(ReadError::NotFound(e))) => Err(error(UNKNOWN_CHANNEL, format!("{e}, not subscribed"))),
-                Ok(Err(e)) => Err(error("unavailable", format!("no snapshot for {owned}, not subscribed: {e}"))),
-                Err(_) => Err(error(
-                    "unavailable",
-                    format!("no snapshot for {owned}, not subscribed: no answer within {SNAPSHOT_DEADLINE:?}"),
-                )),
-            }
-        }
-        .boxed()
-        .shared();
-        in_flight.insert(key.clone(), read.clone());
-        read
-    }
-
-    /// `key`'s history after `since` from a read in flight that was begun
-    /// at or after `confirmed`, the moment this session's live updates
-    /// began (an earlier read would miss what came in between), or a new
-    /// one.
-    fn history(&self, redis: &RedisStore, key: &AggKey, since: Option<Since>, confirmed: Instant) -> SharedHistory {
-        use futures::FutureExt as _;
-        let mut in_flight = self.histories.lock().unwrap_or_else(|e| e.into_inner());
-        in_flight.retain(|_, (_, read)| read.peek().is_none());
-        let id = (key.clone(), since);
-        if let Some((_, read)) = in_flight.get(&id).filter(|(begun, _)| *begun >= confirmed) {
-            return read.clone();
-        }
-        let (redis, owned, since, permits) = (redis.clone(), key.clone(), id.1.clone(), self.history_reads.clone());
-        let read = async move {
-            let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
-            let since = since.as_ref().map(|s| (s.epoch.as_str(), s.offset));
-            redis.history(&owned, since).await.map(Arc::new).map_err(|e| format!("{e:#}"))
-        }
-        .boxed()
-        .shared();
-        in_flight.insert(id, (Instant::now(), read.clone()));
-        read
-    }
-}
-
-/// The error code of a channel with no swap seen (REST answers 404).
-const UNKNOWN_CHANNEL: &str = "unknown_channel";
-
-/// Longest wait for a channel's snapshot before the subscription is refused.
-const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(5);
-
-/// Longest wait for a channel's history (queued behind other reads
-/// included) before the subscription is refused.
-const HISTORY_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct WsSession {
     id: u64,
@@ -434,11 +232,9 @@ impl WsSession {
             _ => return, // unsubscribed meanwhile
         };
         let Some(confirmed_at) = confirmed else {
-            let error = SnapshotError {
-                code: "unavailable",
-                message: format!("no live updates for {key}, not subscribed: Redis did not confirm the subscription")
-                    .into(),
-            };
+            let error = SnapshotError::unavailable(format!(
+                "no live updates for {key}, not subscribed: Redis did not confirm the subscription"
+            ));
             return self.on_snapshot(key, generation, Err(error.clone()), Err(error), ctx);
         };
         let agg = match &key {
@@ -465,21 +261,12 @@ impl WsSession {
             }
         };
         let snapshot = self.common.snapshots.read(&self.common.live, agg);
-        let read = self.common.snapshots.history(self.common.live.redis(), agg, since, confirmed_at);
-        let history = async move {
-            match tokio::time::timeout(HISTORY_DEADLINE, read).await {
-                Ok(result) => result,
-                Err(_) => Err(format!("no answer within {HISTORY_DEADLINE:?}")),
-            }
-        };
+        let history = self.common.snapshots.history(self.common.live.redis(), agg, since, confirmed_at);
         let read = futures::future::join(snapshot, history);
-        ctx.spawn(read.into_actor(self).map(move |(snapshot, history), act, ctx| {
-            let history = history.map_err(|e| SnapshotError {
-                code: "unavailable",
-                message: format!("no history for {key}, not subscribed: {e}").into(),
-            });
-            act.on_snapshot(key, generation, snapshot, history, ctx)
-        }));
+        ctx.spawn(
+            read.into_actor(self)
+                .map(move |(snapshot, history), act, ctx| act.on_snapshot(key, generation, snapshot, history, ctx)),
+        );
     }
 
     fn on_snapshot(
@@ -500,9 +287,7 @@ impl WsSession {
         // expect (they may subscribe before a token's first swap), and
         // marked so that a misspelt name shows.
         let (snapshot, seen) = match snapshot {
-            Err(e) if e.code == UNKNOWN_CHANNEL && !known_only => {
-                (Ok(Arc::new(crate::read::unseen_stats(key.agg()))), false)
-            }
+            Err(e) if e.is_unknown() && !known_only => (Ok(Arc::new(crate::read::unseen_stats(key.agg()))), false),
             other => (other, true),
         };
         let name: Arc<str> = key.to_string().into();
@@ -676,66 +461,5 @@ impl WsSession {
                 self.close(ctx, 1002, &format!("protocol error: {e}"));
             }
         }
-    }
-}
-
-/// A history's entries as the frames they make, and how many swaps.
-fn replay_frames(entries: &[HistoryEntry]) -> (Vec<Replayed>, u64) {
-    let mut replayed = Vec::with_capacity(entries.len());
-    let mut swaps = 0;
-    for entry in entries {
-        if entry.gap {
-            replayed.push(Replayed::Gap);
-        }
-        let Ok(raw) = serde_json::from_str::<Vec<&RawValue>>(&entry.swaps) else { continue };
-        let mut frames = Vec::with_capacity(raw.len());
-        swap_frames(entry.at, &raw, &mut frames);
-        swaps += frames.len() as u64;
-        if !frames.is_empty() {
-            replayed.push(Replayed::Swaps(frames));
-        }
-    }
-    (replayed, swaps)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_request_is_read_with_its_id_and_a_bad_one_says_which_field() {
-        let request = Request::parse(r#"{"op":"subscribe","id":"r-1","channels":["token:ETH"],"known_only":true}"#)
-            .unwrap_or_else(|(_, code, message)| panic!("{code}: {message}"));
-        assert_eq!(
-            (request.op.as_str(), request.id, request.channels.map(|c| c.len()), request.known_only),
-            ("subscribe", Some(json!("r-1")), Some(1), true)
-        );
-        assert_eq!(Request::parse(r#"{"op":"ping","id":42}"#).map(|r| r.id).ok(), Some(Some(json!(42))));
-
-        let refused = |text: &str| Request::parse(text).err();
-        let (id, code, message) = refused(r#"{"op":"ping","id":1.5}"#).expect("refused");
-        assert_eq!((id, code), (None, "bad_request"));
-        assert!(message.starts_with("`id`"), "{message}");
-        let long = format!(r#"{{"op":"ping","id":"{}"}}"#, "x".repeat(MAX_ID_CHARS + 1));
-        assert_eq!(refused(&long).map(|(_, code, _)| code), Some("bad_request"));
-        let (id, code, message) = refused(r#"{"id":7,"channels":[]}"#).expect("refused");
-        assert_eq!((id, code), (Some(json!(7)), "bad_request"), "the id is echoed once it was read");
-        assert!(message.starts_with("`op`"), "{message}");
-        assert_eq!(refused(r#"[1,2]"#).map(|(_, code, _)| code), Some("bad_json"));
-        assert_eq!(
-            refused(r#"{"op":"subscribe","channels":"token:ETH"}"#).map(|(_, code, _)| code),
-            Some("bad_request")
-        );
-        assert_eq!(
-            refused(r#"{"op":"subscribe","channels":[],"known_only":1}"#).map(|(_, code, _)| code),
-            Some("bad_request")
-        );
-    }
-
-    #[test]
-    fn an_answer_carries_the_id_only_when_the_request_had_one() {
-        let read = |text: String| serde_json::from_str::<Value>(&text).expect("JSON");
-        assert_eq!(read(answer(json!({"type": "pong"}), None)), json!({"type": "pong"}));
-        assert_eq!(read(answer(json!({"type": "pong"}), Some(&json!("a")))), json!({"type": "pong", "id": "a"}));
     }
 }

@@ -33,6 +33,10 @@
 //! resets the TCP connection itself (see `http::ws` for why that cannot be
 //! left to the session). The same sweep drops peers silent for longer than
 //! the ping timeout.
+//!
+//! This file holds the sessions, their subscriptions and their eviction;
+//! `updates` what comes in over pub/sub (and what is read back after a
+//! loss), `states` the `stats` and `candle` frames of each interval.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -43,23 +47,24 @@ use actix::prelude::*;
 // Looked up for every frame and handoff, by our own ids and validated channel
 // names: foldhash (seeded per process) rather than SipHash.
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use futures::StreamExt as _;
-use serde_json::value::RawValue;
 use slog::{info, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
 
+mod states;
+mod updates;
+
 use super::connection::{now_ms, ConnShared};
-use super::fanout::{most_waiting_over, Cursor, HandoffBudget, Update};
+use super::fanout::{most_waiting_over, Cursor, HandoffBudget};
 use super::protocol::{
     queued_frame_bytes, ChannelKey, FrameBody, Handoff, Outbound, CLOSE_PING_TIMEOUT, CLOSE_SLOW_CONSUMER,
 };
-use super::pubsub::{pubsub_loop, Inbox, Incoming, PubSubCommand, Published};
+use super::pubsub::{pubsub_loop, Inbox, PubSubCommand};
 use crate::config::WsSettings;
 use crate::domain::partial::AggKey;
 use crate::metrics::METRICS;
-use crate::read::{Live, ReadError};
+use crate::read::Live;
 use crate::storage::presence::{InstanceCounts, Presence};
-use crate::storage::redis::{RedisStore, Replay};
+use crate::storage::redis::RedisStore;
 
 /// Time a session gets to send its close frame before its connection is reset.
 const CLOSE_GRACE: Duration = Duration::from_millis(250);
@@ -90,16 +95,6 @@ pub struct Subscribe {
     pub id: u64,
     pub channels: Vec<ChannelKey>,
 }
-
-/// What a `stats` or candle channel is now.
-enum State {
-    Stats(Arc<str>),
-    /// Bucket start and candle JSON, oldest first.
-    Candles(Vec<(i64, Arc<str>)>),
-}
-
-/// Channels whose history one registry reads back at once after a pub/sub loss.
-const RECOVERY_READS: usize = 16;
 
 /// Longest wait for Redis to confirm a pub/sub subscription.
 const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(5);
@@ -282,186 +277,6 @@ impl SessionRegistry {
         self.budget.spend(handed, Instant::now());
     }
 
-    /// New swap frames go to their channels' buffers, each swap state once;
-    /// then to the sessions, at once or at the next handoff (see
-    /// [`Self::coalescing`]).
-    fn on_published(&mut self, payloads: Vec<Vec<u8>>, ctx: &mut Context<Self>) {
-        for payload in payloads {
-            let update: Update = match serde_json::from_slice(&payload) {
-                Ok(update) => update,
-                Err(e) => {
-                    warn!(self.log, "unreadable update message"; "error" => %e);
-                    continue;
-                }
-            };
-            let Some(key) = AggKey::parse(&update.key) else { continue };
-            let Some(feed) = self.feeds.get_mut(&key) else { continue };
-            if feed.recovering.is_some() {
-                // Its history is being read: this update waits for it.
-                drop(update);
-                feed.recovering.get_or_insert_default().push(payload);
-                continue;
-            }
-            self.take_update(&key, &update);
-        }
-        self.schedule_flush(ctx);
-    }
-
-    /// Buffers the new frames of `update` for the live channel of `agg`,
-    /// after telling its subscribers of states lost before them; its other
-    /// channels read their state again at the next interval.
-    fn take_update(&mut self, agg: &AggKey, update: &Update) {
-        let Some(feed) = self.feeds.get_mut(agg) else { return };
-        let mut frames = Vec::new();
-        let lost = feed.cursor.advance(update, &mut frames);
-        self.take_frames(agg, lost, frames);
-    }
-
-    /// Buffers `frames` of the live channel of `agg` (after a gap when
-    /// states were `lost` before them) and marks its channels changed.
-    fn take_frames(&mut self, agg: &AggKey, lost: bool, frames: Vec<FrameBody>) {
-        let Some(feed) = self.feeds.get(agg) else { return };
-        for key in &feed.channels {
-            if let Some(channel) = self.channels.get_mut(key) {
-                channel.dirty = true;
-            }
-        }
-        let key = ChannelKey::Live(agg.clone());
-        if lost {
-            // The gap comes after the frames before it.
-            self.flush_channel(&key);
-            self.tell_gap(&key);
-        }
-        let Some(channel) = self.channels.get_mut(&key) else { return };
-        let was_empty = channel.buffered.is_empty();
-        channel.buffered.extend(frames);
-        if was_empty && !channel.buffered.is_empty() {
-            self.to_flush.push(key);
-        }
-    }
-
-    /// The pub/sub connection is back after a loss: each channel reads back
-    /// from its history what was published meanwhile, holding the updates
-    /// that come in the meantime. A channel whose history cannot tell
-    /// (nothing handed on yet, or the history lost) skips a `seq`.
-    fn recover(&mut self, ctx: &mut Context<Self>) {
-        let mut reads = Vec::new();
-        let mut unknown = Vec::new();
-        for (key, feed) in &mut self.feeds {
-            match feed.cursor.position() {
-                Some((epoch, at)) => {
-                    feed.recovering.get_or_insert_default();
-                    reads.push((key.clone(), epoch.to_owned(), at));
-                }
-                None => unknown.push(ChannelKey::Live(key.clone())),
-            }
-        }
-        for key in unknown {
-            self.tell_gap(&key);
-        }
-        // Candle and stats frames read the state again.
-        for channel in self.channels.values_mut() {
-            channel.dirty = true;
-        }
-        let redis = self.redis.clone();
-        let fetch = futures::stream::iter(reads)
-            .map(move |(key, epoch, at)| {
-                let redis = redis.clone();
-                async move {
-                    let replay = redis.history(&key, Some((&epoch, at))).await;
-                    (key, replay)
-                }
-            })
-            .buffer_unordered(RECOVERY_READS)
-            .collect::<Vec<_>>();
-        ctx.spawn(fetch.into_actor(self).map(|replays, act, ctx| {
-            for (key, replay) in replays {
-                act.recovered(key, replay);
-            }
-            act.schedule_flush(ctx);
-        }));
-    }
-
-    /// `key`'s history since the pub/sub loss is read: its entries go out
-    /// as they would have, then the updates held meanwhile.
-    fn recovered(&mut self, key: AggKey, replay: anyhow::Result<Replay>) {
-        let Some(feed) = self.feeds.get_mut(&key) else { return };
-        let held = feed.recovering.take().unwrap_or_default();
-        let live = ChannelKey::Live(key.clone());
-        match replay {
-            Ok(Replay { epoch, missed: Ok(entries), .. }) => {
-                for entry in &entries {
-                    let Ok(swaps) = serde_json::from_str::<Vec<&RawValue>>(&entry.swaps) else { continue };
-                    let Some(feed) = self.feeds.get_mut(&key) else { return };
-                    let mut frames = Vec::new();
-                    let lost = feed.cursor.advance_to(&epoch, entry.at, entry.gap, &swaps, &mut frames);
-                    self.take_frames(&key, lost, frames);
-                }
-                METRICS.ws_pubsub_recovered.inc_by(entries.len() as u64);
-            }
-            Ok(Replay { missed: Err(lost), .. }) => {
-                warn!(self.log, "updates lost with the pub/sub connection"; "channel" => %key, "why" => lost.reason());
-                self.flush_channel(&live);
-                self.tell_gap(&live);
-            }
-            Err(e) => {
-                warn!(self.log, "cannot read back updates lost with the pub/sub connection";
-                    "channel" => %key, "error" => format!("{e:#}"));
-                self.flush_channel(&live);
-                self.tell_gap(&live);
-            }
-        }
-        for payload in held {
-            let Ok(update) = serde_json::from_slice::<Update>(&payload) else { continue };
-            self.take_update(&key, &update);
-        }
-    }
-
-    /// Hands the buffered frames on now if the handoff budget allows it,
-    /// else once it does, and at the latest `coalesce_max` after they came.
-    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.to_flush.is_empty() || self.flush_scheduled {
-            return;
-        }
-        let handoffs = self.to_flush.iter().filter_map(|key| self.channels.get(key)).map(|c| c.subscribers.len()).sum();
-        let wait = self.budget.wait(handoffs, Instant::now()).min(self.settings.coalesce_max);
-        if wait.is_zero() {
-            self.flush();
-        } else {
-            self.flush_scheduled = true;
-            ctx.run_later(wait, |act, _| {
-                act.flush_scheduled = false;
-                act.flush();
-            });
-        }
-    }
-
-    /// Hands every channel's buffered frames to its subscribers.
-    fn flush(&mut self) {
-        for key in std::mem::take(&mut self.to_flush) {
-            self.flush_channel(&key);
-        }
-    }
-
-    fn flush_channel(&mut self, key: &ChannelKey) {
-        let Some(channel) = self.channels.get_mut(key) else { return };
-        let frames = std::mem::take(&mut channel.buffered);
-        if !frames.is_empty() {
-            self.deliver(key, frames);
-        }
-    }
-
-    /// States of `key` were lost: each of its subscribers skips a `seq`.
-    fn tell_gap(&self, key: &ChannelKey) {
-        METRICS.ws_gaps.inc();
-        let Some(channel) = self.channels.get(key) else { return };
-        for id in &channel.subscribers {
-            if let Some(session) = self.sessions.get(id) {
-                session.conn.gap(Some(key));
-            }
-        }
-    }
-
     /// Write deadline and ping timeout, decided here for every session.
     fn sweep(&mut self, ctx: &mut Context<Self>) {
         let now = now_ms();
@@ -494,82 +309,6 @@ impl SessionRegistry {
         for id in most_waiting_over(waiting, total, budget) {
             self.evict(id, "total_bytes", ctx);
         }
-    }
-
-    /// `stats` frames for the channels changed since the last ones; at most
-    /// one fetch at a time, so at most one frame per channel per interval.
-    fn send_stats(&mut self, ctx: &mut Context<Self>) {
-        if self.stats_in_flight {
-            return;
-        }
-        let now = chrono::Utc::now().timestamp();
-        for channel in self.channels.values_mut() {
-            if channel.closes_at.is_some_and(|at| at <= now) {
-                channel.dirty = true;
-            }
-        }
-        let keys: Vec<ChannelKey> =
-            self.channels.iter_mut().filter_map(|(key, c)| std::mem::take(&mut c.dirty).then(|| key.clone())).collect();
-        if keys.is_empty() {
-            return;
-        }
-        self.stats_in_flight = true;
-        let (live, lateness) = (self.live.clone(), self.settings.lateness);
-        let fetch = async move {
-            let mut states = Vec::with_capacity(keys.len());
-            for key in keys {
-                let state = match &key {
-                    ChannelKey::Live(agg) => live.shared_stats(agg).await.map(|v| State::Stats(v.to_string().into())),
-                    ChannelKey::Candles(agg, interval) => {
-                        live.shared_candles(agg, *interval, lateness).await.map(State::Candles)
-                    }
-                };
-                match state {
-                    Ok(state) => states.push((key, Some(state))),
-                    // Nothing to tell yet (no swap seen).
-                    Err(ReadError::NotFound(_)) => {}
-                    // Read again at the next interval.
-                    Err(_) => states.push((key, None)),
-                }
-            }
-            states
-        };
-        ctx.spawn(fetch.into_actor(self).map(|states, act, _| {
-            act.stats_in_flight = false;
-            for (key, state) in states {
-                match state {
-                    Some(State::Stats(json)) => act.deliver(&key, vec![FrameBody::stats(json)]),
-                    Some(State::Candles(candles)) => act.deliver_candles(&key, candles),
-                    None => {
-                        if let Some(channel) = act.channels.get_mut(&key) {
-                            channel.dirty = true;
-                        }
-                    }
-                }
-            }
-        }));
-    }
-
-    /// A candle channel's buckets as just read: the changed ones to every
-    /// subscriber that had the earlier ones, all of them to new subscribers.
-    fn deliver_candles(&mut self, key: &ChannelKey, candles: Vec<(i64, Arc<str>)>) {
-        let (Some(channel), ChannelKey::Candles(_, interval)) = (self.channels.get_mut(key), key) else { return };
-        channel.closes_at = candles
-            .iter()
-            .filter(|(_, json)| json.contains(r#""closed":false"#))
-            .map(|(t, _)| t + interval.seconds())
-            .min();
-        let changed: Vec<FrameBody> = candles
-            .iter()
-            .filter(|(t, json)| channel.candles.get(t) != Some(json))
-            .map(|(_, json)| FrameBody::candle(json.clone()))
-            .collect();
-        let fresh: Vec<u64> = channel.fresh.drain().collect();
-        let others: Vec<u64> = channel.subscribers.iter().filter(|id| !fresh.contains(id)).copied().collect();
-        let all: Vec<FrameBody> = candles.iter().map(|(_, json)| FrameBody::candle(json.clone())).collect();
-        channel.candles = candles.into_iter().collect();
-        self.deliver_to(key, changed, &others);
-        self.deliver_to(key, all, &fresh);
     }
 
     fn counts(&self) -> InstanceCounts {
@@ -708,26 +447,6 @@ impl Handler<Unsubscribe> for SessionRegistry {
         for key in &message.channels {
             self.leave(key, message.id);
         }
-    }
-}
-
-impl Handler<Published> for SessionRegistry {
-    type Result = ();
-
-    fn handle(&mut self, _: Published, ctx: &mut Context<Self>) {
-        let incoming = self.inbox.take();
-        let mut updates = Vec::new();
-        for item in incoming {
-            match item {
-                Incoming::Update(payload) => updates.push(payload),
-                Incoming::Resumed => {
-                    self.on_published(std::mem::take(&mut updates), ctx);
-                    METRICS.ws_pubsub_resumed.inc();
-                    self.recover(ctx);
-                }
-            }
-        }
-        self.on_published(updates, ctx);
     }
 }
 
