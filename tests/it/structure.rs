@@ -35,7 +35,12 @@ fn modules() -> BTreeMap<Module, String> {
             }
             let text = std::fs::read_to_string(&path).unwrap();
             // Unit tests may reach anywhere; they sit at the end of a file.
-            let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or_default().to_owned();
+            let tests = ["#[cfg(test)]\nmod tests", "#[cfg(test)]\npub(crate) mod tests"]
+                .iter()
+                .filter_map(|start| text.find(start))
+                .min()
+                .unwrap_or(text.len());
+            let code = text[..tests].to_owned();
             found.insert(module, code);
         }
     }
@@ -221,4 +226,30 @@ fn the_import_reader_sees_cycles_where_there_are_some() {
     let found = referenced(&module("actors::ws::session"), code);
     let found: Vec<String> = found.iter().map(|m| m.join("::")).collect();
     assert_eq!(found, ["domain::partial::AggKey", "domain::Amount", "actors::ws::protocol::Handoff"]);
+}
+
+#[test]
+fn no_source_file_is_longer_than_500_lines_before_its_tests() {
+    let long: Vec<String> = modules()
+        .into_iter()
+        .filter(|(_, code)| code.lines().count() > 500)
+        .map(|(module, code)| format!("{} ({} lines)", show(&[module]), code.lines().count()))
+        .collect();
+    assert!(long.is_empty(), "split these by idea: {long:?}");
+}
+
+#[test]
+fn the_architecture_map_names_only_files_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let map = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).expect("docs/ARCHITECTURE.md");
+    let map = map.replace("```", "");
+    let named: Vec<&str> = map
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|quoted| quoted.starts_with("src/") || quoted.starts_with("tests/"))
+        .collect();
+    assert!(named.len() > 10, "the map names the files to open: {named:?}");
+    let missing: Vec<&&str> = named.iter().filter(|path| !root.join(path).exists()).collect();
+    assert!(missing.is_empty(), "docs/ARCHITECTURE.md names files that do not exist: {missing:?}");
 }
