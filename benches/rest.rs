@@ -40,21 +40,10 @@ fn main() {
     let pin = args.iter().any(|a| a == "--pin");
     if pin {
         // Before the runtime starts, so that its threads inherit it.
-        pin_to(0, 0);
+        support::process::pin_to(0, 0);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(run(Duration::from_secs(seconds), pin));
-}
-
-/// Pins process `pid` (0: this one) and the threads it starts later to `cpu`.
-fn pin_to(pid: libc::pid_t, cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set, and the call reads it.
-    let done = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    assert_eq!(done, 0, "cannot pin to CPU {cpu}: {}", std::io::Error::last_os_error());
 }
 
 /// Redis' threads on CPU 1 while it lives; on every CPU again after.

@@ -3,15 +3,20 @@
 //! from each swap's event timestamp to its receipt by a client (p50, p99),
 //! and the server's resident memory per idle connection.
 //!
-//! `cargo bench --bench websocket -- [CLIENTS...] [--rate SWAPS_PER_S] [--secs S] [--one-channel] [--mock] [--debug-log] [--set NAME=VALUE]...`
+//! `cargo bench --bench websocket -- [CLIENTS...] [--rate SWAPS_PER_S] [--secs S] [--one-channel] [--channels N] [--pin] [--mock] [--debug-log] [--set NAME=VALUE]...`
 //! (defaults: 1000 and 10000 clients, 1000 swaps/s, i.e. 2000 events/s as
 //! each swap is a pending and a terminal event, 20 s per run) with
 //! the services up (`scripts/services up`). The broker is Apache Kafka at
 //! `SWAPSTREAM_TEST_BROKERS` (127.0.0.1:9092 by default), or with `--mock`
 //! librdkafka's mock cluster in a process of its own
 //! ([`support::mock_broker::MockBroker`]). Clients subscribe
-//! round-robin to every token and pair channel, or all to `token:ETH` with
-//! `--one-channel`. `--debug-log` runs the consumer at log level `debug`
+//! round-robin to every token and pair channel, to the first N of them
+//! (the token channels first) with `--channels N`, or all to `token:ETH` with
+//! `--one-channel`. `--pin` runs this process (the clients) on CPU 0 and the
+//! consumer on CPU 1. The server's own share of the latency, from a swap
+//! update's arrival over Redis pub/sub to its frames' hand-over to each
+//! client's socket, is the consumer's `swapstream_ws_fanout_seconds` over
+//! the measured seconds. `--debug-log` runs the consumer at log level `debug`
 //! (a line per batch and per checkpoint); the consumer's log path is
 //! printed. `--set SWAPSTREAM_...=VALUE` (repeatable) passes a setting to
 //! the consumer. Prints a Markdown table row per run for docs/BENCHMARKS.md.
@@ -36,7 +41,7 @@ fn arg_after(name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
-fn channels(one: bool) -> Vec<String> {
+fn channels(one: bool, first: Option<usize>) -> Vec<String> {
     if one {
         return vec!["token:ETH".into()];
     }
@@ -47,6 +52,7 @@ fn channels(one: bool) -> Vec<String> {
             all.push(format!("pair:{a}-{b}"));
         }
     }
+    all.truncate(first.unwrap_or(usize::MAX).max(1));
     all
 }
 
@@ -123,6 +129,10 @@ struct Options {
     swaps_per_s: u64,
     secs: u64,
     one_channel: bool,
+    /// `--channels N`: the first N channels only.
+    channels: Option<usize>,
+    /// `--pin`: clients on CPU 0, the consumer on CPU 1.
+    pin: bool,
     mock: bool,
     debug_log: bool,
     /// `--set NAME=VALUE`: settings of the consumer beyond the bench's own.
@@ -144,7 +154,7 @@ struct Run {
 // Connecting yields each client's reader task, joined after the measurement.
 #[allow(clippy::async_yields_async)]
 fn run(clients: usize, options: &Options) -> Run {
-    let Options { swaps_per_s, secs, one_channel, mock, debug_log, ref consumer_env } = *options;
+    let Options { swaps_per_s, secs, one_channel, channels, pin, mock, debug_log, ref consumer_env } = *options;
     let id = format!("wsbench_{:08x}", rand::random::<u32>());
     let mut topics: Vec<String> = TOKENS.split(',').map(|t| format!("{id}.{t}")).collect();
     topics.push(format!("{id}-dlq"));
@@ -171,7 +181,13 @@ fn run(clients: usize, options: &Options) -> Run {
     assert!(status.success(), "producer (topic creation) failed");
 
     let log = format!("/tmp/{id}-consumer.log");
-    let mut consumer = std::process::Command::new(binary);
+    let mut consumer = if pin {
+        let mut taskset = std::process::Command::new("taskset");
+        taskset.args(["-c", "1", binary]);
+        taskset
+    } else {
+        std::process::Command::new(binary)
+    };
     base(&mut consumer);
     let mut child = consumer
         .arg("consumer")
@@ -192,7 +208,7 @@ fn run(clients: usize, options: &Options) -> Run {
     std::thread::sleep(Duration::from_secs(3)); // group join; not measured
     let rss_base = rss_kib(pid);
 
-    let channels = channels(one_channel);
+    let channels = self::channels(one_channel, channels);
     let frames = Arc::new(AtomicU64::new(0));
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let result = runtime.block_on(async {
@@ -261,6 +277,7 @@ fn run(clients: usize, options: &Options) -> Run {
             ("Redis", pids_named("redis-server")),
             ("bench clients", vec![std::process::id()]),
         ]);
+        let metrics_before = support::http::get(port, "/metrics").await.1;
         measuring.store(true, Ordering::Relaxed);
         let started = Instant::now();
         let mut rss_busy = 0;
@@ -278,6 +295,10 @@ fn run(clients: usize, options: &Options) -> Run {
         {
             eprintln!("{}", support::metrics::histogram_summary(&metrics, name));
         }
+        eprintln!(
+            "fan-out, pub/sub arrival to socket (measured seconds only): {}",
+            support::metrics::histogram_summary_between(&metrics_before, &metrics, "swapstream_ws_fanout_seconds")
+        );
         let delivered = frames.load(Ordering::Relaxed);
         let _ = producer.kill();
         let _ = producer.wait();
@@ -409,15 +430,15 @@ fn main() {
     let limit = raise_fd_limit();
     // Client counts are the numbers that are not the value of an option.
     let args = support::args::checked(
-        "cargo bench --bench websocket -- [CLIENTS...] [--rate SWAPS_PER_S] [--secs S] [--one-channel] [--mock] \
-         [--debug-log] [--set NAME=VALUE]...",
-        &["--one-channel", "--mock", "--debug-log"],
-        &["--rate", "--secs", "--set"],
+        "cargo bench --bench websocket -- [CLIENTS...] [--rate SWAPS_PER_S] [--secs S] [--one-channel] \
+         [--channels N] [--pin] [--mock] [--debug-log] [--set NAME=VALUE]...",
+        &["--one-channel", "--pin", "--mock", "--debug-log"],
+        &["--rate", "--secs", "--set", "--channels"],
     );
     let mut counts: Vec<usize> = args
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i == 0 || !matches!(args[i - 1].as_str(), "--rate" | "--secs" | "--set"))
+        .filter(|(i, _)| *i == 0 || !matches!(args[i - 1].as_str(), "--rate" | "--secs" | "--set" | "--channels"))
         .filter_map(|(_, a)| a.parse().ok())
         .collect();
     if counts.is_empty() {
@@ -428,6 +449,8 @@ fn main() {
         swaps_per_s: arg_after("--rate").and_then(|r| r.parse().ok()).unwrap_or(1000),
         secs: arg_after("--secs").and_then(|r| r.parse().ok()).unwrap_or(20),
         one_channel: flag("--one-channel"),
+        channels: arg_after("--channels").and_then(|n| n.parse().ok()),
+        pin: flag("--pin"),
         mock: flag("--mock"),
         debug_log: flag("--debug-log"),
         consumer_env: args
@@ -436,6 +459,10 @@ fn main() {
             .filter_map(|w| w[1].split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
             .collect(),
     };
+    if options.pin {
+        // Before any runtime starts, so that its threads inherit it.
+        support::process::pin_to(0, 0);
+    }
     eprintln!("file descriptor limit {limit}");
     println!(
         "| clients | channels | served | frames/s delivered | p50 | p99 | RSS idle (per connection) | RSS under load |"
@@ -446,7 +473,11 @@ fn main() {
         println!(
             "| {} | {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.0} MiB ({:.1} KiB) | {:.0} MiB |",
             r.clients,
-            if options.one_channel { "token:ETH" } else { "21, round-robin" },
+            match (options.one_channel, options.channels) {
+                (true, _) => "token:ETH".to_owned(),
+                (false, Some(n)) => format!("first {n}, round-robin"),
+                (false, None) => "21, round-robin".to_owned(),
+            },
             r.served,
             r.frames as f64 / r.secs,
             r.p50_ms,

@@ -78,6 +78,7 @@ pub struct Metrics {
     pub checkpoint_seconds: Histogram,
     pub read_delay: Histogram,
     pub live_write_seconds: Histogram,
+    pub ws_fanout_seconds: Histogram,
     pub checkpoint_events: Histogram,
     pub checkpoint_failures: IntCounter,
     pub consumer_lag: IntGaugeVec,
@@ -307,6 +308,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "live_write_seconds",
             "Time to write one checkpoint's live state to Redis and publish its updates",
             vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+            r
+        )),
+        ws_fanout_seconds: c.add(register_histogram_with_registry!(
+            "ws_fanout_seconds",
+            "Time from a swap update's arrival over Redis pub/sub to its frames' hand-over to a client's socket, per client and handoff",
+            vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0],
             r
         )),
         registry,

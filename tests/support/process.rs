@@ -201,3 +201,14 @@ pub fn run_to_end(command: &mut Command, what: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Pins process `pid` (0: this one) and the threads it starts later to `cpu`.
+pub fn pin_to(pid: libc::pid_t, cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, and the call reads it.
+    let done = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(done, 0, "cannot pin to CPU {cpu}: {}", std::io::Error::last_os_error());
+}

@@ -209,6 +209,9 @@ static FRAMES_SENT: LazyLock<FramesSent> = LazyLock::new(|| FramesSent {
 
 /// Counts what a writer took from its queue.
 pub fn count_sent(taken: &Taken) {
+    for arrived in &taken.arrivals {
+        METRICS.ws_fanout_seconds.observe(arrived.elapsed().as_secs_f64());
+    }
     FRAMES_SENT.swap.inc_by(taken.swaps);
     FRAMES_SENT.stats.inc_by(taken.stats);
     FRAMES_SENT.skipped.inc_by(taken.skipped);

@@ -20,6 +20,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::web::BytesMut;
 use foldhash::{HashMap, HashMapExt};
@@ -32,6 +33,9 @@ use crate::storage::redis::Offset;
 pub struct Taken {
     /// Encoded WebSocket frames, ready for the socket.
     pub bytes: usize,
+    /// When the updates of the live swap frames among them arrived over
+    /// pub/sub, one per handoff they came from.
+    pub arrivals: Vec<Instant>,
     /// What those frames counted for in the queue (estimates).
     pub estimate: i64,
     pub swaps: u64,
@@ -196,7 +200,8 @@ impl ChannelOut {
                 continue;
             }
             let kept: Vec<FrameBody> = handoff.frames[*next..].iter().filter(newer).cloned().collect();
-            *entry = Entry::Frames { handoff: Arc::new(Handoff::new(key.clone(), &self.name, kept)), next: 0 };
+            let kept = Handoff::new(key.clone(), &self.name, kept).arrived(handoff.arrived);
+            *entry = Entry::Frames { handoff: Arc::new(kept), next: 0 };
         }
         self.entries.retain(|entry| !matches!(entry, Entry::Frames { handoff, .. } if handoff.frames.is_empty()));
     }
@@ -416,6 +421,7 @@ impl OutQueue {
                 }
                 // As much of the handoff as the budget allows, then the next channel's turn.
                 Entry::Frames { handoff, next } => {
+                    taken.arrivals.extend(handoff.arrived.filter(|_| *next < handoff.frames.len()));
                     let mut estimate = 0;
                     while *next < handoff.frames.len() && out.len() - start < budget {
                         let frame = &handoff.frames[*next];
@@ -536,6 +542,25 @@ mod tests {
             frames.iter().map(|f| (f["type"].as_str().unwrap(), f["seq"].as_u64().unwrap())).collect();
         assert_eq!(seqs, [("swap", 1), ("swap", 2), ("stats", 4)], "the gap skips seq 3");
         assert_eq!(queue.bytes(), 0, "the estimates balance");
+    }
+
+    #[test]
+    fn a_take_tells_when_the_live_updates_it_writes_arrived_once_per_handoff() {
+        let mut queue = OutQueue::new(1 << 20);
+        queue.open(key("token:ETH"), "token:ETH".into());
+        queue.start(&key("token:ETH"), r#"{"totals":{"swaps":0}}"#.into(), Offset::ZERO, Vec::new());
+        let (early, late) = (Instant::now(), Instant::now() + std::time::Duration::from_millis(5));
+        let live = |frames, at| Arc::new(Handoff::new(key("token:ETH"), "token:ETH", frames).arrived(Some(at)));
+        queue.push(live(vec![swap(1), swap(2)], early));
+        queue.push(handoff("token:ETH", vec![stats(2)]));
+        queue.push(live(vec![swap(3)], late));
+        // The first frame alone, then the rest: the first handoff is timed
+        // with each part of it written, the state frame not at all.
+        let one = handoff("token:ETH", vec![swap(1)]).estimate as usize;
+        let mut out = BytesMut::new();
+        assert_eq!(queue.take(one - 1, &mut out).arrivals, [early]);
+        assert_eq!(queue.take(usize::MAX, &mut out).arrivals, [early, late]);
+        assert!(queue.take(usize::MAX, &mut out).arrivals.is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 
@@ -119,13 +120,22 @@ pub struct Handoff {
     pub frames: Vec<FrameBody>,
     /// The bytes the frames take on the wire, with a one-digit `seq`.
     pub estimate: i64,
+    /// When the oldest update among the frames arrived over pub/sub (live
+    /// swap frames only): the start of the fan-out's own latency.
+    pub arrived: Option<Instant>,
 }
 
 impl Handoff {
     pub fn new(key: ChannelKey, channel: &str, frames: Vec<FrameBody>) -> Handoff {
         let estimate = frames.iter().map(|f| frame_len(channel_frame_len(f, channel) + 1)).sum();
         HANDOFF_BYTES.fetch_add(estimate, Ordering::AcqRel);
-        Handoff { key, frames, estimate }
+        Handoff { key, frames, estimate, arrived: None }
+    }
+
+    /// The handoff of live frames whose oldest update arrived at `arrived`.
+    pub fn arrived(mut self, arrived: Option<Instant>) -> Handoff {
+        self.arrived = arrived;
+        self
     }
 }
 

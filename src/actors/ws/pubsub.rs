@@ -4,7 +4,7 @@
 //! telling the registry so, since what was published meanwhile is lost.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use foldhash::{HashSet, HashSetExt};
@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 pub(super) struct Inbox(Arc<Mutex<Vec<Incoming>>>);
 
 pub(super) enum Incoming {
-    Update(Vec<u8>),
+    /// An update message, and when it arrived.
+    Update(Vec<u8>, Instant),
     /// The pub/sub connection is back after a loss.
     Resumed,
 }
@@ -111,7 +112,7 @@ pub(super) async fn pubsub_loop(
                     }
                 }
                 message = stream.next() => match message {
-                    Some(message) => inbox.deliver(&registry, Incoming::Update(message.get_payload_bytes().to_vec())),
+                    Some(message) => inbox.deliver(&registry, Incoming::Update(message.get_payload_bytes().to_vec(), Instant::now())),
                     None => {
                         warn!(log, "Redis pub/sub connection lost; reconnecting");
                         break;

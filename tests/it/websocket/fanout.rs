@@ -291,5 +291,8 @@ async fn with_many_subscriptions_frames_gather_into_fewer_handoffs_and_none_is_l
         "{handoffs} handoffs in {elapsed:?} for 10 clients: at most one a second and one per stats frame"
     );
     assert!(frames > 2.0 * handoffs, "{frames} frames in {handoffs} handoffs");
+    // The fan-out's own latency was measured for the swap frames handed on.
+    let timed = metric(port, "swapstream_ws_fanout_seconds_count ").await;
+    assert!(timed >= 10.0 && timed <= frames, "{timed} fan-out timings for {frames} frames");
     consumer.kill9().await;
 }

@@ -134,8 +134,8 @@ struct Feed {
     confirmed: Confirmed,
     cursor: Cursor,
     /// While its history is read back after a pub/sub loss: the updates
-    /// that came meanwhile, in order.
-    recovering: Option<Vec<Vec<u8>>>,
+    /// that came meanwhile, in order, with their arrival.
+    recovering: Option<Vec<(Vec<u8>, Instant)>>,
 }
 
 struct Channel {
@@ -143,8 +143,10 @@ struct Channel {
     subscribers: HashSet<u64>,
     /// Changed since its last `stats` or `candle` frames.
     dirty: bool,
-    /// New swap frames waiting for the next handoff, in order.
+    /// New swap frames waiting for the next handoff, in order, and when
+    /// the oldest one's update arrived.
     buffered: Vec<FrameBody>,
+    buffered_since: Option<Instant>,
     /// A candle channel's buckets as last sent (start -> JSON), and the
     /// subscribers that have not had them yet.
     candles: BTreeMap<i64, Arc<str>>,
@@ -251,18 +253,28 @@ impl SessionRegistry {
     /// Pushes `frames` of `key` into every subscriber's outbound queue,
     /// never waiting; a queue past its cap conflates (see `outbound`).
     fn deliver(&mut self, key: &ChannelKey, frames: Vec<FrameBody>) {
+        self.deliver_live(key, frames, None);
+    }
+
+    /// [`Self::deliver`] of live swap frames whose oldest update arrived
+    /// over pub/sub at `arrived`.
+    fn deliver_live(&mut self, key: &ChannelKey, frames: Vec<FrameBody>, arrived: Option<Instant>) {
         let Some(channel) = self.channels.get(key) else { return };
         let to: Vec<u64> = channel.subscribers.iter().copied().collect();
-        self.deliver_to(key, frames, &to);
+        self.hand_off(key, frames, &to, arrived);
     }
 
     /// [`Self::deliver`] to the subscribers `to` only.
     fn deliver_to(&mut self, key: &ChannelKey, frames: Vec<FrameBody>, to: &[u64]) {
+        self.hand_off(key, frames, to, None);
+    }
+
+    fn hand_off(&mut self, key: &ChannelKey, frames: Vec<FrameBody>, to: &[u64], arrived: Option<Instant>) {
         let Some(channel) = self.channels.get(key) else { return };
         if frames.is_empty() || to.is_empty() {
             return;
         }
-        let handoff = Arc::new(Handoff::new(key.clone(), &channel.name, frames));
+        let handoff = Arc::new(Handoff::new(key.clone(), &channel.name, frames).arrived(arrived));
         let (mut handed, mut conflations, mut conflated) = (0, 0, 0);
         for id in to {
             let Some(session) = self.sessions.get(id) else { continue };
@@ -418,6 +430,7 @@ impl Handler<Subscribe> for SessionRegistry {
                 subscribers: HashSet::new(),
                 dirty: false,
                 buffered: Vec::new(),
+                buffered_since: None,
                 candles: BTreeMap::new(),
                 fresh: HashSet::new(),
                 closes_at: None,

@@ -25,8 +25,8 @@ impl SessionRegistry {
     /// New swap frames go to their channels' buffers, each swap state once;
     /// then to the sessions, at once or at the next handoff (see
     /// [`Self::coalescing`]).
-    fn on_published(&mut self, payloads: Vec<Vec<u8>>, ctx: &mut Context<Self>) {
-        for payload in payloads {
+    fn on_published(&mut self, payloads: Vec<(Vec<u8>, Instant)>, ctx: &mut Context<Self>) {
+        for (payload, arrived) in payloads {
             let update: Update = match serde_json::from_slice(&payload) {
                 Ok(update) => update,
                 Err(e) => {
@@ -39,10 +39,10 @@ impl SessionRegistry {
             if feed.recovering.is_some() {
                 // Its history is being read: this update waits for it.
                 drop(update);
-                feed.recovering.get_or_insert_default().push(payload);
+                feed.recovering.get_or_insert_default().push((payload, arrived));
                 continue;
             }
-            self.take_update(&key, &update);
+            self.take_update(&key, &update, arrived);
         }
         self.schedule_flush(ctx);
     }
@@ -50,16 +50,18 @@ impl SessionRegistry {
     /// Buffers the new frames of `update` for the live channel of `agg`,
     /// after telling its subscribers of states lost before them; its other
     /// channels read their state again at the next interval.
-    fn take_update(&mut self, agg: &AggKey, update: &Update) {
+    fn take_update(&mut self, agg: &AggKey, update: &Update, arrived: Instant) {
         let Some(feed) = self.feeds.get_mut(agg) else { return };
         let mut frames = Vec::new();
         let lost = feed.cursor.advance(update, &mut frames);
-        self.take_frames(agg, lost, frames);
+        self.take_frames(agg, lost, frames, Some(arrived));
     }
 
     /// Buffers `frames` of the live channel of `agg` (after a gap when
-    /// states were `lost` before them) and marks its channels changed.
-    fn take_frames(&mut self, agg: &AggKey, lost: bool, frames: Vec<FrameBody>) {
+    /// states were `lost` before them) and marks its channels changed;
+    /// `arrived`: when their update came over pub/sub (not for frames read
+    /// back from the history).
+    fn take_frames(&mut self, agg: &AggKey, lost: bool, frames: Vec<FrameBody>, arrived: Option<Instant>) {
         let Some(feed) = self.feeds.get(agg) else { return };
         for key in &feed.channels {
             if let Some(channel) = self.channels.get_mut(key) {
@@ -74,6 +76,9 @@ impl SessionRegistry {
         }
         let Some(channel) = self.channels.get_mut(&key) else { return };
         let was_empty = channel.buffered.is_empty();
+        if !frames.is_empty() {
+            channel.buffered_since = channel.buffered_since.or(arrived);
+        }
         channel.buffered.extend(frames);
         if was_empty && !channel.buffered.is_empty() {
             self.to_flush.push(key);
@@ -135,7 +140,7 @@ impl SessionRegistry {
                     let Some(feed) = self.feeds.get_mut(&key) else { return };
                     let mut frames = Vec::new();
                     let lost = feed.cursor.advance_to(&epoch, entry.at, entry.gap, &swaps, &mut frames);
-                    self.take_frames(&key, lost, frames);
+                    self.take_frames(&key, lost, frames, None);
                 }
                 METRICS.ws_pubsub_recovered.inc_by(entries.len() as u64);
             }
@@ -151,9 +156,9 @@ impl SessionRegistry {
                 self.tell_gap(&live);
             }
         }
-        for payload in held {
+        for (payload, arrived) in held {
             let Ok(update) = serde_json::from_slice::<Update>(&payload) else { continue };
-            self.take_update(&key, &update);
+            self.take_update(&key, &update, arrived);
         }
     }
 
@@ -186,8 +191,9 @@ impl SessionRegistry {
     fn flush_channel(&mut self, key: &ChannelKey) {
         let Some(channel) = self.channels.get_mut(key) else { return };
         let frames = std::mem::take(&mut channel.buffered);
+        let arrived = channel.buffered_since.take();
         if !frames.is_empty() {
-            self.deliver(key, frames);
+            self.deliver_live(key, frames, arrived);
         }
     }
 
@@ -211,7 +217,7 @@ impl Handler<Published> for SessionRegistry {
         let mut updates = Vec::new();
         for item in incoming {
             match item {
-                Incoming::Update(payload) => updates.push(payload),
+                Incoming::Update(payload, arrived) => updates.push((payload, arrived)),
                 Incoming::Resumed => {
                     self.on_published(std::mem::take(&mut updates), ctx);
                     METRICS.ws_pubsub_resumed.inc();
