@@ -4,11 +4,18 @@
 //! (3) the `consumer` role processing them with checkpointing on, until
 //! PostgreSQL's checkpoint covers every message.
 //!
-//! `cargo bench --bench consumer -- [SWAPS] [--mock]` (default 1,000,000
-//! swaps) with the services up (`scripts/services up`). The broker is Apache
-//! Kafka at `SWAPSTREAM_TEST_BROKERS` (127.0.0.1:9092 by default), or with
-//! `--mock` librdkafka's mock cluster hosted by this process (no Kafka tool
-//! reference then). Prints a Markdown table row for docs/BENCHMARKS.md.
+//! `cargo bench --bench consumer -- [SWAPS] [--mock] [--partitions P] [--tokens N] [--instances I]`
+//! (default 1,000,000 swaps) with the services up (`scripts/services up`).
+//! The broker is Apache Kafka at `SWAPSTREAM_TEST_BROKERS` (127.0.0.1:9092
+//! by default), or with `--mock` librdkafka's mock cluster hosted by this
+//! process (no Kafka tool reference then). By default six tokens, a topic
+//! per token of 4 partitions; `--partitions P` sets the partitions per
+//! topic; `--tokens N` a universe of N tokens (`T1`..`TN`, at most 10,000:
+//! the list travels in one environment variable) in one topic of P
+//! partitions; `--instances I` runs I consumers in one group, each with the
+//! topics' share the group gives it. Prints the consumers' resident memory
+//! and the tokens and pairs held at the end, and a Markdown table row for
+//! docs/BENCHMARKS.md.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -21,7 +28,9 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 mod support;
 use support::process::TOKENS;
 
-const PARTITIONS: i32 = 4;
+/// The most tokens `--tokens` takes: their list must fit one environment
+/// variable (128 KiB on Linux).
+const MAX_TOKENS: usize = 10_000;
 
 fn main() {
     // `cargo test --all-targets` runs bench targets without `--bench`: skip.
@@ -29,16 +38,35 @@ fn main() {
         println!("consumer benchmark: run it with `cargo bench --bench consumer`");
         return;
     }
-    let args = support::args::checked("cargo bench --bench consumer -- [SWAPS] [--mock]", &["--mock"], &[]);
-    let swaps: u64 = args.iter().find_map(|a| a.replace('_', "").parse().ok()).unwrap_or(1_000_000);
+    let args = support::args::checked(
+        "cargo bench --bench consumer -- [SWAPS] [--mock] [--partitions P] [--tokens N] [--instances I]",
+        &["--mock"],
+        &["--partitions", "--tokens", "--instances"],
+    );
+    let after = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| w[1].replace('_', ""));
+    let swaps: u64 = args
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || !matches!(args[i - 1].as_str(), "--partitions" | "--tokens" | "--instances"))
+        .find_map(|(_, a)| a.replace('_', "").parse().ok())
+        .unwrap_or(1_000_000);
     let mock = args.iter().any(|a| a == "--mock");
+    let partitions: i32 = after("--partitions").map_or(4, |p| p.parse().expect("--partitions: a number"));
+    let universe: Option<usize> = after("--tokens").map(|n| n.parse().expect("--tokens: a number"));
+    let instances: usize = after("--instances").map_or(1, |n| n.parse().expect("--instances: a number"));
+    assert!(universe.is_none_or(|n| (2..=MAX_TOKENS).contains(&n)), "--tokens: 2 to {MAX_TOKENS}");
     let id = format!("bench_{:08x}", rand::random::<u32>());
     let prefix = format!("{id}.");
+    // A topic per token, or with `--tokens` one topic for all of them.
+    let (tokens, topics): (String, Vec<String>) = match universe {
+        Some(n) => ((1..=n).map(|i| format!("T{i}")).collect::<Vec<_>>().join(","), vec![format!("{prefix}swaps")]),
+        None => (TOKENS.to_owned(), TOKENS.split(',').map(|t| format!("{prefix}{t}")).collect()),
+    };
     let cluster = mock.then(|| {
         let cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> =
             rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-        for token in TOKENS.split(',') {
-            cluster.create_topic(&format!("{prefix}{token}"), PARTITIONS, 1).expect("topic");
+        for topic in &topics {
+            cluster.create_topic(topic, partitions, 1).expect("topic");
         }
         cluster
     });
@@ -50,7 +78,10 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let binary = env!("CARGO_BIN_EXE_swapstream");
     let base_vars = |command: &mut std::process::Command| {
-        support::process::stream_env(command, &brokers, &id, PARTITIONS);
+        support::process::stream_env(command, &brokers, &id, partitions).env("SWAPSTREAM_PRODUCER_TOKENS", &tokens);
+        if universe.is_some() {
+            command.env("SWAPSTREAM_KAFKA_TOPIC_MODE", "single").env("SWAPSTREAM_KAFKA_TOPIC", &topics[0]);
+        }
     };
 
     // 1. Pre-load.
@@ -66,7 +97,6 @@ fn main() {
         .status()
         .expect("producer");
     assert!(status.success(), "producer failed");
-    let topics: Vec<String> = TOKENS.split(',').map(|t| format!("{prefix}{t}")).collect();
     let plain: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("group.id", format!("{id}-plain"))
@@ -80,7 +110,7 @@ fn main() {
     let mut ends = HashMap::new();
     let mut assignment = TopicPartitionList::new();
     for topic in &topics {
-        for partition in 0..PARTITIONS {
+        for partition in 0..partitions {
             let (_, high) = plain.fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks");
             if high > 0 {
                 ends.insert((topic.clone(), partition), high);
@@ -120,22 +150,30 @@ fn main() {
         eprintln!("kafka-consumer-perf-test: {rate:.0}/s (fetch time, group join excluded)");
     }
 
-    // 4. The consumer role, checkpointing to PostgreSQL.
-    let mut consumer = std::process::Command::new(binary);
-    base_vars(&mut consumer);
-    let log_path = format!("/tmp/{id}-consumer.log");
-    eprintln!("consumer log: {log_path}");
-    let log = std::fs::File::create(&log_path).expect("log");
-    let mut child = consumer
-        .arg("consumer")
-        .env("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0")
-        .env("SWAPSTREAM_BATCH_MAX_EVENTS", std::env::var("BENCH_BATCH").unwrap_or_else(|_| "20000".into()))
-        // `BENCH_LOG_LEVEL=debug`: the reader's per-batch timings in the log.
-        .env("SWAPSTREAM_LOG_LEVEL", std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".into()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("consumer");
-    let (consumer_secs, covered) = runtime.block_on(async {
+    // 4. The consumer role, checkpointing to PostgreSQL: one instance or
+    // more, started together so that they join the group at once.
+    let mut children: Vec<std::process::Child> = (0..instances)
+        .map(|i| {
+            let mut consumer = std::process::Command::new(binary);
+            base_vars(&mut consumer);
+            let log_path = match i {
+                0 => format!("/tmp/{id}-consumer.log"),
+                i => format!("/tmp/{id}-consumer-{i}.log"),
+            };
+            eprintln!("consumer log: {log_path}");
+            let log = std::fs::File::create(&log_path).expect("log");
+            consumer
+                .arg("consumer")
+                .env("SWAPSTREAM_HTTP_ADDR", "127.0.0.1:0")
+                .env("SWAPSTREAM_BATCH_MAX_EVENTS", std::env::var("BENCH_BATCH").unwrap_or_else(|_| "20000".into()))
+                // `BENCH_LOG_LEVEL=debug`: the reader's per-batch timings in the log.
+                .env("SWAPSTREAM_LOG_LEVEL", std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".into()))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("consumer")
+        })
+        .collect();
+    let (consumer_secs, covered, (held_tokens, held_pairs)) = runtime.block_on(async {
         let (client, connection) =
             tokio_postgres::connect("postgres://postgres@127.0.0.1:5432/postgres", tokio_postgres::NoTls)
                 .await
@@ -157,10 +195,20 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
             done = checkpointed().await;
         }
-        (started.elapsed().as_secs_f64(), done - first)
+        let elapsed = started.elapsed().as_secs_f64();
+        let keys = format!(
+            "SELECT count(DISTINCT agg_key) FILTER (WHERE agg_key LIKE 'token:%'), \
+             count(DISTINCT agg_key) FILTER (WHERE agg_key LIKE 'pair:%') FROM {id}.partials"
+        );
+        let held = client.query_one(keys.as_str(), &[]).await.map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)));
+        (elapsed, done - first, held.unwrap_or_default())
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    let rss_mib = children.iter().map(|child| support::procfs::rss_kib(child.id())).sum::<u64>() as f64 / 1024.0;
+    eprintln!("consumer RSS at the end: {rss_mib:.0} MiB, holding {held_tokens} tokens and {held_pairs} pairs");
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let consumer_rate = covered as f64 / consumer_secs;
     eprintln!("consumer: {covered} messages in {consumer_secs:.2}s = {consumer_rate:.0}/s");
     drop(cluster);

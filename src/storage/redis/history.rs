@@ -36,7 +36,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use redis::Value;
 
-use super::RedisStore;
+use super::{in_flight, RedisStore};
 use crate::config::WsHistory;
 use crate::domain::partial::AggKey;
 
@@ -303,32 +303,32 @@ impl RedisStore {
     }
 
     /// Appends each update to its channel's history and publishes it: one
-    /// script per channel, all on their way at once.
+    /// script per channel, [`WRITES_IN_FLIGHT`] channels at a time.
     pub async fn publish_swaps(&self, updates: &[SwapUpdate]) -> anyhow::Result<()> {
-        let sent = updates.iter().map(|update| async move {
-            // In entries of at most ENTRY_SWAPS, one after the other, so that
-            // a catch-up's batch does not hold Redis for long at a time.
-            let chunks: Vec<&[FeedSwap]> =
-                if update.swaps.is_empty() { vec![&[]] } else { update.swaps.chunks(ENTRY_SWAPS).collect() };
-            for (i, swaps) in chunks.into_iter().enumerate() {
-                let gap = update.gap && i == 0;
-                // Every swap new (the rule): one array, checked per partition.
-                // A batch decided again (a restart's replay) is checked per swap.
-                let all =
-                    self.append(&update.key, gap, swaps, false).invoke_async::<Value>(&mut self.conn.clone()).await;
-                let filter = matches!(&all, Ok(Value::SimpleString(s)) if s == "filter")
-                    || matches!(&all, Ok(Value::BulkString(s)) if s == b"filter");
-                let result = if filter {
-                    self.append(&update.key, gap, swaps, true).invoke_async::<Value>(&mut self.conn.clone()).await
-                } else {
-                    all
-                };
-                result.with_context(|| format!("publishing swaps of {}", update.key))?;
-            }
-            anyhow::Ok(())
-        });
-        for result in futures::future::join_all(sent).await {
-            result?;
+        let sent: Vec<futures::future::BoxFuture<'_, anyhow::Result<()>>> =
+            updates.iter().map(|update| Box::pin(self.append_update(update)) as _).collect();
+        in_flight(sent).await
+    }
+
+    /// One update appended, in entries of at most [`ENTRY_SWAPS`].
+    /// One after the other, so that a catch-up's batch does not hold Redis
+    /// for long at a time.
+    async fn append_update(&self, update: &SwapUpdate) -> anyhow::Result<()> {
+        let chunks: Vec<&[FeedSwap]> =
+            if update.swaps.is_empty() { vec![&[]] } else { update.swaps.chunks(ENTRY_SWAPS).collect() };
+        for (i, swaps) in chunks.into_iter().enumerate() {
+            let gap = update.gap && i == 0;
+            // Every swap new (the rule): one array, checked per partition.
+            // A batch decided again (a restart's replay) is checked per swap.
+            let all = self.append(&update.key, gap, swaps, false).invoke_async::<Value>(&mut self.conn.clone()).await;
+            let filter = matches!(&all, Ok(Value::SimpleString(s)) if s == "filter")
+                || matches!(&all, Ok(Value::BulkString(s)) if s == b"filter");
+            let result = if filter {
+                self.append(&update.key, gap, swaps, true).invoke_async::<Value>(&mut self.conn.clone()).await
+            } else {
+                all
+            };
+            result.with_context(|| format!("publishing swaps of {}", update.key))?;
         }
         Ok(())
     }

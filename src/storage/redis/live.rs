@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use redis::Pipeline;
 
-use super::{period_secs, CandleRecord, PartialRecord, RedisStore};
+use super::{in_flight, period_secs, CandleRecord, PartialRecord, RedisStore};
 use crate::domain::partial::{memory_retention_secs, AggKey};
 use crate::domain::SwapEvent;
 use crate::storage::encoding::encode_order;
@@ -73,8 +73,8 @@ impl RedisStore {
     /// Writes partials and announces the `changed` keys: one pipeline per
     /// token or pair (one slot each), its `PUBLISH` after its writes, so a
     /// subscriber that reads on the announcement sees the written state. The
-    /// pipelines go out together on the multiplexed connection: one round
-    /// trip, not one per key. Each change is fenced at its partition's
+    /// pipelines share the multiplexed connection, [`WRITES_IN_FLIGHT`] at
+    /// a time. Each change is fenced at its partition's
     /// position in `positions` (unfenced when absent).
     pub async fn write(
         &self,
@@ -118,7 +118,7 @@ impl RedisStore {
                 Ok(())
             }));
         }
-        futures::future::join_all(sent).await.into_iter().collect()
+        in_flight(sent).await
     }
 
     fn add_writes(

@@ -112,6 +112,24 @@ struct CandleRecord {
     buys: u64,
 }
 
+/// Writes (pipelines, scripts) one call has in flight on the shared
+/// connection at most. The rest wait here rather than in Redis' queue, where
+/// the last of thousands (a batch over many tokens and pairs, a rebuild)
+/// would outlast the client's response timeout and fail the whole write.
+pub(super) const WRITES_IN_FLIGHT: usize = 64;
+
+/// Runs `writes`, [`WRITES_IN_FLIGHT`] at a time; the first error once all
+/// have ended.
+async fn in_flight<F>(writes: impl IntoIterator<Item = F>) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use futures::StreamExt as _;
+    let results: Vec<anyhow::Result<()>> =
+        futures::stream::iter(writes).buffer_unordered(WRITES_IN_FLIGHT).collect().await;
+    results.into_iter().collect()
+}
+
 #[derive(Clone)]
 pub struct RedisStore {
     conn: RedisConn,
