@@ -83,13 +83,7 @@ struct Server {
 async fn start(role: &str, schema: &str, cache_ms: u32, log: &std::path::Path, pin: bool) -> Server {
     let file = std::fs::File::create(log).unwrap();
     let binary = env!("CARGO_BIN_EXE_swapstream");
-    let mut command = if pin {
-        let mut taskset = tokio::process::Command::new("taskset");
-        taskset.args(["-c", "1", binary]);
-        taskset
-    } else {
-        tokio::process::Command::new(binary)
-    };
+    let mut command = tokio::process::Command::from(support::process::on_cpu(binary, pin.then_some(1)));
     command.arg(role).kill_on_drop(true).stdout(Stdio::null()).stderr(Stdio::from(file));
     support::process::clear_env(command.as_std_mut());
     command

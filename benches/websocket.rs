@@ -181,13 +181,7 @@ fn run(clients: usize, options: &Options) -> Run {
     assert!(status.success(), "producer (topic creation) failed");
 
     let log = format!("/tmp/{id}-consumer.log");
-    let mut consumer = if pin {
-        let mut taskset = std::process::Command::new("taskset");
-        taskset.args(["-c", "1", binary]);
-        taskset
-    } else {
-        std::process::Command::new(binary)
-    };
+    let mut consumer = support::process::on_cpu(binary, pin.then_some(1));
     base(&mut consumer);
     let mut child = consumer
         .arg("consumer")

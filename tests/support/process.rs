@@ -212,3 +212,12 @@ pub fn pin_to(pid: libc::pid_t, cpu: usize) {
     };
     assert_eq!(done, 0, "cannot pin to CPU {cpu}: {}", std::io::Error::last_os_error());
 }
+
+/// `binary` as a command: on CPU `cpu` alone (through `taskset`, so every
+/// thread it starts stays there) when one is given.
+pub fn on_cpu(binary: &str, cpu: Option<usize>) -> Command {
+    let Some(cpu) = cpu else { return Command::new(binary) };
+    let mut taskset = Command::new("taskset");
+    taskset.args(["-c", &cpu.to_string(), binary]);
+    taskset
+}
