@@ -36,7 +36,7 @@ fn main() {
         return;
     }
     let args = support::args::checked("cargo bench --bench checkpoint -- [DEDUP_ROWS] [RECENT_ROWS]", &[], &[]);
-    let counts: Vec<i64> = args.iter().filter_map(|a| a.replace('_', "").parse().ok()).collect();
+    let counts: Vec<i64> = args.numbers();
     let dedup_rows = counts.first().copied().unwrap_or(1_000_000);
     let recent_rows = counts.get(1).copied().unwrap_or(192_600);
     let schema = format!("bench_{:08x}", rand::random::<u32>());

@@ -43,17 +43,11 @@ fn main() {
         &["--mock"],
         &["--partitions", "--tokens", "--instances"],
     );
-    let after = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| w[1].replace('_', ""));
-    let swaps: u64 = args
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i == 0 || !matches!(args[i - 1].as_str(), "--partitions" | "--tokens" | "--instances"))
-        .find_map(|(_, a)| a.replace('_', "").parse().ok())
-        .unwrap_or(1_000_000);
-    let mock = args.iter().any(|a| a == "--mock");
-    let partitions: i32 = after("--partitions").map_or(4, |p| p.parse().expect("--partitions: a number"));
-    let universe: Option<usize> = after("--tokens").map(|n| n.parse().expect("--tokens: a number"));
-    let instances: usize = after("--instances").map_or(1, |n| n.parse().expect("--instances: a number"));
+    let swaps: u64 = args.numbers().first().copied().unwrap_or(1_000_000);
+    let mock = args.flag("--mock");
+    let partitions: i32 = args.value("--partitions").unwrap_or(4);
+    let universe: Option<usize> = args.value("--tokens");
+    let instances: usize = args.value("--instances").unwrap_or(1);
     assert!(universe.is_none_or(|n| (2..=MAX_TOKENS).contains(&n)), "--tokens: 2 to {MAX_TOKENS}");
     let id = format!("bench_{:08x}", rand::random::<u32>());
     let prefix = format!("{id}.");

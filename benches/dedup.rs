@@ -44,7 +44,7 @@ fn main() {
         return;
     }
     let args = support::args::checked("cargo bench --bench dedup -- [TRACKED...]", &[], &[]);
-    let mut sizes: Vec<u64> = args.iter().filter_map(|a| a.replace('_', "").parse().ok()).collect();
+    let mut sizes: Vec<u64> = args.numbers();
     if sizes.is_empty() {
         sizes = vec![10_000, 100_000, 1_000_000];
     }

@@ -24,15 +24,6 @@ use support::procfs::{context_switches, cpu_secs, pids_named, pids_running, thre
 
 const USAGE: &str = "cargo bench --bench idle -- [--rate EVENTS_PER_MINUTE] [--secs S] [--warmup S] [--shared-broker]";
 
-fn option(args: &[String], name: &str, default: u64) -> u64 {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map_or(default, |v| {
-        v.replace('_', "").parse().unwrap_or_else(|_| {
-            eprintln!("{name} takes a whole number, not {v:?}\nusage: {USAGE}");
-            std::process::exit(2)
-        })
-    })
-}
-
 /// CPU seconds and context switches of a set of processes.
 fn usage(pids: &[u32]) -> (f64, u64) {
     (pids.iter().map(|&p| cpu_secs(p)).sum(), pids.iter().map(|&p| context_switches(p)).sum())
@@ -55,11 +46,11 @@ fn main() {
         return;
     }
     let args = support::args::checked(USAGE, &["--shared-broker"], &["--rate", "--secs", "--warmup"]);
-    let rate = option(&args, "--rate", 1000);
-    let secs = option(&args, "--secs", 60);
-    let warmup = option(&args, "--warmup", 60);
+    let rate: u64 = args.value("--rate").unwrap_or(1000);
+    let secs: u64 = args.value("--secs").unwrap_or(60);
+    let warmup: u64 = args.value("--warmup").unwrap_or(60);
     let folder = tempfile::Builder::new().prefix("swapstream-idle").tempdir().unwrap();
-    let own = (!args.iter().any(|a| a == "--shared-broker")).then(|| {
+    let own = (!args.flag("--shared-broker")).then(|| {
         let broker = OwnBroker::new(folder.path());
         broker.start();
         broker

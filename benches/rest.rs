@@ -36,8 +36,8 @@ fn main() {
         return; // `cargo test --all-targets` builds and runs benches without it.
     }
     let args = support::args::checked("cargo bench --bench rest -- [SECONDS_PER_MEASUREMENT] [--pin]", &["--pin"], &[]);
-    let seconds: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(10);
-    let pin = args.iter().any(|a| a == "--pin");
+    let seconds: u64 = args.numbers().first().copied().unwrap_or(10);
+    let pin = args.flag("--pin");
     if pin {
         // Before the runtime starts, so that its threads inherit it.
         support::process::pin_to(0, 0);

@@ -26,11 +26,6 @@ use tokio_tungstenite::tungstenite::Message;
 mod support;
 use support::process::{raise_fd_limit, Child};
 
-fn option(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map_or(default, |v| v.parse().expect(name))
-}
-
 fn swap(n: usize) -> Arc<str> {
     json!({"tx_hash": format!("0x{n:064x}"), "log_index": 0, "block_number": 1, "status": "confirmed",
         "timestamp": "2026-12-04T08:00:00Z", "maker": format!("0x{:040x}", n % 97), "token_from": "USDC",
@@ -72,15 +67,10 @@ fn main() {
         &["--pin"],
         &["--missed", "--per-entry"],
     );
-    let clients: usize = args
-        .iter()
-        .enumerate()
-        .find(|(i, a)| {
-            a.parse::<usize>().is_ok() && (*i == 0 || !matches!(args[i - 1].as_str(), "--missed" | "--per-entry"))
-        })
-        .map_or(1000, |(_, a)| a.parse().unwrap());
-    let (missed, per_entry) = (option("--missed", 1000), option("--per-entry", 10).max(1));
-    let pin = args.iter().any(|a| a == "--pin");
+    let clients: usize = args.numbers().first().copied().unwrap_or(1000);
+    let missed: usize = args.value("--missed").unwrap_or(1000);
+    let per_entry: usize = args.value("--per-entry").unwrap_or(10usize).max(1);
+    let pin = args.flag("--pin");
     raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async move {

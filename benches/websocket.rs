@@ -36,11 +36,6 @@ mod support;
 use support::process::{raise_fd_limit, TOKENS};
 use support::procfs::{pids_named, pids_running, rss_kib, CpuShares};
 
-fn arg_after(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
-}
-
 fn channels(one: bool, first: Option<usize>) -> Vec<String> {
     if one {
         return vec!["token:ETH".into()];
@@ -429,28 +424,21 @@ fn main() {
         &["--one-channel", "--pin", "--mock", "--debug-log"],
         &["--rate", "--secs", "--set", "--channels"],
     );
-    let mut counts: Vec<usize> = args
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i == 0 || !matches!(args[i - 1].as_str(), "--rate" | "--secs" | "--set" | "--channels"))
-        .filter_map(|(_, a)| a.parse().ok())
-        .collect();
+    let mut counts: Vec<usize> = args.numbers();
     if counts.is_empty() {
         counts = vec![1000, 10_000];
     }
-    let flag = |name: &str| std::env::args().any(|a| a == name);
     let options = Options {
-        swaps_per_s: arg_after("--rate").and_then(|r| r.parse().ok()).unwrap_or(1000),
-        secs: arg_after("--secs").and_then(|r| r.parse().ok()).unwrap_or(20),
-        one_channel: flag("--one-channel"),
-        channels: arg_after("--channels").and_then(|n| n.parse().ok()),
-        pin: flag("--pin"),
-        mock: flag("--mock"),
-        debug_log: flag("--debug-log"),
+        swaps_per_s: args.value("--rate").unwrap_or(1000),
+        secs: args.value("--secs").unwrap_or(20),
+        one_channel: args.flag("--one-channel"),
+        channels: args.value("--channels"),
+        pin: args.flag("--pin"),
+        mock: args.flag("--mock"),
+        debug_log: args.flag("--debug-log"),
         consumer_env: args
-            .windows(2)
-            .filter(|w| w[0] == "--set")
-            .filter_map(|w| w[1].split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .values("--set")
+            .filter_map(|set| set.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
             .collect(),
     };
     if options.pin {

@@ -106,7 +106,7 @@ impl Snapshots {
         read
     }
 
-    /// `key`'s history after `since`, within [`HISTORY_DEADLINE`], from a
+    /// `key`'s history after `since`, within `HISTORY_DEADLINE`, from a
     /// read in flight that was begun at or after `confirmed`, the moment
     /// this session's live updates began (an earlier read would miss what
     /// came in between), or a new one.

@@ -303,7 +303,8 @@ impl RedisStore {
     }
 
     /// Appends each update to its channel's history and publishes it: one
-    /// script per channel, [`WRITES_IN_FLIGHT`] channels at a time.
+    /// script per channel, a bounded number of channels at a time (see
+    /// `in_flight`).
     pub async fn publish_swaps(&self, updates: &[SwapUpdate]) -> anyhow::Result<()> {
         let sent: Vec<futures::future::BoxFuture<'_, anyhow::Result<()>>> =
             updates.iter().map(|update| Box::pin(self.append_update(update)) as _).collect();

@@ -73,8 +73,8 @@ impl RedisStore {
     /// Writes partials and announces the `changed` keys: one pipeline per
     /// token or pair (one slot each), its `PUBLISH` after its writes, so a
     /// subscriber that reads on the announcement sees the written state. The
-    /// pipelines share the multiplexed connection, [`WRITES_IN_FLIGHT`] at
-    /// a time. Each change is fenced at its partition's
+    /// pipelines share the multiplexed connection, a bounded number at a
+    /// time (see `in_flight`). Each change is fenced at its partition's
     /// position in `positions` (unfenced when absent).
     pub async fn write(
         &self,

@@ -116,7 +116,7 @@ struct CandleRecord {
 /// connection at most. The rest wait here rather than in Redis' queue, where
 /// the last of thousands (a batch over many tokens and pairs, a rebuild)
 /// would outlast the client's response timeout and fail the whole write.
-pub(super) const WRITES_IN_FLIGHT: usize = 64;
+const WRITES_IN_FLIGHT: usize = 64;
 
 /// Runs `writes`, [`WRITES_IN_FLIGHT`] at a time; the first error once all
 /// have ended.

@@ -87,7 +87,7 @@ pub struct Disconnect {
 
 /// Answered once this process' pub/sub connection is subscribed to every
 /// one of the channels (false when that took longer than
-/// [`SUBSCRIBE_DEADLINE`]): whatever is published from then on reaches the
+/// `SUBSCRIBE_DEADLINE`): whatever is published from then on reaches the
 /// session, so its history read cannot miss anything.
 #[derive(Message)]
 #[rtype(result = "bool")]
@@ -252,24 +252,16 @@ impl SessionRegistry {
 
     /// Pushes `frames` of `key` into every subscriber's outbound queue,
     /// never waiting; a queue past its cap conflates (see `outbound`).
-    fn deliver(&mut self, key: &ChannelKey, frames: Vec<FrameBody>) {
-        self.deliver_live(key, frames, None);
-    }
-
-    /// [`Self::deliver`] of live swap frames whose oldest update arrived
-    /// over pub/sub at `arrived`.
-    fn deliver_live(&mut self, key: &ChannelKey, frames: Vec<FrameBody>, arrived: Option<Instant>) {
+    /// `arrived`: for live swap frames, when their oldest update came over
+    /// pub/sub (the start of the fan-out's latency).
+    fn deliver(&mut self, key: &ChannelKey, frames: Vec<FrameBody>, arrived: Option<Instant>) {
         let Some(channel) = self.channels.get(key) else { return };
         let to: Vec<u64> = channel.subscribers.iter().copied().collect();
-        self.hand_off(key, frames, &to, arrived);
+        self.deliver_to(key, frames, &to, arrived);
     }
 
     /// [`Self::deliver`] to the subscribers `to` only.
-    fn deliver_to(&mut self, key: &ChannelKey, frames: Vec<FrameBody>, to: &[u64]) {
-        self.hand_off(key, frames, to, None);
-    }
-
-    fn hand_off(&mut self, key: &ChannelKey, frames: Vec<FrameBody>, to: &[u64], arrived: Option<Instant>) {
+    fn deliver_to(&mut self, key: &ChannelKey, frames: Vec<FrameBody>, to: &[u64], arrived: Option<Instant>) {
         let Some(channel) = self.channels.get(key) else { return };
         if frames.is_empty() || to.is_empty() {
             return;

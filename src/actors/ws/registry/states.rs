@@ -60,7 +60,7 @@ impl SessionRegistry {
             act.stats_in_flight = false;
             for (key, state) in states {
                 match state {
-                    Some(State::Stats(json)) => act.deliver(&key, vec![FrameBody::stats(json)]),
+                    Some(State::Stats(json)) => act.deliver(&key, vec![FrameBody::stats(json)], None),
                     Some(State::Candles(candles)) => act.deliver_candles(&key, candles),
                     None => {
                         if let Some(channel) = act.channels.get_mut(&key) {
@@ -90,7 +90,7 @@ impl SessionRegistry {
         let others: Vec<u64> = channel.subscribers.iter().filter(|id| !fresh.contains(id)).copied().collect();
         let all: Vec<FrameBody> = candles.iter().map(|(_, json)| FrameBody::candle(json.clone())).collect();
         channel.candles = candles.into_iter().collect();
-        self.deliver_to(key, changed, &others);
-        self.deliver_to(key, all, &fresh);
+        self.deliver_to(key, changed, &others, None);
+        self.deliver_to(key, all, &fresh, None);
     }
 }

@@ -24,7 +24,7 @@ const RECOVERY_READS: usize = 16;
 impl SessionRegistry {
     /// New swap frames go to their channels' buffers, each swap state once;
     /// then to the sessions, at once or at the next handoff (see
-    /// [`Self::coalescing`]).
+    /// [`Self::schedule_flush`]).
     fn on_published(&mut self, payloads: Vec<(Vec<u8>, Instant)>, ctx: &mut Context<Self>) {
         for (payload, arrived) in payloads {
             let update: Update = match serde_json::from_slice(&payload) {
@@ -193,7 +193,7 @@ impl SessionRegistry {
         let frames = std::mem::take(&mut channel.buffered);
         let arrived = channel.buffered_since.take();
         if !frames.is_empty() {
-            self.deliver_live(key, frames, arrived);
+            self.deliver(key, frames, arrived);
         }
     }
 
