@@ -147,6 +147,7 @@ pub struct ConsumerArgs {
     pub checkpoint_interval_ms: u64,
     #[arg(long = "lateness-secs", env = "SWAPSTREAM_LATENESS_SECS", default_value = "3600", value_parser = int(0, 30 * 86_400), help = "How far behind a partition's newest event time an event may be and still count; older ones go to the dead-letter topic as `too_late`.")]
     pub lateness_secs: u64,
+    // At most a day: rolling windows reach that far ahead (`domain::window::MAX_FUTURE_SECS`).
     #[arg(long = "max-future-secs", env = "SWAPSTREAM_MAX_FUTURE_SECS", default_value = "300", value_parser = int(0, 86_400), help = "How far ahead of the clock an event time may be; later ones go to the dead-letter topic as `future_timestamp`.")]
     pub max_future_secs: u64,
     #[arg(long = "shutdown-timeout-secs", env = "SWAPSTREAM_SHUTDOWN_TIMEOUT_SECS", default_value = "20", value_parser = int(1, 3_600), help = "Longest graceful shutdown: finish and checkpoint the batch in flight, commit, leave the group.")]

@@ -7,6 +7,7 @@ pub mod pair;
 pub mod partial;
 pub mod swap;
 pub mod token;
+pub mod window;
 
 pub use money::{Amount, Price};
 pub use pair::PairKey;

@@ -13,11 +13,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 use super::aggregate::{Candle, Contribution, Interval, Totals};
 use super::swap::EventOrder;
-use super::{Amount, PairKey, Price, Status, SwapEvent, TokenSymbol};
+use super::{Amount, PairKey, Price, SwapEvent, TokenSymbol};
 
 /// What is aggregated: a token or a pair. Its text form is also the
 /// WebSocket channel name: `token:ETH`, `pair:ETH-USDC`.
@@ -67,7 +66,7 @@ pub struct PricePoint {
 }
 
 impl PricePoint {
-    fn earlier(self, other: PricePoint) -> PricePoint {
+    pub(super) fn earlier(self, other: PricePoint) -> PricePoint {
         if other.at < self.at {
             other
         } else {
@@ -75,7 +74,7 @@ impl PricePoint {
         }
     }
 
-    fn later(self, other: PricePoint) -> PricePoint {
+    pub(super) fn later(self, other: PricePoint) -> PricePoint {
         if other.at > self.at {
             other
         } else {
@@ -340,24 +339,6 @@ impl Partial {
     }
 }
 
-/// A rolling window's figures.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Window {
-    pub volume_usd: Amount,
-    pub buy_volume_usd: Amount,
-    pub sell_volume_usd: Amount,
-    pub swaps: u64,
-    pub buys: u64,
-    pub sells: u64,
-    pub price_usd: Option<Price>,
-    pub price_change_pct: Option<Price>,
-    pub high: Option<Price>,
-    pub low: Option<Price>,
-}
-
-/// The rolling windows served, by label and length in seconds.
-pub const WINDOWS: [(&str, i64); 4] = [("5m", 300), ("1h", 3_600), ("6h", 21_600), ("24h", 86_400)];
-
 /// The merged view of every partial of one key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Merged {
@@ -400,98 +381,13 @@ impl Merged {
         let selected: Vec<Candle> = candles.range(from..=to).rev().take(limit).map(|(_, c)| c.to_candle()).collect();
         selected.into_iter().rev().collect()
     }
-
-    /// The window of `length` seconds ending at `now`: the current minute and
-    /// the whole minutes before it, `length / 60` minutes in all.
-    pub fn window(&self, now: DateTime<Utc>, length: i64) -> Window {
-        window_of(self.candles.get(&Interval::M1), now, length)
-    }
-}
-
-/// A window from 1m candles (shared by [`Merged`] and the reference model).
-/// Its price change is measured from the last price before the window (the
-/// close of the latest 1m candle still kept, [`memory_retention_secs`]),
-/// or, when nothing was traded in that time, from the first price inside it.
-pub fn window_of(minutes: Option<&BTreeMap<i64, CandlePartial>>, now: DateTime<Utc>, length: i64) -> Window {
-    let mut window = Window::default();
-    let Some(minutes) = minutes else { return window };
-    let start = Interval::M1.bucket_start(now) - length + 60;
-    let kept_since = now.timestamp() - memory_retention_secs(Interval::M1);
-    let before = minutes.range(kept_since..start.max(kept_since)).next_back().map(|(_, c)| c.close);
-    let mut first: Option<PricePoint> = None;
-    let mut last: Option<PricePoint> = None;
-    for candle in minutes.range(start..).map(|(_, c)| c) {
-        window.volume_usd += candle.volume_usd;
-        window.buy_volume_usd += candle.buy_volume_usd;
-        window.swaps += candle.swaps;
-        window.buys += candle.buys;
-        window.high = Some(window.high.map_or(candle.high, |h| h.max(candle.high)));
-        window.low = Some(window.low.map_or(candle.low, |l| l.min(candle.low)));
-        first = Some(first.map_or(candle.open, |f| f.earlier(candle.open)));
-        last = Some(last.map_or(candle.close, |l| l.later(candle.close)));
-    }
-    window.sells = window.swaps - window.buys;
-    window.sell_volume_usd = window.volume_usd - window.buy_volume_usd;
-    window.price_usd = last.map(|p| p.price);
-    if let (Some(from), Some(last)) = (before.or(first), last) {
-        window.price_change_pct = last.price.change_pct(from.price);
-    }
-    window
-}
-
-/// The rolling windows of every token and pair at `now`, computed the plain
-/// way from the confirmed swaps themselves (the service computes them from
-/// merged 1m candles).
-pub fn windows_at<'a>(
-    confirmed: impl IntoIterator<Item = &'a SwapEvent>,
-    now: DateTime<Utc>,
-) -> BTreeMap<String, BTreeMap<&'static str, Window>> {
-    let mut swaps: Vec<&SwapEvent> = confirmed.into_iter().filter(|s| s.status == Status::Confirmed).collect();
-    swaps.sort_by_key(|s| s.order_key());
-    let mut result: BTreeMap<String, BTreeMap<&'static str, Window>> = BTreeMap::new();
-    let kept_since = now.timestamp() - memory_retention_secs(Interval::M1);
-    for (label, length) in WINDOWS {
-        let start = Interval::M1.bucket_start(now) - length + 60;
-        // The price each change is measured from: the last one before the
-        // window, among the minutes the service keeps; else the first inside.
-        let mut first: BTreeMap<String, Price> = BTreeMap::new();
-        let before = |s: &&&SwapEvent| (kept_since..start).contains(&Interval::M1.bucket_start(s.timestamp));
-        for swap in swaps.iter().filter(before) {
-            for key in AggKey::of_swap(swap) {
-                if let Some(c) = key.contribution(swap) {
-                    first.insert(key.to_string(), c.price);
-                }
-            }
-        }
-        for swap in swaps.iter().filter(|s| Interval::M1.bucket_start(s.timestamp) >= start) {
-            for key in AggKey::of_swap(swap) {
-                let Some(c) = key.contribution(swap) else { continue };
-                let name = key.to_string();
-                let first_price = *first.entry(name.clone()).or_insert(c.price);
-                let window = result.entry(name).or_default().entry(label).or_default();
-                window.volume_usd += c.volume_usd;
-                window.swaps += 1;
-                if c.buy {
-                    window.buys += 1;
-                    window.buy_volume_usd += c.volume_usd;
-                } else {
-                    window.sells += 1;
-                    window.sell_volume_usd += c.volume_usd;
-                }
-                window.high = Some(window.high.map_or(c.price, |h| h.max(c.price)));
-                window.low = Some(window.low.map_or(c.price, |l| l.min(c.price)));
-                window.price_usd = Some(c.price);
-                window.price_change_pct = c.price.change_pct(first_price);
-            }
-        }
-    }
-    result
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::aggregate::Reference;
+    use crate::domain::window::{self, windows_at, Window, WINDOWS};
     use crate::domain::{RawSwap, RawTime, Status};
     use proptest::prelude::*;
 
@@ -516,7 +412,9 @@ mod tests {
 
     prop_compose! {
         fn swaps()(raw in proptest::collection::vec(
-            (0i64..7_200, 0usize..3, 1usize..3, 1u64..1000, 1u64..1000, 0u64..100_000, any::<bool>()), 1..120)
+            // Most within two hours, some over 30 (longer than 1m candles are kept).
+            (prop_oneof![4 => 0i64..7_200, 1 => 0i64..108_000], 0usize..3, 1usize..3, 1u64..1000, 1u64..1000,
+                0u64..100_000, any::<bool>()), 1..120)
         ) -> Vec<SwapEvent> {
             raw.into_iter().enumerate().map(|(i, (s, from, step, af, at, usd, confirmed))| {
                 let mut event = swap(i as u32, s, TOKENS[from], TOKENS[(from + step) % 3], af, at, usd);
@@ -577,14 +475,19 @@ mod tests {
         fn windows_from_merged_candles_equal_windows_from_the_swaps(
             events in swaps(),
             assign in proptest::collection::vec(0usize..4, 1..50),
-            now_offset in 0i64..9_000,
+            now_offset in prop_oneof![0i64..9_000, 0i64..115_000],
         ) {
             let now = DateTime::from_timestamp(1_764_057_600 + now_offset, 0).unwrap();
+            // Later ones the service does not take.
+            let events: Vec<SwapEvent> = events
+                .into_iter()
+                .filter(|e| e.timestamp <= now + chrono::Duration::seconds(window::MAX_FUTURE_SECS))
+                .collect();
             let plain = windows_at(&events, now);
             let merged = merged_by_partials(&events, &assign, 3);
             for (key, merged) in &merged {
                 for (label, length) in WINDOWS {
-                    let got = merged.window(now, length);
+                    let got = window::of(&merged.candles, now, length);
                     let expected = plain.get(&key.to_string()).and_then(|w| w.get(label)).cloned().unwrap_or_default();
                     prop_assert_eq!(got, expected, "{} {}", key, label);
                 }
@@ -606,15 +509,15 @@ mod tests {
         }
         let merged = Merged::of([&partial]);
         let now = DateTime::from_timestamp(1_764_057_600 + 3_599, 0).unwrap(); // 08:59:59
-        let five = merged.window(now, 300);
+        let five = window::of(&merged.candles, now, 300);
         assert_eq!((five.swaps, five.buys, five.sells), (1, 0, 1));
-        let hour = merged.window(now, 3_600);
+        let hour = window::of(&merged.candles, now, 3_600);
         assert_eq!((hour.swaps, hour.buys, hour.sells), (3, 1, 2));
         assert_eq!(hour.volume_usd, Amount::parse("16100.03").unwrap());
         assert!(hour.high >= hour.low);
         assert_eq!(hour.price_usd, merged.price_usd());
         // An hour later the 5m window is empty and its prices absent.
-        let later = merged.window(now + chrono::Duration::hours(1), 300);
+        let later = window::of(&merged.candles, now + chrono::Duration::hours(1), 300);
         assert_eq!(later, Window::default());
     }
 
@@ -628,7 +531,7 @@ mod tests {
         }
         let merged = Merged::of([&partial]);
         let now = DateTime::from_timestamp(1_764_057_600 + 3_599, 0).unwrap(); // 08:59:59
-        let five = merged.window(now, 300);
+        let five = window::of(&merged.candles, now, 300);
         assert_eq!(five.swaps, 1);
         // One swap in the window: about +10 % against 08:00, not 0 % against itself.
         let about_ten = |change: Option<Price>| {
@@ -636,9 +539,9 @@ mod tests {
         };
         assert!(about_ten(five.price_change_pct), "{:?}", five.price_change_pct);
         // Nothing kept before the window: from the first price inside it.
-        let hour = merged.window(now, 3_600);
+        let hour = window::of(&merged.candles, now, 3_600);
         assert!(about_ten(hour.price_change_pct), "{:?}", hour.price_change_pct);
-        let day_later = merged.window(now + chrono::Duration::hours(27), 300);
+        let day_later = window::of(&merged.candles, now + chrono::Duration::hours(27), 300);
         assert_eq!(day_later.price_change_pct, None, "no swap in the window: no change");
     }
 

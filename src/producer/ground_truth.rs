@@ -13,8 +13,8 @@ use crate::codec::Encoding;
 use chrono::{DateTime, Utc};
 
 use crate::domain::aggregate::Reference;
-use crate::domain::partial::windows_at as windows_at_fn;
-use crate::domain::partial::Window;
+use crate::domain::window::windows_at as windows_at_fn;
+use crate::domain::window::Window;
 use crate::domain::{Status, SwapEvent};
 
 /// Where one event ended up.

@@ -11,17 +11,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use crate::domain::aggregate::{Candle, Interval};
 use crate::domain::partial::{memory_retention_secs, AggKey, Merged};
+use crate::domain::window;
 use crate::domain::SwapEvent;
 use crate::metrics::METRICS;
 use crate::storage::postgres::PgStore;
 use crate::storage::redis::RedisStore;
 use crate::stream::Tp;
 
+pub mod list;
 pub mod schema;
 pub mod stats;
 
@@ -67,8 +69,8 @@ pub type LocalAnswer = BoxFuture<'static, Result<(Merged, Vec<Arc<SwapEvent>>), 
 /// actors' ownership has not changed.
 const PARTITIONS_TTL: Duration = Duration::from_secs(5);
 
-/// Stats need the 1m candles of the longest window and those kept before
-/// it, whose last price the windows' price changes are measured from.
+/// Stats need the candles of the longest window and those kept before it,
+/// whose last price the windows' price changes are measured from.
 const STATS_SINCE_SECS: i64 = crate::domain::partial::memory_retention_secs(crate::domain::aggregate::Interval::M1);
 
 #[derive(Clone)]
@@ -165,18 +167,6 @@ impl Live {
         complete.then_some(local.state.as_ref())
     }
 
-    /// Every token and pair seen, in order.
-    pub async fn keys(&self) -> Result<Vec<AggKey>, ReadError> {
-        if let Some(local) = self.complete_local().await {
-            read_from("actors");
-            return Ok(local.keys());
-        }
-        read_from("redis");
-        let mut keys = self.redis.keys().await.map_err(ReadError::redis)?;
-        keys.sort();
-        Ok(keys)
-    }
-
     /// The merged live state of `key` with candles of `intervals` from
     /// `since` on; `NotFound` when no swap of it was seen.
     pub async fn merged(&self, key: &AggKey, intervals: &[Interval], since: i64) -> Result<Merged, ReadError> {
@@ -196,7 +186,40 @@ impl Live {
             read_from("redis");
             return self.redis.merged(key, intervals, since).await.map_err(ReadError::redis);
         }
-        // Not in Redis (never seen, or Redis is being rebuilt): PostgreSQL.
+        self.merged_from_postgres(key, intervals, since).await
+    }
+
+    /// What the stats of `key` at `now` are computed from: its totals and
+    /// the candles its windows are tiled with.
+    async fn stats_state(&self, key: &AggKey, now: DateTime<Utc>) -> Result<Merged, ReadError> {
+        if let Some(local) = self.complete_local().await {
+            read_from("actors");
+            let since = now.timestamp() - STATS_SINCE_SECS;
+            let answer = local.query(key, &window::TILES, since, 0).ok_or_else(|| not_found(key))?;
+            let (merged, _) = answer.await.map_err(aggregator_unavailable)?;
+            return Ok(merged);
+        }
+        self.stats_state_from_stores(key, now).await
+    }
+
+    /// [`Live::stats_state`] from Redis (only the candles the windows need,
+    /// in one round trip), or PostgreSQL while Redis lacks `key`.
+    async fn stats_state_from_stores(&self, key: &AggKey, now: DateTime<Utc>) -> Result<Merged, ReadError> {
+        if let Some(merged) = self.redis.merged_candles(key, &window::needed(now)).await.map_err(ReadError::redis)? {
+            read_from("redis");
+            return Ok(merged);
+        }
+        self.merged_from_postgres(key, &window::TILES, now.timestamp() - STATS_SINCE_SECS).await
+    }
+
+    /// [`Live::merged`] from PostgreSQL: for a key Redis lacks (never seen,
+    /// or Redis is being rebuilt).
+    async fn merged_from_postgres(
+        &self,
+        key: &AggKey,
+        intervals: &[Interval],
+        since: i64,
+    ) -> Result<Merged, ReadError> {
         read_from("postgres");
         let mut merged = self.pg.merged(key).await.map_err(ReadError::postgres)?.ok_or_else(|| not_found(key))?;
         let now = Utc::now().timestamp();
@@ -233,7 +256,7 @@ impl Live {
     /// Renders the stats object of `key` and caches it.
     async fn render_stats(&self, key: &AggKey) -> Result<Bytes, ReadError> {
         let now = Utc::now();
-        let merged = self.merged(key, &[Interval::M1], now.timestamp() - STATS_SINCE_SECS).await?;
+        let merged = self.stats_state(key, now).await?;
         let body = Bytes::from(serde_json::to_vec(&stats::StatsBody::new(key, &merged, now)).expect("JSON"));
         self.cache.put(key, &body);
         Ok(body)
@@ -291,7 +314,7 @@ impl Live {
     /// the other instances' frames show.
     pub async fn shared_stats(&self, key: &AggKey) -> Result<serde_json::Value, ReadError> {
         let now = Utc::now();
-        let merged = self.merged_from_stores(key, &[Interval::M1], now.timestamp() - STATS_SINCE_SECS).await?;
+        let merged = self.stats_state_from_stores(key, now).await?;
         Ok(stats::stats_json(key, &merged, now))
     }
 }

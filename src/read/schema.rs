@@ -74,7 +74,7 @@ pub struct TotalsDoc {
     last_seen: Option<String>,
 }
 
-// The shape of `domain::partial::Window`.
+// The shape of `domain::window::Window`.
 /// A rolling window's figures.
 #[derive(ToSchema)]
 #[schema(as = Window)]

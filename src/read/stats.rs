@@ -9,7 +9,8 @@ use utoipa::ToSchema;
 use super::schema::{PriceDoc, TotalsDoc, WindowDoc};
 
 use crate::domain::aggregate::Totals;
-use crate::domain::partial::{AggKey, Merged, Window, WINDOWS};
+use crate::domain::partial::{AggKey, Merged};
+use crate::domain::window::{self, Window, WINDOWS};
 use crate::domain::{PairKey, Price, TokenSymbol};
 
 /// The stats object of DESIGN.md "REST": for a token `token`, for a pair `pair`.
@@ -56,7 +57,7 @@ impl StatsBody {
             AggKey::Token(token) => (Some(token.clone()), None),
             AggKey::Pair(pair) => (None, Some(pair.clone())),
         };
-        let [m5, h1, h6, h24] = WINDOWS.map(|(_, length)| merged.window(now, length));
+        let [m5, h1, h6, h24] = WINDOWS.map(|(_, length)| window::of(&merged.candles, now, length));
         StatsBody {
             token,
             pair,

@@ -7,7 +7,8 @@ use std::time::Duration;
 use rand::Rng;
 use serde_json::json;
 use swapstream::domain::aggregate::Interval;
-use swapstream::domain::partial::{Merged, WINDOWS};
+use swapstream::domain::partial::Merged;
+use swapstream::domain::window::{self, WINDOWS};
 
 use crate::helpers::{
     self, delivered, eventually, from_postgres, from_redis, require_broker, wait_checkpointed, Child, Names,
@@ -41,10 +42,10 @@ async fn assert_matches(names: &Names, truth: &swapstream::producer::ground_trut
     for (key, partials) in store.load_all(chrono::Utc::now()).await.unwrap() {
         let merged = Merged::of(partials.values());
         for (label, length) in WINDOWS {
-            let got = serde_json::to_value(merged.window(truth.windows_at, length)).unwrap();
+            let got = serde_json::to_value(window::of(&merged.candles, truth.windows_at, length)).unwrap();
             let expected = truth.windows.get(key.to_string()).and_then(|w| w.get(label)).cloned();
             let expected = expected
-                .unwrap_or_else(|| serde_json::to_value(swapstream::domain::partial::Window::default()).unwrap());
+                .unwrap_or_else(|| serde_json::to_value(swapstream::domain::window::Window::default()).unwrap());
             assert_eq!(got, expected, "window {label} of {key}");
         }
     }

@@ -180,7 +180,7 @@ async fn consumer_and_api_give_the_same_json_and_it_matches_the_ground_truth() {
     let prefix = &names.redis_prefix;
     let _: () = redis::pipe()
         .del(format!("{prefix}:{{token:BTC}}:partials"))
-        .srem(format!("{prefix}:keys"), "token:BTC")
+        .zrem(format!("{prefix}:names:token"), "BTC")
         .query_async(&mut conn)
         .await
         .unwrap();

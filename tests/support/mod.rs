@@ -8,6 +8,7 @@
 pub mod args;
 pub mod http;
 pub mod kafka;
+pub mod load;
 pub mod metrics;
 pub mod mock_broker;
 pub mod process;

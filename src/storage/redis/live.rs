@@ -88,10 +88,14 @@ impl RedisStore {
             by_key.entry(&change.key).or_default().push(change);
         }
         let mut json = WireJson::default();
-        let mut key_set = redis::cmd("SADD");
-        key_set.arg(format!("{}:keys", self.prefix));
+        let (mut token_names, mut pair_names) = (redis::cmd("ZADD"), redis::cmd("ZADD"));
+        token_names.arg(self.names_key(true));
+        pair_names.arg(self.names_key(false));
         for (key, writes) in &by_key {
-            key_set.arg(key.to_string());
+            match key {
+                AggKey::Token(token) => token_names.arg(0).arg(token.as_str()),
+                AggKey::Pair(pair) => pair_names.arg(0).arg(pair.to_string()),
+            };
             let pipe = pipes.entry(key).or_insert_with(redis::pipe);
             self.add_writes(pipe, key, writes, positions, &mut json)?;
         }
@@ -101,11 +105,14 @@ impl RedisStore {
         }
         let mut sent = Vec::with_capacity(pipes.len() + 1);
         if !by_key.is_empty() {
-            let mut conn = self.conn.clone();
-            sent.push(
-                Box::pin(async move { key_set.query_async::<()>(&mut conn).await.context("writing the key set") })
-                    as futures::future::BoxFuture<'_, anyhow::Result<()>>,
-            );
+            for (command, what) in [(token_names, "writing token names"), (pair_names, "writing pair names")] {
+                // The command, its key, and at least one member (none is an error).
+                if command.args_iter().count() > 2 {
+                    let mut conn = self.conn.clone();
+                    sent.push(Box::pin(async move { command.query_async::<()>(&mut conn).await.context(what) })
+                        as futures::future::BoxFuture<'_, anyhow::Result<()>>);
+                }
+            }
         }
         for (key, pipe) in pipes {
             let mut conn = self.conn.clone();

@@ -12,9 +12,12 @@
 //!   -> candle JSON; one key per period, expiring after the memory retention;
 //! - `<prefix>:{k}:recent`: sorted set of recent confirmed swaps (wire JSON)
 //!   scored by event time, trimmed to the configured count;
-//! - `<prefix>:keys`: set of every token and pair seen;
-//! - `<prefix>:ready`: present once the live state is complete; its absence
-//!   (after a flush) makes consumers rebuild what they own;
+//! - `<prefix>:names:token` and `names:pair`: every token and pair seen, by
+//!   name (`ETH`, `ETH-USDC`), as sorted sets of equal scores, read by range
+//!   for the lists;
+//! - `<prefix>:ready:<layout>`: present once the live state is complete; its
+//!   absence (after a flush, or a new layout) makes consumers rebuild what
+//!   they own;
 //! - `<prefix>:{k}:history`, `history-index` and `history-meta`: the channel's recent swap
 //!   frames for resuming WebSocket clients (see `history`);
 //! - channel `<prefix>:updates:{k}`: the swap feed's new swap states of a
@@ -210,8 +213,14 @@ impl RedisStore {
         format!("{}:updates:{{{key}}}", self.prefix)
     }
 
+    /// Versioned with the layout of the live state: a new layout is a new
+    /// generation, which every consumer rebuilds once.
     fn ready_key(&self) -> String {
-        format!("{}:ready", self.prefix)
+        format!("{}:ready:2", self.prefix)
+    }
+
+    fn names_key(&self, tokens: bool) -> String {
+        format!("{}:names:{}", self.prefix, if tokens { "token" } else { "pair" })
     }
 
     /// The generation of the live state: set when absent (first start, or
@@ -233,21 +242,54 @@ impl RedisStore {
 
     /// Whether `key` has live state.
     pub async fn has_key(&self, key: &AggKey) -> anyhow::Result<bool> {
+        let (tokens, name) = match key {
+            AggKey::Token(token) => (true, token.to_string()),
+            AggKey::Pair(pair) => (false, pair.to_string()),
+        };
         let mut conn = self.conn.clone();
-        let member: i64 = redis::cmd("SISMEMBER")
-            .arg(format!("{}:keys", self.prefix))
-            .arg(key.to_string())
-            .query_async(&mut conn)
-            .await?;
-        Ok(member == 1)
+        let score: Option<f64> =
+            redis::cmd("ZSCORE").arg(self.names_key(tokens)).arg(name).query_async(&mut conn).await?;
+        Ok(score.is_some())
     }
 
-    /// Every token and pair with live state.
+    /// Every token and pair with live state, tokens first, each in name order.
     pub async fn keys(&self) -> anyhow::Result<Vec<AggKey>> {
+        let mut keys = Vec::new();
+        for (tokens, kind) in [(true, "token"), (false, "pair")] {
+            let mut conn = self.conn.clone();
+            let names: Vec<String> =
+                redis::cmd("ZRANGE").arg(self.names_key(tokens)).arg(0).arg(-1).query_async(&mut conn).await?;
+            keys.extend(names.iter().filter_map(|n| AggKey::parse(&format!("{kind}:{n}"))));
+        }
+        Ok(keys)
+    }
+
+    /// Up to `count` names of tokens (else pairs) with live state that
+    /// start with `prefix`, after `after`, in name order.
+    pub async fn names(
+        &self,
+        tokens: bool,
+        prefix: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let from = match after {
+            Some(after) if after >= prefix => format!("({after}"),
+            _ => format!("[{prefix}"),
+        };
+        // Names are ASCII: every one that starts with `prefix` sorts before this.
+        let to = if prefix.is_empty() { "+".to_owned() } else { format!("[{prefix}\u{ff}") };
         let mut conn = self.conn.clone();
-        let names: Vec<String> =
-            redis::cmd("SMEMBERS").arg(format!("{}:keys", self.prefix)).query_async(&mut conn).await?;
-        Ok(names.iter().filter_map(|n| AggKey::parse(n)).collect())
+        Ok(redis::cmd("ZRANGE")
+            .arg(self.names_key(tokens))
+            .arg(from)
+            .arg(to)
+            .arg("BYLEX")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(count)
+            .query_async(&mut conn)
+            .await?)
     }
 
     /// Takes one token from `client`'s bucket (GCRA: one token per
@@ -286,14 +328,16 @@ impl RedisStore {
         Ok(if wait_us > 0 { Err(micros(wait_us)) } else { Ok(micros(full_in_us)) })
     }
 
-    /// Deletes every key under this store's prefix (tests only).
+    /// Deletes every key under this store's prefix (tests and benches).
     pub async fn delete_all(&self) -> anyhow::Result<()> {
         let mut conn = self.conn.clone();
         let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query_async(&mut conn).await?;
-        for key in keys {
-            redis::cmd("DEL").arg(key).query_async::<()>(&mut conn).await?;
-        }
-        Ok(())
+        // One command each: in a cluster, the keys are in many slots.
+        let deletes = keys.into_iter().map(|key| {
+            let mut conn = self.conn.clone();
+            async move { redis::cmd("UNLINK").arg(key).query_async::<()>(&mut conn).await.context("deleting keys") }
+        });
+        in_flight(deletes).await
     }
 }
 

@@ -1,7 +1,8 @@
 //! Live reads: one key's partials merged over its partitions, and its
 //! most recent swaps in the event order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -13,6 +14,44 @@ use crate::domain::partial::{
 };
 use crate::storage::encoding::decode_order;
 
+/// Reads a key's partials and the named candles of each of its candle
+/// hashes for every partition the partials name, in one call. Returns
+/// nothing when the key has no partials; else the partials hash (field,
+/// value...), then per candle hash the values of the fields `<t>/<partition>`
+/// for each `t` asked for, each over the partitions in the partials' order.
+/// KEYS: partials hash, then the candle hashes.
+/// ARGV: per candle hash, the number of buckets, then the buckets.
+static STATE_READ: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local partials = redis.call('HGETALL', KEYS[1])
+if #partials == 0 then return {} end
+local out = {partials}
+local at = 1
+for k = 2, #KEYS do
+  local n = tonumber(ARGV[at])
+  local values = {}
+  local fields = {}
+  for j = 1, n do
+    for p = 1, #partials, 2 do
+      fields[#fields + 1] = ARGV[at + j] .. '/' .. partials[p]
+      if #fields == 1000 then
+        for _, v in ipairs(redis.call('HMGET', KEYS[k], unpack(fields))) do values[#values + 1] = v end
+        fields = {}
+      end
+    end
+  end
+  if #fields > 0 then
+    for _, v in ipairs(redis.call('HMGET', KEYS[k], unpack(fields))) do values[#values + 1] = v end
+  end
+  out[#out + 1] = values
+  at = at + n + 1
+end
+return out
+",
+    )
+});
+
 impl RedisStore {
     /// The merged live state of one key (all partitions), with candles of
     /// `intervals` back to `since` (unix seconds).
@@ -22,20 +61,7 @@ impl RedisStore {
             redis::cmd("HGETALL").arg(self.key(key, "partials")).query_async(&mut conn).await?;
         let mut partials: BTreeMap<String, Partial> = BTreeMap::new();
         for (tp, json) in records {
-            let r: PartialRecord = serde_json::from_str(&json).context("bad partial in Redis")?;
-            let last = match (r.last_price, r.last_at) {
-                (Some(price), Some(at)) => Some(PricePoint { price, at: decode_order(&hex::decode(at)?)? }),
-                _ => None,
-            };
-            let totals = TotalsPartial {
-                volume_usd: r.volume_usd,
-                buy_volume_usd: r.buy_volume_usd,
-                swaps: r.swaps,
-                buys: r.buys,
-                first_seen: r.first_seen_ns.map(DateTime::from_timestamp_nanos),
-                last,
-            };
-            partials.insert(tp, Partial::restore(totals, r.pending, [], Vec::new()));
+            partials.insert(tp, partial_of(&json)?);
         }
         let now = Utc::now().timestamp();
         for &interval in intervals {
@@ -48,18 +74,7 @@ impl RedisStore {
                     .await?;
                 for (field, json) in fields {
                     let (t, tp) = field.split_once('/').context("bad candle field in Redis")?;
-                    let r: CandleRecord = serde_json::from_str(&json).context("bad candle in Redis")?;
-                    let candle = CandlePartial {
-                        t: t.parse()?,
-                        open: PricePoint { price: r.open, at: decode_order(&hex::decode(r.open_at)?)? },
-                        close: PricePoint { price: r.close, at: decode_order(&hex::decode(r.close_at)?)? },
-                        high: r.high,
-                        low: r.low,
-                        volume_usd: r.volume_usd,
-                        buy_volume_usd: r.buy_volume_usd,
-                        swaps: r.swaps,
-                        buys: r.buys,
-                    };
+                    let candle = candle_of(t.parse()?, &json)?;
                     if candle.t >= since {
                         let partial = partials.entry(tp.to_owned()).or_default();
                         partial.candles.entry(interval).or_default().insert(candle.t, candle);
@@ -69,6 +84,46 @@ impl RedisStore {
             }
         }
         Ok(Merged::of(partials.values()))
+    }
+
+    /// The merged totals of one key and its `candles` (interval, bucket)
+    /// merged over its partitions, in one round trip; `None` when Redis has
+    /// no live state of `key` (never seen, or not yet rebuilt after a flush).
+    pub async fn merged_candles(
+        &self,
+        key: &AggKey,
+        candles: &BTreeSet<(Interval, i64)>,
+    ) -> anyhow::Result<Option<Merged>> {
+        let mut by_hash: BTreeMap<(Interval, i64), Vec<i64>> = BTreeMap::new();
+        for &(interval, t) in candles {
+            let period = period_secs(interval);
+            by_hash.entry((interval, t.div_euclid(period) * period)).or_default().push(t);
+        }
+        let mut invocation = STATE_READ.key(self.key(key, "partials"));
+        for ((interval, period_start), buckets) in &by_hash {
+            invocation.key(self.key(key, &format!("c:{interval}:{period_start}")));
+            invocation.arg(buckets.len()).arg(buckets);
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<Vec<Option<String>>> = invocation.invoke_async(&mut conn).await?;
+        let mut replies = replies.into_iter();
+        let Some(partials) = replies.next() else { return Ok(None) };
+        let mut merged = Merged::default();
+        let partitions = partials.len() / 2;
+        for json in partials.iter().skip(1).step_by(2) {
+            let json = json.as_deref().context("bad partial in Redis")?;
+            merged.add(&partial_of(json)?, &[], i64::MAX);
+        }
+        for (((interval, _), buckets), values) in by_hash.iter().zip(replies) {
+            let into = merged.candles.entry(*interval).or_default();
+            for (&t, values) in buckets.iter().zip(values.chunks(partitions.max(1))) {
+                for json in values.iter().flatten() {
+                    let candle = candle_of(t, json)?;
+                    into.entry(t).and_modify(|c| c.merge(&candle)).or_insert(candle);
+                }
+            }
+        }
+        Ok(Some(merged))
     }
 
     /// The most recent confirmed swaps of `key`, newest first (wire JSON),
@@ -105,6 +160,40 @@ impl RedisStore {
         swaps.truncate(limit);
         Ok(swaps)
     }
+}
+
+/// A partial's totals from their record.
+fn partial_of(json: &str) -> anyhow::Result<Partial> {
+    let r: PartialRecord = serde_json::from_str(json).context("bad partial in Redis")?;
+    let last = match (r.last_price, r.last_at) {
+        (Some(price), Some(at)) => Some(PricePoint { price, at: decode_order(&hex::decode(at)?)? }),
+        _ => None,
+    };
+    let totals = TotalsPartial {
+        volume_usd: r.volume_usd,
+        buy_volume_usd: r.buy_volume_usd,
+        swaps: r.swaps,
+        buys: r.buys,
+        first_seen: r.first_seen_ns.map(DateTime::from_timestamp_nanos),
+        last,
+    };
+    Ok(Partial::restore(totals, r.pending, [], Vec::new()))
+}
+
+/// The candle of bucket `t` from its record.
+fn candle_of(t: i64, json: &str) -> anyhow::Result<CandlePartial> {
+    let r: CandleRecord = serde_json::from_str(json).context("bad candle in Redis")?;
+    Ok(CandlePartial {
+        t,
+        open: PricePoint { price: r.open, at: decode_order(&hex::decode(r.open_at)?)? },
+        close: PricePoint { price: r.close, at: decode_order(&hex::decode(r.close_at)?)? },
+        high: r.high,
+        low: r.low,
+        volume_usd: r.volume_usd,
+        buy_volume_usd: r.buy_volume_usd,
+        swaps: r.swaps,
+        buys: r.buys,
+    })
 }
 
 /// A wire swap's place in the event order, as `SwapEvent::order_key`.

@@ -1,0 +1,200 @@
+//! Rolling windows: the 5m, 1h, 6h and 24h figures of a token or pair, from
+//! its merged candles.
+//!
+//! A window is the current minute and the whole minutes before it,
+//! `length / 60` in all, plus any minute after (a swap's time may be ahead
+//! of the clock, up to [`MAX_FUTURE_SECS`]). It is read from the fewest
+//! whole candles that tile that time: 1m candles at its edges, then 5m and
+//! 15m, and 1h candles in between ([`tiles`]). A 24-hour window takes about
+//! 40 candles instead of 1440, and a read of the shared state fetches only
+//! those ([`needed`]). Each coarser candle is the merge of the 1m candles
+//! inside it (one swap updates every interval at once), so the figures are
+//! those of the 1m candles.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::aggregate::Interval;
+use super::partial::{memory_retention_secs, AggKey, CandlePartial, PricePoint};
+use super::{Amount, Price, Status, SwapEvent};
+
+/// A rolling window's figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Window {
+    pub volume_usd: Amount,
+    pub buy_volume_usd: Amount,
+    pub sell_volume_usd: Amount,
+    pub swaps: u64,
+    pub buys: u64,
+    pub sells: u64,
+    pub price_usd: Option<Price>,
+    pub price_change_pct: Option<Price>,
+    pub high: Option<Price>,
+    pub low: Option<Price>,
+}
+
+/// The rolling windows served, by label and length in seconds.
+pub const WINDOWS: [(&str, i64); 4] = [("5m", 300), ("1h", 3_600), ("6h", 21_600), ("24h", 86_400)];
+
+/// How far ahead of the clock a swap's time may be (the largest
+/// `SWAPSTREAM_MAX_FUTURE_SECS`): windows reach that far past the current
+/// minute.
+pub const MAX_FUTURE_SECS: i64 = 86_400;
+
+/// The intervals windows are tiled with, finest first; each divides the next.
+pub const TILES: [Interval; 4] = [Interval::M1, Interval::M5, Interval::M15, Interval::H1];
+
+/// The candles that tile `range` (whole minutes), in time order: at each
+/// point the coarsest of [`TILES`] that starts there and ends within it.
+pub fn tiles(range: Range<i64>) -> impl DoubleEndedIterator<Item = (Interval, i64)> {
+    let mut out = Vec::new();
+    let mut t = range.start;
+    while t < range.end {
+        let fits = |i: &&Interval| t % i.seconds() == 0 && t + i.seconds() <= range.end;
+        let interval = *TILES.iter().rev().find(fits).unwrap_or(&Interval::M1);
+        out.push((interval, t));
+        t += interval.seconds();
+    }
+    out.into_iter()
+}
+
+/// The two parts of the window of `length` seconds at `now`: the time before
+/// it whose last price its change is measured from (as far back as 1m
+/// candles are kept), and the window itself.
+fn parts(now: DateTime<Utc>, length: i64) -> (Range<i64>, Range<i64>) {
+    let end = Interval::M1.bucket_start(now) + 60;
+    let start = end - length;
+    let kept = now.timestamp() - memory_retention_secs(Interval::M1);
+    let kept_since = kept.div_euclid(60) * 60 + if kept.rem_euclid(60) == 0 { 0 } else { 60 };
+    (kept_since..start.max(kept_since), start..end + MAX_FUTURE_SECS)
+}
+
+/// Every candle the windows of [`WINDOWS`] at `now` are read from.
+pub fn needed(now: DateTime<Utc>) -> BTreeSet<(Interval, i64)> {
+    WINDOWS
+        .iter()
+        .flat_map(|&(_, length)| {
+            let (before, inside) = parts(now, length);
+            tiles(before).chain(tiles(inside))
+        })
+        .collect()
+}
+
+/// The window of `length` seconds at `now` from merged candles that hold at
+/// least [`needed`]`(now)`. Its price change is measured from the last price
+/// before the window (the close of the latest candle before it, as far back
+/// as 1m candles are kept) or, when nothing was traded in that time, from
+/// the first price inside it.
+pub fn of(candles: &BTreeMap<Interval, BTreeMap<i64, CandlePartial>>, now: DateTime<Utc>, length: i64) -> Window {
+    let (before, inside) = parts(now, length);
+    let candle = |(interval, t): (Interval, i64)| candles.get(&interval)?.get(&t);
+    // Tiles are disjoint and in time order: the latest one traded in holds the last price.
+    let before = tiles(before).rev().find_map(candle).map(|c| c.close);
+    let mut window = Window::default();
+    let mut first: Option<PricePoint> = None;
+    let mut last: Option<PricePoint> = None;
+    for candle in tiles(inside).filter_map(candle) {
+        window.volume_usd += candle.volume_usd;
+        window.buy_volume_usd += candle.buy_volume_usd;
+        window.swaps += candle.swaps;
+        window.buys += candle.buys;
+        window.high = Some(window.high.map_or(candle.high, |h| h.max(candle.high)));
+        window.low = Some(window.low.map_or(candle.low, |l| l.min(candle.low)));
+        first = Some(first.map_or(candle.open, |f| f.earlier(candle.open)));
+        last = Some(last.map_or(candle.close, |l| l.later(candle.close)));
+    }
+    window.sells = window.swaps - window.buys;
+    window.sell_volume_usd = window.volume_usd - window.buy_volume_usd;
+    window.price_usd = last.map(|p| p.price);
+    if let (Some(from), Some(last)) = (before.or(first), last) {
+        window.price_change_pct = last.price.change_pct(from.price);
+    }
+    window
+}
+
+/// The rolling windows of every token and pair at `now`, computed the plain
+/// way from the confirmed swaps themselves (the reference the service's
+/// [`of`] is tested against).
+pub fn windows_at<'a>(
+    confirmed: impl IntoIterator<Item = &'a SwapEvent>,
+    now: DateTime<Utc>,
+) -> BTreeMap<String, BTreeMap<&'static str, Window>> {
+    let mut swaps: Vec<&SwapEvent> = confirmed.into_iter().filter(|s| s.status == Status::Confirmed).collect();
+    swaps.sort_by_key(|s| s.order_key());
+    let mut result: BTreeMap<String, BTreeMap<&'static str, Window>> = BTreeMap::new();
+    let kept_since = now.timestamp() - memory_retention_secs(Interval::M1);
+    for (label, length) in WINDOWS {
+        let start = Interval::M1.bucket_start(now) - length + 60;
+        // The price each change is measured from: the last one before the
+        // window, among the minutes the service keeps; else the first inside.
+        let mut first: BTreeMap<String, Price> = BTreeMap::new();
+        let before = |s: &&&SwapEvent| (kept_since..start).contains(&Interval::M1.bucket_start(s.timestamp));
+        for swap in swaps.iter().filter(before) {
+            for key in AggKey::of_swap(swap) {
+                if let Some(c) = key.contribution(swap) {
+                    first.insert(key.to_string(), c.price);
+                }
+            }
+        }
+        for swap in swaps.iter().filter(|s| Interval::M1.bucket_start(s.timestamp) >= start) {
+            for key in AggKey::of_swap(swap) {
+                let Some(c) = key.contribution(swap) else { continue };
+                let name = key.to_string();
+                let first_price = *first.entry(name.clone()).or_insert(c.price);
+                let window = result.entry(name).or_default().entry(label).or_default();
+                window.volume_usd += c.volume_usd;
+                window.swaps += 1;
+                if c.buy {
+                    window.buys += 1;
+                    window.buy_volume_usd += c.volume_usd;
+                } else {
+                    window.sells += 1;
+                    window.sell_volume_usd += c.volume_usd;
+                }
+                window.high = Some(window.high.map_or(c.price, |h| h.max(c.price)));
+                window.low = Some(window.low.map_or(c.price, |l| l.min(c.price)));
+                window.price_usd = Some(c.price);
+                window.price_change_pct = c.price.change_pct(first_price);
+            }
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_are_the_coarsest_aligned_candles_and_cover_the_range_once() {
+        let day = 1_764_028_800; // a midnight
+        let range = day + 7 * 60..day + 86_400 + 7 * 60;
+        let tiled: Vec<(Interval, i64)> = tiles(range.clone()).collect();
+        let mut t = range.start;
+        for &(interval, start) in &tiled {
+            assert_eq!(start, t, "contiguous");
+            assert_eq!(start % interval.seconds(), 0, "aligned");
+            t += interval.seconds();
+        }
+        assert_eq!(t, range.end);
+        let count = |i: Interval| tiled.iter().filter(|(interval, _)| *interval == i).count();
+        // 00:07 to 00:10 in minutes, 00:10 in 5m, 00:15 to 01:00 in 15m,
+        // hours to midnight, then 00:00 in 5m and 00:05, 00:06 in minutes.
+        assert_eq!(
+            (count(Interval::M1), count(Interval::M5), count(Interval::M15), count(Interval::H1)),
+            (5, 2, 3, 23)
+        );
+        assert_eq!(tiles(day..day).count(), 0);
+    }
+
+    #[test]
+    fn the_windows_need_a_few_hundred_candles_not_every_minute() {
+        let now = DateTime::from_timestamp(1_764_057_600 + 3_599, 0).unwrap();
+        let needed = needed(now);
+        assert!(needed.len() < 300, "{}", needed.len());
+        assert!(needed.iter().any(|(interval, _)| *interval == Interval::H1));
+    }
+}
