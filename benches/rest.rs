@@ -90,23 +90,11 @@ async fn run(length: Duration, pin: bool) {
     }
     let (redis_rate, redis_p50, redis_p99) = load::redis_benchmark(120_000 * length.as_secs(), &["-t", "get"]).await;
 
-    println!("| server | max req/s (64 conns) | p50 ms | p99 ms | at {FIXED_RATE} req/s: p50 ms | p99 ms | requests |");
-    println!("|---|---|---|---|---|---|---|");
+    load::print_header("server");
     for (name, max, fixed) in &rows {
-        println!(
-            "| swapstream `{name}` | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
-            max.rate,
-            max.p50_ms,
-            max.p99_ms,
-            fixed.p50_ms,
-            fixed.p99_ms,
-            max.requests + fixed.requests
-        );
-        if fixed.rate < FIXED_RATE as f64 * 0.9 {
-            println!("  ({name} reached only {:.0} req/s of {FIXED_RATE} in the fixed-rate run)", fixed.rate);
-        }
+        load::print_row(&format!("swapstream `{name}` (fixed: {FIXED_RATE}/s)"), max, fixed, FIXED_RATE);
     }
-    println!("| redis-benchmark GET | {redis_rate:.0} | {redis_p50:.3} | {redis_p99:.3} | - | - | - |");
+    println!("| redis-benchmark GET | {redis_rate:.0} | {redis_p50:.3} | {redis_p99:.3} | - | - | - | - |");
     let _ = all.child.start_kill();
     drop(api);
     drop(uncached);

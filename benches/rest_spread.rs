@@ -215,21 +215,6 @@ async fn wait_ready(port: u16, path: &str) {
     }
 }
 
-fn row(name: &str, max: &load::Measured, fixed: &load::Measured, rate: u64) {
-    println!(
-        "| {name} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
-        max.rate,
-        max.p50_ms,
-        max.p99_ms,
-        fixed.p50_ms,
-        fixed.p99_ms,
-        max.requests + fixed.requests
-    );
-    if fixed.rate < rate as f64 * 0.9 {
-        println!("  ({name} reached only {:.0} req/s of {rate} in the fixed-rate run)", fixed.rate);
-    }
-}
-
 async fn run(tokens: usize, length: Duration, pin: bool) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-rest-spread");
     std::fs::create_dir_all(&dir).unwrap();
@@ -259,29 +244,35 @@ async fn run(tokens: usize, length: Duration, pin: bool) {
     let zipf = Spread::zipf(tokens);
     load::closed_loop(uncached.port, CONNECTIONS, Duration::from_secs(2), stats_paths(uniform.clone())).await;
 
-    println!("| request | max req/s (64 conns) | p50 ms | p99 ms | at fixed rate: p50 ms | p99 ms | requests |");
-    println!("|---|---|---|---|---|---|---|");
+    load::print_header("request");
     for (cache, port) in [("cache off", uncached.port), ("cache on", cached.port)] {
         for spread in [&uniform, &zipf] {
             let paths = stats_paths(spread.clone());
             let max = load::closed_loop(port, CONNECTIONS, length, paths.clone()).await;
             let fixed = load::open_loop(port, CONNECTIONS, FIXED_RATE, length, paths).await;
-            row(&format!("stats, {}, {cache} (fixed: {FIXED_RATE}/s)", spread.name()), &max, &fixed, FIXED_RATE);
+            load::print_row(
+                &format!("stats, {}, {cache} (fixed: {FIXED_RATE}/s)", spread.name()),
+                &max,
+                &fixed,
+                FIXED_RATE,
+            );
         }
     }
     let list = list_paths(tokens);
     let max = load::closed_loop(uncached.port, CONNECTIONS, length, list.clone()).await;
     let fixed = load::open_loop(uncached.port, CONNECTIONS, LIST_RATE, length, list).await;
-    row(&format!("list of 100 tokens, cache off (fixed: {LIST_RATE}/s)"), &max, &fixed, LIST_RATE);
+    load::print_row(&format!("list of 100 tokens, cache off (fixed: {LIST_RATE}/s)"), &max, &fixed, LIST_RATE);
 
     let keyspace = tokens.to_string();
     let requests = 120_000 * length.as_secs();
     let (get, get_p50, get_p99) = load::redis_benchmark(requests, &["-r", &keyspace, "-t", "get"]).await;
-    println!("| redis-benchmark GET, {tokens} keys | {get:.0} | {get_p50:.3} | {get_p99:.3} | - | - | - |");
+    println!("| redis-benchmark GET, {tokens} keys | {get:.0} | {get_p50:.3} | {get_p99:.3} | - | - | - | - |");
     let mut mget = vec!["-r", &keyspace, "MGET"];
     mget.extend(std::iter::repeat_n("key:__rand_int__", 100));
     let (mget, mget_p50, mget_p99) = load::redis_benchmark(requests / 20, &mget).await;
-    println!("| redis-benchmark MGET of 100, {tokens} keys | {mget:.0} | {mget_p50:.3} | {mget_p99:.3} | - | - | - |");
+    println!(
+        "| redis-benchmark MGET of 100, {tokens} keys | {mget:.0} | {mget_p50:.3} | {mget_p99:.3} | - | - | - | - |"
+    );
 
     let kib = |bytes: u64| bytes as f64 / 1024.0 / tokens as f64;
     println!(
@@ -292,5 +283,15 @@ async fn run(tokens: usize, length: Duration, pin: bool) {
         support::procfs::rss_kib(cached.child.id().unwrap()) / 1024,
     );
     drop((uncached, cached));
-    store.delete_all().await.expect("deleting the bench's keys");
+    delete_keys(&prefix);
+}
+
+/// Deletes the bench's keys: too many for one `KEYS` within the client's
+/// response timeout, so `redis-cli --scan` and `UNLINK` in batches.
+fn delete_keys(prefix: &str) {
+    let script = format!(
+        "redis-cli -p 6379 --scan --pattern '{prefix}:*' | xargs -r -n 1000 redis-cli -p 6379 unlink >/dev/null"
+    );
+    let status = std::process::Command::new("sh").args(["-c", &script]).status().expect("sh");
+    assert!(status.success(), "deleting the bench's keys failed");
 }

@@ -100,7 +100,7 @@ pub async fn run_api(settings: &Settings, log: &Logger) -> anyhow::Result<()> {
     let redis =
         RedisStore::connect(&settings.redis, settings.consumer.recent_swaps).await?.with_history(settings.ws.history);
     let readiness = Readiness { probes: dependency_probes(&pg, &redis, None) };
-    let live = Live::stores(redis, pg, settings.http.cache);
+    let live = Live::stores(redis, pg, settings.http.cache, settings.consumer.max_future);
     let (registry, _registry_arbiter, ws) = start_registry(settings, &live, log);
     let servers = Servers::start(&settings.http, HttpParts { readiness, live, ws }, log)?;
     info!(log, "api started"; "http_port" => servers.port);
@@ -334,8 +334,8 @@ impl Consumer {
         let reader = KafkaReader::new(parts, input_rx, stopped_tx).start();
 
         let readiness = Readiness { probes: dependency_probes(&pg, &redis, Some(consumer)) };
-        let live =
-            Live::stores(redis.clone(), pg.clone(), settings.http.cache).with_local(Arc::new(aggregators.clone()));
+        let live = Live::stores(redis.clone(), pg.clone(), settings.http.cache, settings.consumer.max_future)
+            .with_local(Arc::new(aggregators.clone()));
         let (registry, registry_arbiter, ws) = start_registry(settings, &live, log);
         let parts = HttpParts { readiness, live, ws };
         let servers = Servers::start(&settings.http, parts, log)?;

@@ -387,7 +387,7 @@ impl Merged {
 mod tests {
     use super::*;
     use crate::domain::aggregate::Reference;
-    use crate::domain::window::{self, windows_at, Window, WINDOWS};
+    use crate::domain::window::{self, windows_at, At, Window, WINDOWS};
     use crate::domain::{RawSwap, RawTime, Status};
     use proptest::prelude::*;
 
@@ -487,7 +487,7 @@ mod tests {
             let merged = merged_by_partials(&events, &assign, 3);
             for (key, merged) in &merged {
                 for (label, length) in WINDOWS {
-                    let got = window::of(&merged.candles, now, length);
+                    let got = window::of(&merged.candles, At::with_any_future(now), length);
                     let expected = plain.get(&key.to_string()).and_then(|w| w.get(label)).cloned().unwrap_or_default();
                     prop_assert_eq!(got, expected, "{} {}", key, label);
                 }
@@ -509,15 +509,15 @@ mod tests {
         }
         let merged = Merged::of([&partial]);
         let now = DateTime::from_timestamp(1_764_057_600 + 3_599, 0).unwrap(); // 08:59:59
-        let five = window::of(&merged.candles, now, 300);
+        let five = window::of(&merged.candles, At::with_any_future(now), 300);
         assert_eq!((five.swaps, five.buys, five.sells), (1, 0, 1));
-        let hour = window::of(&merged.candles, now, 3_600);
+        let hour = window::of(&merged.candles, At::with_any_future(now), 3_600);
         assert_eq!((hour.swaps, hour.buys, hour.sells), (3, 1, 2));
         assert_eq!(hour.volume_usd, Amount::parse("16100.03").unwrap());
         assert!(hour.high >= hour.low);
         assert_eq!(hour.price_usd, merged.price_usd());
         // An hour later the 5m window is empty and its prices absent.
-        let later = window::of(&merged.candles, now + chrono::Duration::hours(1), 300);
+        let later = window::of(&merged.candles, At::with_any_future(now + chrono::Duration::hours(1)), 300);
         assert_eq!(later, Window::default());
     }
 
@@ -531,7 +531,7 @@ mod tests {
         }
         let merged = Merged::of([&partial]);
         let now = DateTime::from_timestamp(1_764_057_600 + 3_599, 0).unwrap(); // 08:59:59
-        let five = window::of(&merged.candles, now, 300);
+        let five = window::of(&merged.candles, At::with_any_future(now), 300);
         assert_eq!(five.swaps, 1);
         // One swap in the window: about +10 % against 08:00, not 0 % against itself.
         let about_ten = |change: Option<Price>| {
@@ -539,9 +539,9 @@ mod tests {
         };
         assert!(about_ten(five.price_change_pct), "{:?}", five.price_change_pct);
         // Nothing kept before the window: from the first price inside it.
-        let hour = window::of(&merged.candles, now, 3_600);
+        let hour = window::of(&merged.candles, At::with_any_future(now), 3_600);
         assert!(about_ten(hour.price_change_pct), "{:?}", hour.price_change_pct);
-        let day_later = window::of(&merged.candles, now + chrono::Duration::hours(27), 300);
+        let day_later = window::of(&merged.candles, At::with_any_future(now + chrono::Duration::hours(27)), 300);
         assert_eq!(day_later.price_change_pct, None, "no swap in the window: no change");
     }
 

@@ -3,11 +3,11 @@
 //!
 //! A window is the current minute and the whole minutes before it,
 //! `length / 60` in all, plus any minute after (a swap's time may be ahead
-//! of the clock, up to [`MAX_FUTURE_SECS`]). It is read from the fewest
+//! of the clock, `SWAPSTREAM_MAX_FUTURE_SECS`). It is read from the fewest
 //! whole candles that tile that time: 1m candles at its edges, then 5m and
 //! 15m, and 1h candles in between ([`tiles`]). A 24-hour window takes about
 //! 40 candles instead of 1440, and a read of the shared state fetches only
-//! those ([`needed`]). Each coarser candle is the merge of the 1m candles
+//! those ([`At::needed`]). Each coarser candle is the merge of the 1m candles
 //! inside it (one swap updates every interval at once), so the figures are
 //! those of the 1m candles.
 
@@ -39,9 +39,8 @@ pub struct Window {
 /// The rolling windows served, by label and length in seconds.
 pub const WINDOWS: [(&str, i64); 4] = [("5m", 300), ("1h", 3_600), ("6h", 21_600), ("24h", 86_400)];
 
-/// How far ahead of the clock a swap's time may be (the largest
-/// `SWAPSTREAM_MAX_FUTURE_SECS`): windows reach that far past the current
-/// minute.
+/// The most `SWAPSTREAM_MAX_FUTURE_SECS` may be: how far ahead of the clock
+/// a swap's time may be.
 pub const MAX_FUTURE_SECS: i64 = 86_400;
 
 /// The intervals windows are tiled with, finest first; each divides the next.
@@ -61,42 +60,64 @@ pub fn tiles(range: Range<i64>) -> impl DoubleEndedIterator<Item = (Interval, i6
     out.into_iter()
 }
 
-/// The two parts of the window of `length` seconds at `now`: the time before
-/// it whose last price its change is measured from (as far back as 1m
-/// candles are kept), and the window itself.
-fn parts(now: DateTime<Utc>, length: i64) -> (Range<i64>, Range<i64>) {
-    let end = Interval::M1.bucket_start(now) + 60;
-    let start = end - length;
-    let kept = now.timestamp() - memory_retention_secs(Interval::M1);
-    let kept_since = kept.div_euclid(60) * 60 + if kept.rem_euclid(60) == 0 { 0 } else { 60 };
-    (kept_since..start.max(kept_since), start..end + MAX_FUTURE_SECS)
+/// When the windows are read: the time, and how far ahead of it a swap's
+/// time may be (`SWAPSTREAM_MAX_FUTURE_SECS`), which is how far past the
+/// current minute they reach.
+#[derive(Debug, Clone, Copy)]
+pub struct At {
+    pub now: DateTime<Utc>,
+    pub future_secs: i64,
 }
 
-/// Every candle the windows of [`WINDOWS`] at `now` are read from.
-pub fn needed(now: DateTime<Utc>) -> BTreeSet<(Interval, i64)> {
-    WINDOWS
-        .iter()
-        .flat_map(|&(_, length)| {
-            let (before, inside) = parts(now, length);
-            tiles(before).chain(tiles(inside))
-        })
-        .collect()
+impl At {
+    /// At `now`, for swaps as far ahead as any setting lets them be.
+    pub fn with_any_future(now: DateTime<Utc>) -> At {
+        At { now, future_secs: MAX_FUTURE_SECS }
+    }
+
+    /// The end of the current minute.
+    fn end(self) -> i64 {
+        Interval::M1.bucket_start(self.now) + 60
+    }
+
+    /// Where the windows split time, in order: the first minute whose 1m
+    /// candle is still kept, each window's start (the longest first), the
+    /// end of the current minute, and the end of the last minute a swap's
+    /// time may be in. Each window and each time before one is a run of the
+    /// segments between these, so one tiling of them serves all.
+    fn segments(self) -> Vec<Range<i64>> {
+        let minutes_up = |seconds: i64| (seconds + 59).div_euclid(60) * 60;
+        let end = self.end();
+        let mut points = vec![minutes_up(self.now.timestamp() - memory_retention_secs(Interval::M1))];
+        points.extend(WINDOWS.iter().rev().map(|(_, length)| end - length));
+        points.push(end);
+        points.push(end + minutes_up(self.future_secs.clamp(0, MAX_FUTURE_SECS)));
+        points.windows(2).map(|pair| pair[0]..pair[1].max(pair[0])).collect()
+    }
+
+    /// Every candle the windows of [`WINDOWS`] are read from.
+    pub fn needed(self) -> BTreeSet<(Interval, i64)> {
+        self.segments().into_iter().flat_map(tiles).collect()
+    }
 }
 
-/// The window of `length` seconds at `now` from merged candles that hold at
-/// least [`needed`]`(now)`. Its price change is measured from the last price
-/// before the window (the close of the latest candle before it, as far back
-/// as 1m candles are kept) or, when nothing was traded in that time, from
-/// the first price inside it.
-pub fn of(candles: &BTreeMap<Interval, BTreeMap<i64, CandlePartial>>, now: DateTime<Utc>, length: i64) -> Window {
-    let (before, inside) = parts(now, length);
+/// The window of `length` seconds (one of [`WINDOWS`]) at `at` from merged
+/// candles that hold at least [`At::needed`]. Its price change is measured
+/// from the last price before the window (the close of the latest candle
+/// before it, as far back as 1m candles are kept) or, when nothing was
+/// traded in that time, from the first price inside it.
+pub fn of(candles: &BTreeMap<Interval, BTreeMap<i64, CandlePartial>>, at: At, length: i64) -> Window {
+    let start = at.end() - length;
+    let segments = at.segments();
     let candle = |(interval, t): (Interval, i64)| candles.get(&interval)?.get(&t);
     // Tiles are disjoint and in time order: the latest one traded in holds the last price.
-    let before = tiles(before).rev().find_map(candle).map(|c| c.close);
+    let before = segments.iter().filter(|s| s.end <= start).flat_map(|s| tiles(s.clone())).rev().find_map(candle);
+    let inside = segments.iter().filter(|s| s.start >= start).flat_map(|s| tiles(s.clone())).filter_map(candle);
+    let before = before.map(|c| c.close);
     let mut window = Window::default();
     let mut first: Option<PricePoint> = None;
     let mut last: Option<PricePoint> = None;
-    for candle in tiles(inside).filter_map(candle) {
+    for candle in inside {
         window.volume_usd += candle.volume_usd;
         window.buy_volume_usd += candle.buy_volume_usd;
         window.swaps += candle.swaps;
@@ -191,10 +212,10 @@ mod tests {
     }
 
     #[test]
-    fn the_windows_need_a_few_hundred_candles_not_every_minute() {
+    fn the_windows_need_about_a_hundred_candles_not_every_minute() {
         let now = DateTime::from_timestamp(1_764_057_600 + 3_599, 0).unwrap();
-        let needed = needed(now);
-        assert!(needed.len() < 300, "{}", needed.len());
+        let needed = At { now, future_secs: 300 }.needed();
+        assert!(needed.len() < 120, "{}", needed.len());
         assert!(needed.iter().any(|(interval, _)| *interval == Interval::H1));
     }
 }

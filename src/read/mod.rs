@@ -79,6 +79,9 @@ pub struct Live {
     pg: PgStore,
     local: Option<Local>,
     cache: Arc<StatsCache>,
+    /// How far ahead of the clock a swap's time may be: how far past the
+    /// current minute the rolling windows reach.
+    future_secs: i64,
 }
 
 /// This process' live state, and what it knows of every partition.
@@ -120,9 +123,16 @@ enum Cached {
 }
 
 impl Live {
-    /// Redis and PostgreSQL only (role `api`).
-    pub fn stores(redis: RedisStore, pg: PgStore, cache_ttl: Duration) -> Live {
-        Live { redis, pg, local: None, cache: Arc::new(StatsCache { ttl: cache_ttl, entries: Mutex::default() }) }
+    /// Redis and PostgreSQL only (role `api`); `max_future` as the
+    /// consumers' `SWAPSTREAM_MAX_FUTURE_SECS`.
+    pub fn stores(redis: RedisStore, pg: PgStore, cache_ttl: Duration, max_future: Duration) -> Live {
+        let cache = Arc::new(StatsCache { ttl: cache_ttl, entries: Mutex::default() });
+        Live { redis, pg, local: None, cache, future_secs: max_future.as_secs() as i64 }
+    }
+
+    /// The windows' reading at `now`.
+    fn at(&self, now: DateTime<Utc>) -> window::At {
+        window::At { now, future_secs: self.future_secs }
     }
 
     /// Also this process' own live state (roles `consumer` and `all`).
@@ -205,7 +215,7 @@ impl Live {
     /// [`Live::stats_state`] from Redis (only the candles the windows need,
     /// in one round trip), or PostgreSQL while Redis lacks `key`.
     async fn stats_state_from_stores(&self, key: &AggKey, now: DateTime<Utc>) -> Result<Merged, ReadError> {
-        if let Some(merged) = self.redis.merged_candles(key, &window::needed(now)).await.map_err(ReadError::redis)? {
+        if let Some(merged) = self.redis.merged_candles(key, &self.at(now).needed()).await.map_err(ReadError::redis)? {
             read_from("redis");
             return Ok(merged);
         }
@@ -224,7 +234,7 @@ impl Live {
         let mut merged = self.pg.merged(key).await.map_err(ReadError::postgres)?.ok_or_else(|| not_found(key))?;
         let now = Utc::now().timestamp();
         for &interval in intervals {
-            let candles = self.pg.candles(key, interval, since, now).await.map_err(ReadError::postgres)?;
+            let candles = self.pg.candles(key, interval, since, now, usize::MAX).await.map_err(ReadError::postgres)?;
             merged.candles.insert(interval, candles);
         }
         Ok(merged)
@@ -257,7 +267,7 @@ impl Live {
     async fn render_stats(&self, key: &AggKey) -> Result<Bytes, ReadError> {
         let now = Utc::now();
         let merged = self.stats_state(key, now).await?;
-        let body = Bytes::from(serde_json::to_vec(&stats::StatsBody::new(key, &merged, now)).expect("JSON"));
+        let body = Bytes::from(serde_json::to_vec(&stats::StatsBody::new(key, &merged, self.at(now))).expect("JSON"));
         self.cache.put(key, &body);
         Ok(body)
     }
@@ -281,10 +291,10 @@ impl Live {
         // Empty when the whole range is older than the edge.
         let mut candles = merged.candles(interval, from.max(edge), to, limit);
         if from < edge && candles.len() < limit {
-            let older = self.pg.candles(key, interval, from, to.min(edge - 1)).await.map_err(ReadError::postgres)?;
             let wanted = limit - candles.len();
-            let skip = older.len().saturating_sub(wanted);
-            let mut all: Vec<Candle> = older.values().skip(skip).map(|c| c.to_candle()).collect();
+            let older =
+                self.pg.candles(key, interval, from, to.min(edge - 1), wanted).await.map_err(ReadError::postgres)?;
+            let mut all: Vec<Candle> = older.values().map(|c| c.to_candle()).collect();
             all.append(&mut candles);
             candles = all;
         }
@@ -315,7 +325,7 @@ impl Live {
     pub async fn shared_stats(&self, key: &AggKey) -> Result<serde_json::Value, ReadError> {
         let now = Utc::now();
         let merged = self.stats_state_from_stores(key, now).await?;
-        Ok(stats::stats_json(key, &merged, now))
+        Ok(stats::stats_json(key, &merged, self.at(now)))
     }
 }
 
@@ -347,7 +357,7 @@ impl Live {
 
 /// The stats object of a token or pair with no swap seen: all zeros.
 pub fn unseen_stats(key: &AggKey) -> serde_json::Value {
-    stats::stats_json(key, &Merged::default(), Utc::now())
+    stats::stats_json(key, &Merged::default(), window::At::with_any_future(Utc::now()))
 }
 
 fn read_from(source: &str) {

@@ -1,7 +1,6 @@
 //! The stats object of a token or pair, as REST answers it and WebSocket
 //! snapshots and `stats` frames carry it: one rendering for both.
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -10,7 +9,7 @@ use super::schema::{PriceDoc, TotalsDoc, WindowDoc};
 
 use crate::domain::aggregate::Totals;
 use crate::domain::partial::{AggKey, Merged};
-use crate::domain::window::{self, Window, WINDOWS};
+use crate::domain::window::{self, At, Window, WINDOWS};
 use crate::domain::{PairKey, Price, TokenSymbol};
 
 /// The stats object of DESIGN.md "REST": for a token `token`, for a pair `pair`.
@@ -52,12 +51,12 @@ pub struct Windows {
 }
 
 impl StatsBody {
-    pub fn new(key: &AggKey, merged: &Merged, now: DateTime<Utc>) -> StatsBody {
+    pub fn new(key: &AggKey, merged: &Merged, at: At) -> StatsBody {
         let (token, pair) = match key {
             AggKey::Token(token) => (Some(token.clone()), None),
             AggKey::Pair(pair) => (None, Some(pair.clone())),
         };
-        let [m5, h1, h6, h24] = WINDOWS.map(|(_, length)| window::of(&merged.candles, now, length));
+        let [m5, h1, h6, h24] = WINDOWS.map(|(_, length)| window::of(&merged.candles, at, length));
         StatsBody {
             token,
             pair,
@@ -65,24 +64,25 @@ impl StatsBody {
             pending: merged.pending,
             totals: merged.totals.to_totals(),
             windows: Windows { m5, h1, h6, h24 },
-            updated_at: crate::domain::swap::format_time(now),
+            updated_at: crate::domain::swap::format_time(at.now),
         }
     }
 }
 
 /// The stats object as JSON (for the WebSocket snapshots and frames).
-pub fn stats_json(key: &AggKey, merged: &Merged, now: DateTime<Utc>) -> Value {
-    serde_json::to_value(StatsBody::new(key, merged, now)).expect("JSON")
+pub fn stats_json(key: &AggKey, merged: &Merged, at: At) -> Value {
+    serde_json::to_value(StatsBody::new(key, merged, at)).expect("JSON")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Utc;
 
     #[test]
     fn the_windows_are_named_and_ordered_as_the_domain_defines_them() {
         let now = Utc::now();
-        let body = stats_json(&AggKey::parse("token:ETH").unwrap(), &Merged::default(), now);
+        let body = stats_json(&AggKey::parse("token:ETH").unwrap(), &Merged::default(), At::with_any_future(now));
         let names: Vec<&str> = body["windows"].as_object().unwrap().keys().map(String::as_str).collect();
         let mut expected: Vec<&str> = WINDOWS.iter().map(|(label, _)| *label).collect();
         expected.sort_unstable();

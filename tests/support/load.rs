@@ -61,6 +61,8 @@ impl Connection {
 /// Requests/s and latency of one measurement.
 pub struct Measured {
     pub requests: u64,
+    /// Answers other than 200 (counted in the rate and latencies too).
+    pub errors: u64,
     pub rate: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -71,29 +73,55 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[index].as_secs_f64() * 1000.0
 }
 
-fn measured(mut latencies: Vec<Duration>, elapsed: Duration) -> Measured {
+fn measured(mut latencies: Vec<Duration>, errors: u64, elapsed: Duration) -> Measured {
     latencies.sort();
     Measured {
         requests: latencies.len() as u64,
+        errors,
         rate: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50_ms: percentile(&latencies, 0.50),
         p99_ms: percentile(&latencies, 0.99),
     }
 }
 
-/// Every connection's latencies, over the time since `started`.
-async fn gather(tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>, started: Instant) -> Measured {
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
-    measured(all, started.elapsed())
+/// The header of the table [`print_row`] prints rows of, first column `what`.
+pub fn print_header(what: &str) {
+    println!("| {what} | max req/s ({CONNECTIONS} conns) | p50 ms | p99 ms | at fixed rate: p50 ms | p99 ms | requests | not 200 |");
+    println!("|---|---|---|---|---|---|---|---|");
 }
 
-/// Sends the request of `path` and asserts a 200.
-async fn fetch(connection: &mut Connection, path: &str) {
-    let status = connection.get(path).await;
-    assert_eq!(status, 200, "GET {path}");
+/// One row: the closed loop's `max` and the open loop's `fixed` at `rate`,
+/// with a note when the fixed rate was not reached.
+pub fn print_row(name: &str, max: &Measured, fixed: &Measured, rate: u64) {
+    println!(
+        "| {name} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
+        max.rate,
+        max.p50_ms,
+        max.p99_ms,
+        fixed.p50_ms,
+        fixed.p99_ms,
+        max.requests + fixed.requests,
+        max.errors + fixed.errors,
+    );
+    if fixed.rate < rate as f64 * 0.9 {
+        println!("  ({name} reached only {:.0} req/s of {rate} in the fixed-rate run)", fixed.rate);
+    }
+}
+
+/// Every connection's latencies and errors, over the time since `started`.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<(Vec<Duration>, u64)>>, started: Instant) -> Measured {
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        let (latencies, failed) = task.await.unwrap();
+        all.extend(latencies);
+        errors += failed;
+    }
+    measured(all, errors, started.elapsed())
+}
+
+/// Sends the request of `path`: 1 when not answered 200, else 0.
+async fn fetch(connection: &mut Connection, path: &str) -> u64 {
+    u64::from(connection.get(path).await != 200)
 }
 
 /// As fast as `connections` connections go, each waiting for its answer.
@@ -104,14 +132,14 @@ pub async fn closed_loop(port: u16, connections: usize, length: Duration, paths:
             let paths = paths.clone();
             tokio::spawn(async move {
                 let mut connection = Connection::open(port).await;
-                let mut latencies = Vec::new();
+                let (mut latencies, mut errors) = (Vec::new(), 0);
                 while started.elapsed() < length {
                     let path = paths(rand::random());
                     let sent = Instant::now();
-                    fetch(&mut connection, &path).await;
+                    errors += fetch(&mut connection, &path).await;
                     latencies.push(sent.elapsed());
                 }
-                latencies
+                (latencies, errors)
             })
         })
         .collect();
@@ -129,7 +157,7 @@ pub async fn open_loop(port: u16, connections: usize, rate: u64, length: Duratio
             let paths = paths.clone();
             tokio::spawn(async move {
                 let mut connection = Connection::open(port).await;
-                let mut latencies = Vec::new();
+                let (mut latencies, mut errors) = (Vec::new(), 0);
                 let mut due = started + per_connection.mul_f64(i as f64 / connections as f64);
                 let mut previous_done = started;
                 while due < started + length {
@@ -139,12 +167,12 @@ pub async fn open_loop(port: u16, connections: usize, rate: u64, length: Duratio
                     // wait counts. Late only by the timer's millisecond
                     // granularity: it does not.
                     let start = if previous_done > due { due } else { Instant::now() };
-                    fetch(&mut connection, &path).await;
+                    errors += fetch(&mut connection, &path).await;
                     previous_done = Instant::now();
                     latencies.push(previous_done - start);
                     due += per_connection;
                 }
-                latencies
+                (latencies, errors)
             })
         })
         .collect();

@@ -23,6 +23,7 @@ mod schema;
 
 pub use checkpoint::{Checkpoint, Progress};
 pub use claims::Claimed;
+pub use history::CANDLES as CANDLES_SQL;
 
 /// Longest a transaction of ours may sit idle before the server ends it.
 const IDLE_IN_TRANSACTION: std::time::Duration = std::time::Duration::from_secs(10);

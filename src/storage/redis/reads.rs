@@ -2,7 +2,6 @@
 //! most recent swaps in the event order.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::LazyLock;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -13,44 +12,6 @@ use crate::domain::partial::{
     memory_retention_secs, AggKey, CandlePartial, Merged, Partial, PricePoint, TotalsPartial,
 };
 use crate::storage::encoding::decode_order;
-
-/// Reads a key's partials and the named candles of each of its candle
-/// hashes for every partition the partials name, in one call. Returns
-/// nothing when the key has no partials; else the partials hash (field,
-/// value...), then per candle hash the values of the fields `<t>/<partition>`
-/// for each `t` asked for, each over the partitions in the partials' order.
-/// KEYS: partials hash, then the candle hashes.
-/// ARGV: per candle hash, the number of buckets, then the buckets.
-static STATE_READ: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-local partials = redis.call('HGETALL', KEYS[1])
-if #partials == 0 then return {} end
-local out = {partials}
-local at = 1
-for k = 2, #KEYS do
-  local n = tonumber(ARGV[at])
-  local values = {}
-  local fields = {}
-  for j = 1, n do
-    for p = 1, #partials, 2 do
-      fields[#fields + 1] = ARGV[at + j] .. '/' .. partials[p]
-      if #fields == 1000 then
-        for _, v in ipairs(redis.call('HMGET', KEYS[k], unpack(fields))) do values[#values + 1] = v end
-        fields = {}
-      end
-    end
-  end
-  if #fields > 0 then
-    for _, v in ipairs(redis.call('HMGET', KEYS[k], unpack(fields))) do values[#values + 1] = v end
-  end
-  out[#out + 1] = values
-  at = at + n + 1
-end
-return out
-",
-    )
-});
 
 impl RedisStore {
     /// The merged live state of one key (all partitions), with candles of
@@ -87,36 +48,43 @@ impl RedisStore {
     }
 
     /// The merged totals of one key and its `candles` (interval, bucket)
-    /// merged over its partitions, in one round trip; `None` when Redis has
-    /// no live state of `key` (never seen, or not yet rebuilt after a flush).
+    /// merged over its partitions, in two round trips (the partials, which
+    /// name the partitions, then the candles' fields of each); `None` when
+    /// Redis has no live state of `key` (never seen, or not yet rebuilt
+    /// after a flush).
     pub async fn merged_candles(
         &self,
         key: &AggKey,
         candles: &BTreeSet<(Interval, i64)>,
     ) -> anyhow::Result<Option<Merged>> {
+        let mut conn = self.conn.clone();
+        let partials: Vec<(String, String)> =
+            redis::cmd("HGETALL").arg(self.key(key, "partials")).query_async(&mut conn).await?;
+        if partials.is_empty() {
+            return Ok(None);
+        }
+        let mut merged = Merged::default();
+        for (_, json) in &partials {
+            merged.add(&partial_of(json)?, &[], i64::MAX);
+        }
         let mut by_hash: BTreeMap<(Interval, i64), Vec<i64>> = BTreeMap::new();
         for &(interval, t) in candles {
             let period = period_secs(interval);
             by_hash.entry((interval, t.div_euclid(period) * period)).or_default().push(t);
         }
-        let mut invocation = STATE_READ.key(self.key(key, "partials"));
+        let mut pipe = redis::pipe();
         for ((interval, period_start), buckets) in &by_hash {
-            invocation.key(self.key(key, &format!("c:{interval}:{period_start}")));
-            invocation.arg(buckets.len()).arg(buckets);
+            let fields = pipe.cmd("HMGET").arg(self.key(key, &format!("c:{interval}:{period_start}")));
+            for t in buckets {
+                for (tp, _) in &partials {
+                    fields.arg(format!("{t}/{tp}"));
+                }
+            }
         }
-        let mut conn = self.conn.clone();
-        let replies: Vec<Vec<Option<String>>> = invocation.invoke_async(&mut conn).await?;
-        let mut replies = replies.into_iter();
-        let Some(partials) = replies.next() else { return Ok(None) };
-        let mut merged = Merged::default();
-        let partitions = partials.len() / 2;
-        for json in partials.iter().skip(1).step_by(2) {
-            let json = json.as_deref().context("bad partial in Redis")?;
-            merged.add(&partial_of(json)?, &[], i64::MAX);
-        }
+        let replies: Vec<Vec<Option<String>>> = pipe.query_async(&mut conn).await?;
         for (((interval, _), buckets), values) in by_hash.iter().zip(replies) {
             let into = merged.candles.entry(*interval).or_default();
-            for (&t, values) in buckets.iter().zip(values.chunks(partitions.max(1))) {
+            for (&t, values) in buckets.iter().zip(values.chunks(partials.len())) {
                 for json in values.iter().flatten() {
                     let candle = candle_of(t, json)?;
                     into.entry(t).and_modify(|c| c.merge(&candle)).or_insert(candle);

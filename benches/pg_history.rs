@@ -1,0 +1,123 @@
+//! The PostgreSQL history path over many keys: candle pages read by the
+//! service's own query (`PgStore::candles`) from a table of N tokens'
+//! candles over D days, each token's count as in `rest_spread` (rank r
+//! trades `max(2, 1440 / r^0.6)` minutes a day), in every interval. Prints
+//! each query's plan (`EXPLAIN ANALYZE`) and its latency over repeated reads,
+//! for a busy and a quiet token, a page of 100 over a short and a long range.
+//!
+//! `cargo bench --bench pg_history -- [TOKENS, default 100000] [DAYS, default 7]`
+//! with PostgreSQL up (`scripts/services up`). Works in a schema of its
+//! own, dropped at the end.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use swapstream::config::Settings;
+use swapstream::domain::aggregate::Interval;
+use swapstream::domain::partial::AggKey;
+use swapstream::storage::postgres::{PgStore, CANDLES_SQL};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+const READS: usize = 200;
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return; // `cargo test --all-targets` builds and runs benches without it.
+    }
+    let args = support::args::checked("cargo bench --bench pg_history -- [TOKENS] [DAYS]", &[], &[]);
+    let numbers: Vec<i64> = args.numbers();
+    let tokens = numbers.first().copied().unwrap_or(100_000);
+    let days = numbers.get(1).copied().unwrap_or(7);
+    let schema = format!("bench_pg_{:08x}", rand::random::<u32>());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(run(&schema, tokens, days));
+}
+
+async fn run(schema: &str, tokens: i64, days: i64) {
+    let settings =
+        Settings::from_vars([("SWAPSTREAM_POSTGRES_SCHEMA".to_string(), schema.to_string())]).expect("settings");
+    let log = swapstream::telemetry::discard();
+    let store = PgStore::connect(&settings.postgres, 100, &log).await.expect("PostgreSQL");
+    let now = Utc::now();
+    store.ensure_candle_partitions(now, &log).await.expect("candle partitions");
+    let (sql, connection) =
+        tokio_postgres::connect(settings.postgres.url.expose(), tokio_postgres::NoTls).await.expect("PostgreSQL");
+    tokio::spawn(connection);
+
+    let started = Instant::now();
+    // Every traded minute of each token, and the buckets of the coarser
+    // intervals holding it; one partition.
+    let fill = format!(
+        "INSERT INTO {schema}.candles (agg_key, interval, t, topic, partition, open, open_at, close, close_at,
+                                       high, low, volume_usd, swaps, buys, buy_volume_usd)
+         SELECT 'token:T' || lpad(r::text, 6, '0'), iv.name, m.t / iv.secs * iv.secs, 'swaps', 0,
+                1, decode(repeat('00', 52), 'hex'), 1, decode(repeat('00', 52), 'hex'), 1, 1, 10, 1, 0, 0
+         FROM generate_series(1, {tokens}) r,
+              LATERAL (SELECT {end} - (i * 86400 * {days} / n) / 60 * 60 AS t
+                       FROM (SELECT greatest(2, round(1440 * {days} / r ^ 0.6))::bigint AS n) c,
+                            generate_series(1, c.n) i) m,
+              (VALUES ('1m', 60), ('5m', 300), ('15m', 900), ('1h', 3600), ('4h', 14400), ('1d', 86400)) iv(name, secs)
+         ON CONFLICT DO NOTHING",
+        end = now.timestamp() / 60 * 60,
+    );
+    let rows = sql.execute(&fill, &[]).await.expect("filling candles");
+    sql.batch_execute(&format!("ANALYZE {schema}.candles")).await.expect("analyze");
+    println!("{rows} candle rows for {tokens} tokens over {days} days, written in {:.1?}", started.elapsed());
+
+    println!("| token | interval | range | page | p50 ms | p99 ms | candles | plan |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let to = now.timestamp();
+    for rank in [1, 1000, tokens] {
+        let key = AggKey::parse(&format!("token:T{rank:06}")).unwrap();
+        for (interval, range_secs) in
+            [(Interval::M1, 86_400), (Interval::M1, 86_400 * days), (Interval::H1, 86_400 * days)]
+        {
+            let from = to - range_secs;
+            let mut times = Vec::with_capacity(READS);
+            let mut count = 0;
+            for _ in 0..READS {
+                let started = Instant::now();
+                count = store.candles(&key, interval, from, to, 100).await.expect("candles").len();
+                times.push(started.elapsed());
+            }
+            times.sort();
+            let plan = explain(&sql, schema, &key, interval, from, to).await;
+            println!(
+                "| T{rank:06} | {interval} | {} days | 100 | {:.3} | {:.3} | {count} | {plan} |",
+                range_secs / 86_400,
+                ms(times[READS / 2]),
+                ms(times[READS * 99 / 100]),
+            );
+        }
+    }
+    sql.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop schema");
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The plan of the candle query, condensed to its scan nodes and the
+/// execution time; the full plan goes to stderr.
+async fn explain(
+    sql: &tokio_postgres::Client,
+    schema: &str,
+    key: &AggKey,
+    interval: Interval,
+    from: i64,
+    to: i64,
+) -> String {
+    let query = format!("EXPLAIN (ANALYZE, BUFFERS) {}", CANDLES_SQL.replace("{schema}", schema));
+    let rows = sql.query(&query, &[&key.to_string(), &interval.as_str(), &from, &to, &100i64]).await.expect("explain");
+    let lines: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+    eprintln!("{}\n", lines.join("\n"));
+    let scans: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.contains("Scan"))
+        .filter_map(|l| l.trim().trim_start_matches("->").trim().split("  (").next())
+        .collect();
+    let total = lines.iter().find(|l| l.starts_with("Execution Time")).map(String::as_str).unwrap_or("");
+    format!("{}; {total}", scans.join(", "))
+}
