@@ -218,7 +218,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         )),
         rest_reads: c.add(register_int_counter_vec_with_registry!(
             "rest_reads_total",
-            "Reads behind REST answers, by source: actors, redis, postgres",
+            "Reads behind REST answers, by source: actors, redis, postgres, rendered (a stats body another reader rendered)",
             &["source"],
             r
         )),

@@ -60,6 +60,14 @@ pub fn tiles(range: Range<i64>) -> impl DoubleEndedIterator<Item = (Interval, i6
     out.into_iter()
 }
 
+/// The first minute of the 26 hours of whole minutes before the end of the
+/// current one: the 1m candles kept, among which a window's price change
+/// finds the last price before it. Moves by whole minutes, as the windows
+/// do, so a window's figures hold for the minute they were computed in.
+fn kept_since(now: DateTime<Utc>) -> i64 {
+    Interval::M1.bucket_start(now) + 60 - memory_retention_secs(Interval::M1)
+}
+
 /// When the windows are read: the time, and how far ahead of it a swap's
 /// time may be (`SWAPSTREAM_MAX_FUTURE_SECS`), which is how far past the
 /// current minute they reach.
@@ -80,15 +88,14 @@ impl At {
         Interval::M1.bucket_start(self.now) + 60
     }
 
-    /// Where the windows split time, in order: the first minute whose 1m
-    /// candle is still kept, each window's start (the longest first), the
+    /// Where the windows split time, in order: [`kept_since`], each window's start (the longest first), the
     /// end of the current minute, and the end of the last minute a swap's
     /// time may be in. Each window and each time before one is a run of the
     /// segments between these, so one tiling of them serves all.
     fn segments(self) -> Vec<Range<i64>> {
         let minutes_up = |seconds: i64| (seconds + 59).div_euclid(60) * 60;
         let end = self.end();
-        let mut points = vec![minutes_up(self.now.timestamp() - memory_retention_secs(Interval::M1))];
+        let mut points = vec![kept_since(self.now)];
         points.extend(WINDOWS.iter().rev().map(|(_, length)| end - length));
         points.push(end);
         points.push(end + minutes_up(self.future_secs.clamp(0, MAX_FUTURE_SECS)));
@@ -146,7 +153,7 @@ pub fn windows_at<'a>(
     let mut swaps: Vec<&SwapEvent> = confirmed.into_iter().filter(|s| s.status == Status::Confirmed).collect();
     swaps.sort_by_key(|s| s.order_key());
     let mut result: BTreeMap<String, BTreeMap<&'static str, Window>> = BTreeMap::new();
-    let kept_since = now.timestamp() - memory_retention_secs(Interval::M1);
+    let kept_since = kept_since(now);
     for (label, length) in WINDOWS {
         let start = Interval::M1.bucket_start(now) - length + 60;
         // The price each change is measured from: the last one before the

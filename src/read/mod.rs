@@ -199,21 +199,9 @@ impl Live {
         self.merged_from_postgres(key, intervals, since).await
     }
 
-    /// What the stats of `key` at `now` are computed from: its totals and
-    /// the candles its windows are tiled with.
-    async fn stats_state(&self, key: &AggKey, now: DateTime<Utc>) -> Result<Merged, ReadError> {
-        if let Some(local) = self.complete_local().await {
-            read_from("actors");
-            let since = now.timestamp() - STATS_SINCE_SECS;
-            let answer = local.query(key, &window::TILES, since, 0).ok_or_else(|| not_found(key))?;
-            let (merged, _) = answer.await.map_err(aggregator_unavailable)?;
-            return Ok(merged);
-        }
-        self.stats_state_from_stores(key, now).await
-    }
-
-    /// [`Live::stats_state`] from Redis (only the candles the windows need,
-    /// in one round trip), or PostgreSQL while Redis lacks `key`.
+    /// What the stats of `key` at `now` are computed from, its totals and
+    /// the candles its windows are tiled with: from Redis (only those
+    /// candles), or PostgreSQL while Redis lacks `key`.
     async fn stats_state_from_stores(&self, key: &AggKey, now: DateTime<Utc>) -> Result<Merged, ReadError> {
         if let Some(merged) = self.redis.merged_candles(key, &self.at(now).needed()).await.map_err(ReadError::redis)? {
             read_from("redis");
@@ -266,9 +254,41 @@ impl Live {
     /// Renders the stats object of `key` and caches it.
     async fn render_stats(&self, key: &AggKey) -> Result<Bytes, ReadError> {
         let now = Utc::now();
-        let merged = self.stats_state(key, now).await?;
-        let body = Bytes::from(serde_json::to_vec(&stats::StatsBody::new(key, &merged, self.at(now))).expect("JSON"));
+        let body = match self.complete_local().await {
+            Some(local) => {
+                read_from("actors");
+                let since = now.timestamp() - STATS_SINCE_SECS;
+                let answer = local.query(key, &window::TILES, since, 0).ok_or_else(|| not_found(key))?;
+                let (merged, _) = answer.await.map_err(aggregator_unavailable)?;
+                self.render(key, &merged, now)
+            }
+            None => self.stored_stats(key, now).await?,
+        };
         self.cache.put(key, &body);
+        Ok(body)
+    }
+
+    fn render(&self, key: &AggKey, merged: &Merged, now: DateTime<Utc>) -> Bytes {
+        Bytes::from(serde_json::to_vec(&stats::StatsBody::new(key, merged, self.at(now))).expect("JSON"))
+    }
+
+    /// The stats object of `key` from the shared stores: as another reader
+    /// rendered it in this minute if `key` was not written since (the
+    /// windows move by whole minutes), else rendered now and kept for the
+    /// others.
+    async fn stored_stats(&self, key: &AggKey, now: DateTime<Utc>) -> Result<Bytes, ReadError> {
+        let minute = Interval::M1.bucket_start(now);
+        let (kept, version) = self.redis.rendered_stats(key, minute).await.map_err(ReadError::redis)?;
+        if let Some(body) = kept {
+            read_from("rendered");
+            return Ok(Bytes::from(body));
+        }
+        let merged = self.stats_state_from_stores(key, now).await?;
+        let body = self.render(key, &merged, now);
+        if self.redis.keep_stats(key, minute, &version, &body).await.is_err() {
+            // Only a later reader's saving lost: it renders again.
+            METRICS.redis_errors.inc();
+        }
         Ok(body)
     }
 
@@ -323,9 +343,8 @@ impl Live {
     /// Never from this process' actors, whose state can be ahead of what
     /// the other instances' frames show.
     pub async fn shared_stats(&self, key: &AggKey) -> Result<serde_json::Value, ReadError> {
-        let now = Utc::now();
-        let merged = self.stats_state_from_stores(key, now).await?;
-        Ok(stats::stats_json(key, &merged, self.at(now)))
+        let body = self.stored_stats(key, Utc::now()).await?;
+        Ok(serde_json::from_slice(&body).expect("a stats body is JSON"))
     }
 }
 

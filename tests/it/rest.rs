@@ -180,6 +180,7 @@ async fn consumer_and_api_give_the_same_json_and_it_matches_the_ground_truth() {
     let prefix = &names.redis_prefix;
     let _: () = redis::pipe()
         .del(format!("{prefix}:{{token:BTC}}:partials"))
+        .del(format!("{prefix}:{{token:BTC}}:stats"))
         .zrem(format!("{prefix}:names:token"), "BTC")
         .query_async(&mut conn)
         .await
@@ -735,5 +736,53 @@ async fn ten_thousand_tokens_come_in_name_order_pages_without_skip_or_repeat() {
     assert_eq!((first["tokens"].as_array().unwrap().len(), &first["next_cursor"]), (100, &json!("T00099")));
     let over = get(port, "/v1/tokens?limit=1001").await;
     assert_eq!((over.status, &over.json()["error"]["message"]), (400, &json!("limit: at most 1000, got 1001")));
+    assert!(api.terminate(Duration::from_secs(10)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stats_body_one_reader_rendered_is_served_until_its_key_is_written() {
+    use std::collections::HashMap;
+    use swapstream::domain::partial::{AggKey, PartialDelta, TotalsPartial};
+    use swapstream::storage::redis::RedisStore;
+    use swapstream::stream::{PartialChange, Tp};
+
+    let names = Names::new("it-rest-rendered");
+    let store = RedisStore::connect(&names.settings(&[]).redis, 100).await.unwrap();
+    let tp = Tp::new(&format!("{}swaps", names.topic_prefix), 0);
+    let write = |swaps: u64| {
+        let change = PartialChange {
+            key: AggKey::parse("token:ABC").unwrap(),
+            tp: tp.clone(),
+            delta: PartialDelta {
+                totals: TotalsPartial { swaps, ..TotalsPartial::default() },
+                pending: 0,
+                candles: Vec::new(),
+                new_recent: Vec::new(),
+            },
+        };
+        let store = store.clone();
+        async move { store.write(&[change], &HashMap::new(), &[]).await.unwrap() }
+    };
+    write(1).await;
+    // No cache in the process (`api_vars`): every answer comes from Redis.
+    let (mut api, port) = start_api(&format!("{}api", names.topic_prefix), &api_vars(&names, &[])).await;
+    let bodies: Vec<Vec<u8>> = {
+        let mut bodies = Vec::new();
+        for _ in 0..3 {
+            let answer = get(port, "/v1/tokens/ABC/stats").await;
+            assert_eq!(answer.json()["totals"]["swaps"], 1);
+            bodies.push(answer.body);
+        }
+        bodies
+    };
+    // Rendered once (twice if a minute began in between), then served as kept:
+    // the same `updated_at`.
+    assert!(bodies[0] == bodies[1] || bodies[1] == bodies[2], "a kept body is served again");
+    let metrics = String::from_utf8(get(port, "/metrics").await.body).unwrap();
+    assert!(metric(&metrics, "swapstream_rest_reads_total{source=\"rendered\"}") >= 1.0);
+
+    write(2).await;
+    let after = get(port, "/v1/tokens/ABC/stats").await.json();
+    assert_eq!(after["totals"]["swaps"], 2, "a write makes the kept body stale");
     assert!(api.terminate(Duration::from_secs(10)).await.success());
 }

@@ -98,6 +98,8 @@ impl RedisStore {
             };
             let pipe = pipes.entry(key).or_insert_with(redis::pipe);
             self.add_writes(pipe, key, writes, positions, &mut json)?;
+            // After the writes: a stats body rendered before them is stale.
+            pipe.incr(self.key(key, "version"), 1).ignore();
         }
         for key in changed {
             let pipe = pipes.entry(key).or_insert_with(redis::pipe);

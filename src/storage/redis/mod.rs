@@ -12,6 +12,9 @@
 //!   -> candle JSON; one key per period, expiring after the memory retention;
 //! - `<prefix>:{k}:recent`: sorted set of recent confirmed swaps (wire JSON)
 //!   scored by event time, trimmed to the configured count;
+//! - `<prefix>:{k}:version`: incremented after each live write of the key;
+//! - `<prefix>:{k}:stats`: the key's stats body as a reader rendered it, with
+//!   the minute and version it holds for (see `rendered`);
 //! - `<prefix>:names:token` and `names:pair`: every token and pair seen, by
 //!   name (`ETH`, `ETH-USDC`), as sorted sets of equal scores, read by range
 //!   for the lists;
@@ -30,6 +33,7 @@
 mod history;
 mod live;
 mod reads;
+mod rendered;
 
 use std::sync::LazyLock;
 use std::time::Duration;

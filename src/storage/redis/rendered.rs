@@ -1,0 +1,50 @@
+//! Stats bodies rendered by one reader and served by every other: kept
+//! per key for the minute they were rendered in (the rolling windows move
+//! by whole minutes), and only while the key's version, which every live
+//! write of the key increments after its writes, is still the one read
+//! before the state they were rendered from.
+
+use super::RedisStore;
+use crate::domain::partial::AggKey;
+
+/// How long a kept body outlives its minute (it is never served after it).
+const KEPT_SECS: u64 = 120;
+
+impl RedisStore {
+    /// The body of `key` kept for `minute` (unix seconds) at the key's
+    /// current version, if there is one; and that version, under which a
+    /// body rendered from state read after this call is to be kept.
+    pub async fn rendered_stats(&self, key: &AggKey, minute: i64) -> anyhow::Result<(Option<Vec<u8>>, String)> {
+        let mut conn = self.conn.clone();
+        let (kept, version): (Option<Vec<u8>>, Option<String>) =
+            redis::cmd("MGET").arg(self.key(key, "stats")).arg(self.key(key, "version")).query_async(&mut conn).await?;
+        let version = version.unwrap_or_default();
+        let body = kept.and_then(|mut kept| {
+            let newline = kept.iter().position(|&b| b == b'\n')?;
+            let current = kept[..newline] == *stamp(minute, &version).as_bytes();
+            current.then(|| kept.split_off(newline + 1))
+        });
+        Ok((body, version))
+    }
+
+    /// Keeps `body` of `key`, rendered in `minute` from state read at `version`.
+    pub async fn keep_stats(&self, key: &AggKey, minute: i64, version: &str, body: &[u8]) -> anyhow::Result<()> {
+        let mut value = stamp(minute, version).into_bytes();
+        value.push(b'\n');
+        value.extend_from_slice(body);
+        let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(self.key(key, "stats"))
+            .arg(value)
+            .arg("EX")
+            .arg(KEPT_SECS)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// What a kept body is valid for.
+fn stamp(minute: i64, version: &str) -> String {
+    format!("{minute} {version}")
+}
