@@ -28,7 +28,7 @@ pub mod schema;
 pub mod stats;
 
 /// Why a read gave no answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ReadError {
     #[error("{0}")]
     NotFound(String),
@@ -82,7 +82,14 @@ pub struct Live {
     /// How far ahead of the clock a swap's time may be: how far past the
     /// current minute the rolling windows reach.
     future_secs: i64,
+    /// Renders of a key's stats from the stores running now, by key and
+    /// minute: a request that finds none kept waits for the one running
+    /// instead of starting another (when a minute begins, every kept body
+    /// is stale at once).
+    rendering: Arc<Mutex<HashMap<(AggKey, i64), Rendering>>>,
 }
+
+type Rendering = futures::future::Shared<BoxFuture<'static, Result<Bytes, ReadError>>>;
 
 /// This process' live state, and what it knows of every partition.
 #[derive(Clone)]
@@ -127,7 +134,8 @@ impl Live {
     /// consumers' `SWAPSTREAM_MAX_FUTURE_SECS`.
     pub fn stores(redis: RedisStore, pg: PgStore, cache_ttl: Duration, max_future: Duration) -> Live {
         let cache = Arc::new(StatsCache { ttl: cache_ttl, entries: Mutex::default() });
-        Live { redis, pg, local: None, cache, future_secs: max_future.as_secs() as i64 }
+        let future_secs = max_future.as_secs() as i64;
+        Live { redis, pg, local: None, cache, future_secs, rendering: Arc::default() }
     }
 
     /// The windows' reading at `now`.
@@ -275,8 +283,39 @@ impl Live {
     /// The stats object of `key` from the shared stores: as another reader
     /// rendered it in this minute if `key` was not written since (the
     /// windows move by whole minutes), else rendered now and kept for the
-    /// others.
+    /// others; one render at a time per key and minute in this process.
     async fn stored_stats(&self, key: &AggKey, now: DateTime<Utc>) -> Result<Bytes, ReadError> {
+        use futures::FutureExt as _;
+        let flight = (key.clone(), Interval::M1.bucket_start(now));
+        let rendering = {
+            let mut rendering = self.rendering.lock().expect("rendering lock");
+            let running = rendering.get(&flight).cloned();
+            running.unwrap_or_else(|| {
+                let (live, mine) = (self.clone(), flight.clone());
+                // A task of its own: it ends, and leaves the table (after it
+                // was entered there: the lock is held until then), even when
+                // every request waiting for it has gone.
+                let task = actix_web::rt::spawn(async move {
+                    let body = live.render_stored(&mine.0, now).await;
+                    live.rendering.lock().expect("rendering lock").remove(&mine);
+                    body
+                });
+                let shared = task
+                    .map(|ended| {
+                        ended.unwrap_or_else(|e| {
+                            Err(ReadError::Unavailable { dependency: "redis", detail: format!("stats render: {e}") })
+                        })
+                    })
+                    .boxed()
+                    .shared();
+                rendering.insert(flight.clone(), shared.clone());
+                shared
+            })
+        };
+        rendering.await
+    }
+
+    async fn render_stored(&self, key: &AggKey, now: DateTime<Utc>) -> Result<Bytes, ReadError> {
         let minute = Interval::M1.bucket_start(now);
         let (kept, version) = self.redis.rendered_stats(key, minute).await.map_err(ReadError::redis)?;
         if let Some(body) = kept {
