@@ -20,7 +20,7 @@ use crate::domain::window;
 use crate::domain::SwapEvent;
 use crate::metrics::METRICS;
 use crate::storage::postgres::PgStore;
-use crate::storage::redis::RedisStore;
+use crate::storage::redis::{Kept, RedisStore};
 use crate::stream::Tp;
 
 pub mod list;
@@ -207,17 +207,6 @@ impl Live {
         self.merged_from_postgres(key, intervals, since).await
     }
 
-    /// What the stats of `key` at `now` are computed from, its totals and
-    /// the candles its windows are tiled with: from Redis (only those
-    /// candles), or PostgreSQL while Redis lacks `key`.
-    async fn stats_state_from_stores(&self, key: &AggKey, now: DateTime<Utc>) -> Result<Merged, ReadError> {
-        if let Some(merged) = self.redis.merged_candles(key, &self.at(now).needed()).await.map_err(ReadError::redis)? {
-            read_from("redis");
-            return Ok(merged);
-        }
-        self.merged_from_postgres(key, &window::TILES, now.timestamp() - STATS_SINCE_SECS).await
-    }
-
     /// [`Live::merged`] from PostgreSQL: for a key Redis lacks (never seen,
     /// or Redis is being rebuilt).
     async fn merged_from_postgres(
@@ -315,19 +304,34 @@ impl Live {
         rendering.await
     }
 
+    /// [`Live::stored_stats`] without the waiting: the kept body, or one
+    /// rendered from Redis (only the candles the windows need), or from
+    /// PostgreSQL while Redis lacks `key`.
     async fn render_stored(&self, key: &AggKey, now: DateTime<Utc>) -> Result<Bytes, ReadError> {
         let minute = Interval::M1.bucket_start(now);
-        let (kept, version) = self.redis.rendered_stats(key, minute).await.map_err(ReadError::redis)?;
-        if let Some(body) = kept {
-            read_from("rendered");
-            return Ok(Bytes::from(body));
-        }
-        let merged = self.stats_state_from_stores(key, now).await?;
+        let (version, partials) = match self.redis.rendered_stats(key, minute).await.map_err(ReadError::redis)? {
+            Kept::Body(body) => {
+                read_from("rendered");
+                return Ok(Bytes::from(body));
+            }
+            Kept::Stale { version, partials } => (version, partials),
+        };
+        let needed = self.at(now).needed();
+        let merged = match self.redis.merged_candles(key, partials, &needed).await.map_err(ReadError::redis)? {
+            Some(merged) => {
+                read_from("redis");
+                merged
+            }
+            None => self.merged_from_postgres(key, &window::TILES, now.timestamp() - STATS_SINCE_SECS).await?,
+        };
         let body = self.render(key, &merged, now);
-        if self.redis.keep_stats(key, minute, &version, &body).await.is_err() {
-            // Only a later reader's saving lost: it renders again.
-            METRICS.redis_errors.inc();
-        }
+        // Not waited for: only a later reader's saving is lost if it fails.
+        let (redis, key, kept) = (self.redis.clone(), key.clone(), body.clone());
+        actix_web::rt::spawn(async move {
+            if redis.keep_stats(&key, minute, &version, &kept).await.is_err() {
+                METRICS.redis_errors.inc();
+            }
+        });
         Ok(body)
     }
 

@@ -52,6 +52,8 @@ use crate::domain::{Amount, Price};
 
 pub use history::{Entry as HistoryEntry, FeedSwap, Lost, Offset, Replay, SwapUpdate};
 pub use live::{Position, WireJson};
+pub use reads::Partials;
+pub use rendered::Kept;
 
 /// A single node or a cluster, behind one connection type.
 #[derive(Clone)]

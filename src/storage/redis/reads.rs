@@ -13,6 +13,9 @@ use crate::domain::partial::{
 };
 use crate::storage::encoding::decode_order;
 
+/// A key's partials hash as read: (partition, record) pairs.
+pub struct Partials(pub(super) Vec<(String, String)>);
+
 impl RedisStore {
     /// The merged live state of one key (all partitions), with candles of
     /// `intervals` back to `since` (unix seconds).
@@ -47,22 +50,21 @@ impl RedisStore {
         Ok(Merged::of(partials.values()))
     }
 
-    /// The merged totals of one key and its `candles` (interval, bucket)
-    /// merged over its partitions, in two round trips (the partials, which
-    /// name the partitions, then the candles' fields of each); `None` when
-    /// Redis has no live state of `key` (never seen, or not yet rebuilt
-    /// after a flush).
+    /// The merged totals of one key from its `partials` (as read with its
+    /// kept stats, [`RedisStore::rendered_stats`]) and its `candles`
+    /// (interval, bucket) merged over the partitions the partials name, in
+    /// one round trip; `None` when Redis has no live state of `key` (never
+    /// seen, or not yet rebuilt after a flush).
     pub async fn merged_candles(
         &self,
         key: &AggKey,
+        Partials(partials): Partials,
         candles: &BTreeSet<(Interval, i64)>,
     ) -> anyhow::Result<Option<Merged>> {
-        let mut conn = self.conn.clone();
-        let partials: Vec<(String, String)> =
-            redis::cmd("HGETALL").arg(self.key(key, "partials")).query_async(&mut conn).await?;
         if partials.is_empty() {
             return Ok(None);
         }
+        let mut conn = self.conn.clone();
         let mut merged = Merged::default();
         for (_, json) in &partials {
             merged.add(&partial_of(json)?, &[], i64::MAX);

@@ -4,27 +4,49 @@
 //! write of the key increments after its writes, is still the one read
 //! before the state they were rendered from.
 
+use super::reads::Partials;
 use super::RedisStore;
 use crate::domain::partial::AggKey;
+
+/// What [`RedisStore::rendered_stats`] found.
+pub enum Kept {
+    Body(Vec<u8>),
+    /// No body for this minute and version.
+    Stale {
+        version: String,
+        partials: Partials,
+    },
+}
 
 /// How long a kept body outlives its minute (it is never served after it).
 const KEPT_SECS: u64 = 120;
 
 impl RedisStore {
     /// The body of `key` kept for `minute` (unix seconds) at the key's
-    /// current version, if there is one; and that version, under which a
-    /// body rendered from state read after this call is to be kept.
-    pub async fn rendered_stats(&self, key: &AggKey, minute: i64) -> anyhow::Result<(Option<Vec<u8>>, String)> {
+    /// current version if there is one; else that version, under which a
+    /// body rendered now is to be kept, and the key's partials to render it
+    /// from (read at once, to save a round trip on a miss).
+    pub async fn rendered_stats(&self, key: &AggKey, minute: i64) -> anyhow::Result<Kept> {
         let mut conn = self.conn.clone();
-        let (kept, version): (Option<Vec<u8>>, Option<String>) =
-            redis::cmd("MGET").arg(self.key(key, "stats")).arg(self.key(key, "version")).query_async(&mut conn).await?;
+        type Stamped = (Option<Vec<u8>>, Option<String>);
+        let ((kept, version), partials): (Stamped, Vec<(String, String)>) = redis::pipe()
+            .cmd("MGET")
+            .arg(self.key(key, "stats"))
+            .arg(self.key(key, "version"))
+            .cmd("HGETALL")
+            .arg(self.key(key, "partials"))
+            .query_async(&mut conn)
+            .await?;
         let version = version.unwrap_or_default();
         let body = kept.and_then(|mut kept| {
             let newline = kept.iter().position(|&b| b == b'\n')?;
             let current = kept[..newline] == *stamp(minute, &version).as_bytes();
             current.then(|| kept.split_off(newline + 1))
         });
-        Ok((body, version))
+        Ok(match body {
+            Some(body) => Kept::Body(body),
+            None => Kept::Stale { version, partials: Partials(partials) },
+        })
     }
 
     /// Keeps `body` of `key`, rendered in `minute` from state read at `version`.
