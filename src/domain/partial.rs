@@ -36,6 +36,28 @@ impl AggKey {
         }
     }
 
+    /// The key of `name` in the list of tokens (`tokens`) or of pairs.
+    pub fn named(tokens: bool, name: &str) -> Option<AggKey> {
+        if tokens {
+            TokenSymbol::parse(name).ok().map(AggKey::Token)
+        } else {
+            PairKey::parse(name).ok().map(AggKey::Pair)
+        }
+    }
+
+    pub fn is_token(&self) -> bool {
+        matches!(self, AggKey::Token(_))
+    }
+
+    /// Its name in its list: a token's symbol, or a pair's name (its
+    /// symbols in alphabetical order).
+    pub fn name(&self) -> String {
+        match self {
+            AggKey::Token(token) => token.to_string(),
+            AggKey::Pair(pair) => pair.to_string(),
+        }
+    }
+
     /// The keys a swap counts for: both tokens and their pair.
     pub fn of_swap(swap: &SwapEvent) -> [AggKey; 3] {
         [AggKey::Token(swap.token_from.clone()), AggKey::Token(swap.token_to.clone()), AggKey::Pair(swap.pair())]

@@ -6,14 +6,6 @@
 use super::{read_from, Live, ReadError};
 use crate::domain::partial::AggKey;
 
-/// A token's symbol, or a pair's name (its symbols in alphabetical order).
-fn name(key: &AggKey) -> String {
-    match key {
-        AggKey::Token(token) => token.to_string(),
-        AggKey::Pair(pair) => pair.to_string(),
-    }
-}
-
 impl Live {
     /// One page: the tokens (else pairs) whose name starts with `prefix`,
     /// after `cursor`, in name order, at most `limit`; and the cursor of the
@@ -36,8 +28,7 @@ impl Live {
         let more = names.len() > limit;
         names.truncate(limit);
         let next = names.last().filter(|_| more).cloned();
-        let kind = if tokens { "token" } else { "pair" };
-        Ok((names.iter().filter_map(|n| AggKey::parse(&format!("{kind}:{n}"))).collect(), next))
+        Ok((names.iter().filter_map(|n| AggKey::named(tokens, n)).collect(), next))
     }
 }
 
@@ -53,8 +44,8 @@ fn page<'a>(
 ) -> (Vec<&'a AggKey>, Option<String>) {
     let mut matching: Vec<(String, &AggKey)> = keys
         .iter()
-        .filter(|k| matches!(k, AggKey::Token(_)) == tokens)
-        .map(|k| (name(k), k))
+        .filter(|k| k.is_token() == tokens)
+        .map(|k| (k.name(), k))
         .filter(|(n, _)| n.starts_with(prefix) && cursor.is_none_or(|after| n.as_str() > after))
         .collect();
     matching.sort_unstable_by(|a, b| a.0.cmp(&b.0));

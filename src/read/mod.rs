@@ -188,13 +188,10 @@ impl Live {
     /// The merged live state of `key` with candles of `intervals` from
     /// `since` on; `NotFound` when no swap of it was seen.
     pub async fn merged(&self, key: &AggKey, intervals: &[Interval], since: i64) -> Result<Merged, ReadError> {
-        if let Some(local) = self.complete_local().await {
-            read_from("actors");
-            let answer = local.query(key, intervals, since, 0).ok_or_else(|| not_found(key))?;
-            let (merged, _) = answer.await.map_err(aggregator_unavailable)?;
-            return Ok(merged);
+        match self.complete_local().await {
+            Some(local) => from_actors(local, key, intervals, since).await,
+            None => self.merged_from_stores(key, intervals, since).await,
         }
-        self.merged_from_stores(key, intervals, since).await
     }
 
     /// [`Live::merged`] from Redis, or PostgreSQL while Redis lacks `key`,
@@ -253,10 +250,7 @@ impl Live {
         let now = Utc::now();
         let body = match self.complete_local().await {
             Some(local) => {
-                read_from("actors");
-                let since = now.timestamp() - STATS_SINCE_SECS;
-                let answer = local.query(key, &window::TILES, since, 0).ok_or_else(|| not_found(key))?;
-                let (merged, _) = answer.await.map_err(aggregator_unavailable)?;
+                let merged = from_actors(local, key, &window::TILES, now.timestamp() - STATS_SINCE_SECS).await?;
                 self.render(key, &merged, now)
             }
             None => self.stored_stats(key, now).await?,
@@ -420,6 +414,20 @@ impl Live {
 /// The stats object of a token or pair with no swap seen: all zeros.
 pub fn unseen_stats(key: &AggKey) -> serde_json::Value {
     stats::stats_json(key, &Merged::default(), window::At::with_any_future(Utc::now()))
+}
+
+/// `key` merged over this process' actors, with candles of `intervals`
+/// from `since` on.
+async fn from_actors(
+    local: &dyn LocalState,
+    key: &AggKey,
+    intervals: &[Interval],
+    since: i64,
+) -> Result<Merged, ReadError> {
+    read_from("actors");
+    let answer = local.query(key, intervals, since, 0).ok_or_else(|| not_found(key))?;
+    let (merged, _) = answer.await.map_err(aggregator_unavailable)?;
+    Ok(merged)
 }
 
 fn read_from(source: &str) {

@@ -88,14 +88,7 @@ impl RedisStore {
             by_key.entry(&change.key).or_default().push(change);
         }
         let mut json = WireJson::default();
-        let (mut token_names, mut pair_names) = (redis::cmd("ZADD"), redis::cmd("ZADD"));
-        token_names.arg(self.names_key(true));
-        pair_names.arg(self.names_key(false));
         for (key, writes) in &by_key {
-            match key {
-                AggKey::Token(token) => token_names.arg(0).arg(token.as_str()),
-                AggKey::Pair(pair) => pair_names.arg(0).arg(pair.to_string()),
-            };
             let pipe = pipes.entry(key).or_insert_with(redis::pipe);
             self.add_writes(pipe, key, writes, positions, &mut json)?;
             // After the writes: a stats body rendered before them is stale.
@@ -105,16 +98,22 @@ impl RedisStore {
             let pipe = pipes.entry(key).or_insert_with(redis::pipe);
             pipe.cmd("PUBLISH").arg(self.updates_channel(key)).arg(format!(r#"{{"key":"{key}","swaps":[]}}"#)).ignore();
         }
-        let mut sent = Vec::with_capacity(pipes.len() + 1);
-        if !by_key.is_empty() {
-            for (command, what) in [(token_names, "writing token names"), (pair_names, "writing pair names")] {
-                // The command, its key, and at least one member (none is an error).
-                if command.args_iter().count() > 2 {
-                    let mut conn = self.conn.clone();
-                    sent.push(Box::pin(async move { command.query_async::<()>(&mut conn).await.context(what) })
-                        as futures::future::BoxFuture<'_, anyhow::Result<()>>);
-                }
+        let mut sent = Vec::with_capacity(pipes.len() + 2);
+        for tokens in [true, false] {
+            let mut names = by_key.keys().filter(|k| k.is_token() == tokens).peekable();
+            if names.peek().is_none() {
+                continue; // A ZADD with no member is an error.
             }
+            let mut add = redis::cmd("ZADD");
+            add.arg(self.names_key(tokens));
+            for key in names {
+                add.arg(0).arg(key.name());
+            }
+            let mut conn = self.conn.clone();
+            sent.push(
+                Box::pin(async move { add.query_async::<()>(&mut conn).await.context("writing the name index") })
+                    as futures::future::BoxFuture<'_, anyhow::Result<()>>,
+            );
         }
         for (key, pipe) in pipes {
             let mut conn = self.conn.clone();

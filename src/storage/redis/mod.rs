@@ -248,24 +248,20 @@ impl RedisStore {
 
     /// Whether `key` has live state.
     pub async fn has_key(&self, key: &AggKey) -> anyhow::Result<bool> {
-        let (tokens, name) = match key {
-            AggKey::Token(token) => (true, token.to_string()),
-            AggKey::Pair(pair) => (false, pair.to_string()),
-        };
         let mut conn = self.conn.clone();
         let score: Option<f64> =
-            redis::cmd("ZSCORE").arg(self.names_key(tokens)).arg(name).query_async(&mut conn).await?;
+            redis::cmd("ZSCORE").arg(self.names_key(key.is_token())).arg(key.name()).query_async(&mut conn).await?;
         Ok(score.is_some())
     }
 
     /// Every token and pair with live state, tokens first, each in name order.
     pub async fn keys(&self) -> anyhow::Result<Vec<AggKey>> {
         let mut keys = Vec::new();
-        for (tokens, kind) in [(true, "token"), (false, "pair")] {
+        for tokens in [true, false] {
             let mut conn = self.conn.clone();
             let names: Vec<String> =
                 redis::cmd("ZRANGE").arg(self.names_key(tokens)).arg(0).arg(-1).query_async(&mut conn).await?;
-            keys.extend(names.iter().filter_map(|n| AggKey::parse(&format!("{kind}:{n}"))));
+            keys.extend(names.iter().filter_map(|n| AggKey::named(tokens, n)));
         }
         Ok(keys)
     }
