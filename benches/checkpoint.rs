@@ -69,7 +69,7 @@ async fn run(schema: &str, dedup_rows: i64, recent_rows: i64) {
 
     fill_recent(&sql, schema, recent_rows).await;
     let started = Instant::now();
-    let deleted = store.prune_recent(&tps).await.expect("prune");
+    let deleted = store.prune_recent(&tps, chrono::Utc::now()).await.expect("prune");
     println!();
     println!("| recent rows | deleted | prune time |");
     println!("|---|---|---|");

@@ -232,7 +232,9 @@ impl Consumer {
     /// Connects to PostgreSQL (migrating it), Redis and Kafka, joins the
     /// consumer group and starts serving. Must run inside an actix system.
     pub async fn start(settings: &Settings, brokers: &str, log: &Logger) -> anyhow::Result<Consumer> {
-        let pg = PgStore::connect(&settings.postgres, settings.consumer.recent_swaps, log).await?;
+        let pg = PgStore::connect(&settings.postgres, settings.consumer.recent_swaps, log)
+            .await?
+            .with_swap_history(settings.consumer.swap_history);
         let redis = RedisStore::connect(&settings.redis, settings.consumer.recent_swaps)
             .await?
             .with_history(settings.ws.history);
@@ -249,7 +251,8 @@ impl Consumer {
 
         let threads = settings.consumer.aggregator_threads;
         let arbiters = (0..threads).map(|_| Arbiter::new().handle()).collect();
-        let aggregators = Aggregators::new(arbiters, settings.consumer.recent_swaps);
+        let aggregators = Aggregators::new(arbiters, settings.consumer.recent_swaps)
+            .keeping_history(!settings.consumer.swap_history.is_zero());
 
         // The polling thread owns its own runtime for the PostgreSQL calls
         // its rebalance callbacks make.

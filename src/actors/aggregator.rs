@@ -25,13 +25,24 @@ pub struct Aggregator {
     key: AggKey,
     partials: HashMap<Tp, Partial>,
     recent_cap: usize,
+    /// Whether every counted swap is stored (a swap history), not only the
+    /// recent ones.
+    keep_history: bool,
     /// Fault injection for tests: panic on the next batch.
     poisoned: bool,
 }
 
 impl Aggregator {
     pub fn new(key: AggKey, recent_cap: usize) -> Aggregator {
-        Aggregator { key, partials: HashMap::new(), recent_cap, poisoned: false }
+        Aggregator { key, partials: HashMap::new(), recent_cap, keep_history: false, poisoned: false }
+    }
+
+    /// Hands every counted swap on for storing ([`PartialDelta::history`]).
+    ///
+    /// [`PartialDelta::history`]: crate::domain::partial::PartialDelta::history
+    pub fn keeping_history(mut self, keep: bool) -> Aggregator {
+        self.keep_history = keep;
+        self
     }
 }
 
@@ -87,11 +98,15 @@ impl Handler<ApplyBatch> for Aggregator {
             let mut changes = Vec::new();
             for item in batch.0 {
                 let partial = self.partials.entry(item.tp.clone()).or_default();
+                let mut history = Vec::new();
                 for swap in &item.swaps {
-                    partial.apply(&self.key, swap, self.recent_cap);
+                    if partial.apply(&self.key, swap, self.recent_cap) && self.keep_history {
+                        history.push(swap.clone());
+                    }
                 }
                 partial.add_pending(item.pending_delta);
-                if let Some(delta) = partial.take_delta() {
+                if let Some(mut delta) = partial.take_delta() {
+                    delta.history = history;
                     changes.push(PartialChange { key: self.key.clone(), tp: item.tp, delta });
                 }
             }
@@ -209,6 +224,7 @@ pub struct Aggregators {
     inner: Arc<RwLock<BTreeMap<AggKey, Addr<Aggregator>>>>,
     arbiters: Arc<Vec<ArbiterHandle>>,
     recent_cap: usize,
+    keep_history: bool,
     owned: Arc<RwLock<Owned>>,
 }
 
@@ -222,7 +238,20 @@ struct Owned {
 
 impl Aggregators {
     pub fn new(arbiters: Vec<ArbiterHandle>, recent_cap: usize) -> Aggregators {
-        Aggregators { inner: Arc::default(), arbiters: Arc::new(arbiters), recent_cap, owned: Arc::default() }
+        Aggregators {
+            inner: Arc::default(),
+            arbiters: Arc::new(arbiters),
+            recent_cap,
+            keep_history: false,
+            owned: Arc::default(),
+        }
+    }
+
+    /// Every aggregator started from now on hands every counted swap on for
+    /// storing (see [`Aggregator::keeping_history`]).
+    pub fn keeping_history(mut self, keep: bool) -> Aggregators {
+        self.keep_history = keep;
+        self
     }
 
     /// Records that the actors now hold these partitions' partials.
@@ -264,13 +293,15 @@ impl Aggregators {
         }
         let mut map = self.inner.write().expect("aggregators lock");
         let index = map.len() % self.arbiters.len().max(1);
-        let recent_cap = self.recent_cap;
+        let (recent_cap, keep_history) = (self.recent_cap, self.keep_history);
         map.entry(key.clone())
             .or_insert_with(|| {
                 let key = key.clone();
+                let make =
+                    move |_: &mut Context<Aggregator>| Aggregator::new(key, recent_cap).keeping_history(keep_history);
                 match self.arbiters.get(index) {
-                    Some(arbiter) => Supervisor::start_in_arbiter(arbiter, move |_| Aggregator::new(key, recent_cap)),
-                    None => Supervisor::start(move |_| Aggregator::new(key, recent_cap)),
+                    Some(arbiter) => Supervisor::start_in_arbiter(arbiter, make),
+                    None => Supervisor::start(make),
                 }
             })
             .clone()

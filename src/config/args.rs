@@ -154,6 +154,8 @@ pub struct ConsumerArgs {
     pub shutdown_timeout_secs: u64,
     #[arg(long = "recent-swaps", env = "SWAPSTREAM_RECENT_SWAPS", default_value = "100", value_parser = int(1, 1_000), help = "Recent confirmed swaps kept per token and pair (1 to 1000).")]
     pub recent_swaps: u64,
+    #[arg(long = "swap-history-secs", env = "SWAPSTREAM_SWAP_HISTORY_SECS", default_value = "0", value_parser = int(0, 90 * 86_400), help = "How long PostgreSQL keeps every confirmed swap of each token and pair, by event time, for `/v1/tokens/{token}/swaps?before=` pages; 0 keeps only the recent ones (`SWAPSTREAM_RECENT_SWAPS`). Each swap is a row per token and pair it counts for, written at checkpoint (0 to 7776000).")]
+    pub swap_history_secs: u64,
     #[arg(long = "aggregator-threads", env = "SWAPSTREAM_AGGREGATOR_THREADS", value_parser = int(0, u64::MAX), help = "Threads the aggregator actors run on. [default: (cores)]")]
     pub aggregator_threads: Option<u64>,
 }

@@ -139,6 +139,7 @@ impl Settings {
             max_future: Duration::from_secs(consumer.max_future_secs),
             shutdown_timeout: Duration::from_secs(consumer.shutdown_timeout_secs),
             recent_swaps: consumer.recent_swaps as usize,
+            swap_history: Duration::from_secs(consumer.swap_history_secs),
             aggregator_threads: consumer.aggregator_threads.filter(|&n| n > 0).map_or(cores, |n| n as usize),
         };
 

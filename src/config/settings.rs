@@ -102,6 +102,9 @@ pub struct ConsumerSettings {
     pub max_future: Duration,
     pub shutdown_timeout: Duration,
     pub recent_swaps: usize,
+    /// How long every confirmed swap is kept in PostgreSQL; zero: only the
+    /// recent ones.
+    pub swap_history: Duration,
     pub aggregator_threads: usize,
 }
 

@@ -201,7 +201,7 @@ fn redis_cluster_takes_a_url_list() {
 fn every_variable_has_a_flag_and_help_and_is_described_with_its_default() {
     let s = settings(&[]).unwrap();
     let variables = variables();
-    assert_eq!(variables.len(), 76, "every SWAPSTREAM_* variable is an argument");
+    assert_eq!(variables.len(), 77, "every SWAPSTREAM_* variable is an argument");
     for variable in &variables {
         assert!(variable.name.starts_with("SWAPSTREAM_"), "{variable:?}");
         assert!(!variable.help.is_empty() && !variable.flag.is_empty(), "{variable:?}");

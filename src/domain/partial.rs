@@ -255,6 +255,9 @@ pub struct PartialDelta {
     pub candles: Vec<(Interval, CandlePartial)>,
     /// Swaps that entered the recent list since the last checkpoint.
     pub new_recent: Vec<Arc<SwapEvent>>,
+    /// Where a swap history is kept: every swap counted since the last
+    /// checkpoint (a superset of `new_recent`); otherwise empty.
+    pub history: Vec<Arc<SwapEvent>>,
 }
 
 impl PartialDelta {
@@ -271,13 +274,15 @@ impl PartialDelta {
             }
         }
         self.new_recent.extend(later.new_recent);
+        self.history.extend(later.history);
     }
 }
 
 impl Partial {
-    /// Counts a confirmed swap for `key`; `recent_cap` bounds the recent list.
-    pub fn apply(&mut self, key: &AggKey, swap: &Arc<SwapEvent>, recent_cap: usize) {
-        let Some(c) = key.contribution(swap) else { return };
+    /// Counts a confirmed swap for `key`; `recent_cap` bounds the recent
+    /// list. False when the swap does not count for `key`.
+    pub fn apply(&mut self, key: &AggKey, swap: &Arc<SwapEvent>, recent_cap: usize) -> bool {
+        let Some(c) = key.contribution(swap) else { return false };
         let point = PricePoint { price: c.price, at: swap.order_key() };
         self.totals.add(point, &c);
         self.dirty.totals = true;
@@ -297,6 +302,7 @@ impl Partial {
             self.recent.truncate(recent_cap);
             self.dirty.recent.push(swap.clone());
         }
+        true
     }
 
     pub fn add_pending(&mut self, delta: i64) {
@@ -324,7 +330,13 @@ impl Partial {
         // Those pushed out again within the same batch need not be stored.
         let new_recent =
             dirty.recent.into_iter().filter(|added| self.recent.iter().any(|r| Arc::ptr_eq(r, added))).collect();
-        Some(PartialDelta { totals: self.totals.clone(), pending: self.pending, candles, new_recent })
+        Some(PartialDelta {
+            totals: self.totals.clone(),
+            pending: self.pending,
+            candles,
+            new_recent,
+            history: Vec::new(),
+        })
     }
 
     /// The whole partial as a change (for a full write after an assign or a
@@ -335,6 +347,7 @@ impl Partial {
             pending: self.pending,
             candles: self.candles.iter().flat_map(|(i, c)| c.values().map(move |c| (*i, *c))).collect(),
             new_recent: self.recent.clone(),
+            history: Vec::new(),
         }
     }
 

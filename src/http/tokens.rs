@@ -17,6 +17,7 @@ use crate::domain::partial::AggKey;
 use crate::domain::{Amount, PairKey, TokenSymbol};
 use crate::read::schema::{AmountDoc, CandleDoc};
 use crate::read::stats::StatsBody;
+use crate::read::swaps::SwapCursor;
 use crate::read::Live;
 
 /// Largest and default number of candles per answer.
@@ -337,6 +338,9 @@ pub struct SwapsQuery {
     /// `SWAPSTREAM_RECENT_SWAPS`, default 50).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// The `next_cursor` of the page before: the swaps older than its last.
+    #[param(pattern = "^[0-9a-f]{104}$")]
+    before: Option<String>,
 }
 
 /// A swap event in the JSON wire form (DESIGN.md "Swap event").
@@ -369,6 +373,12 @@ pub struct SwapsBody {
     /// Newest first.
     #[schema(value_type = Vec<SwapDoc>)]
     swaps: Vec<Value>,
+    /// Pass as `before` for the next (older) page; null when this page is
+    /// not full. Older pages come from what PostgreSQL keeps: the recent
+    /// swaps of each partition, and the swap history where one is kept
+    /// (`SWAPSTREAM_SWAP_HISTORY_SECS`).
+    #[schema(value_type = Option<String>, pattern = "^[0-9a-f]{104}$")]
+    next_cursor: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/tokens/{token}/swaps", tag = "tokens",
@@ -383,8 +393,10 @@ pub async fn token_swaps(
     let token = TokenSymbol::parse(&path).map_err(|e| ApiError::bad("token", e.to_string()))?;
     let max = live.recent_cap();
     let limit = limit_param(query.limit.as_deref(), DEFAULT_SWAPS.min(max), max)?;
-    let swaps = live.recent(&AggKey::Token(token.clone()), limit).await?;
-    Ok(HttpResponse::Ok().json(SwapsBody { token, swaps }))
+    let before =
+        query.before.as_deref().map(str::parse::<SwapCursor>).transpose().map_err(|e| ApiError::bad("before", e))?;
+    let page = live.swaps(&AggKey::Token(token.clone()), limit, before.as_ref()).await?;
+    Ok(HttpResponse::Ok().json(SwapsBody { token, swaps: page.swaps, next_cursor: page.next.map(|c| c.to_string()) }))
 }
 
 #[cfg(test)]

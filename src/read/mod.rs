@@ -26,6 +26,7 @@ use crate::stream::Tp;
 pub mod list;
 pub mod schema;
 pub mod stats;
+pub mod swaps;
 
 /// Why a read gave no answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -152,7 +153,7 @@ impl Live {
         &self.redis
     }
 
-    /// The most recent swaps kept per key: the largest `limit` [`Live::recent`] can fill.
+    /// The most recent swaps kept per key: the largest `limit` of a page of [`Live::swaps`].
     pub fn recent_cap(&self) -> usize {
         self.redis.recent_cap()
     }
@@ -356,21 +357,6 @@ impl Live {
             candles = all;
         }
         Ok(candles)
-    }
-
-    /// The most recent confirmed swaps of `key`, newest first, wire form.
-    pub async fn recent(&self, key: &AggKey, limit: usize) -> Result<Vec<serde_json::Value>, ReadError> {
-        if let Some(local) = self.complete_local().await {
-            read_from("actors");
-            let answer = local.query(key, &[], i64::MAX, limit).ok_or_else(|| not_found(key))?;
-            let (_, swaps) = answer.await.map_err(aggregator_unavailable)?;
-            return Ok(swaps.iter().map(|s| serde_json::to_value(s.to_wire()).expect("JSON")).collect());
-        }
-        if !self.redis.has_key(key).await.map_err(ReadError::redis)? {
-            self.pg.merged(key).await.map_err(ReadError::postgres)?.ok_or_else(|| not_found(key))?;
-        }
-        read_from("redis");
-        self.redis.recent(key, limit).await.map_err(ReadError::redis)
     }
 }
 

@@ -6,9 +6,13 @@ use chrono::DateTime;
 use crate::domain::swap::EventOrder;
 use crate::domain::TxHash;
 
-/// Event order as 52 bytes: nanos, block, log index, hash.
+/// The length of an encoded event order.
+pub const ORDER_BYTES: usize = 52;
+
+/// Event order as [`ORDER_BYTES`] bytes, big-endian, so byte order is event
+/// order (for times after 1970): nanos, block, log index, hash.
 pub fn encode_order(at: &EventOrder) -> Vec<u8> {
-    let mut out = Vec::with_capacity(52);
+    let mut out = Vec::with_capacity(ORDER_BYTES);
     out.extend_from_slice(&at.0.timestamp_nanos_opt().unwrap_or(i64::MAX).to_be_bytes());
     out.extend_from_slice(&at.1.to_be_bytes());
     out.extend_from_slice(&at.2.to_be_bytes());
@@ -18,8 +22,8 @@ pub fn encode_order(at: &EventOrder) -> Vec<u8> {
 
 /// The order [`encode_order`] wrote.
 pub fn decode_order(bytes: &[u8]) -> anyhow::Result<EventOrder> {
-    if bytes.len() != 52 {
-        bail!("bad event order of {} bytes (52 expected)", bytes.len());
+    if bytes.len() != ORDER_BYTES {
+        bail!("bad event order of {} bytes ({ORDER_BYTES} expected)", bytes.len());
     }
     let nanos = i64::from_be_bytes(bytes[0..8].try_into()?);
     let block = u64::from_be_bytes(bytes[8..16].try_into()?);

@@ -22,6 +22,7 @@ fn write(swaps: u64, epoch: i64, offset: i64) -> (PartialChange, HashMap<Tp, Pos
         pending: 0,
         candles: Vec::new(),
         new_recent: Vec::new(),
+        history: Vec::new(),
     };
     let change = PartialChange { key: AggKey::Token(TokenSymbol::parse("ETH").unwrap()), tp: tp.clone(), delta };
     (change, HashMap::from([(tp, Position { epoch, offset })]))

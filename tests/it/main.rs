@@ -8,6 +8,7 @@ mod consumer;
 mod dashboard;
 mod helpers;
 mod live_fencing;
+mod live_recent;
 mod monitoring;
 mod presence;
 mod producer;

@@ -251,6 +251,93 @@ async fn consumer_and_api_give_the_same_json_and_it_matches_the_ground_truth() {
     assert!(consumer.terminate(Duration::from_secs(30)).await.success());
 }
 
+/// Every page of a token's swaps, following `next_cursor` from the first:
+/// the swaps and each page's size.
+async fn swap_pages(port: u16, token: &str, limit: usize) -> (Vec<Value>, Vec<usize>) {
+    let (mut swaps, mut sizes) = (Vec::new(), Vec::new());
+    let mut path = format!("/v1/tokens/{token}/swaps?limit={limit}");
+    loop {
+        let answer = get(port, &path).await;
+        assert_eq!(answer.status, 200, "{path}");
+        let page = answer.json();
+        let served = page["swaps"].as_array().unwrap();
+        sizes.push(served.len());
+        swaps.extend(served.iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/tokens/{token}/swaps?limit={limit}&before={cursor}"),
+            None => return (swaps, sizes),
+        }
+        assert!(sizes.len() < 1000, "paging does not end");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swap_pages_walk_the_kept_history_newest_first_without_skip_or_repeat_in_both_roles() {
+    let brokers = require_broker();
+    let names = Names::new("it-swap-pages");
+    let stream = [
+        ("SWAPSTREAM_PRODUCER_TOKENS", TOKENS.to_owned()),
+        ("SWAPSTREAM_PRODUCER_RATE", "max".to_owned()),
+        ("SWAPSTREAM_PRODUCER_FAILED_SHARE", "0.1".to_owned()),
+        ("SWAPSTREAM_KAFKA_PARTITIONS", "2".to_owned()),
+    ];
+    let truth = helpers::produce(&brokers, &names, 150, &stream).await;
+    // Far fewer recent swaps than the token has: the pages after the first
+    // come from the history PostgreSQL keeps.
+    let kept = [("SWAPSTREAM_RECENT_SWAPS", "10"), ("SWAPSTREAM_SWAP_HISTORY_SECS", "86400")];
+    let mut consumer_vars = names.vars(&brokers);
+    consumer_vars.extend(api_vars(&names, &kept));
+    let mut consumer = Child::spawn(&format!("{}consumer", names.topic_prefix), &["consumer"], &consumer_vars);
+    wait_checkpointed(&names, delivered(&truth), Duration::from_secs(90)).await;
+    let consumer_port = logged_port(&consumer).await;
+    let (mut api, api_port) = start_api(&format!("{}api", names.topic_prefix), &api_vars(&names, &kept)).await;
+
+    let confirmed_eth: Vec<String> = truth
+        .events
+        .iter()
+        .filter(|e| e.result == "ok" && e.event["status"] == "confirmed")
+        .filter(|e| e.event["token_from"] == "ETH" || e.event["token_to"] == "ETH")
+        .map(|e| format!("{}:{}", e.event["tx_hash"], e.event["log_index"]))
+        .collect();
+    assert!(confirmed_eth.len() > 30, "more ETH swaps than a few pages: {}", confirmed_eth.len());
+    // Redis is written after the checkpoint: wait for the api to count them all.
+    eventually("the api counting every ETH swap", Duration::from_secs(30), || async {
+        get(api_port, "/v1/tokens/ETH/stats").await.json()["totals"]["swaps"] == json!(confirmed_eth.len())
+    })
+    .await;
+    let mut pages = Vec::new();
+    for port in [api_port, consumer_port] {
+        let (swaps, sizes) = swap_pages(port, "ETH", 7).await;
+        let ids: Vec<String> = swaps.iter().map(|s| format!("{}:{}", s["tx_hash"], s["log_index"])).collect();
+        assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), ids.len(), "no swap twice");
+        let (served, expected): (BTreeSet<&String>, BTreeSet<&String>) =
+            (ids.iter().collect(), confirmed_eth.iter().collect());
+        assert_eq!(
+            served,
+            expected,
+            "every confirmed ETH swap from port {port} (api {api_port}); missing {:?}, extra {:?}; swaps {swaps:#?}",
+            expected.difference(&served).collect::<Vec<_>>(),
+            served.difference(&expected).collect::<Vec<_>>()
+        );
+        assert!(sizes[..sizes.len() - 1].iter().all(|&n| n == 7), "only the last page is short: {sizes:?}");
+        let times: Vec<chrono::DateTime<chrono::FixedOffset>> = swaps
+            .iter()
+            .map(|s| chrono::DateTime::parse_from_rfc3339(s["timestamp"].as_str().unwrap()).unwrap())
+            .collect();
+        assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first across pages");
+        pages.push(swaps);
+    }
+    assert_eq!(pages[0], pages[1], "the api (Redis) and the consumer (actors) start the same walk");
+
+    // A cursor is checked; a token never seen is not found on any page.
+    let answer = get(api_port, "/v1/tokens/ETH/swaps?before=ABC").await;
+    assert_eq!((answer.status, answer.json()["error"]["code"].as_str()), (400, Some("bad_parameter")));
+    let anywhere = "f".repeat(104);
+    assert_eq!(get(api_port, &format!("/v1/tokens/NOPE/swaps?before={anywhere}")).await.status, 404);
+    assert!(api.terminate(Duration::from_secs(10)).await.success());
+    assert!(consumer.terminate(Duration::from_secs(30)).await.success());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_error_has_its_status_and_a_json_body_and_a_lost_store_is_503() {
     let names = Names::new("it-rest-errors");
@@ -305,6 +392,8 @@ async fn every_error_has_its_status_and_a_json_body_and_a_lost_store_is_503() {
         ("/v1/tokens/ETH/candles?include_empty=maybe", "include_empty"),
         ("/v1/tokens/ETH/swaps?limit=-1", "limit"),
         ("/v1/tokens/ETH/swaps?limit=101", "limit"),
+        ("/v1/tokens/ETH/swaps?before=", "before"),
+        ("/v1/tokens/ETH/swaps?before=0123", "before"),
     ] {
         expect(get(port, path).await, 400, "bad_parameter", Some(param));
     }
@@ -704,6 +793,7 @@ async fn ten_thousand_tokens_come_in_name_order_pages_without_skip_or_repeat() {
                     pending: 0,
                     candles: Vec::new(),
                     new_recent: Vec::new(),
+                    history: Vec::new(),
                 },
             })
             .collect();
@@ -758,6 +848,7 @@ async fn a_stats_body_one_reader_rendered_is_served_until_its_key_is_written() {
                 pending: 0,
                 candles: Vec::new(),
                 new_recent: Vec::new(),
+                history: Vec::new(),
             },
         };
         let store = store.clone();

@@ -367,7 +367,7 @@ impl Core {
                 let (pg, log) = (self.pg.clone(), self.log.clone());
                 let owned: Vec<Tp> = self.slots.keys().cloned().collect();
                 self.pruning = Some(actix::spawn(async move {
-                    if let Err(e) = pg.prune_recent(&owned).await {
+                    if let Err(e) = pg.prune_recent(&owned, now).await {
                         warn!(log, "cannot prune recent swaps"; "error" => format!("{e:#}"));
                     }
                 }));
@@ -401,13 +401,17 @@ impl Core {
         let snapshots =
             join_all(self.aggregators.all().into_iter().map(|(key, a)| async move { (key, a.send(Snapshot).await) }))
                 .await;
-        let mut partials = Vec::new();
+        let (mut keys, mut partials) = (Vec::new(), Vec::new());
         for (key, snapshot) in snapshots {
             for (tp, partial) in snapshot.unwrap_or_default() {
                 partials.push((key.clone(), tp, partial));
             }
+            keys.push(key);
         }
         self.redis_generation = Some(generation);
         self.write_full(&partials).await;
+        if let Err(e) = self.redis.drop_layout2(&keys).await {
+            warn!(self.log, "cannot delete the recent swap lists of the old layout"; "error" => format!("{e:#}"));
+        }
     }
 }

@@ -260,7 +260,9 @@ impl PgStore {
         let (mut r_keys, mut r_topics, mut r_partitions, mut r_at, mut r_swap) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (PartialChange { tp, delta, .. }, key_text) in partials.iter().zip(&keys) {
-            for swap in &delta.new_recent {
+            // With a history kept, every counted swap (the recent ones among them).
+            let stored = if delta.history.is_empty() { &delta.new_recent } else { &delta.history };
+            for swap in stored {
                 r_keys.push(key_text.as_str());
                 r_topics.push(&*tp.topic);
                 r_partitions.push(tp.partition);
@@ -329,14 +331,24 @@ impl PgStore {
         Ok(())
     }
 
-    /// Deletes recent swaps of the partitions `tps` beyond the configured
-    /// count per key and partition. Each (key, partition) has a row in
-    /// `partials`; its cut-off is found by walking the newest entries of the
-    /// primary key, so a run reads what it keeps and what it deletes, never a
-    /// sort of the table.
-    pub async fn prune_recent(&self, tps: &[Tp]) -> anyhow::Result<u64> {
+    /// Deletes stored swaps of the partitions `tps` beyond the configured
+    /// count per key and partition and, with a swap history kept, older than
+    /// it (by event time, relative to `now`). Each (key, partition) has a
+    /// row in `partials`; its cut-off is found by walking the newest entries
+    /// of the primary key, so a run reads what it keeps and what it deletes,
+    /// never a sort of the table.
+    pub async fn prune_recent(&self, tps: &[Tp], now: DateTime<Utc>) -> anyhow::Result<u64> {
         let topics: Vec<&str> = tps.iter().map(|tp| &*tp.topic).collect();
         let partitions: Vec<i32> = tps.iter().map(|tp| tp.partition).collect();
+        // The first 8 bytes of an encoded event order are its time, so a
+        // stored order below these bytes is an older swap.
+        let older_than = if self.swap_history.is_zero() {
+            i64::MAX
+        } else {
+            let history = chrono::Duration::from_std(self.swap_history).unwrap_or(chrono::TimeDelta::MAX);
+            now.checked_sub_signed(history).and_then(|cut| cut.timestamp_nanos_opt()).unwrap_or(i64::MIN)
+        };
+        let older_than = older_than.to_be_bytes().to_vec();
         let client = self.client().await?;
         let deleted = client
             .execute(
@@ -350,9 +362,9 @@ impl PgStore {
                             WHERE x.agg_key = k.agg_key AND x.topic = k.topic AND x.partition = k.partition
                             ORDER BY x.at DESC OFFSET $1 LIMIT 1) cut) old
                      WHERE r.agg_key = old.agg_key AND r.topic = old.topic
-                       AND r.partition = old.partition AND r.at <= old.at",
+                       AND r.partition = old.partition AND r.at <= old.at AND r.at < $4",
                 ),
-                &[&(self.recent_cap as i64), &topics, &partitions],
+                &[&(self.recent_cap as i64), &topics, &partitions, &older_than],
             )
             .await?;
         Ok(deleted)
@@ -593,9 +605,9 @@ mod tests {
             .unwrap();
 
         let a1 = [Tp::new("swaps.A", 1)];
-        assert_eq!(store.prune_recent(&a1).await.unwrap(), 50, "only the partitions asked for");
+        assert_eq!(store.prune_recent(&a1, Utc::now()).await.unwrap(), 50, "only the partitions asked for");
         let all = [Tp::new("swaps.A", 0), Tp::new("swaps.A", 1), Tp::new("swaps.B", 0)];
-        assert_eq!(store.prune_recent(&all).await.unwrap(), 50);
+        assert_eq!(store.prune_recent(&all, Utc::now()).await.unwrap(), 50);
         let rows = client
             .query(
                 &format!(
@@ -616,7 +628,43 @@ mod tests {
                 ("token:B".to_string(), 0, 40, 1i64.to_be_bytes().to_vec()),
             ]
         );
-        assert_eq!(store.prune_recent(&all).await.unwrap(), 0, "a second prune finds nothing");
+        assert_eq!(store.prune_recent(&all, Utc::now()).await.unwrap(), 0, "a second prune finds nothing");
+        store.drop_schema().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn with_a_swap_history_pruning_keeps_the_swaps_younger_than_it_and_the_newest_beyond() {
+        let (store, schema) = store(100).await;
+        let store = store.with_swap_history(std::time::Duration::from_secs(1205));
+        let client = store.client().await.unwrap();
+        let now = Utc::now();
+        // token:A has a swap every 10 s over the last 1500 s; token:B 40,
+        // every 100 s, all but the newest 12 older than the history.
+        client
+            .execute(
+                &format!(
+                    "WITH p AS (INSERT INTO {schema}.partials (agg_key, topic, partition, volume_usd, swaps, buys, pending)
+                                VALUES ('token:A', 'swaps.A', 0, 0, 0, 0, 0), ('token:B', 'swaps.B', 0, 0, 0, 0, 0))
+                     INSERT INTO {schema}.recent_swaps (agg_key, topic, partition, at, swap)
+                     SELECT 'token:A', 'swaps.A', 0, int8send($1 - s * 10000000000), '\\x00'::bytea
+                     FROM generate_series(1, 150) s
+                     UNION ALL
+                     SELECT 'token:B', 'swaps.B', 0, int8send($1 - s * 100000000000), '\\x00'::bytea
+                     FROM generate_series(1, 40) s"
+                ),
+                &[&now.timestamp_nanos_opt().unwrap()],
+            )
+            .await
+            .unwrap();
+
+        let all = [Tp::new("swaps.A", 0), Tp::new("swaps.B", 0)];
+        assert_eq!(store.prune_recent(&all, now).await.unwrap(), 30, "token:A's swaps older than 1205 s");
+        let rows = client
+            .query(&format!("SELECT agg_key, count(*) FROM {schema}.recent_swaps GROUP BY 1 ORDER BY 1"), &[])
+            .await
+            .unwrap();
+        let kept: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        assert_eq!(kept, [("token:A".to_string(), 120), ("token:B".to_string(), 40)], "token:B is under the count");
         store.drop_schema().await.unwrap();
     }
 }

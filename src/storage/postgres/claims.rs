@@ -144,11 +144,16 @@ impl PgStore {
         let rows = tx
             .query(
                 &self.sql(
-                    "SELECT agg_key, topic, partition, swap FROM (
-                        SELECT *, row_number() OVER (PARTITION BY agg_key, topic, partition ORDER BY at DESC) AS n
-                        FROM {schema}.recent_swaps
-                        WHERE NOT $3 OR (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))
-                     ) r WHERE n <= $4 ORDER BY agg_key, topic, partition, at DESC",
+                    // The newest of each (key, partition), walking its primary
+                    // key backwards: a kept swap history is not read.
+                    "SELECT k.agg_key, k.topic, k.partition, r.swap
+                     FROM {schema}.partials k
+                     CROSS JOIN LATERAL (
+                        SELECT x.at, x.swap FROM {schema}.recent_swaps x
+                        WHERE x.agg_key = k.agg_key AND x.topic = k.topic AND x.partition = k.partition
+                        ORDER BY x.at DESC LIMIT $4) r
+                     WHERE NOT $3 OR (k.topic, k.partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))
+                     ORDER BY k.agg_key, k.topic, k.partition, r.at DESC",
                 ),
                 &[topics, partitions, &filter, &(self.recent_cap as i64)],
             )

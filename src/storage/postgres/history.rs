@@ -7,8 +7,12 @@ use anyhow::Context as _;
 
 use super::rows::{candle_from_row, totals_from_row};
 use super::PgStore;
+use crate::codec;
 use crate::domain::aggregate::Interval;
 use crate::domain::partial::{AggKey, CandlePartial, Merged};
+use crate::domain::swap::EventOrder;
+use crate::domain::SwapEvent;
+use crate::storage::encoding::encode_order;
 use crate::stream::Tp;
 
 /// The newest `$5` candle buckets of key `$1` and interval `$2` with
@@ -23,7 +27,44 @@ pub const CANDLES: &str = "WITH newest AS (
      FROM {schema}.candles
      WHERE agg_key = $1 AND interval = $2 AND t BETWEEN (SELECT min(t) FROM newest) AND $4";
 
+/// The newest `$3` stored swaps of key `$1` ordered before `$2` (an encoded
+/// event order), over every partition: each partition's newest before `$2`,
+/// walking its primary key backwards, then the newest of those (public for
+/// the benchmark that explains its plan).
+pub const SWAPS_BEFORE: &str = "SELECT s.swap FROM {schema}.partials k
+     CROSS JOIN LATERAL (
+        SELECT x.at, x.swap FROM {schema}.recent_swaps x
+        WHERE x.agg_key = k.agg_key AND x.topic = k.topic AND x.partition = k.partition AND x.at < $2
+        ORDER BY x.at DESC LIMIT $3) s
+     WHERE k.agg_key = $1
+     ORDER BY s.at DESC LIMIT $3";
+
 impl PgStore {
+    /// The newest `limit` stored swaps of `key` ordered before `before`,
+    /// newest first: the recent swaps of each partition and, where a swap
+    /// history is kept, that history.
+    pub async fn swaps_before(
+        &self,
+        key: &AggKey,
+        before: &EventOrder,
+        limit: usize,
+    ) -> anyhow::Result<Vec<SwapEvent>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &self.sql(SWAPS_BEFORE),
+                &[&key.to_string(), &encode_order(before), &(limit.min(i64::MAX as usize) as i64)],
+            )
+            .await
+            .context("reading stored swaps")?;
+        rows.iter()
+            .map(|row| {
+                codec::decode(row.get(0), Some(codec::CONTENT_TYPE_PROTOBUF)).context("bad swap in recent_swaps")
+            })
+            .collect()
+    }
+
     /// The newest `limit` candles of `key` and `interval` with
     /// `from <= t <= to`, merged over every partition (the history behind
     /// Redis' retention). The newest buckets are found first, walking the

@@ -23,7 +23,7 @@ mod schema;
 
 pub use checkpoint::{Checkpoint, Progress};
 pub use claims::Claimed;
-pub use history::CANDLES as CANDLES_SQL;
+pub use history::{CANDLES as CANDLES_SQL, SWAPS_BEFORE as SWAPS_BEFORE_SQL};
 
 /// Longest a transaction of ours may sit idle before the server ends it.
 const IDLE_IN_TRANSACTION: std::time::Duration = std::time::Duration::from_secs(10);
@@ -39,6 +39,9 @@ pub struct PgStore {
     schema: String,
     /// Recent swaps kept per (key, partition).
     recent_cap: usize,
+    /// How long every stored swap is kept beyond the recent ones, by event
+    /// time; zero: none.
+    swap_history: std::time::Duration,
 }
 
 impl PgStore {
@@ -72,7 +75,15 @@ impl PgStore {
             .create_timeout(Some(std::time::Duration::from_secs(10)))
             .build()
             .context("building the PostgreSQL pool")?;
-        Ok(PgStore { pool, schema: settings.schema.clone(), recent_cap })
+        Ok(PgStore { pool, schema: settings.schema.clone(), recent_cap, swap_history: std::time::Duration::ZERO })
+    }
+
+    /// Keeps the stored swaps of each key for `history` by event time, not
+    /// only the newest `recent_cap` (what the consumer stores must match:
+    /// every counted swap, see `PartialDelta::history`).
+    pub fn with_swap_history(mut self, history: std::time::Duration) -> PgStore {
+        self.swap_history = history;
+        self
     }
 
     fn sql(&self, template: &str) -> String {

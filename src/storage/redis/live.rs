@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use redis::Pipeline;
 
-use super::{in_flight, period_secs, CandleRecord, PartialRecord, RedisStore};
+use super::{in_flight, period_secs, CandleRecord, PartialRecord, RedisStore, RECENT};
 use crate::domain::partial::{memory_retention_secs, AggKey};
 use crate::domain::SwapEvent;
 use crate::storage::encoding::encode_order;
@@ -139,7 +139,7 @@ impl RedisStore {
     ) -> anyhow::Result<()> {
         let positions_key = self.key(key, "positions");
         let partials_key = self.key(key, "partials");
-        let recent_key = self.key(key, "recent");
+        let recent_key = self.key(key, RECENT);
         let mut any_recent = false;
         for change in changes {
             let (w, tp) = (&change.delta, &change.tp);
@@ -187,7 +187,9 @@ impl RedisStore {
             }
             pipe.add_command(fenced);
             for swap in &w.new_recent {
-                pipe.zadd(&recent_key, &*json.of(swap), swap.timestamp.timestamp_millis()).ignore();
+                let mut member = encode_order(&swap.order_key());
+                member.extend_from_slice(json.of(swap).as_bytes());
+                pipe.zadd(&recent_key, member, swap.timestamp.timestamp_millis()).ignore();
                 any_recent = true;
             }
         }

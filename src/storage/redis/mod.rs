@@ -10,8 +10,12 @@
 //!   `<epoch>:<offset>` of the last write of that partial (see [`Position`]);
 //! - `<prefix>:{k}:c:<interval>:<period>`: hash, field `<t>/<topic>/<partition>`
 //!   -> candle JSON; one key per period, expiring after the memory retention;
-//! - `<prefix>:{k}:recent`: sorted set of recent confirmed swaps (wire JSON)
-//!   scored by event time, trimmed to the configured count;
+//! - `<prefix>:{k}:swaps`: sorted set of recent confirmed swaps, each member
+//!   its 52-byte event order then its wire JSON, scored by its time in ms, so
+//!   swaps of one millisecond are in the event order too and the trim to the
+//!   configured count keeps exactly the newest (layout 2 kept them as
+//!   `recent`, wire JSON only, and could trim a newer swap of the edge
+//!   millisecond; consumers remove those lists as they rebuild);
 //! - `<prefix>:{k}:version`: incremented after each live write of the key;
 //! - `<prefix>:{k}:stats`: the key's stats body as a reader rendered it, with
 //!   the minute and version it holds for (see `rendered`);
@@ -139,6 +143,9 @@ where
     results.into_iter().collect()
 }
 
+/// The suffix of a key's recent swaps.
+const RECENT: &str = "swaps";
+
 #[derive(Clone)]
 pub struct RedisStore {
     conn: RedisConn,
@@ -222,7 +229,7 @@ impl RedisStore {
     /// Versioned with the layout of the live state: a new layout is a new
     /// generation, which every consumer rebuilds once.
     fn ready_key(&self) -> String {
-        format!("{}:ready:2", self.prefix)
+        format!("{}:ready:3", self.prefix)
     }
 
     fn names_key(&self, tokens: bool) -> String {
@@ -328,6 +335,17 @@ impl RedisStore {
             .await?;
         let micros = |us: i64| Duration::from_micros(us.max(0) as u64);
         Ok(if wait_us > 0 { Err(micros(wait_us)) } else { Ok(micros(full_in_us)) })
+    }
+
+    /// Deletes what layout 2 kept of `keys` and layout 3 keeps elsewhere
+    /// (their `recent` lists), as their owner rebuilds them.
+    pub async fn drop_layout2(&self, keys: &[AggKey]) -> anyhow::Result<()> {
+        in_flight(keys.iter().map(|key| {
+            let mut conn = self.conn.clone();
+            let old = self.key(key, "recent");
+            async move { redis::cmd("UNLINK").arg(old).query_async::<()>(&mut conn).await.context("deleting old lists") }
+        }))
+        .await
     }
 
     /// Deletes every key under this store's prefix (tests and benches).

@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
-use super::{period_secs, CandleRecord, PartialRecord, RedisStore};
+use super::{period_secs, CandleRecord, PartialRecord, RedisStore, RECENT};
 use crate::domain::aggregate::Interval;
 use crate::domain::partial::{
     memory_retention_secs, AggKey, CandlePartial, Merged, Partial, PricePoint, TotalsPartial,
 };
-use crate::storage::encoding::decode_order;
+use crate::storage::encoding::{decode_order, ORDER_BYTES};
 
 /// A key's partials hash as read: (partition, record) pairs.
 pub struct Partials(pub(super) Vec<(String, String)>);
@@ -97,38 +97,27 @@ impl RedisStore {
     }
 
     /// The most recent confirmed swaps of `key`, newest first (wire JSON),
-    /// in the full event order (time, block, log index, hash). Scores are
-    /// milliseconds, so swaps tied with the last one taken are fetched too
-    /// and the order decided here.
+    /// in the full event order (time, block, log index, hash): the order of
+    /// the sorted set, whose members start with it.
     pub async fn recent(&self, key: &AggKey, limit: usize) -> anyhow::Result<Vec<serde_json::Value>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let mut conn = self.conn.clone();
-        let zset = self.key(key, "recent");
-        let mut members: Vec<(String, f64)> = redis::cmd("ZRANGE")
-            .arg(&zset)
+        let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+            .arg(self.key(key, RECENT))
             .arg(0)
             .arg(limit as i64 - 1)
             .arg("REV")
-            .arg("WITHSCORES")
             .query_async(&mut conn)
             .await?;
-        if let Some(&(_, edge)) = members.last().filter(|_| members.len() == limit) {
-            let ties: Vec<String> =
-                redis::cmd("ZRANGE").arg(&zset).arg(edge).arg(edge).arg("BYSCORE").query_async(&mut conn).await?;
-            members.extend(ties.into_iter().map(|m| (m, edge)));
-        }
-        let mut swaps: Vec<serde_json::Value> = members
-            .into_iter()
-            .map(|(m, _)| m)
-            .collect::<std::collections::BTreeSet<String>>()
+        members
             .iter()
-            .map(|m| serde_json::from_str(m).context("bad swap in Redis"))
-            .collect::<anyhow::Result<_>>()?;
-        swaps.sort_by_cached_key(|s| std::cmp::Reverse(wire_order(s)));
-        swaps.truncate(limit);
-        Ok(swaps)
+            .map(|member| {
+                let json = member.get(ORDER_BYTES..).context("bad swap in Redis: shorter than its order")?;
+                serde_json::from_slice(json).context("bad swap in Redis")
+            })
+            .collect()
     }
 }
 
@@ -164,13 +153,4 @@ fn candle_of(t: i64, json: &str) -> anyhow::Result<CandlePartial> {
         swaps: r.swaps,
         buys: r.buys,
     })
-}
-
-/// A wire swap's place in the event order, as `SwapEvent::order_key`.
-fn wire_order(swap: &serde_json::Value) -> (i64, u64, u64, String) {
-    let text = |name: &str| swap.get(name).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-    let number = |name: &str| swap.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
-    let time =
-        DateTime::parse_from_rfc3339(&text("timestamp")).ok().and_then(|t| t.timestamp_nanos_opt()).unwrap_or(i64::MIN);
-    (time, number("block_number"), number("log_index"), text("tx_hash"))
 }
