@@ -86,6 +86,7 @@ pub struct Metrics {
     pub offset_regressions: IntCounter,
     pub redis_errors: IntCounter,
     pub redis_rebuilds: IntCounter,
+    pub redis_replica_fallbacks: IntCounter,
     pub http_requests: IntCounterVec,
     pub http_seconds: HistogramVec,
     pub http_rejected: IntCounterVec,
@@ -190,6 +191,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         redis_rebuilds: c.add(register_int_counter_with_registry!(
             "redis_rebuilds_total",
             "Rebuilds of the live state in Redis from this instance's partitions",
+            r
+        )),
+        redis_replica_fallbacks: c.add(register_int_counter_with_registry!(
+            "redis_replica_fallbacks_total",
+            "Reads a Redis read replica failed and the primary answered (or failed) instead",
             r
         )),
         http_requests: c.add(register_int_counter_vec_with_registry!(

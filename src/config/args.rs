@@ -131,6 +131,20 @@ pub struct RedisArgs {
         help = "Redis password, if not in the URL. Secret. [default: (empty)]"
     )]
     pub redis_password: Option<String>,
+    #[arg(
+        long = "redis-read-urls",
+        env = "SWAPSTREAM_REDIS_READ_URLS",
+        hide_env_values = true,
+        help = "Read replicas of the Redis in `single` mode, comma-separated URLs: REST and WebSocket snapshot reads go to them in turn (to the primary when one fails), writes and pub/sub to the primary. Reads lag by the replication delay. [default: (empty)]"
+    )]
+    pub redis_read_urls: Option<String>,
+    #[arg(
+        long = "redis-ws-url",
+        env = "SWAPSTREAM_REDIS_WS_URL",
+        hide_env_values = true,
+        help = "A separate Redis (one server) for WebSocket client tracking: each instance's session and subscriber counts and the lock of their clean-up job; empty: the Redis of `SWAPSTREAM_REDIS_URL`. [default: (empty)]"
+    )]
+    pub redis_ws_url: Option<String>,
     #[arg(long = "redis-key-prefix", env = "SWAPSTREAM_REDIS_KEY_PREFIX", default_value = "swapstream", value_parser = key_prefix, help = "Prefix of every Redis key and channel, so deployments can share a Redis.")]
     pub redis_key_prefix: String,
 }

@@ -124,9 +124,33 @@ impl Settings {
         } else if mode == RedisMode::Single && urls.len() > 1 {
             problems.push(format!("SWAPSTREAM_REDIS_URL: expected one URL in single mode, got \"{}\"", urls.len()));
         }
+        let list = |text: Option<String>| -> Vec<String> {
+            text.iter().flat_map(|t| t.split(',')).map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect()
+        };
+        let read_urls = list(redis.redis_read_urls);
+        if let Some(bad) = read_urls.iter().find(|u| redis::parse_redis_url(u).is_none()) {
+            problems.push(format!(
+                "SWAPSTREAM_REDIS_READ_URLS: expected redis://host:port URLs, got {:?}",
+                redact_url(bad)
+            ));
+        } else if mode == RedisMode::Cluster && !read_urls.is_empty() {
+            problems.push(
+                "SWAPSTREAM_REDIS_READ_URLS: only in single mode (in cluster mode, name the nodes in SWAPSTREAM_REDIS_URL)"
+                    .to_owned(),
+            );
+        }
+        let ws_url = list(redis.redis_ws_url);
+        if let Some(bad) = ws_url.iter().find(|u| redis::parse_redis_url(u).is_none()) {
+            problems
+                .push(format!("SWAPSTREAM_REDIS_WS_URL: expected a redis://host:port URL, got {:?}", redact_url(bad)));
+        } else if ws_url.len() > 1 {
+            problems.push(format!("SWAPSTREAM_REDIS_WS_URL: expected one URL, got \"{}\"", ws_url.len()));
+        }
         let redis = RedisSettings {
             urls: Secret(urls),
             mode,
+            read_urls: Secret(read_urls),
+            ws_url: ws_url.into_iter().next().map(Secret),
             password: secret(redis.redis_password),
             key_prefix: redis.redis_key_prefix,
         };
@@ -224,7 +248,7 @@ pub(super) fn effective(matches: &ArgMatches) -> BTreeMap<String, String> {
         if text.is_empty() {
             continue;
         }
-        let shown = if name.ends_with("_URL") {
+        let shown = if name.ends_with("_URL") || name.ends_with("_URLS") {
             text.split(',').map(|u| redact_url(u.trim())).collect::<Vec<_>>().join(",")
         } else if arg.is_hide_env_values_set() {
             "<redacted>".to_owned()

@@ -89,6 +89,10 @@ pub enum RedisMode {
 pub struct RedisSettings {
     pub urls: Secret<Vec<String>>,
     pub mode: RedisMode,
+    /// Read replicas for REST reads (single mode); empty: the primary.
+    pub read_urls: Secret<Vec<String>>,
+    /// The Redis for WebSocket client tracking; `None`: the main one.
+    pub ws_url: Option<Secret<String>>,
     pub password: Option<Secret<String>>,
     pub key_prefix: String,
 }

@@ -198,10 +198,40 @@ fn redis_cluster_takes_a_url_list() {
 }
 
 #[test]
+fn read_replicas_and_a_websocket_redis_are_optional_urls_and_replicas_need_single_mode() {
+    let none = settings(&[]).unwrap();
+    assert!(none.redis.read_urls.expose().is_empty() && none.redis.ws_url.is_none());
+    let s = settings(&[
+        ("SWAPSTREAM_REDIS_READ_URLS", "redis://r1:6379, redis://:pw@r2:6379"),
+        ("SWAPSTREAM_REDIS_WS_URL", "redis://ws:6379"),
+    ])
+    .unwrap();
+    assert_eq!(s.redis.read_urls.expose(), &["redis://r1:6379", "redis://:pw@r2:6379"]);
+    assert_eq!(s.redis.ws_url.as_ref().map(|u| u.expose().as_str()), Some("redis://ws:6379"));
+    assert!(s.describe().contains("SWAPSTREAM_REDIS_READ_URLS=redis://r1:6379,redis://:<redacted>@r2:6379\n"));
+
+    let found = problems(&[
+        ("SWAPSTREAM_REDIS_MODE", "cluster"),
+        ("SWAPSTREAM_REDIS_URL", "redis://a:1,redis://b:2"),
+        ("SWAPSTREAM_REDIS_READ_URLS", "redis://r1:6379"),
+        ("SWAPSTREAM_REDIS_WS_URL", "redis://ws:1,redis://ws:2"),
+    ]);
+    assert_eq!(
+        found,
+        [
+            "SWAPSTREAM_REDIS_READ_URLS: only in single mode (in cluster mode, name the nodes in SWAPSTREAM_REDIS_URL)",
+            "SWAPSTREAM_REDIS_WS_URL: expected one URL, got \"2\"",
+        ]
+    );
+    let found = problems(&[("SWAPSTREAM_REDIS_READ_URLS", "http://r1")]);
+    assert_eq!(found, ["SWAPSTREAM_REDIS_READ_URLS: expected redis://host:port URLs, got \"http://r1\""]);
+}
+
+#[test]
 fn every_variable_has_a_flag_and_help_and_is_described_with_its_default() {
     let s = settings(&[]).unwrap();
     let variables = variables();
-    assert_eq!(variables.len(), 77, "every SWAPSTREAM_* variable is an argument");
+    assert_eq!(variables.len(), 79, "every SWAPSTREAM_* variable is an argument");
     for variable in &variables {
         assert!(variable.name.starts_with("SWAPSTREAM_"), "{variable:?}");
         assert!(!variable.help.is_empty() && !variable.flag.is_empty(), "{variable:?}");

@@ -50,7 +50,7 @@ pub struct Presence {
 
 impl Presence {
     pub fn new(redis: &RedisStore) -> Presence {
-        Presence { conn: redis.connection(), prefix: redis.prefix().to_owned() }
+        Presence { conn: redis.tracking_connection(), prefix: redis.prefix().to_owned() }
     }
 
     fn instances_key(&self) -> String {

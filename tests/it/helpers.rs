@@ -39,6 +39,16 @@ pub fn require_redis_cluster() -> &'static str {
     "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003"
 }
 
+/// The servers `scripts/redis-replica up` runs: a primary, its read
+/// replica and a separate server (URLs); fails fast, with the fix, when
+/// they are not running.
+pub fn require_redis_replica() -> [&'static str; 3] {
+    if std::net::TcpStream::connect("127.0.0.1:7102").is_err() {
+        panic!("no Redis replica on 127.0.0.1:7101-7103: run `scripts/redis-replica up` (scripts/test does)");
+    }
+    ["redis://127.0.0.1:7101", "redis://127.0.0.1:7102", "redis://127.0.0.1:7103"]
+}
+
 /// A name no other test run uses: `<base>-<random hex>`.
 pub fn unique(base: &str) -> String {
     format!("{base}-{:08x}", rand::thread_rng().gen::<u32>())

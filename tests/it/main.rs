@@ -12,6 +12,7 @@ mod live_recent;
 mod monitoring;
 mod presence;
 mod producer;
+mod redis_roles;
 mod rest;
 mod services_script;
 mod static_membership;

@@ -39,7 +39,8 @@ mod live;
 mod reads;
 mod rendered;
 
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -49,10 +50,11 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{RedisMode, RedisSettings, WsHistory};
+use crate::config::{RedisMode, RedisSettings, Secret, WsHistory};
 use crate::domain::aggregate::Interval;
 use crate::domain::partial::AggKey;
 use crate::domain::{Amount, Price};
+use crate::metrics::METRICS;
 
 pub use history::{Entry as HistoryEntry, FeedSwap, Lost, Offset, Replay, SwapUpdate};
 pub use live::{Position, WireJson};
@@ -149,6 +151,11 @@ const RECENT: &str = "swaps";
 #[derive(Clone)]
 pub struct RedisStore {
     conn: RedisConn,
+    /// Read replicas for the REST reads, taken in turn.
+    replicas: Replicas,
+    /// For WebSocket client tracking (presence): the main connection unless
+    /// a Redis of its own is configured.
+    tracking: RedisConn,
     prefix: String,
     recent_cap: usize,
     /// What each WebSocket channel keeps for resuming clients.
@@ -157,36 +164,76 @@ pub struct RedisStore {
     pubsub_client: redis::Client,
 }
 
+/// Connections to read replicas, handed out in turn.
+#[derive(Clone, Default)]
+struct Replicas {
+    conns: Arc<[RedisConn]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Replicas {
+    fn next(&self) -> Option<RedisConn> {
+        let at = self.next.fetch_add(1, Ordering::Relaxed);
+        self.conns.get(at.checked_rem(self.conns.len())?).cloned()
+    }
+}
+
+/// The connection info of `url` (from `variable`), with `password` unless
+/// the URL has one.
+fn connection_info(
+    url: &str,
+    password: Option<&Secret<String>>,
+    variable: &str,
+) -> anyhow::Result<redis::ConnectionInfo> {
+    let mut info = url.into_connection_info().with_context(|| format!("parsing {variable}"))?;
+    if let Some(password) = password.filter(|_| info.redis_settings().password().is_none()) {
+        let redis = info.redis_settings().clone().set_password(password.expose());
+        info = info.set_redis_settings(redis);
+    }
+    Ok(info)
+}
+
+/// A reconnecting connection to one Redis server, made within 10 s.
+async fn managed(client: &redis::Client, what: &str) -> anyhow::Result<RedisConn> {
+    let manager = tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager())
+        .await
+        .with_context(|| format!("connecting to {what}: timed out"))?
+        .with_context(|| format!("connecting to {what}"))?;
+    Ok(RedisConn::Single(manager))
+}
+
 impl RedisStore {
     pub async fn connect(settings: &RedisSettings, recent_cap: usize) -> anyhow::Result<RedisStore> {
-        let infos = settings
-            .urls
-            .expose()
-            .iter()
-            .map(|url| {
-                let mut info = url.as_str().into_connection_info().context("parsing SWAPSTREAM_REDIS_URL")?;
-                if let Some(password) = &settings.password {
-                    let redis = info.redis_settings().clone().set_password(password.expose());
-                    info = info.set_redis_settings(redis);
-                }
-                Ok(info)
-            })
+        let password = settings.password.as_ref();
+        let infos = (settings.urls.expose().iter())
+            .map(|url| connection_info(url, password, "SWAPSTREAM_REDIS_URL"))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let pubsub_client = redis::Client::open(infos[0].clone()).context("creating the Redis client")?;
         let conn = match settings.mode {
-            RedisMode::Single => RedisConn::Single(
-                tokio::time::timeout(std::time::Duration::from_secs(10), pubsub_client.get_connection_manager())
-                    .await
-                    .context("connecting to Redis: timed out")?
-                    .context("connecting to Redis")?,
-            ),
+            RedisMode::Single => managed(&pubsub_client, "Redis").await?,
             RedisMode::Cluster => {
                 let client = redis::cluster::ClusterClient::new(infos).context("creating the Redis Cluster client")?;
                 RedisConn::Cluster(client.get_async_connection().await.context("connecting to the Redis Cluster")?)
             }
         };
+        let mut replicas = Vec::new();
+        for url in settings.read_urls.expose() {
+            let info = connection_info(url, password, "SWAPSTREAM_REDIS_READ_URLS")?;
+            let client = redis::Client::open(info).context("creating a Redis read replica client")?;
+            replicas.push(managed(&client, "a Redis read replica").await?);
+        }
+        let tracking = match &settings.ws_url {
+            None => conn.clone(),
+            Some(url) => {
+                let info = connection_info(url.expose(), password, "SWAPSTREAM_REDIS_WS_URL")?;
+                let client = redis::Client::open(info).context("creating the WebSocket tracking Redis client")?;
+                managed(&client, "the WebSocket tracking Redis").await?
+            }
+        };
         Ok(RedisStore {
             conn,
+            replicas: Replicas { conns: replicas.into(), next: Arc::default() },
+            tracking,
             prefix: settings.key_prefix.clone(),
             recent_cap,
             history: WsHistory { size: 10_000, max_age: Duration::from_secs(600) },
@@ -216,6 +263,40 @@ impl RedisStore {
     /// A handle on the shared connection, for other stores over the same Redis.
     pub fn connection(&self) -> RedisConn {
         self.conn.clone()
+    }
+
+    /// The connection for WebSocket client tracking.
+    pub fn tracking_connection(&self) -> RedisConn {
+        self.tracking.clone()
+    }
+
+    /// Runs the read `query` on the next read replica, again on the
+    /// primary if that fails; on the primary when there are none.
+    async fn read<T, F, Fut>(&self, query: F) -> anyhow::Result<T>
+    where
+        F: Fn(RedisConn) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        match self.replicas.next() {
+            None => query(self.conn.clone()).await,
+            Some(replica) => match query(replica).await {
+                Ok(answer) => Ok(answer),
+                Err(_) => {
+                    METRICS.redis_replica_fallbacks.inc();
+                    query(self.conn.clone()).await
+                }
+            },
+        }
+    }
+
+    /// One read command, as [`RedisStore::read`].
+    async fn read_cmd<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> anyhow::Result<T> {
+        self.read(|mut conn| async move { Ok(cmd.query_async(&mut conn).await?) }).await
+    }
+
+    /// A pipeline of reads, as [`RedisStore::read`].
+    async fn read_pipe<T: redis::FromRedisValue>(&self, pipe: &Pipeline) -> anyhow::Result<T> {
+        self.read(|mut conn| async move { Ok(pipe.query_async(&mut conn).await?) }).await
     }
 
     fn key(&self, key: &AggKey, suffix: &str) -> String {
@@ -255,9 +336,9 @@ impl RedisStore {
 
     /// Whether `key` has live state.
     pub async fn has_key(&self, key: &AggKey) -> anyhow::Result<bool> {
-        let mut conn = self.conn.clone();
-        let score: Option<f64> =
-            redis::cmd("ZSCORE").arg(self.names_key(key.is_token())).arg(key.name()).query_async(&mut conn).await?;
+        let mut score = redis::cmd("ZSCORE");
+        score.arg(self.names_key(key.is_token())).arg(key.name());
+        let score: Option<f64> = self.read_cmd(&score).await?;
         Ok(score.is_some())
     }
 
@@ -288,17 +369,9 @@ impl RedisStore {
         };
         // Names are ASCII: every one that starts with `prefix` sorts before this.
         let to = if prefix.is_empty() { "+".to_owned() } else { format!("[{prefix}\u{ff}") };
-        let mut conn = self.conn.clone();
-        Ok(redis::cmd("ZRANGE")
-            .arg(self.names_key(tokens))
-            .arg(from)
-            .arg(to)
-            .arg("BYLEX")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(count)
-            .query_async(&mut conn)
-            .await?)
+        let mut range = redis::cmd("ZRANGE");
+        range.arg(self.names_key(tokens)).arg(from).arg(to).arg("BYLEX").arg("LIMIT").arg(0).arg(count);
+        self.read_cmd(&range).await
     }
 
     /// Takes one token from `client`'s bucket (GCRA: one token per

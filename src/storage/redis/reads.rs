@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
-use super::{period_secs, CandleRecord, PartialRecord, RedisStore, RECENT};
+use super::{period_secs, CandleRecord, PartialRecord, RedisConn, RedisStore, RECENT};
 use crate::domain::aggregate::Interval;
 use crate::domain::partial::{
     memory_retention_secs, AggKey, CandlePartial, Merged, Partial, PricePoint, TotalsPartial,
@@ -20,7 +20,16 @@ impl RedisStore {
     /// The merged live state of one key (all partitions), with candles of
     /// `intervals` back to `since` (unix seconds).
     pub async fn merged(&self, key: &AggKey, intervals: &[Interval], since: i64) -> anyhow::Result<Merged> {
-        let mut conn = self.conn.clone();
+        self.read(|conn| self.merged_on(conn, key, intervals, since)).await
+    }
+
+    async fn merged_on(
+        &self,
+        mut conn: RedisConn,
+        key: &AggKey,
+        intervals: &[Interval],
+        since: i64,
+    ) -> anyhow::Result<Merged> {
         let records: BTreeMap<String, String> =
             redis::cmd("HGETALL").arg(self.key(key, "partials")).query_async(&mut conn).await?;
         let mut partials: BTreeMap<String, Partial> = BTreeMap::new();
@@ -64,7 +73,6 @@ impl RedisStore {
         if partials.is_empty() {
             return Ok(None);
         }
-        let mut conn = self.conn.clone();
         let mut merged = Merged::default();
         for (_, json) in &partials {
             merged.add(&partial_of(json)?, &[], i64::MAX);
@@ -83,7 +91,7 @@ impl RedisStore {
                 }
             }
         }
-        let replies: Vec<Vec<Option<String>>> = pipe.query_async(&mut conn).await?;
+        let replies: Vec<Vec<Option<String>>> = self.read_pipe(&pipe).await?;
         for (((interval, _), buckets), values) in by_hash.iter().zip(replies) {
             let into = merged.candles.entry(*interval).or_default();
             for (&t, values) in buckets.iter().zip(values.chunks(partials.len())) {
@@ -103,14 +111,9 @@ impl RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn.clone();
-        let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
-            .arg(self.key(key, RECENT))
-            .arg(0)
-            .arg(limit as i64 - 1)
-            .arg("REV")
-            .query_async(&mut conn)
-            .await?;
+        let mut range = redis::cmd("ZRANGE");
+        range.arg(self.key(key, RECENT)).arg(0).arg(limit as i64 - 1).arg("REV");
+        let members: Vec<Vec<u8>> = self.read_cmd(&range).await?;
         members
             .iter()
             .map(|member| {

@@ -27,16 +27,11 @@ impl RedisStore {
     /// body rendered now is to be kept, and the key's partials to render it
     /// from (read at once, to save a round trip on a miss).
     pub async fn rendered_stats(&self, key: &AggKey, minute: i64) -> anyhow::Result<Kept> {
-        let mut conn = self.conn.clone();
         type Stamped = (Option<Vec<u8>>, Option<String>);
-        let ((kept, version), partials): (Stamped, Vec<(String, String)>) = redis::pipe()
-            .cmd("MGET")
-            .arg(self.key(key, "stats"))
-            .arg(self.key(key, "version"))
-            .cmd("HGETALL")
-            .arg(self.key(key, "partials"))
-            .query_async(&mut conn)
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET").arg(self.key(key, "stats")).arg(self.key(key, "version"));
+        pipe.cmd("HGETALL").arg(self.key(key, "partials"));
+        let ((kept, version), partials): (Stamped, Vec<(String, String)>) = self.read_pipe(&pipe).await?;
         let version = version.unwrap_or_default();
         let body = kept.and_then(|mut kept| {
             let newline = kept.iter().position(|&b| b == b'\n')?;
