@@ -4,7 +4,6 @@
 
 use actix_web::{web, HttpResponse};
 use chrono::DateTime;
-use futures::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -107,9 +106,7 @@ async fn list(live: &Live, field: &str, tokens: bool, query: &ListQuery) -> Resu
     let cursor = text("cursor", &query.cursor)?;
     let prefix = text("prefix", &query.prefix)?.unwrap_or_default();
     let (keys, next) = live.page(tokens, &prefix, cursor.as_deref(), limit).await?;
-    // Many at a time: from Redis, one round trip each on the shared connection.
-    let stats: Vec<web::Bytes> =
-        futures::stream::iter(keys.iter().map(|key| live.stats(key))).buffered(64).try_collect().await?;
+    let stats = live.page_stats(&keys).await?;
     let mut body = format!("{{\"{field}\":[").into_bytes();
     for (i, stats) in stats.iter().enumerate() {
         if i > 0 {

@@ -3,7 +3,12 @@
 //! from Redis' name index, where a page is one range read whatever the
 //! number of keys.
 
+use actix_web::web::Bytes;
+use chrono::Utc;
+use futures::{StreamExt as _, TryStreamExt as _};
+
 use super::{read_from, Live, ReadError};
+use crate::domain::aggregate::Interval;
 use crate::domain::partial::AggKey;
 
 impl Live {
@@ -29,6 +34,32 @@ impl Live {
         names.truncate(limit);
         let next = names.last().filter(|_| more).cloned();
         Ok((names.iter().filter_map(|n| AggKey::named(tokens, n)).collect(), next))
+    }
+
+    /// The stats bodies of a page's `keys`, in order: those another reader
+    /// kept for this minute in one `MGET` (single mode), the others as
+    /// [`Live::stats`] gives them, many at a time (from Redis, one round trip
+    /// each on the shared connection).
+    pub async fn page_stats(&self, keys: &[AggKey]) -> Result<Vec<Bytes>, ReadError> {
+        let kept = match self.complete_local().await {
+            Some(_) => vec![None; keys.len()],
+            None => {
+                let minute = Interval::M1.bucket_start(Utc::now());
+                self.redis.rendered_bodies(keys, minute).await.map_err(ReadError::redis)?
+            }
+        };
+        let bodies = keys.iter().zip(kept).map(|(key, kept)| async move {
+            match kept {
+                Some(body) => {
+                    read_from("rendered");
+                    let body = Bytes::from(body);
+                    self.cache.put(key, &body);
+                    Ok(body)
+                }
+                None => self.stats(key).await,
+            }
+        });
+        futures::stream::iter(bodies).buffered(64).try_collect().await
     }
 }
 

@@ -872,8 +872,19 @@ async fn a_stats_body_one_reader_rendered_is_served_until_its_key_is_written() {
     let metrics = String::from_utf8(get(port, "/metrics").await.body).unwrap();
     assert!(metric(&metrics, "swapstream_rest_reads_total{source=\"rendered\"}") >= 1.0);
 
+    // A list page serves the kept body too (read with the page's others),
+    // and, once the key is written, a fresh one.
+    let served = metric(&metrics, "swapstream_rest_reads_total{source=\"rendered\"}");
+    // (Twice: a minute may have begun since the body was kept.)
+    for _ in 0..2 {
+        assert_eq!(get(port, "/v1/tokens").await.json()["tokens"][0]["totals"]["swaps"], 1);
+    }
+    let metrics = String::from_utf8(get(port, "/metrics").await.body).unwrap();
+    assert!(metric(&metrics, "swapstream_rest_reads_total{source=\"rendered\"}") > served);
+
     write(2).await;
     let after = get(port, "/v1/tokens/ABC/stats").await.json();
     assert_eq!(after["totals"]["swaps"], 2, "a write makes the kept body stale");
+    assert_eq!(get(port, "/v1/tokens").await.json()["tokens"][0]["totals"]["swaps"], 2);
     assert!(api.terminate(Duration::from_secs(10)).await.success());
 }

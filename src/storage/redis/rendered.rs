@@ -5,7 +5,7 @@
 //! before the state they were rendered from.
 
 use super::reads::Partials;
-use super::RedisStore;
+use super::{RedisConn, RedisStore};
 use crate::domain::partial::AggKey;
 
 /// What [`RedisStore::rendered_stats`] found.
@@ -33,15 +33,31 @@ impl RedisStore {
         pipe.cmd("HGETALL").arg(self.key(key, "partials"));
         let ((kept, version), partials): (Stamped, Vec<(String, String)>) = self.read_pipe(&pipe).await?;
         let version = version.unwrap_or_default();
-        let body = kept.and_then(|mut kept| {
-            let newline = kept.iter().position(|&b| b == b'\n')?;
-            let current = kept[..newline] == *stamp(minute, &version).as_bytes();
-            current.then(|| kept.split_off(newline + 1))
-        });
-        Ok(match body {
+        Ok(match current(kept, minute, &version) {
             Some(body) => Kept::Body(body),
             None => Kept::Stale { version, partials: Partials(partials) },
         })
+    }
+
+    /// The bodies of `keys` kept for `minute` at their current versions,
+    /// in one `MGET` (`None` where there is none); in cluster mode, where
+    /// the keys are in many slots, `None` for every key.
+    pub async fn rendered_bodies(&self, keys: &[AggKey], minute: i64) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() || matches!(self.conn, RedisConn::Cluster(_)) {
+            return Ok(vec![None; keys.len()]);
+        }
+        let mut mget = redis::cmd("MGET");
+        for key in keys {
+            mget.arg(self.key(key, "stats")).arg(self.key(key, "version"));
+        }
+        let values: Vec<Option<Vec<u8>>> = self.read_cmd(&mget).await?;
+        Ok(values
+            .chunks(2)
+            .map(|pair| {
+                let version = pair[1].as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                current(pair[0].clone(), minute, &version)
+            })
+            .collect())
     }
 
     /// Keeps `body` of `key`, rendered in `minute` from state read at `version`.
@@ -59,6 +75,14 @@ impl RedisStore {
             .await?;
         Ok(())
     }
+}
+
+/// The body of `kept` if it is stamped for `minute` and `version`.
+fn current(kept: Option<Vec<u8>>, minute: i64, version: &str) -> Option<Vec<u8>> {
+    let mut kept = kept?;
+    let newline = kept.iter().position(|&b| b == b'\n')?;
+    let valid = kept[..newline] == *stamp(minute, version).as_bytes();
+    valid.then(|| kept.split_off(newline + 1))
 }
 
 /// What a kept body is valid for.
