@@ -281,7 +281,7 @@ pub struct ProducerArgs {
         long = "tokens",
         env = "SWAPSTREAM_PRODUCER_TOKENS",
         default_value = "ETH,BTC,SOL,USDC,USDT,TON",
-        help = "Token universe of the producer, at least two symbols."
+        help = "Token universe of the producer, at least two symbols, comma-separated; `T1..T100000` stands for T1, T2, ... T100000 (at most 1000000)."
     )]
     pub tokens: String,
     #[arg(long = "encoding", env = "SWAPSTREAM_PRODUCER_ENCODING", default_value = "protobuf", value_parser = PossibleValuesParser::new(["protobuf", "json"]), help = "`protobuf` or `json`.")]

@@ -200,7 +200,7 @@ impl Settings {
 
         let producer = ProducerSettings {
             rate: producer.rate,
-            tokens: producer.tokens.split(',').map(|t| t.trim().to_owned()).collect(),
+            tokens: token_universe(&producer.tokens, &mut problems),
             encoding: if producer.json { "json".to_owned() } else { producer.encoding },
             confirm_delay: Duration::from_millis(producer.confirm_delay_ms),
             failed_share: producer.failed_share,
@@ -258,6 +258,30 @@ pub(super) fn effective(matches: &ArgMatches) -> BTreeMap<String, String> {
         effective.insert(name.to_owned(), shown);
     }
     effective
+}
+
+/// The producer's tokens: symbols, and numbered ranges (`T1..T100000`: T1,
+/// T2, ... T100000).
+fn token_universe(text: &str, problems: &mut Vec<String>) -> Vec<String> {
+    let mut tokens = Vec::new();
+    for item in text.split(',').map(str::trim) {
+        let Some((first, last)) = item.split_once("..") else {
+            tokens.push(item.to_owned());
+            continue;
+        };
+        let prefix = first.trim_end_matches(|c: char| c.is_ascii_digit());
+        let from = first[prefix.len()..].parse::<u64>();
+        let to = last.strip_prefix(prefix).unwrap_or(last).parse::<u64>();
+        match (from, to) {
+            (Ok(from), Ok(to)) if from <= to && to - from < 1_000_000 => {
+                tokens.extend((from..=to).map(|n| format!("{prefix}{n}")))
+            }
+            _ => problems.push(format!(
+                "SWAPSTREAM_PRODUCER_TOKENS: expected symbols or a numbered range like T1..T1000 (at most 1000000), got {item:?}"
+            )),
+        }
+    }
+    tokens
 }
 
 pub(super) fn http_settings(http: HttpArgs, cores: usize, problems: &mut Vec<String>) -> HttpSettings {

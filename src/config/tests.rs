@@ -255,3 +255,18 @@ fn the_readme_documents_exactly_the_variables_of_the_definition() {
         assert!(variables.iter().any(|v| v.name == name), "README.md documents {name}, which the definition lacks");
     }
 }
+
+#[test]
+fn the_producer_takes_numbered_token_ranges_and_refuses_broken_ones() {
+    let s = settings(&[("SWAPSTREAM_PRODUCER_TOKENS", "ETH, T1..T3,X10..12")]).unwrap();
+    assert_eq!(s.producer.tokens, ["ETH", "T1", "T2", "T3", "X10", "X11", "X12"]);
+    assert_eq!(settings(&[("SWAPSTREAM_PRODUCER_TOKENS", "T1..T100000")]).unwrap().producer.tokens.len(), 100_000);
+    for bad in ["T5..T1", "T1..", "T..T9", "T1..T2000000"] {
+        assert_eq!(
+            problems(&[("SWAPSTREAM_PRODUCER_TOKENS", bad)]),
+            [format!(
+                "SWAPSTREAM_PRODUCER_TOKENS: expected symbols or a numbered range like T1..T1000 (at most 1000000), got {bad:?}"
+            )]
+        );
+    }
+}
