@@ -151,6 +151,7 @@ impl Settings {
             mode,
             read_urls: Secret(read_urls),
             ws_url: ws_url.into_iter().next().map(Secret),
+            timeout: Duration::from_millis(redis.redis_timeout_ms),
             password: secret(redis.redis_password),
             key_prefix: redis.redis_key_prefix,
         };

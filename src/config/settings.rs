@@ -93,6 +93,8 @@ pub struct RedisSettings {
     pub read_urls: Secret<Vec<String>>,
     /// The Redis for WebSocket client tracking; `None`: the main one.
     pub ws_url: Option<Secret<String>>,
+    /// Longest wait for an answer.
+    pub timeout: Duration,
     pub password: Option<Secret<String>>,
     pub key_prefix: String,
 }

@@ -65,6 +65,8 @@ async fn rest_reads_go_to_the_replica_and_websocket_tracking_to_its_own_redis() 
             ("SWAPSTREAM_REDIS_URL", primary),
             ("SWAPSTREAM_REDIS_READ_URLS", replica),
             ("SWAPSTREAM_REDIS_WS_URL", tracking),
+            // Shorter than the replica's pause below.
+            ("SWAPSTREAM_REDIS_TIMEOUT_MS", "300"),
         ],
     );
     let mut api = Child::spawn(&format!("{}api", names.topic_prefix), &["api"], &vars);

@@ -193,9 +193,11 @@ fn connection_info(
     Ok(info)
 }
 
-/// A reconnecting connection to one Redis server, made within 10 s.
-async fn managed(client: &redis::Client, what: &str) -> anyhow::Result<RedisConn> {
-    let manager = tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager())
+/// A reconnecting connection to one Redis server, made within 10 s, whose
+/// commands fail after `timeout` without an answer.
+async fn managed(client: &redis::Client, timeout: Duration, what: &str) -> anyhow::Result<RedisConn> {
+    let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(timeout));
+    let manager = tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager_with_config(config))
         .await
         .with_context(|| format!("connecting to {what}: timed out"))?
         .with_context(|| format!("connecting to {what}"))?;
@@ -210,9 +212,12 @@ impl RedisStore {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let pubsub_client = redis::Client::open(infos[0].clone()).context("creating the Redis client")?;
         let conn = match settings.mode {
-            RedisMode::Single => managed(&pubsub_client, "Redis").await?,
+            RedisMode::Single => managed(&pubsub_client, settings.timeout, "Redis").await?,
             RedisMode::Cluster => {
-                let client = redis::cluster::ClusterClient::new(infos).context("creating the Redis Cluster client")?;
+                let client = redis::cluster::ClusterClient::builder(infos)
+                    .response_timeout(settings.timeout)
+                    .build()
+                    .context("creating the Redis Cluster client")?;
                 RedisConn::Cluster(client.get_async_connection().await.context("connecting to the Redis Cluster")?)
             }
         };
@@ -220,14 +225,14 @@ impl RedisStore {
         for url in settings.read_urls.expose() {
             let info = connection_info(url, password, "SWAPSTREAM_REDIS_READ_URLS")?;
             let client = redis::Client::open(info).context("creating a Redis read replica client")?;
-            replicas.push(managed(&client, "a Redis read replica").await?);
+            replicas.push(managed(&client, settings.timeout, "a Redis read replica").await?);
         }
         let tracking = match &settings.ws_url {
             None => conn.clone(),
             Some(url) => {
                 let info = connection_info(url.expose(), password, "SWAPSTREAM_REDIS_WS_URL")?;
                 let client = redis::Client::open(info).context("creating the WebSocket tracking Redis client")?;
-                managed(&client, "the WebSocket tracking Redis").await?
+                managed(&client, settings.timeout, "the WebSocket tracking Redis").await?
             }
         };
         Ok(RedisStore {
