@@ -367,7 +367,8 @@ impl Live {
     /// the other instances' frames show.
     pub async fn shared_stats(&self, key: &AggKey) -> Result<serde_json::Value, ReadError> {
         let body = self.stored_stats(key, Utc::now()).await?;
-        Ok(serde_json::from_slice(&body).expect("a stats body is JSON"))
+        // A kept body was read from Redis: input like any other.
+        serde_json::from_slice(&body).map_err(|e| ReadError::redis(anyhow::anyhow!("a kept stats body of {key}: {e}")))
     }
 }
 

@@ -6,12 +6,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::DateTime;
 use serde_json::Value;
 
 use super::{aggregator_unavailable, not_found, read_from, Live, ReadError};
 use crate::domain::partial::AggKey;
-use crate::domain::swap::{EventOrder, TxHash};
+use crate::domain::swap::EventOrder;
+use crate::domain::SwapEvent;
 use crate::storage::encoding::{decode_order, encode_order};
 
 /// Where a page of swaps ended: the event order of its last (oldest) swap;
@@ -58,28 +58,21 @@ impl Live {
                 if older.is_empty() {
                     self.pg.merged(key).await.map_err(ReadError::postgres)?.ok_or_else(|| not_found(key))?;
                 }
-                older.iter().map(|s| serde_json::to_value(s.to_wire()).expect("JSON")).collect()
+                older.iter().map(ordered).collect()
             }
         };
-        let next = match swaps.last() {
-            Some(last) if swaps.len() == limit => {
-                Some(SwapCursor(order_of(last).ok_or_else(|| ReadError::Unavailable {
-                    dependency: "redis",
-                    detail: format!("a stored swap has no event order: {last}"),
-                })?))
-            }
-            _ => None,
-        };
-        Ok(SwapPage { swaps, next })
+        let next = swaps.last().filter(|_| swaps.len() == limit).map(|(order, _)| SwapCursor(*order));
+        Ok(SwapPage { swaps: swaps.into_iter().map(|(_, swap)| swap).collect(), next })
     }
 
-    /// The most recent confirmed swaps of `key`, newest first, wire form.
-    async fn recent(&self, key: &AggKey, limit: usize) -> Result<Vec<Value>, ReadError> {
+    /// The most recent confirmed swaps of `key`, newest first, wire form,
+    /// each with its event order.
+    async fn recent(&self, key: &AggKey, limit: usize) -> Result<Vec<(EventOrder, Value)>, ReadError> {
         if let Some(local) = self.complete_local().await {
             read_from("actors");
             let answer = local.query(key, &[], i64::MAX, limit).ok_or_else(|| not_found(key))?;
             let (_, swaps) = answer.await.map_err(aggregator_unavailable)?;
-            return Ok(swaps.iter().map(|s| serde_json::to_value(s.to_wire()).expect("JSON")).collect());
+            return Ok(swaps.iter().map(|s| ordered(s)).collect());
         }
         if !self.redis.has_key(key).await.map_err(ReadError::redis)? {
             self.pg.merged(key).await.map_err(ReadError::postgres)?.ok_or_else(|| not_found(key))?;
@@ -89,13 +82,9 @@ impl Live {
     }
 }
 
-/// The event order of a swap in wire form (time, block, log index, hash).
-fn order_of(swap: &Value) -> Option<EventOrder> {
-    let time = DateTime::parse_from_rfc3339(swap.get("timestamp")?.as_str()?).ok()?.to_utc();
-    let block = swap.get("block_number").map_or(Some(0), Value::as_u64)?;
-    let log_index = u32::try_from(swap.get("log_index")?.as_u64()?).ok()?;
-    let hash = TxHash::parse(swap.get("tx_hash")?.as_str()?).ok()?;
-    Some((time, block, log_index, hash))
+/// A swap's event order and its wire form.
+fn ordered(swap: &SwapEvent) -> (EventOrder, Value) {
+    (swap.order_key(), serde_json::to_value(swap.to_wire()).expect("JSON"))
 }
 
 #[cfg(test)]
@@ -115,8 +104,8 @@ mod tests {
         }
         .validate()
         .unwrap();
-        let wire = serde_json::to_value(swap.to_wire()).unwrap();
-        let cursor = SwapCursor(order_of(&wire).unwrap());
+        let (order, _) = ordered(&swap);
+        let cursor = SwapCursor(order);
         assert_eq!(cursor.0, swap.order_key());
         let text = cursor.to_string();
         assert_eq!(text.len(), 104);

@@ -11,6 +11,7 @@ use crate::domain::aggregate::Interval;
 use crate::domain::partial::{
     memory_retention_secs, AggKey, CandlePartial, Merged, Partial, PricePoint, TotalsPartial,
 };
+use crate::domain::swap::EventOrder;
 use crate::storage::encoding::{decode_order, ORDER_BYTES};
 
 /// A key's partials hash as read: (partition, record) pairs.
@@ -105,9 +106,9 @@ impl RedisStore {
     }
 
     /// The most recent confirmed swaps of `key`, newest first (wire JSON),
-    /// in the full event order (time, block, log index, hash): the order of
-    /// the sorted set, whose members start with it.
-    pub async fn recent(&self, key: &AggKey, limit: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+    /// each with its place in the event order (time, block, log index,
+    /// hash): the order of the sorted set, whose members start with it.
+    pub async fn recent(&self, key: &AggKey, limit: usize) -> anyhow::Result<Vec<(EventOrder, serde_json::Value)>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -117,8 +118,9 @@ impl RedisStore {
         members
             .iter()
             .map(|member| {
-                let json = member.get(ORDER_BYTES..).context("bad swap in Redis: shorter than its order")?;
-                serde_json::from_slice(json).context("bad swap in Redis")
+                let (order, json) =
+                    member.split_at_checked(ORDER_BYTES).context("bad swap in Redis: shorter than its order")?;
+                Ok((decode_order(order)?, serde_json::from_slice(json).context("bad swap in Redis")?))
             })
             .collect()
     }

@@ -51,11 +51,12 @@ impl RedisStore {
             mget.arg(self.key(key, "stats")).arg(self.key(key, "version"));
         }
         let values: Vec<Option<Vec<u8>>> = self.read_cmd(&mget).await?;
-        Ok(values
-            .chunks(2)
-            .map(|pair| {
-                let version = pair[1].as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-                current(pair[0].clone(), minute, &version)
+        let mut values = values.into_iter();
+        Ok(keys
+            .iter()
+            .map(|_| {
+                let (kept, version) = (values.next().flatten(), values.next().flatten());
+                current(kept, minute, &String::from_utf8_lossy(&version.unwrap_or_default()))
             })
             .collect())
     }
