@@ -27,6 +27,7 @@ use super::{asyncapi, health, tokens, ws};
         tokens::list_pairs,
         tokens::pair_stats,
         tokens::pair_candles,
+        tokens::pair_swaps,
         ws::stats,
         document,
         asyncapi::document,
@@ -158,19 +159,24 @@ pub async fn document(document: actix_web::web::Data<Document>) -> HttpResponse 
 }
 
 /// [`ApiDoc`] with the largest swaps `limit` set to `recent_cap`, the swaps
-/// kept per token: a client that asks for more is refused, so the document
-/// must not promise more.
+/// kept per token and pair: a client that asks for more is refused, so the
+/// document must not promise more.
 fn configured(recent_cap: usize) -> utoipa::openapi::OpenApi {
     let mut document = ApiDoc::openapi();
-    let swaps = document.paths.paths.get_mut("/v1/tokens/{token}/swaps").and_then(|item| item.get.as_mut());
-    let limit = swaps.into_iter().flat_map(|op| op.parameters.iter_mut().flatten()).find(|p| p.name == "limit");
-    if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(schema))) =
-        limit.and_then(|p| p.schema.as_mut())
-    {
-        schema.maximum = Some(utoipa::Number::from(recent_cap as u64));
+    for path in SWAP_PATHS {
+        let swaps = document.paths.paths.get_mut(path).and_then(|item| item.get.as_mut());
+        let limit = swaps.into_iter().flat_map(|op| op.parameters.iter_mut().flatten()).find(|p| p.name == "limit");
+        if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(schema))) =
+            limit.and_then(|p| p.schema.as_mut())
+        {
+            schema.maximum = Some(utoipa::Number::from(recent_cap as u64));
+        }
     }
     document
 }
+
+/// The paths whose `limit` is at most the swaps kept.
+const SWAP_PATHS: [&str; 2] = ["/v1/tokens/{token}/swaps", "/v1/pairs/{pair}/swaps"];
 
 #[cfg(test)]
 mod tests {
@@ -207,8 +213,10 @@ mod tests {
     #[test]
     fn the_swaps_limit_documented_is_the_one_configured() {
         let document = serde_json::to_value(configured(250)).unwrap();
-        let parameters = document["paths"]["/v1/tokens/{token}/swaps"]["get"]["parameters"].as_array().unwrap();
-        let limit = parameters.iter().find(|p| p["name"] == "limit").unwrap();
-        assert_eq!(limit["schema"]["maximum"], 250);
+        for path in SWAP_PATHS {
+            let parameters = document["paths"][path]["get"]["parameters"].as_array().unwrap();
+            let limit = parameters.iter().find(|p| p["name"] == "limit").unwrap();
+            assert_eq!(limit["schema"]["maximum"], 250, "{path}");
+        }
     }
 }

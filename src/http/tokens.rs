@@ -33,7 +33,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(get_only("/v1/tokens/{token}/swaps", token_swaps))
         .service(get_only("/v1/pairs", list_pairs))
         .service(get_only("/v1/pairs/{pair}/stats", pair_stats))
-        .service(get_only("/v1/pairs/{pair}/candles", pair_candles));
+        .service(get_only("/v1/pairs/{pair}/candles", pair_candles))
+        .service(get_only("/v1/pairs/{pair}/swaps", pair_swaps));
 }
 
 fn token_key(text: &str) -> Result<AggKey, ApiError> {
@@ -331,7 +332,7 @@ pub async fn pair_candles(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SwapsQuery {
-    /// Newest this many swaps (1 to the swaps kept per token,
+    /// Newest this many swaps (1 to the swaps kept per token and pair,
     /// `SWAPSTREAM_RECENT_SWAPS`, default 50).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
@@ -365,8 +366,12 @@ pub struct SwapDoc {
 
 #[derive(Serialize, ToSchema)]
 pub struct SwapsBody {
-    #[schema(value_type = String, example = "ETH")]
-    token: TokenSymbol,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "ETH")]
+    token: Option<TokenSymbol>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "ETH-USDC")]
+    pair: Option<PairKey>,
     /// Newest first.
     #[schema(value_type = Vec<SwapDoc>)]
     swaps: Vec<Value>,
@@ -378,6 +383,20 @@ pub struct SwapsBody {
     next_cursor: Option<String>,
 }
 
+async fn swaps(live: &Live, key: AggKey, query: &SwapsQuery) -> Result<HttpResponse, ApiError> {
+    let max = live.recent_cap();
+    let limit = limit_param(query.limit.as_deref(), DEFAULT_SWAPS.min(max), max)?;
+    let before =
+        query.before.as_deref().map(str::parse::<SwapCursor>).transpose().map_err(|e| ApiError::bad("before", e))?;
+    let page = live.swaps(&key, limit, before.as_ref()).await?;
+    let (token, pair) = match key {
+        AggKey::Token(token) => (Some(token), None),
+        AggKey::Pair(pair) => (None, Some(pair)),
+    };
+    let next_cursor = page.next.map(|c| c.to_string());
+    Ok(HttpResponse::Ok().json(SwapsBody { token, pair, swaps: page.swaps, next_cursor }))
+}
+
 #[utoipa::path(get, path = "/v1/tokens/{token}/swaps", tag = "tokens",
     params(("token" = String, Path, description = "Token symbol, case-insensitive", example = "ETH", pattern = "^[A-Za-z0-9._-]{1,16}$"), SwapsQuery),
     responses((status = 200, body = SwapsBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -387,13 +406,20 @@ pub async fn token_swaps(
     path: web::Path<String>,
     query: web::Query<SwapsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let token = TokenSymbol::parse(&path).map_err(|e| ApiError::bad("token", e.to_string()))?;
-    let max = live.recent_cap();
-    let limit = limit_param(query.limit.as_deref(), DEFAULT_SWAPS.min(max), max)?;
-    let before =
-        query.before.as_deref().map(str::parse::<SwapCursor>).transpose().map_err(|e| ApiError::bad("before", e))?;
-    let page = live.swaps(&AggKey::Token(token.clone()), limit, before.as_ref()).await?;
-    Ok(HttpResponse::Ok().json(SwapsBody { token, swaps: page.swaps, next_cursor: page.next.map(|c| c.to_string()) }))
+    swaps(&live, token_key(&path)?, &query).await
+}
+
+#[utoipa::path(get, path = "/v1/pairs/{pair}/swaps", tag = "pairs",
+    params(("pair" = String, Path, description = "Two symbols joined by `-`, either order", example = "ETH-USDC", pattern = "^[A-Za-z0-9._-]{1,16}-[A-Za-z0-9._-]{1,16}$"),
+        SwapsQuery),
+    responses((status = 200, body = SwapsBody), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn pair_swaps(
+    live: web::Data<Live>,
+    path: web::Path<String>,
+    query: web::Query<SwapsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    swaps(&live, pair_key(&path)?, &query).await
 }
 
 #[cfg(test)]

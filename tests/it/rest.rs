@@ -251,11 +251,11 @@ async fn consumer_and_api_give_the_same_json_and_it_matches_the_ground_truth() {
     assert!(consumer.terminate(Duration::from_secs(30)).await.success());
 }
 
-/// Every page of a token's swaps, following `next_cursor` from the first:
-/// the swaps and each page's size.
-async fn swap_pages(port: u16, token: &str, limit: usize) -> (Vec<Value>, Vec<usize>) {
+/// Every page of the swaps of `resource` (`tokens/ETH`, `pairs/ETH-USDC`),
+/// following `next_cursor` from the first: the swaps and each page's size.
+async fn swap_pages(port: u16, resource: &str, limit: usize) -> (Vec<Value>, Vec<usize>) {
     let (mut swaps, mut sizes) = (Vec::new(), Vec::new());
-    let mut path = format!("/v1/tokens/{token}/swaps?limit={limit}");
+    let mut path = format!("/v1/{resource}/swaps?limit={limit}");
     loop {
         let answer = get(port, &path).await;
         assert_eq!(answer.status, 200, "{path}");
@@ -264,7 +264,7 @@ async fn swap_pages(port: u16, token: &str, limit: usize) -> (Vec<Value>, Vec<us
         sizes.push(served.len());
         swaps.extend(served.iter().cloned());
         match page["next_cursor"].as_str() {
-            Some(cursor) => path = format!("/v1/tokens/{token}/swaps?limit={limit}&before={cursor}"),
+            Some(cursor) => path = format!("/v1/{resource}/swaps?limit={limit}&before={cursor}"),
             None => return (swaps, sizes),
         }
         assert!(sizes.len() < 1000, "paging does not end");
@@ -292,48 +292,63 @@ async fn swap_pages_walk_the_kept_history_newest_first_without_skip_or_repeat_in
     let consumer_port = logged_port(&consumer).await;
     let (mut api, api_port) = start_api(&format!("{}api", names.topic_prefix), &api_vars(&names, &kept)).await;
 
-    let confirmed_eth: Vec<String> = truth
-        .events
-        .iter()
-        .filter(|e| e.result == "ok" && e.event["status"] == "confirmed")
-        .filter(|e| e.event["token_from"] == "ETH" || e.event["token_to"] == "ETH")
-        .map(|e| format!("{}:{}", e.event["tx_hash"], e.event["log_index"]))
-        .collect();
-    assert!(confirmed_eth.len() > 30, "more ETH swaps than a few pages: {}", confirmed_eth.len());
+    let confirmed = |counts: &dyn Fn(&Value) -> bool| -> BTreeSet<String> {
+        let events = truth.events.iter().filter(|e| e.result == "ok" && e.event["status"] == "confirmed");
+        events
+            .filter(|e| counts(&e.event))
+            .map(|e| format!("{}:{}", e.event["tx_hash"], e.event["log_index"]))
+            .collect()
+    };
+    let trades = |e: &Value, token: &str| e["token_from"] == token || e["token_to"] == token;
+    let walks = [
+        ("tokens/ETH", confirmed(&|e| trades(e, "ETH"))),
+        ("pairs/ETH-USDC", confirmed(&|e| trades(e, "ETH") && trades(e, "USDC"))),
+    ];
+    for (resource, expected) in &walks {
+        assert!(expected.len() > 20, "{resource}: more swaps than a few pages: {}", expected.len());
+    }
     // Redis is written after the checkpoint: wait for the api to count them all.
     eventually("the api counting every ETH swap", Duration::from_secs(30), || async {
-        get(api_port, "/v1/tokens/ETH/stats").await.json()["totals"]["swaps"] == json!(confirmed_eth.len())
+        get(api_port, "/v1/tokens/ETH/stats").await.json()["totals"]["swaps"] == json!(walks[0].1.len())
     })
     .await;
-    let mut pages = Vec::new();
-    for port in [api_port, consumer_port] {
-        let (swaps, sizes) = swap_pages(port, "ETH", 7).await;
-        let ids: Vec<String> = swaps.iter().map(|s| format!("{}:{}", s["tx_hash"], s["log_index"])).collect();
-        assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), ids.len(), "no swap twice");
-        let (served, expected): (BTreeSet<&String>, BTreeSet<&String>) =
-            (ids.iter().collect(), confirmed_eth.iter().collect());
-        assert_eq!(
-            served,
-            expected,
-            "every confirmed ETH swap from port {port} (api {api_port}); missing {:?}, extra {:?}; swaps {swaps:#?}",
-            expected.difference(&served).collect::<Vec<_>>(),
-            served.difference(&expected).collect::<Vec<_>>()
-        );
-        assert!(sizes[..sizes.len() - 1].iter().all(|&n| n == 7), "only the last page is short: {sizes:?}");
-        let times: Vec<chrono::DateTime<chrono::FixedOffset>> = swaps
-            .iter()
-            .map(|s| chrono::DateTime::parse_from_rfc3339(s["timestamp"].as_str().unwrap()).unwrap())
-            .collect();
-        assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first across pages");
-        pages.push(swaps);
+    for (resource, expected) in &walks {
+        let mut pages = Vec::new();
+        for port in [api_port, consumer_port] {
+            let (swaps, sizes) = swap_pages(port, resource, 7).await;
+            let ids: Vec<String> = swaps.iter().map(|s| format!("{}:{}", s["tx_hash"], s["log_index"])).collect();
+            let served: BTreeSet<String> = ids.iter().cloned().collect();
+            assert_eq!(served.len(), ids.len(), "{resource}: no swap twice");
+            assert_eq!(
+                &served,
+                expected,
+                "{resource}: every confirmed swap from port {port} (api {api_port}); missing {:?}, extra {:?}",
+                expected.difference(&served).collect::<Vec<_>>(),
+                served.difference(expected).collect::<Vec<_>>()
+            );
+            assert!(
+                sizes[..sizes.len() - 1].iter().all(|&n| n == 7),
+                "{resource}: only the last page is short: {sizes:?}"
+            );
+            let times: Vec<chrono::DateTime<chrono::FixedOffset>> = swaps
+                .iter()
+                .map(|s| chrono::DateTime::parse_from_rfc3339(s["timestamp"].as_str().unwrap()).unwrap())
+                .collect();
+            assert!(times.windows(2).all(|w| w[0] >= w[1]), "{resource}: newest first across pages");
+            pages.push(swaps);
+        }
+        assert_eq!(pages[0], pages[1], "{resource}: the api (Redis) and the consumer (actors) start the same walk");
     }
-    assert_eq!(pages[0], pages[1], "the api (Redis) and the consumer (actors) start the same walk");
+    let pair = get(api_port, "/v1/pairs/usdc-eth/swaps?limit=1").await.json();
+    assert_eq!((&pair["pair"], pair.get("token")), (&json!("ETH-USDC"), None), "a pair's page names the pair");
 
     // A cursor is checked; a token never seen is not found on any page.
     let answer = get(api_port, "/v1/tokens/ETH/swaps?before=ABC").await;
     assert_eq!((answer.status, answer.json()["error"]["code"].as_str()), (400, Some("bad_parameter")));
     let anywhere = "f".repeat(104);
     assert_eq!(get(api_port, &format!("/v1/tokens/NOPE/swaps?before={anywhere}")).await.status, 404);
+    assert_eq!(get(api_port, &format!("/v1/pairs/ETH-NOPE/swaps?before={anywhere}")).await.status, 404);
+    assert_eq!(get(api_port, "/v1/pairs/ETH-ETH/swaps").await.status, 404);
     assert!(api.terminate(Duration::from_secs(10)).await.success());
     assert!(consumer.terminate(Duration::from_secs(30)).await.success());
 }
