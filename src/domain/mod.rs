@@ -2,6 +2,7 @@
 //! service works with these.
 
 pub mod aggregate;
+pub mod makers;
 pub mod money;
 pub mod pair;
 pub mod partial;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::aggregate::{Candle, Contribution, Interval, Totals};
+use super::makers::{self, Makers};
 use super::swap::EventOrder;
 use super::{Amount, PairKey, Price, SwapEvent, TokenSymbol};
 
@@ -106,8 +107,9 @@ impl PricePoint {
 }
 
 /// One candle's share from one partition. Keeps the event-order positions of
-/// open and close so partials merge exactly, and the buy count for windows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// open and close so partials merge exactly, and the buy count and makers
+/// for windows.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CandlePartial {
     pub t: i64,
     pub open: PricePoint,
@@ -119,6 +121,8 @@ pub struct CandlePartial {
     pub buy_volume_usd: Amount,
     pub swaps: u64,
     pub buys: u64,
+    /// The distinct makers of its swaps.
+    pub makers: Makers,
 }
 
 impl CandlePartial {
@@ -133,6 +137,7 @@ impl CandlePartial {
             buy_volume_usd: c.buy_volume_usd(),
             swaps: 1,
             buys: u64::from(c.buy),
+            makers: Makers::default(),
         }
     }
 
@@ -146,6 +151,7 @@ impl CandlePartial {
         self.buy_volume_usd += other.buy_volume_usd;
         self.swaps += other.swaps;
         self.buys += other.buys;
+        self.makers.merge(&other.makers);
     }
 
     pub fn to_candle(&self) -> Candle {
@@ -284,16 +290,21 @@ impl Partial {
     pub fn apply(&mut self, key: &AggKey, swap: &Arc<SwapEvent>, recent_cap: usize) -> bool {
         let Some(c) = key.contribution(swap) else { return false };
         let point = PricePoint { price: c.price, at: swap.order_key() };
+        let maker = swap.maker.as_ref().map(makers::hash);
         self.totals.add(point, &c);
         self.dirty.totals = true;
         for interval in Interval::ALL {
             let t = interval.bucket_start(swap.timestamp);
-            self.candles
+            let candle = self
+                .candles
                 .entry(interval)
                 .or_default()
                 .entry(t)
                 .and_modify(|candle| candle.merge(&CandlePartial::new(t, point, &c)))
                 .or_insert_with(|| CandlePartial::new(t, point, &c));
+            if let Some(maker) = maker {
+                candle.makers.insert(maker);
+            }
             self.dirty.candles.insert((interval, t));
         }
         let position = self.recent.partition_point(|r| r.order_key() > point.at);
@@ -325,7 +336,7 @@ impl Partial {
         let candles = dirty
             .candles
             .into_iter()
-            .filter_map(|(interval, t)| Some((interval, *self.candles.get(&interval)?.get(&t)?)))
+            .filter_map(|(interval, t)| Some((interval, self.candles.get(&interval)?.get(&t)?.clone())))
             .collect();
         // Those pushed out again within the same batch need not be stored.
         let new_recent =
@@ -345,7 +356,7 @@ impl Partial {
         PartialDelta {
             totals: self.totals.clone(),
             pending: self.pending,
-            candles: self.candles.iter().flat_map(|(i, c)| c.values().map(move |c| (*i, *c))).collect(),
+            candles: self.candles.iter().flat_map(|(i, c)| c.values().map(move |c| (*i, c.clone()))).collect(),
             new_recent: self.recent.clone(),
             history: Vec::new(),
         }
@@ -400,7 +411,7 @@ impl Merged {
             let Some(candles) = partial.candles.get(interval) else { continue };
             let into = self.candles.entry(*interval).or_default();
             for (t, candle) in candles.range(since..) {
-                into.entry(*t).and_modify(|c| c.merge(candle)).or_insert(*candle);
+                into.entry(*t).and_modify(|c| c.merge(candle)).or_insert_with(|| candle.clone());
             }
         }
     }
@@ -449,14 +460,22 @@ mod tests {
         fn swaps()(raw in proptest::collection::vec(
             // Most within two hours, some over 30 (longer than 1m candles are kept).
             (prop_oneof![4 => 0i64..7_200, 1 => 0i64..108_000], 0usize..3, 1usize..3, 1u64..1000, 1u64..1000,
-                0u64..100_000, any::<bool>()), 1..120)
+                0u64..100_000, any::<bool>(), 0u32..40), 1..120)
         ) -> Vec<SwapEvent> {
-            raw.into_iter().enumerate().map(|(i, (s, from, step, af, at, usd, confirmed))| {
+            raw.into_iter().enumerate().map(|(i, (s, from, step, af, at, usd, confirmed, maker))| {
                 let mut event = swap(i as u32, s, TOKENS[from], TOKENS[(from + step) % 3], af, at, usd);
                 if !confirmed { event.status = Status::Failed; }
+                // Few makers, each making several swaps; 0: none given.
+                event.maker = (maker > 0).then(|| maker_address(maker));
                 event
             }).collect()
         }
+    }
+
+    fn maker_address(n: u32) -> crate::domain::swap::Address {
+        let mut bytes = [0u8; 20];
+        bytes[..4].copy_from_slice(&n.to_be_bytes());
+        crate::domain::swap::Address(bytes)
     }
 
     /// Spreads confirmed swaps over `partitions` partials per key, in the
@@ -520,6 +539,34 @@ mod tests {
                 .collect();
             let plain = windows_at(&events, now);
             let merged = merged_by_partials(&events, &assign, 3);
+            for (key, merged) in &merged {
+                for (label, length) in WINDOWS {
+                    let got = window::of(&merged.candles, At::with_any_future(now), length);
+                    let expected = plain.get(&key.to_string()).and_then(|w| w.get(label)).cloned().unwrap_or_default();
+                    prop_assert_eq!(got, expected, "{} {}", key, label);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Enough makers in one window that the sketch turns to registers:
+        /// still the reference's count, however the swaps were partitioned.
+        #[test]
+        fn windows_count_makers_as_the_reference_across_the_exact_limit(
+            makers in proptest::collection::vec(1u32..2_000, 100..700),
+            seconds in proptest::collection::vec(0i64..7_000, 1..50),
+            assign in proptest::collection::vec(0usize..4, 1..50),
+        ) {
+            let now = DateTime::from_timestamp(1_764_057_600 + 7_000, 0).unwrap();
+            let events: Vec<SwapEvent> = makers.iter().zip(seconds.iter().cycle()).enumerate().map(|(i, (&m, &s))| {
+                let mut event = swap(i as u32, s, TOKENS[i % 3], TOKENS[(i + 1) % 3], 2, 3, 100);
+                event.maker = Some(maker_address(m));
+                event
+            }).collect();
+            let plain = windows_at(&events, now);
+            let merged = merged_by_partials(&events, &assign, 4);
             for (key, merged) in &merged {
                 for (label, length) in WINDOWS {
                     let got = window::of(&merged.candles, At::with_any_future(now), length);
@@ -624,7 +671,7 @@ mod tests {
             let (Some(absorbed), Some(whole)) = (absorbed, whole) else { return Ok(()) };
             prop_assert_eq!(&absorbed.totals, &whole.totals);
             prop_assert_eq!(absorbed.pending, whole.pending);
-            let buckets = |d: &PartialDelta| d.candles.iter().map(|(i, c)| ((*i, c.t), *c)).collect::<BTreeMap<_, _>>();
+            let buckets = |d: &PartialDelta| d.candles.iter().map(|(i, c)| ((*i, c.t), c.clone())).collect::<BTreeMap<_, _>>();
             prop_assert_eq!(buckets(&absorbed), buckets(&whole));
             prop_assert_eq!(absorbed.candles.len(), buckets(&absorbed).len(), "one entry per bucket");
             // Every swap still recent at the end is among those to store.

@@ -46,7 +46,7 @@ impl fmt::Debug for TxHash {
 }
 
 /// The 20-byte address of the account that made a swap.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Address(pub [u8; 20]);
 
 impl Address {

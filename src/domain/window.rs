@@ -18,7 +18,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::aggregate::Interval;
+use super::makers::{self, Makers};
 use super::partial::{memory_retention_secs, AggKey, CandlePartial, PricePoint};
+use super::swap::Address;
 use super::{Amount, Price, Status, SwapEvent};
 
 /// A rolling window's figures.
@@ -34,6 +36,9 @@ pub struct Window {
     pub price_change_pct: Option<Price>,
     pub high: Option<Price>,
     pub low: Option<Price>,
+    /// Distinct makers of its swaps: exact up to 128, estimated beyond
+    /// ([`super::makers`]).
+    pub makers: u64,
 }
 
 /// The rolling windows served, by label and length in seconds.
@@ -124,6 +129,7 @@ pub fn of(candles: &BTreeMap<Interval, BTreeMap<i64, CandlePartial>>, at: At, le
     let mut window = Window::default();
     let mut first: Option<PricePoint> = None;
     let mut last: Option<PricePoint> = None;
+    let mut makers = Makers::default();
     for candle in inside {
         window.volume_usd += candle.volume_usd;
         window.buy_volume_usd += candle.buy_volume_usd;
@@ -133,7 +139,9 @@ pub fn of(candles: &BTreeMap<Interval, BTreeMap<i64, CandlePartial>>, at: At, le
         window.low = Some(window.low.map_or(candle.low, |l| l.min(candle.low)));
         first = Some(first.map_or(candle.open, |f| f.earlier(candle.open)));
         last = Some(last.map_or(candle.close, |l| l.later(candle.close)));
+        makers.merge(&candle.makers);
     }
+    window.makers = makers.count();
     window.sells = window.swaps - window.buys;
     window.sell_volume_usd = window.volume_usd - window.buy_volume_usd;
     window.price_usd = last.map(|p| p.price);
@@ -145,7 +153,8 @@ pub fn of(candles: &BTreeMap<Interval, BTreeMap<i64, CandlePartial>>, at: At, le
 
 /// The rolling windows of every token and pair at `now`, computed the plain
 /// way from the confirmed swaps themselves (the reference the service's
-/// [`of`] is tested against).
+/// [`of`] is tested against). Makers are collected as a set, then counted
+/// as the sketch of that set counts ([`makers::reference_count`]).
 pub fn windows_at<'a>(
     confirmed: impl IntoIterator<Item = &'a SwapEvent>,
     now: DateTime<Utc>,
@@ -167,10 +176,12 @@ pub fn windows_at<'a>(
                 }
             }
         }
+        let mut makers: BTreeMap<String, BTreeSet<Address>> = BTreeMap::new();
         for swap in swaps.iter().filter(|s| Interval::M1.bucket_start(s.timestamp) >= start) {
             for key in AggKey::of_swap(swap) {
                 let Some(c) = key.contribution(swap) else { continue };
                 let name = key.to_string();
+                makers.entry(name.clone()).or_default().extend(swap.maker);
                 let first_price = *first.entry(name.clone()).or_insert(c.price);
                 let window = result.entry(name).or_default().entry(label).or_default();
                 window.volume_usd += c.volume_usd;
@@ -187,6 +198,9 @@ pub fn windows_at<'a>(
                 window.price_usd = Some(c.price);
                 window.price_change_pct = c.price.change_pct(first_price);
             }
+        }
+        for (name, seen) in makers {
+            result.entry(name).or_default().entry(label).or_default().makers = makers::reference_count(&seen);
         }
     }
     result

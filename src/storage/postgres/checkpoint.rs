@@ -84,6 +84,7 @@ struct CandleColumns<'a> {
     buy_volume: Vec<String>,
     swaps: Vec<i64>,
     buys: Vec<i64>,
+    makers: Vec<Vec<u8>>,
 }
 
 impl<'a> CandleColumns<'a> {
@@ -103,6 +104,7 @@ impl<'a> CandleColumns<'a> {
         self.buy_volume.push(c.buy_volume_usd.to_string());
         self.swaps.push(c.swaps as i64);
         self.buys.push(c.buys as i64);
+        self.makers.push(c.makers.to_bytes());
     }
 }
 
@@ -291,24 +293,24 @@ impl PgStore {
         }
         let candles_sql = self.sql(
                 "INSERT INTO {schema}.candles AS x (agg_key, interval, t, topic, partition, open, open_at, close, close_at,
-                                                 high, low, volume_usd, swaps, buys, buy_volume_usd)
+                                                 high, low, volume_usd, swaps, buys, buy_volume_usd, makers)
                  SELECT k, i, t, tp, p, o::numeric, oa, c::numeric, ca, h::numeric, l::numeric, v::numeric, s, b,
-                        bv::numeric
+                        bv::numeric, m
                  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::text[], $7::bytea[],
                              $8::text[], $9::bytea[], $10::text[], $11::text[], $12::text[], $13::bigint[], $14::bigint[],
-                             $15::text[])
-                      AS u(k, i, t, tp, p, o, oa, c, ca, h, l, v, s, b, bv)
+                             $15::text[], $16::bytea[])
+                      AS u(k, i, t, tp, p, o, oa, c, ca, h, l, v, s, b, bv, m)
                  ON CONFLICT (agg_key, interval, t, topic, partition) DO UPDATE SET
                     open = EXCLUDED.open, open_at = EXCLUDED.open_at, close = EXCLUDED.close,
                     close_at = EXCLUDED.close_at, high = EXCLUDED.high, low = EXCLUDED.low,
                     volume_usd = EXCLUDED.volume_usd, swaps = EXCLUDED.swaps, buys = EXCLUDED.buys,
-                    buy_volume_usd = EXCLUDED.buy_volume_usd",
+                    buy_volume_usd = EXCLUDED.buy_volume_usd, makers = EXCLUDED.makers",
         );
         let store_candles = async {
             if c.keys.is_empty() {
                 return Ok(0);
             }
-            let params: [&(dyn ToSql + Sync); 15] = [
+            let params: [&(dyn ToSql + Sync); 16] = [
                 &c.keys,
                 &c.intervals,
                 &c.t,
@@ -324,6 +326,7 @@ impl PgStore {
                 &c.swaps,
                 &c.buys,
                 &c.buy_volume,
+                &c.makers,
             ];
             pipelined(tx, &candles_sql, &params, "storing candles").await
         };

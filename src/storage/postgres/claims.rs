@@ -174,7 +174,7 @@ impl PgStore {
             .query(
                 &self.sql(
                     "SELECT agg_key, topic, partition, interval, t, open::text, open_at, close::text, close_at,
-                            high::text, low::text, volume_usd::text, swaps, buys, buy_volume_usd::text
+                            high::text, low::text, volume_usd::text, swaps, buys, buy_volume_usd::text, makers
                      FROM {schema}.candles c
                      JOIN unnest($4::text[], $5::bigint[]) AS r(i, cutoff) ON c.interval = r.i AND c.t >= r.cutoff
                      WHERE NOT $3 OR (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))",

@@ -23,7 +23,7 @@ pub const CANDLES: &str = "WITH newest AS (
          WHERE agg_key = $1 AND interval = $2 AND t BETWEEN $3 AND $4
          ORDER BY t DESC LIMIT $5)
      SELECT t, open::text, open_at, close::text, close_at, high::text, low::text, volume_usd::text,
-            swaps, buys, buy_volume_usd::text
+            swaps, buys, buy_volume_usd::text, makers
      FROM {schema}.candles
      WHERE agg_key = $1 AND interval = $2 AND t BETWEEN (SELECT min(t) FROM newest) AND $4";
 

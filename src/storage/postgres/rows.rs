@@ -3,12 +3,13 @@
 use anyhow::Context as _;
 use chrono::DateTime;
 
+use crate::domain::makers::Makers;
 use crate::domain::partial::{CandlePartial, PricePoint, TotalsPartial};
 use crate::domain::{Amount, Price};
 use crate::storage::encoding::decode_order;
 
 /// A candle from the columns `t, open, open_at, close, close_at, high, low,
-/// volume_usd, swaps, buys, buy_volume_usd` starting at `first`.
+/// volume_usd, swaps, buys, buy_volume_usd, makers` starting at `first`.
 pub(super) fn candle_from_row(row: &tokio_postgres::Row, first: usize) -> anyhow::Result<CandlePartial> {
     Ok(CandlePartial {
         t: row.get(first),
@@ -20,6 +21,7 @@ pub(super) fn candle_from_row(row: &tokio_postgres::Row, first: usize) -> anyhow
         buy_volume_usd: parse_amount(row.get(first + 10))?,
         swaps: row.get::<_, i64>(first + 8) as u64,
         buys: row.get::<_, i64>(first + 9) as u64,
+        makers: Makers::from_bytes(row.get(first + 11))?,
     })
 }
 

@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "candles", include_str!("migrations/0002_candles.sql")),
     (3, "dedup_expiry", include_str!("migrations/0003_dedup_expiry.sql")),
     (4, "buy_volume", include_str!("migrations/0004_buy_volume.sql")),
+    (5, "makers", include_str!("migrations/0005_makers.sql")),
 ];
 
 impl PgStore {

@@ -172,6 +172,7 @@ impl RedisStore {
                     buy_volume_usd: c.buy_volume_usd,
                     swaps: c.swaps,
                     buys: c.buys,
+                    makers: hex::encode(c.makers.to_bytes()),
                 };
                 let expire_at = period_start + period + memory_retention_secs(*interval);
                 candles.push((hash, format!("{}/{}", c.t, tp), serde_json::to_string(&record)?, expire_at));

@@ -125,6 +125,10 @@ struct CandleRecord {
     buy_volume_usd: Amount,
     swaps: u64,
     buys: u64,
+    /// The makers sketch's stored form in hex; absent when no maker was
+    /// seen (and in records written before makers were counted).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    makers: String,
 }
 
 /// Writes (pipelines, scripts) one call has in flight on the shared

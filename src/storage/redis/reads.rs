@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::{period_secs, CandleRecord, PartialRecord, RedisConn, RedisStore, RECENT};
 use crate::domain::aggregate::Interval;
+use crate::domain::makers::Makers;
 use crate::domain::partial::{
     memory_retention_secs, AggKey, CandlePartial, Merged, Partial, PricePoint, TotalsPartial,
 };
@@ -157,5 +158,6 @@ fn candle_of(t: i64, json: &str) -> anyhow::Result<CandlePartial> {
         buy_volume_usd: r.buy_volume_usd,
         swaps: r.swaps,
         buys: r.buys,
+        makers: Makers::from_bytes(&hex::decode(r.makers)?)?,
     })
 }
