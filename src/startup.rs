@@ -100,7 +100,8 @@ pub async fn run_api(settings: &Settings, log: &Logger) -> anyhow::Result<()> {
     let redis =
         RedisStore::connect(&settings.redis, settings.consumer.recent_swaps).await?.with_history(settings.ws.history);
     let readiness = Readiness { probes: dependency_probes(&pg, &redis, None) };
-    let live = Live::stores(redis, pg, settings.http.cache, settings.consumer.max_future);
+    let live = Live::stores(redis, pg, settings.http.cache, settings.consumer.max_future)
+        .with_rank_max_age(settings.http.rank_max_age);
     let (registry, _registry_arbiter, ws) = start_registry(settings, &live, log);
     let servers = Servers::start(&settings.http, HttpParts { readiness, live, ws }, log)?;
     info!(log, "api started"; "http_port" => servers.port);
@@ -338,6 +339,7 @@ impl Consumer {
 
         let readiness = Readiness { probes: dependency_probes(&pg, &redis, Some(consumer)) };
         let live = Live::stores(redis.clone(), pg.clone(), settings.http.cache, settings.consumer.max_future)
+            .with_rank_max_age(settings.http.rank_max_age)
             .with_local(Arc::new(aggregators.clone()));
         let (registry, registry_arbiter, ws) = start_registry(settings, &live, log);
         let parts = HttpParts { readiness, live, ws };

@@ -347,6 +347,7 @@ pub(super) fn http_settings(http: HttpArgs, cores: usize, problems: &mut Vec<Str
         compression: http.http_compression,
         access_log: http.http_access_log,
         cache: Duration::from_millis(http.http_cache_ms),
+        rank_max_age: Duration::from_millis(http.rank_max_age_ms),
         api_keys: Secret(keys),
         cors,
         rate_limit,

@@ -124,6 +124,8 @@ pub struct HttpSettings {
     pub compression: bool,
     pub access_log: bool,
     pub cache: Duration,
+    /// How old a sorted list's ranking may be.
+    pub rank_max_age: Duration,
     /// Empty: no authentication.
     pub api_keys: Secret<Vec<String>>,
     pub cors: CorsOrigins,

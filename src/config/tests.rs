@@ -231,7 +231,7 @@ fn read_replicas_and_a_websocket_redis_are_optional_urls_and_replicas_need_singl
 fn every_variable_has_a_flag_and_help_and_is_described_with_its_default() {
     let s = settings(&[]).unwrap();
     let variables = variables();
-    assert_eq!(variables.len(), 80, "every SWAPSTREAM_* variable is an argument");
+    assert_eq!(variables.len(), 81, "every SWAPSTREAM_* variable is an argument");
     for variable in &variables {
         assert!(variable.name.starts_with("SWAPSTREAM_"), "{variable:?}");
         assert!(!variable.help.is_empty() && !variable.flag.is_empty(), "{variable:?}");

@@ -14,6 +14,7 @@ use crate::domain::aggregate::{Candle, Interval};
 use crate::domain::pair::PairError;
 use crate::domain::partial::AggKey;
 use crate::domain::{Amount, PairKey, TokenSymbol};
+use crate::read::rank::Sort;
 use crate::read::schema::{AmountDoc, CandleDoc};
 use crate::read::stats::StatsBody;
 use crate::read::swaps::SwapCursor;
@@ -75,16 +76,29 @@ pub async fn pair_stats(live: web::Data<Live>, path: web::Path<String>) -> Resul
 const MAX_LISTED: usize = 1000;
 const DEFAULT_LISTED: usize = 100;
 
-/// Query of `/v1/tokens` and `/v1/pairs`: pages in name order.
+/// Query of `/v1/tokens` and `/v1/pairs`: pages in name order, or sorted by
+/// a window's figure.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// At most this many (1 to 1000, default 100).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
-    /// The `next_cursor` of the page before: the names after it.
-    #[param(pattern = "^[A-Za-z0-9._-]{1,33}$")]
+    /// The `next_cursor` of the page before: the keys after it. In name
+    /// order any name; sorted, a name stands for its place in the ranking
+    /// (past the end when not ranked).
+    #[param(pattern = "^[A-Za-z0-9._-]{1,50}$")]
     cursor: Option<String>,
+    /// Sort by a window's figure instead of the name: volume (USD), swaps,
+    /// price change or distinct makers, of the 5m, 1h, 6h or 24h window.
+    /// Keys without the figure (no price change) come last; ties by name.
+    /// The ranking is at most `SWAPSTREAM_RANK_MAX_AGE_MS` old.
+    #[param(pattern = "^(volume|swaps|price_change|makers)_(5m|1h|6h|24h)$", example = "volume_24h")]
+    sort: Option<String>,
+    /// With `sort`: `desc` (most first, the default) or `asc`; name order
+    /// is ascending only.
+    #[param(pattern = "^(asc|desc)$")]
+    order: Option<String>,
     /// Only names starting with this, case-insensitive (for a pair, its
     /// name as listed: the two symbols in alphabetical order).
     #[param(pattern = "^[A-Za-z0-9._-]{1,33}$")]
@@ -95,18 +109,31 @@ pub struct ListQuery {
 /// rendered stats.
 async fn list(live: &Live, field: &str, tokens: bool, query: &ListQuery) -> Result<HttpResponse, ApiError> {
     let limit = limit_param(query.limit.as_deref(), DEFAULT_LISTED, MAX_LISTED)?;
-    let text = |param: &'static str, value: &Option<String>| -> Result<Option<String>, ApiError> {
+    let text = |param: &'static str, value: &Option<String>, most: usize| -> Result<Option<String>, ApiError> {
         let Some(value) = value else { return Ok(None) };
-        let valid = (1..=33).contains(&value.len())
+        let valid = (1..=most).contains(&value.len())
             && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if !valid {
-            return Err(ApiError::bad(param, format!("expected 1 to 33 of A-Z 0-9 . _ -, got {value:?}")));
+            return Err(ApiError::bad(param, format!("expected 1 to {most} of A-Z 0-9 . _ -, got {value:?}")));
         }
-        Ok(Some(value.to_ascii_uppercase()))
+        Ok(Some(value.clone()))
     };
-    let cursor = text("cursor", &query.cursor)?;
-    let prefix = text("prefix", &query.prefix)?.unwrap_or_default();
-    let (keys, next) = live.page(tokens, &prefix, cursor.as_deref(), limit).await?;
+    let cursor = text("cursor", &query.cursor, 50)?;
+    let prefix = text("prefix", &query.prefix, 33)?.unwrap_or_default().to_ascii_uppercase();
+    let descending = match query.order.as_deref() {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(other) => return Err(ApiError::bad("order", format!("expected asc or desc, got {other:?}"))),
+    };
+    let sort = query.sort.as_deref().map(|sort| Sort::parse(sort, descending)).transpose();
+    let sort = sort.map_err(|e| ApiError::bad("sort", e))?;
+    let (keys, next) = match sort {
+        Some(sort) => live.sorted_page(tokens, sort, &prefix, cursor.as_deref(), limit).await?,
+        None => {
+            let cursor = cursor.map(|c| c.to_ascii_uppercase());
+            live.page(tokens, &prefix, cursor.as_deref(), limit).await?
+        }
+    };
     let stats = live.page_stats(&keys).await?;
     let mut body = format!("{{\"{field}\":[").into_bytes();
     for (i, stats) in stats.iter().enumerate() {
@@ -124,7 +151,7 @@ async fn list(live: &Live, field: &str, tokens: bool, query: &ListQuery) -> Resu
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct TokensBody {
-    /// In name order.
+    /// In name order, or as `sort` asks.
     tokens: Vec<StatsBody>,
     /// Pass as `cursor` for the next page; null on the last.
     next_cursor: Option<String>,
@@ -133,7 +160,7 @@ pub struct TokensBody {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct PairsBody {
-    /// In name order.
+    /// In name order, or as `sort` asks.
     pairs: Vec<StatsBody>,
     /// Pass as `cursor` for the next page; null on the last.
     next_cursor: Option<String>,

@@ -48,15 +48,17 @@ impl Live {
                 self.redis.rendered_bodies(keys, minute).await.map_err(ReadError::redis)?
             }
         };
-        let bodies = keys.iter().zip(kept).map(|(key, kept)| async move {
+        // Owned keys: a future borrowing each from the closure's argument
+        // would not be `Send`, and a ranking's build is spawned.
+        let bodies = keys.iter().cloned().zip(kept).map(|(key, kept)| async move {
             match kept {
                 Some(body) => {
                     read_from("rendered");
                     let body = Bytes::from(body);
-                    self.cache.put(key, &body);
+                    self.cache.put(&key, &body);
                     Ok(body)
                 }
-                None => self.stats(key).await,
+                None => self.stats(&key).await,
             }
         });
         futures::stream::iter(bodies).buffered(64).try_collect().await

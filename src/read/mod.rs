@@ -24,6 +24,7 @@ use crate::storage::redis::{Kept, RedisStore};
 use crate::stream::Tp;
 
 pub mod list;
+pub mod rank;
 pub mod schema;
 pub mod stats;
 pub mod swaps;
@@ -88,6 +89,9 @@ pub struct Live {
     /// instead of starting another (when a minute begins, every kept body
     /// is stale at once).
     rendering: Arc<Mutex<HashMap<(AggKey, i64), Rendering>>>,
+    /// Sorted lists' rankings, and how long one is used ([`rank`]).
+    rankings: Arc<rank::Rankings>,
+    rank_max_age: Duration,
 }
 
 type Rendering = futures::future::Shared<BoxFuture<'static, Result<Bytes, ReadError>>>;
@@ -136,7 +140,13 @@ impl Live {
     pub fn stores(redis: RedisStore, pg: PgStore, cache_ttl: Duration, max_future: Duration) -> Live {
         let cache = Arc::new(StatsCache { ttl: cache_ttl, entries: Mutex::default() });
         let future_secs = max_future.as_secs() as i64;
-        Live { redis, pg, local: None, cache, future_secs, rendering: Arc::default() }
+        let (rankings, rank_max_age) = (Arc::default(), rank::DEFAULT_RANK_MAX_AGE);
+        Live { redis, pg, local: None, cache, future_secs, rendering: Arc::default(), rankings, rank_max_age }
+    }
+
+    /// Sorted lists ranked again when their ranking is older than `age`.
+    pub fn with_rank_max_age(self, age: Duration) -> Live {
+        Live { rank_max_age: age, ..self }
     }
 
     /// The windows' reading at `now`.

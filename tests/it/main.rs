@@ -14,6 +14,7 @@ mod presence;
 mod producer;
 mod redis_roles;
 mod rest;
+mod rest_sorted;
 mod services_script;
 mod static_membership;
 mod structure;

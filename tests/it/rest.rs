@@ -19,13 +19,13 @@ const TOKENS: &str = "ETH,BTC,USDC";
 const KEY_A: &str = "key-aaaaaaaaaaaaaaaa";
 const KEY_B: &str = "key-bbbbbbbbbbbbbbbb";
 
-async fn start_api(name: &str, vars: &[(&'static str, String)]) -> (Child, u16) {
+pub(crate) async fn start_api(name: &str, vars: &[(&'static str, String)]) -> (Child, u16) {
     let api = Child::spawn(name, &["api"], vars);
     let port = logged_port(&api).await;
     (api, port)
 }
 
-async fn get(port: u16, path: &str) -> Answer {
+pub(crate) async fn get(port: u16, path: &str) -> Answer {
     http::request(port, "GET", path, &[]).await
 }
 
