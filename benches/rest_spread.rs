@@ -2,15 +2,17 @@
 //! `GET /v1/tokens/{t}/stats` and `/v1/pairs/{p}/stats` spread over N tokens
 //! and N pairs (uniformly, and Zipf-like: the key of rank r asked for in
 //! proportion to 1/r), with the stats cache off and on, and a list page of
-//! 100 tokens from a random cursor; next to `redis-benchmark` GET over N
-//! keys and MGET of 100 keys at the same 64 connections, in one run.
+//! 100 tokens from a random cursor, in name order and sorted by a window's
+//! figure (with the time the first ranking took); next to `redis-benchmark`
+//! GET over N keys and MGET of 100 keys at the same 64 connections, in one
+//! run.
 //!
 //! The live state is written to Redis by the service's own write path
 //! (`RedisStore::write`) from synthetic swaps, as a consumer would: token
 //! `T<rank>` traded against one of five quote tokens, its swaps spread over
 //! the last 24 hours, `max(2, 1440 / rank^0.6)` of them (so the first
 //! tokens fill every minute and most have a few). Each token is also a pair
-//! with its quote. Reports Redis' memory per token and pair, and the
+//! with its quote; each token's swaps are made by 40 makers. Reports Redis' memory per token and pair, and the
 //! server's RSS after the run.
 //!
 //! Needs Redis (`scripts/services up`), and PostgreSQL for the server's
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use swapstream::config::Settings;
 use swapstream::domain::partial::{AggKey, Partial};
-use swapstream::domain::swap::{Status, SwapEvent, SwapId, TxHash};
+use swapstream::domain::swap::{Address, Status, SwapEvent, SwapId, TxHash};
 use swapstream::domain::{Amount, PairKey, TokenSymbol};
 use swapstream::storage::redis::RedisStore;
 use swapstream::stream::{PartialChange, Tp};
@@ -88,7 +90,7 @@ fn swaps_of(rank: usize, now: DateTime<Utc>) -> Vec<Arc<SwapEvent>> {
                 block_number: Some(1_000_000 + i as u64),
                 timestamp: at,
                 status: Status::Confirmed,
-                maker: None,
+                maker: Some(maker_of(rank, i)),
                 token_from: from,
                 token_to: to,
                 amount_from: amount,
@@ -97,6 +99,14 @@ fn swaps_of(rank: usize, now: DateTime<Utc>) -> Vec<Arc<SwapEvent>> {
             })
         })
         .collect()
+}
+
+/// The maker of a token's `i`th swap: one of 40 per token.
+fn maker_of(rank: usize, i: i64) -> Address {
+    let mut bytes = [0u8; 20];
+    bytes[..8].copy_from_slice(&(rank as u64).to_be_bytes());
+    bytes[8..16].copy_from_slice(&(i % 40).to_be_bytes());
+    Address(bytes)
 }
 
 /// Writes the live state of `tokens` tokens, their pairs and the quote
@@ -204,6 +214,15 @@ fn list_paths(tokens: usize) -> Paths {
     Arc::new(move |random| format!("/v1/tokens?limit=100&cursor=T{:06}", random % tokens as u64))
 }
 
+/// A page of 100 tokens of a random ranking after a random token's place.
+fn sorted_paths(tokens: usize) -> Paths {
+    const SORTS: [&str; 4] = ["volume_24h", "swaps_1h", "price_change_6h", "makers_5m"];
+    Arc::new(move |random| {
+        let sort = SORTS[(random >> 32) as usize % SORTS.len()];
+        format!("/v1/tokens?sort={sort}&limit=100&cursor=T{:06}", random % tokens as u64)
+    })
+}
+
 async fn wait_ready(port: u16, path: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -263,6 +282,21 @@ async fn run(tokens: usize, length: Duration, pin: bool) {
     let fixed = load::open_loop(uncached.port, CONNECTIONS, LIST_RATE, length, list).await;
     load::print_row(&format!("list of 100 tokens, cache off (fixed: {LIST_RATE}/s)"), &max, &fixed, LIST_RATE);
 
+    // Sorted: the first request starts the ranking's build; then pages
+    // after random cursors while it is built again every 5 s.
+    let started = Instant::now();
+    let first = "/v1/tokens?sort=volume_24h&limit=100";
+    let mut connection = Connection::open(cached.port).await;
+    while connection.get(first).await != 200 {
+        assert!(started.elapsed() < Duration::from_secs(600), "no ranking in 10 minutes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let built = started.elapsed();
+    let sorted = sorted_paths(tokens);
+    let max = load::closed_loop(cached.port, CONNECTIONS, length, sorted.clone()).await;
+    let fixed = load::open_loop(cached.port, CONNECTIONS, LIST_RATE, length, sorted).await;
+    load::print_row(&format!("sorted list of 100 tokens, cache on (fixed: {LIST_RATE}/s)"), &max, &fixed, LIST_RATE);
+
     let keyspace = tokens.to_string();
     let requests = 120_000 * length.as_secs();
     let (get, get_p50, get_p99) = load::redis_benchmark(requests, &["-r", &keyspace, "-t", "get"]).await;
@@ -274,6 +308,7 @@ async fn run(tokens: usize, length: Duration, pin: bool) {
         "| redis-benchmark MGET of 100, {tokens} keys | {mget:.0} | {mget_p50:.3} | {mget_p99:.3} | - | - | - | - |"
     );
 
+    println!("First ranking of {tokens} tokens (`?sort=volume_24h`, cache on): {:.2} s", built.as_secs_f64());
     let kib = |bytes: u64| bytes as f64 / 1024.0 / tokens as f64;
     println!(
         "Redis memory: {:.2} KiB per token, {:.2} KiB per pair (used_memory after each write); `api` RSS after the run: {} MiB (cache off), {} MiB (cache on)",
