@@ -206,7 +206,7 @@ pub struct HttpArgs {
     pub http_access_log: bool,
     #[arg(long = "http-cache-ms", env = "SWAPSTREAM_HTTP_CACHE_MS", default_value = "250", value_parser = int(0, 60_000), help = "How long a computed stats answer is reused for the same token or pair, and for as long again while one request computes its successor (0 to 60000; 0 computes every request).")]
     pub http_cache_ms: u64,
-    #[arg(long = "rank-max-age-ms", env = "SWAPSTREAM_RANK_MAX_AGE_MS", default_value = "5000", value_parser = int(100, 3_600_000), help = "How old the ranking of a sorted list (`/v1/tokens?sort=`) may be before it is built again from every token's (pair's) stats, by the first request to find it so; the others meanwhile use the old one (100 to 3600000).")]
+    #[arg(long = "rank-max-age-ms", env = "SWAPSTREAM_RANK_MAX_AGE_MS", default_value = "5000", value_parser = int(100, 3_600_000), help = "How old the ranking of a sorted list (`/v1/tokens?sort=`) may be before it is built again in the background from every token's (pair's) stats, or five times as long as its build took if that is longer; requests meanwhile use the old one (100 to 3600000).")]
     pub rank_max_age_ms: u64,
     #[arg(
         long = "api-keys",

@@ -1,7 +1,9 @@
 //! Lists sorted by a window's figure: "top by 24h volume", "biggest 1h
 //! movers". Each instance ranks every token (pair) from their stats, and
-//! ranks again when its ranking is older than `SWAPSTREAM_RANK_MAX_AGE_MS`:
-//! the order is that old at most, the stats on each page are current.
+//! ranks again when its ranking is older than `SWAPSTREAM_RANK_MAX_AGE_MS`,
+//! or than [`BUILD_SHARE`] times its build took if that is longer (so
+//! building takes at most a fifth of the time however many keys there
+//! are): the order is that old at most, the stats on each page are current.
 //!
 //! A page after a cursor starts after the cursor's (figure, name) in the
 //! ranking, so pages of one ranking neither skip nor repeat; across a new
@@ -117,6 +119,8 @@ impl RankCursor {
 /// Every key of one kind with its figures, and the orders asked for so far.
 pub(super) struct Ranking {
     built: Instant,
+    /// How long building it took.
+    took: Duration,
     entries: Vec<Entry>,
     orders: Mutex<HashMap<Sort, Arc<Vec<u32>>>>,
 }
@@ -234,7 +238,8 @@ impl Live {
         let (current, building) = {
             let mut kinds = self.rankings.kinds.lock().expect("rankings lock");
             let state = &mut kinds[kind];
-            if let Some(fresh) = state.current.as_ref().filter(|r| r.built.elapsed() < self.rank_max_age) {
+            let max_age = |r: &Ranking| self.rank_max_age.max(r.took * BUILD_SHARE);
+            if let Some(fresh) = state.current.as_ref().filter(|r| r.built.elapsed() < max_age(r)) {
                 return Ok(fresh.clone());
             }
             let building = state.building.get_or_insert_with(|| self.build_ranking(tokens)).clone();
@@ -287,9 +292,13 @@ impl Live {
                 None => break,
             }
         }
-        Ok(Arc::new(Ranking { built, entries, orders: Mutex::default() }))
+        Ok(Arc::new(Ranking { built, took: built.elapsed(), entries, orders: Mutex::default() }))
     }
 }
+
+/// A ranking is used for at least this many times as long as it took to
+/// build.
+const BUILD_SHARE: u32 = 5;
 
 /// Keys read per step of a ranking's build.
 const RANK_CHUNK: usize = 1000;
@@ -328,7 +337,7 @@ mod tests {
                 figures: [*figure; FIGURES.len() * WINDOWS.len()],
             })
             .collect();
-        Ranking { built: Instant::now(), entries, orders: Mutex::default() }
+        Ranking { built: Instant::now(), took: Duration::ZERO, entries, orders: Mutex::default() }
     }
 
     fn walk(ranking: &Ranking, sort: Sort, prefix: &str, limit: usize) -> Vec<String> {
