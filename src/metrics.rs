@@ -86,6 +86,7 @@ pub struct Metrics {
     pub offset_regressions: IntCounter,
     pub redis_errors: IntCounter,
     pub redis_rebuilds: IntCounter,
+    pub redis_rewritten_keys: IntCounter,
     pub redis_replica_fallbacks: IntCounter,
     pub http_requests: IntCounterVec,
     pub http_seconds: HistogramVec,
@@ -191,6 +192,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         redis_rebuilds: c.add(register_int_counter_with_registry!(
             "redis_rebuilds_total",
             "Rebuilds of the live state in Redis from this instance's partitions",
+            r
+        )),
+        redis_rewritten_keys: c.add(register_int_counter_with_registry!(
+            "redis_rewritten_keys_total",
+            "Tokens and pairs written to Redis again in full because a live write of theirs failed",
             r
         )),
         redis_replica_fallbacks: c.add(register_int_counter_with_registry!(

@@ -11,7 +11,8 @@ use swapstream::domain::partial::Merged;
 use swapstream::domain::window::{self, WINDOWS};
 
 use crate::helpers::{
-    self, delivered, eventually, from_postgres, from_redis, require_broker, wait_checkpointed, Child, Names,
+    self, delivered, eventually, from_postgres, from_redis, logged_port, require_broker, wait_checkpointed, Child,
+    Names,
 };
 use crate::support::http;
 
@@ -236,6 +237,65 @@ async fn flushed_redis_is_rebuilt_from_postgres() {
     assert_eq!(from_redis(&names, &[]).await, json!({"tokens": {}, "pairs": {}}), "flushed");
 
     eventually("Redis is rebuilt with the same values", Duration::from_secs(20), matches).await;
+    consumer.kill9().await;
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_whose_live_write_failed_is_written_again_alone_without_a_rebuild() {
+    let brokers = require_broker();
+    let names = Names::new("it-redis-rewrite");
+    let first = helpers::produce(&brokers, &names, 200, &stream_vars("max")).await;
+    let mut consumer = Child::spawn(&names.schema, &["consumer"], &consumer_vars(&names, &brokers));
+    wait_checkpointed(&names, delivered(&first), Duration::from_secs(90)).await;
+    let port = logged_port(&consumer).await;
+    let redis_is_postgres = || {
+        let names = names.clone();
+        async move { from_redis(&names, &[]).await == from_postgres(&names).await.0 }
+    };
+    eventually("Redis holds what PostgreSQL holds", Duration::from_secs(20), redis_is_postgres).await;
+    let metrics = || async move { http::get(port, "/metrics").await.1 };
+    // The first check of Redis' generation counts as a rebuild.
+    eventually("the first build", Duration::from_secs(20), || async {
+        metric(&metrics().await, "swapstream_redis_rebuilds_total") >= 1.0
+    })
+    .await;
+    let rebuilds = metric(&metrics().await, "swapstream_redis_rebuilds_total");
+
+    // SOL's partials hash becomes a string: each write of SOL now fails
+    // (WRONGTYPE), the other keys' succeed.
+    let mut redis =
+        redis::Client::open("redis://127.0.0.1:6379").unwrap().get_multiplexed_async_connection().await.unwrap();
+    let partials = format!("{}:{{token:SOL}}:partials", names.redis_prefix);
+    let _: () = redis::cmd("SET").arg(&partials).arg("not a hash").query_async(&mut redis).await.unwrap();
+    let second = helpers::produce(&brokers, &names, 200, &stream_vars("max")).await;
+    eventually("SOL written again, and failing again", Duration::from_secs(60), || async {
+        let text = metrics().await;
+        metric(&text, "swapstream_redis_rewritten_keys_total") >= 2.0
+            && metric(&text, "swapstream_redis_errors_total") >= 2.0
+    })
+    .await;
+    wait_checkpointed(&names, delivered(&first) + delivered(&second), Duration::from_secs(90)).await;
+    // The other keys were written as usual meanwhile (SOL's cannot be read).
+    let store = swapstream::storage::redis::RedisStore::connect(&names.settings(&[]).redis, 100).await.unwrap();
+    let mut others = std::collections::BTreeMap::new();
+    for key in store.keys().await.unwrap().into_iter().filter(|k| !k.to_string().contains("SOL")) {
+        others.insert(key.clone(), store.merged(&key, &Interval::ALL, 0).await.unwrap());
+    }
+    let (stored, _) = from_postgres(&names).await;
+    let in_redis = helpers::as_reference(others);
+    for token in ["ETH", "BTC", "USDC"] {
+        assert_eq!(in_redis["tokens"][token], stored["tokens"][token], "{token}: written as usual meanwhile");
+    }
+    assert_eq!(in_redis["pairs"]["BTC-ETH"], stored["pairs"]["BTC-ETH"]);
+
+    // Once the key can be written, the next rewrite restores SOL in full.
+    let _: () = redis::cmd("DEL").arg(&partials).query_async(&mut redis).await.unwrap();
+    eventually("Redis holds what PostgreSQL holds again", Duration::from_secs(20), redis_is_postgres).await;
+    assert_eq!(metric(&metrics().await, "swapstream_redis_rebuilds_total"), rebuilds, "no rebuild of every key");
     consumer.kill9().await;
 }
 

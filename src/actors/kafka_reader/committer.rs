@@ -21,7 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use slog::{debug, error, warn, Logger};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use super::live::LiveWriter;
+use super::live::{Failures, LiveFailure, LiveWriter};
 use super::poll::ReaderContext;
 use crate::domain::partial::AggKey;
 use crate::metrics::METRICS;
@@ -64,7 +64,7 @@ pub struct Committer {
     /// Events queued and not yet stored, at most `max_queued`.
     room: Arc<Semaphore>,
     max_queued: usize,
-    live_failed: Arc<std::sync::atomic::AtomicBool>,
+    live_failed: Failures,
     _arbiter: Arbiter,
 }
 
@@ -84,7 +84,7 @@ pub struct CommitterParts {
 impl Committer {
     pub fn start(parts: CommitterParts) -> Committer {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
-        let live_failed = parts.live.failure_flag();
+        let live_failed = parts.live.failures();
         let max_queued = parts.max_queued.max(1);
         let arbiter = Arbiter::new();
         arbiter.spawn(async move {
@@ -169,9 +169,9 @@ impl Committer {
         }
     }
 
-    /// Whether a Redis write failed since the last call.
-    pub fn take_live_failure(&self) -> bool {
-        self.live_failed.swap(false, std::sync::atomic::Ordering::SeqCst)
+    /// What did not reach Redis since the last call.
+    pub fn take_live_failure(&self) -> LiveFailure {
+        std::mem::take(&mut *self.live_failed.lock().expect("failures lock"))
     }
 }
 

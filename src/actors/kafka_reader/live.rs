@@ -3,9 +3,8 @@
 //! shares a core with JSON serialization. Bounded: when Redis is slower
 //! than the stream, the reader waits here rather than queueing without end.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use actix::Arbiter;
 use slog::{warn, Logger};
@@ -31,14 +30,41 @@ struct Work {
 
 pub struct LiveWriter {
     tx: mpsc::Sender<Work>,
-    failed: Arc<AtomicBool>,
+    failed: Failures,
     _arbiter: Arbiter,
 }
+
+/// What did not reach Redis since it was last taken.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub enum LiveFailure {
+    #[default]
+    None,
+    /// These keys' writes: rewrite them.
+    Keys(BTreeSet<AggKey>),
+    /// Any key's: rebuild everything.
+    All,
+}
+
+impl LiveFailure {
+    fn add(&mut self, keys: Option<BTreeSet<AggKey>>) {
+        *self = match (std::mem::take(self), keys) {
+            (LiveFailure::All, _) | (_, None) => LiveFailure::All,
+            (LiveFailure::None, Some(keys)) => LiveFailure::Keys(keys),
+            (LiveFailure::Keys(mut failed), Some(keys)) => {
+                failed.extend(keys);
+                LiveFailure::Keys(failed)
+            }
+        };
+    }
+}
+
+/// The failures the writer records and the reader takes.
+pub type Failures = Arc<Mutex<LiveFailure>>;
 
 impl LiveWriter {
     pub fn start(redis: RedisStore, log: Logger) -> LiveWriter {
         let (tx, mut rx) = mpsc::channel::<Work>(QUEUE);
-        let failed = Arc::new(AtomicBool::new(false));
+        let failed = Failures::default();
         let flag = failed.clone();
         let arbiter = Arbiter::new();
         arbiter.spawn(async move {
@@ -55,18 +81,40 @@ impl LiveWriter {
         let _ = self.tx.send(Work { changes, positions, changed }).await;
     }
 
-    /// Set when a write fails (the state must then be rebuilt).
-    pub fn failure_flag(&self) -> Arc<AtomicBool> {
+    /// Where failed writes are recorded (their keys must then be written
+    /// again).
+    pub fn failures(&self) -> Failures {
         self.failed.clone()
     }
 }
 
-async fn write(redis: &RedisStore, work: Work, failed: &AtomicBool, log: &Logger) {
+async fn write(redis: &RedisStore, work: Work, failed: &Failures, log: &Logger) {
     let started = std::time::Instant::now();
     if let Err(e) = redis.write(&work.changes, &work.positions, &work.changed).await {
         METRICS.redis_errors.inc();
-        failed.store(true, Ordering::SeqCst);
-        warn!(log, "cannot write live state to Redis; it will be rebuilt"; "error" => format!("{e:#}"));
+        warn!(log, "cannot write live state to Redis; it will be written again"; "error" => %e);
+        failed.lock().expect("failures lock").add(e.keys);
     }
     METRICS.live_write_seconds.observe(started.elapsed().as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(names: &[&str]) -> Option<BTreeSet<AggKey>> {
+        Some(names.iter().map(|n| AggKey::parse(n).unwrap()).collect())
+    }
+
+    #[test]
+    fn failed_keys_gather_until_a_failure_that_names_none_makes_it_all() {
+        let mut failure = LiveFailure::default();
+        failure.add(keys(&["token:ETH"]));
+        failure.add(keys(&["token:SOL", "pair:ETH-USDC"]));
+        assert_eq!(failure, LiveFailure::Keys(keys(&["token:ETH", "token:SOL", "pair:ETH-USDC"]).unwrap()));
+        failure.add(None);
+        assert_eq!(failure, LiveFailure::All);
+        failure.add(keys(&["token:BTC"]));
+        assert_eq!(failure, LiveFailure::All, "all stays all");
+    }
 }

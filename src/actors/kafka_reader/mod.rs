@@ -20,7 +20,7 @@ mod plan;
 
 pub mod poll;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -34,9 +34,10 @@ use tokio::sync::oneshot;
 pub use dlq::{DeadLetter, Dlq};
 pub use poll::{Control, Input, ReaderContext};
 
+use live::LiveFailure;
 use plan::{Plan, Skipped, Slot};
 
-use crate::actors::aggregator::{Aggregators, ApplyBatch, Forget, Prune, Restore, Snapshot};
+use crate::actors::aggregator::{Aggregator, Aggregators, ApplyBatch, Forget, Prune, Restore, Snapshot};
 use crate::config::ConsumerSettings;
 use crate::domain::partial::{AggKey, Partial};
 use crate::metrics::METRICS;
@@ -341,6 +342,23 @@ impl Core {
             "wait_for_checkpoint_room_ms" => (started.elapsed() - aggregated).as_millis());
     }
 
+    /// Writes the `keys` this instance holds in full, every partition of
+    /// each: their last writes failed while Redis kept the rest.
+    async fn rewrite(&mut self, keys: BTreeSet<AggKey>) {
+        let held: Vec<(AggKey, Addr<Aggregator>)> =
+            keys.into_iter().filter_map(|key| self.aggregators.get(&key).map(|a| (key, a))).collect();
+        info!(self.log, "writing keys whose live writes failed again"; "keys" => held.len());
+        METRICS.redis_rewritten_keys.inc_by(held.len() as u64);
+        let snapshots = join_all(held.into_iter().map(|(key, a)| async move { (key, a.send(Snapshot).await) })).await;
+        let partials: Vec<(AggKey, Tp, Partial)> = snapshots
+            .into_iter()
+            .flat_map(|(key, snapshot)| {
+                snapshot.unwrap_or_default().into_iter().map(move |(tp, partial)| (key.clone(), tp, partial))
+            })
+            .collect();
+        self.write_full(&partials).await;
+    }
+
     /// Writes partials in full (after assign or for a rebuild).
     async fn write_full(&mut self, partials: &[(AggKey, Tp, Partial)]) {
         let changes = partials
@@ -381,12 +399,14 @@ impl Core {
             return;
         }
         self.redis_checked = Some(Instant::now());
-        if self.committer.take_live_failure() {
+        let failure = self.committer.take_live_failure();
+        if failure == LiveFailure::All {
             self.redis_generation = None;
         }
         let generation = match self.redis.ready_generation().await {
             Ok(generation) => generation,
             Err(e) => {
+                // Unreachable: whatever failed, everything is written again.
                 METRICS.redis_errors.inc();
                 warn!(self.log, "Redis unreachable"; "error" => %e);
                 self.redis_generation = None;
@@ -394,6 +414,10 @@ impl Core {
             }
         };
         if self.redis_generation.as_deref() == Some(generation.as_str()) {
+            // The same Redis state: only the keys whose writes failed.
+            if let LiveFailure::Keys(keys) = failure {
+                self.rewrite(keys).await;
+            }
             return;
         }
         info!(self.log, "rebuilding the live state in Redis"; "generation" => &generation);

@@ -1,13 +1,16 @@
 //! Live writes: each partial change fenced at its partition's position,
 //! the changed keys announced after their writes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use redis::Pipeline;
 
-use super::{in_flight, period_secs, CandleRecord, PartialRecord, RedisStore, RECENT};
+use futures::StreamExt as _;
+
+use super::{period_secs, CandleRecord, PartialRecord, RedisStore, RECENT, WRITES_IN_FLIGHT};
 use crate::domain::partial::{memory_retention_secs, AggKey};
 use crate::domain::SwapEvent;
 use crate::storage::encoding::encode_order;
@@ -58,6 +61,25 @@ end
 return 1
 ";
 
+/// A live write that failed: the first error, and the keys whose writes may
+/// be missing (`None`: any key's, the failure was not one key's).
+#[derive(Debug)]
+pub struct WriteFailed {
+    pub keys: Option<BTreeSet<AggKey>>,
+    pub error: anyhow::Error,
+}
+
+impl fmt::Display for WriteFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.keys {
+            Some(keys) => write!(f, "{} key(s) not written: {:#}", keys.len(), self.error),
+            None => write!(f, "{:#}", self.error),
+        }
+    }
+}
+
+impl std::error::Error for WriteFailed {}
+
 /// Swaps in the wire form (JSON), each serialized once however many keys
 /// or lists it goes to (by the address of its `Arc`).
 #[derive(Default)]
@@ -81,7 +103,7 @@ impl RedisStore {
         changes: &[PartialChange],
         positions: &HashMap<Tp, Position>,
         changed: &[AggKey],
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), WriteFailed> {
         let mut pipes: BTreeMap<&AggKey, Pipeline> = BTreeMap::new();
         let mut by_key: BTreeMap<&AggKey, Vec<&PartialChange>> = BTreeMap::new();
         for change in changes {
@@ -90,7 +112,8 @@ impl RedisStore {
         let mut json = WireJson::default();
         for (key, writes) in &by_key {
             let pipe = pipes.entry(key).or_insert_with(redis::pipe);
-            self.add_writes(pipe, key, writes, positions, &mut json)?;
+            self.add_writes(pipe, key, writes, positions, &mut json)
+                .map_err(|error| WriteFailed { keys: None, error })?;
             // After the writes: a stats body rendered before them is stale.
             pipe.incr(self.key(key, "version"), 1).ignore();
         }
@@ -98,35 +121,46 @@ impl RedisStore {
             let pipe = pipes.entry(key).or_insert_with(redis::pipe);
             pipe.cmd("PUBLISH").arg(self.updates_channel(key)).arg(format!(r#"{{"key":"{key}","swaps":[]}}"#)).ignore();
         }
-        let mut sent = Vec::with_capacity(pipes.len() + 2);
+        // Each write names the keys it is for, so a failure names the keys
+        // to write again.
+        type Sent<'a> = futures::future::BoxFuture<'a, Result<(), (Vec<&'a AggKey>, anyhow::Error)>>;
+        let mut sent: Vec<Sent> = Vec::with_capacity(pipes.len() + 2);
         for tokens in [true, false] {
-            let mut names = by_key.keys().filter(|k| k.is_token() == tokens).peekable();
-            if names.peek().is_none() {
+            let names: Vec<&AggKey> = by_key.keys().copied().filter(|k| k.is_token() == tokens).collect();
+            if names.is_empty() {
                 continue; // A ZADD with no member is an error.
             }
             let mut add = redis::cmd("ZADD");
             add.arg(self.names_key(tokens));
-            for key in names {
+            for key in &names {
                 add.arg(0).arg(key.name());
             }
             let mut conn = self.conn.clone();
-            sent.push(
-                Box::pin(async move { add.query_async::<()>(&mut conn).await.context("writing the name index") })
-                    as futures::future::BoxFuture<'_, anyhow::Result<()>>,
-            );
+            sent.push(Box::pin(async move {
+                add.query_async::<()>(&mut conn).await.context("writing the name index").map_err(|e| (names, e))
+            }));
         }
         for (key, pipe) in pipes {
             let mut conn = self.conn.clone();
             sent.push(Box::pin(async move {
                 // One result per partial written: 1 written, 0 fenced.
-                let written: Vec<i64> =
-                    pipe.query_async(&mut conn).await.with_context(|| format!("writing {key} to Redis"))?;
+                let written: Vec<i64> = pipe
+                    .query_async(&mut conn)
+                    .await
+                    .with_context(|| format!("writing {key} to Redis"))
+                    .map_err(|e| (vec![key], e))?;
                 let fenced = written.iter().filter(|&&w| w == 0).count();
                 crate::metrics::METRICS.live_writes_fenced.inc_by(fenced as u64);
                 Ok(())
             }));
         }
-        in_flight(sent).await
+        let results: Vec<_> = futures::stream::iter(sent).buffer_unordered(WRITES_IN_FLIGHT).collect().await;
+        let mut failed: Option<WriteFailed> = None;
+        for (keys, error) in results.into_iter().filter_map(Result::err) {
+            let failed = failed.get_or_insert_with(|| WriteFailed { keys: Some(BTreeSet::new()), error });
+            failed.keys.get_or_insert_with(BTreeSet::new).extend(keys.into_iter().cloned());
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     fn add_writes(

@@ -57,7 +57,7 @@ use crate::domain::{Amount, Price};
 use crate::metrics::METRICS;
 
 pub use history::{Entry as HistoryEntry, FeedSwap, Lost, Offset, Replay, SwapUpdate};
-pub use live::{Position, WireJson};
+pub use live::{Position, WireJson, WriteFailed};
 pub use reads::Partials;
 pub use rendered::Kept;
 
