@@ -52,6 +52,14 @@ fn pair_key(text: &str) -> Result<AggKey, ApiError> {
     })
 }
 
+/// The `token` or the `pair` field of an answer about `key`.
+fn named(key: AggKey) -> (Option<TokenSymbol>, Option<PairKey>) {
+    match key {
+        AggKey::Token(token) => (Some(token), None),
+        AggKey::Pair(pair) => (None, Some(pair)),
+    }
+}
+
 fn json_response(body: web::Bytes) -> HttpResponse {
     HttpResponse::Ok().content_type("application/json").body(body)
 }
@@ -297,10 +305,7 @@ async fn candles(live: &Live, key: AggKey, query: CandleQuery) -> Result<HttpRes
     if include_empty {
         list = fill_gaps(list, interval, limit);
     }
-    let (token, pair) = match key {
-        AggKey::Token(token) => (Some(token), None),
-        AggKey::Pair(pair) => (None, Some(pair)),
-    };
+    let (token, pair) = named(key);
     Ok(HttpResponse::Ok().json(CandlesBody { token, pair, interval, candles: list }))
 }
 
@@ -416,10 +421,7 @@ async fn swaps(live: &Live, key: AggKey, query: &SwapsQuery) -> Result<HttpRespo
     let before =
         query.before.as_deref().map(str::parse::<SwapCursor>).transpose().map_err(|e| ApiError::bad("before", e))?;
     let page = live.swaps(&key, limit, before.as_ref()).await?;
-    let (token, pair) = match key {
-        AggKey::Token(token) => (Some(token), None),
-        AggKey::Pair(pair) => (None, Some(pair)),
-    };
+    let (token, pair) = named(key);
     let next_cursor = page.next.map(|c| c.to_string());
     Ok(HttpResponse::Ok().json(SwapsBody { token, pair, swaps: page.swaps, next_cursor }))
 }

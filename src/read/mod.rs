@@ -115,6 +115,8 @@ struct Completeness {
 struct StatsCache {
     ttl: Duration,
     entries: Mutex<HashMap<AggKey, CachedStats>>,
+    /// When expired entries were last dropped.
+    swept: Mutex<Option<Instant>>,
 }
 
 struct CachedStats {
@@ -138,7 +140,7 @@ impl Live {
     /// Redis and PostgreSQL only (role `api`); `max_future` as the
     /// consumers' `SWAPSTREAM_MAX_FUTURE_SECS`.
     pub fn stores(redis: RedisStore, pg: PgStore, cache_ttl: Duration, max_future: Duration) -> Live {
-        let cache = Arc::new(StatsCache { ttl: cache_ttl, entries: Mutex::default() });
+        let cache = Arc::new(StatsCache { ttl: cache_ttl, entries: Mutex::default(), swept: Mutex::default() });
         let future_secs = max_future.as_secs() as i64;
         let (rankings, rank_max_age) = (Arc::default(), rank::DEFAULT_RANK_MAX_AGE);
         Live { redis, pg, local: None, cache, future_secs, rendering: Arc::default(), rankings, rank_max_age }
@@ -461,9 +463,16 @@ impl StatsCache {
             return;
         }
         let mut entries = self.entries.lock().expect("stats cache lock");
+        // Past 10,000 keys, expired entries go at most once per cache time:
+        // a sweep on every insert made a pass over many keys (a list, a
+        // ranking) quadratic.
         if entries.len() > 10_000 {
-            let kept = 2 * self.ttl;
-            entries.retain(|_, entry| entry.rendered_at.elapsed() < kept);
+            let mut swept = self.swept.lock().expect("stats cache lock");
+            if swept.is_none_or(|at| at.elapsed() >= self.ttl) {
+                let kept = 2 * self.ttl;
+                entries.retain(|_, entry| entry.rendered_at.elapsed() < kept);
+                *swept = Some(Instant::now());
+            }
         }
         entries.insert(key.clone(), CachedStats { rendered_at: Instant::now(), body: body.clone(), refreshing: false });
     }
@@ -491,7 +500,7 @@ mod tests {
     #[test]
     fn a_stale_answer_is_served_while_exactly_one_request_renders_the_next() {
         let ttl = Duration::from_secs(10);
-        let cache = StatsCache { ttl, entries: Mutex::default() };
+        let cache = StatsCache { ttl, entries: Mutex::default(), swept: Mutex::default() };
         let key = AggKey::parse("token:ETH").unwrap();
         assert!(matches!(cache.get(&key), Cached::Missing));
         cache.put(&key, &Bytes::from_static(b"{}"));
@@ -507,7 +516,7 @@ mod tests {
 
         rendered(&cache, &key, 2 * ttl);
         assert!(matches!(cache.get(&key), Cached::Missing), "past twice the cache time nothing is served");
-        let off = StatsCache { ttl: Duration::ZERO, entries: Mutex::default() };
+        let off = StatsCache { ttl: Duration::ZERO, entries: Mutex::default(), swept: Mutex::default() };
         off.put(&key, &Bytes::from_static(b"{}"));
         assert!(matches!(off.get(&key), Cached::Missing));
     }
