@@ -11,9 +11,10 @@
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use actix::Arbiter;
 use futures::future::{BoxFuture, FutureExt as _, Shared};
 use serde::Deserialize;
 
@@ -182,10 +183,12 @@ impl Ranking {
     }
 }
 
-/// The rankings of tokens and of pairs, and the building of each.
+/// The rankings of tokens and of pairs, the building of each, and the
+/// thread they are built on (so a build never holds up a request worker).
 #[derive(Default)]
 pub(super) struct Rankings {
     kinds: Mutex<[Kind; 2]>,
+    builder: OnceLock<Arbiter>,
 }
 
 #[derive(Default)]
@@ -271,7 +274,7 @@ impl Live {
             result
         };
         let build = build.boxed().shared();
-        actix_web::rt::spawn(build.clone());
+        self.rankings.builder.get_or_init(Arbiter::new).spawn(build.clone().map(drop));
         build
     }
 
