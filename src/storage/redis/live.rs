@@ -6,9 +6,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use redis::Pipeline;
-
 use futures::StreamExt as _;
+use redis::Pipeline;
 
 use super::{period_secs, CandleRecord, PartialRecord, RedisStore, RECENT, WRITES_IN_FLIGHT};
 use crate::domain::partial::{memory_retention_secs, AggKey};
