@@ -349,7 +349,14 @@ impl Core {
             keys.into_iter().filter_map(|key| self.aggregators.get(&key).map(|a| (key, a))).collect();
         info!(self.log, "writing keys whose live writes failed again"; "keys" => held.len());
         METRICS.redis_rewritten_keys.inc_by(held.len() as u64);
-        let snapshots = join_all(held.into_iter().map(|(key, a)| async move { (key, a.send(Snapshot).await) })).await;
+        self.write_in_full(held).await;
+    }
+
+    /// Writes every partition's partial of these aggregators' keys in full,
+    /// as the aggregators hold them now.
+    async fn write_in_full(&mut self, aggregators: Vec<(AggKey, Addr<Aggregator>)>) {
+        let snapshots =
+            join_all(aggregators.into_iter().map(|(key, a)| async move { (key, a.send(Snapshot).await) })).await;
         let partials: Vec<(AggKey, Tp, Partial)> = snapshots
             .into_iter()
             .flat_map(|(key, snapshot)| {
@@ -422,18 +429,10 @@ impl Core {
         }
         info!(self.log, "rebuilding the live state in Redis"; "generation" => &generation);
         METRICS.redis_rebuilds.inc();
-        let snapshots =
-            join_all(self.aggregators.all().into_iter().map(|(key, a)| async move { (key, a.send(Snapshot).await) }))
-                .await;
-        let (mut keys, mut partials) = (Vec::new(), Vec::new());
-        for (key, snapshot) in snapshots {
-            for (tp, partial) in snapshot.unwrap_or_default() {
-                partials.push((key.clone(), tp, partial));
-            }
-            keys.push(key);
-        }
+        let aggregators = self.aggregators.all();
+        let keys: Vec<AggKey> = aggregators.iter().map(|(key, _)| key.clone()).collect();
         self.redis_generation = Some(generation);
-        self.write_full(&partials).await;
+        self.write_in_full(aggregators).await;
         if let Err(e) = self.redis.drop_layout2(&keys).await {
             warn!(self.log, "cannot delete the recent swap lists of the old layout"; "error" => format!("{e:#}"));
         }

@@ -6,10 +6,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use futures::StreamExt as _;
 use redis::Pipeline;
 
-use super::{period_secs, CandleRecord, PartialRecord, RedisStore, RECENT, WRITES_IN_FLIGHT};
+use super::{failures, period_secs, CandleRecord, PartialRecord, RedisStore, RECENT};
 use crate::domain::partial::{memory_retention_secs, AggKey};
 use crate::domain::SwapEvent;
 use crate::storage::encoding::encode_order;
@@ -153,9 +152,8 @@ impl RedisStore {
                 Ok(())
             }));
         }
-        let results: Vec<_> = futures::stream::iter(sent).buffer_unordered(WRITES_IN_FLIGHT).collect().await;
         let mut failed: Option<WriteFailed> = None;
-        for (keys, error) in results.into_iter().filter_map(Result::err) {
+        for (keys, error) in failures(sent).await {
             let failed = failed.get_or_insert_with(|| WriteFailed { keys: Some(BTreeSet::new()), error });
             failed.keys.get_or_insert_with(BTreeSet::new).extend(keys.into_iter().cloned());
         }

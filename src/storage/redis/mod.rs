@@ -143,10 +143,18 @@ async fn in_flight<F>(writes: impl IntoIterator<Item = F>) -> anyhow::Result<()>
 where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
+    failures(writes).await.into_iter().next().map_or(Ok(()), Err)
+}
+
+/// Runs `writes`, [`WRITES_IN_FLIGHT`] at a time; every error once all have
+/// ended.
+async fn failures<F, E>(writes: impl IntoIterator<Item = F>) -> Vec<E>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+{
     use futures::StreamExt as _;
-    let results: Vec<anyhow::Result<()>> =
-        futures::stream::iter(writes).buffer_unordered(WRITES_IN_FLIGHT).collect().await;
-    results.into_iter().collect()
+    let results: Vec<Result<(), E>> = futures::stream::iter(writes).buffer_unordered(WRITES_IN_FLIGHT).collect().await;
+    results.into_iter().filter_map(Result::err).collect()
 }
 
 /// The suffix of a key's recent swaps.
