@@ -14,8 +14,7 @@ use std::sync::{Arc, RwLock};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 
-use crate::domain::aggregate::Interval;
-use crate::domain::partial::{AggKey, Merged, Partial};
+use crate::domain::partial::{AggKey, Merged, Partial, Select};
 use crate::domain::SwapEvent;
 use crate::metrics::METRICS;
 use crate::read::{LocalAnswer, LocalState};
@@ -179,13 +178,12 @@ impl Handler<Snapshot> for Aggregator {
     }
 }
 
-/// The merged view of this key's partials, with candles of `intervals`
-/// from `since` (unix seconds) on, and up to `recent` recent swaps.
+/// The merged view of this key's partials, with the candles `select`
+/// names, and up to `recent` recent swaps.
 #[derive(Message)]
 #[rtype(result = "(Merged, Vec<Arc<SwapEvent>>)")]
 pub struct Query {
-    pub intervals: Vec<Interval>,
-    pub since: i64,
+    pub select: Select,
     pub recent: usize,
 }
 
@@ -195,7 +193,7 @@ impl Handler<Query> for Aggregator {
         let mut merged = Merged::default();
         let mut recent: Vec<Arc<SwapEvent>> = Vec::new();
         for partial in self.partials.values() {
-            merged.add(partial, &query.intervals, query.since);
+            merged.add_selected(partial, &query.select);
             recent.extend(partial.recent.iter().take(query.recent).cloned());
         }
         recent.sort_by_key(|s| std::cmp::Reverse(s.order_key()));
@@ -326,9 +324,9 @@ impl LocalState for Aggregators {
         self.all().into_iter().map(|(key, _)| key).collect()
     }
 
-    fn query(&self, key: &AggKey, intervals: &[Interval], since: i64, recent: usize) -> Option<LocalAnswer> {
+    fn query(&self, key: &AggKey, select: Select, recent: usize) -> Option<LocalAnswer> {
         let addr = self.get(key)?;
-        let query = Query { intervals: intervals.to_vec(), since, recent };
+        let query = Query { select, recent };
         Some(Box::pin(async move { addr.send(query).await.map_err(|e| e.to_string()) }))
     }
 }

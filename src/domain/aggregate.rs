@@ -13,8 +13,11 @@ use serde::{Serialize, Serializer};
 use super::{Amount, PairKey, Price, Status, SwapEvent, TokenSymbol};
 
 /// Candle intervals, aligned to multiples of their length since the epoch.
+/// [`Interval::S1`] is kept for the rolling windows' edges only; candles are
+/// served at the others ([`Interval::ALL`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Interval {
+    S1,
     M1,
     M5,
     M15,
@@ -27,8 +30,14 @@ impl Interval {
     pub const ALL: [Interval; 6] =
         [Interval::M1, Interval::M5, Interval::M15, Interval::H1, Interval::H4, Interval::D1];
 
+    /// Every interval aggregated and stored: the served ones and
+    /// [`Interval::S1`].
+    pub const KEPT: [Interval; 7] =
+        [Interval::S1, Interval::M1, Interval::M5, Interval::M15, Interval::H1, Interval::H4, Interval::D1];
+
     pub fn seconds(self) -> i64 {
         match self {
+            Interval::S1 => 1,
             Interval::M1 => 60,
             Interval::M5 => 300,
             Interval::M15 => 900,
@@ -40,6 +49,7 @@ impl Interval {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Interval::S1 => "1s",
             Interval::M1 => "1m",
             Interval::M5 => "5m",
             Interval::M15 => "15m",
@@ -49,8 +59,14 @@ impl Interval {
         }
     }
 
+    /// A served interval by its name.
     pub fn parse(text: &str) -> Option<Interval> {
         Interval::ALL.into_iter().find(|i| i.as_str() == text)
+    }
+
+    /// A kept interval by its stored name.
+    pub fn parse_kept(text: &str) -> Option<Interval> {
+        Interval::KEPT.into_iter().find(|i| i.as_str() == text)
     }
 
     /// Start (unix seconds) of the bucket holding `time`.
@@ -326,5 +342,7 @@ mod tests {
         assert_eq!(Interval::M15.bucket_start(time), time.timestamp() - (17 * 60 + 42) + 15 * 60);
         assert_eq!(Interval::parse("4h"), Some(Interval::H4));
         assert_eq!(Interval::parse("2h"), None);
+        assert_eq!(Interval::parse("1s"), None, "seconds are not served");
+        assert_eq!(Interval::parse_kept("1s"), Some(Interval::S1));
     }
 }

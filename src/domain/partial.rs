@@ -221,10 +221,12 @@ impl TotalsPartial {
 }
 
 /// How long candles stay in memory, per interval; older ones live in
-/// PostgreSQL only. The 1m retention covers the 24h window plus the
-/// lateness bound.
+/// PostgreSQL only (seconds not even there: they are deleted). The 1m
+/// retention covers the 24h window plus the lateness bound; seconds are
+/// needed at the windows' starts only, the latest 24 hours ago.
 pub const fn memory_retention_secs(interval: Interval) -> i64 {
     match interval {
+        Interval::S1 => 25 * 3_600,
         Interval::M1 => 26 * 3_600,
         Interval::M5 => 3 * 86_400,
         Interval::M15 => 7 * 86_400,
@@ -293,7 +295,7 @@ impl Partial {
         let maker = swap.maker.as_ref().map(makers::hash);
         self.totals.add(point, &c);
         self.dirty.totals = true;
-        for interval in Interval::ALL {
+        for interval in Interval::KEPT {
             let t = interval.bucket_start(swap.timestamp);
             let candle = self
                 .candles
@@ -385,6 +387,22 @@ impl Partial {
     }
 }
 
+/// The candles a merge takes from each partial.
+#[derive(Debug, Clone)]
+pub enum Select {
+    /// Those of some intervals from a time (unix seconds) on.
+    Since(Vec<Interval>, i64),
+    /// These buckets only (the rolling windows' tiles, [`super::window::At::needed`]).
+    Only(Arc<BTreeSet<(Interval, i64)>>),
+}
+
+impl Select {
+    /// No candles: the totals only.
+    pub fn none() -> Select {
+        Select::Since(Vec::new(), i64::MAX)
+    }
+}
+
 /// The merged view of every partial of one key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Merged {
@@ -397,7 +415,7 @@ impl Merged {
     pub fn of<'a>(partials: impl IntoIterator<Item = &'a Partial>) -> Merged {
         let mut merged = Merged::default();
         for partial in partials {
-            merged.add(partial, &Interval::ALL, i64::MIN);
+            merged.add(partial, &Interval::KEPT, i64::MIN);
         }
         merged
     }
@@ -412,6 +430,21 @@ impl Merged {
             let into = self.candles.entry(*interval).or_default();
             for (t, candle) in candles.range(since..) {
                 into.entry(*t).and_modify(|c| c.merge(candle)).or_insert_with(|| candle.clone());
+            }
+        }
+    }
+
+    /// Merges in one partial: its totals, and the candles `select` names.
+    pub fn add_selected(&mut self, partial: &Partial, select: &Select) {
+        match select {
+            Select::Since(intervals, since) => self.add(partial, intervals, *since),
+            Select::Only(buckets) => {
+                self.add(partial, &[], i64::MAX);
+                for &(interval, t) in buckets.iter() {
+                    let Some(candle) = partial.candles.get(&interval).and_then(|c| c.get(&t)) else { continue };
+                    let into = self.candles.entry(interval).or_default();
+                    into.entry(t).and_modify(|c| c.merge(candle)).or_insert_with(|| candle.clone());
+                }
             }
         }
     }
@@ -577,8 +610,73 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// A stats body is kept until [`window::until`]: the windows must
+        /// not change before then, and must be the reference's there.
+        #[test]
+        fn windows_hold_until_a_traded_second_leaves_one(
+            events in swaps(),
+            now_offset in prop_oneof![0i64..9_000, 0i64..115_000],
+        ) {
+            let now = DateTime::from_timestamp(1_764_057_600 + now_offset, 0).unwrap();
+            // Later ones the service does not take.
+            let events: Vec<SwapEvent> = events
+                .into_iter()
+                .filter(|e| e.timestamp <= now + chrono::Duration::seconds(window::MAX_FUTURE_SECS))
+                .collect();
+            let merged = merged_by_partials(&events, &[0], 1);
+            for (key, merged) in &merged {
+                let until = window::until(&merged.candles, At::with_any_future(now));
+                prop_assert!(until > now.timestamp() && until <= Interval::M1.bucket_start(now) + 60);
+                let last = DateTime::from_timestamp(until - 1, 0).unwrap();
+                let plain = windows_at(&events, last);
+                for (label, length) in WINDOWS {
+                    let at_now = window::of(&merged.candles, At::with_any_future(now), length);
+                    let at_last = window::of(&merged.candles, At::with_any_future(last), length);
+                    prop_assert_eq!(&at_now, &at_last, "{} {}", key, label);
+                    let expected = plain.get(&key.to_string()).and_then(|w| w.get(label)).cloned().unwrap_or_default();
+                    prop_assert_eq!(at_last, expected, "{} {}", key, label);
+                }
+            }
+        }
+    }
+
     #[test]
-    fn windows_cover_whole_minutes_ending_now() {
+    fn windows_start_to_the_second_and_hold_until_a_traded_second_leaves() {
+        let eth = AggKey::Token(TokenSymbol::parse("ETH").unwrap());
+        let mut partial = Partial::default();
+        // ETH sold at 08:04:05, 08:04:06 and 08:08:20, each dearer.
+        let swaps = [
+            swap(1, 245, "ETH", "USDC", 1, 4000, 4000),
+            swap(2, 246, "ETH", "USDC", 1, 4100, 4100),
+            swap(3, 500, "ETH", "USDC", 1, 4200, 4200),
+        ];
+        let price = |i: usize| eth.contribution(&swaps[i]).unwrap().price;
+        for e in &swaps {
+            partial.apply(&eth, &Arc::new(e.clone()), 10);
+        }
+        let merged = Merged::of([&partial]);
+        let at = |seconds: i64| At::with_any_future(DateTime::from_timestamp(1_764_057_600 + seconds, 0).unwrap());
+        // At 08:09:05 the 5m window starts at 08:04:06: the last two swaps,
+        // measured from the first.
+        let five = window::of(&merged.candles, at(545), 300);
+        assert_eq!((five.swaps, five.low), (2, Some(price(1))));
+        assert_eq!(five.price_change_pct, price(2).change_pct(price(0)));
+        // A second later it starts at 08:04:07: the last swap, from the second.
+        let five = window::of(&merged.candles, at(546), 300);
+        assert_eq!((five.swaps, five.low), (1, Some(price(2))));
+        assert_eq!(five.price_change_pct, price(2).change_pct(price(1)));
+        // At 08:09:03 the figures hold until 08:09:05, when 08:04:05 leaves.
+        assert_eq!(window::until(&merged.candles, at(543)), 1_764_057_600 + 545);
+        assert_eq!(window::of(&merged.candles, at(543), 300), window::of(&merged.candles, at(544), 300));
+        assert_ne!(window::of(&merged.candles, at(544), 300), window::of(&merged.candles, at(545), 300));
+        // With no traded second at the windows' starts: to the minute's end.
+        assert_eq!(window::until(&merged.candles, at(430)), 1_764_057_600 + 480);
+    }
+
+    #[test]
+    fn windows_cover_the_seconds_ending_now() {
         let events = [
             swap(1, 0, "ETH", "USDC", 1, 4000, 4000),     // 08:00:00
             swap(2, 250, "USDC", "ETH", 4100, 1, 4100),   // 08:04:10
@@ -688,7 +786,7 @@ mod tests {
         assert!(partial.take_delta().is_none());
         partial.apply(&eth, &Arc::new(swap(1, 0, "ETH", "USDC", 1, 1, 1)), 3);
         let delta = partial.take_delta().unwrap();
-        assert_eq!(delta.candles.len(), Interval::ALL.len());
+        assert_eq!(delta.candles.len(), Interval::KEPT.len());
         assert_eq!(delta.totals.swaps, 1);
         assert!(partial.take_delta().is_none());
         partial.add_pending(2);

@@ -1,15 +1,15 @@
 //! Rolling windows: the 5m, 1h, 6h and 24h figures of a token or pair, from
 //! its merged candles.
 //!
-//! A window is the current minute and the whole minutes before it,
-//! `length / 60` in all, plus any minute after (a swap's time may be ahead
-//! of the clock, `SWAPSTREAM_MAX_FUTURE_SECS`). It is read from the fewest
-//! whole candles that tile that time: 1m candles at its edges, then 5m and
-//! 15m, and 1h candles in between ([`tiles`]). A 24-hour window takes about
-//! 40 candles instead of 1440, and a read of the shared state fetches only
-//! those ([`At::needed`]). Each coarser candle is the merge of the 1m candles
-//! inside it (one swap updates every interval at once), so the figures are
-//! those of the 1m candles.
+//! A window is exact to the second: the `length` seconds ending with the
+//! current one, plus any time after it (a swap's time may be ahead of the
+//! clock, `SWAPSTREAM_MAX_FUTURE_SECS`). It is read from the fewest whole
+//! candles that tile that time: 1s candles in the minute where it starts,
+//! then 1m, 5m and 15m candles, and 1h candles in between ([`tiles`]). A
+//! 24-hour window takes at most about 100 candles instead of 86,400, and a
+//! read of the shared state fetches only those ([`At::needed`]). Each
+//! coarser candle is the merge of the 1s candles inside it (one swap updates
+//! every interval at once), so the figures are those of the swaps' seconds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -49,16 +49,16 @@ pub const WINDOWS: [(&str, i64); 4] = [("5m", 300), ("1h", 3_600), ("6h", 21_600
 pub const MAX_FUTURE_SECS: i64 = 86_400;
 
 /// The intervals windows are tiled with, finest first; each divides the next.
-pub const TILES: [Interval; 4] = [Interval::M1, Interval::M5, Interval::M15, Interval::H1];
+pub const TILES: [Interval; 5] = [Interval::S1, Interval::M1, Interval::M5, Interval::M15, Interval::H1];
 
-/// The candles that tile `range` (whole minutes), in time order: at each
+/// The candles that tile `range` (unix seconds), in time order: at each
 /// point the coarsest of [`TILES`] that starts there and ends within it.
 pub fn tiles(range: Range<i64>) -> impl DoubleEndedIterator<Item = (Interval, i64)> {
     let mut out = Vec::new();
     let mut t = range.start;
     while t < range.end {
         let fits = |i: &&Interval| t % i.seconds() == 0 && t + i.seconds() <= range.end;
-        let interval = *TILES.iter().rev().find(fits).unwrap_or(&Interval::M1);
+        let interval = *TILES.iter().rev().find(fits).unwrap_or(&Interval::S1);
         out.push((interval, t));
         t += interval.seconds();
     }
@@ -67,15 +67,15 @@ pub fn tiles(range: Range<i64>) -> impl DoubleEndedIterator<Item = (Interval, i6
 
 /// The first minute of the 26 hours of whole minutes before the end of the
 /// current one: the 1m candles kept, among which a window's price change
-/// finds the last price before it. Moves by whole minutes, as the windows
-/// do, so a window's figures hold for the minute they were computed in.
+/// finds the last price before it. Moves by whole minutes, so that it
+/// changes no figure within a minute ([`until`]).
 fn kept_since(now: DateTime<Utc>) -> i64 {
     Interval::M1.bucket_start(now) + 60 - memory_retention_secs(Interval::M1)
 }
 
 /// When the windows are read: the time, and how far ahead of it a swap's
 /// time may be (`SWAPSTREAM_MAX_FUTURE_SECS`), which is how far past the
-/// current minute they reach.
+/// current second they reach (in whole minutes).
 #[derive(Debug, Clone, Copy)]
 pub struct At {
     pub now: DateTime<Utc>,
@@ -88,22 +88,27 @@ impl At {
         At { now, future_secs: MAX_FUTURE_SECS }
     }
 
-    /// The end of the current minute.
+    /// The end of the current second: windows end here, but for swaps
+    /// ahead of the clock.
     fn end(self) -> i64 {
+        self.now.timestamp() + 1
+    }
+
+    /// The end of the current minute.
+    fn minute_end(self) -> i64 {
         Interval::M1.bucket_start(self.now) + 60
     }
 
-    /// Where the windows split time, in order: [`kept_since`], each window's start (the longest first), the
-    /// end of the current minute, and the end of the last minute a swap's
-    /// time may be in. Each window and each time before one is a run of the
-    /// segments between these, so one tiling of them serves all.
+    /// Where the windows split time, in order: [`kept_since`], each
+    /// window's start (the longest first), and the end of the last minute a
+    /// swap's time may be in. Each window and each time before one is a run
+    /// of the segments between these, so one tiling of them serves all.
     fn segments(self) -> Vec<Range<i64>> {
         let minutes_up = |seconds: i64| (seconds + 59).div_euclid(60) * 60;
         let end = self.end();
         let mut points = vec![kept_since(self.now)];
         points.extend(WINDOWS.iter().rev().map(|(_, length)| end - length));
-        points.push(end);
-        points.push(end + minutes_up(self.future_secs.clamp(0, MAX_FUTURE_SECS)));
+        points.push(self.minute_end() + minutes_up(self.future_secs.clamp(0, MAX_FUTURE_SECS)));
         points.windows(2).map(|pair| pair[0]..pair[1].max(pair[0])).collect()
     }
 
@@ -111,6 +116,20 @@ impl At {
     pub fn needed(self) -> BTreeSet<(Interval, i64)> {
         self.segments().into_iter().flat_map(tiles).collect()
     }
+}
+
+/// The end (unix seconds, exclusive) of the time from `at` on in which the
+/// windows of [`WINDOWS`] read from `candles` (holding at least
+/// [`At::needed`]) keep their figures, unless a swap comes: until a second
+/// that had a swap leaves one of them, at most to the end of the minute.
+pub fn until(candles: &BTreeMap<Interval, BTreeMap<i64, CandlePartial>>, at: At) -> i64 {
+    let end = at.end();
+    let seconds = candles.get(&Interval::S1);
+    let leaves = |start: i64| {
+        let traded = seconds.and_then(|s| s.range(start..).next()).map_or(i64::MAX, |(t, _)| *t);
+        end.saturating_add(traded.saturating_sub(start))
+    };
+    WINDOWS.iter().map(|(_, length)| leaves(end - length)).fold(at.minute_end(), i64::min)
 }
 
 /// The window of `length` seconds (one of [`WINDOWS`]) at `at` from merged
@@ -164,11 +183,12 @@ pub fn windows_at<'a>(
     let mut result: BTreeMap<String, BTreeMap<&'static str, Window>> = BTreeMap::new();
     let kept_since = kept_since(now);
     for (label, length) in WINDOWS {
-        let start = Interval::M1.bucket_start(now) - length + 60;
+        let start = now.timestamp() + 1 - length;
         // The price each change is measured from: the last one before the
         // window, among the minutes the service keeps; else the first inside.
         let mut first: BTreeMap<String, Price> = BTreeMap::new();
-        let before = |s: &&&SwapEvent| (kept_since..start).contains(&Interval::M1.bucket_start(s.timestamp));
+        let before =
+            |s: &&&SwapEvent| Interval::M1.bucket_start(s.timestamp) >= kept_since && s.timestamp.timestamp() < start;
         for swap in swaps.iter().filter(before) {
             for key in AggKey::of_swap(swap) {
                 if let Some(c) = key.contribution(swap) {
@@ -177,7 +197,7 @@ pub fn windows_at<'a>(
             }
         }
         let mut makers: BTreeMap<String, BTreeSet<Address>> = BTreeMap::new();
-        for swap in swaps.iter().filter(|s| Interval::M1.bucket_start(s.timestamp) >= start) {
+        for swap in swaps.iter().filter(|s| s.timestamp.timestamp() >= start) {
             for key in AggKey::of_swap(swap) {
                 let Some(c) = key.contribution(swap) else { continue };
                 let name = key.to_string();

@@ -8,7 +8,6 @@ use chrono::Utc;
 use futures::{StreamExt as _, TryStreamExt as _};
 
 use super::{read_from, Live, ReadError};
-use crate::domain::aggregate::Interval;
 use crate::domain::partial::AggKey;
 
 impl Live {
@@ -37,16 +36,13 @@ impl Live {
     }
 
     /// The stats bodies of a page's `keys`, in order: those another reader
-    /// kept for this minute in one `MGET` (single mode), the others as
+    /// kept and still valid in one `MGET` (single mode), the others as
     /// [`Live::stats`] gives them, many at a time (from Redis, one round trip
     /// each on the shared connection).
     pub async fn page_stats(&self, keys: &[AggKey]) -> Result<Vec<Bytes>, ReadError> {
         let kept = match self.complete_local().await {
             Some(_) => vec![None; keys.len()],
-            None => {
-                let minute = Interval::M1.bucket_start(Utc::now());
-                self.redis.rendered_bodies(keys, minute).await.map_err(ReadError::redis)?
-            }
+            None => self.redis.rendered_bodies(keys, Utc::now().timestamp()).await.map_err(ReadError::redis)?,
         };
         // Owned keys: a future borrowing each from the closure's argument
         // would not be `Send`, and a ranking's build is spawned.

@@ -6,7 +6,7 @@
 //! than the live retention. Both live sources go through the same merge and
 //! the same rendering, so they give the same JSON for the same state.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use crate::domain::aggregate::{Candle, Interval};
-use crate::domain::partial::{memory_retention_secs, AggKey, Merged};
+use crate::domain::partial::{memory_retention_secs, AggKey, Merged, Select};
 use crate::domain::window;
 use crate::domain::SwapEvent;
 use crate::metrics::METRICS;
@@ -58,10 +58,10 @@ pub trait LocalState: Send + Sync + 'static {
     fn holds_all(&self, claimed: &BTreeSet<Tp>) -> (u64, bool);
     /// Every token and pair with live state here.
     fn keys(&self) -> Vec<AggKey>;
-    /// `key` merged over the partitions held here, with candles of
-    /// `intervals` from `since` on and its `recent` newest swaps; `None`
-    /// when `key` has no live state here.
-    fn query(&self, key: &AggKey, intervals: &[Interval], since: i64, recent: usize) -> Option<LocalAnswer>;
+    /// `key` merged over the partitions held here, with the candles
+    /// `select` names and its `recent` newest swaps; `None` when `key` has
+    /// no live state here.
+    fn query(&self, key: &AggKey, select: Select, recent: usize) -> Option<LocalAnswer>;
 }
 
 /// A [`LocalState::query`] in flight; the error says why it got no answer.
@@ -71,10 +71,6 @@ pub type LocalAnswer = BoxFuture<'static, Result<(Merged, Vec<Arc<SwapEvent>>), 
 /// actors' ownership has not changed.
 const PARTITIONS_TTL: Duration = Duration::from_secs(5);
 
-/// Stats need the candles of the longest window and those kept before it,
-/// whose last price the windows' price changes are measured from.
-const STATS_SINCE_SECS: i64 = crate::domain::partial::memory_retention_secs(crate::domain::aggregate::Interval::M1);
-
 #[derive(Clone)]
 pub struct Live {
     redis: RedisStore,
@@ -82,10 +78,10 @@ pub struct Live {
     local: Option<Local>,
     cache: Arc<StatsCache>,
     /// How far ahead of the clock a swap's time may be: how far past the
-    /// current minute the rolling windows reach.
+    /// current second the rolling windows reach.
     future_secs: i64,
     /// Renders of a key's stats from the stores running now, by key and
-    /// minute: a request that finds none kept waits for the one running
+    /// second: a request that finds none kept waits for the one running
     /// instead of starting another (when a minute begins, every kept body
     /// is stale at once).
     rendering: Arc<Mutex<HashMap<(AggKey, i64), Rendering>>>,
@@ -202,7 +198,7 @@ impl Live {
     /// `since` on; `NotFound` when no swap of it was seen.
     pub async fn merged(&self, key: &AggKey, intervals: &[Interval], since: i64) -> Result<Merged, ReadError> {
         match self.complete_local().await {
-            Some(local) => from_actors(local, key, intervals, since).await,
+            Some(local) => from_actors(local, key, Select::Since(intervals.to_vec(), since)).await,
             None => self.merged_from_stores(key, intervals, since).await,
         }
     }
@@ -214,23 +210,33 @@ impl Live {
             read_from("redis");
             return self.redis.merged(key, intervals, since).await.map_err(ReadError::redis);
         }
-        self.merged_from_postgres(key, intervals, since).await
+        self.merged_from_postgres(key, &Select::Since(intervals.to_vec(), since)).await
     }
 
     /// [`Live::merged`] from PostgreSQL: for a key Redis lacks (never seen,
     /// or Redis is being rebuilt).
-    async fn merged_from_postgres(
-        &self,
-        key: &AggKey,
-        intervals: &[Interval],
-        since: i64,
-    ) -> Result<Merged, ReadError> {
+    async fn merged_from_postgres(&self, key: &AggKey, select: &Select) -> Result<Merged, ReadError> {
         read_from("postgres");
         let mut merged = self.pg.merged(key).await.map_err(ReadError::postgres)?.ok_or_else(|| not_found(key))?;
-        let now = Utc::now().timestamp();
-        for &interval in intervals {
-            let candles = self.pg.candles(key, interval, since, now, usize::MAX).await.map_err(ReadError::postgres)?;
-            merged.candles.insert(interval, candles);
+        match select {
+            Select::Since(intervals, since) => {
+                let now = Utc::now().timestamp();
+                for &interval in intervals {
+                    let candles =
+                        self.pg.candles(key, interval, *since, now, usize::MAX).await.map_err(ReadError::postgres)?;
+                    merged.candles.insert(interval, candles);
+                }
+            }
+            Select::Only(buckets) => {
+                let mut by_interval: BTreeMap<Interval, Vec<i64>> = BTreeMap::new();
+                for &(interval, t) in buckets.iter() {
+                    by_interval.entry(interval).or_default().push(t);
+                }
+                for (interval, starts) in by_interval {
+                    let candles = self.pg.candles_at(key, interval, &starts).await.map_err(ReadError::postgres)?;
+                    merged.candles.insert(interval, candles);
+                }
+            }
         }
         Ok(merged)
     }
@@ -263,7 +269,8 @@ impl Live {
         let now = Utc::now();
         let body = match self.complete_local().await {
             Some(local) => {
-                let merged = from_actors(local, key, &window::TILES, now.timestamp() - STATS_SINCE_SECS).await?;
+                let needed = Select::Only(Arc::new(self.at(now).needed()));
+                let merged = from_actors(local, key, needed).await?;
                 self.render(key, &merged, now)
             }
             None => self.stored_stats(key, now).await?,
@@ -277,12 +284,12 @@ impl Live {
     }
 
     /// The stats object of `key` from the shared stores: as another reader
-    /// rendered it in this minute if `key` was not written since (the
-    /// windows move by whole minutes), else rendered now and kept for the
-    /// others; one render at a time per key and minute in this process.
+    /// rendered it if `key` was not written since and its windows still
+    /// hold ([`window::until`]), else rendered now and kept for the others;
+    /// one render at a time per key and second in this process.
     async fn stored_stats(&self, key: &AggKey, now: DateTime<Utc>) -> Result<Bytes, ReadError> {
         use futures::FutureExt as _;
-        let flight = (key.clone(), Interval::M1.bucket_start(now));
+        let flight = (key.clone(), now.timestamp());
         let rendering = {
             let mut rendering = self.rendering.lock().expect("rendering lock");
             let running = rendering.get(&flight).cloned();
@@ -315,27 +322,28 @@ impl Live {
     /// rendered from Redis (only the candles the windows need), or from
     /// PostgreSQL while Redis lacks `key`.
     async fn render_stored(&self, key: &AggKey, now: DateTime<Utc>) -> Result<Bytes, ReadError> {
-        let minute = Interval::M1.bucket_start(now);
-        let (version, partials) = match self.redis.rendered_stats(key, minute).await.map_err(ReadError::redis)? {
-            Kept::Body(body) => {
-                read_from("rendered");
-                return Ok(Bytes::from(body));
-            }
-            Kept::Stale { version, partials } => (version, partials),
-        };
+        let (version, partials) =
+            match self.redis.rendered_stats(key, now.timestamp()).await.map_err(ReadError::redis)? {
+                Kept::Body(body) => {
+                    read_from("rendered");
+                    return Ok(Bytes::from(body));
+                }
+                Kept::Stale { version, partials } => (version, partials),
+            };
         let needed = self.at(now).needed();
         let merged = match self.redis.merged_candles(key, partials, &needed).await.map_err(ReadError::redis)? {
             Some(merged) => {
                 read_from("redis");
                 merged
             }
-            None => self.merged_from_postgres(key, &window::TILES, now.timestamp() - STATS_SINCE_SECS).await?,
+            None => self.merged_from_postgres(key, &Select::Only(Arc::new(needed))).await?,
         };
         let body = self.render(key, &merged, now);
+        let valid = now.timestamp()..window::until(&merged.candles, self.at(now));
         // Not waited for: only a later reader's saving is lost if it fails.
         let (redis, key, kept) = (self.redis.clone(), key.clone(), body.clone());
         actix_web::rt::spawn(async move {
-            if redis.keep_stats(&key, minute, &version, &kept).await.is_err() {
+            if redis.keep_stats(&key, valid, &version, &kept).await.is_err() {
                 METRICS.redis_errors.inc();
             }
         });
@@ -415,16 +423,10 @@ pub fn unseen_stats(key: &AggKey) -> serde_json::Value {
     stats::stats_json(key, &Merged::default(), window::At::with_any_future(Utc::now()))
 }
 
-/// `key` merged over this process' actors, with candles of `intervals`
-/// from `since` on.
-async fn from_actors(
-    local: &dyn LocalState,
-    key: &AggKey,
-    intervals: &[Interval],
-    since: i64,
-) -> Result<Merged, ReadError> {
+/// `key` merged over this process' actors, with the candles `select` names.
+async fn from_actors(local: &dyn LocalState, key: &AggKey, select: Select) -> Result<Merged, ReadError> {
     read_from("actors");
-    let answer = local.query(key, intervals, since, 0).ok_or_else(|| not_found(key))?;
+    let answer = local.query(key, select, 0).ok_or_else(|| not_found(key))?;
     let (merged, _) = answer.await.map_err(aggregator_unavailable)?;
     Ok(merged)
 }

@@ -75,7 +75,9 @@ pub struct TotalsDoc {
 }
 
 // The shape of `domain::window::Window`.
-/// A rolling window's figures.
+/// A rolling window's figures: the swaps whose time is within its length
+/// of the second `updated_at` is in, that second included (and any ahead
+/// of the clock).
 #[derive(ToSchema)]
 #[schema(as = Window)]
 #[allow(dead_code)]

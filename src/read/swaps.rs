@@ -9,7 +9,7 @@ use std::str::FromStr;
 use serde_json::Value;
 
 use super::{aggregator_unavailable, not_found, read_from, Live, ReadError};
-use crate::domain::partial::AggKey;
+use crate::domain::partial::{AggKey, Select};
 use crate::domain::swap::EventOrder;
 use crate::domain::SwapEvent;
 use crate::storage::encoding::{decode_order, encode_order};
@@ -70,7 +70,7 @@ impl Live {
     async fn recent(&self, key: &AggKey, limit: usize) -> Result<Vec<(EventOrder, Value)>, ReadError> {
         if let Some(local) = self.complete_local().await {
             read_from("actors");
-            let answer = local.query(key, &[], i64::MAX, limit).ok_or_else(|| not_found(key))?;
+            let answer = local.query(key, Select::none(), limit).ok_or_else(|| not_found(key))?;
             let (_, swaps) = answer.await.map_err(aggregator_unavailable)?;
             return Ok(swaps.iter().map(|s| ordered(s)).collect());
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use swapstream::actors::aggregator::{Poison, Query};
 use swapstream::codec;
 use swapstream::domain::aggregate::{Interval, Reference};
-use swapstream::domain::partial::AggKey;
+use swapstream::domain::partial::{AggKey, Select};
 use swapstream::domain::{Status, SwapEvent, TokenSymbol};
 use swapstream::metrics::METRICS;
 use swapstream::producer::ground_truth::GroundTruthFile;
@@ -71,7 +71,7 @@ fn a_panicking_aggregator_restarts_from_the_checkpoint_and_the_others_carry_on()
         let mut merged = BTreeMap::new();
         for (key, addr) in consumer.aggregators.all() {
             let (answer, recent) =
-                addr.send(Query { intervals: Interval::ALL.to_vec(), since: 0, recent: 5 }).await.unwrap();
+                addr.send(Query { select: Select::Since(Interval::ALL.to_vec(), 0), recent: 5 }).await.unwrap();
             assert!(recent.len() <= 5 && recent.windows(2).all(|w| w[0].order_key() >= w[1].order_key()));
             merged.insert(key, answer);
         }

@@ -395,6 +395,9 @@ impl Core {
                     if let Err(e) = pg.prune_recent(&owned, now).await {
                         warn!(log, "cannot prune recent swaps"; "error" => format!("{e:#}"));
                     }
+                    if let Err(e) = pg.prune_seconds(&owned, now).await {
+                        warn!(log, "cannot prune 1s candles"; "error" => format!("{e:#}"));
+                    }
                 }));
             }
             // Months roll over while the service runs: keep partitions ahead.

@@ -11,7 +11,7 @@ use tokio_postgres::types::{ToSql, Type};
 use super::{pipelined, Fenced, PgStore};
 use crate::codec::{self, Encoding};
 use crate::domain::aggregate::Interval;
-use crate::domain::partial::{AggKey, CandlePartial};
+use crate::domain::partial::{memory_retention_secs, AggKey, CandlePartial};
 use crate::storage::encoding::encode_order;
 use crate::stream::partition::encode_changes;
 use crate::stream::{PartialChange, SeenChange, Tp};
@@ -372,6 +372,27 @@ impl PgStore {
             .await?;
         Ok(deleted)
     }
+
+    /// Deletes the 1s candles of the partitions `tps` older than their
+    /// memory retention, relative to `now`: they serve the rolling windows'
+    /// edges only, and no read goes further back.
+    pub async fn prune_seconds(&self, tps: &[Tp], now: DateTime<Utc>) -> anyhow::Result<u64> {
+        let topics: Vec<&str> = tps.iter().map(|tp| &*tp.topic).collect();
+        let partitions: Vec<i32> = tps.iter().map(|tp| tp.partition).collect();
+        let oldest = now.timestamp() - memory_retention_secs(Interval::S1);
+        let client = self.client().await?;
+        let deleted = client
+            .execute(
+                &self.sql(
+                    "DELETE FROM {schema}.candles
+                     WHERE interval = '1s' AND t < $3
+                       AND (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))",
+                ),
+                &[&topics, &partitions, &oldest],
+            )
+            .await?;
+        Ok(deleted)
+    }
 }
 
 /// Against the PostgreSQL of `scripts/services up`, each test in a schema
@@ -586,6 +607,35 @@ mod tests {
         assert_eq!(got, expected);
         in_turn.drop_schema().await.unwrap();
         absorbed.drop_schema().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn seconds_older_than_their_retention_are_deleted_in_the_partitions_asked_for() {
+        let tps = [Tp::new("swaps.ETH", 0), Tp::new("swaps.ETH", 1)];
+        let (store, schema) = store(5).await;
+        let epoch = store.claim(&tps, "unit", Utc::now()).await.unwrap()[0].epoch;
+        for checkpoint in checkpoints(epoch, 5) {
+            store.checkpoint(&checkpoint).await.unwrap();
+        }
+        let client = store.client().await.unwrap();
+        let count = |interval: &'static str| {
+            let (client, schema) = (&client, &schema);
+            async move {
+                let sql = format!("SELECT count(*) FROM {schema}.candles WHERE interval = $1");
+                client.query_one(&sql, &[&interval]).await.unwrap().get::<_, i64>(0)
+            }
+        };
+        // 24 swaps 37 s apart, each of 3 keys: a second each.
+        assert_eq!(count("1s").await, 72);
+        let minutes = count("1m").await;
+        // Retention ends 370 s after the first swap: swaps 0 to 9 are older.
+        let now = DateTime::from_timestamp(1_764_547_200 + 370 + memory_retention_secs(Interval::S1), 0).unwrap();
+        assert_eq!(store.prune_seconds(&tps[..1], now).await.unwrap(), 15, "swaps 0, 2, 4, 6, 8");
+        assert_eq!(store.prune_seconds(&tps, now).await.unwrap(), 15, "swaps 1, 3, 5, 7, 9");
+        assert_eq!(store.prune_seconds(&tps, now).await.unwrap(), 0);
+        assert_eq!(count("1s").await, 42);
+        assert_eq!(count("1m").await, minutes, "only seconds are deleted");
+        store.drop_schema().await.unwrap();
     }
 
     #[tokio::test]

@@ -169,7 +169,7 @@ impl PgStore {
             }
         }
         let (intervals, cutoffs): (Vec<&str>, Vec<i64>) =
-            Interval::ALL.iter().map(|i| (i.as_str(), now.timestamp() - memory_retention_secs(*i))).unzip();
+            Interval::KEPT.iter().map(|i| (i.as_str(), now.timestamp() - memory_retention_secs(*i))).unzip();
         let rows = tx
             .query(
                 &self.sql(
@@ -187,7 +187,7 @@ impl PgStore {
         for row in rows {
             let key = AggKey::parse(row.get(0)).context("bad key in candles")?;
             let tp = Tp::new(row.get(1), row.get(2));
-            let interval = Interval::parse(row.get(3)).context("bad interval in candles")?;
+            let interval = Interval::parse_kept(row.get(3)).context("bad interval in candles")?;
             candles.entry((key, tp)).or_default().push((interval, candle_from_row(&row, 4)?));
         }
         Ok(totals

@@ -86,12 +86,31 @@ impl PgStore {
             )
             .await
             .context("reading candles")?;
-        let mut merged: BTreeMap<i64, CandlePartial> = BTreeMap::new();
-        for row in rows {
-            let candle = candle_from_row(&row, 0)?;
-            merged.entry(candle.t).and_modify(|c| c.merge(&candle)).or_insert(candle);
-        }
-        Ok(merged)
+        merge_rows(&rows)
+    }
+
+    /// The candles of `key` and `interval` that start at `starts`, merged
+    /// over every partition: each bucket found through the primary key.
+    pub async fn candles_at(
+        &self,
+        key: &AggKey,
+        interval: Interval,
+        starts: &[i64],
+    ) -> anyhow::Result<BTreeMap<i64, CandlePartial>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &self.sql(
+                    "SELECT t, open::text, open_at, close::text, close_at, high::text, low::text, volume_usd::text,
+                            swaps, buys, buy_volume_usd::text, makers
+                     FROM {schema}.candles WHERE agg_key = $1 AND interval = $2 AND t = ANY($3)",
+                ),
+                &[&key.to_string(), &interval.as_str(), &starts],
+            )
+            .await
+            .context("reading candles")?;
+        merge_rows(&rows)
     }
 
     /// The merged totals and pending gauge of `key` over every partition,
@@ -132,4 +151,14 @@ impl PgStore {
             .context("reading partitions")?;
         Ok(rows.iter().map(|row| Tp::new(row.get(0), row.get(1))).collect())
     }
+}
+
+/// Candle rows of one key and interval, merged by bucket over partitions.
+fn merge_rows(rows: &[tokio_postgres::Row]) -> anyhow::Result<BTreeMap<i64, CandlePartial>> {
+    let mut merged: BTreeMap<i64, CandlePartial> = BTreeMap::new();
+    for row in rows {
+        let candle = candle_from_row(row, 0)?;
+        merged.entry(candle.t).and_modify(|c| c.merge(&candle)).or_insert(candle);
+    }
+    Ok(merged)
 }

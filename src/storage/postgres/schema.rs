@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "dedup_expiry", include_str!("migrations/0003_dedup_expiry.sql")),
     (4, "buy_volume", include_str!("migrations/0004_buy_volume.sql")),
     (5, "makers", include_str!("migrations/0005_makers.sql")),
+    (6, "seconds", include_str!("migrations/0006_seconds.sql")),
 ];
 
 impl PgStore {

@@ -454,6 +454,7 @@ impl RedisStore {
 /// Length of the period one candle hash of `interval` covers.
 fn period_secs(interval: Interval) -> i64 {
     match interval {
+        Interval::S1 => 3_600,
         Interval::M1 | Interval::M5 | Interval::M15 => 86_400,
         Interval::H1 | Interval::H4 => 30 * 86_400,
         Interval::D1 => 365 * 86_400,
