@@ -557,6 +557,18 @@ mod tests {
         }
     }
 
+    /// The swaps the service takes at `now`: none further ahead of it than
+    /// any setting allows.
+    fn taken_at(events: Vec<SwapEvent>, now: DateTime<Utc>) -> Vec<SwapEvent> {
+        let reach = now + chrono::Duration::seconds(window::MAX_FUTURE_SECS);
+        events.into_iter().filter(|e| e.timestamp <= reach).collect()
+    }
+
+    /// The reference's window `label` of `key` (empty where it saw no swap).
+    fn reference_window(plain: &BTreeMap<String, BTreeMap<&'static str, Window>>, key: &AggKey, label: &str) -> Window {
+        plain.get(&key.to_string()).and_then(|w| w.get(label)).cloned().unwrap_or_default()
+    }
+
     proptest! {
         #[test]
         fn windows_from_merged_candles_equal_windows_from_the_swaps(
@@ -565,17 +577,13 @@ mod tests {
             now_offset in prop_oneof![0i64..9_000, 0i64..115_000],
         ) {
             let now = DateTime::from_timestamp(1_764_057_600 + now_offset, 0).unwrap();
-            // Later ones the service does not take.
-            let events: Vec<SwapEvent> = events
-                .into_iter()
-                .filter(|e| e.timestamp <= now + chrono::Duration::seconds(window::MAX_FUTURE_SECS))
-                .collect();
+            let events = taken_at(events, now);
             let plain = windows_at(&events, now);
             let merged = merged_by_partials(&events, &assign, 3);
             for (key, merged) in &merged {
                 for (label, length) in WINDOWS {
                     let got = window::of(&merged.candles, At::with_any_future(now), length);
-                    let expected = plain.get(&key.to_string()).and_then(|w| w.get(label)).cloned().unwrap_or_default();
+                    let expected = reference_window(&plain, key, label);
                     prop_assert_eq!(got, expected, "{} {}", key, label);
                 }
             }
@@ -603,7 +611,7 @@ mod tests {
             for (key, merged) in &merged {
                 for (label, length) in WINDOWS {
                     let got = window::of(&merged.candles, At::with_any_future(now), length);
-                    let expected = plain.get(&key.to_string()).and_then(|w| w.get(label)).cloned().unwrap_or_default();
+                    let expected = reference_window(&plain, key, label);
                     prop_assert_eq!(got, expected, "{} {}", key, label);
                 }
             }
@@ -620,11 +628,7 @@ mod tests {
             now_offset in prop_oneof![0i64..9_000, 0i64..115_000],
         ) {
             let now = DateTime::from_timestamp(1_764_057_600 + now_offset, 0).unwrap();
-            // Later ones the service does not take.
-            let events: Vec<SwapEvent> = events
-                .into_iter()
-                .filter(|e| e.timestamp <= now + chrono::Duration::seconds(window::MAX_FUTURE_SECS))
-                .collect();
+            let events = taken_at(events, now);
             let merged = merged_by_partials(&events, &[0], 1);
             for (key, merged) in &merged {
                 let until = window::until(&merged.candles, At::with_any_future(now));
@@ -635,7 +639,7 @@ mod tests {
                     let at_now = window::of(&merged.candles, At::with_any_future(now), length);
                     let at_last = window::of(&merged.candles, At::with_any_future(last), length);
                     prop_assert_eq!(&at_now, &at_last, "{} {}", key, label);
-                    let expected = plain.get(&key.to_string()).and_then(|w| w.get(label)).cloned().unwrap_or_default();
+                    let expected = reference_window(&plain, key, label);
                     prop_assert_eq!(at_last, expected, "{} {}", key, label);
                 }
             }
