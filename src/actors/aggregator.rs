@@ -48,11 +48,22 @@ impl Aggregator {
 impl Aggregator {
     /// Whether `swap` is among the `recent_cap` newest of all this key's
     /// partials: fewer than `recent_cap` of them are newer. Each partial's
-    /// list is sorted newest first, so that is a binary search per partial.
+    /// list is sorted newest first, so that is a binary search per partial,
+    /// and a single comparison for the usual case of a swap newer than all
+    /// a partial holds (a key traded over many topics has many partials).
     fn among_newest(&self, swap: &SwapEvent) -> bool {
         let order = swap.order_key();
-        let newer: usize = self.partials.values().map(|p| p.recent.partition_point(|r| r.order_key() > order)).sum();
-        newer < self.recent_cap
+        let mut newer = 0;
+        for partial in self.partials.values() {
+            if partial.recent.first().is_none_or(|newest| newest.order_key() <= order) {
+                continue;
+            }
+            newer += partial.recent.partition_point(|r| r.order_key() > order);
+            if newer >= self.recent_cap {
+                return false;
+            }
+        }
+        true
     }
 }
 

@@ -31,3 +31,24 @@ pub fn decode_order(bytes: &[u8]) -> anyhow::Result<EventOrder> {
     let hash: [u8; 32] = bytes[20..52].try_into()?;
     Ok((DateTime::from_timestamp_nanos(nanos), block, log_index, TxHash(hash)))
 }
+
+/// Lower-case hex of `bytes`, as `hex::encode` writes it, byte to byte
+/// rather than through `char`s: the live writer encodes every changed
+/// candle's makers sketch this way.
+pub fn to_hex(bytes: &[u8]) -> String {
+    let mut out = vec![0; bytes.len() * 2];
+    hex::encode_to_slice(bytes, &mut out).expect("twice the input's length");
+    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn to_hex_is_hex_encode() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(to_hex(&bytes), hex::encode(&bytes));
+        assert_eq!(to_hex(&[]), "");
+    }
+}

@@ -11,7 +11,7 @@ use redis::Pipeline;
 use super::{failures, period_secs, CandleRecord, PartialRecord, RedisStore, RECENT};
 use crate::domain::partial::{memory_retention_secs, AggKey};
 use crate::domain::SwapEvent;
-use crate::storage::encoding::encode_order;
+use crate::storage::encoding::{encode_order, to_hex};
 use crate::stream::{PartialChange, Tp};
 
 /// Where in its partition a partial's values are: the ownership epoch of
@@ -184,7 +184,7 @@ impl RedisStore {
                 buys: w.totals.buys,
                 first_seen_ns: w.totals.first_seen.and_then(|t| t.timestamp_nanos_opt()),
                 last_price: w.totals.last.map(|p| p.price),
-                last_at: w.totals.last.map(|p| hex::encode(encode_order(&p.at))),
+                last_at: w.totals.last.map(|p| to_hex(&encode_order(&p.at))),
                 pending: w.pending,
             };
             let totals = serde_json::to_string(&record)?;
@@ -194,16 +194,16 @@ impl RedisStore {
                 let hash = self.key(key, &format!("c:{interval}:{period_start}"));
                 let record = CandleRecord {
                     open: c.open.price,
-                    open_at: hex::encode(encode_order(&c.open.at)),
+                    open_at: to_hex(&encode_order(&c.open.at)),
                     close: c.close.price,
-                    close_at: hex::encode(encode_order(&c.close.at)),
+                    close_at: to_hex(&encode_order(&c.close.at)),
                     high: c.high,
                     low: c.low,
                     volume_usd: c.volume_usd,
                     buy_volume_usd: c.buy_volume_usd,
                     swaps: c.swaps,
                     buys: c.buys,
-                    makers: hex::encode(c.makers.to_bytes()),
+                    makers: to_hex(&c.makers.to_bytes()),
                 };
                 let expire_at = period_start + period + memory_retention_secs(*interval);
                 candles.push((hash, format!("{}/{}", c.t, tp), serde_json::to_string(&record)?, expire_at));
