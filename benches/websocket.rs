@@ -291,6 +291,16 @@ fn run(clients: usize, options: &Options) -> Run {
         let delivered = frames.load(Ordering::Relaxed);
         let _ = producer.kill();
         let _ = producer.wait();
+        // Idle again: what the clients keep once the traffic has stopped,
+        // their queues have drained and the allocator's dirty pages have
+        // decayed (jemalloc: 10 s by default).
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let rss_after = rss_kib(pid);
+        eprintln!(
+            "RSS idle again, 12 s after the load: {:.0} MiB ({:.1} KiB per connection)",
+            rss_after as f64 / 1024.0,
+            (rss_after as f64 - rss_base as f64) / clients as f64
+        );
         let _ = child.kill();
         let _ = child.wait();
         let mut latencies = Vec::new();
