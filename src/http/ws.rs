@@ -189,18 +189,16 @@ where
         this.conn.register_writer(cx.waker());
         let taken = this.conn.take(WRITE_CHUNK, &mut this.buffer);
         if taken.bytes == 0 {
-            // Idle: keep no write buffer (the remainder of a split one would
-            // keep its whole allocation alive).
+            // Drained: keep no write buffer. What `split` leaves keeps the
+            // whole allocation alive (up to a chunk per idle connection);
+            // while frames flow, the next chunk reuses it once the socket
+            // has taken this one.
             this.buffer = BytesMut::new();
             return Poll::Pending;
         }
         count_sent(&taken);
         this.conn.pulled.fetch_add(taken.bytes as i64, Ordering::AcqRel);
-        // A full chunk means more is queued: split, so the next chunk reuses
-        // the allocation once the socket has taken this one. A short one
-        // drained the queue: hand the whole buffer over.
-        let chunk = if taken.bytes >= WRITE_CHUNK { this.buffer.split() } else { std::mem::take(&mut this.buffer) };
-        Poll::Ready(Some(Ok(chunk.freeze())))
+        Poll::Ready(Some(Ok(this.buffer.split().freeze())))
     }
 }
 

@@ -12,7 +12,7 @@ use super::{aggregator_unavailable, not_found, read_from, Live, ReadError};
 use crate::domain::partial::{AggKey, Select};
 use crate::domain::swap::EventOrder;
 use crate::domain::SwapEvent;
-use crate::storage::encoding::{decode_order, encode_order};
+use crate::storage::encoding::{decode_order, encode_order, to_hex};
 
 /// Where a page of swaps ended: the event order of its last (oldest) swap;
 /// the next page holds the swaps ordered before it. Written as the 104 hex
@@ -22,7 +22,7 @@ pub struct SwapCursor(pub EventOrder);
 
 impl fmt::Display for SwapCursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(encode_order(&self.0)))
+        f.write_str(&to_hex(&encode_order(&self.0)))
     }
 }
 
