@@ -136,18 +136,31 @@ async fn over_tls_a_client_that_stops_reading_is_disconnected_too() {
     let mut stalled = rustls::StreamOwned::new(connection, small_window_socket(port));
     upgrade_and_subscribe(&mut stalled, port, "token:ETH");
     assert_eq!(metric(plain, "swapstream_ws_sessions").await, 1.0);
-
-    // Act: the channel gets busy; the client never reads.
-    let producing = tokio::spawn({
-        let (brokers, names) = (brokers.clone(), names.clone());
-        async move { helpers::produce(&brokers, &names, 3000, &stream_vars("120000")).await }
-    });
-
-    // Assert: evicted, and the TLS connection really closed under it.
-    eventually("the stalled TLS client is evicted", Duration::from_secs(60), || async move {
-        metric(plain, "swapstream_ws_evictions_total{reason=\"write_deadline\"}").await >= 1.0
+    // The subscription is live once its `subscribed` frame went out: swaps
+    // produced before that would never reach this client.
+    eventually("the stalled client's subscription is confirmed", Duration::from_secs(30), || async move {
+        metric(plain, "swapstream_ws_frames_sent_total{type=\"subscribed\"}").await >= 1.0
     })
     .await;
+
+    // Act: the channel gets busy for seconds, however slowly the consumer
+    // catches up on a loaded machine, so the buffers fill; the client never
+    // reads.
+    let producing = tokio::spawn({
+        let (brokers, names) = (brokers.clone(), names.clone());
+        async move { helpers::produce(&brokers, &names, 8000, &stream_vars("120000")).await }
+    });
+
+    // Assert: evicted for the write deadline, and the TLS connection really
+    // closed under it.
+    let waited = Instant::now();
+    while metric(plain, "swapstream_ws_evictions_total{reason=\"write_deadline\"}").await < 1.0 {
+        let swaps = metric(plain, "swapstream_ws_frames_sent_total{type=\"swap\"}").await;
+        let pings = metric(plain, "swapstream_ws_evictions_total{reason=\"ping_timeout\"}").await;
+        assert!(pings == 0.0, "the stalled TLS client went for the ping timeout instead, after {swaps} swap frames");
+        assert!(waited.elapsed() < Duration::from_secs(60), "not evicted within 60 s, after {swaps} swap frames");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // The server lets go while the client still does not read (a close
     // frame alone would wait for it forever), then the client sees the end.
     eventually("the server drops the stalled connection", Duration::from_secs(10), || async move {
