@@ -9,7 +9,7 @@ use serde_json::json;
 use super::client::{Client, Got};
 use super::model::{expected_states, Received};
 use super::raw::{reads_to_its_end, small_window_socket, stalled_client, upgrade_and_subscribe};
-use super::{consumer_vars, metric, rss_kib, start_consumer, stream_vars};
+use super::{consumer_vars, create_topics, metric, rss_kib, start_consumer, stream_vars};
 use crate::helpers::{self, eventually, require_broker, Child, Names};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -129,6 +129,9 @@ async fn over_tls_a_client_that_stops_reading_is_disconnected_too() {
     vars.push(("SWAPSTREAM_WS_WRITE_DEADLINE_MS", "1000".into()));
     vars.push(("SWAPSTREAM_WS_SEND_BUFFER_BYTES", "16384".into()));
     vars.extend(tls.server_vars());
+    // Topics made first, so the consumer has them from the start and the
+    // swaps come as a stream, not as one catch-up once it finds the topics.
+    create_topics(&names, &brokers).await;
     let (mut consumer, port) = start_consumer(&names, &vars, "a").await;
     let plain = helpers::logged_number(&consumer, "health_port").await;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
