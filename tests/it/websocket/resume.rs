@@ -167,7 +167,10 @@ async fn the_history_replays_what_was_missed_and_says_when_it_cannot() {
     let mut api = Child::spawn(&format!("{}api", names.topic_prefix), &["api"], &vars);
     let port = helpers::logged_port(&api).await;
     let settings = names.settings(&[]);
-    let history = WsHistory { size: 1000, max_age: Duration::from_secs(1) };
+    // Entries older than the age are trimmed at the next append and an idle
+    // history expires after it: long enough for every step below on a
+    // loaded machine, short enough to wait out at the end.
+    let history = WsHistory { size: 1000, max_age: Duration::from_secs(5) };
     let feed = RedisStore::connect(&settings.redis, 100).await.unwrap().with_history(history);
 
     let mut client = Client::connect(port).await;
@@ -232,7 +235,7 @@ async fn the_history_replays_what_was_missed_and_says_when_it_cannot() {
     let stream = format!("{}:{{token:ETH}}:history", names.redis_prefix);
     let client = redis::Client::open(settings.redis.urls.expose()[0].as_str()).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-    eventually("the idle history expires", Duration::from_secs(10), || {
+    eventually("the idle history expires", Duration::from_secs(20), || {
         let (stream, mut redis) = (stream.clone(), redis.clone());
         async move { redis::cmd("EXISTS").arg(&stream).query_async::<i64>(&mut redis).await.unwrap() == 0 }
     })
