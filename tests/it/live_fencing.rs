@@ -53,29 +53,3 @@ async fn a_partial_is_kept_only_from_the_latest_position_of_its_partition() {
     assert_eq!(METRICS.live_writes_fenced.get() - fenced_before, 2, "two writes fenced");
     store.delete_all().await.unwrap();
 }
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_redis_that_lost_the_write_script_gets_it_again_and_nothing_is_lost() {
-    let names = Names::new("it-live-noscript");
-    let settings = names.settings(&[]).redis;
-    let store = RedisStore::connect(&settings, 100).await.unwrap();
-    let key = AggKey::Token(TokenSymbol::parse("ETH").unwrap());
-    let (change, positions) = write(10, 1, 100);
-    store.write(&[change], &positions, &[]).await.unwrap();
-    // What a restart or a failover to a fresh primary does to the scripts.
-    let mut redis = redis::Client::open(settings.urls.expose()[0].as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    redis::cmd("SCRIPT").arg("FLUSH").query_async::<()>(&mut redis).await.unwrap();
-
-    // Act
-    let (change, positions) = write(12, 1, 120);
-    store.write(&[change], &positions, &[]).await.unwrap();
-
-    // Assert
-    let stored = store.merged(&key, &Interval::ALL, 0).await.unwrap().totals.swaps;
-    assert_eq!(stored, 12, "the write after the flush is in Redis");
-    store.delete_all().await.unwrap();
-}

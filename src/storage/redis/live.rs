@@ -3,10 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use anyhow::Context as _;
-use redis::{ErrorKind, Pipeline, ServerErrorKind};
+use redis::Pipeline;
 
 use super::{failures, period_secs, CandleRecord, PartialRecord, RedisStore, RECENT};
 use crate::domain::partial::{memory_retention_secs, AggKey};
@@ -36,13 +36,7 @@ impl Position {
 /// KEYS: positions hash, partials hash, then one candle hash per candle.
 /// ARGV: partition, epoch, offset, totals JSON, then per candle: field,
 /// JSON, expire-at.
-///
-/// Sent by its SHA1 (`EVALSHA`): its text goes to Redis only when Redis
-/// does not have it (the first write, or after a restart or a failover), on
-/// the `NOSCRIPT` error that answers.
-static FENCED_WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
+static FENCED_WRITE: &str = r"
 local epoch, offset = tonumber(ARGV[2]), tonumber(ARGV[3])
 if epoch >= 0 then
   local stored = redis.call('HGET', KEYS[1], ARGV[1])
@@ -63,9 +57,7 @@ for i = 3, #KEYS do
   redis.call('EXPIREAT', KEYS[i], ARGV[at + 2])
 end
 return 1
-",
-    )
-});
+";
 
 /// A live write that failed: the first error, and the keys whose writes may
 /// be missing (`None`: any key's, the failure was not one key's).
@@ -150,20 +142,11 @@ impl RedisStore {
             let mut conn = self.conn.clone();
             sent.push(Box::pin(async move {
                 // One result per partial written: 1 written, 0 fenced.
-                let written: Vec<i64> = match pipe.query_async(&mut conn).await {
-                    // Every write of the pipeline is written again, the
-                    // fenced ones after the script is loaded: the others
-                    // are idempotent or only announce a change once more.
-                    Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                        match FENCED_WRITE.load_async(&mut conn).await {
-                            Ok(_) => pipe.query_async(&mut conn).await,
-                            Err(e) => Err(e),
-                        }
-                    }
-                    result => result,
-                }
-                .with_context(|| format!("writing {key} to Redis"))
-                .map_err(|e| (vec![key], e))?;
+                let written: Vec<i64> = pipe
+                    .query_async(&mut conn)
+                    .await
+                    .with_context(|| format!("writing {key} to Redis"))
+                    .map_err(|e| (vec![key], e))?;
                 let fenced = written.iter().filter(|&&w| w == 0).count();
                 crate::metrics::METRICS.live_writes_fenced.inc_by(fenced as u64);
                 Ok(())
@@ -192,7 +175,7 @@ impl RedisStore {
         for change in changes {
             let (w, tp) = (&change.delta, &change.tp);
             let position = positions.get(tp).copied().unwrap_or(Position::UNFENCED);
-            let mut fenced = redis::cmd("EVALSHA");
+            let mut fenced = redis::cmd("EVAL");
             let mut candles: Vec<(String, String, String, i64)> = Vec::with_capacity(w.candles.len());
             let record = PartialRecord {
                 volume_usd: w.totals.volume_usd,
@@ -226,7 +209,7 @@ impl RedisStore {
                 candles.push((hash, format!("{}/{}", c.t, tp), serde_json::to_string(&record)?, expire_at));
             }
             let tp = tp.to_string();
-            fenced.arg(FENCED_WRITE.get_hash()).arg(2 + candles.len()).arg(&positions_key).arg(&partials_key);
+            fenced.arg(FENCED_WRITE).arg(2 + candles.len()).arg(&positions_key).arg(&partials_key);
             for (hash, ..) in &candles {
                 fenced.arg(hash);
             }
