@@ -147,6 +147,7 @@ impl Servers {
         // WebSocket frames are small and must leave at once: with Nagle's
         // algorithm on, a frame waits for the client's delayed ACK (40 ms).
         .tcp_nodelay(true)
+        .h1_write_buffer_size(ws::H1_WRITE_BUFFER)
         .workers(settings.workers)
         .disable_signals()
         .shutdown_timeout(5);

@@ -135,10 +135,20 @@ async fn upgrade(
 }
 
 /// Most bytes of channel frames the writer hands the HTTP layer at once.
-/// actix asks for more while less than its write buffer (32 KiB) waits, so
-/// what is out of the queue and not yet in the socket stays near 50 KiB and
-/// the rest of a backlog can still be conflated.
-const WRITE_CHUNK: usize = 16 * 1024;
+/// actix asks for more while less than its write buffer
+/// ([`H1_WRITE_BUFFER`]) waits, so what is out of the queue and not yet in
+/// the socket stays near 12 KiB and the rest of a backlog can still be
+/// conflated.
+const WRITE_CHUNK: usize = 4 * 1024;
+
+/// actix-http's write buffer per connection (`h1_write_buffer_size`, 32 KiB
+/// by default). The buffer grows to hold what is pulled while it is under
+/// this size, and actix keeps whatever it grew to (up to 128 KiB) for the
+/// connection's life: with 32 KiB and 16 KiB chunks, a client that had one
+/// burst kept about 64 KiB ever after. 8 KiB is the size actix starts with,
+/// so with [`WRITE_CHUNK`] it grows at most once, to 16 KiB. REST bodies
+/// are written whole whatever this is.
+pub const H1_WRITE_BUFFER: usize = 8 * 1024;
 
 /// A connection's writer: its response body, which the HTTP layer polls
 /// whenever it has room to write. It yields the session actor's own frames
@@ -179,6 +189,11 @@ where
         this.conn.register_writer(cx.waker());
         let taken = this.conn.take(WRITE_CHUNK, &mut this.buffer);
         if taken.bytes == 0 {
+            // Drained: keep no write buffer. What `split` leaves keeps the
+            // whole allocation alive (up to a chunk per idle connection);
+            // while frames flow, the next chunk reuses it once the socket
+            // has taken this one.
+            this.buffer = BytesMut::new();
             return Poll::Pending;
         }
         count_sent(&taken);
