@@ -140,7 +140,8 @@ async fn over_tls_a_client_that_stops_reading_is_disconnected_too() {
     upgrade_and_subscribe(&mut stalled, port, "token:ETH");
     assert_eq!(metric(plain, "swapstream_ws_sessions").await, 1.0);
     // The subscription is live once its `subscribed` frame went out: swaps
-    // produced before that would never reach this client.
+    // before that are in its snapshot, never frames that could fill its
+    // buffers.
     eventually("the stalled client's subscription is confirmed", Duration::from_secs(30), || async move {
         metric(plain, "swapstream_ws_frames_sent_total{type=\"subscribed\"}").await >= 1.0
     })
