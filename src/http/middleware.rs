@@ -103,18 +103,16 @@ pub async fn observe(
     let policy = request.app_data::<web::Data<Policy>>().cloned();
     let id = request_id(&request);
     let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-    let (method, path) = (request.method().to_string(), request.path().to_owned());
+    let (method, path) = (request.method().clone(), request.path().to_owned());
     let peer = match &policy {
         Some(policy) => policy.client_ip(request.head()),
         None => request.peer_addr().map(|a| a.ip()),
-    }
-    .map(|ip| ip.to_string())
-    .unwrap_or_default();
+    };
     request.extensions_mut().insert(RequestId(id.clone()));
     let result = next.call(request).await;
-    let (status, error) = match &result {
-        Ok(response) => (response.status(), response.response().error().map(|e| e.to_string())),
-        Err(e) => (e.as_response_error().status_code(), Some(e.to_string())),
+    let status = match &result {
+        Ok(response) => response.status(),
+        Err(e) => e.as_response_error().status_code(),
     };
     let elapsed = started.elapsed();
     METRICS.http_requests.with_label_values(&[&route, status.as_str()]).inc();
@@ -122,7 +120,12 @@ pub async fn observe(
     if let Some(policy) = policy.filter(|p| p.access_log || status.is_server_error()) {
         let log = policy.log.new(o!("request_id" => id.clone()));
         let micros = elapsed.as_micros() as u64;
+        let (method, peer) = (method.as_str(), peer.map(|ip| ip.to_string()).unwrap_or_default());
         if status.is_server_error() {
+            let error = match &result {
+                Ok(response) => response.response().error().map(|e| e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
             warn!(log, "request"; "method" => method, "path" => path, "status" => status.as_u16(),
                 "micros" => micros, "peer" => peer, "error" => error);
         } else {
