@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::web::BytesMut;
-use foldhash::{HashMap, HashMapExt};
+use litemap::LiteMap;
 
 use super::protocol::{channel_frame, channel_frame_len, frame_len, ChannelKey, FrameBody, FrameKind, Handoff};
 use crate::storage::redis::Offset;
@@ -60,7 +60,10 @@ pub struct Pushed {
 pub struct OutQueue {
     /// Bytes (estimated) past which the backlog is conflated.
     cap: i64,
-    channels: HashMap<ChannelKey, ChannelOut>,
+    /// A sorted vector, not a hash table: most connections hold one channel,
+    /// and an idle connection should cost little (a table, like a vector
+    /// that grows, starts with room for 4); a lookup is a binary search.
+    channels: LiteMap<ChannelKey, ChannelOut>,
     /// Live channels with something queued, taken from in turn.
     ready: VecDeque<ChannelKey>,
     bytes: i64,
@@ -254,8 +257,8 @@ impl OutQueue {
     pub fn new(cap: usize) -> OutQueue {
         OutQueue {
             cap: i64::try_from(cap).unwrap_or(i64::MAX),
-            channels: HashMap::new(),
-            ready: VecDeque::new(),
+            channels: LiteMap::with_capacity(1),
+            ready: VecDeque::with_capacity(1),
             bytes: 0,
             closed: false,
         }
@@ -274,7 +277,8 @@ impl OutQueue {
         self.channels.entry(key).or_insert_with(|| ChannelOut {
             name,
             next_seq: None,
-            entries: VecDeque::new(),
+            // Room for one, like the maps: what an idle channel keeps.
+            entries: VecDeque::with_capacity(1),
             bytes: 0,
             stats: None,
             in_ready: false,

@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use actix_web_actors::ws;
+use litemap::LiteMap;
 use serde_json::{json, Value};
 
 use super::connection::{now_ms, ConnShared};
@@ -56,8 +57,8 @@ pub struct WsSession {
     id: u64,
     common: Arc<SessionCommon>,
     conn: Arc<ConnShared>,
-    /// Looked up for every handoff: hashed with foldhash, not SipHash.
-    channels: foldhash::HashMap<ChannelKey, ChannelState>,
+    /// Sorted, like the outbound queue's: small for the usual one or two.
+    channels: LiteMap<ChannelKey, ChannelState>,
     generation: u64,
     bad_frames: u32,
     /// Whether the frame being handled was answered with an error; a frame
@@ -72,7 +73,7 @@ impl WsSession {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             common,
             conn,
-            channels: foldhash::HashMap::default(),
+            channels: LiteMap::with_capacity(1),
             generation: 0,
             bad_frames: 0,
             frame_was_bad: false,

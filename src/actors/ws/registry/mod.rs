@@ -47,6 +47,7 @@ use actix::prelude::*;
 // Looked up for every frame and handoff, by our own ids and validated channel
 // names: foldhash (seeded per process) rather than SipHash.
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use litemap::LiteMap;
 use slog::{info, warn, Logger};
 use tokio::sync::{mpsc, oneshot};
 
@@ -119,7 +120,9 @@ pub struct Shutdown {
 struct Session {
     outbound: Recipient<Outbound>,
     conn: Arc<ConnShared>,
-    channels: HashSet<ChannelKey>,
+    /// A set, sorted: small for the usual one channel (a hash set starts
+    /// with room for 4).
+    channels: LiteMap<ChannelKey, ()>,
     /// `pulled` at the last sign of progress, and when that was.
     seen_pulled: i64,
     since_ms: u64,
@@ -204,7 +207,7 @@ impl SessionRegistry {
 
     fn remove_session(&mut self, id: u64) -> Option<Session> {
         let session = self.sessions.remove(&id)?;
-        for key in &session.channels {
+        for key in session.channels.keys() {
             self.leave(key, id);
         }
         if self.closing && self.sessions.is_empty() {
@@ -380,7 +383,7 @@ impl Handler<Connect> for SessionRegistry {
             outbound: message.outbound,
             seen_pulled: message.conn.pulled.load(Ordering::Acquire),
             conn: message.conn,
-            channels: HashSet::new(),
+            channels: LiteMap::with_capacity(1),
             since_ms: now_ms(),
         };
         self.sessions.insert(message.id, session);
@@ -402,7 +405,7 @@ impl Handler<Subscribe> for SessionRegistry {
         let Some(session) = self.sessions.get_mut(&message.id) else { return Box::pin(async { false }) };
         let mut confirmations = Vec::with_capacity(message.channels.len());
         for key in message.channels {
-            session.channels.insert(key.clone());
+            session.channels.insert(key.clone(), ());
             let feed = self.feeds.entry(key.agg().clone()).or_insert_with(|| {
                 let (confirm, confirmed) = oneshot::channel();
                 if let Some(pubsub) = &self.pubsub {
