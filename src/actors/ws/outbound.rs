@@ -62,7 +62,9 @@ pub struct OutQueue {
     cap: i64,
     /// A sorted vector, not a hash table: most connections hold one channel,
     /// and an idle connection should cost little (a table, like a vector
-    /// that grows, starts with room for 4); a lookup is a binary search.
+    /// that grows, starts with room for 4). A lookup is a binary search; an
+    /// insertion shifts what sorts after it, about 50 ms in all for the
+    /// 10,000 channels a connection may hold at most.
     channels: LiteMap<ChannelKey, ChannelOut>,
     /// Live channels with something queued, taken from in turn.
     ready: VecDeque<ChannelKey>,
