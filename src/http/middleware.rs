@@ -3,11 +3,12 @@
 //! 2. [`refuse_origin`]: 403 for a browser `Origin` that is neither the API's
 //!    own nor allowed (CORS headers for allowed ones come from actix-cors,
 //!    with the same rule, [`origin_allowed`]);
-//! 3. [`guard`] on `/v1`: body size, API key, rate limit, and a deadline
-//!    for the answer ([`ANSWER_DEADLINE`], then 503);
+//! 3. [`guard`] on `/v1`: body size, API key, rate limit;
 //! 4. compression, when on;
 //! 5. `conditional::validators`: `ETag` and `Cache-Control` on read
-//!    answers, 304 for a client that has the answer already.
+//!    answers, 304 for a client that has the answer already;
+//! 6. after routing, around each resource's handler: [`deadline`] for the
+//!    answer ([`ANSWER_DEADLINE`], then 503).
 //!
 //! Each is off when its settings say so (no keys: no authentication; rate 0:
 //! no limit; empty origin list: only same-origin browser calls).
@@ -102,7 +103,6 @@ pub async fn observe(
     let started = Instant::now();
     let policy = request.app_data::<web::Data<Policy>>().cloned();
     let id = request_id(&request);
-    let route = request.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let (method, path) = (request.method().clone(), request.path().to_owned());
     let peer = match &policy {
         Some(policy) => policy.client_ip(request.head()),
@@ -110,13 +110,17 @@ pub async fn observe(
     };
     request.extensions_mut().insert(RequestId(id.clone()));
     let result = next.call(request).await;
-    let status = match &result {
-        Ok(response) => response.status(),
-        Err(e) => e.as_response_error().status_code(),
+    // Asked after routing, actix finds the pattern by the route taken;
+    // before it, by matching the path again. A request refused before
+    // routing (origin, key, rate) is matched here.
+    let (status, route) = match &result {
+        Ok(response) => (response.status(), response.request().match_pattern()),
+        Err(e) => (e.as_response_error().status_code(), None),
     };
+    let route = route.as_deref().unwrap_or("unmatched");
     let elapsed = started.elapsed();
-    METRICS.http_requests.with_label_values(&[&route, status.as_str()]).inc();
-    METRICS.http_seconds.with_label_values(&[&route]).observe(elapsed.as_secs_f64());
+    METRICS.http_requests.with_label_values(&[route, status.as_str()]).inc();
+    METRICS.http_seconds.with_label_values(&[route]).observe(elapsed.as_secs_f64());
     if let Some(policy) = policy.filter(|p| p.access_log || status.is_server_error()) {
         let log = policy.log.new(o!("request_id" => id.clone()));
         let micros = elapsed.as_micros() as u64;
@@ -242,32 +246,61 @@ pub async fn guard(
             limiter.headers(response.headers_mut(), outcome);
             return Ok(response.map_into_right_body());
         }
-        let mut response = answer(request, next).await?;
+        let mut response = next.call(request).await?.map_into_left_body();
         limiter.headers(response.headers_mut(), outcome);
         return Ok(response);
     }
-    answer(request, next).await
+    next.call(request).await.map(ServiceResponse::map_into_left_body)
 }
 
 /// The handler's answer, or 503 once [`ANSWER_DEADLINE`] has passed: a
-/// store that accepts connections but never answers must not hold the client.
-async fn answer<B: MessageBody + 'static>(
+/// store that accepts connections but never answers must not hold the
+/// client. It wraps each resource (`get_only`), so it runs after routing:
+/// the 503 is answered with the routed request, whose route the metrics
+/// name, and the request can be held twice (routing needs it alone).
+pub async fn deadline(
     request: ServiceRequest,
-    next: Next<B>,
-) -> Result<ServiceResponse<actix_web::body::EitherBody<B>>, actix_web::Error> {
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let routed = request.request().clone();
     match tokio::time::timeout(ANSWER_DEADLINE, next.call(request)).await {
         Ok(result) => result.map(ServiceResponse::map_into_left_body),
-        Err(_) => Err(ApiError::Unavailable {
-            dependency: "a backing store",
-            detail: format!("no answer within {} s", ANSWER_DEADLINE.as_secs()),
+        Err(_) => {
+            let error = ApiError::Unavailable {
+                dependency: "a backing store",
+                detail: format!("no answer within {} s", ANSWER_DEADLINE.as_secs()),
+            };
+            let response = actix_web::HttpResponse::from_error(error);
+            Ok(ServiceResponse::new(routed, response).map_into_right_body())
         }
-        .into()),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use actix_web::middleware::from_fn;
+    use actix_web::test::{call_service, init_service, read_body_json, TestRequest};
+    use actix_web::{App, HttpResponse};
+
     use super::*;
+
+    #[actix_web::test]
+    async fn an_answer_past_the_deadline_is_a_503_counted_under_its_route() {
+        tokio::time::pause(); // The runtime's clock jumps to the deadline.
+        let slow = web::resource("/v1/deadline-test/{x}")
+            .route(web::get().to(|| async {
+                tokio::time::sleep(ANSWER_DEADLINE * 2).await;
+                HttpResponse::Ok().finish()
+            }))
+            .wrap(from_fn(deadline));
+        let app = init_service(App::new().service(slow).wrap(from_fn(observe))).await;
+        let response = call_service(&app, TestRequest::get().uri("/v1/deadline-test/1").to_request()).await;
+        assert_eq!(response.status(), 503);
+        let body: serde_json::Value = read_body_json(response).await;
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+        let counted = METRICS.http_requests.with_label_values(&["/v1/deadline-test/{x}", "503"]).get();
+        assert_eq!(counted, 1, "the 503 keeps its request, and so its route");
+    }
 
     #[test]
     fn same_origin_is_always_allowed_and_others_only_when_listed() {

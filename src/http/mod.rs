@@ -30,10 +30,10 @@ use crate::config::HttpSettings;
 use crate::read::Live;
 use middleware::Policy;
 
-/// `path` answering GET with `handler`. Any other method is a 405 whose
-/// `Allow` names GET: without a default of its own, the resource would
-/// hand the request to the app's 404.
-fn get_only<F, Args>(path: &str, handler: F) -> actix_web::Resource
+/// `path` answering GET with `handler`, within [`middleware::deadline`].
+/// Any other method is a 405 whose `Allow` names GET: without a default of
+/// its own, the resource would hand the request to the app's 404.
+fn get_only<F, Args>(path: &str, handler: F) -> impl actix_web::dev::HttpServiceFactory
 where
     F: actix_web::Handler<Args>,
     Args: actix_web::FromRequest + 'static,
@@ -41,9 +41,12 @@ where
 {
     #[cfg(test)]
     tests::REGISTERED.lock().expect("registry lock").insert(path.to_owned());
-    web::resource(path).route(web::get().to(handler)).default_service(web::to(|| async {
-        Err::<actix_web::HttpResponse, _>(error::ApiError::MethodNotAllowed("GET"))
-    }))
+    web::resource(path)
+        .route(web::get().to(handler))
+        .default_service(web::to(|| async {
+            Err::<actix_web::HttpResponse, _>(error::ApiError::MethodNotAllowed("GET"))
+        }))
+        .wrap(from_fn(middleware::deadline))
 }
 
 /// Health, readiness and metrics: on the main address, and alone on the
