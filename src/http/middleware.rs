@@ -286,7 +286,10 @@ mod tests {
 
     #[actix_web::test]
     async fn an_answer_past_the_deadline_is_a_503_counted_under_its_route() {
-        tokio::time::pause(); // The runtime's clock jumps to the deadline.
+        // The runtime's clock jumps to the deadline.
+        tokio::time::pause();
+        // Built as `get_only` builds a resource, not with it: `get_only` adds
+        // its path to the served paths the OpenAPI document is checked against.
         let slow = web::resource("/v1/deadline-test/{x}")
             .route(web::get().to(|| async {
                 tokio::time::sleep(ANSWER_DEADLINE * 2).await;
