@@ -7,8 +7,9 @@
 //! ([`Checkpoint::absorb`]), so PostgreSQL sees at most one transaction per
 //! interval (or per full batch) however small the reader's batches are, and
 //! the reader never waits for PostgreSQL while fewer than `max_queued`
-//! events wait here. After each commit it moves Kafka's committed offsets
-//! (lag monitoring) and hands the live values to the Redis writer.
+//! events wait here. After each commit it hands the live values to the
+//! Redis writer, and moves Kafka's committed offsets (lag monitoring) at
+//! most once a second.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use actix::Arbiter;
 use backon::Retryable as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::{Offset, TopicPartitionList};
 use slog::{debug, error, warn, Logger};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -91,12 +93,21 @@ impl Committer {
             let mut next: Option<Job> = None;
             let mut last_store = Instant::now();
             let mut pending_gauge = PendingGauge::default();
+            let consumer = parts.consumer.clone();
+            let mut offsets =
+                KafkaOffsets::new(Box::new(move |tpl| consumer.commit(tpl, CommitMode::Async)), parts.log.clone());
             loop {
                 let job = match next.take() {
                     Some(job) => job,
-                    None => match rx.recv().await {
-                        Some(job) => job,
-                        None => break,
+                    None => tokio::select! {
+                        job = rx.recv() => match job {
+                            Some(job) => job,
+                            None => break,
+                        },
+                        _ = offsets.due() => {
+                            offsets.commit();
+                            continue;
+                        }
                     },
                 };
                 match job {
@@ -124,7 +135,7 @@ impl Committer {
                             }
                         }
                         last_store = Instant::now();
-                        checkpoint(&parts, pending, &mut pending_gauge).await;
+                        checkpoint(&parts, pending, &mut pending_gauge, &mut offsets).await;
                     }
                     Job::Live(changes, positions) => {
                         for c in &changes {
@@ -132,12 +143,17 @@ impl Committer {
                         }
                         parts.live.send(changes, positions, Vec::new()).await
                     }
-                    Job::Forget(tps) => pending_gauge.forget(&tps),
+                    Job::Forget(tps) => {
+                        offsets.commit();
+                        pending_gauge.forget(&tps);
+                    }
                     Job::Barrier(done) => {
+                        offsets.commit();
                         let _ = done.send(());
                     }
                 }
             }
+            offsets.commit();
         });
         Committer { tx, room: Arc::new(Semaphore::new(max_queued)), max_queued, live_failed, _arbiter: arbiter }
     }
@@ -176,7 +192,7 @@ impl Committer {
 }
 
 /// Stores one (merged) checkpoint; then Kafka's offsets and the live state.
-async fn checkpoint(parts: &CommitterParts, pending: Pending, gauge: &mut PendingGauge) {
+async fn checkpoint(parts: &CommitterParts, pending: Pending, gauge: &mut PendingGauge, offsets: &mut KafkaOffsets) {
     let started = Instant::now();
     if !store(&parts.pg, &pending.checkpoint, &parts.log).await {
         return;
@@ -184,7 +200,7 @@ async fn checkpoint(parts: &CommitterParts, pending: Pending, gauge: &mut Pendin
     let stored = started.elapsed();
     METRICS.checkpoint_seconds.observe(stored.as_secs_f64());
     METRICS.checkpoint_events.observe(pending.events as f64);
-    commit_offsets(&parts.consumer, &pending.checkpoint, &parts.log);
+    offsets.record(&pending.checkpoint);
     publish(&parts.live, pending.checkpoint, gauge).await;
     debug!(parts.log, "checkpoint"; "events" => pending.events, "batches" => pending.batches,
         "store_ms" => stored.as_millis(), "publish_ms" => (started.elapsed() - stored).as_millis());
@@ -214,15 +230,72 @@ async fn store(pg: &PgStore, checkpoint: &Checkpoint, log: &Logger) -> bool {
     }
 }
 
-/// Moves Kafka's committed offsets to the checkpoint (for lag monitoring
-/// only; the resume point is PostgreSQL's).
-fn commit_offsets(consumer: &BaseConsumer<ReaderContext>, checkpoint: &Checkpoint, log: &Logger) {
-    let mut tpl = TopicPartitionList::new();
-    for p in &checkpoint.progress {
-        let _ = tpl.add_partition_offset(&p.tp.topic, p.tp.partition, Offset::Offset(p.next_offset));
+/// Shortest time between two moves of Kafka's committed offsets. They only
+/// show lag (the resume point is PostgreSQL's), and each move is a write to
+/// the broker's offsets log: one a second instead of one per checkpoint
+/// (ten a second at the design's rate) is most of an idle broker's work
+/// for this consumer.
+const OFFSETS_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The consumer's asynchronous commit of offsets.
+type CommitFn = Box<dyn Fn(&TopicPartitionList) -> KafkaResult<()> + Send + Sync>;
+
+/// Kafka's committed offsets, following the stored checkpoints: never past
+/// one, at most one interval behind it, and up to date at a barrier (a
+/// revoke, a stop) and when partitions leave.
+struct KafkaOffsets {
+    commit: CommitFn,
+    log: Logger,
+    /// Stored and not yet committed to Kafka: each partition's next offset.
+    waiting: HashMap<Tp, i64>,
+    last_commit: Option<tokio::time::Instant>,
+}
+
+impl KafkaOffsets {
+    fn new(commit: CommitFn, log: Logger) -> KafkaOffsets {
+        KafkaOffsets { commit, log, waiting: HashMap::new(), last_commit: None }
     }
-    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-        warn!(log, "cannot commit offsets to Kafka"; "error" => %e);
+
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.last_commit.map(|last| last + OFFSETS_COMMIT_INTERVAL)
+    }
+
+    /// A stored checkpoint's offsets: committed now if the last commit is
+    /// an interval old, else at [`KafkaOffsets::due`].
+    fn record(&mut self, checkpoint: &Checkpoint) {
+        for p in &checkpoint.progress {
+            self.waiting.insert(p.tp.clone(), p.next_offset);
+        }
+        if self.next_due().is_none_or(|due| due <= tokio::time::Instant::now()) {
+            self.commit();
+        }
+    }
+
+    /// Resolves when offsets wait and their interval has passed; never
+    /// while none wait.
+    async fn due(&self) {
+        if self.waiting.is_empty() {
+            return std::future::pending().await;
+        }
+        if let Some(due) = self.next_due() {
+            tokio::time::sleep_until(due).await;
+        }
+    }
+
+    /// Commits what waits, if anything (asynchronously: a failure is only
+    /// logged, and the partition's next commit moves it on).
+    fn commit(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (tp, next) in self.waiting.drain() {
+            let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(next));
+        }
+        self.last_commit = Some(tokio::time::Instant::now());
+        if let Err(e) = (self.commit)(&tpl) {
+            warn!(self.log, "cannot commit offsets to Kafka"; "error" => %e);
+        }
     }
 }
 
@@ -281,6 +354,66 @@ mod tests {
 
     fn tp(partition: i32) -> Tp {
         Tp { topic: "swaps.ETH".into(), partition }
+    }
+
+    /// Offsets that `commit` committed: one map per commit.
+    type Commits = Arc<std::sync::Mutex<Vec<Vec<(String, i32, i64)>>>>;
+
+    fn recording() -> (KafkaOffsets, Commits) {
+        let commits = Commits::default();
+        let seen = commits.clone();
+        let commit = Box::new(move |tpl: &TopicPartitionList| {
+            let mut offsets: Vec<_> = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition(), e.offset().to_raw().unwrap_or(-1)))
+                .collect();
+            offsets.sort();
+            seen.lock().unwrap().push(offsets);
+            Ok(())
+        });
+        (KafkaOffsets::new(commit, slog::Logger::root(slog::Discard, slog::o!())), commits)
+    }
+
+    fn stored(offsets: &[(i32, i64)]) -> Checkpoint {
+        let mut checkpoint = Checkpoint::default();
+        for &(partition, next_offset) in offsets {
+            checkpoint.progress.push(crate::storage::postgres::Progress {
+                tp: tp(partition),
+                next_offset,
+                watermark: None,
+                epoch: 1,
+                seen: Vec::new(),
+                horizon: None,
+            });
+        }
+        checkpoint
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn kafka_offsets_move_at_most_once_an_interval_and_the_last_ones_are_never_left_behind() {
+        let (mut offsets, commits) = recording();
+        let topic = || "swaps.ETH".to_owned();
+        // The first checkpoint's offsets go at once.
+        offsets.record(&stored(&[(0, 10)]));
+        assert_eq!(*commits.lock().unwrap(), vec![vec![(topic(), 0, 10)]]);
+        // Within the interval they wait, the latest offset of each partition.
+        offsets.record(&stored(&[(0, 12), (1, 5)]));
+        offsets.record(&stored(&[(0, 15)]));
+        assert_eq!(commits.lock().unwrap().len(), 1);
+        let started = tokio::time::Instant::now();
+        offsets.due().await;
+        assert_eq!(started.elapsed(), OFFSETS_COMMIT_INTERVAL);
+        offsets.commit();
+        assert_eq!(commits.lock().unwrap()[1], vec![(topic(), 0, 15), (topic(), 1, 5)]);
+        // Nothing waits: never due, and a commit commits nothing.
+        offsets.commit();
+        assert_eq!(commits.lock().unwrap().len(), 2);
+        let never = tokio::time::timeout(OFFSETS_COMMIT_INTERVAL * 10, offsets.due()).await;
+        assert!(never.is_err(), "due with nothing waiting");
+        // An interval after the last commit, a checkpoint's offsets go at once.
+        offsets.record(&stored(&[(2, 7)]));
+        assert_eq!(commits.lock().unwrap()[2], vec![(topic(), 2, 7)]);
     }
 
     #[test]
