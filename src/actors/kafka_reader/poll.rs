@@ -326,9 +326,10 @@ fn record(message: &BorrowedMessage<'_>) -> Record {
     Record { tp, offset: message.offset(), body }
 }
 
-/// Longest wait for a message when no batch is open (bounds how late a
-/// stop or rewind request is seen).
-const IDLE_POLL: Duration = Duration::from_millis(20);
+/// Longest wait for a message when no batch is open: how late a stop or
+/// rewind request is seen (a message, a rebalance or a commit's answer ends
+/// the wait at once). Each timeout is a wakeup of an idle consumer.
+const IDLE_POLL: Duration = Duration::from_millis(100);
 /// Longest wait while a batch is open and the pipeline busy: how late the
 /// polling thread notices that the pipeline has become idle.
 const BUSY_POLL: Duration = Duration::from_millis(1);
