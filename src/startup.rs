@@ -332,6 +332,7 @@ impl Consumer {
             dlq,
             pg: pg.clone(),
             redis: redis.clone(),
+            feed_redis: redis.with_own_connection(&settings.redis).await?,
             aggregators: aggregators.clone(),
             control: control_tx.clone(),
         };

@@ -75,6 +75,9 @@ pub struct CoreParts {
     pub dlq: Dlq,
     pub pg: PgStore,
     pub redis: RedisStore,
+    /// The swap feed's: a connection of its own, so that swap frames do
+    /// not wait behind the live writer's pipelines.
+    pub feed_redis: RedisStore,
     pub aggregators: Aggregators,
     pub control: std_mpsc::Sender<Control>,
 }
@@ -97,7 +100,7 @@ impl KafkaReader {
             interval: parts.settings.checkpoint_interval,
             full_batch: parts.settings.batch_max_events,
         });
-        let feed = feed::SwapFeed::start(parts.redis.clone(), parts.log.clone());
+        let feed = feed::SwapFeed::start(parts.feed_redis, parts.log.clone());
         let core = Core {
             log: parts.log,
             settings: parts.settings,

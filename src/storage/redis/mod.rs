@@ -216,23 +216,31 @@ async fn managed(client: &redis::Client, timeout: Duration, what: &str) -> anyho
     Ok(RedisConn::Single(manager))
 }
 
+/// The main connection (to the server, or to the cluster) and the client
+/// for pub/sub subscriptions.
+async fn main_connection(settings: &RedisSettings) -> anyhow::Result<(RedisConn, redis::Client)> {
+    let password = settings.password.as_ref();
+    let infos = (settings.urls.expose().iter())
+        .map(|url| connection_info(url, password, "SWAPSTREAM_REDIS_URL"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pubsub_client = redis::Client::open(infos[0].clone()).context("creating the Redis client")?;
+    let conn = match settings.mode {
+        RedisMode::Single => managed(&pubsub_client, settings.timeout, "Redis").await?,
+        RedisMode::Cluster => {
+            let client = redis::cluster::ClusterClient::builder(infos)
+                .response_timeout(settings.timeout)
+                .build()
+                .context("creating the Redis Cluster client")?;
+            RedisConn::Cluster(client.get_async_connection().await.context("connecting to the Redis Cluster")?)
+        }
+    };
+    Ok((conn, pubsub_client))
+}
+
 impl RedisStore {
     pub async fn connect(settings: &RedisSettings, recent_cap: usize) -> anyhow::Result<RedisStore> {
         let password = settings.password.as_ref();
-        let infos = (settings.urls.expose().iter())
-            .map(|url| connection_info(url, password, "SWAPSTREAM_REDIS_URL"))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let pubsub_client = redis::Client::open(infos[0].clone()).context("creating the Redis client")?;
-        let conn = match settings.mode {
-            RedisMode::Single => managed(&pubsub_client, settings.timeout, "Redis").await?,
-            RedisMode::Cluster => {
-                let client = redis::cluster::ClusterClient::builder(infos)
-                    .response_timeout(settings.timeout)
-                    .build()
-                    .context("creating the Redis Cluster client")?;
-                RedisConn::Cluster(client.get_async_connection().await.context("connecting to the Redis Cluster")?)
-            }
-        };
+        let (conn, pubsub_client) = main_connection(settings).await?;
         let mut replicas = Vec::new();
         for url in settings.read_urls.expose() {
             let info = connection_info(url, password, "SWAPSTREAM_REDIS_READ_URLS")?;
@@ -256,6 +264,15 @@ impl RedisStore {
             history: WsHistory { size: 10_000, max_age: Duration::from_secs(600) },
             pubsub_client,
         })
+    }
+
+    /// The same store over a main connection of its own: its commands do
+    /// not queue behind the other handles' in one stream (a multiplexed
+    /// connection answers in order, so a small write waits for every large
+    /// pipeline sent before it). Replicas and tracking stay shared.
+    pub async fn with_own_connection(&self, settings: &RedisSettings) -> anyhow::Result<RedisStore> {
+        let (conn, _) = main_connection(settings).await?;
+        Ok(RedisStore { conn, ..self.clone() })
     }
 
     /// Keeps `history` per channel for resuming WebSocket clients.
