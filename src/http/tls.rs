@@ -24,6 +24,9 @@ pub fn server_config(files: &TlsFiles) -> anyhow::Result<rustls::ServerConfig> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("the certificate and the key do not fit together")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only: actix-web is built without HTTP/2, whose state would
+    // make every connection's task, WebSocket ones included, about 1.4 KiB
+    // larger (docs/BENCHMARKS.md, WebSocket memory).
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
