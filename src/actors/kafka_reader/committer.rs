@@ -143,10 +143,7 @@ impl Committer {
                         }
                         parts.live.send(changes, positions, Vec::new()).await
                     }
-                    Job::Forget(tps) => {
-                        offsets.commit();
-                        pending_gauge.forget(&tps);
-                    }
+                    Job::Forget(tps) => pending_gauge.forget(&tps),
                     Job::Barrier(done) => {
                         offsets.commit();
                         let _ = done.send(());
@@ -241,8 +238,9 @@ const OFFSETS_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 type CommitFn = Box<dyn Fn(&TopicPartitionList) -> KafkaResult<()> + Send + Sync>;
 
 /// Kafka's committed offsets, following the stored checkpoints: never past
-/// one, at most one interval behind it, and up to date at a barrier (a
-/// revoke, a stop) and when partitions leave.
+/// one, at most one interval behind it, and up to date at a barrier (the
+/// reader waits for one at every assignment, revoke and stop, before its
+/// partitions leave) and when the committer ends.
 struct KafkaOffsets {
     commit: CommitFn,
     log: Logger,
