@@ -110,7 +110,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     };
 
-    let log = telemetry::build_logger(&log_settings, &settings.instance_id);
+    let (log, flush) = telemetry::build_logger(&log_settings, &settings.instance_id);
     info!(log, "configuration"; "settings" => ?settings.effective);
     let system = actix::System::new();
     let result = system.block_on(start(run, &settings, &log));
@@ -124,8 +124,8 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    // Let the async drain write the last records.
-    drop(log);
+    // Write the last records before the process ends.
+    drop(flush);
     code
 }
 

@@ -47,7 +47,12 @@ pub enum LogFormat {
 /// Builds the process logger. Records go through an async drain that drops
 /// (and counts) records rather than stall the caller when the sink is slow;
 /// the filter runs before it, so filtered records cost no copy.
-pub fn build_logger(settings: &LogSettings, instance_id: &str) -> Logger {
+///
+/// Dropping the returned guard writes every record queued so far and ends
+/// the writer thread; records logged after that are discarded. Clones of the
+/// logger may outlive `main` (threads that are never joined), so the guard,
+/// not the last clone, is what makes the last records reach the sink.
+pub fn build_logger(settings: &LogSettings, instance_id: &str) -> (Logger, LogFlush) {
     let json = match settings.format {
         LogFormat::Json => true,
         LogFormat::Text => false,
@@ -67,13 +72,19 @@ pub fn build_logger(settings: &LogSettings, instance_id: &str) -> Logger {
         let decorator = slog_term::TermDecorator::new().stderr().build();
         Box::new(slog_term::FullFormat::new(decorator).build().fuse())
     };
-    let drain = slog_async::Async::new(drain)
+    let (drain, guard) = slog_async::Async::new(drain)
         .chan_size(8192)
         .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
-        .build()
-        .fuse();
-    let drain = Filtered { drain, filter: settings.filter.clone() }.fuse();
-    Logger::root(drain, o!("instance" => instance_id.to_owned()))
+        .build_with_guard();
+    // Once the guard has ended the writer, sending fails: not a reason to panic.
+    let drain = Filtered { drain: drain.ignore_res(), filter: settings.filter.clone() }.fuse();
+    (Logger::root(drain, o!("instance" => instance_id.to_owned())), LogFlush { _writer: guard })
+}
+
+/// Writes the logger's queued records when dropped; see [`build_logger`].
+#[must_use = "dropping it at once ends the log's writer"]
+pub struct LogFlush {
+    _writer: slog_async::AsyncGuard,
 }
 
 /// A logger that discards everything, for tests and tools.

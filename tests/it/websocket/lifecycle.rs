@@ -43,6 +43,8 @@ async fn sigterm_under_load_closes_clients_with_1001_and_loses_nothing() {
     let log = consumer.log_text();
     let closing = log.find("closing WebSocket sessions").expect("sessions closed");
     assert!(log.find("leaving the consumer group").is_some_and(|at| at < closing), "checkpoint and leave first");
+    let last = log.lines().last().unwrap_or_default();
+    assert!(last.contains(r#""msg":"stopped""#), "the log ends with the exit's own record, got {last}");
 
     // Restarted, it finishes the stream: nothing lost, nothing twice.
     let truth = producing.await.unwrap();
