@@ -145,7 +145,7 @@ pub struct RedisArgs {
         help = "A separate Redis (one server) for WebSocket client tracking: each instance's session and subscriber counts and the lock of their clean-up job; empty: the Redis of `SWAPSTREAM_REDIS_URL`. [default: (empty)]"
     )]
     pub redis_ws_url: Option<String>,
-    #[arg(long = "redis-timeout-ms", env = "SWAPSTREAM_REDIS_TIMEOUT_MS", default_value = "2000", value_parser = int(100, 60_000), help = "Longest wait for a Redis answer; then the command counts as failed: a live write is redone, a REST read answers 503 (or goes to the primary, from a replica). Writes of a batch over many keys queue behind each other on one connection, so this bounds the queue too (100 to 60000).")]
+    #[arg(long = "redis-timeout-ms", env = "SWAPSTREAM_REDIS_TIMEOUT_MS", default_value = "2000", value_parser = int(100, 60_000), help = "Longest wait for a Redis answer, a reconnection included; then the command counts as failed: a live write is redone, a REST read answers 503 (or goes to the primary, from a replica). Writes of a batch over many keys queue behind each other on one connection, so this bounds the queue too (100 to 60000).")]
     pub redis_timeout_ms: u64,
     #[arg(long = "redis-key-prefix", env = "SWAPSTREAM_REDIS_KEY_PREFIX", default_value = "swapstream", value_parser = key_prefix, help = "Prefix of every Redis key and channel, so deployments can share a Redis.")]
     pub redis_key_prefix: String,

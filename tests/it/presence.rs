@@ -92,3 +92,27 @@ async fn the_lock_excludes_only_its_holder_expires_and_guards_the_presence_clean
     let counts = b.counts().await.unwrap();
     assert_eq!(counts.instances.iter().map(|i| i.instance.as_str()).collect::<Vec<_>>(), ["alive"]);
 }
+
+/// With its Redis gone, a command fails within `SWAPSTREAM_REDIS_TIMEOUT_MS`
+/// even while the connection is being re-made (whose retries alone take
+/// seconds): a clean stop with Redis down is not held by them.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_redis_gone_every_command_fails_within_the_timeout_while_reconnecting() {
+    let names = Names::new("it-redis-gone");
+    let mut redis = crate::helpers::OwnRedis::start().await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let settings = names.settings(&[("SWAPSTREAM_REDIS_URL", &url), ("SWAPSTREAM_REDIS_TIMEOUT_MS", "300")]);
+    let presence = Presence::new(&RedisStore::connect(&settings.redis, 100).await.unwrap());
+    presence.remove("a").await.expect("Redis is up");
+
+    redis.child.kill().await.unwrap();
+    for attempt in 0..4 {
+        let started = Instant::now();
+        let result = presence.remove("a").await;
+        let took = started.elapsed();
+        assert!(result.is_err(), "attempt {attempt}: Redis is gone, yet the command succeeded");
+        // Two commands of 300 ms at most each; the reconnection's retries
+        // would take more than 6 s.
+        assert!(took < Duration::from_secs(2), "attempt {attempt} took {took:?}");
+    }
+}

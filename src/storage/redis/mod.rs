@@ -34,6 +34,7 @@
 //!   before it); and after each checkpoint `{"key": "token:ETH", "swaps": []}`
 //!   for every changed key.
 
+mod conn;
 mod history;
 mod live;
 mod reads;
@@ -45,9 +46,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::Utc;
-use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
+use redis::{Cmd, IntoConnectionInfo, Pipeline};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{RedisMode, RedisSettings, Secret, WsHistory};
@@ -56,45 +55,12 @@ use crate::domain::partial::AggKey;
 use crate::domain::{Amount, Price};
 use crate::metrics::METRICS;
 
+use conn::managed;
+pub use conn::RedisConn;
 pub use history::{Entry as HistoryEntry, FeedSwap, Lost, Offset, Replay, SwapUpdate};
 pub use live::{Position, WireJson, WriteFailed};
 pub use reads::Partials;
 pub use rendered::Kept;
-
-/// A single node or a cluster, behind one connection type.
-#[derive(Clone)]
-pub enum RedisConn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for RedisConn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            RedisConn::Single(c) => c.req_packed_command(cmd),
-            RedisConn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            RedisConn::Single(c) => c.get_db(),
-            RedisConn::Cluster(c) => c.get_db(),
-        }
-    }
-}
 
 /// Totals of one partial as stored in Redis.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -205,17 +171,6 @@ fn connection_info(
     Ok(info)
 }
 
-/// A reconnecting connection to one Redis server, made within 10 s, whose
-/// commands fail after `timeout` without an answer.
-async fn managed(client: &redis::Client, timeout: Duration, what: &str) -> anyhow::Result<RedisConn> {
-    let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(timeout));
-    let manager = tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager_with_config(config))
-        .await
-        .with_context(|| format!("connecting to {what}: timed out"))?
-        .with_context(|| format!("connecting to {what}"))?;
-    Ok(RedisConn::Single(manager))
-}
-
 /// The main connection (to the server, or to the cluster) and the client
 /// for pub/sub subscriptions.
 async fn main_connection(settings: &RedisSettings) -> anyhow::Result<(RedisConn, redis::Client)> {
@@ -231,7 +186,8 @@ async fn main_connection(settings: &RedisSettings) -> anyhow::Result<(RedisConn,
                 .response_timeout(settings.timeout)
                 .build()
                 .context("creating the Redis Cluster client")?;
-            RedisConn::Cluster(client.get_async_connection().await.context("connecting to the Redis Cluster")?)
+            let cluster = client.get_async_connection().await.context("connecting to the Redis Cluster")?;
+            RedisConn::cluster(cluster, settings.timeout)
         }
     };
     Ok((conn, pubsub_client))

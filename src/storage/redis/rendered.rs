@@ -8,7 +8,7 @@
 use std::ops::Range;
 
 use super::reads::Partials;
-use super::{RedisConn, RedisStore};
+use super::RedisStore;
 use crate::domain::partial::AggKey;
 
 /// What [`RedisStore::rendered_stats`] found.
@@ -47,7 +47,7 @@ impl RedisStore {
     /// in one `MGET` (`None` where there is none); in cluster mode, where
     /// the keys are in many slots, `None` for every key.
     pub async fn rendered_bodies(&self, keys: &[AggKey], now: i64) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
-        if keys.is_empty() || matches!(self.conn, RedisConn::Cluster(_)) {
+        if keys.is_empty() || self.conn.is_cluster() {
             return Ok(vec![None; keys.len()]);
         }
         let mut mget = redis::cmd("MGET");
