@@ -202,6 +202,7 @@ fn main() {
         let _ = child.kill();
         let _ = child.wait();
     }
+    runtime.block_on(support::stores::forget(&id));
     let consumer_rate = covered as f64 / consumer_secs;
     eprintln!("consumer: {covered} messages in {consumer_secs:.2}s = {consumer_rate:.0}/s");
     drop(cluster);

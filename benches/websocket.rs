@@ -339,10 +339,7 @@ fn run(clients: usize, options: &Options) -> Run {
             rss_busy_mib: rss_busy as f64 / 1024.0,
         }
     });
-    let _ = std::process::Command::new("psql")
-        .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-c", &format!("DROP SCHEMA IF EXISTS {id} CASCADE")])
-        .stderr(Stdio::null())
-        .status();
+    runtime.block_on(support::stores::forget(&id));
     result
 }
 
