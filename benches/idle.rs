@@ -106,10 +106,11 @@ fn main() {
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = child.wait();
-    let _ = std::process::Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-qc", &format!("DROP SCHEMA IF EXISTS {id} CASCADE")])
-        .stderr(Stdio::null())
-        .status();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(support::stores::forget(&id));
     if let Some(broker) = own {
         broker.stop();
     }

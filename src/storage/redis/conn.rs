@@ -38,9 +38,10 @@ impl RedisConn {
 }
 
 /// A reconnecting connection to one Redis server, made within 10 s, whose
-/// commands fail after `timeout` without an answer.
+/// commands fail after `timeout` without an answer. The manager gets no
+/// response timeout of its own: [`bounded`] covers the answer already.
 pub async fn managed(client: &redis::Client, timeout: Duration, what: &str) -> anyhow::Result<RedisConn> {
-    let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(timeout));
+    let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(None);
     let manager = tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager_with_config(config))
         .await
         .with_context(|| format!("connecting to {what}: timed out"))?
