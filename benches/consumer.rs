@@ -202,7 +202,13 @@ fn main() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    runtime.block_on(support::stores::forget(&id));
+    runtime.block_on(async {
+        support::stores::forget(&id).await;
+        if !mock {
+            let dlq = format!("{id}-dlq");
+            support::kafka::delete_topics(&brokers, &[topics.as_slice(), &[dlq]].concat()).await;
+        }
+    });
     let consumer_rate = covered as f64 / consumer_secs;
     eprintln!("consumer: {covered} messages in {consumer_secs:.2}s = {consumer_rate:.0}/s");
     drop(cluster);

@@ -99,4 +99,6 @@ async fn run(length: Duration, pin: bool) {
     drop(api);
     drop(uncached);
     let _ = all.child.wait().await;
+    support::stores::forget(&schema).await;
+    support::stores::forget(&format!("{schema}_embedded")).await;
 }

@@ -318,15 +318,5 @@ async fn run(tokens: usize, length: Duration, pin: bool) {
         support::procfs::rss_kib(cached.child.id().unwrap()) / 1024,
     );
     drop((uncached, cached));
-    delete_keys(&prefix);
-}
-
-/// Deletes the bench's keys: too many for one `KEYS` within the client's
-/// response timeout, so `redis-cli --scan` and `UNLINK` in batches.
-fn delete_keys(prefix: &str) {
-    let script = format!(
-        "redis-cli -p 6379 --scan --pattern '{prefix}:*' | xargs -r -n 1000 redis-cli -p 6379 unlink >/dev/null"
-    );
-    let status = std::process::Command::new("sh").args(["-c", &script]).status().expect("sh");
-    assert!(status.success(), "deleting the bench's keys failed");
+    support::stores::forget(&prefix).await;
 }

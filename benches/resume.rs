@@ -148,7 +148,7 @@ fn main() {
             quantile(0.99),
             rss / 1024
         );
-        feed.delete_all().await.expect("cleaning up Redis");
         let _ = api.terminate(Duration::from_secs(10)).await;
+        support::stores::forget(&id).await;
     });
 }

@@ -339,7 +339,12 @@ fn run(clients: usize, options: &Options) -> Run {
             rss_busy_mib: rss_busy as f64 / 1024.0,
         }
     });
-    runtime.block_on(support::stores::forget(&id));
+    runtime.block_on(async {
+        support::stores::forget(&id).await;
+        if mock.is_none() {
+            support::kafka::delete_topics(&brokers, &topics).await;
+        }
+    });
     result
 }
 

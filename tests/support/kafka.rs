@@ -91,3 +91,33 @@ impl OwnBroker {
         tail
     }
 }
+
+/// Deletes a run's `topics` on `brokers` when it ends: every run makes
+/// topics of its own, and hundreds left behind slow the broker down for
+/// the runs after (its per-partition work grows with them). Best effort:
+/// what fails is printed.
+pub async fn delete_topics(brokers: &str, topics: &[String]) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+
+    let admin: AdminClient<DefaultClientContext> =
+        match rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create() {
+            Ok(admin) => admin,
+            Err(e) => return eprintln!("cannot delete the run's topics: {e}"),
+        };
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(30)));
+    match admin.delete_topics(&names, &options).await {
+        Ok(results) => {
+            let failed: Vec<String> =
+                results.into_iter().filter_map(|r| r.err().map(|(t, e)| format!("{t}: {e}"))).collect();
+            eprintln!(
+                "deleted {} of {} topics{}",
+                names.len() - failed.len(),
+                names.len(),
+                if failed.is_empty() { String::new() } else { format!(" ({})", failed.join(", ")) }
+            );
+        }
+        Err(e) => eprintln!("cannot delete the run's topics: {e}"),
+    }
+}
