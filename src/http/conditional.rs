@@ -26,9 +26,13 @@ pub async fn validators(
     }
     let (request, response) = response.into_parts();
     let (response, body) = response.into_parts();
-    let body = to_bytes(body)
-        .await
-        .map_err(|e| actix_web::error::ErrorInternalServerError(format!("reading the answer: {}", e.into())))?;
+    // A body already in memory is taken as it is; only a stream is read.
+    let body = match body.try_into_bytes() {
+        Ok(bytes) => bytes,
+        Err(body) => to_bytes(body)
+            .await
+            .map_err(|e| actix_web::error::ErrorInternalServerError(format!("reading the answer: {}", e.into())))?,
+    };
     let tag = etag(&body);
     let not_modified = if_none_match.is_some_and(|list| names(&list, &tag));
     let mut response = if not_modified {
