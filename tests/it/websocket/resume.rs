@@ -270,6 +270,34 @@ async fn the_history_replays_what_was_missed_and_says_when_it_cannot() {
     assert_eq!(told, (&json!(false), &json!("history_expired")), "{subscribed}");
     let (_client, subscribed) = subscribe_since(port, since(&offsets[2])).await;
     assert_eq!((&subscribed["recovered"], &subscribed["missed"]), (&json!(true), &json!(2)), "{subscribed}");
+    // One entry of three swaps: the three entries before it go at once,
+    // and the history holds that entry alone, counted right.
+    let three = SwapUpdate { swaps: [6, 7, 8].into_iter().flat_map(|n| btc(n).swaps).collect(), ..btc(6) };
+    small.publish_swaps(&[three]).await.unwrap();
+    let mut newest = String::new();
+    for _ in 0..3 {
+        newest = numbered(&client.frame(Duration::from_secs(10)).await).1;
+    }
+    for at in &offsets[2..] {
+        let (_client, subscribed) = subscribe_since(port, since(at)).await;
+        let told = (&subscribed["recovered"], &subscribed["reason"]);
+        assert_eq!(told, (&json!(false), &json!("history_expired")), "{at}: {subscribed}");
+    }
+    let (_client, subscribed) = subscribe_since(port, since(&newest)).await;
+    assert_eq!((&subscribed["recovered"], &subscribed["missed"]), (&json!(true), &json!(0)), "{subscribed}");
+    let btc_key = |suffix: &str| format!("{}:{{token:BTC}}:{suffix}", names.redis_prefix);
+    let counted: (i64, i64, Option<i64>) = redis::pipe()
+        .cmd("XLEN")
+        .arg(btc_key("history"))
+        .cmd("LLEN")
+        .arg(btc_key("history-index"))
+        .cmd("HGET")
+        .arg(btc_key("history-meta"))
+        .arg("swaps")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(counted, (1, 1, Some(3)), "entries, index entries and swaps held");
 
     // Redis lost the channel's history: a new epoch.
     let meta = format!("{}:{{token:ETH}}:history-meta", names.redis_prefix);
