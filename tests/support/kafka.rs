@@ -1,6 +1,7 @@
 //! Apache Kafka for a test or bench: the jars `scripts/services` installs,
-//! and a broker of one run's own (a private folder and free ports), which
-//! can be stopped and started again while clients run against it.
+//! a broker of one run's own (a private folder and free ports), which
+//! can be stopped and started again while clients run against it, and the
+//! deletion of a run's topics.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -93,9 +94,8 @@ impl OwnBroker {
 }
 
 /// Deletes a run's `topics` on `brokers` when it ends: every run makes
-/// topics of its own, and hundreds left behind slow the broker down for
-/// the runs after (its per-partition work grows with them). Best effort:
-/// what fails is printed.
+/// topics of its own, and thousands left behind slow the broker's next
+/// start (see `scripts/test`). Best effort: what fails is printed.
 pub async fn delete_topics(brokers: &str, topics: &[String]) {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
