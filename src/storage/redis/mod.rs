@@ -411,16 +411,44 @@ impl RedisStore {
         .await
     }
 
-    /// Deletes every key under this store's prefix (tests and benches).
-    pub async fn delete_all(&self) -> anyhow::Result<()> {
+    /// Deletes every key under this store's prefix (tests and benches);
+    /// returns how many there were. A single server is scanned a batch at a
+    /// time, so that millions of keys (a large bench's) do not hold it up;
+    /// a cluster is asked with `KEYS`, which redis-rs sends to every node,
+    /// and each key unlinked alone, as the keys are in many slots.
+    pub async fn delete_all(&self) -> anyhow::Result<u64> {
         let mut conn = self.conn.clone();
-        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query_async(&mut conn).await?;
-        // One command each: in a cluster, the keys are in many slots.
-        let deletes = keys.into_iter().map(|key| {
-            let mut conn = self.conn.clone();
-            async move { redis::cmd("UNLINK").arg(key).query_async::<()>(&mut conn).await.context("deleting keys") }
-        });
-        in_flight(deletes).await
+        let pattern = format!("{}:*", self.prefix);
+        if self.conn.is_cluster() {
+            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await?;
+            let count = keys.len() as u64;
+            let deletes = keys.into_iter().map(|key| {
+                let mut conn = self.conn.clone();
+                async move { redis::cmd("UNLINK").arg(key).query_async::<()>(&mut conn).await.context("deleting keys") }
+            });
+            in_flight(deletes).await?;
+            return Ok(count);
+        }
+        let (mut cursor, mut removed) = (0u64, 0u64);
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(10_000)
+                .query_async(&mut conn)
+                .await
+                .context("listing keys")?;
+            if !keys.is_empty() {
+                removed +=
+                    redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut conn).await.context("deleting keys")?;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
     }
 }
 
