@@ -7,6 +7,7 @@
 
 mod generator;
 pub mod ground_truth;
+pub mod read_back;
 
 use std::cmp::Reverse;
 use std::collections::binary_heap::PeekMut;
@@ -87,6 +88,11 @@ impl ProducerContext for DeliveryContext {
         let delivery = match result {
             Ok(message) => {
                 deliveries.delivered.fetch_add(1, Ordering::Relaxed);
+                if message.offset() < 0 {
+                    // See `read_back`: stored earlier, librdkafka says, but not where.
+                    warn!(self.log.log, "delivered without an offset"; "topic" => message.topic(),
+                        "partition" => message.partition(), "seq" => *seq);
+                }
                 Delivery::Ok { partition: message.partition(), offset: message.offset() }
             }
             Err((error, _)) => {
@@ -307,7 +313,12 @@ pub async fn run(
         "duplicates" => summary.duplicates, "reordered" => summary.reordered);
 
     if let (Some(path), Some(record)) = (&config.ground_truth, &deliveries.record) {
-        let deliveries = std::mem::take(&mut *record.lock().expect("delivery record lock"));
+        let mut deliveries = std::mem::take(&mut *record.lock().expect("delivery record lock"));
+        let config = client_config(&settings.kafka, brokers);
+        if let Err(e) = read_back::place(&config, encoding, &sent, &mut deliveries, log).await {
+            error!(log, "cannot look for the events delivered without an offset: the ground truth counts them delivered";
+                "error" => format!("{e:#}"));
+        }
         let truth = GroundTruth::build(seed, encoding, &summary, sent, deliveries);
         truth.write(path).with_context(|| format!("writing the ground truth to {}", path.display()))?;
         info!(log, "ground truth written"; "path" => %path.display());

@@ -225,3 +225,50 @@ async fn the_producer_serves_health_readiness_and_metrics() {
     let status = producer.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "{}", producer.log_text());
 }
+
+/// A delivery report without an offset (librdkafka's answer to a retry the
+/// broker calls a duplicate) is settled against the log: the event's
+/// offset when its partition holds it, none when it does not; an offset
+/// another report gave is never taken, so two sends of one event keep
+/// their own.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_delivered_without_an_offset_are_looked_for_in_their_partition() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use swapstream::producer::read_back::{locate, Unplaced};
+
+    let brokers = require_broker();
+    let names = Names::new("it-producer-locate");
+    let topic = format!("{}ETH", names.topic_prefix);
+    let settings = names.settings(&[("SWAPSTREAM_KAFKA_PARTITIONS", "1")]);
+    let log = swapstream::telemetry::discard();
+    swapstream::kafka::create_topics(&settings.kafka, &brokers, std::slice::from_ref(&topic), &log)
+        .await
+        .expect("creating the topic");
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let payloads: HashMap<&str, Vec<u8>> = [("a", 1u8), ("b", 2), ("c", 3), ("d", 4), ("e", 5)]
+        .map(|(k, h)| (k, helpers::swap_json(h, -5, "pending", "1", "ETH")))
+        .into();
+    // Offsets 0 to 4: a, b, c, then e twice.
+    let mut offsets = Vec::new();
+    for key in ["a", "b", "c", "e", "e"] {
+        let record = FutureRecord::to(&topic).partition(0).key(key).payload(&payloads[key]);
+        offsets.push(producer.send(record, Duration::from_secs(10)).await.unwrap().offset);
+    }
+    assert_eq!(offsets, [0, 1, 2, 3, 4]);
+
+    let unplaced = |key: &str| Unplaced {
+        topic: topic.clone(),
+        partition: 0,
+        key: key.as_bytes().to_vec(),
+        payload: payloads[key].clone(),
+    };
+    // b's and e's second report came without an offset; d was never sent.
+    let wanted = [unplaced("b"), unplaced("d"), unplaced("e")];
+    let known: HashSet<(String, i32, i64)> = [0, 2, 3].into_iter().map(|o| (topic.clone(), 0, o)).collect();
+    let config = swapstream::kafka::client_config(&settings.kafka, &brokers);
+    let found = tokio::task::spawn_blocking(move || locate(&config, &wanted, &known, Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("reading the partition back");
+    assert_eq!(found, [Some(1), None, Some(4)]);
+}
