@@ -101,7 +101,7 @@ async fn run(schema: &str, tokens: i64, days: i64) {
         }
     }
     swap_pages(&store, &sql, schema, tokens, days).await;
-    sql.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.expect("drop schema");
+    store.drop_schema().await.expect("drop schema");
 }
 
 /// Pages of 100 swaps after a cursor over a kept swap history.

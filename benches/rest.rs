@@ -89,16 +89,47 @@ async fn run(length: Duration, pin: bool) {
         rows.push((name, max, fixed));
     }
     let (redis_rate, redis_p50, redis_p99) = load::redis_benchmark(120_000 * length.as_secs(), &["-t", "get"]).await;
+    // Context, not the target's reference: Redis answering as many bytes as we do.
+    let answer = answer_bytes(api.port).await;
+    let sized = sized_redis_get(120_000 * length.as_secs(), answer).await;
 
     load::print_header("server");
     for (name, max, fixed) in &rows {
         load::print_row(&format!("swapstream `{name}` (fixed: {FIXED_RATE}/s)"), max, fixed, FIXED_RATE);
     }
     println!("| redis-benchmark GET | {redis_rate:.0} | {redis_p50:.3} | {redis_p99:.3} | - | - | - | - |");
+    let (rate, p50, p99) = sized;
+    println!("| redis-benchmark GET of a {answer}-byte value (our answer's size) | {rate:.0} | {p50:.3} | {p99:.3} | - | - | - | - |");
     let _ = all.child.start_kill();
     drop(api);
     drop(uncached);
     let _ = all.child.wait().await;
     support::stores::forget(&schema).await;
     support::stores::forget(&format!("{schema}_embedded")).await;
+}
+
+/// The bytes of one answer to [`PATH`], headers included, as a client
+/// without compression gets it.
+async fn answer_bytes(port: u16) -> usize {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let request = format!("GET {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    answer.len()
+}
+
+/// `redis-benchmark` GET of a `bytes`-long value (its key set first, and
+/// deleted after, so that the plain GET reference of the next run is not
+/// changed): what Redis does with an answer as large as ours.
+async fn sized_redis_get(requests: u64, bytes: usize) -> (f64, f64, f64) {
+    let size = bytes.to_string();
+    load::redis_benchmark(1, &["-t", "set", "-d", &size]).await;
+    let result = load::redis_benchmark(requests, &["-t", "get", "-d", &size]).await;
+    let deleted = std::process::Command::new("redis-cli").args(["-p", "6379", "del", "key:__rand_int__"]).output();
+    assert!(deleted.is_ok_and(|o| o.status.success()), "deleting redis-benchmark's key");
+    result
 }
