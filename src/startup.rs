@@ -339,7 +339,10 @@ impl Consumer {
         let reader = KafkaReader::new(parts, input_rx, stopped_tx).start();
 
         let readiness = Readiness { probes: dependency_probes(&pg, &redis, Some(consumer)) };
-        let live = Live::stores(redis.clone(), pg.clone(), settings.http.cache, settings.consumer.max_future)
+        // The API's reads on a connection of their own: on the live writer's,
+        // each would wait behind a checkpoint's pipeline of scripts.
+        let reads = redis.with_own_connection(&settings.redis).await?;
+        let live = Live::stores(reads, pg.clone(), settings.http.cache, settings.consumer.max_future)
             .with_rank_max_age(settings.http.rank_max_age)
             .with_local(Arc::new(aggregators.clone()));
         let (registry, registry_arbiter, ws) = start_registry(settings, &live, log);
