@@ -77,11 +77,11 @@ pub async fn place(
 }
 
 /// An event delivered without an offset.
-pub struct Unplaced {
-    pub topic: String,
-    pub partition: i32,
-    pub key: Vec<u8>,
-    pub payload: Vec<u8>,
+struct Unplaced {
+    topic: String,
+    partition: i32,
+    key: Vec<u8>,
+    payload: Vec<u8>,
 }
 
 /// The offset of each of `unplaced` in its partition, or `None` where the
@@ -89,7 +89,7 @@ pub struct Unplaced {
 /// other delivery reports gave (never taken for an unplaced event, so that
 /// of two sends of the same event each keeps its own). Blocking: reads
 /// the partitions from their start, for at most `within`.
-pub fn locate(
+fn locate(
     config: &ClientConfig,
     unplaced: &[Unplaced],
     known: &HashSet<(String, i32, i64)>,

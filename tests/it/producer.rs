@@ -227,14 +227,16 @@ async fn the_producer_serves_health_readiness_and_metrics() {
 }
 
 /// A delivery report without an offset (librdkafka's answer to a retry the
-/// broker calls a duplicate) is settled against the log: the event's
-/// offset when its partition holds it, none when it does not; an offset
-/// another report gave is never taken, so two sends of one event keep
-/// their own.
+/// broker calls a duplicate) is settled against the log before the ground
+/// truth is built: the event's offset when its partition holds it, a failed
+/// delivery when it does not; an offset another report gave is never
+/// taken, so two sends of one event keep their own.
 #[tokio::test(flavor = "multi_thread")]
 async fn events_delivered_without_an_offset_are_looked_for_in_their_partition() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    use swapstream::producer::read_back::{locate, Unplaced};
+    use swapstream::codec::Encoding;
+    use swapstream::producer::ground_truth::{Delivery, SentEvent};
+    use swapstream::producer::read_back;
 
     let brokers = require_broker();
     let names = Names::new("it-producer-locate");
@@ -244,31 +246,56 @@ async fn events_delivered_without_an_offset_are_looked_for_in_their_partition() 
     swapstream::kafka::create_topics(&settings.kafka, &brokers, std::slice::from_ref(&topic), &log)
         .await
         .expect("creating the topic");
+    let event = |hash: u8| {
+        let json = helpers::swap_json(hash, -5, "pending", "1", "ETH");
+        std::sync::Arc::new(codec::decode(&json, Some(codec::CONTENT_TYPE_JSON)).expect("a valid swap"))
+    };
+    let events: Vec<_> = (1..=5).map(event).collect();
+    // The fifth event sent twice (seq 5 and 6), as a duplicate is.
+    let sent: Vec<SentEvent> = [(1, 0), (2, 1), (3, 2), (4, 3), (5, 4), (6, 4)]
+        .into_iter()
+        .map(|(seq, i)| SentEvent {
+            seq,
+            topic: topic.clone(),
+            duplicate: seq == 6,
+            reordered: false,
+            event: events[i].clone(),
+        })
+        .collect();
+    // Sent as the producer sends them, at offsets 0 to 4: every event but
+    // the fourth, the fifth twice.
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
-    let payloads: HashMap<&str, Vec<u8>> = [("a", 1u8), ("b", 2), ("c", 3), ("d", 4), ("e", 5)]
-        .map(|(k, h)| (k, helpers::swap_json(h, -5, "pending", "1", "ETH")))
-        .into();
-    // Offsets 0 to 4: a, b, c, then e twice.
     let mut offsets = Vec::new();
-    for key in ["a", "b", "c", "e", "e"] {
-        let record = FutureRecord::to(&topic).partition(0).key(key).payload(&payloads[key]);
+    for s in sent.iter().filter(|s| s.seq != 4) {
+        let (key, payload) = (s.event.id.tx_hash.to_string(), codec::encode(&s.event, Encoding::Json));
+        let record = FutureRecord::to(&topic).partition(0).key(&key).payload(&payload);
         offsets.push(producer.send(record, Duration::from_secs(10)).await.unwrap().offset);
     }
     assert_eq!(offsets, [0, 1, 2, 3, 4]);
 
-    let unplaced = |key: &str| Unplaced {
-        topic: topic.clone(),
-        partition: 0,
-        key: key.as_bytes().to_vec(),
-        payload: payloads[key].clone(),
-    };
-    // b's and e's second report came without an offset; d was never sent.
-    let wanted = [unplaced("b"), unplaced("d"), unplaced("e")];
-    let known: HashSet<(String, i32, i64)> = [0, 2, 3].into_iter().map(|o| (topic.clone(), 0, o)).collect();
-    let config = swapstream::kafka::client_config(&settings.kafka, &brokers);
-    let found = tokio::task::spawn_blocking(move || locate(&config, &wanted, &known, Duration::from_secs(30)))
-        .await
-        .unwrap()
-        .expect("reading the partition back");
-    assert_eq!(found, [Some(1), None, Some(4)]);
+    // The reports of 2, 4 (never sent) and 6 (the fifth's second send) came without offsets.
+    let ok = |offset| Delivery::Ok { partition: 0, offset };
+    let mut deliveries = vec![(1, ok(0)), (2, ok(-1001)), (3, ok(2)), (4, ok(-1001)), (5, ok(3)), (6, ok(-1001))];
+    read_back::place(
+        &swapstream::kafka::client_config(&settings.kafka, &brokers),
+        Encoding::Json,
+        &sent,
+        &mut deliveries,
+        &log,
+    )
+    .await
+    .expect("reading the partition back");
+    let settled: Vec<(u64, Option<i64>)> = deliveries
+        .iter()
+        .map(|(seq, d)| {
+            (
+                *seq,
+                match d {
+                    Delivery::Ok { offset, .. } => Some(*offset),
+                    Delivery::Failed { .. } => None,
+                },
+            )
+        })
+        .collect();
+    assert_eq!(settled, [(1, Some(0)), (2, Some(1)), (3, Some(2)), (4, None), (5, Some(3)), (6, Some(4))]);
 }
