@@ -18,6 +18,7 @@ use slog::{error, info, Logger};
 
 use super::ground_truth::{Delivery, SentEvent};
 use crate::codec::{self, Encoding};
+use crate::stream::Tp;
 
 /// Longest time spent reading partitions back at the end of a run.
 const READ_BACK_WITHIN: Duration = Duration::from_secs(60);
@@ -40,13 +41,12 @@ pub async fn place(
     for (i, (seq, delivery)) in deliveries.iter().enumerate() {
         let (Delivery::Ok { partition, offset }, Some(sent)) = (delivery, events.get(seq)) else { continue };
         if *offset >= 0 {
-            known.insert((sent.topic.clone(), *partition, *offset));
+            known.insert((Tp::new(&sent.topic, *partition), *offset));
             continue;
         }
         places.push(i);
         unplaced.push(Unplaced {
-            topic: sent.topic.clone(),
-            partition: *partition,
+            tp: Tp::new(&sent.topic, *partition),
             key: sent.event.id.tx_hash.to_string().into_bytes(),
             payload: codec::encode(&sent.event, encoding),
         });
@@ -78,8 +78,7 @@ pub async fn place(
 
 /// An event delivered without an offset.
 struct Unplaced {
-    topic: String,
-    partition: i32,
+    tp: Tp,
     key: Vec<u8>,
     payload: Vec<u8>,
 }
@@ -92,13 +91,10 @@ struct Unplaced {
 fn locate(
     config: &ClientConfig,
     unplaced: &[Unplaced],
-    known: &HashSet<(String, i32, i64)>,
+    known: &HashSet<(Tp, i64)>,
     within: Duration,
 ) -> anyhow::Result<Vec<Option<i64>>> {
     let mut found = vec![None; unplaced.len()];
-    if unplaced.is_empty() {
-        return Ok(found);
-    }
     let deadline = Instant::now() + within;
     let mut config = config.clone();
     // A group id librdkafka wants for an assignment; nothing is committed.
@@ -106,19 +102,18 @@ fn locate(
     let consumer: BaseConsumer = config.create().context("creating the read-back consumer")?;
 
     // Each partition is read from its start to its end as of now.
-    let mut ends: HashMap<(String, i32), i64> = HashMap::new();
+    let mut ends: HashMap<Tp, i64> = HashMap::new();
     let mut assignment = TopicPartitionList::new();
-    for u in unplaced {
-        let tp = (u.topic.clone(), u.partition);
-        if ends.contains_key(&tp) {
+    for Unplaced { tp, .. } in unplaced {
+        if ends.contains_key(tp) {
             continue;
         }
         let (low, high) = consumer
-            .fetch_watermarks(&u.topic, u.partition, deadline.saturating_duration_since(Instant::now()))
-            .with_context(|| format!("reading the offsets of {} [{}]", u.topic, u.partition))?;
+            .fetch_watermarks(&tp.topic, tp.partition, deadline.saturating_duration_since(Instant::now()))
+            .with_context(|| format!("reading the offsets of {tp}"))?;
         if high > low {
-            assignment.add_partition_offset(&u.topic, u.partition, Offset::Offset(low))?;
-            ends.insert(tp, high);
+            assignment.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(low))?;
+            ends.insert(tp.clone(), high);
         }
     }
     consumer.assign(&assignment).context("assigning the partitions to read back")?;
@@ -128,12 +123,11 @@ fn locate(
         anyhow::ensure!(!left.is_zero(), "partitions not read to their end within {within:?}: {:?}", ends.keys());
         let Some(message) = consumer.poll(left.min(Duration::from_millis(200))) else { continue };
         let message = message.context("reading a partition back")?;
-        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
-        if !known.contains(&(topic.to_owned(), partition, offset)) {
+        let (tp, offset) = (Tp::new(message.topic(), message.partition()), message.offset());
+        if !known.contains(&(tp.clone(), offset)) {
             let unclaimed = unplaced.iter().enumerate().position(|(i, u)| {
                 found[i].is_none()
-                    && u.topic == topic
-                    && u.partition == partition
+                    && u.tp == tp
                     && message.key() == Some(u.key.as_slice())
                     && message.payload() == Some(u.payload.as_slice())
             });
@@ -141,7 +135,6 @@ fn locate(
                 found[i] = Some(offset);
             }
         }
-        let tp = (topic.to_owned(), partition);
         if ends.get(&tp).is_some_and(|&end| offset + 1 >= end) {
             ends.remove(&tp);
         }
